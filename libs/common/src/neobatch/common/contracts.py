@@ -1,0 +1,255 @@
+"""Event contracts: one msgspec Struct per subject (DESIGN.md "Services").
+
+Every event carries `event_id` (also its `Nats-Msg-Id`, so JetStream drops re-publishes),
+a schema `version` and `occurred_at`. Integrations subscribe to these directly, so fields
+are only ever added with defaults; a breaking change gets a new `version`.
+Secrets never travel in events: an SSH target names the key file setting, not the key.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ClassVar, TypeVar
+
+import msgspec
+
+from neobatch.common.clock import utcnow
+from neobatch.common.ids import new_id
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RESOURCE_PREPARING = "resource_preparing"
+    SUBMITTING = "submitting"
+    BATCH_CREATED = "batch_created"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    CANCELLING = "cancelling"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    RESOURCE_FAILED = "resource_failed"
+    SUBMIT_FAILED = "submit_failed"
+
+
+TERMINAL_JOB_STATUSES = frozenset(
+    {
+        JobStatus.COMPLETED,
+        JobStatus.FAILED,
+        JobStatus.EXPIRED,
+        JobStatus.CANCELLED,
+        JobStatus.RESOURCE_FAILED,
+        JobStatus.SUBMIT_FAILED,
+    }
+)
+
+
+class BatchStatus(StrEnum):
+    """OpenAI's eight batch states."""
+
+    VALIDATING = "validating"
+    FAILED = "failed"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_BATCH_STATUSES = frozenset(
+    {BatchStatus.FAILED, BatchStatus.COMPLETED, BatchStatus.EXPIRED, BatchStatus.CANCELLED}
+)
+
+
+class ProvisionStatus(StrEnum):
+    REQUESTED = "requested"
+    CREATING = "creating"
+    BOOTING = "booting"
+    RUNNING = "running"
+    RELEASING = "releasing"
+    RELEASED = "released"
+    FAILED = "failed"
+    LOST = "lost"
+
+
+class Event(msgspec.Struct, kw_only=True, frozen=True):
+    """Base of every event. `subject` is the suffix after the namespace prefix."""
+
+    subject: ClassVar[str] = ""
+    event_id: str = msgspec.field(default_factory=lambda: new_id("evt"))
+    version: int = 1
+    occurred_at: datetime = msgspec.field(default_factory=utcnow)
+
+
+class RequestCounts(msgspec.Struct, frozen=True):
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class ResourceRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """What a job needs from a machine; derived from its deployment template."""
+
+    accelerator_type: str
+    accelerator_count: int = 1
+    replicas: int = 1
+    provider: str | None = None  # a job may name its provider; None = configured default
+
+
+class SshEndpoint(msgspec.Struct, frozen=True, kw_only=True):
+    host: str
+    port: int
+    username: str
+    # Host key reported by the provider (ssh pool: from configuration), pinned by the agent.
+    host_public_key: str | None = None
+
+
+class EngineSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """How the runtime-agent starts and reaches the inference engine."""
+
+    serving_name: str
+    model_uri: str
+    engine_type: str = "vllm"
+    image: str | None = None
+    command: list[str] | None = None
+    serve_args: list[str] = []
+    engine_args: dict[str, Any] = {}
+    port: int = 8000
+    health_endpoint: str = "/health"
+    ready_timeout_seconds: float = 1800.0
+
+
+class JobQueued(Event, frozen=True, kw_only=True):
+    subject: ClassVar[str] = "job.queued"
+    job_id: str
+
+
+class JobCancelRequested(Event, frozen=True, kw_only=True):
+    subject: ClassVar[str] = "job.cancel_requested"
+    job_id: str
+
+
+class JobStatusChanged(Event, frozen=True, kw_only=True):
+    """The public integration feed: one event per job transition."""
+
+    subject: ClassVar[str] = "job.status_changed"
+    job_id: str
+    old_status: str | None
+    new_status: str
+    reason: str = ""
+
+
+class ProvisionRequested(Event, frozen=True, kw_only=True):
+    subject: ClassVar[str] = "provision.requested"
+    provision_id: str
+    job_id: str
+    resource: ResourceRequest
+    deadline_at: datetime | None = None
+
+
+class ProvisionRunning(Event, frozen=True, kw_only=True):
+    subject: ClassVar[str] = "provision.running"
+    provision_id: str
+    job_id: str
+    provider: str
+    endpoint: SshEndpoint
+
+
+class ProvisionFailed(Event, frozen=True, kw_only=True):
+    subject: ClassVar[str] = "provision.failed"
+    provision_id: str
+    job_id: str
+    code: str
+    reason: str
+
+
+class ProvisionLost(Event, frozen=True, kw_only=True):
+    subject: ClassVar[str] = "provision.lost"
+    provision_id: str
+    job_id: str
+    reason: str
+
+
+class ProvisionReleaseRequested(Event, frozen=True, kw_only=True):
+    subject: ClassVar[str] = "provision.release_requested"
+    provision_id: str
+    job_id: str
+    reason: str = ""
+
+
+class ProvisionReleased(Event, frozen=True, kw_only=True):
+    subject: ClassVar[str] = "provision.released"
+    provision_id: str
+    job_id: str
+
+
+class BatchRequested(Event, frozen=True, kw_only=True):
+    subject: ClassVar[str] = "batch.requested"
+    batch_id: str
+    job_id: str
+    provision_id: str
+    input_file_id: str
+    endpoint: str
+    owner: str = ""
+    target: SshEndpoint
+    engine: EngineSpec
+    expires_at: datetime | None = None
+
+
+class BatchCancelRequested(Event, frozen=True, kw_only=True):
+    subject: ClassVar[str] = "batch.cancel_requested"
+    batch_id: str
+    job_id: str
+
+
+class BatchStatusReported(Event, frozen=True, kw_only=True):
+    """Progress of a running batch (`batch.status`)."""
+
+    subject: ClassVar[str] = "batch.status"
+    batch_id: str
+    job_id: str
+    status: BatchStatus
+    request_counts: RequestCounts = RequestCounts()
+
+
+class BatchTerminal(Event, frozen=True, kw_only=True):
+    subject: ClassVar[str] = "batch.terminal"
+    batch_id: str
+    job_id: str
+    status: BatchStatus
+    request_counts: RequestCounts = RequestCounts()
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    error_code: str = ""
+    error_message: str = ""
+
+
+ALL_EVENTS: tuple[type[Event], ...] = (
+    JobQueued,
+    JobCancelRequested,
+    JobStatusChanged,
+    ProvisionRequested,
+    ProvisionRunning,
+    ProvisionFailed,
+    ProvisionLost,
+    ProvisionReleaseRequested,
+    ProvisionReleased,
+    BatchRequested,
+    BatchCancelRequested,
+    BatchStatusReported,
+    BatchTerminal,
+)
+
+
+def encode_event(event: Event) -> bytes:
+    return msgspec.json.encode(event)
+
+
+E = TypeVar("E", bound=Event)
+
+
+def decode_event(data: bytes, kind: type[E]) -> E:
+    return msgspec.json.decode(data, type=kind)

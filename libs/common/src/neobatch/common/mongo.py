@@ -1,0 +1,46 @@
+"""MongoDB client factory and index helpers. Only store modules use the client."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from pymongo import AsyncMongoClient, IndexModel
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+
+from neobatch.common.settings import CommonSettings
+
+T = TypeVar("T")
+Document = dict[str, Any]
+
+
+def create_mongo_client(url: str) -> AsyncMongoClient[Document]:
+    # tz_aware: every datetime we read back is UTC-aware, like the ones we write.
+    return AsyncMongoClient(url, tz_aware=True, serverSelectionTimeoutMS=10_000)
+
+
+def get_database(
+    client: AsyncMongoClient[Document], settings: CommonSettings
+) -> AsyncDatabase[Document]:
+    return client.get_database(settings.db_name)
+
+
+async def ensure_indexes(
+    collection: AsyncCollection[Document], indexes: Sequence[IndexModel]
+) -> None:
+    if indexes:
+        await collection.create_indexes(list(indexes))
+
+
+async def transact(
+    client: AsyncMongoClient[Document], work: Callable[[AsyncClientSession], Awaitable[T]]
+) -> T:
+    """Run `work` in one transaction: a state change and its outbox entries commit together.
+
+    `with_transaction` retries on TransientTransactionError; `work` must not swallow write
+    errors (a DuplicateKeyError aborts the transaction — let it escape, library-notes §1).
+    """
+    async with client.start_session() as session:
+        return await session.with_transaction(work)

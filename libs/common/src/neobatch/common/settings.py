@@ -1,0 +1,65 @@
+"""Settings read from the environment once at start-up and passed down explicitly.
+
+Every service has its own settings Struct that embeds `CommonSettings`; nothing reads
+`os.environ` after start-up.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import msgspec
+
+from neobatch.common.errors import ConfigError
+
+
+class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
+    nats_url: str = "nats://127.0.0.1:4222"
+    mongo_url: str = "mongodb://127.0.0.1:27017"
+    db_name: str = "neobatch"
+    # Subject prefix and stream name: lets several stacks share one nats-server (tests).
+    namespace: str = "neobatch"
+    log_level: str = "INFO"
+    # Host/port of the small /healthz HTTP endpoint non-HTTP services expose (0 = disabled).
+    health_port: int = 0
+
+
+def env_str(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip()
+    return value or default
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int | None = None) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def read_common(env: Mapping[str, str] | None = None) -> CommonSettings:
+    env = os.environ if env is None else env
+    return CommonSettings(
+        nats_url=env_str(env, "NATS_URL", CommonSettings.nats_url),
+        mongo_url=env_str(env, "MONGO_URL", CommonSettings.mongo_url),
+        db_name=env_str(env, "NEOBATCH_DB", CommonSettings.db_name),
+        namespace=env_str(env, "NEOBATCH_NAMESPACE", CommonSettings.namespace),
+        log_level=env_str(env, "NEOBATCH_LOG_LEVEL", CommonSettings.log_level).upper(),
+        health_port=env_int(env, "NEOBATCH_HEALTH_PORT", 0, minimum=0),
+    )
