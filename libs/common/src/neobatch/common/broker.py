@@ -65,6 +65,8 @@ def create_broker(nats_url: str, **kwargs: Any) -> NatsBroker:
         nats_url,
         serializer=MsgSpecSerializer(),
         ack_policy=AckPolicy.NACK_ON_ERROR,
+        # Per-message "Received/Processed" lines are debug detail, not service logs.
+        log_level=logging.DEBUG,
         **kwargs,
     )
 

@@ -42,6 +42,7 @@ class ServiceRuntime:
         self.broker: NatsBroker = create_broker(settings.nats_url)
         self.relay: OutboxRelay | None = None
         self._loops: list[tuple[str, Loop]] = []
+        self._startup: list[Loop] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._nc: nats.NATS | None = None
         self._stop = asyncio.Event()
@@ -50,8 +51,14 @@ class ServiceRuntime:
         """A background loop, restarted with a pause if it ever raises."""
         self._loops.append((name, loop))
 
+    def add_startup(self, step: Loop) -> None:
+        """A step run once at start, before any handler or loop (indexes, seeding)."""
+        self._startup.append(step)
+
     async def start(self) -> None:
         await ensure_indexes(self.db[OUTBOX], OUTBOX_INDEXES)
+        for step in self._startup:
+            await step()
         self._nc = await nats.connect(
             self.settings.nats_url,
             max_reconnect_attempts=-1,

@@ -56,10 +56,10 @@ def env_float(env: Mapping[str, str], name: str, default: float) -> float:
 def read_common(env: Mapping[str, str] | None = None) -> CommonSettings:
     env = os.environ if env is None else env
     return CommonSettings(
-        nats_url=env_str(env, "NATS_URL", CommonSettings.nats_url),
-        mongo_url=env_str(env, "MONGO_URL", CommonSettings.mongo_url),
-        db_name=env_str(env, "NEOBATCH_DB", CommonSettings.db_name),
-        namespace=env_str(env, "NEOBATCH_NAMESPACE", CommonSettings.namespace),
-        log_level=env_str(env, "NEOBATCH_LOG_LEVEL", CommonSettings.log_level).upper(),
+        nats_url=env_str(env, "NATS_URL", "nats://127.0.0.1:4222"),
+        mongo_url=env_str(env, "MONGO_URL", "mongodb://127.0.0.1:27017"),
+        db_name=env_str(env, "NEOBATCH_DB", "neobatch"),
+        namespace=env_str(env, "NEOBATCH_NAMESPACE", "neobatch"),
+        log_level=env_str(env, "NEOBATCH_LOG_LEVEL", "INFO").upper(),
         health_port=env_int(env, "NEOBATCH_HEALTH_PORT", 0, minimum=0),
     )

@@ -1,0 +1,271 @@
+"""The job state machine (DESIGN.md "Flow"). Pure: `decide(job, event, now)` → Decision.
+
+The planner owns every transition after `queued`. Each decision names the new status (or
+none, for a field-only update), the fields to set and the events to emit; the store writes
+them together, compare-and-set on the status and version the decision was made from.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from neobatch.common.contracts import (
+    TERMINAL_JOB_STATUSES,
+    BatchCancelRequested,
+    BatchRequested,
+    BatchStatus,
+    BatchStatusReported,
+    BatchTerminal,
+    Event,
+    JobCancelRequested,
+    JobQueued,
+    JobStatus,
+    JobStatusChanged,
+    ProvisionFailed,
+    ProvisionReleased,
+    ProvisionReleaseRequested,
+    ProvisionRequested,
+    ProvisionRunning,
+)
+from neobatch.planner import policy
+
+# Where a job stands in the forward flow; a status report never moves a job backwards.
+_RANK = {
+    JobStatus.QUEUED: 0,
+    JobStatus.RESOURCE_PREPARING: 1,
+    JobStatus.SUBMITTING: 2,
+    JobStatus.BATCH_CREATED: 3,
+    JobStatus.IN_PROGRESS: 4,
+    JobStatus.FINALIZING: 5,
+}
+_BATCH_RUNNING = {
+    BatchStatus.VALIDATING: JobStatus.BATCH_CREATED,
+    BatchStatus.IN_PROGRESS: JobStatus.IN_PROGRESS,
+    BatchStatus.FINALIZING: JobStatus.FINALIZING,
+}
+_BATCH_TERMINAL = {
+    BatchStatus.COMPLETED: JobStatus.COMPLETED,
+    BatchStatus.FAILED: JobStatus.FAILED,
+    BatchStatus.EXPIRED: JobStatus.EXPIRED,
+    BatchStatus.CANCELLED: JobStatus.CANCELLED,
+}
+# Statuses in which a batch has been handed to the runtime-agent.
+_BATCH_HANDED_OVER = {
+    JobStatus.SUBMITTING,
+    JobStatus.BATCH_CREATED,
+    JobStatus.IN_PROGRESS,
+    JobStatus.FINALIZING,
+}
+
+
+class Job(msgspec.Struct, kw_only=True):
+    """What the state machine needs of a job document."""
+
+    id: str
+    status: JobStatus
+    version: int = 0
+    batch_id: str
+    provision_id: str | None = None
+    batch_handed_over: bool = False
+    cancel_requested: bool = False
+    template_spec: dict[str, Any] = {}
+    serving_name: str = ""
+    endpoint: str = ""
+    input_dataset: str = ""
+    created_by: str = ""
+    replicas: int = 1
+    provider: str | None = None
+    completion_window_seconds: float = 24 * 3600.0
+
+
+class Decision(msgspec.Struct, kw_only=True):
+    status: JobStatus | None = None  # None: fields change, status stays
+    fields: dict[str, Any] = {}
+    events: list[Event] = []
+    reason: str = ""
+
+
+def is_terminal(status: JobStatus) -> bool:
+    return status in TERMINAL_JOB_STATUSES
+
+
+def _move(
+    job: Job,
+    status: JobStatus,
+    now: datetime,
+    reason: str,
+    *,
+    fields: dict[str, Any] | None = None,
+    events: list[Event] | None = None,
+) -> Decision:
+    changed = JobStatusChanged(
+        job_id=job.id,
+        old_status=job.status.value,
+        new_status=status.value,
+        reason=reason,
+        occurred_at=now,
+    )
+    return Decision(
+        status=status,
+        fields={f"{status.value}_at": now, **(fields or {})},
+        events=[*(events or []), changed],
+        reason=reason,
+    )
+
+
+def _release(job: Job, now: datetime, reason: str) -> list[Event]:
+    if job.provision_id is None:
+        return []
+    return [
+        ProvisionReleaseRequested(
+            provision_id=job.provision_id, job_id=job.id, reason=reason, occurred_at=now
+        )
+    ]
+
+
+def decide(
+    job: Job, event: Event, now: datetime, *, provisioning_timeout_seconds: float = 1200.0
+) -> Decision | None:
+    """The decision `event` causes for `job` at `now`, or None when it changes nothing."""
+    match event:
+        case JobQueued():
+            return _on_queued(job, now, provisioning_timeout_seconds)
+        case JobCancelRequested():
+            return _on_cancel_requested(job, now)
+        case ProvisionRunning():
+            return _on_provision_running(job, event, now)
+        case ProvisionFailed():
+            return _on_provision_failed(job, event, now)
+        case ProvisionReleased():
+            return _on_provision_released(job, event, now)
+        case BatchStatusReported():
+            return _on_batch_status(job, event)
+        case BatchTerminal():
+            return _on_batch_terminal(job, event, now)
+    return None
+
+
+def _on_queued(job: Job, now: datetime, timeout_seconds: float) -> Decision | None:
+    if job.status is not JobStatus.QUEUED:
+        return None
+    if job.cancel_requested:
+        return _move(job, JobStatus.CANCELLED, now, "cancelled before provisioning")
+    provision_id = policy.provision_id_for(job.id)
+    request = ProvisionRequested(
+        provision_id=provision_id,
+        job_id=job.id,
+        resource=policy.resource_request(job.template_spec, job.replicas, job.provider),
+        deadline_at=now + timedelta(seconds=timeout_seconds),
+        occurred_at=now,
+    )
+    return _move(
+        job,
+        JobStatus.RESOURCE_PREPARING,
+        now,
+        "provisioning started",
+        fields={"provision_id": provision_id},
+        events=[request],
+    )
+
+
+def _on_cancel_requested(job: Job, now: datetime) -> Decision | None:
+    if is_terminal(job.status) or job.status is JobStatus.CANCELLING:
+        return None
+    if job.status is JobStatus.QUEUED:
+        return _move(job, JobStatus.CANCELLED, now, "cancelled before provisioning")
+    events: list[Event] = []
+    if job.batch_handed_over:
+        # The agent stops dispatching and writes partial output first; the machine is
+        # released when it reports the batch cancelled.
+        events.append(BatchCancelRequested(batch_id=job.batch_id, job_id=job.id, occurred_at=now))
+    else:
+        events.extend(_release(job, now, "job cancelled"))
+    return _move(job, JobStatus.CANCELLING, now, "cancel requested", events=events)
+
+
+def _on_provision_running(job: Job, event: ProvisionRunning, now: datetime) -> Decision | None:
+    if event.provision_id != job.provision_id or job.status is not JobStatus.RESOURCE_PREPARING:
+        return None
+    batch = BatchRequested(
+        batch_id=job.batch_id,
+        job_id=job.id,
+        provision_id=event.provision_id,
+        input_file_id=job.input_dataset,
+        endpoint=job.endpoint,
+        owner=job.created_by,
+        target=event.endpoint,
+        engine=policy.engine_spec(job.template_spec, job.serving_name),
+        # The completion window counts from when the batch is accepted, as AIBrix does.
+        expires_at=now + timedelta(seconds=job.completion_window_seconds),
+        occurred_at=now,
+    )
+    return _move(
+        job,
+        JobStatus.SUBMITTING,
+        now,
+        f"machine ready ({event.provider})",
+        fields={"batch_handed_over": True, "expires_at": batch.expires_at},
+        events=[batch],
+    )
+
+
+def _on_provision_failed(job: Job, event: ProvisionFailed, now: datetime) -> Decision | None:
+    if event.provision_id != job.provision_id or is_terminal(job.status):
+        return None
+    if job.status is JobStatus.CANCELLING:
+        return _move(
+            job, JobStatus.CANCELLED, now, "cancelled", events=_release(job, now, "job cancelled")
+        )
+    if job.status is not JobStatus.RESOURCE_PREPARING:
+        return None
+    message = f"{event.code}: {event.reason}"
+    return _move(
+        job,
+        JobStatus.RESOURCE_FAILED,
+        now,
+        message,
+        fields={"error_code": event.code, "error_message": message},
+        events=_release(job, now, "provisioning failed"),
+    )
+
+
+def _on_provision_released(job: Job, event: ProvisionReleased, now: datetime) -> Decision | None:
+    if event.provision_id != job.provision_id:
+        return None
+    fields = {"provision_released_at": now}
+    if job.status is JobStatus.CANCELLING and not job.batch_handed_over:
+        return _move(job, JobStatus.CANCELLED, now, "cancelled; machine released", fields=fields)
+    return Decision(fields=fields, reason="machine released")
+
+
+def _on_batch_status(job: Job, event: BatchStatusReported) -> Decision | None:
+    if event.batch_id != job.batch_id or is_terminal(job.status):
+        return None
+    fields = {"request_counts": msgspec.to_builtins(event.request_counts)}
+    target = _BATCH_RUNNING.get(event.status)
+    if target is not None and job.status in _RANK and _RANK[target] > _RANK[job.status]:
+        return _move(job, target, event.occurred_at, f"batch {event.status.value}", fields=fields)
+    return Decision(fields=fields, reason="progress")
+
+
+def _on_batch_terminal(job: Job, event: BatchTerminal, now: datetime) -> Decision | None:
+    if event.batch_id != job.batch_id or is_terminal(job.status):
+        return None
+    status = _BATCH_TERMINAL[event.status]
+    if status is JobStatus.FAILED and event.error_code in policy.SUBMIT_FAILURE_CODES:
+        status = JobStatus.SUBMIT_FAILED
+    fields: dict[str, Any] = {
+        "request_counts": msgspec.to_builtins(event.request_counts),
+        "output_dataset": event.output_file_id,
+        "error_dataset": event.error_file_id,
+    }
+    if event.error_message:
+        fields["error_code"] = event.error_code
+        fields["error_message"] = event.error_message
+    reason = event.error_message or f"batch {event.status.value}"
+    return _move(
+        job, status, now, reason, fields=fields, events=_release(job, now, f"job {status.value}")
+    )

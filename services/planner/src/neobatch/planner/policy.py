@@ -1,0 +1,51 @@
+"""Planning rules: template → what to lease and how to run the engine. Pure: no I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from neobatch.common.contracts import EngineSpec, ResourceRequest
+
+DEFAULT_ENGINE_PORT = 8000
+DEFAULT_READY_TIMEOUT_SECONDS = 1800.0
+
+# Batch failures that mean the batch never started (machine unusable, engine never
+# healthy): AIBrix reports these as submit_failed, not as a failed batch.
+SUBMIT_FAILURE_CODES = frozenset({"ssh_unreachable", "engine_launch_failed", "engine_not_ready"})
+
+
+def resource_request(
+    template_spec: dict[str, Any], replicas: int, provider: str | None
+) -> ResourceRequest:
+    accelerator = template_spec.get("accelerator") or {}
+    return ResourceRequest(
+        accelerator_type=str(accelerator.get("type", "")),
+        accelerator_count=int(accelerator.get("count", 1) or 1),
+        replicas=max(1, replicas),
+        provider=provider or None,
+    )
+
+
+def engine_spec(template_spec: dict[str, Any], serving_name: str) -> EngineSpec:
+    engine = template_spec.get("engine") or {}
+    source = template_spec.get("model_source") or {}
+    model_uri = str(source.get("uri") or serving_name)
+    return EngineSpec(
+        serving_name=serving_name or model_uri,
+        model_uri=model_uri,
+        engine_type=str(engine.get("type") or "vllm"),
+        image=engine.get("image") or None,
+        command=list(engine["command"]) if engine.get("command") else None,
+        serve_args=[str(a) for a in engine.get("serve_args") or []],
+        engine_args=dict(template_spec.get("engine_args") or {}),
+        port=int(engine.get("port") or DEFAULT_ENGINE_PORT),
+        health_endpoint=str(engine.get("health_endpoint") or "/health"),
+        ready_timeout_seconds=float(
+            engine.get("ready_timeout_seconds") or DEFAULT_READY_TIMEOUT_SECONDS
+        ),
+    )
+
+
+def provision_id_for(job_id: str, attempt: int = 1) -> str:
+    """Deterministic, so a replayed job.queued can never ask for a second machine."""
+    return f"prov_{job_id.removeprefix('job_')}_{attempt}"

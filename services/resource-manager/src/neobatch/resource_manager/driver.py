@@ -1,0 +1,138 @@
+"""The provisioning driver: advances every unsettled provision one step at a time.
+
+Work is found in MongoDB, not held in a message (DESIGN rule 3): a provision is claimed
+under a lease, stepped (one provider call), saved with its events, and released. If this
+process dies mid-step the lease expires and any instance continues from the stored state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from neobatch.common.clock import Clock
+from neobatch.common.contracts import (
+    Event,
+    ProvisionFailed,
+    ProvisionReleased,
+    ProvisionRunning,
+    ProvisionStatus,
+)
+from neobatch.common.ids import new_id
+from neobatch.common.logs import log_fields
+from neobatch.resource_manager import provisions
+from neobatch.resource_manager.providers.base import Provider, ProviderError
+from neobatch.resource_manager.provisions import Provision, Step
+from neobatch.resource_manager.store import ProvisionStore
+
+log = logging.getLogger("neobatch.resource_manager")
+
+LEASE_SECONDS = 30.0
+IDLE_POLL_SECONDS = 1.0
+
+
+class ProvisionDriver:
+    def __init__(
+        self,
+        store: ProvisionStore,
+        providers: dict[str, Provider],
+        clock: Clock,
+        notify_outbox: Callable[[], None],
+    ) -> None:
+        self._store = store
+        self._providers = providers
+        self._clock = clock
+        self._notify = notify_outbox
+        self._owner = new_id("driver")
+        self._wakeup = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        while True:
+            self._wakeup.clear()
+            while await self.step_next():
+                pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), IDLE_POLL_SECONDS)
+
+    async def step_next(self) -> bool:
+        """Claim and advance one provision; False when none is due."""
+        provision = await self._store.claim_next(self._owner, self._clock.now(), LEASE_SECONDS)
+        if provision is None:
+            return False
+        provider = self._providers.get(provision.provider)
+        if provider is None:
+            step = provisions.unknown_provider_step(provision, tuple(self._providers))
+        elif provision.status is ProvisionStatus.RELEASING:
+            step = await self._release_step(provider, provision)
+        else:
+            step = await self._start_step(provider, provision)
+        events = self._events_for(provision, step)
+        if await self._store.save_step(
+            provision, step, events, self._clock.now(), provisions.RETRY_SECONDS
+        ):
+            if events:
+                self._notify()
+            if step.status is not provision.status:
+                log.info(
+                    "provision transition",
+                    extra=log_fields(
+                        provision_id=provision.id,
+                        old=provision.status.value,
+                        new=step.status.value,
+                        error=step.error_message,
+                    ),
+                )
+        return True
+
+    async def _start_step(self, provider: Provider, provision: Provision) -> Step:
+        now = self._clock.now()
+        if provisions.is_past_deadline(provision, now):
+            return provisions.deadline_step(provision)
+        try:
+            if provision.provider_resource_id is None:
+                machine = await provider.provision(
+                    provision.id, provision.resource_name, provision.request
+                )
+            else:
+                machine = await provider.get(provision.id, provision.provider_resource_id)
+        except ProviderError as error:
+            return provisions.after_error(provision, error, now)
+        return provisions.after_machine(provision, machine)
+
+    async def _release_step(self, provider: Provider, provision: Provision) -> Step:
+        await provider.release(provision.id, provision.provider_resource_id)
+        if provision.provider_resource_id is not None:
+            machine = await provider.get(provision.id, provision.provider_resource_id)
+            if not machine.gone:
+                return Step(status=ProvisionStatus.RELEASING)
+        return Step(status=ProvisionStatus.RELEASED)
+
+    def _events_for(self, provision: Provision, step: Step) -> list[Event]:
+        if step.status is provision.status:
+            return []
+        if step.status is ProvisionStatus.RUNNING and step.machine and step.machine.endpoint:
+            return [
+                ProvisionRunning(
+                    provision_id=provision.id,
+                    job_id=provision.job_id,
+                    provider=provision.provider,
+                    endpoint=step.machine.endpoint,
+                )
+            ]
+        if step.status is ProvisionStatus.FAILED:
+            return [
+                ProvisionFailed(
+                    provision_id=provision.id,
+                    job_id=provision.job_id,
+                    code=step.error_code,
+                    reason=step.error_message,
+                )
+            ]
+        if step.status is ProvisionStatus.RELEASED:
+            return [ProvisionReleased(provision_id=provision.id, job_id=provision.job_id)]
+        return []

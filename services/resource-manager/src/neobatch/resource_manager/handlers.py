@@ -1,0 +1,87 @@
+"""Event handlers of the resource-manager. They record intent; the driver does provider calls."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from faststream.nats import NatsBroker
+
+from neobatch.common.broker import subscribe
+from neobatch.common.clock import Clock
+from neobatch.common.contracts import (
+    ProvisionReleased,
+    ProvisionReleaseRequested,
+    ProvisionRequested,
+)
+from neobatch.common.ids import resource_name
+from neobatch.common.logs import log_fields
+from neobatch.common.subjects import Namespace
+from neobatch.resource_manager.store import ProvisionStore
+
+log = logging.getLogger("neobatch.resource_manager")
+
+SERVICE = "resource-manager"
+
+
+class ProvisionEventHandler:
+    def __init__(
+        self,
+        store: ProvisionStore,
+        clock: Clock,
+        provisioners: tuple[str, ...],
+        wake_driver: Callable[[], None],
+        notify_outbox: Callable[[], None],
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._provisioners = provisioners
+        self._wake = wake_driver
+        self._notify = notify_outbox
+
+    async def on_provision_requested(self, event: ProvisionRequested) -> None:
+        # A provider not configured here is still recorded; the driver fails it with a reason.
+        provider = event.resource.provider or self._provisioners[0]
+        inserted = await self._store.insert_requested(
+            provision_id=event.provision_id,
+            job_id=event.job_id,
+            provider=provider,
+            resource_name=resource_name(event.provision_id),
+            request=event.resource,
+            deadline_at=event.deadline_at,
+            now=self._clock.now(),
+        )
+        if inserted:
+            log.info(
+                "provision requested",
+                extra=log_fields(
+                    provision_id=event.provision_id, job_id=event.job_id, provider=provider
+                ),
+            )
+        self._wake()
+
+    async def on_provision_release_requested(self, event: ProvisionReleaseRequested) -> None:
+        now = self._clock.now()
+        provision = await self._store.find_provision(event.provision_id)
+        if provision is None:
+            released = ProvisionReleased(
+                provision_id=event.provision_id, job_id=event.job_id, occurred_at=now
+            )
+            if await self._store.insert_released_tombstone(
+                event.provision_id, event.job_id, [released], now
+            ):
+                self._notify()
+            return
+        if await self._store.request_release(provision, event.reason, now):
+            log.info(
+                "release requested",
+                extra=log_fields(provision_id=provision.id, reason=event.reason),
+            )
+            self._wake()
+
+
+def register(broker: NatsBroker, ns: Namespace, handler: ProvisionEventHandler) -> None:
+    subscribe(broker, ns, SERVICE, ProvisionRequested, handler.on_provision_requested)
+    subscribe(
+        broker, ns, SERVICE, ProvisionReleaseRequested, handler.on_provision_release_requested
+    )

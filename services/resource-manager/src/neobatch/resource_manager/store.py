@@ -1,0 +1,207 @@
+"""ProvisionStore: the resource-manager's only MongoDB access."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+from pymongo import ASCENDING, AsyncMongoClient, IndexModel
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from neobatch.common.contracts import Event, ProvisionStatus, ResourceRequest
+from neobatch.common.leases import claim_one
+from neobatch.common.mongo import ensure_indexes, transact
+from neobatch.common.outbox import append_events
+from neobatch.common.subjects import Namespace
+from neobatch.common.transitions import compare_and_set
+from neobatch.resource_manager.provisions import ACTIVE, RELEASABLE, Provision, Step
+
+PROVISIONS = "provisions"
+INDEXES = [
+    IndexModel(
+        [("status", ASCENDING), ("next_attempt_at", ASCENDING), ("created_at", ASCENDING)],
+        name="active",
+    ),
+    IndexModel([("job_id", ASCENDING)], name="job"),
+]
+
+
+def provision_from_doc(doc: dict[str, Any]) -> Provision:
+    return Provision(
+        id=doc["_id"],
+        job_id=doc["job_id"],
+        status=ProvisionStatus(doc["status"]),
+        version=doc.get("version", 0),
+        provider=doc["provider"],
+        resource_name=doc["resource_name"],
+        request=msgspec.convert(doc["request"], ResourceRequest),
+        provider_resource_id=doc.get("provider_resource_id"),
+        deadline_at=doc.get("deadline_at"),
+    )
+
+
+class ProvisionStore:
+    def __init__(
+        self,
+        client: AsyncMongoClient[dict[str, Any]],
+        db: AsyncDatabase[dict[str, Any]],
+        ns: Namespace,
+    ) -> None:
+        self._client = client
+        self._db = db
+        self._provisions = db[PROVISIONS]
+        self._ns = ns
+
+    async def ensure_indexes(self) -> None:
+        await ensure_indexes(self._provisions, INDEXES)
+
+    async def find_provision(self, provision_id: str) -> Provision | None:
+        doc = await self._provisions.find_one({"_id": provision_id})
+        return provision_from_doc(doc) if doc else None
+
+    async def insert_requested(
+        self,
+        *,
+        provision_id: str,
+        job_id: str,
+        provider: str,
+        resource_name: str,
+        request: ResourceRequest,
+        deadline_at: datetime | None,
+        now: datetime,
+    ) -> bool:
+        """Record a new provision before any provider call (DESIGN rule 5); False if it exists."""
+        try:
+            await self._provisions.insert_one(
+                {
+                    "_id": provision_id,
+                    "job_id": job_id,
+                    "status": ProvisionStatus.REQUESTED.value,
+                    "version": 0,
+                    "provider": provider,
+                    "resource_name": resource_name,
+                    "request": msgspec.to_builtins(request),
+                    "provider_resource_id": None,
+                    "deadline_at": deadline_at,
+                    "next_attempt_at": None,
+                    "created_at": now,
+                    "updated_at": now,
+                    "lease_owner": None,
+                    "lease_until": None,
+                }
+            )
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def claim_next(self, owner: str, now: datetime, ttl_seconds: float) -> Provision | None:
+        doc = await claim_one(
+            self._provisions,
+            {
+                "status": {"$in": [s.value for s in ACTIVE]},
+                "$and": [{"$or": [{"next_attempt_at": None}, {"next_attempt_at": {"$lte": now}}]}],
+            },
+            owner,
+            now,
+            ttl_seconds,
+            sort=[("created_at", ASCENDING)],
+        )
+        return provision_from_doc(doc) if doc else None
+
+    async def save_step(
+        self,
+        provision: Provision,
+        step: Step,
+        events: Sequence[Event],
+        now: datetime,
+        retry_seconds: float,
+    ) -> bool:
+        fields: dict[str, Any] = {
+            "status": step.status.value,
+            "updated_at": now,
+            "lease_owner": None,
+            "lease_until": None,
+            "next_attempt_at": now + timedelta(seconds=retry_seconds)
+            if step.status in ACTIVE
+            else None,
+        }
+        if step.provider_resource_id:
+            fields["provider_resource_id"] = step.provider_resource_id
+        if step.machine is not None:
+            fields["region"] = step.machine.region
+            if step.machine.endpoint is not None:
+                fields["endpoint"] = msgspec.to_builtins(step.machine.endpoint)
+        if step.error_code:
+            fields["error_code"] = step.error_code
+            fields["error_message"] = step.error_message
+        if step.status is not provision.status:
+            fields[f"{step.status.value}_at"] = now
+        return await self._save(
+            provision.id,
+            {"status": provision.status.value, "version": provision.version},
+            fields,
+            events,
+            now,
+        )
+
+    async def request_release(self, provision: Provision, reason: str, now: datetime) -> bool:
+        fields = {
+            "status": ProvisionStatus.RELEASING.value,
+            "release_reason": reason,
+            "releasing_at": now,
+            "updated_at": now,
+            "next_attempt_at": None,
+        }
+        expected = {"status": {"$in": [s.value for s in RELEASABLE]}, "version": provision.version}
+        return await self._save(provision.id, expected, fields, [], now)
+
+    async def insert_released_tombstone(
+        self, provision_id: str, job_id: str, events: Sequence[Event], now: datetime
+    ) -> bool:
+        """A release that arrived before its request: the request will then find it settled."""
+
+        async def work(session: AsyncClientSession) -> bool:
+            await self._provisions.insert_one(
+                {
+                    "_id": provision_id,
+                    "job_id": job_id,
+                    "status": ProvisionStatus.RELEASED.value,
+                    "version": 0,
+                    "provider": "",
+                    "resource_name": "",
+                    "request": {"accelerator_type": ""},
+                    "created_at": now,
+                    "updated_at": now,
+                    "released_at": now,
+                },
+                session=session,
+            )
+            await append_events(self._db, self._ns, events, session, now)
+            return True
+
+        try:
+            return await transact(self._client, work)
+        except DuplicateKeyError:
+            return False
+
+    async def _save(
+        self,
+        provision_id: str,
+        expected: dict[str, Any],
+        fields: dict[str, Any],
+        events: Sequence[Event],
+        now: datetime,
+    ) -> bool:
+        async def work(session: AsyncClientSession) -> bool:
+            won = await compare_and_set(
+                self._provisions, provision_id, expected, {"$set": fields}, session=session
+            )
+            if won:
+                await append_events(self._db, self._ns, events, session, now)
+            return won
+
+        return await transact(self._client, work)
