@@ -1,0 +1,129 @@
+"""Delivery semantics against a real nats-server and a real Mongo-wire server.
+
+These are the guarantees every service relies on (DESIGN rules 1 and 2): an event
+published twice with one id is handled once; a failing handler is retried and then
+succeeds; a state change whose publish never happened is still published by the relay.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import nats
+import pytest
+from pymongo.asynchronous.database import AsyncDatabase
+
+from neobatch.common.broker import create_broker, ensure_stream, subscribe
+from neobatch.common.clock import utcnow
+from neobatch.common.contracts import JobQueued, encode_event
+from neobatch.common.mongo import create_mongo_client, transact
+from neobatch.common.outbox import OUTBOX, OutboxRelay, append_events
+from neobatch.common.subjects import Namespace
+from neobatch.sim.waiting import wait_until
+
+
+@pytest.fixture
+def ns() -> Namespace:
+    return Namespace(f"t{uuid.uuid4().hex[:10]}")
+
+
+async def _connect(nats_url: str, ns: Namespace) -> nats.NATS:
+    nc = await nats.connect(nats_url)
+    await ensure_stream(nc, ns)
+    return nc
+
+
+async def test_event_published_twice_with_one_id_is_handled_once(nats_url: str, ns: Namespace) -> None:
+    nc = await _connect(nats_url, ns)
+    handled: list[str] = []
+
+    async def on_job_queued(event: JobQueued) -> None:
+        handled.append(event.job_id)
+
+    broker = create_broker(nats_url)
+    subscribe(broker, ns, "test", JobQueued, on_job_queued)
+    event = JobQueued(job_id="job_dup")
+    marker = JobQueued(job_id="job_marker")
+    async with broker:
+        await broker.start()
+        js = nc.jetstream()
+        first = await js.publish(ns.subject(event), encode_event(event), headers={"Nats-Msg-Id": event.event_id})
+        second = await js.publish(ns.subject(event), encode_event(event), headers={"Nats-Msg-Id": event.event_id})
+        await js.publish(ns.subject(marker), encode_event(marker), headers={"Nats-Msg-Id": marker.event_id})
+        # The marker is published after the duplicate: once it is handled, so is anything before it.
+        await wait_until(lambda: "job_marker" in handled, 10, message="marker handled")
+    await nc.close()
+    assert second.duplicate and second.seq == first.seq
+    assert handled == ["job_dup", "job_marker"]
+
+
+async def test_failing_handler_is_retried_with_delay_then_succeeds(nats_url: str, ns: Namespace) -> None:
+    nc = await _connect(nats_url, ns)
+    attempts: list[float] = []
+
+    async def flaky(event: JobQueued) -> None:
+        attempts.append(utcnow().timestamp())
+        if len(attempts) < 3:
+            raise RuntimeError("database briefly away")
+
+    broker = create_broker(nats_url)
+    subscribe(broker, ns, "test", JobQueued, flaky)
+    event = JobQueued(job_id="job_flaky")
+    async with broker:
+        await broker.start()
+        await nc.jetstream().publish(ns.subject(event), encode_event(event), headers={"Nats-Msg-Id": event.event_id})
+        await wait_until(lambda: len(attempts) >= 3, 15, message="third attempt")
+        info = await nc.jetstream().consumer_info(ns.stream_name, ns.durable("test", JobQueued))
+    await nc.close()
+    assert len(attempts) == 3
+    # Retries are delayed (0.5 s, then 1 s), not immediate redeliveries.
+    assert attempts[1] - attempts[0] >= 0.4
+    assert attempts[2] - attempts[1] >= 0.9
+    assert info.config.max_deliver is not None and info.config.max_deliver > 3
+
+
+async def test_relay_publishes_a_committed_change_whose_publish_never_happened(
+    nats_url: str, mongo_url: str, mongo_db: AsyncDatabase, ns: Namespace
+) -> None:
+    client = create_mongo_client(mongo_url)
+    db = client.get_database(mongo_db.name)
+    event = JobQueued(job_id="job_outbox")
+
+    async def work(session) -> None:  # type: ignore[no-untyped-def]
+        await db.jobs.insert_one({"_id": "job_outbox", "status": "queued"}, session=session)
+        await append_events(db, ns, [event], session, utcnow())
+
+    # The "service" commits and dies before publishing: nothing but the outbox knows.
+    await transact(client, work)
+    nc = await _connect(nats_url, ns)
+    sub = await nc.jetstream().subscribe(ns.subject(event), durable=f"probe{uuid.uuid4().hex[:6]}")
+
+    relay = OutboxRelay(db, nc)
+    assert await relay.publish_pending() == 1
+    message = await sub.next_msg(timeout=5)
+    assert message.headers and message.headers["Nats-Msg-Id"] == event.event_id
+    entry = await db[OUTBOX].find_one({"_id": event.event_id})
+    assert entry is not None and entry["published_at"] is not None
+
+    # A relay that crashed after publishing but before marking: the entry is claimed again
+    # once its lease expires, re-published, and JetStream stores it only once.
+    await db[OUTBOX].update_one({"_id": event.event_id}, {"$set": {"published_at": None, "lease_until": None}})
+    assert await OutboxRelay(db, nc).publish_pending() == 1
+    info = await nc.jetstream().stream_info(ns.stream_name)
+    assert info.state.messages == 1
+    await nc.close()
+    await client.close()
+
+
+async def test_rolled_back_change_leaves_no_event(mongo_url: str, mongo_db: AsyncDatabase, ns: Namespace) -> None:
+    client = create_mongo_client(mongo_url)
+    db = client.get_database(mongo_db.name)
+
+    async def work(session) -> None:  # type: ignore[no-untyped-def]
+        await append_events(db, ns, [JobQueued(job_id="job_rollback")], session, utcnow())
+        raise ValueError("handler failed after recording its event")
+
+    with pytest.raises(ValueError):
+        await transact(client, work)
+    assert await db[OUTBOX].count_documents({}) == 0
+    await client.close()
