@@ -16,6 +16,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from neobatch.common.broker import create_broker, ensure_stream, subscribe
 from neobatch.common.clock import utcnow
 from neobatch.common.contracts import JobQueued, encode_event
+from neobatch.common.deadletter import forward_dead_letters
 from neobatch.common.mongo import create_mongo_client, transact
 from neobatch.common.outbox import OUTBOX, OutboxRelay, append_events
 from neobatch.common.subjects import Namespace
@@ -33,7 +34,9 @@ async def _connect(nats_url: str, ns: Namespace) -> nats.NATS:
     return nc
 
 
-async def test_event_published_twice_with_one_id_is_handled_once(nats_url: str, ns: Namespace) -> None:
+async def test_event_published_twice_with_one_id_is_handled_once(
+    nats_url: str, ns: Namespace
+) -> None:
     nc = await _connect(nats_url, ns)
     handled: list[str] = []
 
@@ -47,9 +50,15 @@ async def test_event_published_twice_with_one_id_is_handled_once(nats_url: str, 
     async with broker:
         await broker.start()
         js = nc.jetstream()
-        first = await js.publish(ns.subject(event), encode_event(event), headers={"Nats-Msg-Id": event.event_id})
-        second = await js.publish(ns.subject(event), encode_event(event), headers={"Nats-Msg-Id": event.event_id})
-        await js.publish(ns.subject(marker), encode_event(marker), headers={"Nats-Msg-Id": marker.event_id})
+        first = await js.publish(
+            ns.subject(event), encode_event(event), headers={"Nats-Msg-Id": event.event_id}
+        )
+        second = await js.publish(
+            ns.subject(event), encode_event(event), headers={"Nats-Msg-Id": event.event_id}
+        )
+        await js.publish(
+            ns.subject(marker), encode_event(marker), headers={"Nats-Msg-Id": marker.event_id}
+        )
         # The marker is published after the duplicate: once it is handled, so is anything before it.
         await wait_until(lambda: "job_marker" in handled, 10, message="marker handled")
     await nc.close()
@@ -57,7 +66,9 @@ async def test_event_published_twice_with_one_id_is_handled_once(nats_url: str, 
     assert handled == ["job_dup", "job_marker"]
 
 
-async def test_failing_handler_is_retried_with_delay_then_succeeds(nats_url: str, ns: Namespace) -> None:
+async def test_failing_handler_is_retried_with_delay_then_succeeds(
+    nats_url: str, ns: Namespace
+) -> None:
     nc = await _connect(nats_url, ns)
     attempts: list[float] = []
 
@@ -71,7 +82,9 @@ async def test_failing_handler_is_retried_with_delay_then_succeeds(nats_url: str
     event = JobQueued(job_id="job_flaky")
     async with broker:
         await broker.start()
-        await nc.jetstream().publish(ns.subject(event), encode_event(event), headers={"Nats-Msg-Id": event.event_id})
+        await nc.jetstream().publish(
+            ns.subject(event), encode_event(event), headers={"Nats-Msg-Id": event.event_id}
+        )
         await wait_until(lambda: len(attempts) >= 3, 15, message="third attempt")
         info = await nc.jetstream().consumer_info(ns.stream_name, ns.durable("test", JobQueued))
     await nc.close()
@@ -107,7 +120,9 @@ async def test_relay_publishes_a_committed_change_whose_publish_never_happened(
 
     # A relay that crashed after publishing but before marking: the entry is claimed again
     # once its lease expires, re-published, and JetStream stores it only once.
-    await db[OUTBOX].update_one({"_id": event.event_id}, {"$set": {"published_at": None, "lease_until": None}})
+    await db[OUTBOX].update_one(
+        {"_id": event.event_id}, {"$set": {"published_at": None, "lease_until": None}}
+    )
     assert await OutboxRelay(db, nc).publish_pending() == 1
     info = await nc.jetstream().stream_info(ns.stream_name)
     assert info.state.messages == 1
@@ -115,7 +130,9 @@ async def test_relay_publishes_a_committed_change_whose_publish_never_happened(
     await client.close()
 
 
-async def test_rolled_back_change_leaves_no_event(mongo_url: str, mongo_db: AsyncDatabase, ns: Namespace) -> None:
+async def test_rolled_back_change_leaves_no_event(
+    mongo_url: str, mongo_db: AsyncDatabase, ns: Namespace
+) -> None:
     client = create_mongo_client(mongo_url)
     db = client.get_database(mongo_db.name)
 
@@ -127,3 +144,31 @@ async def test_rolled_back_change_leaves_no_event(mongo_url: str, mongo_db: Asyn
         await transact(client, work)
     assert await db[OUTBOX].count_documents({}) == 0
     await client.close()
+
+
+async def test_exhausted_message_goes_to_the_dead_letter_stream(
+    nats_url: str, ns: Namespace
+) -> None:
+    nc = await _connect(nats_url, ns)
+    await forward_dead_letters(nc, ns, "test")
+    attempts: list[int] = []
+
+    async def always_fails(event: JobQueued) -> None:
+        attempts.append(1)
+        raise RuntimeError("poison")
+
+    broker = create_broker(nats_url)
+    subscribe(broker, ns, "test", JobQueued, always_fails, max_deliver=2)
+    event = JobQueued(job_id="job_poison")
+    dlq = await nc.jetstream().subscribe(f"dlq.{ns.prefix}.>", stream=ns.dead_letter_stream_name)
+    async with broker:
+        await broker.start()
+        await nc.jetstream().publish(
+            ns.subject(event), encode_event(event), headers={"Nats-Msg-Id": event.event_id}
+        )
+        dead = await dlq.next_msg(timeout=15)
+    await nc.close()
+    assert len(attempts) == 2
+    assert dead.subject == f"dlq.{ns.subject(event)}"
+    assert dead.headers and dead.headers["X-Consumer"] == ns.durable("test", JobQueued)
+    assert b"job_poison" in dead.data

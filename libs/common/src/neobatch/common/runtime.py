@@ -20,6 +20,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from neobatch.common.broker import create_broker, ensure_stream
 from neobatch.common.clock import Clock, SystemClock
+from neobatch.common.deadletter import forward_dead_letters
 from neobatch.common.logs import log_fields
 from neobatch.common.mongo import create_mongo_client, ensure_indexes
 from neobatch.common.outbox import OUTBOX, OUTBOX_INDEXES, OutboxRelay
@@ -66,6 +67,7 @@ class ServiceRuntime:
             name=f"{self.service}-relay",
         )
         await ensure_stream(self._nc, self.ns)
+        await forward_dead_letters(self._nc, self.ns, self.service)
         self.relay = OutboxRelay(self.db, self._nc, clock=self.clock)
         self.add_loop("outbox-relay", self.relay.run)
         await self.broker.start()

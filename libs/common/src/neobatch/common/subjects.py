@@ -32,7 +32,7 @@ class Namespace(msgspec.Struct, frozen=True):
         return [f"{self.prefix}.>"]
 
     @property
-    def dead_letter_stream_name(self) -> str:
+    def dead_letter_stream_name(self) -> str:  # subjects `dlq.<prefix>.>`
         return f"{self.stream_name}_DLQ"
 
     def subject(self, event: type[Event] | Event) -> str:
