@@ -1,0 +1,369 @@
+"""Run a demo batch end to end against a running console (the last step of ``./task up``).
+
+``python -m neobatch.sim.demo [--requests 100] [--timeout 300]``
+
+Creates (or reuses) the model ``Sim Chat 1B`` and its deployment template ``sim-chat-demo``
+v1.0.0, whose engine is the engine simulator launched over SSH; uploads a sample batch; creates a
+job and follows it until it ends. The console URL and API key come from ``NEOBATCH_CONSOLE_URL`` /
+``NEOBATCH_API_KEY`` when set, else from ``.run/stack.env`` written by ``devstack up``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from neobatch.sim.devstack import RunLayout, StackError, find_run_dir, read_env_file
+from neobatch.sim.sample_batch import write_sample_batch
+from neobatch.sim.servers import free_port
+
+MODEL_NAME = "Sim Chat 1B"
+MODEL_ID = "model-sim-chat-1b"  # the console derives `model-<slug of name>`
+SERVING_NAME = "sim-chat-1b"
+TEMPLATE_NAME = "sim-chat-demo"
+TEMPLATE_VERSION = "v1.0.0"
+ENDPOINT = "/v1/chat/completions"
+TERMINAL_STATUSES = frozenset(
+    {"completed", "failed", "expired", "cancelled", "resource_failed", "submit_failed"}
+)
+POLL_SECONDS = 1.0
+
+
+class DemoError(RuntimeError):
+    """The demo cannot go on; the message says which call failed and what the console said."""
+
+
+@dataclass(frozen=True)
+class Connection:
+    console_url: str
+    api_key: str
+
+
+def load_connection(
+    environ: Mapping[str, str], run_dir_finder: Callable[[], Path] = find_run_dir
+) -> Connection:
+    """Explicit environment first, so the demo can target any console; else the local stack."""
+    url = environ.get("NEOBATCH_CONSOLE_URL", "").strip()
+    key = environ.get("NEOBATCH_API_KEY", "").strip()
+    if not (url and key):
+        try:
+            stack_env = RunLayout(run_dir_finder()).stack_env
+        except StackError as error:
+            raise DemoError(f"{error}; or set NEOBATCH_CONSOLE_URL and NEOBATCH_API_KEY") from None
+        recorded = read_env_file(stack_env)
+        url = url or recorded.get("NEOBATCH_CONSOLE_URL", "")
+        key = key or recorded.get("NEOBATCH_API_KEY", "")
+        if not (url and key):
+            raise DemoError(
+                f"no console URL/API key: {stack_env} is missing or incomplete. Start the stack "
+                "with `./task up`, or set NEOBATCH_CONSOLE_URL and NEOBATCH_API_KEY"
+            )
+    return Connection(url.rstrip("/"), key)
+
+
+def engine_command() -> list[str]:
+    # The runtime-agent substitutes {port} and {model}; the SSH host runs on this machine, so the
+    # interpreter running the demo (the project venv) is the one that has the engine simulator.
+    return [
+        sys.executable,
+        "-m",
+        "neobatch.sim.engine",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "--model",
+        "{model}",
+        "--latency-ms",
+        "5",
+    ]
+
+
+def template_body(model_id: str, engine_port: int) -> dict[str, Any]:
+    """A deployment template in the AIBrix shape, with the engine-simulator launch command."""
+    return {
+        "name": TEMPLATE_NAME,
+        "version": TEMPLATE_VERSION,
+        "model_id": model_id,
+        "status": "active",
+        "spec": {
+            "engine": {
+                # The simulator speaks vLLM's OpenAI-compatible API; `command` replaces the
+                # `vllm serve` launch (see CONTRACTS.md, template extension).
+                "type": "vllm",
+                "version": "sim",
+                "invocation": "http_server",
+                "serve_args": [],
+                "command": engine_command(),
+                "port": engine_port,
+                "health_endpoint": "/health",
+                "ready_timeout_seconds": 60,
+                "metrics_endpoint": "/metrics",
+            },
+            "model_source": {"type": "local", "uri": SERVING_NAME},
+            "accelerator": {"type": "H100", "count": 1},
+            "parallelism": {"tp": 1, "pp": 1, "dp": 1, "ep": 1},
+            "supported_endpoints": [ENDPOINT],
+            "deployment_mode": "dedicated",
+        },
+    }
+
+
+def _now() -> str:
+    return datetime.now().strftime("%H:%M:%S")
+
+
+def _error_text(response: httpx.Response) -> str:
+    text = response.text.strip()
+    return text if len(text) <= 500 else text[:500] + "..."
+
+
+def _check(response: httpx.Response, what: str) -> dict[str, Any]:
+    if response.is_success:
+        try:
+            return dict(response.json())
+        except ValueError:
+            raise DemoError(
+                f"{what}: {response.request.url} answered HTTP {response.status_code} without a "
+                f"JSON object: {_error_text(response)}"
+            ) from None
+    raise DemoError(
+        f"{what}: {response.request.method} {response.request.url} returned HTTP "
+        f"{response.status_code}: {_error_text(response)}"
+    )
+
+
+class Demo:
+    def __init__(
+        self,
+        client: httpx.Client,
+        console_url: str,
+        api_key: str,
+        out: Callable[[str], None] = print,
+    ) -> None:
+        self.client = client
+        self.console_url = console_url
+        self.api_key = api_key
+        self.out = out
+
+    def ensure_model(self) -> str:
+        response = self.client.post(
+            "/api/v1/models",
+            json={"name": MODEL_NAME, "categories": ["LLM"], "serving_name": SERVING_NAME},
+        )
+        if response.status_code == 409:
+            model = _check(self.client.get(f"/api/v1/models/{MODEL_ID}"), "read existing model")
+            self.out(f"model {model['id']} already exists; reusing it")
+            return str(model["id"])
+        model = _check(response, "create model")
+        self.out(f"created model {model['id']}")
+        return str(model["id"])
+
+    def ensure_template(self, model_id: str) -> dict[str, Any]:
+        base = f"/api/v1/models/{model_id}/deployment-templates"
+        response = self.client.post(base, json=template_body(model_id, free_port()))
+        if response.status_code == 409:
+            template = _check(
+                self.client.get(
+                    f"{base}/by-name/{TEMPLATE_NAME}", params={"version": TEMPLATE_VERSION}
+                ),
+                "read existing deployment template",
+            )
+            self.out(f"deployment template {TEMPLATE_NAME} {TEMPLATE_VERSION} exists; reusing it")
+            stored = template.get("spec", {}).get("engine", {}).get("command") or []
+            if stored[:1] != [sys.executable]:
+                # Created from another checkout or venv; its engine command may not run here.
+                self.out(
+                    f"warning: the stored template launches {stored[:1]}, not {sys.executable}"
+                )
+            return template
+        template = _check(response, "create deployment template")
+        self.out(f"created deployment template {TEMPLATE_NAME} {TEMPLATE_VERSION}")
+        return template
+
+    def upload(self, path: Path) -> str:
+        with open(path, "rb") as content:
+            response = self.client.post(
+                "/api/v1/files/upload",
+                data={"purpose": "batch"},
+                files={"file": (path.name, content, "application/jsonl")},
+            )
+        uploaded = _check(response, "upload batch input")
+        self.out(f"uploaded {path} as {uploaded['id']}")
+        return str(uploaded["id"])
+
+    def create_job(self, model_id: str, file_id: str) -> dict[str, Any]:
+        job = _check(
+            self.client.post(
+                "/api/v1/jobs",
+                json={
+                    "input_dataset": file_id,
+                    "endpoint": ENDPOINT,
+                    "completion_window": "24h",
+                    "name": f"sim-chat-demo-{datetime.now():%Y%m%d-%H%M%S}",
+                    "model_id": model_id,
+                    "model_template_name": TEMPLATE_NAME,
+                    "model_template_version": TEMPLATE_VERSION,
+                },
+            ),
+            "create job",
+        )
+        self.out(f"created job {job['id']}")
+        return job
+
+    def follow(self, job_id: str, timeout_seconds: float) -> dict[str, Any]:
+        """Poll until a terminal status or the deadline, printing each change of status."""
+        deadline = time.monotonic() + timeout_seconds
+        last_status: str | None = None
+        job: dict[str, Any] = {"id": job_id}
+        while True:
+            try:
+                job = _check(self.client.get(f"/api/v1/jobs/{job_id}"), "read job")
+            except httpx.TransportError as error:
+                # A console restart or a slow answer should not end the demo; the deadline will.
+                self.out(f"{_now()}  (console did not answer: {error}; retrying)")
+            else:
+                status = str(job.get("status"))
+                if status != last_status:
+                    self.out(f"{_now()}  {status}{_counts(job)}")
+                    last_status = status
+                if status in TERMINAL_STATUSES:
+                    return job
+            if time.monotonic() >= deadline:
+                return job
+            time.sleep(POLL_SECONDS)
+
+    def report(self, job: dict[str, Any], timeout_seconds: float) -> int:
+        status = job.get("status")
+        job_id = job["id"]
+        if status == "completed":
+            output = job.get("output_dataset")
+            url = f"{self.console_url}/api/v1/files/{output}/content"
+            self.out(f"job {job_id} completed{_counts(job)}")
+            self.out(f"output file: {output}")
+            self.out(f"download:    GET {url}")
+            self.out(
+                f'             curl -sS -H "Authorization: Bearer {self.api_key}" {url} '
+                "-o demo-output.jsonl"
+            )
+            if job.get("error_dataset"):
+                self.out(f"error file:  {job['error_dataset']}")
+            return 0
+        if status in TERMINAL_STATUSES:
+            message = job.get("error_message") or _first_errors(job) or "(no error_message)"
+            self.out(f"job {job_id} ended {status}: {message}")
+            return 1
+        self.out(
+            f"job {job_id} is still {status} after {timeout_seconds:g}s; giving up waiting. "
+            f"It keeps running; cancel it with: curl -sS -X POST -H "
+            f'"Authorization: Bearer {self.api_key}" {self.console_url}/api/v1/jobs/{job_id}/cancel'
+        )
+        return 1
+
+    def run(self, requests: int, timeout_seconds: float, input_path: Path) -> int:
+        self.out(f"console {self.console_url}")
+        model_id = self.ensure_model()
+        self.ensure_template(model_id)
+        write_sample_batch(input_path, requests, SERVING_NAME, ENDPOINT)
+        file_id = self.upload(input_path)
+        job = self.create_job(model_id, file_id)
+        final = self.follow(str(job["id"]), timeout_seconds)
+        return self.report(final, timeout_seconds)
+
+
+def _counts(job: Mapping[str, Any]) -> str:
+    counts = job.get("request_counts") or {}
+    if not counts.get("total"):
+        return ""
+    return (
+        f"  (requests: {counts.get('completed', 0)}/{counts['total']} completed, "
+        f"{counts.get('failed', 0)} failed)"
+    )
+
+
+def _first_errors(job: Mapping[str, Any], limit: int = 3) -> str:
+    """OpenAI-style batch errors, as a list or as ``{"data": [...]}``, for jobs without a message."""
+    errors = job.get("errors") or []
+    if isinstance(errors, Mapping):
+        errors = errors.get("data") or []
+    parts = []
+    for error in list(errors)[:limit]:
+        if isinstance(error, Mapping):
+            line = f" (line {error['line']})" if error.get("line") is not None else ""
+            parts.append(f"{error.get('code', 'error')}: {error.get('message', '')}{line}")
+    return "; ".join(parts)
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def make_client(connection: Connection) -> httpx.Client:
+    return httpx.Client(
+        base_url=connection.console_url,
+        headers={"Authorization": f"Bearer {connection.api_key}"},
+        timeout=httpx.Timeout(30.0, connect=5.0),
+        # A proxy from the user's environment must not capture requests to the local stack.
+        trust_env=not _is_loopback(connection.console_url),
+    )
+
+
+@contextlib.contextmanager
+def _input_dir() -> Iterator[Path]:
+    """``.run/demo`` beside the stack, kept for inspection; a temp dir if there is no repo."""
+    try:
+        directory = find_run_dir() / "demo"
+    except StackError:
+        with tempfile.TemporaryDirectory(prefix="neobatch-demo-") as tmp:
+            yield Path(tmp)
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    yield directory
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m neobatch.sim.demo",
+        description="Submit a demo batch to the console and wait for the job to finish.",
+    )
+    parser.add_argument("--requests", type=int, default=100, help="batch size (%(default)s)")
+    parser.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to wait for the job (%(default)s)"
+    )
+    args = parser.parse_args(argv)
+    if args.requests < 1:
+        parser.error("--requests must be at least 1")
+    try:
+        connection = load_connection(os.environ)
+        with _input_dir() as input_dir, make_client(connection) as client:
+            demo = Demo(client, connection.console_url, connection.api_key)
+            return demo.run(args.requests, args.timeout, input_dir / "batch_input.jsonl")
+    except DemoError as error:
+        print(f"demo: {error}", file=sys.stderr)
+        return 1
+    except httpx.TransportError as error:
+        print(f"demo: cannot reach the console: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""OpenAI-compatible engine simulator (stands in for vLLM): deterministic, fast, fault-injecting.
+
+Run it with ``python -m neobatch.sim.engine --port P``; predict its replies with ``expected_body``.
+"""
+
+from neobatch.sim.engine.app import (
+    EngineConfig,
+    RunningEngine,
+    build_app,
+    run_engine,
+    running_engine,
+    start_engine,
+)
+from neobatch.sim.engine.replies import (
+    DEFAULT_MODEL,
+    SimResponse,
+    compute_response,
+    embedding_vector,
+    expected_body,
+)
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "EngineConfig",
+    "RunningEngine",
+    "SimResponse",
+    "build_app",
+    "compute_response",
+    "embedding_vector",
+    "expected_body",
+    "run_engine",
+    "running_engine",
+    "start_engine",
+]

@@ -1,0 +1,51 @@
+"""CLI: ``python -m neobatch.sim.engine --host 127.0.0.1 --port 8000 --model NAME``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+from neobatch.sim.engine.app import EngineConfig, running_engine
+from neobatch.sim.engine.replies import DEFAULT_MODEL
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m neobatch.sim.engine", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--failure-rate", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--startup-delay-seconds", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.failure_rate <= 1.0:
+        parser.error("--failure-rate must be between 0 and 1")
+    return args
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    config = EngineConfig(
+        model=args.model,
+        latency_ms=args.latency_ms,
+        failure_rate=args.failure_rate,
+        seed=args.seed,
+        startup_delay_seconds=args.startup_delay_seconds,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Graceful exit on SIGTERM (ManagedProcess.stop) as well as Ctrl-C.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_engine(args.host, args.port, config) as engine:
+        print(f"engine sim listening on {engine.url} model={config.model}", flush=True)
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    asyncio.run(_serve(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

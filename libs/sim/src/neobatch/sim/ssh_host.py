@@ -1,0 +1,267 @@
+"""A loopback SSH host double: asyncssh server that runs commands locally through ``/bin/sh -c``.
+
+Behaves like a locked-down sshd for the SSH provisioner: public-key auth only (keys from an
+authorized_keys file, re-read on every login like sshd, or a fixed list), no password or
+keyboard-interactive auth, ``direct-tcpip`` local forwards only to loopback destinations, no remote
+forwards. SFTP/SCP are served from the local filesystem. Any username is accepted because every
+session runs as the user running this server.
+
+CLI: ``python -m neobatch.sim.ssh_host --host 127.0.0.1 --port P --authorized-keys FILE
+--host-key FILE [--workdir DIR]``; a missing host-key file is generated (ed25519, mode 0600).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import ipaddress
+import logging
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncssh
+
+from neobatch.sim.ssh_exec import run_session
+
+log = logging.getLogger(__name__)
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+KeySource = str | os.PathLike[str] | Sequence[str]
+HostKeySource = asyncssh.SSHKey | str | os.PathLike[str] | None
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and the usual localhost names."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def public_key_line(key: asyncssh.SSHKey) -> str:
+    """``ssh-ed25519 AAAA...`` without a comment, as used in known_hosts / authorized_keys."""
+    text = key.convert_to_public().export_public_key("openssh").decode()
+    return " ".join(text.split()[:2])
+
+
+def load_or_create_host_key(path: str | os.PathLike[str]) -> asyncssh.SSHKey:
+    """Read a private host key, generating an ed25519 one (mode 0600, plus ``.pub``) if missing."""
+    path = Path(path)
+    if path.exists():
+        return asyncssh.read_private_key(path)
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    write_private_key(key, path)
+    return key
+
+
+def write_private_key(key: asyncssh.SSHKey, path: str | os.PathLike[str]) -> None:
+    """Write an OpenSSH private key created 0600 from the start (never briefly world-readable)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key.export_private_key("openssh"))
+    os.chmod(path, 0o600)
+    Path(f"{path}.pub").write_text(public_key_line(key) + "\n")
+
+
+class _AuthorizedKeys:
+    """Either a file re-read per login (so keys can be added while running) or fixed content."""
+
+    def __init__(self, source: KeySource) -> None:
+        self._path: Path | None = None
+        self._fixed: asyncssh.SSHAuthorizedKeys | None = None
+        # A key line always contains a space; a bare token is taken as a file path.
+        if isinstance(source, os.PathLike) or (isinstance(source, str) and " " not in source):
+            self._path = Path(source)
+        elif isinstance(source, str):
+            self._fixed = _parse_authorized_keys(source)
+        else:
+            self._fixed = _parse_authorized_keys("\n".join(source))
+
+    def current(self) -> asyncssh.SSHAuthorizedKeys:
+        if self._fixed is not None:
+            return self._fixed
+        assert self._path is not None
+        try:
+            return _parse_authorized_keys(self._path.read_text())
+        except (OSError, ValueError) as exc:
+            # A missing or broken file means nobody gets in, as with sshd.
+            log.warning("cannot use authorized keys %s: %s", self._path, exc)
+            return asyncssh.import_authorized_keys("")
+
+
+def _parse_authorized_keys(text: str) -> asyncssh.SSHAuthorizedKeys:
+    # asyncssh rejects a file of only comments/blank lines; for us that just means "no keys".
+    lines = [
+        line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")
+    ]
+    return asyncssh.import_authorized_keys("\n".join(lines) + "\n" if lines else "")
+
+
+class _HostServer(asyncssh.SSHServer):
+    def __init__(self, host: SSHHost) -> None:
+        self._host = host
+        self._conn: asyncssh.SSHServerConnection | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        self._host._connections.add(conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._conn is not None:
+            self._host._connections.discard(self._conn)
+
+    def begin_auth(self, username: str) -> bool:
+        assert self._conn is not None
+        self._conn.set_authorized_keys(self._host._authorized_keys.current())
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        # Offer publickey even when the key list is empty, so clients see a normal rejection.
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> bool:
+        if is_loopback(dest_host):
+            return True
+        log.info("refused direct-tcpip to %s:%s", dest_host, dest_port)
+        raise asyncssh.ChannelOpenError(
+            asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+            f"port forwarding to {dest_host} is not permitted (loopback only)",
+        )
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        return False  # No remote (-R) forwards.
+
+
+@dataclass(eq=False)
+class SSHHost:
+    """A running SSH host double. Use ``known_hosts`` with asyncssh to pin its key."""
+
+    host: str
+    port: int
+    host_key: asyncssh.SSHKey
+    workdir: str | None
+    _authorized_keys: _AuthorizedKeys
+    _acceptor: asyncssh.SSHAcceptor | None = None
+    _connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
+
+    @property
+    def host_public_key(self) -> str:
+        return public_key_line(self.host_key)
+
+    @property
+    def known_hosts_line(self) -> str:
+        return f"[{self.host}]:{self.port} {self.host_public_key}"
+
+    @property
+    def known_hosts(self) -> asyncssh.SSHKnownHosts:
+        return asyncssh.import_known_hosts(self.known_hosts_line + "\n")
+
+    async def close(self) -> None:
+        """Stop listening and drop live connections (their commands get SIGHUP)."""
+        if self._acceptor is not None:
+            self._acceptor.close()
+            await self._acceptor.wait_closed()
+            self._acceptor = None
+        for conn in list(self._connections):
+            conn.close()
+        for conn in list(self._connections):
+            await conn.wait_closed()
+
+
+async def start_ssh_host(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    authorized_keys: KeySource = (),
+    host_key: HostKeySource = None,
+    workdir: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> SSHHost:
+    """Serve on ``host:port`` (0 = free port) in the running loop.
+
+    ``authorized_keys``: a list of OpenSSH public key lines, an authorized_keys file path
+    (re-read per login), or authorized_keys text. ``host_key``: an SSHKey, a path (created if
+    missing) or None for a fresh in-memory ed25519 key. ``workdir``: cwd of every command
+    (default: the home directory, as with sshd). ``env``: extra environment for every command
+    (e.g. ``HOME`` pointing at a sandbox), applied before the client's own variables.
+    """
+    if host_key is None:
+        key = asyncssh.generate_private_key("ssh-ed25519")
+    elif isinstance(host_key, asyncssh.SSHKey):
+        key = host_key
+    else:
+        key = load_or_create_host_key(host_key)
+    cwd = os.fspath(workdir) if workdir is not None else str(Path.home())
+    ssh_host = SSHHost(host, port, key, cwd, _AuthorizedKeys(authorized_keys))
+    acceptor = await asyncssh.create_server(
+        functools.partial(_HostServer, ssh_host),
+        host,
+        port,
+        server_host_keys=[key],
+        process_factory=functools.partial(run_session, workdir=cwd, env=env),
+        encoding=None,
+        sftp_factory=True,
+        allow_scp=True,
+        password_auth=False,
+        kbdint_auth=False,
+        x509_trusted_certs=None,
+        gss_host=None,
+    )
+    ssh_host.port = int(acceptor.get_port())
+    ssh_host._acceptor = acceptor
+    return ssh_host
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m neobatch.sim.ssh_host", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=2222)
+    parser.add_argument("--authorized-keys", required=True, help="authorized_keys file")
+    parser.add_argument("--host-key", required=True, help="private host key (created if absent)")
+    parser.add_argument("--workdir", default=None, help="cwd for commands (default: home)")
+    return parser.parse_args(argv)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    ssh_host = await start_ssh_host(
+        args.host,
+        args.port,
+        Path(args.authorized_keys),
+        Path(args.host_key),
+        args.workdir,
+    )
+    print(f"ssh host listening on {ssh_host.host}:{ssh_host.port}", flush=True)
+    print(f"host key: {ssh_host.host_public_key}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await ssh_host.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=os.environ.get("NEOBATCH_LOG_LEVEL", "INFO"))
+    asyncio.run(_serve(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

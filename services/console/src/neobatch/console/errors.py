@@ -1,0 +1,137 @@
+"""Every error response is JSON `{code, message}` (DESIGN rule 6).
+
+`code` is a stable snake_case string clients can match on; `message` names the field or
+the problem, with anything secret-looking masked.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import ClientException, HTTPException, SerializationException
+from litestar.types import ExceptionHandlersMap
+
+from neobatch.common.errors import Conflict, InvalidInput, NeobatchError, NotFound
+from neobatch.common.logs import log_fields, redact_text
+from neobatch.console.schemas import ErrorBody
+
+log = logging.getLogger("neobatch.console")
+
+
+class Forbidden(NeobatchError):
+    code = "forbidden"
+
+
+class InvalidFile(InvalidInput):
+    code = "invalid_file"
+
+
+_NEOBATCH_STATUS: tuple[tuple[type[NeobatchError], int], ...] = (
+    (NotFound, 404),
+    (Conflict, 409),
+    (Forbidden, 403),
+    (InvalidInput, 400),
+)
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    503: "unavailable",
+}
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `(?P<path>.*)`)?$", re.S)
+_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`$")
+
+
+def error_response(status: int, code: str, message: str) -> Response[ErrorBody]:
+    return Response(ErrorBody(code=code, message=redact_text(message)), status_code=status)
+
+
+def _field_path(path: str) -> str:
+    """msgspec's `$.data.spec.accelerator.count` → `spec.accelerator.count`."""
+    key_of = path.startswith("key` in `")
+    if key_of:
+        path = path.removeprefix("key` in `")
+    for root in ("$.data", "$"):
+        if path == root or path.startswith(root + ".") or path.startswith(root + "["):
+            path = path[len(root) :].lstrip(".")
+            break
+    return f"{path} (key)" if key_of and path else path
+
+
+def describe_validation_error(text: str) -> tuple[str, str]:
+    """A msgspec validation message → (code, message naming the field)."""
+    match = _AT.match(text)
+    msg, path = (match["msg"], match["path"] or "") if match else (text, "")
+    field = _field_path(path)
+    if missing := _MISSING.match(msg):
+        name = missing["field"]
+        if name == "data" and not field:
+            # Litestar wraps the whole body as `data`: nothing was sent.
+            return "invalid_json", "request body is empty; expected a JSON object"
+        full = f"{field}.{name}" if field else name
+        return "invalid_request", f"{full} is required"
+    if field:
+        return "invalid_request", f"{field}: {msg}"
+    if msg.startswith("Expected"):
+        return "invalid_request", f"request body: {msg}"
+    return "invalid_request", msg
+
+
+def _describe_client_error(exc: ClientException) -> tuple[str, str]:
+    cause = exc.__cause__
+    if isinstance(cause, SerializationException):
+        return "invalid_json", f"request body is not valid JSON: {cause}"
+    if isinstance(cause, msgspec.ValidationError):
+        return describe_validation_error(str(cause))
+    extra: Any = exc.extra
+    if isinstance(extra, list) and extra:
+        parts = [
+            f"{item.get('key')}: {item.get('message')}" if isinstance(item, dict) else str(item)
+            for item in extra
+        ]
+        return "invalid_request", "; ".join(parts)
+    return "bad_request", str(exc.detail)
+
+
+def on_neobatch_error(request: Request[Any, Any, Any], exc: NeobatchError) -> Response[ErrorBody]:
+    status = next((s for kind, s in _NEOBATCH_STATUS if isinstance(exc, kind)), 500)
+    if status >= 500:
+        log.error("request failed", exc_info=exc, extra=log_fields(path=request.url.path))
+        return error_response(status, exc.code, "internal error; see the console log")
+    return error_response(status, exc.code, exc.message)
+
+
+def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+    status = exc.status_code
+    if status == 400 and isinstance(exc, ClientException):
+        code, message = _describe_client_error(exc)
+        return error_response(400, code, message)
+    if status == 404 and exc.detail in ("", "Not Found"):
+        return error_response(404, "not_found", f"no route for {request.method} {request.url.path}")
+    if status >= 500:
+        log.error("request failed", exc_info=exc, extra=log_fields(path=request.url.path))
+        return error_response(status, "internal_error", "internal error; see the console log")
+    return error_response(status, _HTTP_CODES.get(status, "error"), str(exc.detail))
+
+
+def on_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    # The text of an unexpected error may hold anything; it goes to the log, not the client.
+    log.error("unhandled error", exc_info=exc, extra=log_fields(path=request.url.path))
+    return error_response(500, "internal_error", "internal error; see the console log")
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    NeobatchError: on_neobatch_error,
+    HTTPException: on_http_exception,
+    Exception: on_unexpected_error,
+}

@@ -1,0 +1,203 @@
+"""Request and response bodies.
+
+Unknown keys are ignored, as AIBrix does (clients written for it send extra fields).
+Constraints live in the types so a violation is a 400 naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar.datastructures import UploadFile
+from msgspec import Meta
+
+from neobatch.console.job_create import parse_completion_window
+
+Text = Annotated[str, Meta(max_length=512)]
+Label = Annotated[str, Meta(max_length=128)]
+Name = Annotated[str, Meta(min_length=1, max_length=256)]
+Endpoint = Annotated[str, Meta(pattern=r"^/v1/[A-Za-z0-9_./-]+$", max_length=128)]
+Positive = Annotated[int, Meta(ge=1)]
+EngineArg = str | int | float | bool
+
+
+# --- models ----------------------------------------------------------------------------------
+
+
+class CreateModel(msgspec.Struct, kw_only=True):
+    name: Name
+    categories: list[Label] = []
+    # What batch requests put in `body.model`; falls back to the template's model_source.uri.
+    serving_name: Text = ""
+    description: Annotated[str, Meta(max_length=4096)] = ""
+    tags: list[Label] = []
+    context_length: Annotated[int, Meta(ge=0)] | None = None
+
+
+class ModelOut(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "model"
+    name: str
+    categories: list[str]
+    serving_name: str
+    description: str
+    tags: list[str]
+    context_length: int | None
+    created_at: int
+
+
+class ModelList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[ModelOut]
+
+
+# --- deployment templates (aibrix-reference §1.9) --------------------------------------------
+
+
+class TemplateEngine(msgspec.Struct, kw_only=True):
+    type: Label = "vllm"
+    version: Label = ""
+    image: Text = ""
+    invocation: Label = ""
+    serve_args: list[Text] = []
+    health_endpoint: Label = "/health"
+    ready_timeout_seconds: Positive = 1800
+    metrics_endpoint: Label = ""
+    # Our extension (CONTRACTS.md): launch command overriding `vllm serve`, with {port} and
+    # {model} substituted, and the engine's port on the host.
+    command: list[Text] | None = None
+    port: Annotated[int, Meta(ge=1, le=65535)] = 8000
+
+
+class ModelSource(msgspec.Struct, kw_only=True):
+    type: Label = "huggingface"
+    uri: Annotated[str, Meta(min_length=1, max_length=512)]
+    revision: Label = ""
+    tokenizer_path: Text = ""
+    chat_template_path: Text = ""
+    # The name of a secret held elsewhere, never the secret itself.
+    auth_secret_ref: Label = ""
+
+
+class Accelerator(msgspec.Struct, kw_only=True):
+    type: Annotated[str, Meta(min_length=1, max_length=128)]
+    count: Positive = 1
+    vram_gb: Annotated[int, Meta(ge=0)] | None = None
+    interconnect: Label = ""
+    sku_hint: Label = ""
+
+
+class Parallelism(msgspec.Struct, kw_only=True):
+    tp: Positive = 1
+    pp: Positive = 1
+    dp: Positive = 1
+    ep: Positive = 1
+    sp: Positive = 1
+    cp: Positive = 1
+
+
+class Quantization(msgspec.Struct, kw_only=True):
+    weight: Label = ""
+    kv_cache: Label = ""
+    weights_artifact_uri: Text = ""
+
+
+class TemplateSpec(msgspec.Struct, kw_only=True):
+    engine: TemplateEngine
+    model_source: ModelSource
+    accelerator: Accelerator
+    parallelism: Parallelism = msgspec.field(default_factory=Parallelism)
+    engine_args: dict[Label, EngineArg] = {}
+    quantization: Quantization | None = None
+    # Empty: the endpoints every engine serves (job_create.DEFAULT_ENDPOINTS).
+    supported_endpoints: list[Endpoint] = []
+    deployment_mode: Label = "dedicated"
+
+
+class CreateTemplate(msgspec.Struct, kw_only=True):
+    name: Annotated[str, Meta(min_length=1, max_length=128)]
+    version: Annotated[str, Meta(min_length=1, max_length=64)] = "v1.0.0"
+    status: Literal["active", "deprecated", "draft"] = "active"
+    spec: TemplateSpec
+
+
+class TemplateOut(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "model_deployment_template"
+    model_id: str
+    name: str
+    version: str
+    status: str
+    spec: dict[str, Any]
+    created_at: int
+
+
+class TemplateList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[TemplateOut]
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+@dataclass
+class UploadForm:
+    # A dataclass, because Litestar fills multipart forms into dataclasses with UploadFile.
+    file: UploadFile
+    purpose: str = "batch"
+
+
+class FileOut(msgspec.Struct, kw_only=True):
+    """OpenAI's file object."""
+
+    id: str
+    object: str = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: str = "processed"
+
+
+# --- jobs (aibrix-reference §1.2) ------------------------------------------------------------
+
+
+class ResourceRequestIn(msgspec.Struct, kw_only=True):
+    # 0 or absent means one replica (AIBrix).
+    replicas: Annotated[int, Meta(ge=0, le=1024)] = 0
+    # Opaque, stored for provider extensions (AIBrix provider_config).
+    provider_config: dict[str, Any] | None = None
+
+
+MetadataKey = Annotated[str, Meta(max_length=64)]
+MetadataValue = Annotated[str, Meta(max_length=512)]
+
+
+class CreateJob(msgspec.Struct, kw_only=True):
+    input_dataset: Annotated[str, Meta(min_length=1, max_length=128)]
+    endpoint: Endpoint
+    completion_window: Annotated[str, Meta(max_length=32)] = "24h"
+    name: Text = ""
+    model_id: Label = ""
+    model_template_name: Label = ""
+    model_template_version: Label = ""
+    resource_request: ResourceRequestIn | None = None
+    # Smart-client tuning (AIBrix `client`), passed through unchanged.
+    client: dict[str, Any] | None = None
+    metadata: Annotated[dict[MetadataKey, MetadataValue], Meta(max_length=16)] = {}
+    # Our extension: the provider to lease from (None = the configured default).
+    provider: Annotated[str, Meta(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")] | None = None
+
+    def __post_init__(self) -> None:
+        # Raised as ValueError so msgspec reports it as a validation error (400).
+        parse_completion_window(self.completion_window)
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+class ErrorBody(msgspec.Struct):
+    code: str
+    message: str

@@ -1,0 +1,47 @@
+"""Console settings, read once from the environment at start-up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import msgspec
+
+from neobatch.common.settings import CommonSettings, env_int, env_str, read_common
+
+DEFAULT_MAX_UPLOAD_BYTES = 200 * 1024 * 1024
+
+
+class ConsoleSettings(msgspec.Struct, frozen=True, kw_only=True):
+    common: CommonSettings = CommonSettings()
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Bearer key for /api/*. Empty disables auth (every caller is the same anonymous owner).
+    api_key: str = ""
+    # Template name used when a job names none (AIBrix DEFAULT_BATCH_MODEL_DEPLOYMENT_TEMPLATE).
+    default_template: str = ""
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+
+    def __repr__(self) -> str:
+        # Settings get logged and shown in tracebacks; the key must never be among them.
+        return (
+            f"ConsoleSettings(common={self.common!r}, host={self.host!r}, port={self.port}, "
+            f"api_key={'set' if self.api_key else 'unset'}, "
+            f"default_template={self.default_template!r}, max_upload_bytes={self.max_upload_bytes})"
+        )
+
+
+def read_settings(env: Mapping[str, str] | None = None) -> ConsoleSettings:
+    env = os.environ if env is None else env
+    # Defaults come from an instance: on a msgspec Struct class, a field name is a descriptor.
+    defaults = ConsoleSettings()
+    return ConsoleSettings(
+        common=read_common(env),
+        host=env_str(env, "NEOBATCH_CONSOLE_HOST", defaults.host),
+        port=env_int(env, "NEOBATCH_CONSOLE_PORT", defaults.port, minimum=0),
+        api_key=env.get("NEOBATCH_API_KEY", "").strip(),
+        default_template=env_str(env, "DEFAULT_BATCH_MODEL_DEPLOYMENT_TEMPLATE", ""),
+        max_upload_bytes=env_int(
+            env, "NEOBATCH_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES, minimum=1
+        ),
+    )

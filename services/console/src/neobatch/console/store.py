@@ -1,0 +1,219 @@
+"""ConsoleStore: the console's only access to MongoDB (documents, GridFS files, the outbox)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from neobatch.common import filestore
+from neobatch.common.contracts import TERMINAL_JOB_STATUSES, Event
+from neobatch.common.errors import Conflict, NotFound
+from neobatch.common.filestore import FileInfo
+from neobatch.common.mongo import ensure_indexes, transact
+from neobatch.common.outbox import append_events
+from neobatch.common.subjects import Namespace
+from neobatch.common.transitions import compare_and_set
+
+Document = dict[str, Any]
+
+MODELS = "models"
+TEMPLATES = "templates"
+JOBS = "jobs"
+PROVISIONS = "provisions"
+
+_INDEXES: dict[str, list[IndexModel]] = {
+    TEMPLATES: [
+        # Backs the 409 on a duplicate template: the check and the insert cannot race.
+        IndexModel(
+            [("model_id", ASCENDING), ("name", ASCENDING), ("version", ASCENDING)],
+            unique=True,
+            name="model_name_version",
+        ),
+        IndexModel(
+            [("name", ASCENDING), ("status", ASCENDING), ("created_at", DESCENDING)],
+            name="resolve",
+        ),
+    ],
+    JOBS: [IndexModel([("created_at", DESCENDING), ("_id", DESCENDING)], name="newest_first")],
+}
+_TERMINAL = sorted(status.value for status in TERMINAL_JOB_STATUSES)
+
+
+class ConsoleStore:
+    def __init__(
+        self,
+        client: AsyncMongoClient[Document],
+        db: AsyncDatabase[Document],
+        ns: Namespace,
+        notify_outbox: Callable[[], None],
+    ) -> None:
+        self._client = client
+        self._db = db
+        self._ns = ns
+        self._notify_outbox = notify_outbox
+
+    async def ensure_indexes(self) -> None:
+        for collection, indexes in _INDEXES.items():
+            await ensure_indexes(self._db[collection], indexes)
+
+    async def ping(self, timeout_seconds: float = 2.0) -> bool:
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                await self._db.command("ping")
+        except Exception:
+            return False
+        return True
+
+    # --- models and templates ----------------------------------------------------------------
+
+    async def insert_model(self, doc: Document) -> None:
+        try:
+            await self._db[MODELS].insert_one(doc)
+        except DuplicateKeyError:
+            raise Conflict(f"model {doc['_id']!r} already exists", code="model_exists") from None
+
+    async def find_model(self, model_id: str) -> Document | None:
+        return await self._db[MODELS].find_one({"_id": model_id})
+
+    async def get_model(self, model_id: str) -> Document:
+        doc = await self.find_model(model_id)
+        if doc is None:
+            raise NotFound(f"model {model_id!r} not found", code="model_not_found")
+        return doc
+
+    async def list_models(self) -> list[Document]:
+        return await self._db[MODELS].find().sort([("created_at", DESCENDING)]).to_list(None)
+
+    async def insert_template(self, doc: Document) -> None:
+        try:
+            await self._db[TEMPLATES].insert_one(doc)
+        except DuplicateKeyError:
+            raise Conflict(
+                f"template {doc['name']!r} version {doc['version']!r} already exists "
+                f"for model {doc['model_id']!r}",
+                code="template_exists",
+            ) from None
+
+    async def list_templates(self, model_id: str) -> list[Document]:
+        cursor = self._db[TEMPLATES].find({"model_id": model_id})
+        return await cursor.sort([("created_at", DESCENDING)]).to_list(None)
+
+    async def find_template(self, name: str, version: str, model_id: str) -> Document | None:
+        """An exact (name, version), or with no version the newest active template of `name`.
+
+        `model_id` narrows the search when given (AIBrix: templates are named per model).
+        """
+        query: Document = {"name": name}
+        if model_id:
+            query["model_id"] = model_id
+        if version:
+            query["version"] = version
+        else:
+            query["status"] = "active"
+        cursor = self._db[TEMPLATES].find(query).sort([("created_at", DESCENDING)]).limit(1)
+        found = await cursor.to_list(1)
+        return found[0] if found else None
+
+    # --- files -------------------------------------------------------------------------------
+
+    async def save_file(
+        self,
+        file_id: str,
+        filename: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        purpose: str,
+        owner: str,
+    ) -> FileInfo:
+        """Stream `chunks` into the file store; if anything fails, nothing is left behind."""
+        try:
+            return await filestore.save_file(
+                self._db, file_id, filename, chunks, purpose=purpose, owner=owner
+            )
+        except BaseException:
+            # save_file aborts its upload stream, but a failure while closing it could still
+            # leave a partial file; deleting an absent file is harmless.
+            with contextlib.suppress(Exception):
+                await filestore.delete_file(self._db, file_id)
+            raise
+
+    async def find_file(self, file_id: str) -> FileInfo | None:
+        return await filestore.find_file(self._db, file_id)
+
+    def iter_file(self, file_id: str) -> AsyncIterator[bytes]:
+        return filestore.iter_file(self._db, file_id)
+
+    # --- jobs --------------------------------------------------------------------------------
+
+    async def insert_job(self, doc: Document, events: Sequence[Event], now: datetime) -> None:
+        """Insert the job and its events in one transaction (DESIGN rule 1), then wake the relay."""
+
+        async def work(session: AsyncClientSession) -> None:
+            await self._db[JOBS].insert_one(doc, session=session)
+            await append_events(self._db, self._ns, events, session, now)
+
+        await transact(self._client, work)
+        self._notify_outbox()
+
+    async def get_job(self, job_id: str) -> Document:
+        doc = await self._db[JOBS].find_one({"_id": job_id})
+        if doc is None:
+            raise NotFound(f"job {job_id!r} not found", code="job_not_found")
+        return doc
+
+    async def list_jobs(self, limit: int, after: str | None) -> tuple[list[Document], bool]:
+        """Newest first; `after` is the last job id of the previous page (unknown → empty)."""
+        query: Document = {}
+        if after:
+            cursor_doc = await self._db[JOBS].find_one({"_id": after}, {"created_at": 1})
+            if cursor_doc is None:
+                return [], False
+            at = cursor_doc["created_at"]
+            query = {
+                "$or": [{"created_at": {"$lt": at}}, {"created_at": at, "_id": {"$lt": after}}]
+            }
+        cursor = self._db[JOBS].find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+        docs = await cursor.limit(limit + 1).to_list(limit + 1)
+        return docs[:limit], len(docs) > limit
+
+    async def save_cancel_request(
+        self, job_id: str, events: Sequence[Event], now: datetime
+    ) -> bool:
+        """Record the cancel request once, with its events; False if terminal or already asked."""
+
+        async def work(session: AsyncClientSession) -> bool:
+            won = await compare_and_set(
+                self._db[JOBS],
+                job_id,
+                {"status": {"$nin": _TERMINAL}, "cancel_requested_at": None},
+                {"$set": {"cancel_requested_at": now}},
+                session=session,
+            )
+            if won:
+                await append_events(self._db, self._ns, events, session, now)
+            return won
+
+        won = await transact(self._client, work)
+        if won:
+            self._notify_outbox()
+        return won
+
+    async def find_provisions(self, provision_ids: Sequence[str | None]) -> dict[str, Document]:
+        wanted = sorted({pid for pid in provision_ids if pid})
+        if not wanted:
+            return {}
+        docs = await self._db[PROVISIONS].find({"_id": {"$in": wanted}}).to_list(None)
+        return {doc["_id"]: doc for doc in docs}
+
+    async def find_provision(self, provision_id: str | None) -> Document | None:
+        if not provision_id:
+            return None
+        return await self._db[PROVISIONS].find_one({"_id": provision_id})

@@ -1,0 +1,87 @@
+"""Bearer-key auth on /api/*, open probes, and the JSON error shape for routing errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from neobatch.common.mongo import create_mongo_client
+from neobatch.common.subjects import Namespace
+from neobatch.console.auth import ANONYMOUS_OWNER, owner_for_key
+from neobatch.console.settings import read_settings
+from neobatch.console.store import ConsoleStore
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong-key"},
+        {"Authorization": "Basic abc"},
+        {"Authorization": "Bearer "},
+    ],
+)
+async def test_api_without_the_right_key_is_401_json(api: Any, headers: dict[str, str]) -> None:
+    for method, path in (
+        ("get", "/api/v1/jobs"),
+        ("post", "/api/v1/jobs"),
+        ("get", "/api/v1/models"),
+        ("post", "/api/v1/files/upload"),
+    ):
+        r = await getattr(api.client, method)(path, headers=headers)
+        assert r.status_code == 401, (method, path)
+        assert r.json()["code"] == "unauthorized"
+        assert "wrong-key" not in r.text
+    assert await api.count("jobs") == 0
+
+
+async def test_probes_need_no_key(api: Any) -> None:
+    assert (await api.client.get("/healthz")).json() == {"status": "ok"}
+    ready = await api.client.get("/readyz")
+    assert ready.status_code == 200
+
+
+async def test_store_ping_fails_fast_when_mongo_does_not_answer() -> None:
+    # What /readyz turns into a 503: nothing listens on port 9 (discard) on loopback.
+    client = create_mongo_client("mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=5000")
+    store = ConsoleStore(client, client.get_database("x"), Namespace("t"), lambda: None)
+    try:
+        assert await store.ping(timeout_seconds=0.5) is False
+    finally:
+        await client.close()
+
+
+async def test_unknown_route_is_404_json(api: Any) -> None:
+    r = await api.get("/api/v1/nothing-here")
+    assert r.status_code == 404
+    assert r.json()["code"] == "not_found"
+
+
+def test_owner_is_a_stable_digest_never_the_key() -> None:
+    owner = owner_for_key("nb-dev-local-key")
+    assert owner == owner_for_key("nb-dev-local-key")
+    assert owner.startswith("key:") and len(owner) == 12
+    assert "nb-dev" not in owner
+    assert owner != owner_for_key("another-key") != ANONYMOUS_OWNER
+
+
+def test_settings_from_environment_hide_the_key() -> None:
+    env = {
+        "NEOBATCH_API_KEY": "nb-secret-value-123",
+        "NEOBATCH_CONSOLE_PORT": "9090",
+        "DEFAULT_BATCH_MODEL_DEPLOYMENT_TEMPLATE": "qwen-sim",
+        "NATS_URL": "nats://127.0.0.1:1",
+        "MONGO_URL": "mongodb://127.0.0.1:2",
+        "NEOBATCH_DB": "d",
+        "NEOBATCH_NAMESPACE": "n",
+        "NEOBATCH_LOG_LEVEL": "debug",
+    }
+    settings = read_settings(env)
+    assert (settings.port, settings.default_template, settings.api_key) == (
+        9090,
+        "qwen-sim",
+        "nb-secret-value-123",
+    )
+    assert settings.max_upload_bytes == 200 * 1024 * 1024
+    assert "nb-secret-value-123" not in repr(settings)

@@ -1,0 +1,198 @@
+"""Pure rules, no servers: completion windows, the job view and its events, upload checks,
+validation messages, and that these modules stay free of I/O."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from neobatch.console.errors import InvalidFile, describe_validation_error
+from neobatch.console.job_create import parse_completion_window, supports_endpoint
+from neobatch.console.jobs_view import job_view
+from neobatch.console.uploads import checked_chunks
+
+T0 = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "neobatch" / "console"
+
+
+@pytest.mark.parametrize(
+    ("window", "seconds"),
+    [
+        ("24h", 86400),
+        ("1d", 86400),
+        ("1d2h", 93600),
+        ("1h38min", 5880),
+        ("72min", 4320),
+        ("90m", 5400),
+    ],
+)
+def test_completion_window_grammar(window: str, seconds: int) -> None:
+    assert parse_completion_window(window) == seconds
+
+
+@pytest.mark.parametrize("window", ["", "0h", "2h1d", "24", "1w", "h", "31d", "1d 2h"])
+def test_bad_completion_window_names_the_field(window: str) -> None:
+    with pytest.raises(ValueError, match="completion_window"):
+        parse_completion_window(window)
+
+
+def test_template_without_endpoints_supports_what_the_engine_serves() -> None:
+    assert supports_endpoint([], "/v1/embeddings")
+    assert not supports_endpoint([], "/v1/images/generations")
+    assert not supports_endpoint(["/v1/chat/completions"], "/v1/embeddings")
+
+
+def job(**fields: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "_id": "job_1",
+        "batch_id": "batch_1",
+        "status": "queued",
+        "created_by": "key:owner",
+        "created_at": T0,
+        "queued_at": T0,
+    }
+    doc.update(fields)
+    return doc
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def test_events_follow_timestamps_with_same_second_ties_in_lifecycle_order() -> None:
+    view = job_view(
+        job(
+            status="cancelled",
+            resource_preparing_at=at(5),
+            # Same second: cancel_requested ranks before cancelling, cancelling before cancelled.
+            cancelled_at=at(9.9),
+            cancelling_at=at(9.5),
+            cancel_requested_at=at(9.1),
+        ),
+        None,
+        caller="key:owner",
+    )
+    assert [e["id"] for e in view["events"]] == [
+        "queued",
+        "resource_preparing",
+        "cancel_requested",
+        "cancelling",
+        "cancelled",
+    ]
+    assert view["events"][2]["status"] == "cancelling"
+    assert all(isinstance(e["at"], int) for e in view["events"])
+    assert view["cancelled_at"] == int(at(9.9).timestamp())
+    assert view["completed_at"] is None
+
+
+def test_resource_failure_shows_precisely_with_the_error_and_no_generic_failed() -> None:
+    view = job_view(
+        job(
+            status="resource_failed",
+            resource_preparing_at=at(1),
+            resource_failed_at=at(2),
+            failed_at=at(2),
+            error_message="no capacity for H100 (api_key=rp_abcdefgh12345)",
+        ),
+        None,
+        caller="key:owner",
+    )
+    assert view["status"] == "resource_failed"
+    events = {e["id"]: e for e in view["events"]}
+    assert "failed" not in events
+    assert events["resource_failed"]["message"].startswith("no capacity for H100")
+    assert "rp_abcdefgh12345" not in str(view)
+
+
+def test_provision_endpoint_is_only_shown_to_the_owner() -> None:
+    provision = {
+        "_id": "prov_1",
+        "provider": "runpod",
+        "status": "failed",
+        "endpoint": {"host": "1.2.3.4", "port": 22, "username": "root", "password": "hunter2"},
+        "error_message": "pod never started",
+        "created_at": T0,
+        "updated_at": at(3),
+    }
+    doc = job(provision_id="prov_1")
+    mine = job_view(doc, provision, caller="key:owner")
+    assert mine["provision"]["endpoint"] == {"host": "1.2.3.4", "port": 22, "username": "root"}
+    assert mine["provision"]["updated_at"] == int(at(3).timestamp())
+    # The job has no error of its own, so the provision's explains it (AIBrix §1.6).
+    assert mine["error_message"] == "pod never started"
+    theirs = job_view(doc, provision, caller="key:other")
+    assert theirs["provision"]["endpoint"] is None
+    assert "hunter2" not in str(mine) + str(theirs)
+
+
+class Reader:
+    def __init__(self, data: bytes, chunk: int) -> None:
+        self._data, self._chunk = data, chunk
+
+    async def read(self, size: int = -1) -> bytes:
+        n = min(self._chunk, size if size > 0 else self._chunk)
+        out, self._data = self._data[:n], self._data[n:]
+        return out
+
+
+async def drain(chunks: AsyncIterator[bytes]) -> bytes:
+    return b"".join([c async for c in chunks])
+
+
+async def test_first_line_split_across_chunks_is_checked_whole() -> None:
+    data = b'\n{"custom_id": "a", "body": {}}\n[not checked]\n'
+    assert await drain(checked_chunks(Reader(data, 3), 1000)) == data
+    with pytest.raises(InvalidFile, match="line 1 is not valid JSON"):
+        await drain(checked_chunks(Reader(b'{"custom_id": "a", \n', 3), 1000))
+    with pytest.raises(InvalidFile, match="upload limit"):
+        await drain(checked_chunks(Reader(b'{"a":1}\n' * 10, 8), 40))
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "message"),
+    [
+        (
+            "Object missing required field `data`",
+            "invalid_json",
+            "request body is empty; expected a JSON object",
+        ),
+        (
+            "Object missing required field `uri` - at `$.data.spec.model_source`",
+            "invalid_request",
+            "spec.model_source.uri is required",
+        ),
+        (
+            "Expected `object`, got `array` - at `$.data`",
+            "invalid_request",
+            "request body: Expected `object`, got `array`",
+        ),
+        (
+            "Expected `str`, got `int` - at `$.data.serve_args[0]`",
+            "invalid_request",
+            "serve_args[0]: Expected `str`, got `int`",
+        ),
+    ],
+)
+def test_validation_errors_name_the_field(text: str, code: str, message: str) -> None:
+    assert describe_validation_error(text) == (code, message)
+
+
+PURE = ["job_create.py", "jobs_view.py", "catalog.py", "uploads.py"]
+IO_PACKAGES = {"pymongo", "gridfs", "faststream", "nats", "httpx", "asyncio", "socket"}
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_pure_module_does_no_io(module: str) -> None:
+    tree = ast.parse((PACKAGE / module).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert not imported & IO_PACKAGES

@@ -1,0 +1,57 @@
+"""Composition root: settings → runtime (Mongo, broker, outbox relay) → store, runner, handlers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncssh
+
+from neobatch.common.broker import subscribe
+from neobatch.common.clock import Clock
+from neobatch.common.contracts import BatchCancelRequested, BatchRequested
+from neobatch.common.runtime import ServiceRuntime
+from neobatch.runtime_agent.handlers import BatchHandlers
+from neobatch.runtime_agent.remote import load_client_key
+from neobatch.runtime_agent.runner import Runner
+from neobatch.runtime_agent.settings import AgentSettings
+from neobatch.runtime_agent.store import BatchStore
+
+SERVICE = "runtime-agent"
+
+
+@dataclass(frozen=True)
+class Agent:
+    runtime: ServiceRuntime
+    store: BatchStore
+    runner: Runner
+    handlers: BatchHandlers
+
+
+def build_agent(
+    settings: AgentSettings,
+    *,
+    clock: Clock | None = None,
+    client_key: asyncssh.SSHKey | None = None,
+    owner: str | None = None,
+) -> Agent:
+    runtime = ServiceRuntime(SERVICE, settings.common, clock)
+    store = BatchStore.from_runtime(runtime)
+    key = client_key if client_key is not None else load_client_key(settings.ssh_key_file)
+    runner = Runner(store, settings, key, owner=owner)
+    handlers = BatchHandlers(store, runner.wake)
+    subscribe(runtime.broker, runtime.ns, SERVICE, BatchRequested, handlers.on_batch_requested)
+    subscribe(
+        runtime.broker,
+        runtime.ns,
+        SERVICE,
+        BatchCancelRequested,
+        handlers.on_batch_cancel_requested,
+    )
+    runtime.add_loop("batch-runner", runner.run)
+    return Agent(runtime, store, runner, handlers)
+
+
+async def run_agent(settings: AgentSettings) -> None:
+    agent = build_agent(settings)
+    await agent.store.ensure_indexes()
+    await agent.runtime.run()

@@ -1,0 +1,430 @@
+"""One batch, start to end, by the agent holding its lease.
+
+validate → in_progress → SSH, engine, port-forward, health → dispatch what is not finished,
+checkpointing each result → (finalizing | cancelling) → files → stop engine → terminal.
+A run picked up after another agent died starts again from the batch's stored status and
+skips every request already in `batch_results` (DESIGN rule 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncssh
+
+from neobatch.common import filestore
+from neobatch.common.contracts import BatchStatus, BatchStatusReported, BatchTerminal
+from neobatch.common.errors import NotFound
+from neobatch.common.logs import log_fields
+from neobatch.runtime_agent import remote
+from neobatch.runtime_agent.batches import Batch, Step, path_to, plan_outcome, plan_start
+from neobatch.runtime_agent.checkpoints import CheckpointWriter, count_results, finished_indexes
+from neobatch.runtime_agent.dispatch import RequestResult, RetryPolicy, Tally, dispatch_all
+from neobatch.runtime_agent.engine import EngineClient, EngineNotReady
+from neobatch.runtime_agent.input_validation import (
+    BatchRequest,
+    InputValidator,
+    is_blank,
+    parse_request,
+    strip_bom,
+)
+from neobatch.runtime_agent.lease_watch import BatchWatch, Interrupted
+from neobatch.runtime_agent.output_files import write_result_files
+from neobatch.runtime_agent.settings import AgentSettings
+from neobatch.runtime_agent.store import BatchStore
+
+log = logging.getLogger("neobatch.runtime_agent.batch_run")
+
+S = BatchStatus
+PROGRESS_INTERVAL_SECONDS = 1.5
+EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
+
+
+class RemoteLost(Exception):
+    """The SSH connection dropped mid-dispatch: end this attempt, resume it later."""
+
+
+class BatchRun:
+    def __init__(
+        self,
+        batch: Batch,
+        *,
+        store: BatchStore,
+        settings: AgentSettings,
+        client_key: asyncssh.SSHKey,
+        owner: str,
+        watch: BatchWatch,
+    ) -> None:
+        self.batch = batch
+        self.status = batch.status
+        self._store = store
+        self._settings = settings
+        self._key = client_key
+        self._owner = owner
+        self.watch = watch
+        self._remote: remote.RemoteHost | None = None
+        self.tally = Tally(batch.request_counts.total)
+        self._ids = {"batch_id": batch.id, "job_id": batch.job_id}
+        self.dispatch_seconds = 0.0
+
+    # --- the whole run -----------------------------------------------------------------------
+
+    async def execute(self) -> None:
+        step = plan_start(self.batch, self._store.clock.now())
+        log.info("batch claimed", extra=log_fields(**self._ids, step=step.value))
+        try:
+            if step is Step.NOTHING:
+                return
+            if step is Step.CANCEL_UNSTARTED:
+                await self._end(S.CANCELLED)
+            elif step is Step.EXPIRE_UNSTARTED:
+                await self._end(S.EXPIRED, code="batch_expired", message="window passed")
+            elif step is Step.WIND_DOWN:
+                await self._load_counts()
+                await self._wind_down(
+                    plan_outcome(
+                        status=self.status, all_finished=True, cancel_requested=False, expired=False
+                    )
+                )
+            else:
+                if step is Step.VALIDATE and not await self._validate():
+                    return
+                await self._run()
+        finally:
+            if self._remote is not None:
+                await self._remote.close()
+
+    async def give_up(self, message: str) -> None:
+        """Fail a batch whose runs keep crashing, keeping whatever results it has."""
+        try:
+            await self._load_counts()
+            # Nothing is launched before in_progress, so a validating batch has nothing to stop.
+            launched = self.status is not S.VALIDATING
+            await self._end(S.FAILED, code="internal_error", message=message, stop_engine=launched)
+        finally:
+            if self._remote is not None:
+                await self._remote.close()
+
+    async def _validate(self) -> bool:
+        validator = InputValidator(self.batch.endpoint)
+        index = 0
+        try:
+            async for raw in filestore.iter_lines(self._store.db, self.batch.input_file_id):
+                validator.feed(index, raw)
+                index += 1
+        except NotFound:
+            await self._end(
+                S.FAILED,
+                code="invalid_input_file",
+                message=f"input file {self.batch.input_file_id} not found",
+            )
+            return False
+        report = validator.report()
+        if not report.ok:
+            errors = [{"object": "error", **_plain(e)} for e in report.errors]
+            code = "empty_file" if report.invalid_lines == 0 else "invalid_input_file"
+            await self._end(S.FAILED, code=code, message=report.summary(), errors=errors)
+            return False
+        self.tally = Tally(report.total)
+        return await self._move(S.IN_PROGRESS)
+
+    async def _run(self) -> None:
+        """in_progress: start (or find) the engine and dispatch; then end the batch."""
+        await self._load_counts()
+        if not self.watch.interrupted.is_set() and self.tally.finished < self.tally.total:
+            try:
+                client = await self._start_engine()
+            except Interrupted:
+                client = None
+            except (remote.RemoteError, EngineNotReady) as exc:
+                # Stop only what may have been launched: no connection means nothing started.
+                launched = self._remote is not None
+                await self._end(S.FAILED, code=exc.code, message=exc.message, stop_engine=launched)
+                return
+            if client is not None:
+                try:
+                    await self._dispatch(client)
+                finally:
+                    await client.close()
+        if self.watch.lost:
+            log.warning(
+                "lease lost; leaving the batch to its new owner", extra=log_fields(**self._ids)
+            )
+            return
+        if self._remote is not None and self._remote.is_closed:
+            raise RemoteLost(f"ssh connection to {self.batch.target.host} dropped")
+        await self._load_counts()
+        outcome = plan_outcome(
+            status=self.status,
+            all_finished=self.tally.finished >= self.tally.total,
+            cancel_requested=self.watch.cancel_requested,
+            expired=self.watch.expired,
+        )
+        await self._wind_down(outcome)
+
+    # --- engine and dispatch -------------------------------------------------------------------
+
+    async def _connect(
+        self, ready_timeout_seconds: float, *, interruptible: bool
+    ) -> remote.RemoteHost:
+        if self._remote is not None and not self._remote.is_closed:
+            return self._remote
+        pinned = self.batch.host_public_key
+        connecting = remote.connect_until(
+            self.batch.target,
+            self._key,
+            pinned,
+            connect_timeout_seconds=self._settings.ssh_connect_timeout_seconds,
+            ready_timeout_seconds=ready_timeout_seconds,
+        )
+        # Starting up yields to a cancel or expiry; stopping the engine must not.
+        host = await (self.watch.race(connecting) if interruptible else connecting)
+        self._remote = host
+        if pinned is None:
+            # First use: remember this key so every reconnect must present the same one.
+            stored = await self._store.pin_host_key(
+                self.batch.id, self._owner, host.host_public_key
+            )
+            if stored != host.host_public_key:
+                raise remote.HostKeyMismatch("host key changed while it was being pinned")
+            self.batch.host_public_key = stored
+        return host
+
+    async def _start_engine(self) -> EngineClient:
+        engine = self.batch.engine
+        argv = remote.engine_argv(engine)
+        host = await self._connect(self._settings.ssh_ready_timeout_seconds, interruptible=True)
+        await host.start_engine(self.batch.id, argv)
+        local_port = await host.forward(engine.port)
+        client = EngineClient(
+            f"http://127.0.0.1:{local_port}",
+            batch_id=self.batch.id,
+            served_model=engine.serving_name,
+            concurrency=self._settings.dispatch_concurrency,
+            request_timeout_seconds=self._settings.request_timeout_seconds,
+            retry=RetryPolicy(max_retries=self._settings.max_retries),
+        )
+        try:
+            await self.watch.race(
+                client.wait_ready(
+                    engine.health_endpoint,
+                    engine.ready_timeout_seconds,
+                    still_starting=lambda: host.engine_running(self.batch.id),
+                )
+            )
+        except EngineNotReady as exc:
+            await client.close()
+            tail = await host.engine_log_tail(self.batch.id)
+            # The engine's log stays in the agent's log (redacted), never in the batch error.
+            log.warning("engine not ready", extra=log_fields(**self._ids, log_tail=tail))
+            raise exc
+        except BaseException:
+            await client.close()
+            raise
+        log.info("engine ready", extra=log_fields(**self._ids, local_port=local_port))
+        return client
+
+    async def _pending(self, done: set[int]) -> AsyncIterator[BatchRequest]:
+        index = -1
+        async for raw in filestore.iter_lines(self._store.db, self.batch.input_file_id):
+            index += 1
+            raw = strip_bom(raw, index)
+            if index not in done and not is_blank(raw):
+                yield parse_request(raw, index)
+
+    async def _dispatch(self, client: EngineClient) -> None:
+        host = self._remote
+        assert host is not None
+        done = await finished_indexes(self._store.results, self.batch.id)
+        started, sent_before = time.monotonic(), self.tally.finished
+
+        async def record(result: RequestResult) -> None:
+            if result.status_code is None and host.is_closed:
+                return  # The tunnel died, not the request: leave it for the resumed run.
+            await writer.add(result)
+            self.tally.add(result)
+
+        progress = asyncio.create_task(self._report_progress())
+        async with CheckpointWriter(
+            self._store.results, self.batch.id, self._store.clock
+        ) as writer:
+            try:
+                summary = await dispatch_all(
+                    self._pending(done),
+                    client.send,
+                    record,
+                    concurrency=self._settings.dispatch_concurrency,
+                    should_stop=lambda: self.watch.interrupted.is_set() or host.is_closed,
+                )
+            except BaseException:
+                await writer.abort()
+                raise
+            finally:
+                progress.cancel()
+                await asyncio.gather(progress, return_exceptions=True)
+        elapsed = time.monotonic() - started
+        self.dispatch_seconds += elapsed
+        finished = self.tally.finished - sent_before
+        log.info(
+            "dispatch ended",
+            extra=log_fields(
+                **self._ids,
+                sent=summary.sent,
+                stopped=summary.stopped,
+                seconds=round(elapsed, 3),
+                requests_per_second=round(finished / elapsed, 1) if elapsed > 0 else None,
+            ),
+        )
+
+    async def _report_progress(self) -> None:
+        """`batch.status` at most every 1.5 s, and only when the counts moved."""
+        last = self.tally.counts()
+        while True:
+            await asyncio.sleep(PROGRESS_INTERVAL_SECONDS)
+            counts = self.tally.counts()
+            if counts == last:
+                continue
+            event = self._status_event(S.IN_PROGRESS)
+            try:
+                won = await self._store.save_progress(
+                    self.batch.id, self._owner, S.IN_PROGRESS, {"request_counts": counts}, [event]
+                )
+            except Exception:
+                # Progress is advisory; the lease watch decides whether the database is gone.
+                log.warning("progress report failed", exc_info=True, extra=log_fields(**self._ids))
+                continue
+            if not won:
+                self.watch.mark_lost()
+                return
+            last = counts
+
+    # --- ending --------------------------------------------------------------------------------
+
+    async def _wind_down(self, outcome: BatchStatus) -> None:
+        """Pass through finalizing/cancelling, write the files, stop the engine, end."""
+        for status in path_to(self.status, outcome)[:-1]:
+            if not await self._move(status):
+                return
+        if outcome is S.EXPIRED:
+            await self._expire_unfinished()
+        code = "batch_expired" if outcome is S.EXPIRED else ""
+        message = "the completion window passed before every request finished" if code else ""
+        await self._end(outcome, code=code, message=message, stop_engine=True)
+
+    async def _expire_unfinished(self) -> None:
+        """OpenAI writes every request the window cut off to the error file as `batch_expired`."""
+        done = await finished_indexes(self._store.results, self.batch.id)
+        async with CheckpointWriter(
+            self._store.results, self.batch.id, self._store.clock
+        ) as writer:
+            async for request in self._pending(done):
+                await writer.add(
+                    RequestResult(
+                        line_index=request.line_index,
+                        custom_id=request.custom_id,
+                        error_code="batch_expired",
+                        error_message=EXPIRED_MESSAGE,
+                    )
+                )
+        await self._load_counts()
+
+    async def _stop_engine(self) -> None:
+        """Best effort, a few tries: the planner releases the machine after the terminal event."""
+        for attempt in range(1, 4):
+            try:
+                host = await self._connect(10.0 * attempt, interruptible=False)
+                await host.stop_engine(self.batch.id, self._settings.engine_stop_grace_seconds)
+                return
+            except (remote.RemoteError, OSError, asyncssh.Error) as exc:
+                log.warning(
+                    "could not stop the engine",
+                    extra=log_fields(**self._ids, attempt=attempt, error=str(exc)),
+                )
+                if self._remote is not None:
+                    await self._remote.close()
+                    self._remote = None
+
+    async def _end(
+        self,
+        outcome: BatchStatus,
+        *,
+        code: str = "",
+        message: str = "",
+        errors: list[dict[str, Any]] | None = None,
+        stop_engine: bool = False,
+    ) -> None:
+        fields: dict[str, Any] = {"request_counts": self.tally.counts()}
+        output_id = error_id = None
+        if self.tally.finished:
+            output_id, error_id = await write_result_files(
+                self._store.db,
+                self._store.results,
+                self.batch.id,
+                owner=self.batch.owner,
+                completed=self.tally.completed,
+                failed=self.tally.failed,
+            )
+        if stop_engine:
+            await self._stop_engine()
+        fields.update(output_file_id=output_id, error_file_id=error_id)
+        if code:
+            fields.update(error_code=code, error_message=message)
+        if errors is not None:
+            fields["errors"] = errors
+        event = BatchTerminal(
+            batch_id=self.batch.id,
+            job_id=self.batch.job_id,
+            status=outcome,
+            request_counts=self.tally.counts(),
+            output_file_id=output_id,
+            error_file_id=error_id,
+            error_code=code,
+            error_message=message,
+        )
+        if await self._move(outcome, fields=fields, event=event):
+            log.info(
+                "batch ended",
+                extra=log_fields(**self._ids, status=outcome.value, error_code=code),
+            )
+
+    async def _move(
+        self,
+        new: BatchStatus,
+        *,
+        fields: dict[str, Any] | None = None,
+        event: BatchTerminal | None = None,
+    ) -> bool:
+        fields = {"request_counts": self.tally.counts(), **(fields or {})}
+        won = await self._store.save_transition(
+            self.batch.id,
+            self._owner,
+            self.status,
+            new,
+            fields=fields,
+            events=[event or self._status_event(new)],
+        )
+        if won:
+            self.status = new
+        else:
+            self.watch.mark_lost()
+        return won
+
+    def _status_event(self, status: BatchStatus) -> BatchStatusReported:
+        return BatchStatusReported(
+            batch_id=self.batch.id,
+            job_id=self.batch.job_id,
+            status=status,
+            request_counts=self.tally.counts(),
+        )
+
+    async def _load_counts(self) -> None:
+        completed, failed = await count_results(self._store.results, self.batch.id)
+        self.tally = Tally(self.tally.total, completed, failed)
+
+
+def _plain(struct: Any) -> dict[str, Any]:
+    return {f: getattr(struct, f) for f in struct.__struct_fields__}

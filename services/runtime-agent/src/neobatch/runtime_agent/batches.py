@@ -1,0 +1,189 @@
+"""The batch state machine (OpenAI's eight states) and the batch document. Pure: no I/O.
+
+    validating ──► in_progress ──► finalizing ──► completed
+        │              │  └──────► cancelling ──► cancelled
+        │              └─────────► failed | expired
+        └──► failed | expired | cancelled           (nothing was started yet)
+
+The runner asks `plan_start` what to do with a batch it has just claimed (a fresh one, or one
+another agent left half-done) and `plan_outcome` how to end it once dispatch stops.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+from neobatch.common.contracts import (
+    TERMINAL_BATCH_STATUSES,
+    BatchRequested,
+    BatchStatus,
+    EngineSpec,
+    RequestCounts,
+    SshEndpoint,
+)
+
+S = BatchStatus
+
+TRANSITIONS: dict[BatchStatus, frozenset[BatchStatus]] = {
+    S.VALIDATING: frozenset({S.IN_PROGRESS, S.FAILED, S.EXPIRED, S.CANCELLED}),
+    S.IN_PROGRESS: frozenset({S.FINALIZING, S.CANCELLING, S.FAILED, S.EXPIRED}),
+    # A cancel that arrives while finalizing is too late (OpenAI answers 409): no edge to it.
+    S.FINALIZING: frozenset({S.COMPLETED, S.FAILED}),
+    S.CANCELLING: frozenset({S.CANCELLED, S.FAILED}),
+}
+
+# The `<status>_at` timestamp each transition stamps on the document (OpenAI batch fields).
+TIMESTAMP_FIELD: dict[BatchStatus, str] = {s: f"{s.value}_at" for s in BatchStatus}
+
+
+class Batch(msgspec.Struct, kw_only=True):
+    """The `batches` document, as the runner sees it."""
+
+    id: str = msgspec.field(name="_id")
+    job_id: str
+    provision_id: str
+    input_file_id: str
+    endpoint: str
+    owner: str = ""
+    target: SshEndpoint
+    engine: EngineSpec
+    status: BatchStatus
+    created_at: datetime
+    expires_at: datetime | None = None
+    cancel_requested_at: datetime | None = None
+    # The host key we trust: from the event, else pinned on first use (DESIGN "Runtime targets").
+    host_public_key: str | None = None
+    request_counts: RequestCounts = RequestCounts()
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    errors: list[dict[str, Any]] = []
+    error_code: str = ""
+    error_message: str = ""
+    # Runs that ended in an unexpected error; past a bound the batch fails (no endless retry).
+    crash_count: int = 0
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+    version: int = 0
+
+
+def batch_from_doc(doc: dict[str, Any]) -> Batch:
+    return msgspec.convert(doc, Batch)
+
+
+def batch_doc_from_event(event: BatchRequested, now: datetime) -> dict[str, Any]:
+    """The document `on_batch_requested` inserts: everything from the event, no lease yet."""
+    return {
+        "_id": event.batch_id,
+        "job_id": event.job_id,
+        "provision_id": event.provision_id,
+        "input_file_id": event.input_file_id,
+        "endpoint": event.endpoint,
+        "owner": event.owner,
+        "target": msgspec.to_builtins(event.target),
+        "engine": msgspec.to_builtins(event.engine),
+        "status": BatchStatus.VALIDATING.value,
+        "created_at": now,
+        "expires_at": event.expires_at,
+        "cancel_requested_at": None,
+        "host_public_key": event.target.host_public_key,
+        "request_counts": {"total": 0, "completed": 0, "failed": 0},
+        "output_file_id": None,
+        "error_file_id": None,
+        "errors": [],
+        "error_code": "",
+        "error_message": "",
+        "requested_event_id": event.event_id,
+        "crash_count": 0,
+        "lease_owner": None,
+        "lease_until": None,
+        "version": 0,
+    }
+
+
+def is_terminal(status: BatchStatus) -> bool:
+    return status in TERMINAL_BATCH_STATUSES
+
+
+def can_transition(old: BatchStatus, new: BatchStatus) -> bool:
+    return new in TRANSITIONS.get(old, frozenset())
+
+
+def can_request_cancel(status: BatchStatus) -> bool:
+    return not is_terminal(status)
+
+
+def is_expired(expires_at: datetime | None, now: datetime) -> bool:
+    return expires_at is not None and now >= expires_at
+
+
+class Step(StrEnum):
+    """What the runner does first with a batch it has claimed."""
+
+    NOTHING = "nothing"  # already terminal: a stale claim
+    CANCEL_UNSTARTED = "cancel_unstarted"  # cancelled before any machine work
+    EXPIRE_UNSTARTED = "expire_unstarted"  # window passed before any machine work
+    VALIDATE = "validate"  # read the input, then run
+    RUN = "run"  # (re)start the engine and dispatch what is not finished yet
+    WIND_DOWN = "wind_down"  # a previous owner was stopping: write files, stop engine, end
+
+
+def plan_start(batch: Batch, now: datetime) -> Step:
+    status = batch.status
+    if is_terminal(status):
+        return Step.NOTHING
+    if status is S.VALIDATING:
+        # Nothing runs on the machine before in_progress, so there is nothing to stop.
+        if batch.cancel_requested_at is not None:
+            return Step.CANCEL_UNSTARTED
+        if is_expired(batch.expires_at, now):
+            return Step.EXPIRE_UNSTARTED
+        return Step.VALIDATE
+    if status is S.IN_PROGRESS:
+        # A cancel or expiry noticed here is handled by the run itself: it dispatches nothing
+        # and goes straight to the outcome, which also stops an engine a dead agent left.
+        return Step.RUN
+    return Step.WIND_DOWN  # finalizing or cancelling
+
+
+def plan_outcome(
+    *, status: BatchStatus, all_finished: bool, cancel_requested: bool, expired: bool
+) -> BatchStatus:
+    """The terminal status of a batch whose dispatch has stopped.
+
+    Every request finished wins over a late cancel or expiry (the work is done and paid for);
+    then expiry, then cancel, as AIBrix orders its conditions.
+    """
+    if status is S.FINALIZING:
+        return S.COMPLETED
+    if status is S.CANCELLING:
+        return S.CANCELLED
+    if all_finished:
+        return S.COMPLETED
+    if expired:
+        return S.EXPIRED
+    if cancel_requested:
+        return S.CANCELLED
+    return S.COMPLETED
+
+
+def path_to(current: BatchStatus, outcome: BatchStatus) -> list[BatchStatus]:
+    """The statuses to pass through from `current` to the terminal `outcome`, in order.
+
+    completed goes through finalizing and cancelled through cancelling, so watchers see
+    OpenAI's intermediate states; expired and failed are reached directly.
+    """
+    via = {S.COMPLETED: S.FINALIZING, S.CANCELLED: S.CANCELLING}.get(outcome)
+    path: list[BatchStatus] = []
+    if via is not None and current is not via and can_transition(current, via):
+        path.append(via)
+    path.append(outcome)
+    state = current
+    for step in path:
+        if not can_transition(state, step):
+            raise ValueError(f"batch cannot go from {state} to {step}")
+        state = step
+    return path

@@ -1,0 +1,111 @@
+"""OpenAI-format output and error files, built from the checkpoints in input order.
+
+File ids derive from the batch id, and `filestore.save_file` replaces an existing file, so an
+agent that crashed half-way through writing (or a second agent after a lease hand-over)
+rewrites the same two files instead of leaving duplicates. Lines are streamed into the file
+store in chunks; the engine's response bodies are embedded as stored, never re-encoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+
+from neobatch.common import filestore
+from neobatch.runtime_agent.checkpoints import iter_results
+from neobatch.runtime_agent.dispatch import RequestResult
+
+CHUNK_BYTES = 256 * 1024
+OUTPUT_PURPOSE = "batch_output"
+Document = dict[str, Any]
+
+
+class _Response(msgspec.Struct):
+    status_code: int
+    request_id: str
+    body: msgspec.Raw
+
+
+class _Error(msgspec.Struct):
+    code: str
+    message: str
+
+
+class _Line(msgspec.Struct):
+    id: str
+    custom_id: str
+    response: _Response | None
+    error: _Error | None
+
+
+def file_ids(batch_id: str) -> tuple[str, str]:
+    """(output file id, error file id) for a batch: deterministic, so rewrites replace."""
+    key = batch_id.removeprefix("batch_")
+    return f"file_{key}_output", f"file_{key}_error"
+
+
+def request_line_id(batch_id: str, line_index: int) -> str:
+    digest = hashlib.sha256(f"{batch_id}:{line_index}".encode()).hexdigest()
+    return f"batch_req_{digest[:32]}"
+
+
+def render_line(batch_id: str, result: RequestResult) -> bytes:
+    """One JSONL line: `response` when the engine answered, `error` when it could not."""
+    response = None
+    if result.status_code is not None and result.body is not None:
+        response = _Response(result.status_code, result.request_id, msgspec.Raw(result.body))
+    error = None
+    if result.error_code:
+        error = _Error(result.error_code, result.error_message)
+    line = _Line(request_line_id(batch_id, result.line_index), result.custom_id, response, error)
+    return msgspec.json.encode(line) + b"\n"
+
+
+async def _chunks(batch_id: str, results: AsyncIterator[RequestResult]) -> AsyncIterator[bytes]:
+    pending = bytearray()
+    async for result in results:
+        pending += render_line(batch_id, result)
+        if len(pending) >= CHUNK_BYTES:
+            yield bytes(pending)
+            pending.clear()
+    if pending:
+        yield bytes(pending)
+
+
+async def write_result_files(
+    db: AsyncDatabase[Document],
+    results: AsyncCollection[Document],
+    batch_id: str,
+    *,
+    owner: str,
+    completed: int,
+    failed: int,
+) -> tuple[str | None, str | None]:
+    """Write the output file (if anything succeeded) and the error file (if anything failed).
+
+    Returns their ids; None for a file that has no lines, as OpenAI leaves it unset.
+    """
+    output_id, error_id = file_ids(batch_id)
+    written: list[str | None] = []
+    for file_id, ok, count, suffix in (
+        (output_id, True, completed, "output"),
+        (error_id, False, failed, "error"),
+    ):
+        if count <= 0:
+            written.append(None)
+            continue
+        await filestore.save_file(
+            db,
+            file_id,
+            f"{batch_id}_{suffix}.jsonl",
+            _chunks(batch_id, iter_results(results, batch_id, ok=ok)),
+            purpose=OUTPUT_PURPOSE,
+            owner=owner,
+        )
+        written.append(file_id)
+    return written[0], written[1]

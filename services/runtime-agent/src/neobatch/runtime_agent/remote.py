@@ -1,0 +1,337 @@
+"""The SSH side of a batch: connect (host key pinned), launch and stop the engine, port-forward.
+
+Every remote command is a script built here with each interpolated value shell-quoted
+(DESIGN rule 6); batch ids are additionally checked against a strict pattern because they
+name a directory. Every remote call has a timeout (rule 4). The engine runs in its own
+session and process group, detached from the SSH session, so it outlives a dropped
+connection, a relaunch finds it through its pid file, and stopping it reaches every worker
+process it forked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import shlex
+import time
+
+import asyncssh
+
+from neobatch.common.contracts import EngineSpec, SshEndpoint
+from neobatch.common.errors import ConfigError, NeobatchError
+from neobatch.common.logs import log_fields, redact_text
+
+log = logging.getLogger("neobatch.runtime_agent.remote")
+
+WORK_ROOT = "/tmp/neobatch"
+COMMAND_TIMEOUT_SECONDS = 30.0
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class RemoteError(NeobatchError):
+    code = "ssh_error"
+
+
+class HostUnreachable(RemoteError):
+    code = "ssh_unreachable"
+
+
+class HostKeyMismatch(RemoteError):
+    code = "host_key_mismatch"
+
+
+class EngineStartFailed(RemoteError):
+    code = "engine_start_failed"
+
+
+class EngineStopFailed(RemoteError):
+    code = "engine_stop_failed"
+
+
+def load_client_key(path: str) -> asyncssh.SSHKey:
+    """Read the agent's private key; errors name the file, never its content."""
+    try:
+        return asyncssh.read_private_key(path)
+    except (OSError, asyncssh.KeyImportError) as exc:
+        reason = redact_text(str(exc)) or type(exc).__name__
+        raise ConfigError(f"cannot load SSH private key {path}: {reason}") from None
+
+
+def public_key_line(key: asyncssh.SSHKey) -> str:
+    """`ssh-ed25519 AAAA…` (no comment): the form we pin and compare."""
+    return " ".join(key.export_public_key("openssh").decode().split()[:2])
+
+
+def workdir(batch_id: str) -> str:
+    if not _SAFE_ID.match(batch_id):
+        raise ValueError(f"unsafe batch id for a remote path: {batch_id!r}")
+    return f"{WORK_ROOT}/{batch_id}"
+
+
+def _flag(key: str) -> str:
+    return key if key.startswith("-") else "--" + key.replace("_", "-")
+
+
+def engine_argv(engine: EngineSpec) -> list[str]:
+    """The engine's command line, before quoting.
+
+    A template's own `command` wins (`{port}`/`{model}` substituted per argument). Otherwise
+    `vllm serve`, bound to loopback: the engine is only ever reached through our port-forward.
+    `engine.image` (Lambda's `docker run`) is not implemented yet; the image is assumed to be
+    the machine's own (RunPod pods run vLLM directly).
+    """
+    port, model = str(engine.port), engine.serving_name
+    if engine.command:
+        return [arg.replace("{port}", port).replace("{model}", model) for arg in engine.command]
+    if engine.engine_type != "vllm":
+        raise EngineStartFailed(
+            f"engine_type {engine.engine_type!r} needs a template command; only vllm has a "
+            "built-in launch",
+            code="engine_unsupported",
+        )
+    argv = ["vllm", "serve", engine.model_uri, "--port", port, "--host", "127.0.0.1"]
+    argv += ["--served-model-name", model, *engine.serve_args]
+    for key, value in engine.engine_args.items():
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(_flag(key))
+        elif isinstance(value, list | tuple):
+            argv += [_flag(key), *(str(v) for v in value)]
+        elif isinstance(value, dict):
+            argv += [_flag(key), json.dumps(value, separators=(",", ":"))]
+        else:
+            argv += [_flag(key), str(value)]
+    return argv
+
+
+# A process group counts as alive while it has a non-zombie member: a dead engine whose
+# parent (init in a container) has not reaped it yet must not look alive forever.
+_ALIVE_FN = """alive() {
+  if command -v ps >/dev/null 2>&1; then
+    ps -eo pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ {f = 1} END {exit !f}'
+  else
+    kill -0 -- "-$1" 2>/dev/null
+  fi
+}
+"""
+
+
+def launch_script(batch_id: str, argv: list[str]) -> str:
+    """Start the engine detached, or report the one already running (idempotent relaunch).
+
+    `setsid` makes the engine a session and group leader so `$!` is its group id; `nohup`
+    and redirecting all three stdio streams let the SSH session end without waiting for it.
+    """
+    inner = "exec " + shlex.join(argv)
+    d = shlex.quote(workdir(batch_id))
+    return (
+        _ALIVE_FN
+        + f"umask 077\nmkdir -p {d} && cd {d} || exit 97\n"
+        + 'if [ -s pid ] && alive "$(cat pid)"; then echo "reused $(cat pid)"; exit 0; fi\n'
+        + 'export PATH="$HOME/.local/bin:$PATH"\n'
+        + f"setsid nohup sh -c {shlex.quote(inner)} >engine.log 2>&1 </dev/null &\n"
+        + 'echo $! >pid\necho "started $!"\n'
+    )
+
+
+def stop_script(batch_id: str, grace_seconds: float) -> str:
+    """TERM the engine's process group, KILL it after the grace period, confirm it is gone."""
+    d = shlex.quote(workdir(batch_id))
+    ticks = max(1, int(grace_seconds * 5))
+    return (
+        _ALIVE_FN
+        + f"cd {d} 2>/dev/null && [ -s pid ] || {{ echo none; exit 0; }}\n"
+        + 'g=$(cat pid)\nalive "$g" || { rm -f pid; echo gone; exit 0; }\n'
+        + 'kill -TERM -- "-$g" 2>/dev/null\n'
+        + f'i=0; while alive "$g" && [ "$i" -lt {ticks} ]; do sleep 0.2; i=$((i+1)); done\n'
+        + 'if alive "$g"; then kill -KILL -- "-$g" 2>/dev/null\n'
+        + '  i=0; while alive "$g" && [ "$i" -lt 25 ]; do sleep 0.2; i=$((i+1)); done\nfi\n'
+        + 'if alive "$g"; then echo "alive $g"; exit 1; fi\nrm -f pid; echo stopped\n'
+    )
+
+
+def status_script(batch_id: str) -> str:
+    d = shlex.quote(workdir(batch_id))
+    return (
+        _ALIVE_FN
+        + f'cd {d} 2>/dev/null && [ -s pid ] && alive "$(cat pid)" && echo running || echo stopped\n'
+    )
+
+
+class _PinningClient(asyncssh.SSHClient):
+    """Trust on first use: with no pinned key, accept and remember the first key seen.
+
+    With a pinned key, asyncssh accepts only that key (it is passed as known_hosts), and any
+    other key reaches this method and is refused.
+    """
+
+    def __init__(self, pinned: bool) -> None:
+        self._pinned = pinned
+        self.closed = asyncio.Event()
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        return not self._pinned
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed.set()
+
+
+class RemoteHost:
+    """One SSH connection to a batch's machine."""
+
+    def __init__(self, conn: asyncssh.SSHClientConnection, client: _PinningClient) -> None:
+        self._conn = conn
+        self._client = client
+        self._listeners: list[asyncssh.SSHListener] = []
+        key = conn.get_server_host_key()
+        assert key is not None
+        self.host_public_key = public_key_line(key)
+
+    @property
+    def is_closed(self) -> bool:
+        return self._client.closed.is_set()
+
+    async def run(self, script: str, timeout_seconds: float = COMMAND_TIMEOUT_SECONDS) -> str:
+        """Run `script` with `sh`; returns stdout, raises RemoteError on failure or timeout."""
+        try:
+            result = await asyncio.wait_for(
+                self._conn.run(script, check=False), timeout=timeout_seconds
+            )
+        except TimeoutError:
+            raise RemoteError(f"remote command timed out after {timeout_seconds:.0f}s") from None
+        except (OSError, asyncssh.Error) as exc:
+            raise RemoteError(f"remote command failed: {type(exc).__name__}") from None
+        stdout = _text(result.stdout)
+        if result.exit_status != 0:
+            stderr = redact_text(_text(result.stderr).strip())[-300:]
+            raise RemoteError(
+                f"remote command exited with {result.exit_status}: {stderr or stdout.strip()}"
+            )
+        return stdout
+
+    async def start_engine(self, batch_id: str, argv: list[str]) -> int:
+        """Launch (or find) the engine; returns its process group id."""
+        out = await self.run(launch_script(batch_id, argv))
+        word, _, pid = out.strip().partition(" ")
+        if word not in ("started", "reused") or not pid.isdigit():
+            raise EngineStartFailed(f"unexpected launch output: {out.strip()[:200]!r}")
+        log.info("engine launched", extra=log_fields(batch_id=batch_id, pid=int(pid), how=word))
+        return int(pid)
+
+    async def engine_running(self, batch_id: str) -> bool:
+        return (await self.run(status_script(batch_id))).strip() == "running"
+
+    async def engine_log_tail(self, batch_id: str, max_bytes: int = 2000) -> str:
+        d = shlex.quote(workdir(batch_id))
+        out = await self.run(f"tail -c {int(max_bytes)} {d}/engine.log 2>/dev/null; true")
+        return redact_text(out)
+
+    async def stop_engine(self, batch_id: str, grace_seconds: float) -> None:
+        """Stop the engine and confirm no process of its group is left."""
+        script = stop_script(batch_id, grace_seconds)
+        try:
+            out = await self.run(script, timeout_seconds=grace_seconds + 15)
+        except EngineStopFailed:
+            raise
+        except RemoteError as exc:
+            raise EngineStopFailed(f"engine did not stop: {exc.message}") from None
+        log.info("engine stopped", extra=log_fields(batch_id=batch_id, result=out.strip()))
+
+    async def forward(self, remote_port: int) -> int:
+        """Forward a free loopback port here to the engine's loopback port there."""
+        listener = await asyncio.wait_for(
+            self._conn.forward_local_port("127.0.0.1", 0, "127.0.0.1", remote_port),
+            timeout=COMMAND_TIMEOUT_SECONDS,
+        )
+        self._listeners.append(listener)
+        return int(listener.get_port())
+
+    async def close(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
+        self._conn.close()
+        try:
+            await asyncio.wait_for(self._conn.wait_closed(), timeout=5)
+        except TimeoutError:
+            self._conn.abort()
+
+
+def _text(value: str | bytes | None) -> str:
+    if value is None:
+        return ""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+async def connect(
+    target: SshEndpoint,
+    client_key: asyncssh.SSHKey,
+    pinned_host_key: str | None,
+    *,
+    connect_timeout_seconds: float,
+) -> RemoteHost:
+    """One connection attempt. The caller pins `RemoteHost.host_public_key` on first use."""
+    trusted = [asyncssh.import_public_key(pinned_host_key)] if pinned_host_key else []
+    client = _PinningClient(pinned=bool(pinned_host_key))
+    try:
+        conn, _ = await asyncio.wait_for(
+            asyncssh.create_connection(
+                lambda: client,
+                target.host,
+                target.port,
+                username=target.username,
+                client_keys=[client_key],
+                # Lists, not a file: only the pinned key counts, never ~/.ssh/known_hosts.
+                known_hosts=(trusted, [], []),
+                agent_path=None,
+                config=[],
+                x509_trusted_certs=None,
+                connect_timeout=connect_timeout_seconds,
+                keepalive_interval=15,
+                keepalive_count_max=3,
+            ),
+            timeout=connect_timeout_seconds + 5,
+        )
+    except asyncssh.HostKeyNotVerifiable:
+        raise HostKeyMismatch(
+            f"host key of {target.host}:{target.port} does not match the pinned key"
+        ) from None
+    except (OSError, TimeoutError, asyncssh.Error) as exc:
+        raise HostUnreachable(
+            f"cannot reach {target.username}@{target.host}:{target.port}: {type(exc).__name__}"
+        ) from None
+    return RemoteHost(conn, client)
+
+
+async def connect_until(
+    target: SshEndpoint,
+    client_key: asyncssh.SSHKey,
+    pinned_host_key: str | None,
+    *,
+    connect_timeout_seconds: float,
+    ready_timeout_seconds: float,
+) -> RemoteHost:
+    """Retry `connect` with capped backoff until `ready_timeout_seconds` (a booting machine).
+
+    A host key mismatch is never retried: it does not heal, and retrying would only hide it.
+    """
+    deadline = time.monotonic() + ready_timeout_seconds
+    delay = 0.5
+    while True:
+        try:
+            return await connect(
+                target, client_key, pinned_host_key, connect_timeout_seconds=connect_timeout_seconds
+            )
+        except HostUnreachable as exc:
+            if time.monotonic() + delay >= deadline:
+                raise HostUnreachable(
+                    f"{exc.message} (gave up after {ready_timeout_seconds:.0f}s)"
+                ) from None
+            log.info("ssh not reachable yet; retrying", extra=log_fields(error=exc.message))
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)

@@ -1,0 +1,146 @@
+"""The runner loop: claim batches nobody holds and run each under its lease.
+
+Several agents may share one database: `claim_batch` hands each batch to one of them, the
+lease watch renews it, and a batch whose agent died is claimed again once its lease expires
+(DESIGN rule 3). A run that crashes is retried with a growing pause, and fails the batch
+after `MAX_CRASHES` so a deterministic bug cannot keep a machine billed forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+
+import asyncssh
+
+from neobatch.common.ids import new_id
+from neobatch.common.logs import log_fields
+from neobatch.runtime_agent.batch_run import BatchRun
+from neobatch.runtime_agent.batches import Batch
+from neobatch.runtime_agent.lease_watch import BatchWatch
+from neobatch.runtime_agent.settings import AgentSettings
+from neobatch.runtime_agent.store import BatchStore
+
+log = logging.getLogger("neobatch.runtime_agent.runner")
+
+MAX_CRASHES = 5
+MAX_CRASH_PAUSE_SECONDS = 60.0
+
+
+def agent_owner_id() -> str:
+    """A lease owner id that says which machine holds a batch."""
+    return f"{socket.gethostname()}:{new_id('agent')}"
+
+
+class Runner:
+    def __init__(
+        self,
+        store: BatchStore,
+        settings: AgentSettings,
+        client_key: asyncssh.SSHKey,
+        *,
+        owner: str | None = None,
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._key = client_key
+        self.owner = owner or agent_owner_id()
+        self._wake = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._watches: dict[str, BatchWatch] = {}
+        # The last finished run per batch: tests and logs read its dispatch timing.
+        self.finished_runs: dict[str, BatchRun] = {}
+
+    def wake(self, batch_id: str | None = None) -> None:
+        """A batch arrived or was cancelled: look now instead of at the next poll."""
+        self._wake.set()
+        if batch_id is not None and (watch := self._watches.get(batch_id)) is not None:
+            watch.poke()
+
+    @property
+    def running(self) -> frozenset[str]:
+        return frozenset(self._tasks)
+
+    async def run(self) -> None:
+        """Forever: fill free slots with claimable batches, then wait for a wake-up or poll."""
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    await self._claim_free_slots()
+                except Exception:
+                    # The database being away is retried at the next poll, not fatal.
+                    log.warning("claiming batches failed", exc_info=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval_seconds)
+        finally:
+            await self._stop_all()
+
+    async def _claim_free_slots(self) -> None:
+        while len(self._tasks) < self._settings.max_batches:
+            batch = await self._store.claim_batch(self.owner, self._settings.lease_seconds)
+            if batch is None:
+                return
+            task = asyncio.create_task(self._run_one(batch), name=f"batch-{batch.id}")
+            self._tasks[batch.id] = task
+            task.add_done_callback(lambda _t, bid=batch.id: self._done(bid))
+
+    def _done(self, batch_id: str) -> None:
+        self._tasks.pop(batch_id, None)
+        self._wake.set()
+
+    async def _stop_all(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run_one(self, batch: Batch) -> None:
+        watch = BatchWatch(
+            self._store,
+            batch.id,
+            self.owner,
+            ttl_seconds=self._settings.lease_seconds,
+            expires_at=batch.expires_at,
+            cancel_requested=batch.cancel_requested_at is not None,
+        )
+        run = BatchRun(
+            batch,
+            store=self._store,
+            settings=self._settings,
+            client_key=self._key,
+            owner=self.owner,
+            watch=watch,
+        )
+        self._watches[batch.id] = watch
+        watch_task = asyncio.create_task(watch.run(), name=f"lease-{batch.id}")
+        fields = {"batch_id": batch.id, "job_id": batch.job_id}
+        try:
+            if batch.crash_count >= MAX_CRASHES:
+                await run.give_up(f"the batch run failed {batch.crash_count} times")
+            else:
+                await run.execute()
+        except asyncio.CancelledError:
+            # Shutting down: hand the batch over now instead of after the lease runs out.
+            # The engine keeps running; whoever claims the batch next finds it by its pid file.
+            with contextlib.suppress(Exception):
+                await self._store.release_lease(batch.id, self.owner)
+            raise
+        except Exception as exc:
+            pause = min(MAX_CRASH_PAUSE_SECONDS, 5.0 * 2**batch.crash_count)
+            log.warning(
+                "batch run crashed; will retry",
+                exc_info=not isinstance(exc, OSError),
+                extra=log_fields(**fields, retry_in_seconds=pause, error=type(exc).__name__),
+            )
+            with contextlib.suppress(Exception):
+                await self._store.record_crash(batch.id, self.owner, pause)
+        finally:
+            watch_task.cancel()
+            await asyncio.gather(watch_task, return_exceptions=True)
+            self._watches.pop(batch.id, None)
+            self.finished_runs[batch.id] = run
+            while len(self.finished_runs) > 100:
+                del self.finished_runs[next(iter(self.finished_runs))]

@@ -1,0 +1,82 @@
+"""Runtime-agent settings, read from the environment once at start-up.
+
+The SSH private key is checked here, before anything connects: a key file that other users
+can read is refused outright (as OpenSSH refuses it), so a misconfigured deployment fails at
+start with a clear message instead of leaking the key or failing on the first batch. Only
+the path and the mode are ever reported, never the content.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+
+import msgspec
+
+from neobatch.common.errors import ConfigError
+from neobatch.common.settings import CommonSettings, env_float, env_int, env_str, read_common
+
+SSH_KEY_FILE_ENV = "NEOBATCH_SSH_KEY_FILE"
+
+
+class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
+    common: CommonSettings
+    ssh_key_file: str
+    dispatch_concurrency: int = 64
+    # Batches one agent runs at once (each on its own machine).
+    max_batches: int = 8
+    lease_seconds: float = 30.0
+    ssh_connect_timeout_seconds: float = 15.0
+    # How long to keep retrying SSH before the batch fails with `ssh_unreachable`.
+    ssh_ready_timeout_seconds: float = 120.0
+    # Per request; generations can be long (AIBrix's fixed 30 s read timeout retried them).
+    request_timeout_seconds: float = 600.0
+    max_retries: int = 5
+    engine_stop_grace_seconds: float = 15.0
+    # How often an idle runner looks for claimable batches (expired leases of dead agents).
+    poll_interval_seconds: float = 5.0
+
+
+def check_key_file(path: str) -> None:
+    """Refuse a missing, unreadable, non-regular or group/other-accessible key file."""
+    if not path:
+        raise ConfigError(f"{SSH_KEY_FILE_ENV} is required: the path of the SSH private key")
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{SSH_KEY_FILE_ENV}: {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{SSH_KEY_FILE_ENV}: cannot stat {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"{SSH_KEY_FILE_ENV}: {path} is not a regular file")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        raise ConfigError(
+            f"{SSH_KEY_FILE_ENV}: {path} has mode {mode:04o}; a private key must not be "
+            f"accessible to group or others (chmod 600 {path})"
+        )
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"{SSH_KEY_FILE_ENV}: {path} is not readable by this user")
+
+
+def read_settings(env: Mapping[str, str] | None = None) -> AgentSettings:
+    env = os.environ if env is None else env
+    key_file = env_str(env, SSH_KEY_FILE_ENV, "")
+    check_key_file(key_file)
+    lease_seconds = env_float(env, "NEOBATCH_BATCH_LEASE_SECONDS", 30.0)
+    if lease_seconds < 3:
+        raise ConfigError(f"NEOBATCH_BATCH_LEASE_SECONDS must be >= 3, got {lease_seconds}")
+    return AgentSettings(
+        common=read_common(env),
+        ssh_key_file=key_file,
+        dispatch_concurrency=env_int(env, "NEOBATCH_DISPATCH_CONCURRENCY", 64, minimum=1),
+        max_batches=env_int(env, "NEOBATCH_MAX_BATCHES", 8, minimum=1),
+        lease_seconds=lease_seconds,
+        ssh_connect_timeout_seconds=env_float(env, "NEOBATCH_SSH_CONNECT_TIMEOUT_SECONDS", 15.0),
+        ssh_ready_timeout_seconds=env_float(env, "NEOBATCH_SSH_READY_TIMEOUT_SECONDS", 120.0),
+        request_timeout_seconds=env_float(env, "NEOBATCH_REQUEST_TIMEOUT_SECONDS", 600.0),
+        max_retries=env_int(env, "NEOBATCH_REQUEST_MAX_RETRIES", 5, minimum=0),
+        engine_stop_grace_seconds=env_float(env, "NEOBATCH_ENGINE_STOP_GRACE_SECONDS", 15.0),
+        poll_interval_seconds=env_float(env, "NEOBATCH_RUNNER_POLL_SECONDS", 5.0),
+    )

@@ -1,0 +1,209 @@
+"""The `batches` collection: accept, lease, transition. The only module writing batch documents.
+
+Every status change is a compare-and-set on (status, lease owner) with its outbox events
+appended in the same transaction (DESIGN rule 1); an agent that lost its lease matches nothing
+and so can never move a batch another agent now owns. `batch_results` is written by
+`checkpoints`, which owns that collection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from neobatch.common import leases
+from neobatch.common.clock import Clock
+from neobatch.common.contracts import TERMINAL_BATCH_STATUSES, BatchStatus, Event
+from neobatch.common.mongo import ensure_indexes, transact
+from neobatch.common.outbox import append_events
+from neobatch.common.runtime import ServiceRuntime
+from neobatch.common.subjects import Namespace
+from neobatch.common.transitions import compare_and_set
+from neobatch.runtime_agent.batches import (
+    TIMESTAMP_FIELD,
+    Batch,
+    batch_from_doc,
+    can_transition,
+)
+from neobatch.runtime_agent.checkpoints import RESULT_INDEXES, RESULTS
+
+BATCHES = "batches"
+BATCH_INDEXES = [
+    # The claim query: non-terminal batches whose lease is free or expired.
+    IndexModel([("status", ASCENDING), ("lease_until", ASCENDING)], name="claimable"),
+    IndexModel([("job_id", ASCENDING)], name="job"),
+]
+_TERMINAL = [s.value for s in TERMINAL_BATCH_STATUSES]
+Document = dict[str, Any]
+
+
+class BatchStore:
+    def __init__(
+        self,
+        db: AsyncDatabase[Document],
+        mongo: Any,
+        ns: Namespace,
+        clock: Clock,
+        notify_outbox: Callable[[], None],
+    ) -> None:
+        self.db = db
+        self._mongo = mongo
+        self._ns = ns
+        self.clock = clock
+        self._notify = notify_outbox
+        self.batches: AsyncCollection[Document] = db[BATCHES]
+        self.results: AsyncCollection[Document] = db[RESULTS]
+
+    @classmethod
+    def from_runtime(cls, runtime: ServiceRuntime) -> BatchStore:
+        return cls(runtime.db, runtime.mongo, runtime.ns, runtime.clock, runtime.notify_outbox)
+
+    async def ensure_indexes(self) -> None:
+        await ensure_indexes(self.batches, BATCH_INDEXES)
+        await ensure_indexes(self.results, RESULT_INDEXES)
+
+    # --- accepting -----------------------------------------------------------------------
+
+    async def insert_batch(self, doc: Document) -> bool:
+        """Insert a new batch; False when it already exists (a redelivered request)."""
+        try:
+            await self.batches.insert_one(doc)
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def request_cancel(self, batch_id: str, now: datetime) -> bool:
+        """Record a cancel request on a live batch; False if unknown, terminal or already asked."""
+        result = await self.batches.update_one(
+            {"_id": batch_id, "status": {"$nin": _TERMINAL}, "cancel_requested_at": None},
+            {"$set": {"cancel_requested_at": now}, "$inc": {"version": 1}},
+        )
+        return result.matched_count == 1
+
+    async def find_batch(self, batch_id: str) -> Batch | None:
+        doc = await self.batches.find_one({"_id": batch_id})
+        return batch_from_doc(doc) if doc else None
+
+    # --- leases --------------------------------------------------------------------------
+
+    async def claim_batch(self, owner: str, ttl_seconds: float) -> Batch | None:
+        """Take one live batch nobody holds (new, or left by a dead agent), oldest first."""
+        doc = await leases.claim_one(
+            self.batches,
+            {"status": {"$nin": _TERMINAL}},
+            owner,
+            self.clock.now(),
+            ttl_seconds,
+            sort=[("created_at", ASCENDING)],
+        )
+        return batch_from_doc(doc) if doc else None
+
+    async def renew_lease(self, batch_id: str, owner: str, ttl_seconds: float) -> bool:
+        return await leases.renew(self.batches, batch_id, owner, self.clock.now(), ttl_seconds)
+
+    async def release_lease(self, batch_id: str, owner: str) -> None:
+        await leases.release(self.batches, batch_id, owner)
+
+    async def record_crash(self, batch_id: str, owner: str, retry_in_seconds: float) -> None:
+        """Count a run that died of an unexpected error and hold the batch back a while.
+
+        The lease is set free but dated in the future, so no agent (this one included)
+        retries at once in a tight loop.
+        """
+        until = self.clock.now() + timedelta(seconds=retry_in_seconds)
+        await self.batches.update_one(
+            {"_id": batch_id, "lease_owner": owner},
+            {"$inc": {"crash_count": 1}, "$set": {"lease_owner": None, "lease_until": until}},
+        )
+
+    async def cancel_requested(self, batch_id: str) -> bool:
+        doc = await self.batches.find_one({"_id": batch_id}, {"cancel_requested_at": 1})
+        return bool(doc and doc.get("cancel_requested_at"))
+
+    async def pin_host_key(self, batch_id: str, owner: str, key_line: str) -> str | None:
+        """Pin `key_line` unless a key is pinned already; returns the key pinned now."""
+        doc = await self.batches.find_one_and_update(
+            {"_id": batch_id, "lease_owner": owner, "host_public_key": None},
+            {"$set": {"host_public_key": key_line}},
+            projection={"host_public_key": 1},
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is None:
+            doc = await self.batches.find_one({"_id": batch_id}, {"host_public_key": 1})
+        return doc.get("host_public_key") if doc else None
+
+    # --- transitions ---------------------------------------------------------------------
+
+    async def _write(
+        self,
+        batch_id: str,
+        expected: Document,
+        update: Document,
+        events: Sequence[Event],
+    ) -> bool:
+        now = self.clock.now()
+
+        async def work(session: AsyncClientSession) -> bool:
+            won = await compare_and_set(self.batches, batch_id, expected, update, session=session)
+            if won:
+                await append_events(self.db, self._ns, events, session, now)
+            return won
+
+        won = await transact(self._mongo, work)
+        if won and events:
+            self._notify()
+        return won
+
+    async def save_transition(
+        self,
+        batch_id: str,
+        owner: str,
+        old: BatchStatus,
+        new: BatchStatus,
+        *,
+        fields: Document | None = None,
+        events: Sequence[Event] = (),
+    ) -> bool:
+        """Move `old` → `new` if we still hold the lease; a terminal status releases it."""
+        if not can_transition(old, new):
+            raise ValueError(f"batch cannot go from {old} to {new}")
+        now = self.clock.now()
+        values: Document = {
+            "status": new.value,
+            TIMESTAMP_FIELD[new]: now,
+            "updated_at": now,
+            **_builtins(fields or {}),
+        }
+        if new in TERMINAL_BATCH_STATUSES:
+            # Done for good: nobody should claim it again.
+            values.update(lease_owner=None, lease_until=None)
+        return await self._write(
+            batch_id, {"status": old.value, "lease_owner": owner}, {"$set": values}, events
+        )
+
+    async def save_progress(
+        self,
+        batch_id: str,
+        owner: str,
+        status: BatchStatus,
+        fields: Document,
+        events: Sequence[Event] = (),
+    ) -> bool:
+        """Update counts (and emit progress) without a status change; False = lease lost."""
+        values = {**_builtins(fields), "updated_at": self.clock.now()}
+        return await self._write(
+            batch_id, {"status": status.value, "lease_owner": owner}, {"$set": values}, events
+        )
+
+
+def _builtins(fields: Document) -> Document:
+    # Structs (RequestCounts, LineError) become plain documents; datetimes stay BSON dates.
+    return {k: msgspec.to_builtins(v, builtin_types=(datetime,)) for k, v in fields.items()}
