@@ -4,6 +4,7 @@ rejected request leaves neither behind."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -47,6 +48,10 @@ async def test_default_template_and_latest_active_version_are_used(api: Any) -> 
     newer = api.template_body(version="v2.0.0")
     newer["spec"]["accelerator"]["count"] = 2
     assert (await api.post(f"/api/v1/models/{api.model_id}/deployment-templates", newer)).is_success
+    # "Latest" is by creation time; make v2 unmistakably newer than v1 (same-ms inserts tie).
+    await api.db["templates"].update_one(
+        {"version": "v2.0.0"}, {"$set": {"created_at": datetime.now(UTC) + timedelta(seconds=5)}}
+    )
     draft = api.template_body(version="v3.0.0", status="draft")
     assert (await api.post(f"/api/v1/models/{api.model_id}/deployment-templates", draft)).is_success
 
@@ -286,3 +291,20 @@ async def test_only_the_owner_may_cancel(api: Any) -> None:
     r = await api.post(f"/api/v1/jobs/{job_id}/cancel", {})
     assert r.status_code == 403 and r.json()["code"] == "forbidden"
     assert (await api.db["jobs"].find_one({"_id": job_id}))["cancel_requested_at"] is None
+
+
+async def test_input_file_of_another_caller_is_403_and_creates_nothing(api: Any) -> None:
+    await api.ready_template()
+    body = await api.job_request()
+    await api.db["files.files"].update_one(
+        {"_id": body["input_dataset"]}, {"$set": {"metadata.owner": "key:someone"}}
+    )
+    r = await api.post("/api/v1/jobs", body)
+    assert r.status_code == 403
+    assert r.json()["code"] == "forbidden" and "input_dataset" in r.json()["message"]
+    for path in (
+        f"/api/v1/files/{body['input_dataset']}",
+        f"/api/v1/files/{body['input_dataset']}/content",
+    ):
+        assert (await api.get(path)).status_code == 403
+    await _assert_nothing_created(api)

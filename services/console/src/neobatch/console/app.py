@@ -52,5 +52,8 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
         lifespan=[lifespan],
         # Settings are in state from the start: the auth guard reads them.
         state=State({"settings": settings}),
+        # Logging is configured once by __main__ (JSON, redacted); Litestar's default config
+        # would replace those handlers with its own plain-text ones.
+        logging_config=None,
         openapi_config=OpenAPIConfig(title="neobatch console", version="0.1.0"),
     )

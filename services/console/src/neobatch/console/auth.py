@@ -29,7 +29,9 @@ def authenticate(authorization: str | None, api_key: str) -> str:
         return ANONYMOUS_OWNER
     scheme, _, presented = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
-        raise NotAuthorizedException("missing bearer token in the Authorization header")
+        raise NotAuthorizedException(
+            "missing or malformed Authorization header; expected 'Bearer <API key>'"
+        )
     # Constant-time comparison: response timing must not reveal a matching key prefix.
     if not hmac.compare_digest(presented.strip().encode(), api_key.encode()):
         raise NotAuthorizedException("invalid API key")
