@@ -13,6 +13,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PURE_MODULES = [
+    "services/console/src/neobatch/console/job_create.py",
+    "services/console/src/neobatch/console/jobs_view.py",
+    "services/console/src/neobatch/console/catalog.py",
+    "services/console/src/neobatch/console/uploads.py",
     "services/planner/src/neobatch/planner/jobs.py",
     "services/planner/src/neobatch/planner/policy.py",
     "services/resource-manager/src/neobatch/resource_manager/provisions.py",

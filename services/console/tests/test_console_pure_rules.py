@@ -3,10 +3,8 @@ validation messages, and that these modules stay free of I/O."""
 
 from __future__ import annotations
 
-import ast
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +15,6 @@ from neobatch.console.jobs_view import job_view
 from neobatch.console.uploads import checked_chunks
 
 T0 = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "neobatch" / "console"
 
 
 @pytest.mark.parametrize(
@@ -180,19 +177,3 @@ async def test_first_line_split_across_chunks_is_checked_whole() -> None:
 )
 def test_validation_errors_name_the_field(text: str, code: str, message: str) -> None:
     assert describe_validation_error(text) == (code, message)
-
-
-PURE = ["job_create.py", "jobs_view.py", "catalog.py", "uploads.py"]
-IO_PACKAGES = {"pymongo", "gridfs", "faststream", "nats", "httpx", "asyncio", "socket"}
-
-
-@pytest.mark.parametrize("module", PURE)
-def test_pure_module_does_no_io(module: str) -> None:
-    tree = ast.parse((PACKAGE / module).read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
-    assert not imported & IO_PACKAGES
