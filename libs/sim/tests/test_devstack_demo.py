@@ -47,10 +47,11 @@ class FakeConsole:
                 return httpx.Response(409, json={"code": "conflict"})
             self.template = json.loads(request.content)
             return httpx.Response(201, json={"id": "tpl-1", **self.template})
-        if route == ("GET", f"{templates}/by-name/sim-chat-demo"):
-            assert request.url.params["version"] == "v1.0.0"
+        if route == ("GET", templates):
             spec = {"engine": {"command": [sys.executable, "-m", "neobatch.sim.engine"]}}
-            return httpx.Response(200, json={"id": "tpl-1", "spec": spec})
+            other = {"id": "tpl-0", "name": "sim-chat-demo", "version": "v0.9.0", "spec": {}}
+            wanted = {"id": "tpl-1", "name": "sim-chat-demo", "version": "v1.0.0", "spec": spec}
+            return httpx.Response(200, json={"data": [other, wanted]})
         if route == ("POST", "/api/v1/files/upload"):
             self.uploaded = request.content
             return httpx.Response(200, json={"id": "file-in", "purpose": "batch"})
@@ -139,6 +140,8 @@ def test_conflicts_reuse_model_and_template(tmp_path: Path) -> None:
     assert any("reusing" in line and "model-sim-chat-1b" in line for line in lines)
     assert any("sim-chat-demo v1.0.0 exists; reusing" in line for line in lines)
     assert not any("warning" in line for line in lines)
+    assert console.job is not None
+    assert console.job["model_template_version"] == "v1.0.0"
 
 
 @pytest.mark.parametrize("status", ["failed", "resource_failed", "submit_failed", "expired"])

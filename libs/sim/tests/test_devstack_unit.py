@@ -188,3 +188,33 @@ def test_stop_pid_kills_the_whole_group() -> None:
         if leader.poll() is None:
             leader.kill()
             leader.wait()
+
+
+# Given URLs, nats and mongo are not started, so these failures come quickly.
+EXTERNAL = {"nats_url": "nats://127.0.0.1:1", "mongo_url": "mongodb://127.0.0.1:1"}
+
+
+def test_component_that_dies_fails_with_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(devstack, "SSH_HOST_MODULE", "neobatch.sim.no_such_ssh_host")
+    with pytest.raises(StackError) as error:
+        start_stack(tmp_path / "run", Ports.free(), services=(), **EXTERNAL)
+    message = str(error.value)
+    assert "exited with code" in message
+    assert "No module named neobatch.sim.no_such_ssh_host" in message
+    assert not list((tmp_path / "run" / "pids").iterdir())
+
+
+def test_console_that_dies_is_reported_and_the_rest_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(devstack.SERVICE_MODULES, "console", "neobatch.no_such_console")
+    with pytest.raises(StackError) as error:
+        start_stack(tmp_path / "run", Ports.free(), services=("console",), **EXTERNAL)
+    message = str(error.value)
+    assert "console exited before" in message and "/healthz" in message
+    assert "No module named neobatch.no_such_console" in message
+    # The SSH host started before the console must not be left running.
+    assert not list((tmp_path / "run" / "pids").iterdir())
+    assert not devstack.marked_pids((tmp_path / "run").resolve())

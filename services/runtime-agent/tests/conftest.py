@@ -1,14 +1,43 @@
-"""Builders shared by the runtime-agent tests (imported by path; importlib mode)."""
+"""Builders for the runtime-agent tests, handed out as fixtures.
+
+Test modules cannot import each other in pytest's importlib mode, so the shared helpers are
+fixtures; the backing servers and simulators come from `neobatch.sim.pytest_plugin`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sys
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from neobatch.common.contracts import BatchRequested, EngineSpec, SshEndpoint
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from neobatch.common import filestore
+from neobatch.common.contracts import (
+    BatchRequested,
+    BatchStatusReported,
+    BatchTerminal,
+    EngineSpec,
+    Event,
+    SshEndpoint,
+    decode_event,
+)
+from neobatch.common.settings import CommonSettings
+from neobatch.runtime_agent.app import Agent, build_agent
+from neobatch.runtime_agent.batches import Batch, is_terminal
+from neobatch.runtime_agent.settings import AgentSettings
+from neobatch.runtime_agent.store import BatchStore
+from neobatch.sim.sample_batch import sample_request
 from neobatch.sim.servers import free_port
+from neobatch.sim.waiting import wait_until
 
 MODEL = "sim-model"
 CHAT = "/v1/chat/completions"
@@ -61,3 +90,168 @@ def batch_requested(
         engine=engine,
         expires_at=expires_at,
     )
+
+
+# --- a runner against the real database and SSH host ----------------------------------------
+
+
+def engine_pids(port: int) -> list[int]:
+    """Live (non-zombie) processes whose command line carries `--port <port>`."""
+    needle = f"--port\0{port}\0".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if needle not in (proc / "cmdline").read_bytes():
+                continue
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+@dataclass
+class Harness:
+    agent: Agent
+    settings: AgentSettings
+    ssh_host: Any
+
+    @property
+    def store(self) -> BatchStore:
+        return self.agent.store
+
+    @property
+    def db(self) -> Any:
+        return self.agent.store.db
+
+    @property
+    def ns(self) -> str:
+        return self.settings.common.namespace
+
+    async def upload(self, lines: list[dict[str, Any]] | list[bytes]) -> str:
+        file_id = filestore.new_file_id()
+        raw = b"".join(
+            (item if isinstance(item, bytes) else json.dumps(item).encode()) + b"\n"
+            for item in lines
+        )
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield raw
+
+        await filestore.save_file(
+            self.db, file_id, "input.jsonl", chunks(), purpose="batch", owner="user-1"
+        )
+        return file_id
+
+    async def submit(
+        self,
+        lines: list[dict[str, Any]] | list[bytes],
+        engine: EngineSpec,
+        *,
+        expires_at: datetime | None = None,
+        target: SshEndpoint | None = None,
+    ) -> BatchRequested:
+        event = batch_requested(
+            batch_id=new_batch_id(),
+            input_file_id=await self.upload(lines),
+            target=target or target_for(self.ssh_host),
+            engine=engine,
+            expires_at=expires_at,
+        )
+        await self.agent.handlers.on_batch_requested(event)
+        return event
+
+    async def wait_terminal(self, batch_id: str, within_seconds: float = 60) -> Batch:
+        async def terminal() -> Batch | None:
+            batch = await self.store.find_batch(batch_id)
+            return batch if batch is not None and is_terminal(batch.status) else None
+
+        return await wait_until(terminal, within_seconds, message=f"{batch_id} to end")
+
+    async def read_file(self, file_id: str | None) -> list[dict[str, Any]]:
+        if file_id is None:
+            return []
+        lines = [line async for line in filestore.iter_lines(self.db, file_id)]
+        return [json.loads(line) for line in lines]
+
+    async def events(self, batch_id: str) -> list[tuple[str, Event]]:
+        """(subject suffix, event) from the outbox for one batch, in commit order."""
+        found = []
+        cursor = self.db["outbox"].find({}).sort("created_at", 1)
+        async for doc in cursor:
+            suffix = doc["subject"].removeprefix(self.ns + ".")
+            kind = {"batch.status": BatchStatusReported, "batch.terminal": BatchTerminal}[suffix]
+            event = decode_event(doc["payload"], kind)
+            if event.batch_id == batch_id:
+                found.append((suffix, event))
+        return found
+
+
+def chat_lines(n: int, model: str = MODEL) -> list[dict[str, Any]]:
+    return [sample_request(i, model) for i in range(1, n + 1)]
+
+
+async def engine_request_count(url: str, status: int = 200) -> int:
+    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as resp:
+        text = await resp.text()
+    series = f'neobatch_sim_requests_total{{path="{CHAT}",status="{status}"}} '
+    for line in text.splitlines():
+        if line.startswith(series):
+            return int(float(line.removeprefix(series)))
+    return 0
+
+
+@pytest_asyncio.fixture
+async def make_harness(mongo_url, mongo_db, ssh_keypair, ssh_host):
+    """`await make_harness(**settings)`: an agent on this test's database, runner running."""
+    started: list[tuple[Harness, asyncio.Task[None]]] = []
+
+    async def make(**overrides: Any) -> Harness:
+        common = CommonSettings(
+            mongo_url=mongo_url, db_name=mongo_db.name, namespace=f"t{uuid.uuid4().hex[:12]}"
+        )
+        options: dict[str, Any] = {
+            "dispatch_concurrency": 32,
+            "lease_seconds": 6.0,
+            "ssh_connect_timeout_seconds": 5.0,
+            "ssh_ready_timeout_seconds": 5.0,
+            "request_timeout_seconds": 30.0,
+            "max_retries": 1,
+            "engine_stop_grace_seconds": 3.0,
+            "poll_interval_seconds": 0.2,
+        }
+        options.update(overrides)
+        settings = AgentSettings(
+            common=common, ssh_key_file=str(ssh_keypair.private_key_path), **options
+        )
+        built = build_agent(settings)
+        await built.store.ensure_indexes()
+        harness = Harness(built, settings, ssh_host)
+        started.append((harness, asyncio.create_task(built.runner.run())))
+        return harness
+
+    yield make
+    for harness, task in started:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await harness.agent.runtime.mongo.close()
+
+
+class AgentFactories:
+    """What the tests build repeatedly, in one place."""
+
+    new_batch_id = staticmethod(new_batch_id)
+    sim_engine_spec = staticmethod(sim_engine_spec)
+    target_for = staticmethod(target_for)
+    batch_requested = staticmethod(batch_requested)
+    chat_lines = staticmethod(chat_lines)
+    engine_pids = staticmethod(engine_pids)
+    engine_request_count = staticmethod(engine_request_count)
+
+
+@pytest.fixture
+def agent() -> AgentFactories:
+    return AgentFactories()

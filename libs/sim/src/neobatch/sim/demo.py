@@ -39,7 +39,7 @@ ENDPOINT = "/v1/chat/completions"
 TERMINAL_STATUSES = frozenset(
     {"completed", "failed", "expired", "cancelled", "resource_failed", "submit_failed"}
 )
-POLL_SECONDS = 1.0
+POLL_SECONDS = 0.5
 
 
 class DemoError(RuntimeError):
@@ -131,19 +131,28 @@ def _error_text(response: httpx.Response) -> str:
     return text if len(text) <= 500 else text[:500] + "..."
 
 
-def _check(response: httpx.Response, what: str) -> dict[str, Any]:
+def _json(response: httpx.Response, what: str) -> Any:
     if response.is_success:
         try:
-            return dict(response.json())
+            return response.json()
         except ValueError:
             raise DemoError(
-                f"{what}: {response.request.url} answered HTTP {response.status_code} without a "
-                f"JSON object: {_error_text(response)}"
+                f"{what}: {response.request.url} answered HTTP {response.status_code} without "
+                f"JSON: {_error_text(response)}"
             ) from None
     raise DemoError(
         f"{what}: {response.request.method} {response.request.url} returned HTTP "
         f"{response.status_code}: {_error_text(response)}"
     )
+
+
+def _check(response: httpx.Response, what: str) -> dict[str, Any]:
+    body = _json(response, what)
+    if not isinstance(body, dict):
+        raise DemoError(
+            f"{what}: {response.request.url} answered {type(body).__name__}, not an object"
+        )
+    return body
 
 
 class Demo:
@@ -176,12 +185,26 @@ class Demo:
         base = f"/api/v1/models/{model_id}/deployment-templates"
         response = self.client.post(base, json=template_body(model_id, free_port()))
         if response.status_code == 409:
-            template = _check(
-                self.client.get(
-                    f"{base}/by-name/{TEMPLATE_NAME}", params={"version": TEMPLATE_VERSION}
-                ),
-                "read existing deployment template",
+            # The plain list (filtered by name where the console supports it) works on every
+            # console; `by-name/{name}` is an AIBrix route ours need not have.
+            listed = _json(
+                self.client.get(base, params={"name": TEMPLATE_NAME}),
+                "list deployment templates",
             )
+            rows = listed.get("data", []) if isinstance(listed, dict) else listed
+            matches = [
+                row
+                for row in rows or []
+                if isinstance(row, dict)
+                and row.get("name") == TEMPLATE_NAME
+                and row.get("version", TEMPLATE_VERSION) == TEMPLATE_VERSION
+            ]
+            if not matches:
+                raise DemoError(
+                    f"creating deployment template {TEMPLATE_NAME} {TEMPLATE_VERSION} conflicted "
+                    f"(HTTP 409), but GET {base} does not list it: {_error_text(response)}"
+                )
+            template: dict[str, Any] = matches[0]
             self.out(f"deployment template {TEMPLATE_NAME} {TEMPLATE_VERSION} exists; reusing it")
             stored = template.get("spec", {}).get("engine", {}).get("command") or []
             if stored[:1] != [sys.executable]:

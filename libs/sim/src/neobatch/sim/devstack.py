@@ -639,23 +639,28 @@ def start_stack(
     ensure_ssh_keys(layout)
 
     started: list[str] = []
+    # The component being started or waited for, whose log explains a timeout or early exit.
+    current: str | None = None
     try:
         for name in components:
             if name in adopted:
                 stack.processes[name] = adopted[name]
                 report(f"{name}: already running (pid {adopted[name].pid})")
                 continue
+            current = name
             handle = _start_component(name, layout, ports, env, timeout_seconds)
             stack.processes[name] = handle
             started.append(name)
             _atomic_write(layout.pid_file(name), f"{handle.pid}\n")
             report(f"{name}: started (pid {handle.pid}, log {layout.log_file(name)})")
         if "console" in stack.processes:
+            current = "console"
             _wait_console_healthy(stack, timeout_seconds)
         if started:
             time.sleep(SETTLE_SECONDS)
         dead = stack.dead_components()
         if dead:
+            current = None  # the message below names every dead component already
             raise StackError(
                 "\n".join(
                     f"{name} exited right after starting; last lines of {layout.log_file(name)}:\n"
@@ -664,21 +669,29 @@ def start_stack(
                 )
             )
     except BaseException as error:
+        # Note other casualties before stopping everything, or their early exit goes unseen.
+        also_dead = [
+            name
+            for name in started
+            if current is not None and name != current and not stack.processes[name].alive()
+        ]
         for name in reversed(started):
             stack.processes[name].stop(DEFAULT_STOP_TIMEOUT)
             with contextlib.suppress(FileNotFoundError):
                 layout.pid_file(name).unlink()
+        others = "".join(
+            f"\n{name} had exited as well; see {layout.log_file(name)}" for name in also_dead
+        )
         if isinstance(error, StackError):
-            raise
+            raise StackError(f"{error}{others}") from error
         if isinstance(error, (TimeoutError, RuntimeError, OSError)):
-            failed = started[-1] if started else None
             detail = (
-                f"\nlast lines of {layout.log_file(failed)}:\n"
-                f"{_indent(log_tail(layout.log_file(failed)))}"
-                if failed
+                f"\nlast lines of {layout.log_file(current)}:\n"
+                f"{_indent(log_tail(layout.log_file(current)))}"
+                if current
                 else ""
             )
-            raise StackError(f"{error}{detail}") from error
+            raise StackError(f"{error}{detail}{others}") from error
         raise
     write_env_file(layout.stack_env, stack.env_file_values())
     return stack

@@ -20,11 +20,11 @@ from neobatch.common import filestore
 from neobatch.common.contracts import BatchStatus, BatchStatusReported, BatchTerminal
 from neobatch.common.errors import NotFound
 from neobatch.common.logs import log_fields
-from neobatch.runtime_agent import remote
 from neobatch.runtime_agent.batches import Batch, Step, path_to, plan_outcome, plan_start
 from neobatch.runtime_agent.checkpoints import CheckpointWriter, count_results, finished_indexes
-from neobatch.runtime_agent.dispatch import RequestResult, RetryPolicy, Tally, dispatch_all
+from neobatch.runtime_agent.dispatch import RequestResult, Tally, dispatch_all
 from neobatch.runtime_agent.engine import EngineClient, EngineNotReady
+from neobatch.runtime_agent.engine_session import EngineSession
 from neobatch.runtime_agent.input_validation import (
     BatchRequest,
     InputValidator,
@@ -34,6 +34,7 @@ from neobatch.runtime_agent.input_validation import (
 )
 from neobatch.runtime_agent.lease_watch import BatchWatch, Interrupted
 from neobatch.runtime_agent.output_files import write_result_files
+from neobatch.runtime_agent.remote import RemoteError
 from neobatch.runtime_agent.settings import AgentSettings
 from neobatch.runtime_agent.store import BatchStore
 
@@ -66,7 +67,9 @@ class BatchRun:
         self._key = client_key
         self._owner = owner
         self.watch = watch
-        self._remote: remote.RemoteHost | None = None
+        self._session = EngineSession(
+            batch, store=store, settings=settings, client_key=client_key, owner=owner, watch=watch
+        )
         self.tally = Tally(batch.request_counts.total)
         self._ids = {"batch_id": batch.id, "job_id": batch.job_id}
         self.dispatch_seconds = 0.0
@@ -82,7 +85,8 @@ class BatchRun:
             if step is Step.CANCEL_UNSTARTED:
                 await self._end(S.CANCELLED)
             elif step is Step.EXPIRE_UNSTARTED:
-                await self._end(S.EXPIRED, code="batch_expired", message="window passed")
+                message = "the completion window passed before the batch started"
+                await self._end(S.EXPIRED, code="batch_expired", message=message)
             elif step is Step.WIND_DOWN:
                 await self._load_counts()
                 await self._wind_down(
@@ -95,8 +99,7 @@ class BatchRun:
                     return
                 await self._run()
         finally:
-            if self._remote is not None:
-                await self._remote.close()
+            await self._session.close()
 
     async def give_up(self, message: str) -> None:
         """Fail a batch whose runs keep crashing, keeping whatever results it has."""
@@ -106,8 +109,7 @@ class BatchRun:
             launched = self.status is not S.VALIDATING
             await self._end(S.FAILED, code="internal_error", message=message, stop_engine=launched)
         finally:
-            if self._remote is not None:
-                await self._remote.close()
+            await self._session.close()
 
     async def _validate(self) -> bool:
         validator = InputValidator(self.batch.endpoint)
@@ -137,12 +139,12 @@ class BatchRun:
         await self._load_counts()
         if not self.watch.interrupted.is_set() and self.tally.finished < self.tally.total:
             try:
-                client = await self._start_engine()
+                client = await self._session.start()
             except Interrupted:
                 client = None
-            except (remote.RemoteError, EngineNotReady) as exc:
+            except (RemoteError, EngineNotReady) as exc:
                 # Stop only what may have been launched: no connection means nothing started.
-                launched = self._remote is not None
+                launched = self._session.connected
                 await self._end(S.FAILED, code=exc.code, message=exc.message, stop_engine=launched)
                 return
             if client is not None:
@@ -155,9 +157,9 @@ class BatchRun:
                 "lease lost; leaving the batch to its new owner", extra=log_fields(**self._ids)
             )
             return
-        if self._remote is not None and self._remote.is_closed:
-            raise RemoteLost(f"ssh connection to {self.batch.target.host} dropped")
         await self._load_counts()
+        if self._session.is_closed and self.tally.finished < self.tally.total:
+            raise RemoteLost(f"ssh connection to {self.batch.target.host} dropped")
         outcome = plan_outcome(
             status=self.status,
             all_finished=self.tally.finished >= self.tally.total,
@@ -168,66 +170,6 @@ class BatchRun:
 
     # --- engine and dispatch -------------------------------------------------------------------
 
-    async def _connect(
-        self, ready_timeout_seconds: float, *, interruptible: bool
-    ) -> remote.RemoteHost:
-        if self._remote is not None and not self._remote.is_closed:
-            return self._remote
-        pinned = self.batch.host_public_key
-        connecting = remote.connect_until(
-            self.batch.target,
-            self._key,
-            pinned,
-            connect_timeout_seconds=self._settings.ssh_connect_timeout_seconds,
-            ready_timeout_seconds=ready_timeout_seconds,
-        )
-        # Starting up yields to a cancel or expiry; stopping the engine must not.
-        host = await (self.watch.race(connecting) if interruptible else connecting)
-        self._remote = host
-        if pinned is None:
-            # First use: remember this key so every reconnect must present the same one.
-            stored = await self._store.pin_host_key(
-                self.batch.id, self._owner, host.host_public_key
-            )
-            if stored != host.host_public_key:
-                raise remote.HostKeyMismatch("host key changed while it was being pinned")
-            self.batch.host_public_key = stored
-        return host
-
-    async def _start_engine(self) -> EngineClient:
-        engine = self.batch.engine
-        argv = remote.engine_argv(engine)
-        host = await self._connect(self._settings.ssh_ready_timeout_seconds, interruptible=True)
-        await host.start_engine(self.batch.id, argv)
-        local_port = await host.forward(engine.port)
-        client = EngineClient(
-            f"http://127.0.0.1:{local_port}",
-            batch_id=self.batch.id,
-            served_model=engine.serving_name,
-            concurrency=self._settings.dispatch_concurrency,
-            request_timeout_seconds=self._settings.request_timeout_seconds,
-            retry=RetryPolicy(max_retries=self._settings.max_retries),
-        )
-        try:
-            await self.watch.race(
-                client.wait_ready(
-                    engine.health_endpoint,
-                    engine.ready_timeout_seconds,
-                    still_starting=lambda: host.engine_running(self.batch.id),
-                )
-            )
-        except EngineNotReady as exc:
-            await client.close()
-            tail = await host.engine_log_tail(self.batch.id)
-            # The engine's log stays in the agent's log (redacted), never in the batch error.
-            log.warning("engine not ready", extra=log_fields(**self._ids, log_tail=tail))
-            raise exc
-        except BaseException:
-            await client.close()
-            raise
-        log.info("engine ready", extra=log_fields(**self._ids, local_port=local_port))
-        return client
-
     async def _pending(self, done: set[int]) -> AsyncIterator[BatchRequest]:
         index = -1
         async for raw in filestore.iter_lines(self._store.db, self.batch.input_file_id):
@@ -237,13 +179,12 @@ class BatchRun:
                 yield parse_request(raw, index)
 
     async def _dispatch(self, client: EngineClient) -> None:
-        host = self._remote
-        assert host is not None
+        session = self._session
         done = await finished_indexes(self._store.results, self.batch.id)
         started, sent_before = time.monotonic(), self.tally.finished
 
         async def record(result: RequestResult) -> None:
-            if result.status_code is None and host.is_closed:
+            if result.status_code is None and session.is_closed:
                 return  # The tunnel died, not the request: leave it for the resumed run.
             await writer.add(result)
             self.tally.add(result)
@@ -258,7 +199,7 @@ class BatchRun:
                     client.send,
                     record,
                     concurrency=self._settings.dispatch_concurrency,
-                    should_stop=lambda: self.watch.interrupted.is_set() or host.is_closed,
+                    should_stop=lambda: self.watch.interrupted.is_set() or session.is_closed,
                 )
             except BaseException:
                 await writer.abort()
@@ -332,22 +273,6 @@ class BatchRun:
                 )
         await self._load_counts()
 
-    async def _stop_engine(self) -> None:
-        """Best effort, a few tries: the planner releases the machine after the terminal event."""
-        for attempt in range(1, 4):
-            try:
-                host = await self._connect(10.0 * attempt, interruptible=False)
-                await host.stop_engine(self.batch.id, self._settings.engine_stop_grace_seconds)
-                return
-            except (remote.RemoteError, OSError, asyncssh.Error) as exc:
-                log.warning(
-                    "could not stop the engine",
-                    extra=log_fields(**self._ids, attempt=attempt, error=str(exc)),
-                )
-                if self._remote is not None:
-                    await self._remote.close()
-                    self._remote = None
-
     async def _end(
         self,
         outcome: BatchStatus,
@@ -369,7 +294,7 @@ class BatchRun:
                 failed=self.tally.failed,
             )
         if stop_engine:
-            await self._stop_engine()
+            await self._session.stop()
         fields.update(output_file_id=output_id, error_file_id=error_id)
         if code:
             fields.update(error_code=code, error_message=message)

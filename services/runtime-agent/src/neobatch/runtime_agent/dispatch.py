@@ -87,20 +87,6 @@ class Tally:
         )
 
 
-class Throttle:
-    """True at most once per `interval_seconds` (progress events; time passed in)."""
-
-    def __init__(self, interval_seconds: float, now: float) -> None:
-        self._interval = interval_seconds
-        self._last = now
-
-    def due(self, now: float) -> bool:
-        if now - self._last >= self._interval:
-            self._last = now
-            return True
-        return False
-
-
 class DispatchSummary(msgspec.Struct, frozen=True, kw_only=True):
     sent: int
     # True when `should_stop` ended dispatch before the input ran out.

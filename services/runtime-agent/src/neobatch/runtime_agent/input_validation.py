@@ -106,7 +106,7 @@ def parse_request(raw: bytes, line_index: int) -> BatchRequest:
         line_index=line_index,
         custom_id=obj["custom_id"],
         method="POST",
-        url=obj["url"],
+        url=normalize_path(obj["url"]),
         body=obj["body"],
     )
 
@@ -156,7 +156,7 @@ class InputValidator:
             line_index=line_index,
             custom_id=custom_id,
             method="POST",
-            url=obj["url"],
+            url=normalize_path(obj["url"]),
             body=obj["body"],
         )
 

@@ -28,6 +28,19 @@ log = logging.getLogger("neobatch.runtime_agent.remote")
 WORK_ROOT = "/tmp/neobatch"
 COMMAND_TIMEOUT_SECONDS = 30.0
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# Every request crosses the SSH tunnel, so cipher cost is dispatch cost. asyncssh's default
+# first choice, chacha20-poly1305, builds six cipher contexts per packet in Python; AES-GCM is
+# one call into OpenSSL (AES-NI): on a 2-core machine dispatch through the tunnel went from
+# about 1,100 to about 1,900 requests/s.
+# The rest of asyncssh's defaults follow, for hosts without AES-GCM.
+ENCRYPTION_PREFERENCE = [
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+]
 
 
 class RemoteError(NeobatchError):
@@ -113,7 +126,7 @@ _ALIVE_FN = """alive() {
   if command -v ps >/dev/null 2>&1; then
     ps -eo pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ {f = 1} END {exit !f}'
   else
-    kill -0 -- "-$1" 2>/dev/null
+    kill -0 "-$1" 2>/dev/null
   fi
 }
 """
@@ -138,16 +151,20 @@ def launch_script(batch_id: str, argv: list[str]) -> str:
 
 
 def stop_script(batch_id: str, grace_seconds: float) -> str:
-    """TERM the engine's process group, KILL it after the grace period, confirm it is gone."""
+    """TERM the engine's process group, KILL it after the grace period, confirm it is gone.
+
+    `kill -TERM -<pgid>` rather than `kill -TERM -- -<pgid>`: dash (Debian's and Ubuntu's
+    /bin/sh) rejects the `--` form, and every POSIX shell accepts this one.
+    """
     d = shlex.quote(workdir(batch_id))
     ticks = max(1, int(grace_seconds * 5))
     return (
         _ALIVE_FN
         + f"cd {d} 2>/dev/null && [ -s pid ] || {{ echo none; exit 0; }}\n"
         + 'g=$(cat pid)\nalive "$g" || { rm -f pid; echo gone; exit 0; }\n'
-        + 'kill -TERM -- "-$g" 2>/dev/null\n'
+        + 'kill -TERM "-$g" 2>/dev/null\n'
         + f'i=0; while alive "$g" && [ "$i" -lt {ticks} ]; do sleep 0.2; i=$((i+1)); done\n'
-        + 'if alive "$g"; then kill -KILL -- "-$g" 2>/dev/null\n'
+        + 'if alive "$g"; then kill -KILL "-$g" 2>/dev/null\n'
         + '  i=0; while alive "$g" && [ "$i" -lt 25 ]; do sleep 0.2; i=$((i+1)); done\nfi\n'
         + 'if alive "$g"; then echo "alive $g"; exit 1; fi\nrm -f pid; echo stopped\n'
     )
@@ -291,6 +308,7 @@ async def connect(
                 agent_path=None,
                 config=[],
                 x509_trusted_certs=None,
+                encryption_algs=ENCRYPTION_PREFERENCE,
                 connect_timeout=connect_timeout_seconds,
                 keepalive_interval=15,
                 keepalive_count_max=3,

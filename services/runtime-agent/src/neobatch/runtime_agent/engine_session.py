@@ -1,0 +1,142 @@
+"""A batch's engine on its machine: connect (pinning the host key), launch, forward, stop.
+
+Used by `batch_run`; everything here belongs to the one batch whose lease we hold.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import asyncssh
+
+from neobatch.common.logs import log_fields
+from neobatch.runtime_agent import remote
+from neobatch.runtime_agent.batches import Batch
+from neobatch.runtime_agent.dispatch import RetryPolicy
+from neobatch.runtime_agent.engine import EngineClient, EngineNotReady
+from neobatch.runtime_agent.lease_watch import BatchWatch
+from neobatch.runtime_agent.settings import AgentSettings
+from neobatch.runtime_agent.store import BatchStore
+
+log = logging.getLogger("neobatch.runtime_agent.engine_session")
+
+STOP_ATTEMPTS = 3
+
+
+class EngineSession:
+    def __init__(
+        self,
+        batch: Batch,
+        *,
+        store: BatchStore,
+        settings: AgentSettings,
+        client_key: asyncssh.SSHKey,
+        owner: str,
+        watch: BatchWatch,
+    ) -> None:
+        self._batch = batch
+        self._store = store
+        self._settings = settings
+        self._key = client_key
+        self._owner = owner
+        self._watch = watch
+        self._host: remote.RemoteHost | None = None
+        self._ids = {"batch_id": batch.id, "job_id": batch.job_id}
+
+    @property
+    def connected(self) -> bool:
+        """Whether we ever got onto the machine (so something may need stopping)."""
+        return self._host is not None
+
+    @property
+    def is_closed(self) -> bool:
+        return self._host is not None and self._host.is_closed
+
+    async def _connect(
+        self, ready_timeout_seconds: float, *, interruptible: bool
+    ) -> remote.RemoteHost:
+        if self._host is not None and not self._host.is_closed:
+            return self._host
+        pinned = self._batch.host_public_key
+        connecting = remote.connect_until(
+            self._batch.target,
+            self._key,
+            pinned,
+            connect_timeout_seconds=self._settings.ssh_connect_timeout_seconds,
+            ready_timeout_seconds=ready_timeout_seconds,
+        )
+        # Starting up yields to a cancel or expiry; stopping the engine must not.
+        host = await (self._watch.race(connecting) if interruptible else connecting)
+        self._host = host
+        if pinned is None:
+            # First use: remember this key so every reconnect must present the same one.
+            stored = await self._store.pin_host_key(
+                self._batch.id, self._owner, host.host_public_key
+            )
+            if stored != host.host_public_key:
+                raise remote.HostKeyMismatch("host key changed while it was being pinned")
+            self._batch.host_public_key = stored
+        return host
+
+    async def start(self) -> EngineClient:
+        """Launch (or find) the engine, forward its port, wait until it is healthy.
+
+        Raises RemoteError or EngineNotReady (the batch fails), or Interrupted (cancel,
+        expiry or a lost lease cut the wait short).
+        """
+        engine = self._batch.engine
+        argv = remote.engine_argv(engine)
+        host = await self._connect(self._settings.ssh_ready_timeout_seconds, interruptible=True)
+        await host.start_engine(self._batch.id, argv)
+        local_port = await host.forward(engine.port)
+        client = EngineClient(
+            f"http://127.0.0.1:{local_port}",
+            batch_id=self._batch.id,
+            served_model=engine.serving_name,
+            concurrency=self._settings.dispatch_concurrency,
+            request_timeout_seconds=self._settings.request_timeout_seconds,
+            retry=RetryPolicy(max_retries=self._settings.max_retries),
+        )
+        try:
+            await self._watch.race(
+                client.wait_ready(
+                    engine.health_endpoint,
+                    engine.ready_timeout_seconds,
+                    still_starting=lambda: host.engine_running(self._batch.id),
+                )
+            )
+        except EngineNotReady:
+            await client.close()
+            tail = await host.engine_log_tail(self._batch.id)
+            # The engine's log goes to the agent's log (redacted), never into the batch error.
+            log.warning("engine not ready", extra=log_fields(**self._ids, log_tail=tail))
+            raise
+        except BaseException:
+            await client.close()
+            raise
+        log.info("engine ready", extra=log_fields(**self._ids, local_port=local_port))
+        return client
+
+    async def stop(self) -> None:
+        """Stop the engine, a few tries, reconnecting if needed; never raises.
+
+        Best effort by design: the planner releases the whole machine after the terminal
+        event, so a host that vanished must not keep the batch from ending.
+        """
+        for attempt in range(1, STOP_ATTEMPTS + 1):
+            try:
+                host = await self._connect(10.0 * attempt, interruptible=False)
+                await host.stop_engine(self._batch.id, self._settings.engine_stop_grace_seconds)
+                return
+            except (remote.RemoteError, OSError, asyncssh.Error) as exc:
+                log.warning(
+                    "could not stop the engine",
+                    extra=log_fields(**self._ids, attempt=attempt, error=str(exc)),
+                )
+                await self.close()
+
+    async def close(self) -> None:
+        """Close the connection (the engine keeps running)."""
+        if self._host is not None:
+            host, self._host = self._host, None
+            await host.close()

@@ -1,0 +1,128 @@
+"""Dispatch policy: retries, backoff, counts, and the concurrency/stop rules of dispatch_all."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from neobatch.runtime_agent.dispatch import (
+    RequestResult,
+    RetryPolicy,
+    Tally,
+    dispatch_all,
+)
+from neobatch.runtime_agent.input_validation import BatchRequest
+
+
+@pytest.mark.parametrize(
+    ("attempts", "status", "retry"),
+    [
+        (1, None, True),
+        (1, 429, True),
+        (1, 500, True),
+        (1, 503, True),
+        (1, 408, True),
+        (1, 400, False),
+        (1, 404, False),
+        (1, 200, False),
+        (5, 429, True),
+        (6, 429, False),
+        (6, None, False),
+    ],
+)
+def test_should_retry(attempts: int, status: int | None, retry: bool) -> None:
+    assert RetryPolicy(max_retries=5).should_retry(attempts, status) is retry
+
+
+def test_backoff_is_exponential_and_capped() -> None:
+    policy = RetryPolicy(base_delay_seconds=0.5, max_delay_seconds=5.0)
+    assert [policy.delay_seconds(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+    assert policy.delay_seconds(3, jitter=0.5) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("status", "error_code", "ok"),
+    [
+        (200, "", True),
+        (201, "", True),
+        (200, "invalid_response", False),
+        (500, "", False),
+        (None, "x", False),
+    ],
+)
+def test_result_ok(status: int | None, error_code: str, ok: bool) -> None:
+    result = RequestResult(line_index=0, custom_id="a", status_code=status, error_code=error_code)
+    assert result.ok is ok
+
+
+def test_tally_is_capped_by_total() -> None:
+    tally = Tally(total=2, completed=2, failed=1)
+    assert tally.counts().completed == 2 and tally.counts().failed == 0
+
+
+async def _requests(n: int) -> AsyncIterator[BatchRequest]:
+    for i in range(n):
+        yield BatchRequest(line_index=i, custom_id=f"r{i}", method="POST", url="/v1/x", body={})
+
+
+async def test_dispatch_all_bounds_concurrency_and_sends_each_once() -> None:
+    in_flight = peak = 0
+    results: list[RequestResult] = []
+
+    async def send(request: BatchRequest) -> RequestResult:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.001)
+        in_flight -= 1
+        return RequestResult(
+            line_index=request.line_index, custom_id=request.custom_id, status_code=200
+        )
+
+    async def record(result: RequestResult) -> None:
+        results.append(result)
+
+    summary = await dispatch_all(
+        _requests(200), send, record, concurrency=8, should_stop=lambda: False
+    )
+    assert summary.sent == 200 and not summary.stopped
+    assert peak == 8
+    assert sorted(r.line_index for r in results) == list(range(200))
+
+
+async def test_dispatch_all_stops_between_requests_and_lets_in_flight_finish() -> None:
+    results: list[RequestResult] = []
+    stop = False
+
+    async def send(request: BatchRequest) -> RequestResult:
+        await asyncio.sleep(0.001)
+        return RequestResult(
+            line_index=request.line_index, custom_id=request.custom_id, status_code=200
+        )
+
+    async def record(result: RequestResult) -> None:
+        nonlocal stop
+        results.append(result)
+        stop = len(results) >= 10
+
+    summary = await dispatch_all(
+        _requests(1000), send, record, concurrency=4, should_stop=lambda: stop
+    )
+    assert summary.stopped
+    # Every request that was started was recorded; at most one per worker after the stop.
+    assert summary.sent == len(results) and 10 <= len(results) < 10 + 4
+
+
+async def test_dispatch_all_propagates_a_failing_recorder() -> None:
+    async def send(request: BatchRequest) -> RequestResult:
+        return RequestResult(
+            line_index=request.line_index, custom_id=request.custom_id, status_code=200
+        )
+
+    async def record(result: RequestResult) -> None:
+        raise RuntimeError("database gone")
+
+    with pytest.raises(ExceptionGroup):
+        await dispatch_all(_requests(10), send, record, concurrency=2, should_stop=lambda: False)

@@ -1,0 +1,119 @@
+"""remote.py against the real loopback SSH host: launch, port-forward, health, stop, pinning."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+
+import asyncssh
+import msgspec
+import pytest
+
+from neobatch.runtime_agent.dispatch import RetryPolicy
+from neobatch.runtime_agent.engine import EngineClient
+from neobatch.runtime_agent.input_validation import BatchRequest
+from neobatch.runtime_agent.remote import (
+    HostKeyMismatch,
+    connect,
+    engine_argv,
+    load_client_key,
+    workdir,
+)
+from neobatch.sim.engine import expected_body
+from neobatch.sim.waiting import wait_until
+
+
+def process_alive(pid: int) -> bool:
+    """Running and not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def client_key(ssh_keypair):
+    return load_client_key(str(ssh_keypair.private_key_path))
+
+
+async def test_engine_launch_forward_health_and_stop(ssh_host, client_key, agent):
+    spec = agent.sim_engine_spec()
+    batch_id = agent.new_batch_id()
+    host = await connect(
+        agent.target_for(ssh_host), client_key, ssh_host.host_public_key, connect_timeout_seconds=10
+    )
+    client = None
+    try:
+        pid = await host.start_engine(batch_id, engine_argv(spec))
+        assert process_alive(pid)
+        # Relaunching finds the running engine through its pid file instead of a second one.
+        assert await host.start_engine(batch_id, engine_argv(spec)) == pid
+        local_port = await host.forward(spec.port)
+        assert local_port != spec.port
+        client = EngineClient(
+            f"http://127.0.0.1:{local_port}",
+            batch_id=batch_id,
+            served_model=spec.serving_name,
+            concurrency=4,
+            request_timeout_seconds=10,
+            retry=RetryPolicy(max_retries=1),
+        )
+        await client.wait_ready("/health", 30)
+        body = {"model": spec.serving_name, "messages": [{"role": "user", "content": "hi"}]}
+        request = BatchRequest(
+            line_index=0, custom_id="a", method="POST", url="/v1/chat/completions", body=body
+        )
+        result = await client.send(request)
+        assert result.ok and result.status_code == 200
+        assert msgspec.json.decode(result.body) == expected_body(request.url, body)
+        assert result.request_id == f"{batch_id}-0"
+
+        await host.stop_engine(batch_id, grace_seconds=5)
+        assert not process_alive(pid)
+        assert not await host.engine_running(batch_id)
+        assert not Path(workdir(batch_id), "pid").exists()
+        await host.stop_engine(batch_id, grace_seconds=5)  # Stopping twice is harmless.
+    finally:
+        if client is not None:
+            await client.close()
+        await host.close()
+
+
+async def test_arguments_are_shell_quoted(ssh_host, client_key, agent, tmp_path):
+    pwned = Path(f"/tmp/pwned-{uuid.uuid4().hex}")
+    nasty = [f"'; touch {pwned}", f"$(touch {pwned})", f"`touch {pwned}`", f'" ; touch {pwned} #']
+    out = tmp_path / "argv.json"
+    script = "import json, sys; open(sys.argv[1], 'w').write(json.dumps(sys.argv[2:]))"
+    argv = [sys.executable, "-c", script, str(out), *nasty]
+    batch_id = agent.new_batch_id()
+    host = await connect(
+        agent.target_for(ssh_host), client_key, ssh_host.host_public_key, connect_timeout_seconds=10
+    )
+    try:
+        await host.start_engine(batch_id, argv)
+        await wait_until(out.exists, 10, message="the command to write its arguments")
+        await wait_until(lambda: out.read_text().endswith("]"), 5)
+        assert msgspec.json.decode(out.read_bytes()) == nasty
+        assert not pwned.exists()
+    finally:
+        await host.stop_engine(batch_id, grace_seconds=2)
+        await host.close()
+
+
+async def test_trust_on_first_use_then_pinned(ssh_host, client_key, agent):
+    target = agent.target_for(ssh_host)
+    first = await connect(target, client_key, None, connect_timeout_seconds=10)
+    seen = first.host_public_key
+    await first.close()
+    assert seen == ssh_host.host_public_key
+
+    again = await connect(target, client_key, seen, connect_timeout_seconds=10)
+    await again.close()
+
+    other = asyncssh.generate_private_key("ssh-ed25519")
+    wrong = " ".join(other.export_public_key("openssh").decode().split()[:2])
+    with pytest.raises(HostKeyMismatch) as caught:
+        await connect(target, client_key, wrong, connect_timeout_seconds=10)
+    assert "does not match" in caught.value.message
