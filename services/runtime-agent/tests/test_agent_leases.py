@@ -60,7 +60,8 @@ async def test_batch_of_a_dead_agent_is_taken_over(make_harness, agent, engine_s
         await host.start_engine(event.batch_id, engine_argv(spec))
     finally:
         await host.close()
-    assert len(agent.engine_pids(engine_sim.port)) == 1
+    # The launch returns before `sh -c` has exec'd the engine; wait for it to show up.
+    await wait_until(lambda: len(agent.engine_pids(engine_sim.port)) == 1, 10)
     doc = batch_doc_from_event(event, utcnow())
     doc.update(
         status="in_progress",
