@@ -90,6 +90,14 @@ class RequestCounts(msgspec.Struct, frozen=True):
     failed: int = 0
 
 
+class Usage(msgspec.Struct, frozen=True):
+    """Token usage summed over a batch's successful responses (OpenAI `usage`)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+
 class ResourceRequest(msgspec.Struct, frozen=True, kw_only=True):
     """What a job needs from a machine; derived from its deployment template."""
 
@@ -213,6 +221,7 @@ class BatchStatusReported(Event, frozen=True, kw_only=True):
     job_id: str
     status: BatchStatus
     request_counts: RequestCounts = RequestCounts()
+    usage: Usage = Usage()
 
 
 class BatchTerminal(Event, frozen=True, kw_only=True):
@@ -221,6 +230,7 @@ class BatchTerminal(Event, frozen=True, kw_only=True):
     job_id: str
     status: BatchStatus
     request_counts: RequestCounts = RequestCounts()
+    usage: Usage = Usage()
     output_file_id: str | None = None
     error_file_id: str | None = None
     error_code: str = ""

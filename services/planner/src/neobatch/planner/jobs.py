@@ -244,7 +244,10 @@ def _on_provision_released(job: Job, event: ProvisionReleased, now: datetime) ->
 def _on_batch_status(job: Job, event: BatchStatusReported) -> Decision | None:
     if event.batch_id != job.batch_id or is_terminal(job.status):
         return None
-    fields = {"request_counts": msgspec.to_builtins(event.request_counts)}
+    fields = {
+        "request_counts": msgspec.to_builtins(event.request_counts),
+        "usage": msgspec.to_builtins(event.usage),
+    }
     target = _BATCH_RUNNING.get(event.status)
     if target is not None and job.status in _RANK and _RANK[target] > _RANK[job.status]:
         return _move(job, target, event.occurred_at, f"batch {event.status.value}", fields=fields)
@@ -259,6 +262,7 @@ def _on_batch_terminal(job: Job, event: BatchTerminal, now: datetime) -> Decisio
         status = JobStatus.SUBMIT_FAILED
     fields: dict[str, Any] = {
         "request_counts": msgspec.to_builtins(event.request_counts),
+        "usage": msgspec.to_builtins(event.usage),
         "output_dataset": event.output_file_id,
         "error_dataset": event.error_file_id,
     }
