@@ -20,7 +20,8 @@ from neobatch.common.contracts import (
     RequestCounts,
     SshEndpoint,
 )
-from neobatch.planner.jobs import Job, decide
+from neobatch.planner.jobs import DeadlinePassed, Job, decide
+from neobatch.planner.policy import Timeouts
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 SPEC = {
@@ -200,6 +201,35 @@ CASES: list[tuple[str, Job, Event, JobStatus | None, list[str]]] = [
         S.EXPIRED,
         ["provision.release_requested", "job.status_changed"],
     ),
+    (
+        "cancel while finalizing still ends cancelled",
+        job(S.CANCELLING, batch_handed_over=True),
+        terminal(BatchStatus.COMPLETED),
+        S.CANCELLED,
+        ["provision.release_requested", "job.status_changed"],
+    ),
+    (
+        "provisioning never answered",
+        job(S.RESOURCE_PREPARING),
+        DeadlinePassed("job_1"),
+        S.RESOURCE_FAILED,
+        ["provision.release_requested", "job.status_changed"],
+    ),
+    (
+        "running batch past its window",
+        job(S.IN_PROGRESS),
+        DeadlinePassed("job_1"),
+        S.EXPIRED,
+        ["batch.cancel_requested", "provision.release_requested", "job.status_changed"],
+    ),
+    (
+        "cancel never confirmed",
+        job(S.CANCELLING),
+        DeadlinePassed("job_1"),
+        S.CANCELLED,
+        ["provision.release_requested", "job.status_changed"],
+    ),
+    ("no deadline while queued", job(S.QUEUED), DeadlinePassed("job_1"), None, []),
     ("terminal replay ignored", job(S.COMPLETED), terminal(BatchStatus.COMPLETED), None, []),
 ]
 
@@ -224,7 +254,7 @@ def test_provisioning_request_follows_the_template() -> None:
         job(S.QUEUED, provider="ssh"),
         JobQueued(job_id="job_1"),
         NOW,
-        provisioning_timeout_seconds=600,
+        Timeouts(provisioning_seconds=600),
     )
     assert decision is not None
     request = decision.events[0]
@@ -253,3 +283,27 @@ def test_status_change_event_names_both_states() -> None:
     changed = decision.events[-1]
     assert (changed.old_status, changed.new_status) == ("in_progress", "completed")  # type: ignore[attr-defined]
     assert decision.fields["request_counts"] == {"total": 3, "completed": 2, "failed": 1}
+
+
+def test_every_waiting_state_gets_a_deadline_and_terminal_states_none() -> None:
+    timeouts = Timeouts(
+        provisioning_seconds=100, grace_seconds=10, cancel_seconds=30, expiry_grace_seconds=5
+    )
+    preparing = decide(job(S.QUEUED), JobQueued(job_id="job_1"), NOW, timeouts)
+    submitting = decide(job(S.RESOURCE_PREPARING), running, NOW, timeouts)
+    cancelling = decide(job(S.IN_PROGRESS), cancel, NOW, timeouts)
+    done = decide(job(S.IN_PROGRESS), terminal(BatchStatus.COMPLETED), NOW, timeouts)
+    assert preparing and submitting and cancelling and done
+    assert (preparing.fields["deadline_at"] - NOW).total_seconds() == 110
+    assert (submitting.fields["deadline_at"] - NOW).total_seconds() == 3600 + 5
+    assert (cancelling.fields["deadline_at"] - NOW).total_seconds() == 30
+    assert done.fields["deadline_at"] is None
+
+
+def test_provisioning_slot_taken_on_entry_and_given_back_on_exit() -> None:
+    entering = decide(job(S.QUEUED), JobQueued(job_id="job_1"), NOW)
+    leaving = decide(job(S.RESOURCE_PREPARING), running, NOW)
+    cancelled_early = decide(job(S.QUEUED), cancel, NOW)
+    assert entering and entering.acquire_slot and not entering.release_slot
+    assert leaving and leaving.release_slot and not leaving.acquire_slot
+    assert cancelled_early and not cancelled_early.acquire_slot and not cancelled_early.release_slot

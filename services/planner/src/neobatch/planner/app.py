@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from neobatch.common.runtime import ServiceRuntime
-from neobatch.planner.handlers import SERVICE, JobEventHandler, register
+from neobatch.planner.handlers import SERVICE, register
+from neobatch.planner.scheduler import Planner
 from neobatch.planner.settings import PlannerSettings
 from neobatch.planner.store import JobStore
 
@@ -11,8 +12,13 @@ from neobatch.planner.store import JobStore
 def build(settings: PlannerSettings) -> ServiceRuntime:
     runtime = ServiceRuntime(SERVICE, settings.common)
     store = JobStore(runtime.mongo, runtime.db, runtime.ns)
-    handler = JobEventHandler(
-        store, runtime.clock, runtime.notify_outbox, settings.provisioning_timeout_seconds
-    )
-    register(runtime.broker, runtime.ns, handler)
+    planner = Planner(store, runtime.clock, runtime.notify_outbox, settings.timeouts)
+    register(runtime.broker, runtime.ns, planner, settings.worker_count)
+
+    async def prepare() -> None:
+        await store.prepare(settings.max_concurrent_provisioning)
+
+    runtime.add_startup(prepare)
+    runtime.add_loop("job-queue", planner.run_queue)
+    runtime.add_loop("deadlines", planner.run_deadlines)
     return runtime

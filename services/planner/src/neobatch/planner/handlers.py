@@ -1,18 +1,14 @@
-"""Event handlers: decode → load the job → decide → save. Idempotent by construction.
+"""Event subscribers of the planner: translate each event into a Planner call.
 
-A handler that loses a compare-and-set reloads and decides again; a replayed event finds
-the job already moved on and `decide` returns None.
+Handlers are idempotent because `Planner.apply` is: a replayed event finds the job already
+moved on and changes nothing.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-
 from faststream.nats import NatsBroker
 
 from neobatch.common.broker import subscribe
-from neobatch.common.clock import Clock
 from neobatch.common.contracts import (
     BatchStatusReported,
     BatchTerminal,
@@ -23,18 +19,11 @@ from neobatch.common.contracts import (
     ProvisionReleased,
     ProvisionRunning,
 )
-from neobatch.common.errors import NotFound
-from neobatch.common.logs import log_fields
 from neobatch.common.subjects import Namespace
-from neobatch.planner import jobs
-from neobatch.planner.store import JobStore
-
-log = logging.getLogger("neobatch.planner")
+from neobatch.planner.scheduler import Planner
 
 SERVICE = "planner"
-MAX_CAS_ATTEMPTS = 5
-CONSUMED = (
-    JobQueued,
+JOB_EVENTS = (
     JobCancelRequested,
     ProvisionRunning,
     ProvisionFailed,
@@ -44,57 +33,14 @@ CONSUMED = (
 )
 
 
-class LostRace(RuntimeError):
-    """The job kept changing under us; the message is retried later."""
+def register(broker: NatsBroker, ns: Namespace, planner: Planner, worker_count: int) -> None:
+    async def on_job_queued(event: JobQueued) -> None:
+        # Jobs start in queue order as provisioning slots allow, not in arrival order of events.
+        await planner.plan_waiting()
 
+    async def on_job_event(event: Event) -> None:
+        await planner.apply(event.job_id, event)  # type: ignore[attr-defined]  # all name their job
 
-class JobEventHandler:
-    def __init__(
-        self,
-        store: JobStore,
-        clock: Clock,
-        notify_outbox: Callable[[], None],
-        provisioning_timeout_seconds: float,
-    ) -> None:
-        self._store = store
-        self._clock = clock
-        self._notify = notify_outbox
-        self._timeout = provisioning_timeout_seconds
-
-    async def handle(self, event: Event) -> None:
-        job_id: str = event.job_id  # type: ignore[attr-defined]  # every consumed event names its job
-        for _ in range(MAX_CAS_ATTEMPTS):
-            try:
-                job = await self._store.get_job(job_id)
-            except NotFound:
-                log.warning(
-                    "event for unknown job ignored",
-                    extra=log_fields(job_id=job_id, subject=event.subject),
-                )
-                return
-            now = self._clock.now()
-            decision = jobs.decide(job, event, now, provisioning_timeout_seconds=self._timeout)
-            if decision is None:
-                return
-            if await self._store.save_decision(job, decision, now):
-                if decision.events:
-                    self._notify()
-                if decision.status is not None:
-                    log.info(
-                        "job transition",
-                        extra=log_fields(
-                            job_id=job_id,
-                            old=job.status.value,
-                            new=decision.status.value,
-                            reason=decision.reason,
-                        ),
-                    )
-                return
-        raise LostRace(
-            f"job {job_id} changed {MAX_CAS_ATTEMPTS} times while handling {event.subject}"
-        )
-
-
-def register(broker: NatsBroker, ns: Namespace, handler: JobEventHandler) -> None:
-    for event_type in CONSUMED:
-        subscribe(broker, ns, SERVICE, event_type, handler.handle)
+    subscribe(broker, ns, SERVICE, JobQueued, on_job_queued)
+    for event_type in JOB_EVENTS:
+        subscribe(broker, ns, SERVICE, event_type, on_job_event, max_workers=worker_count)

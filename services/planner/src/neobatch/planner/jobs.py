@@ -31,6 +31,9 @@ from neobatch.common.contracts import (
     ProvisionRunning,
 )
 from neobatch.planner import policy
+from neobatch.planner.policy import Timeouts
+
+DEFAULT_TIMEOUTS = Timeouts()
 
 # Where a job stands in the forward flow; a status report never moves a job backwards.
 _RANK = {
@@ -79,6 +82,14 @@ class Job(msgspec.Struct, kw_only=True):
     replicas: int = 1
     provider: str | None = None
     completion_window_seconds: float = 24 * 3600.0
+    expires_at: datetime | None = None
+
+
+class DeadlinePassed(msgspec.Struct, frozen=True):
+    """Not an event on the wire: the deadline loop found the job's `deadline_at` passed."""
+
+    job_id: str
+    subject = "deadline"
 
 
 class Decision(msgspec.Struct, kw_only=True):
@@ -86,6 +97,10 @@ class Decision(msgspec.Struct, kw_only=True):
     fields: dict[str, Any] = {}
     events: list[Event] = []
     reason: str = ""
+    # Provisioning slots (MAX_CONCURRENT_PROVISIONING): taken on entering resource_preparing,
+    # given back on leaving it, in the same transaction as the transition.
+    acquire_slot: bool = False
+    release_slot: bool = False
 
 
 def is_terminal(status: JobStatus) -> bool:
@@ -108,12 +123,29 @@ def _move(
         reason=reason,
         occurred_at=now,
     )
+    fields = {f"{status.value}_at": now, **(fields or {})}
+    preparing = JobStatus.RESOURCE_PREPARING
     return Decision(
         status=status,
-        fields={f"{status.value}_at": now, **(fields or {})},
+        fields=fields,
         events=[*(events or []), changed],
         reason=reason,
+        acquire_slot=status is preparing and job.status is not preparing,
+        release_slot=job.status is preparing and status is not preparing,
     )
+
+
+def _deadline(
+    status: JobStatus, now: datetime, expires_at: datetime | None, timeouts: Timeouts
+) -> datetime | None:
+    """When the planner stops waiting for whatever `status` waits on."""
+    if status is JobStatus.RESOURCE_PREPARING:
+        return now + timedelta(seconds=timeouts.provisioning_seconds + timeouts.grace_seconds)
+    if status in _BATCH_HANDED_OVER and expires_at is not None:
+        return expires_at + timedelta(seconds=timeouts.expiry_grace_seconds)
+    if status is JobStatus.CANCELLING:
+        return now + timedelta(seconds=timeouts.cancel_seconds)
+    return None
 
 
 def _release(job: Job, now: datetime, reason: str) -> list[Event]:
@@ -127,12 +159,24 @@ def _release(job: Job, now: datetime, reason: str) -> list[Event]:
 
 
 def decide(
-    job: Job, event: Event, now: datetime, *, provisioning_timeout_seconds: float = 1200.0
+    job: Job, event: Event | DeadlinePassed, now: datetime, timeouts: Timeouts = DEFAULT_TIMEOUTS
 ) -> Decision | None:
     """The decision `event` causes for `job` at `now`, or None when it changes nothing."""
+    decision = _decide(job, event, now, timeouts)
+    if decision is not None and decision.status is not None:
+        expires_at = decision.fields.get("expires_at") or job.expires_at
+        decision.fields["deadline_at"] = _deadline(decision.status, now, expires_at, timeouts)
+    return decision
+
+
+def _decide(
+    job: Job, event: Event | DeadlinePassed, now: datetime, timeouts: Timeouts
+) -> Decision | None:
     match event:
+        case DeadlinePassed():
+            return _on_deadline(job, now)
         case JobQueued():
-            return _on_queued(job, now, provisioning_timeout_seconds)
+            return _on_queued(job, now, timeouts.provisioning_seconds)
         case JobCancelRequested():
             return _on_cancel_requested(job, now)
         case ProvisionRunning():
@@ -258,6 +302,9 @@ def _on_batch_terminal(job: Job, event: BatchTerminal, now: datetime) -> Decisio
     if event.batch_id != job.batch_id or is_terminal(job.status):
         return None
     status = _BATCH_TERMINAL[event.status]
+    if job.status is JobStatus.CANCELLING:
+        # The user asked to cancel; a batch that finished anyway keeps all its output.
+        status = JobStatus.CANCELLED
     if status is JobStatus.FAILED and event.error_code in policy.SUBMIT_FAILURE_CODES:
         status = JobStatus.SUBMIT_FAILED
     fields: dict[str, Any] = {
@@ -273,3 +320,41 @@ def _on_batch_terminal(job: Job, event: BatchTerminal, now: datetime) -> Decisio
     return _move(
         job, status, now, reason, fields=fields, events=_release(job, now, f"job {status.value}")
     )
+
+
+def _on_deadline(job: Job, now: datetime) -> Decision | None:
+    """A wait ran out without the answer it waited for: end it in a named state."""
+    if job.status is JobStatus.RESOURCE_PREPARING:
+        message = (
+            "ProvisionTimeout: the resource-manager never reported the machine ready or failed"
+        )
+        return _move(
+            job,
+            JobStatus.RESOURCE_FAILED,
+            now,
+            message,
+            fields={"error_code": "ProvisionTimeout", "error_message": message},
+            events=_release(job, now, "provisioning timed out"),
+        )
+    if job.status in _BATCH_HANDED_OVER:
+        message = "the batch passed its completion window and the runtime-agent never ended it"
+        events: list[Event] = [
+            BatchCancelRequested(batch_id=job.batch_id, job_id=job.id, occurred_at=now)
+        ]
+        return _move(
+            job,
+            JobStatus.EXPIRED,
+            now,
+            message,
+            fields={"error_code": "batch_expired", "error_message": message},
+            events=[*events, *_release(job, now, "job expired")],
+        )
+    if job.status is JobStatus.CANCELLING:
+        return _move(
+            job,
+            JobStatus.CANCELLED,
+            now,
+            "cancel not confirmed in time; machine released",
+            events=_release(job, now, "job cancelled"),
+        )
+    return None

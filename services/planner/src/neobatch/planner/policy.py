@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from neobatch.common.contracts import EngineSpec, ResourceRequest
 
 DEFAULT_ENGINE_PORT = 8000
@@ -49,3 +51,16 @@ def engine_spec(template_spec: dict[str, Any], serving_name: str) -> EngineSpec:
 def provision_id_for(job_id: str, attempt: int = 1) -> str:
     """Deterministic, so a replayed job.queued can never ask for a second machine."""
     return f"prov_{job_id.removeprefix('job_')}_{attempt}"
+
+
+class Timeouts(msgspec.Struct, frozen=True, kw_only=True):
+    """Every wait the planner watches ends by one of these (DESIGN rule 4)."""
+
+    # The resource-manager fails a provision at its deadline; the planner's own deadline
+    # adds a grace period and only fires when the resource-manager never answered.
+    provisioning_seconds: float = 1200.0
+    grace_seconds: float = 60.0
+    # A running batch past its completion window that the agent never reported expired.
+    expiry_grace_seconds: float = 120.0
+    # A cancel the agent or resource-manager never confirmed.
+    cancel_seconds: float = 300.0

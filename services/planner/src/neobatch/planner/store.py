@@ -6,19 +6,25 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from pymongo import AsyncMongoClient
+from pymongo import ASCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
-from neobatch.common.contracts import JobStatus
+from neobatch.common.contracts import TERMINAL_JOB_STATUSES, JobStatus
 from neobatch.common.errors import NotFound
-from neobatch.common.mongo import transact
+from neobatch.common.mongo import ensure_indexes, transact
 from neobatch.common.outbox import append_events
 from neobatch.common.subjects import Namespace
 from neobatch.common.transitions import compare_and_set
 from neobatch.planner.jobs import Decision, Job
 
 JOBS = "jobs"
+SLOTS = "planner_slots"
+INDEXES = [
+    IndexModel([("status", ASCENDING), ("created_at", ASCENDING)], name="status_created"),
+    IndexModel([("deadline_at", ASCENDING)], name="deadline", sparse=True),
+    IndexModel([("batch_id", ASCENDING)], name="batch"),
+]
 
 
 def job_from_doc(doc: dict[str, Any]) -> Job:
@@ -38,7 +44,12 @@ def job_from_doc(doc: dict[str, Any]) -> Job:
         replicas=int((doc.get("resource_request") or {}).get("replicas") or 1),
         provider=doc.get("provider") or None,
         completion_window_seconds=float(doc.get("completion_window_seconds") or 24 * 3600),
+        expires_at=doc.get("expires_at"),
     )
+
+
+class NoSlotFree(Exception):
+    """Every provisioning slot is taken; the job stays queued until one frees."""
 
 
 class JobStore:
@@ -52,6 +63,35 @@ class JobStore:
         self._db = db
         self._jobs = db[JOBS]
         self._ns = ns
+        self._slots = db[SLOTS]
+        self._slot_ids: list[str] = ["slot-0"]
+
+    async def prepare(self, max_concurrent_provisioning: int) -> None:
+        """Indexes, and exactly `max_concurrent_provisioning` slots (taken ones are kept)."""
+        await ensure_indexes(self._jobs, INDEXES)
+        wanted = [f"slot-{i}" for i in range(max_concurrent_provisioning)]
+        for slot_id in wanted:
+            await self._slots.update_one(
+                {"_id": slot_id}, {"$setOnInsert": {"job_id": None}}, upsert=True
+            )
+        await self._slots.delete_many({"_id": {"$nin": wanted}, "job_id": None})
+        self._slot_ids = wanted
+
+    async def find_oldest_queued(self) -> Job | None:
+        doc = await self._jobs.find_one(
+            {"status": JobStatus.QUEUED.value}, sort=[("created_at", ASCENDING), ("_id", ASCENDING)]
+        )
+        return job_from_doc(doc) if doc else None
+
+    async def list_overdue(self, now: datetime, limit: int = 100) -> list[Job]:
+        cursor = self._jobs.find(
+            {
+                "deadline_at": {"$lte": now},
+                "status": {"$nin": [s.value for s in TERMINAL_JOB_STATUSES]},
+            },
+            limit=limit,
+        )
+        return [job_from_doc(doc) async for doc in cursor]
 
     async def get_job(self, job_id: str) -> Job:
         doc = await self._jobs.find_one({"_id": job_id})
@@ -75,8 +115,21 @@ class JobStore:
                 {"$set": fields},
                 session=session,
             )
-            if won:
-                await append_events(self._db, self._ns, decision.events, session, now)
-            return won
+            if not won:
+                return False
+            if decision.release_slot:
+                await self._slots.update_many(
+                    {"job_id": job.id}, {"$set": {"job_id": None}}, session=session
+                )
+            if decision.acquire_slot:
+                taken = await self._slots.find_one_and_update(
+                    {"_id": {"$in": self._slot_ids}, "job_id": {"$in": [None, job.id]}},
+                    {"$set": {"job_id": job.id}},
+                    session=session,
+                )
+                if taken is None:
+                    raise NoSlotFree  # aborts the transaction: the job stays queued
+            await append_events(self._db, self._ns, decision.events, session, now)
+            return True
 
         return await transact(self._client, work)

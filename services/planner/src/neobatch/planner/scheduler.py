@@ -1,0 +1,106 @@
+"""Applying decisions: events, the queue of jobs waiting for a provisioning slot, deadlines.
+
+`apply` is the one path by which a job changes: load → decide → save (compare-and-set, with
+its events and slot changes in one transaction), retried when another writer got there first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from neobatch.common.clock import Clock
+from neobatch.common.contracts import Event, JobQueued
+from neobatch.common.errors import NotFound
+from neobatch.common.logs import log_fields
+from neobatch.planner import jobs
+from neobatch.planner.jobs import DeadlinePassed
+from neobatch.planner.policy import Timeouts
+from neobatch.planner.store import JobStore, NoSlotFree
+
+log = logging.getLogger("neobatch.planner")
+
+MAX_CAS_ATTEMPTS = 5
+# Other planner instances free slots too; look at the queue at least this often.
+QUEUE_POLL_SECONDS = 1.0
+DEADLINE_POLL_SECONDS = 1.0
+
+
+class LostRace(RuntimeError):
+    """The job kept changing under us; the message is retried later."""
+
+
+class Planner:
+    def __init__(
+        self, store: JobStore, clock: Clock, notify_outbox: Callable[[], None], timeouts: Timeouts
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._notify = notify_outbox
+        self._timeouts = timeouts
+        self._slot_freed = asyncio.Event()
+
+    async def apply(self, job_id: str, event: Event | DeadlinePassed) -> bool:
+        """Apply `event` to the job; False only when it needed a provisioning slot and none was free."""
+        for _ in range(MAX_CAS_ATTEMPTS):
+            try:
+                job = await self._store.get_job(job_id)
+            except NotFound:
+                log.warning(
+                    "event for unknown job ignored",
+                    extra=log_fields(job_id=job_id, subject=event.subject),
+                )
+                return True
+            now = self._clock.now()
+            decision = jobs.decide(job, event, now, self._timeouts)
+            if decision is None:
+                return True
+            try:
+                won = await self._store.save_decision(job, decision, now)
+            except NoSlotFree:
+                return False
+            if won:
+                if decision.events:
+                    self._notify()
+                if decision.release_slot:
+                    self._slot_freed.set()
+                if decision.status is not None:
+                    log.info(
+                        "job transition",
+                        extra=log_fields(
+                            job_id=job_id,
+                            old=job.status.value,
+                            new=decision.status.value,
+                            reason=decision.reason,
+                        ),
+                    )
+                return True
+        raise LostRace(
+            f"job {job_id} changed {MAX_CAS_ATTEMPTS} times while handling {event.subject}"
+        )
+
+    async def plan_waiting(self) -> None:
+        """Start provisioning for queued jobs, oldest first, while slots are free."""
+        while (job := await self._store.find_oldest_queued()) is not None:
+            if not await self.apply(job.id, JobQueued(job_id=job.id)):
+                return  # no slot: the next freed slot wakes us
+
+    async def expire_overdue(self) -> int:
+        overdue = await self._store.list_overdue(self._clock.now())
+        for job in overdue:
+            await self.apply(job.id, DeadlinePassed(job.id))
+        return len(overdue)
+
+    async def run_queue(self) -> None:
+        while True:
+            self._slot_freed.clear()
+            await self.plan_waiting()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), QUEUE_POLL_SECONDS)
+
+    async def run_deadlines(self) -> None:
+        while True:
+            await self.expire_overdue()
+            await asyncio.sleep(DEADLINE_POLL_SECONDS)

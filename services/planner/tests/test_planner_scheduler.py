@@ -1,0 +1,112 @@
+"""Provisioning slots, queue order and deadlines, against a real Mongo-wire server."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest_asyncio
+from pymongo.asynchronous.database import AsyncDatabase
+
+from neobatch.common.clock import FixedClock, utcnow
+from neobatch.common.contracts import JobCancelRequested, ProvisionRunning, SshEndpoint
+from neobatch.common.mongo import create_mongo_client
+from neobatch.common.outbox import OUTBOX
+from neobatch.common.subjects import Namespace
+from neobatch.planner.policy import Timeouts
+from neobatch.planner.scheduler import Planner
+from neobatch.planner.store import JobStore
+
+SPEC = {"accelerator": {"type": "H100", "count": 1}, "engine": {"port": 8000}}
+
+
+class Rig:
+    def __init__(
+        self, db: AsyncDatabase, store: JobStore, planner: Planner, clock: FixedClock
+    ) -> None:
+        self.db, self.store, self.planner, self.clock = db, store, planner, clock
+
+    async def add_job(self, n: int) -> str:
+        job_id = f"job_{n:03d}"
+        await self.db.jobs.insert_one(
+            {
+                "_id": job_id,
+                "batch_id": f"batch_{n:03d}",
+                "status": "queued",
+                "version": 0,
+                "template_spec": SPEC,
+                "created_at": self.clock.now() + timedelta(milliseconds=n),
+            }
+        )
+        return job_id
+
+    async def statuses(self) -> dict[str, str]:
+        return {doc["_id"]: doc["status"] async for doc in self.db.jobs.find()}
+
+
+@pytest_asyncio.fixture
+async def rig(mongo_url: str, mongo_db: AsyncDatabase) -> AsyncIterator[Rig]:
+    client = create_mongo_client(mongo_url)
+    db = client.get_database(mongo_db.name)
+    clock = FixedClock(utcnow())
+    store = JobStore(client, db, Namespace(f"t{uuid.uuid4().hex[:8]}"))
+    await store.prepare(max_concurrent_provisioning=2)
+    timeouts = Timeouts(provisioning_seconds=30, grace_seconds=5, cancel_seconds=10)
+    yield Rig(db, store, Planner(store, clock, lambda: None, timeouts), clock)
+    await client.close()
+
+
+async def test_jobs_wait_for_a_slot_and_start_in_queue_order(rig: Rig) -> None:
+    ids = [await rig.add_job(n) for n in range(5)]
+    await rig.planner.plan_waiting()
+    assert [s for _, s in sorted((await rig.statuses()).items())] == ["resource_preparing"] * 2 + [
+        "queued"
+    ] * 3
+
+    # The first machine comes up: its slot frees and the oldest waiting job starts at once.
+    endpoint = SshEndpoint(host="127.0.0.1", port=22, username="u")
+    prov = (await rig.db.jobs.find_one({"_id": ids[0]}))["provision_id"]
+    await rig.planner.apply(
+        ids[0],
+        ProvisionRunning(provision_id=prov, job_id=ids[0], provider="ssh", endpoint=endpoint),
+    )
+    await rig.planner.plan_waiting()
+    statuses = await rig.statuses()
+    assert statuses[ids[0]] == "submitting"
+    assert statuses[ids[2]] == "resource_preparing"
+    assert statuses[ids[3]] == statuses[ids[4]] == "queued"
+    assert await rig.db.planner_slots.count_documents({"job_id": {"$ne": None}}) == 2
+
+
+async def test_cancelled_queued_job_never_takes_a_slot(rig: Rig) -> None:
+    ids = [await rig.add_job(n) for n in range(3)]
+    await rig.planner.apply(ids[0], JobCancelRequested(job_id=ids[0]))
+    await rig.planner.plan_waiting()
+    statuses = await rig.statuses()
+    assert statuses == {
+        ids[0]: "cancelled",
+        ids[1]: "resource_preparing",
+        ids[2]: "resource_preparing",
+    }
+
+
+async def test_provisioning_that_never_answers_ends_resource_failed_and_frees_the_slot(
+    rig: Rig,
+) -> None:
+    ids = [await rig.add_job(n) for n in range(3)]
+    await rig.planner.plan_waiting()
+    assert await rig.planner.expire_overdue() == 0
+    rig.clock.advance(36)
+    assert await rig.planner.expire_overdue() == 2
+    await rig.planner.plan_waiting()
+    statuses = await rig.statuses()
+    assert statuses[ids[0]] == statuses[ids[1]] == "resource_failed"
+    assert statuses[ids[2]] == "resource_preparing"
+    failed = await rig.db.jobs.find_one({"_id": ids[0]})
+    assert failed["error_code"] == "ProvisionTimeout"
+    subjects = [
+        e["subject"].split(".", 1)[1]
+        async for e in rig.db[OUTBOX].find({"payload": {"$exists": True}})
+    ]
+    assert subjects.count("provision.release_requested") == 2
