@@ -22,7 +22,7 @@ PURE_MODULES = [
     "services/resource-manager/src/neobatch/resource_manager/provisions.py",
     "services/resource-manager/src/neobatch/resource_manager/offers.py",
     "services/runtime-agent/src/neobatch/runtime_agent/batches.py",
-    "services/runtime-agent/src/neobatch/runtime_agent/input_validation.py",
+    "libs/common/src/neobatch/common/batch_input.py",
 ]
 IO_PACKAGES = {
     "pymongo",

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from neobatch.runtime_agent.input_validation import (
+from neobatch.common.batch_input import (
     MAX_REPORTED_ERRORS,
     parse_request,
     validate_lines,

@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from neobatch.common.batch_input import BatchRequest
 from neobatch.runtime_agent.dispatch import (
     RequestResult,
     RetryPolicy,
     Tally,
     dispatch_all,
 )
-from neobatch.runtime_agent.input_validation import BatchRequest
 
 
 @pytest.mark.parametrize(

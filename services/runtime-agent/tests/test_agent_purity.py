@@ -9,7 +9,7 @@ import pytest
 
 import neobatch.runtime_agent as package
 
-PURE = ["batches.py", "input_validation.py", "dispatch.py"]
+PURE = ["batches.py", "dispatch.py"]
 FORBIDDEN = ("pymongo", "gridfs", "motor", "faststream", "nats", "aiohttp", "httpx", "asyncssh")
 
 

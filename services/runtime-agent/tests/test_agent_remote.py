@@ -10,9 +10,9 @@ import asyncssh
 import msgspec
 import pytest
 
+from neobatch.common.batch_input import BatchRequest
 from neobatch.runtime_agent.dispatch import RetryPolicy
 from neobatch.runtime_agent.engine import EngineClient
-from neobatch.runtime_agent.input_validation import BatchRequest
 from neobatch.runtime_agent.remote import (
     HostKeyMismatch,
     connect,

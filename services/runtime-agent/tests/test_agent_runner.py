@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from neobatch.common.contracts import BatchStatus
+from neobatch.common.contracts import BatchStatus, Usage
 from neobatch.runtime_agent.checkpoints import result_id
 from neobatch.runtime_agent.output_files import file_ids
 from neobatch.sim.engine import compute_response, expected_body
@@ -48,6 +48,10 @@ async def test_batch_runs_to_completed(make_harness, agent, ssh_host):
     [terminal] = [e for s, e in events if s == "batch.terminal"]
     assert terminal.status is BatchStatus.COMPLETED and terminal.request_counts.completed == N
     assert terminal.output_file_id == batch.output_file_id and events[-1][0] == "batch.terminal"
+    # Usage is the sum over the successful responses, as the output file shows them.
+    prompt = sum(line["response"]["body"]["usage"]["prompt_tokens"] for line in output)
+    completion = sum(line["response"]["body"]["usage"]["completion_tokens"] for line in output)
+    assert terminal.usage == Usage(prompt, completion, prompt + completion) and prompt > 0
 
     assert agent.engine_pids(spec.port) == []
     run = harness.agent.runner.finished_runs[event.batch_id]

@@ -15,9 +15,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncssh
+import msgspec
 
 from neobatch.common import filestore
-from neobatch.common.contracts import BatchStatus, BatchStatusReported, BatchTerminal
+from neobatch.common.batch_input import (
+    BatchRequest,
+    InputValidator,
+    is_blank,
+    parse_request,
+    strip_bom,
+)
+from neobatch.common.contracts import BatchStatus, BatchStatusReported, BatchTerminal, Usage
 from neobatch.common.errors import NotFound
 from neobatch.common.logs import log_fields
 from neobatch.runtime_agent.batches import Batch, Step, path_to, plan_outcome, plan_start
@@ -25,13 +33,6 @@ from neobatch.runtime_agent.checkpoints import CheckpointWriter, count_results, 
 from neobatch.runtime_agent.dispatch import RequestResult, Tally, dispatch_all
 from neobatch.runtime_agent.engine import EngineClient, EngineNotReady
 from neobatch.runtime_agent.engine_session import EngineSession
-from neobatch.runtime_agent.input_validation import (
-    BatchRequest,
-    InputValidator,
-    is_blank,
-    parse_request,
-    strip_bom,
-)
 from neobatch.runtime_agent.lease_watch import BatchWatch, Interrupted
 from neobatch.runtime_agent.output_files import write_result_files
 from neobatch.runtime_agent.remote import RemoteError
@@ -284,8 +285,9 @@ class BatchRun:
     ) -> None:
         fields: dict[str, Any] = {"request_counts": self.tally.counts()}
         output_id = error_id = None
+        usage = Usage()
         if self.tally.finished:
-            output_id, error_id = await write_result_files(
+            output_id, error_id, usage = await write_result_files(
                 self._store.db,
                 self._store.results,
                 self.batch.id,
@@ -295,7 +297,9 @@ class BatchRun:
             )
         if stop_engine:
             await self._session.stop()
-        fields.update(output_file_id=output_id, error_file_id=error_id)
+        fields.update(
+            output_file_id=output_id, error_file_id=error_id, usage=msgspec.to_builtins(usage)
+        )
         if code:
             fields.update(error_code=code, error_message=message)
         if errors is not None:
@@ -309,6 +313,7 @@ class BatchRun:
             error_file_id=error_id,
             error_code=code,
             error_message=message,
+            usage=usage,
         )
         if await self._move(outcome, fields=fields, event=event):
             log.info(

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgspec
 
+from neobatch.common.batch_input import BatchRequest
 from neobatch.common.contracts import RequestCounts
-from neobatch.runtime_agent.input_validation import BatchRequest
 
 # AIBrix's retry set (reference §4.9): overload and transient upstream errors. Other 4xx are
 # the request's own fault and would fail the same way again.

@@ -16,9 +16,9 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from neobatch.common.batch_input import BatchRequest
 from neobatch.common.errors import NeobatchError
 from neobatch.runtime_agent.dispatch import RequestResult, RetryPolicy
-from neobatch.runtime_agent.input_validation import BatchRequest
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
 # Error bodies that are not JSON are kept, truncated, inside an OpenAI-style error envelope.

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from neobatch.common import filestore
+from neobatch.common.contracts import Usage
 from neobatch.runtime_agent.checkpoints import iter_results
 from neobatch.runtime_agent.dispatch import RequestResult
 
@@ -43,6 +44,56 @@ class _Line(msgspec.Struct):
     error: _Error | None
 
 
+class _EngineUsage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class _UsageOnly(msgspec.Struct):
+    """Just the `usage` of an engine reply; every other key is skipped while decoding."""
+
+    usage: _EngineUsage | None = None
+
+
+_USAGE_DECODER = msgspec.json.Decoder(_UsageOnly)
+
+
+class UsageSum:
+    """Token usage summed over successful responses (OpenAI batch `usage`)."""
+
+    def __init__(self) -> None:
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.total_tokens = 0
+
+    def add(self, body: bytes | None) -> None:
+        if not body:
+            return
+        try:
+            usage = _USAGE_DECODER.decode(body).usage
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return  # A reply without well-formed usage counts nothing, but is still output.
+        if usage is None:
+            return
+        self.input_tokens += usage.prompt_tokens
+        self.output_tokens += usage.completion_tokens
+        self.total_tokens += usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
+
+    def usage(self) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            total_tokens=self.total_tokens,
+        )
+
+
+class ResultFiles(NamedTuple):
+    output_file_id: str | None
+    error_file_id: str | None
+    usage: Usage
+
+
 def file_ids(batch_id: str) -> tuple[str, str]:
     """(output file id, error file id) for a batch: deterministic, so rewrites replace."""
     key = batch_id.removeprefix("batch_")
@@ -66,9 +117,13 @@ def render_line(batch_id: str, result: RequestResult) -> bytes:
     return msgspec.json.encode(line) + b"\n"
 
 
-async def _chunks(batch_id: str, results: AsyncIterator[RequestResult]) -> AsyncIterator[bytes]:
+async def _chunks(
+    batch_id: str, results: AsyncIterator[RequestResult], usage: UsageSum
+) -> AsyncIterator[bytes]:
     pending = bytearray()
     async for result in results:
+        if result.ok:
+            usage.add(result.body)
         pending += render_line(batch_id, result)
         if len(pending) >= CHUNK_BYTES:
             yield bytes(pending)
@@ -85,12 +140,14 @@ async def write_result_files(
     owner: str,
     completed: int,
     failed: int,
-) -> tuple[str | None, str | None]:
+) -> ResultFiles:
     """Write the output file (if anything succeeded) and the error file (if anything failed).
 
-    Returns their ids; None for a file that has no lines, as OpenAI leaves it unset.
+    Returns their ids (None for a file that has no lines, as OpenAI leaves it unset) and the
+    token usage summed over the output file's responses while it is written.
     """
     output_id, error_id = file_ids(batch_id)
+    usage = UsageSum()
     written: list[str | None] = []
     for file_id, ok, count, suffix in (
         (output_id, True, completed, "output"),
@@ -103,9 +160,9 @@ async def write_result_files(
             db,
             file_id,
             f"{batch_id}_{suffix}.jsonl",
-            _chunks(batch_id, iter_results(results, batch_id, ok=ok)),
+            _chunks(batch_id, iter_results(results, batch_id, ok=ok), usage),
             purpose=OUTPUT_PURPOSE,
             owner=owner,
         )
         written.append(file_id)
-    return written[0], written[1]
+    return ResultFiles(written[0], written[1], usage.usage())
