@@ -23,6 +23,7 @@ import pytest_asyncio
 from neobatch.common import filestore
 from neobatch.common.contracts import (
     BatchRequested,
+    BatchStatus,
     BatchStatusReported,
     BatchTerminal,
     EngineSpec,
@@ -240,6 +241,13 @@ async def make_harness(mongo_url, mongo_db, ssh_keypair, ssh_host):
         await harness.agent.runtime.mongo.close()
 
 
+def accepted(event: BatchRequested) -> BatchStatusReported:
+    """The event the agent records with a new batch document."""
+    return BatchStatusReported(
+        batch_id=event.batch_id, job_id=event.job_id, status=BatchStatus.VALIDATING
+    )
+
+
 class AgentFactories:
     """What the tests build repeatedly, in one place."""
 
@@ -248,6 +256,7 @@ class AgentFactories:
     target_for = staticmethod(target_for)
     batch_requested = staticmethod(batch_requested)
     chat_lines = staticmethod(chat_lines)
+    accepted = staticmethod(accepted)
     engine_pids = staticmethod(engine_pids)
     engine_request_count = staticmethod(engine_request_count)
 

@@ -85,7 +85,7 @@ async def test_batch_of_a_dead_agent_is_taken_over(make_harness, agent, engine_s
         ]
     )
     before = await agent.engine_request_count(engine_sim.url)
-    assert await harness.store.insert_batch(doc)
+    assert await harness.store.insert_batch(doc, agent.accepted(event))
     harness.agent.runner.wake()
     batch = await harness.wait_terminal(event.batch_id)
 

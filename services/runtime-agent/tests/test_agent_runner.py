@@ -43,8 +43,10 @@ async def test_batch_runs_to_completed(make_harness, agent, ssh_host):
 
     events = await harness.events(event.batch_id)
     statuses = [e.status for subject, e in events if subject == "batch.status"]
-    assert statuses[0] is BatchStatus.IN_PROGRESS and statuses[-1] is BatchStatus.FINALIZING
-    assert events[0][1].request_counts.total == N
+    # Accepted (validating) as soon as the batch is stored, then in progress once validated.
+    assert statuses[:2] == [BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS]
+    assert statuses[-1] is BatchStatus.FINALIZING
+    assert events[1][1].request_counts.total == N
     [terminal] = [e for s, e in events if s == "batch.terminal"]
     assert terminal.status is BatchStatus.COMPLETED and terminal.request_counts.completed == N
     assert terminal.output_file_id == batch.output_file_id and events[-1][0] == "batch.terminal"

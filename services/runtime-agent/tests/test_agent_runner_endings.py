@@ -11,7 +11,11 @@ import pytest
 from faststream.exceptions import NackMessage
 
 from neobatch.common.clock import utcnow
-from neobatch.common.contracts import BatchCancelRequested, BatchStatus, SshEndpoint
+from neobatch.common.contracts import (
+    BatchCancelRequested,
+    BatchStatus,
+    SshEndpoint,
+)
 from neobatch.runtime_agent.batches import batch_doc_from_event
 from neobatch.runtime_agent.remote import workdir
 from neobatch.sim.servers import free_port
@@ -44,7 +48,7 @@ async def test_invalid_input_fails_with_line_numbers_and_dispatches_nothing(make
     assert "3 invalid lines" in batch.error_message
     assert not Path(workdir(event.batch_id)).exists()  # Never reached the machine.
     assert await harness.store.results.count_documents({"batch_id": event.batch_id}) == 0
-    [(subject, terminal)] = await harness.events(event.batch_id)
+    [_accepted, (subject, terminal)] = await harness.events(event.batch_id)
     assert subject == "batch.terminal" and terminal.error_code == "invalid_input_file"
 
 
@@ -59,6 +63,7 @@ async def test_engine_never_healthy_fails_and_is_stopped(make_harness, agent):
     assert agent.engine_pids(spec.port) == []
     statuses = [(s, e.status) for s, e in await harness.events(event.batch_id)]
     assert statuses == [
+        ("batch.status", BatchStatus.VALIDATING),
         ("batch.status", BatchStatus.IN_PROGRESS),
         ("batch.terminal", BatchStatus.FAILED),
     ]
@@ -124,12 +129,12 @@ async def test_cancel_before_start_never_touches_the_machine(make_harness, agent
     # Accepted and cancelled before any runner looked at it.
     doc = batch_doc_from_event(event, utcnow())
     doc["cancel_requested_at"] = utcnow()
-    assert await harness.store.insert_batch(doc)
+    assert await harness.store.insert_batch(doc, agent.accepted(event))
     harness.agent.runner.wake()
     batch = await harness.wait_terminal(event.batch_id)
     assert batch.status is BatchStatus.CANCELLED
     assert not Path(workdir(event.batch_id)).exists()
-    [(subject, terminal)] = await harness.events(event.batch_id)
+    [_accepted, (subject, terminal)] = await harness.events(event.batch_id)
     assert subject == "batch.terminal" and terminal.status is BatchStatus.CANCELLED
 
 

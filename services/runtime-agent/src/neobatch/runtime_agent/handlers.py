@@ -12,7 +12,12 @@ from collections.abc import Callable
 
 from faststream.exceptions import NackMessage
 
-from neobatch.common.contracts import BatchCancelRequested, BatchRequested
+from neobatch.common.contracts import (
+    BatchCancelRequested,
+    BatchRequested,
+    BatchStatus,
+    BatchStatusReported,
+)
 from neobatch.common.logs import log_fields
 from neobatch.runtime_agent.batches import batch_doc_from_event, can_request_cancel
 from neobatch.runtime_agent.store import BatchStore
@@ -30,7 +35,11 @@ class BatchHandlers:
 
     async def on_batch_requested(self, event: BatchRequested) -> None:
         doc = batch_doc_from_event(event, self._store.clock.now())
-        inserted = await self._store.insert_batch(doc)
+        # Reported at once so the job shows the batch as created (AIBrix's batch_created).
+        accepted = BatchStatusReported(
+            batch_id=event.batch_id, job_id=event.job_id, status=BatchStatus.VALIDATING
+        )
+        inserted = await self._store.insert_batch(doc, accepted)
         log.info(
             "batch accepted" if inserted else "batch already accepted",
             extra=log_fields(batch_id=event.batch_id, job_id=event.job_id),

@@ -72,12 +72,18 @@ class BatchStore:
 
     # --- accepting -----------------------------------------------------------------------
 
-    async def insert_batch(self, doc: Document) -> bool:
-        """Insert a new batch; False when it already exists (a redelivered request)."""
+    async def insert_batch(self, doc: Document, accepted: Event) -> bool:
+        """Insert a new batch with its `accepted` event; False when it already exists."""
+
+        async def work(session: AsyncClientSession) -> None:
+            await self.batches.insert_one(doc, session=session)
+            await append_events(self.db, self._ns, [accepted], session, self.clock.now())
+
         try:
-            await self.batches.insert_one(doc)
+            await transact(self._mongo, work)
         except DuplicateKeyError:
             return False
+        self._notify()
         return True
 
     async def request_cancel(self, batch_id: str, now: datetime) -> bool:
