@@ -8,7 +8,7 @@ import pytest
 
 from neobatch.common.mongo import create_mongo_client
 from neobatch.common.subjects import Namespace
-from neobatch.console.auth import ANONYMOUS_OWNER, owner_for_key
+from neobatch.console.auth import hash_key, new_api_key
 from neobatch.console.settings import read_settings
 from neobatch.console.store import ConsoleStore
 
@@ -58,12 +58,17 @@ async def test_unknown_route_is_404_json(api: Any) -> None:
     assert r.json()["code"] == "not_found"
 
 
-def test_owner_is_a_stable_digest_never_the_key() -> None:
-    owner = owner_for_key("nb-dev-local-key")
-    assert owner == owner_for_key("nb-dev-local-key")
-    assert owner.startswith("key:") and len(owner) == 12
-    assert "nb-dev" not in owner
-    assert owner != owner_for_key("another-key") != ANONYMOUS_OWNER
+async def test_keys_are_stored_hashed_and_the_dev_key_belongs_to_default(api: Any) -> None:
+    [doc] = await api.db["api_keys"].find().to_list(None)
+    assert doc["_id"] == "key_dev" and doc["project"] == "default"
+    assert doc["hash"] == hash_key(api.settings.api_key) and doc["revoked_at"] is None
+    assert api.settings.api_key not in str(doc)
+
+
+def test_new_keys_are_random_and_hashes_are_sha256() -> None:
+    first, second = new_api_key(), new_api_key()
+    assert first != second and first.startswith("nb-") and len(first) > 40
+    assert len(hash_key(first)) == 64 and hash_key(first) != hash_key(second)
 
 
 def test_settings_from_environment_hide_the_key() -> None:
@@ -84,4 +89,5 @@ def test_settings_from_environment_hide_the_key() -> None:
         "nb-secret-value-123",
     )
     assert settings.max_upload_bytes == 200 * 1024 * 1024
+    assert settings.rate_limit_per_minute == 600
     assert "nb-secret-value-123" not in repr(settings)

@@ -72,7 +72,7 @@ async def test_non_jsonl_upload_is_rejected_and_nothing_is_stored(
     ("extra_bytes", "status", "code"),
     [
         # Under the HTTP body limit (file limit + multipart overhead), caught while streaming.
-        (1, 400, "invalid_file"),
+        (1, 413, "file_too_large"),
         # Over the HTTP body limit: refused before the handler runs.
         (1024 * 1024, 413, "payload_too_large"),
     ],

@@ -32,7 +32,8 @@ async def test_create_job_stores_a_queued_job_and_publishes_job_queued(api: Any)
     assert doc["template_spec"]["engine"]["command"][0] == "python"
     assert doc["template_spec"]["engine"]["port"] == 8011
     assert "an_aibrix_field_we_ignore" not in doc["template_spec"]
-    assert doc["created_by"].startswith("key:") and "nb-test-key" not in str(doc)
+    assert doc["created_by"] == "key_dev" and doc["project"] == "default"
+    assert "nb-test-key" not in str(doc) and doc["request_counts"]["total"] == 2
     assert doc["queued_at"] is not None and doc["metadata"] == {"team": "search"}
 
     subjects = sorted(e["subject"] for e in await api.db[OUTBOX].find().to_list(None))
@@ -96,7 +97,7 @@ async def test_malformed_json_body_is_400_invalid_json(api: Any) -> None:
         ({"model_template_version": "v9"}, 400, "template_not_found", "model_template_name"),
         ({"model_id": "model-ghost"}, 400, "model_not_found", "model_id"),
         ({"model_template_name": ""}, 400, "template_not_found", "model_template_name"),
-        ({"endpoint": "/v1/embeddings"}, 400, "unsupported_endpoint", "endpoint"),
+        ({"endpoint": "/v1/embeddings"}, 422, "unsupported_endpoint", "endpoint"),
         ({"completion_window": "2x"}, 400, "invalid_request", "completion_window"),
         ({"completion_window": "0h"}, 400, "invalid_request", "completion_window"),
         (
@@ -170,7 +171,7 @@ async def test_get_job_view_has_the_aibrix_shape(api: Any) -> None:
         "created_by",
     ):
         assert key in view, key
-    assert view["request_counts"] == {"total": 0, "completed": 0, "failed": 0}
+    assert view["request_counts"] == {"total": 2, "completed": 0, "failed": 0}
     assert view["model_template_name"] == api.template_name
     assert view["provision"] is None and view["provision_id"] is None
     assert isinstance(view["created_at"], int) and view["created_at"] == view["queued_at"]
@@ -293,18 +294,18 @@ async def test_only_the_owner_may_cancel(api: Any) -> None:
     assert (await api.db["jobs"].find_one({"_id": job_id}))["cancel_requested_at"] is None
 
 
-async def test_input_file_of_another_caller_is_403_and_creates_nothing(api: Any) -> None:
+async def test_input_file_of_another_project_reads_as_missing(api: Any) -> None:
     await api.ready_template()
     body = await api.job_request()
     await api.db["files.files"].update_one(
-        {"_id": body["input_dataset"]}, {"$set": {"metadata.owner": "key:someone"}}
+        {"_id": body["input_dataset"]}, {"$set": {"metadata.project": "elsewhere"}}
     )
     r = await api.post("/api/v1/jobs", body)
-    assert r.status_code == 403
-    assert r.json()["code"] == "forbidden" and "input_dataset" in r.json()["message"]
+    assert r.status_code == 400
+    assert r.json()["code"] == "file_not_found" and "input_dataset" in r.json()["message"]
     for path in (
         f"/api/v1/files/{body['input_dataset']}",
         f"/api/v1/files/{body['input_dataset']}/content",
     ):
-        assert (await api.get(path)).status_code == 403
+        assert (await api.get(path)).status_code == 404
     await _assert_nothing_created(api)

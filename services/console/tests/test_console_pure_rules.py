@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from neobatch.console.errors import InvalidFile, describe_validation_error
+from neobatch.console.errors import InvalidFile, TooLarge, describe_validation_error
 from neobatch.console.job_create import parse_completion_window, supports_endpoint
 from neobatch.console.jobs_view import job_view
 from neobatch.console.uploads import checked_chunks
@@ -146,7 +146,7 @@ async def test_first_line_split_across_chunks_is_checked_whole() -> None:
     assert await drain(checked_chunks(Reader(data, 3), 1000)) == data
     with pytest.raises(InvalidFile, match="line 1 is not valid JSON"):
         await drain(checked_chunks(Reader(b'{"custom_id": "a", \n', 3), 1000))
-    with pytest.raises(InvalidFile, match="upload limit"):
+    with pytest.raises(TooLarge, match="upload limit"):
         await drain(checked_chunks(Reader(b'{"a":1}\n' * 10, 8), 40))
 
 

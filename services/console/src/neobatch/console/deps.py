@@ -10,7 +10,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 
 from neobatch.common.clock import Clock
-from neobatch.console.auth import authenticate
+from neobatch.console.auth import Caller
 from neobatch.console.settings import ConsoleSettings
 from neobatch.console.store import ConsoleStore
 
@@ -29,15 +29,14 @@ def provide_now(state: State) -> datetime:
     return clock.now()
 
 
-def provide_owner(request: Request[Any, Any, Any]) -> str:
-    """The caller's owner id. The guard already rejected bad keys; this only names the caller."""
-    settings: ConsoleSettings = request.app.state.settings
-    return authenticate(request.headers.get("authorization"), settings.api_key)
+def provide_caller(request: Request[Any, Any, Any]) -> Caller:
+    """The caller the auth guard found (its key id and project)."""
+    return request.state.caller
 
 
 DEPENDENCIES = {
     "store": Provide(provide_store, sync_to_thread=False),
     "settings": Provide(provide_settings, sync_to_thread=False),
     "now": Provide(provide_now, sync_to_thread=False),
-    "owner": Provide(provide_owner, sync_to_thread=False),
+    "caller": Provide(provide_caller, sync_to_thread=False),
 }

@@ -30,10 +30,32 @@ class InvalidFile(InvalidInput):
     code = "invalid_file"
 
 
+class TooLarge(InvalidInput):
+    code = "file_too_large"
+
+
+class Unprocessable(InvalidInput):
+    """Well-formed, but names something that cannot be used that way (HTTP 422)."""
+
+    code = "unprocessable"
+
+
+class RateLimited(NeobatchError):
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+# Most specific first: TooLarge and Unprocessable are InvalidInput too.
 _NEOBATCH_STATUS: tuple[tuple[type[NeobatchError], int], ...] = (
     (NotFound, 404),
     (Conflict, 409),
     (Forbidden, 403),
+    (TooLarge, 413),
+    (Unprocessable, 422),
+    (RateLimited, 429),
     (InvalidInput, 400),
 )
 _HTTP_CODES = {
@@ -45,6 +67,7 @@ _HTTP_CODES = {
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    422: "unprocessable",
     429: "rate_limited",
     503: "unavailable",
 }
@@ -108,7 +131,10 @@ def on_neobatch_error(request: Request[Any, Any, Any], exc: NeobatchError) -> Re
     if status >= 500:
         log.error("request failed", exc_info=exc, extra=log_fields(path=request.url.path))
         return error_response(status, exc.code, "internal error; see the console log")
-    return error_response(status, exc.code, exc.message)
+    response = error_response(status, exc.code, exc.message)
+    if isinstance(exc, RateLimited):
+        response.headers["retry-after"] = str(exc.retry_after)
+    return response
 
 
 def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:

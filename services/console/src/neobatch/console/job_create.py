@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from neobatch.common.batch_input import ValidationReport
 from neobatch.common.contracts import JobStatus
 
 # AIBrix grammar: optional <n>d, then <n>h, then <n>min or <n>m, in that order; total > 0.
@@ -69,12 +70,18 @@ def build_job_doc(
     job_id: str,
     batch_id: str,
     owner: str,
+    project: str,
     request: dict[str, Any],
     template: dict[str, Any],
     model: dict[str, Any] | None,
+    report: ValidationReport,
     now: datetime,
 ) -> dict[str, Any]:
-    """The `jobs` document (CONTRACTS.md) for a validated request and its resolved template."""
+    """The `jobs` document (CONTRACTS.md) for a request and its resolved template.
+
+    An input file whose lines fail validation gives a job that is `failed` from the start,
+    with the line-numbered `errors` OpenAI shows; nothing is ever provisioned for it.
+    """
     resource = request.get("resource_request") or {}
     doc: dict[str, Any] = {
         "_id": job_id,
@@ -83,6 +90,7 @@ def build_job_doc(
         "version": 1,
         "name": request.get("name") or "",
         "created_by": owner,
+        "project": project,
         "endpoint": request["endpoint"],
         "input_dataset": request["input_dataset"],
         "completion_window": request["completion_window"],
@@ -103,7 +111,9 @@ def build_job_doc(
         "client": request.get("client"),
         "metadata": request.get("metadata") or {},
         "provision_id": None,
-        "request_counts": {"total": 0, "completed": 0, "failed": 0},
+        # What the client counted, shown until the validated count below is known.
+        "request_count_total": request.get("request_count_total"),
+        "request_counts": {"total": report.total, "completed": 0, "failed": 0},
         "output_dataset": None,
         "error_dataset": None,
         "error_code": None,
@@ -111,5 +121,17 @@ def build_job_doc(
     }
     doc.update(dict.fromkeys(JOB_TIMESTAMPS))
     doc["created_at"] = now
-    doc["queued_at"] = now
+    if report.ok:
+        doc["queued_at"] = now
+        return doc
+    doc.update(
+        status=JobStatus.FAILED.value,
+        failed_at=now,
+        error_code="empty_file" if report.invalid_lines == 0 else "invalid_input_file",
+        error_message=report.summary(),
+        errors=[
+            {"code": e.code, "message": e.message, "param": e.param, "line": e.line}
+            for e in report.errors
+        ],
+    )
     return doc

@@ -6,6 +6,7 @@ Constraints live in the types so a violation is a 400 naming the field.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -20,6 +21,7 @@ Label = Annotated[str, Meta(max_length=128)]
 Name = Annotated[str, Meta(min_length=1, max_length=256)]
 Endpoint = Annotated[str, Meta(pattern=r"^/v1/[A-Za-z0-9_./-]+$", max_length=128)]
 Positive = Annotated[int, Meta(ge=1)]
+PROVIDER_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
 EngineArg = str | int | float | bool
 
 
@@ -161,6 +163,20 @@ class FileOut(msgspec.Struct, kw_only=True):
     status: str = "processed"
 
 
+class FileList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[FileOut]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+class FileDeleted(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "file"
+    deleted: bool = True
+
+
 # --- jobs (aibrix-reference §1.2) ------------------------------------------------------------
 
 
@@ -171,6 +187,7 @@ class ResourceRequestIn(msgspec.Struct, kw_only=True):
     provider_config: dict[str, Any] | None = None
 
 
+Provider = Annotated[str, Meta(pattern=PROVIDER_PATTERN)]
 MetadataKey = Annotated[str, Meta(max_length=64)]
 MetadataValue = Annotated[str, Meta(max_length=512)]
 
@@ -188,11 +205,38 @@ class CreateJob(msgspec.Struct, kw_only=True):
     client: dict[str, Any] | None = None
     metadata: Annotated[dict[MetadataKey, MetadataValue], Meta(max_length=16)] = {}
     # Our extension: the provider to lease from (None = the configured default).
-    provider: Annotated[str, Meta(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")] | None = None
+    provider: Provider | None = None
+    # The client's own count of input lines (AIBrix), shown until validation counts them.
+    request_count_total: Annotated[int, Meta(ge=0, le=10_000_000)] | None = None
 
     def __post_init__(self) -> None:
         # Raised as ValueError so msgspec reports it as a validation error (400).
         parse_completion_window(self.completion_window)
+
+
+# --- OpenAI batches (openai-batch-api §3.2) --------------------------------------------------
+
+
+class ExpiresAfter(msgspec.Struct, kw_only=True):
+    anchor: Literal["created_at"] = "created_at"
+    seconds: Annotated[int, Meta(ge=3600, le=2_592_000)]
+
+
+class CreateBatch(msgspec.Struct, kw_only=True):
+    input_file_id: Annotated[str, Meta(min_length=1, max_length=128)]
+    endpoint: Endpoint
+    completion_window: Annotated[str, Meta(max_length=32)] = "24h"
+    # `neobatch.template_name`, `neobatch.template_version` and `neobatch.provider` pick the
+    # deployment template and provider; every pair is kept as the batch's metadata.
+    metadata: Annotated[dict[MetadataKey, MetadataValue], Meta(max_length=16)] | None = None
+    # Accepted for compatibility; outputs are kept as long as their job.
+    output_expires_after: ExpiresAfter | None = None
+
+    def __post_init__(self) -> None:
+        parse_completion_window(self.completion_window)
+        provider = (self.metadata or {}).get("neobatch.provider")
+        if provider is not None and not re.match(PROVIDER_PATTERN, provider):
+            raise ValueError(f"metadata['neobatch.provider'] {provider!r} is not a provider name")
 
 
 # --- errors ----------------------------------------------------------------------------------

@@ -10,24 +10,33 @@ import msgspec
 from neobatch.common.settings import CommonSettings, env_int, env_str, read_common
 
 DEFAULT_MAX_UPLOAD_BYTES = 200 * 1024 * 1024
+DEFAULT_RATE_LIMIT_PER_MINUTE = 600
+# The project the dev key (NEOBATCH_API_KEY) belongs to.
+DEV_PROJECT = "default"
 
 
 class ConsoleSettings(msgspec.Struct, frozen=True, kw_only=True):
     common: CommonSettings = CommonSettings()
     host: str = "127.0.0.1"
     port: int = 8080
-    # Bearer key for /api/*. Empty disables auth (every caller is the same anonymous owner).
+    # The dev key, seeded into `api_keys` (project `default`) at start. Empty: no dev key;
+    # only keys made with `python -m neobatch.console.keys create` are accepted.
     api_key: str = ""
     # Template name used when a job names none (AIBrix DEFAULT_BATCH_MODEL_DEPLOYMENT_TEMPLATE).
     default_template: str = ""
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    # Creates (jobs, batches, uploads) each API key may make per minute; 0 turns the limit off.
+    rate_limit_per_minute: int = DEFAULT_RATE_LIMIT_PER_MINUTE
+    # The provider jobs lease from by default (shown by /api/v1/config/job-capabilities).
+    provisioner: str = "ssh"
 
     def __repr__(self) -> str:
         # Settings get logged and shown in tracebacks; the key must never be among them.
         return (
             f"ConsoleSettings(common={self.common!r}, host={self.host!r}, port={self.port}, "
             f"api_key={'set' if self.api_key else 'unset'}, "
-            f"default_template={self.default_template!r}, max_upload_bytes={self.max_upload_bytes})"
+            f"default_template={self.default_template!r}, max_upload_bytes={self.max_upload_bytes}, "
+            f"rate_limit_per_minute={self.rate_limit_per_minute}, provisioner={self.provisioner!r})"
         )
 
 
@@ -44,4 +53,8 @@ def read_settings(env: Mapping[str, str] | None = None) -> ConsoleSettings:
         max_upload_bytes=env_int(
             env, "NEOBATCH_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES, minimum=1
         ),
+        rate_limit_per_minute=env_int(
+            env, "NEOBATCH_RATE_LIMIT_PER_MINUTE", DEFAULT_RATE_LIMIT_PER_MINUTE, minimum=0
+        ),
+        provisioner=env_str(env, "PROVISIONER", defaults.provisioner),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -28,6 +29,8 @@ MODELS = "models"
 TEMPLATES = "templates"
 JOBS = "jobs"
 PROVISIONS = "provisions"
+API_KEYS = "api_keys"
+FILES = f"{filestore.BUCKET}.files"
 
 _INDEXES: dict[str, list[IndexModel]] = {
     TEMPLATES: [
@@ -42,7 +45,14 @@ _INDEXES: dict[str, list[IndexModel]] = {
             name="resolve",
         ),
     ],
-    JOBS: [IndexModel([("created_at", DESCENDING), ("_id", DESCENDING)], name="newest_first")],
+    JOBS: [
+        IndexModel(
+            [("project", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+            name="project_newest_first",
+        ),
+        IndexModel([("batch_id", ASCENDING)], name="batch_id", unique=True),
+    ],
+    API_KEYS: [IndexModel([("hash", ASCENDING)], name="hash", unique=True)],
 }
 _TERMINAL = sorted(status.value for status in TERMINAL_JOB_STATUSES)
 
@@ -89,8 +99,13 @@ class ConsoleStore:
             raise NotFound(f"model {model_id!r} not found", code="model_not_found")
         return doc
 
-    async def list_models(self) -> list[Document]:
-        return await self._db[MODELS].find().sort([("created_at", DESCENDING)]).to_list(None)
+    async def list_models(self, search: str = "", category: str = "") -> list[Document]:
+        query: Document = {}
+        if search:
+            query["name"] = {"$regex": re.escape(search), "$options": "i"}
+        if category:
+            query["categories"] = {"$regex": f"^{re.escape(category)}$", "$options": "i"}
+        return await self._db[MODELS].find(query).sort([("created_at", DESCENDING)]).to_list(None)
 
     async def insert_template(self, doc: Document) -> None:
         try:
@@ -102,9 +117,25 @@ class ConsoleStore:
                 code="template_exists",
             ) from None
 
-    async def list_templates(self, model_id: str) -> list[Document]:
-        cursor = self._db[TEMPLATES].find({"model_id": model_id})
+    async def list_templates(
+        self, model_id: str, *, name: str = "", status: str = ""
+    ) -> list[Document]:
+        query: Document = {"model_id": model_id}
+        if name:
+            query["name"] = name
+        if status:
+            query["status"] = status
+        cursor = self._db[TEMPLATES].find(query)
         return await cursor.sort([("created_at", DESCENDING)]).to_list(None)
+
+    async def get_template(self, model_id: str, template_id: str) -> Document:
+        doc = await self._db[TEMPLATES].find_one({"_id": template_id, "model_id": model_id})
+        if doc is None:
+            raise NotFound(
+                f"template {template_id!r} not found for model {model_id!r}",
+                code="template_not_found",
+            )
+        return doc
 
     async def find_template(self, name: str, version: str, model_id: str) -> Document | None:
         """An exact (name, version), or with no version the newest active template of `name`.
@@ -121,6 +152,37 @@ class ConsoleStore:
         cursor = self._db[TEMPLATES].find(query).sort([("created_at", DESCENDING)]).limit(1)
         found = await cursor.to_list(1)
         return found[0] if found else None
+
+    # --- API keys ----------------------------------------------------------------------------
+
+    async def find_api_key(self, key_hash: str) -> Document | None:
+        """The live (not revoked) key with this hash."""
+        return await self._db[API_KEYS].find_one({"hash": key_hash, "revoked_at": None})
+
+    async def insert_api_key(self, doc: Document) -> None:
+        await self._db[API_KEYS].insert_one(doc)
+
+    async def seed_api_key(self, doc: Document) -> None:
+        """Create or re-point the key with this id (the dev key), keeping a revocation."""
+        fixed = {k: doc[k] for k in ("hash", "project", "name")}
+        await self._db[API_KEYS].update_one(
+            {"_id": doc["_id"]},
+            {"$set": fixed, "$setOnInsert": {"created_at": doc["created_at"], "revoked_at": None}},
+            upsert=True,
+        )
+
+    async def list_api_keys(self) -> list[Document]:
+        cursor = self._db[API_KEYS].find({}, {"hash": 0}).sort([("created_at", ASCENDING)])
+        return await cursor.to_list(None)
+
+    async def revoke_api_key(self, key_id: str, now: datetime) -> bool:
+        result = await self._db[API_KEYS].update_one(
+            {"_id": key_id, "revoked_at": None}, {"$set": {"revoked_at": now}}
+        )
+        return result.modified_count == 1
+
+    async def _project_key_ids(self, project: str) -> list[str]:
+        return [d["_id"] for d in await self._db[API_KEYS].find({"project": project}).to_list(None)]
 
     # --- files -------------------------------------------------------------------------------
 
@@ -145,8 +207,52 @@ class ConsoleStore:
                 await filestore.delete_file(self._db, file_id)
             raise
 
-    async def find_file(self, file_id: str) -> FileInfo | None:
+    async def set_file_project(self, file_id: str, project: str) -> None:
+        await self._db[FILES].update_one({"_id": file_id}, {"$set": {"metadata.project": project}})
+
+    async def find_file(self, file_id: str, project: str) -> FileInfo | None:
+        """The file if it belongs to `project`: uploads carry their project; files the
+        runtime-agent writes carry the owner key, whose project decides."""
+        doc = await self._db[FILES].find_one({"_id": file_id})
+        if doc is None:
+            return None
+        meta = doc.get("metadata") or {}
+        owner_project = meta.get("project")
+        if owner_project is None and meta.get("owner"):
+            key = await self._db[API_KEYS].find_one({"_id": meta["owner"]}, {"project": 1})
+            owner_project = key["project"] if key else None
+        if owner_project != project:
+            return None
         return await filestore.find_file(self._db, file_id)
+
+    async def list_files(
+        self, project: str, *, purpose: str, limit: int, after: str | None, ascending: bool
+    ) -> tuple[list[FileInfo], bool]:
+        keys = await self._project_key_ids(project)
+        query: Document = {
+            "$or": [
+                {"metadata.project": project},
+                {"metadata.project": None, "metadata.owner": {"$in": keys}},
+            ]
+        }
+        if purpose:
+            query["metadata.purpose"] = purpose
+        order = ASCENDING if ascending else DESCENDING
+        if after:
+            cursor_doc = await self._db[FILES].find_one({"_id": after}, {"uploadDate": 1})
+            if cursor_doc is None:
+                return [], False
+            query = {"$and": [query, _after(cursor_doc["uploadDate"], after, "uploadDate", order)]}
+        cursor = self._db[FILES].find(query).sort([("uploadDate", order), ("_id", order)])
+        docs = await cursor.limit(limit + 1).to_list(limit + 1)
+        infos = [await filestore.find_file(self._db, d["_id"]) for d in docs[:limit]]
+        return [i for i in infos if i is not None], len(docs) > limit
+
+    async def delete_file(self, file_id: str) -> bool:
+        return await filestore.delete_file(self._db, file_id)
+
+    def iter_lines(self, file_id: str) -> AsyncIterator[bytes]:
+        return filestore.iter_lines(self._db, file_id)
 
     def iter_file(self, file_id: str) -> AsyncIterator[bytes]:
         return filestore.iter_file(self._db, file_id)
@@ -163,23 +269,27 @@ class ConsoleStore:
         await transact(self._client, work)
         self._notify_outbox()
 
-    async def get_job(self, job_id: str) -> Document:
-        doc = await self._db[JOBS].find_one({"_id": job_id})
+    async def get_job(self, job_id: str, project: str, *, by: str = "_id") -> Document:
+        """The job with this id (`by="batch_id"`: this batch id) in `project`; else 404."""
+        doc = await self._db[JOBS].find_one({by: job_id, "project": project})
         if doc is None:
+            if by == "batch_id":
+                raise NotFound(f"batch {job_id!r} not found", code="batch_not_found")
             raise NotFound(f"job {job_id!r} not found", code="job_not_found")
         return doc
 
-    async def list_jobs(self, limit: int, after: str | None) -> tuple[list[Document], bool]:
-        """Newest first; `after` is the last job id of the previous page (unknown → empty)."""
-        query: Document = {}
+    async def list_jobs(
+        self, project: str, limit: int, after: str | None, *, by: str = "_id"
+    ) -> tuple[list[Document], bool]:
+        """Newest first; `after` is the last id (`by`) of the previous page (unknown → empty)."""
+        query: Document = {"project": project}
         if after:
-            cursor_doc = await self._db[JOBS].find_one({"_id": after}, {"created_at": 1})
+            cursor_doc = await self._db[JOBS].find_one(
+                {by: after, "project": project}, {"created_at": 1}
+            )
             if cursor_doc is None:
                 return [], False
-            at = cursor_doc["created_at"]
-            query = {
-                "$or": [{"created_at": {"$lt": at}}, {"created_at": at, "_id": {"$lt": after}}]
-            }
+            query.update(_after(cursor_doc["created_at"], cursor_doc["_id"], "created_at", -1))
         cursor = self._db[JOBS].find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)])
         docs = await cursor.limit(limit + 1).to_list(limit + 1)
         return docs[:limit], len(docs) > limit
@@ -217,3 +327,9 @@ class ConsoleStore:
         if not provision_id:
             return None
         return await self._db[PROVISIONS].find_one({"_id": provision_id})
+
+
+def _after(at: Any, doc_id: str, field: str, order: int) -> Document:
+    """Rows strictly after (`field`, _id) = (at, doc_id) in the given sort order."""
+    op = "$gt" if order == ASCENDING else "$lt"
+    return {"$or": [{field: {op: at}}, {field: at, "_id": {op: doc_id}}]}

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import msgspec
 
-from neobatch.console.errors import InvalidFile
+from neobatch.console.errors import InvalidFile, TooLarge
 
 READ_CHUNK_BYTES = 1024 * 1024
 # The first line is buffered to parse it; past this it is not a sane request line, and
@@ -47,7 +47,7 @@ async def checked_chunks(source: Readable, max_bytes: int) -> AsyncIterator[byte
     while chunk := await source.read(READ_CHUNK_BYTES):
         total += len(chunk)
         if total > max_bytes:
-            raise InvalidFile(f"file: larger than the {max_bytes}-byte upload limit")
+            raise TooLarge(f"file: larger than the {max_bytes}-byte upload limit")
         if not first_line_checked:
             head += chunk
             first_line_checked = _check_head(head, final=False)

@@ -1,0 +1,79 @@
+"""Admin CLI for API keys: `python -m neobatch.console.keys create|list|revoke`.
+
+Talks to MongoDB directly (MONGO_URL, NEOBATCH_DB). A new key is printed once, on create;
+only its SHA-256 is stored, and no command ever prints a stored hash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from neobatch.common.clock import utcnow
+from neobatch.common.ids import new_id
+from neobatch.common.mongo import create_mongo_client
+from neobatch.common.subjects import Namespace
+from neobatch.console.auth import key_doc, new_api_key
+from neobatch.console.settings import read_settings
+from neobatch.console.store import ConsoleStore
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m neobatch.console.keys")
+    commands = parser.add_subparsers(dest="command", required=True)
+    create = commands.add_parser("create", help="create a key and print it once")
+    create.add_argument("--project", required=True, help="the project the key belongs to")
+    create.add_argument("--name", default="", help="a label to recognise the key by")
+    commands.add_parser("list", help="list keys (id, project, name, created, revoked)")
+    revoke = commands.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id")
+    return parser
+
+
+async def run(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
+    args = _parser().parse_args(argv)
+    settings = read_settings()
+    client = create_mongo_client(settings.common.mongo_url)
+    store = ConsoleStore(
+        client,
+        client.get_database(settings.common.db_name),
+        Namespace(settings.common.namespace),
+        lambda: None,
+    )
+    try:
+        await store.ensure_indexes()
+        if args.command == "create":
+            key_id, api_key = new_id("key"), new_api_key()
+            await store.insert_api_key(key_doc(key_id, api_key, args.project, args.name, utcnow()))
+            print(f"key_id={key_id} project={args.project}", file=out)
+            print(f"api_key={api_key}", file=out)
+            print("Store the key now: it is not shown again.", file=out)
+            return 0
+        if args.command == "list":
+            for doc in await store.list_api_keys():
+                revoked = doc.get("revoked_at")
+                print(
+                    f"{doc['_id']}\tproject={doc['project']}\tname={doc.get('name') or ''}\t"
+                    f"created={doc['created_at'].isoformat()}\t"
+                    f"revoked={revoked.isoformat() if revoked else '-'}",
+                    file=out,
+                )
+            return 0
+        if await store.revoke_api_key(args.key_id, utcnow()):
+            print(f"revoked {args.key_id}", file=out)
+            return 0
+        print(f"no live key {args.key_id!r}", file=sys.stderr)
+        return 1
+    finally:
+        await client.close()
+
+
+def main() -> None:
+    sys.exit(asyncio.run(run(sys.argv[1:])))
+
+
+if __name__ == "__main__":
+    main()
