@@ -549,6 +549,23 @@ class Stack:
         with contextlib.suppress(FileNotFoundError):
             self.layout.stack_env.unlink()
 
+    def kill(self, name: str) -> None:
+        """SIGKILL one component, as a crash would: no shutdown code runs (chaos tests)."""
+        handle = self.processes[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(handle.pid, signal.SIGKILL)
+        _wait_gone(handle.pid, DEFAULT_STOP_TIMEOUT)
+        handle.stop(DEFAULT_STOP_TIMEOUT)  # reaps it and anything left in its group
+
+    def restart(self, name: str, timeout_seconds: float = DEFAULT_START_TIMEOUT) -> None:
+        """Start one component again (after `kill` or a stop) with the stack's settings."""
+        old = self.processes.get(name)
+        if old is not None and old.alive():
+            old.stop(DEFAULT_STOP_TIMEOUT)
+        handle = _start_component(name, self.layout, self.ports, self.env, timeout_seconds)
+        self.processes[name] = handle
+        _atomic_write(self.layout.pid_file(name), f"{handle.pid}\n")
+
     def env_file_values(self) -> dict[str, str]:
         return {
             "NEOBATCH_CONSOLE_URL": self.console_url,

@@ -1,0 +1,167 @@
+"""Drive a running stack through its public API: the steps e2e tests, chaos runs and
+benchmarks repeat (template with a simulated engine, upload, job, wait, read output).
+
+Everything goes through the console's HTTP API, as a user's script would.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import httpx
+
+from neobatch.sim.sample_batch import sample_request
+from neobatch.sim.servers import free_port
+
+TERMINAL = frozenset(
+    {"completed", "failed", "expired", "cancelled", "resource_failed", "submit_failed"}
+)
+MODEL = "sim-chat-1b"
+ENDPOINT = "/v1/chat/completions"
+
+
+def sim_engine_template(
+    name: str,
+    model_id: str,
+    *,
+    latency_ms: float = 5,
+    startup_delay_seconds: float = 0,
+    failure_rate: float = 0.0,
+    accelerator_type: str = "H100",
+    engine_port: int | None = None,
+    ready_timeout_seconds: float = 60,
+) -> dict[str, Any]:
+    """A deployment template (AIBrix shape) whose engine is the simulator, on its own port."""
+    command = [
+        sys.executable, "-m", "neobatch.sim.engine", "--host", "127.0.0.1", "--port", "{port}",
+        "--model", "{model}", "--latency-ms", str(latency_ms),
+        "--startup-delay-seconds", str(startup_delay_seconds), "--failure-rate", str(failure_rate),
+    ]  # fmt: skip
+    return {
+        "name": name,
+        "version": "v1.0.0",
+        "spec": {
+            "engine": {
+                "type": "vllm",
+                "command": command,
+                "port": engine_port or free_port(),
+                "health_endpoint": "/health",
+                "ready_timeout_seconds": ready_timeout_seconds,
+            },
+            "model_source": {"type": "local", "uri": MODEL},
+            "accelerator": {"type": accelerator_type, "count": 1},
+            "supported_endpoints": [ENDPOINT],
+        },
+    }
+
+
+def batch_lines(n: int, model: str = MODEL) -> list[dict[str, Any]]:
+    return [sample_request(i, model) for i in range(1, n + 1)]
+
+
+class ConsoleClient:
+    def __init__(self, console_url: str, api_key: str, timeout_seconds: float = 30) -> None:
+        self.http = httpx.Client(
+            base_url=console_url,
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=timeout_seconds,
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _ok(self, response: httpx.Response) -> dict[str, Any]:
+        if response.status_code >= 400:
+            raise AssertionError(
+                f"{response.request.method} {response.request.url}: {response.status_code} {response.text}"
+            )
+        return response.json()
+
+    def ensure_model(self, name: str = "Sim Chat 1B") -> str:
+        response = self.http.post(
+            "/api/v1/models", json={"name": name, "categories": ["LLM"], "serving_name": MODEL}
+        )
+        if response.status_code == 409:
+            return "model-" + "-".join(name.lower().split())
+        return str(self._ok(response)["id"])
+
+    def create_template(self, model_id: str, template: dict[str, Any]) -> dict[str, Any]:
+        return self._ok(
+            self.http.post(f"/api/v1/models/{model_id}/deployment-templates", json=template)
+        )
+
+    def upload(self, lines: Iterable[dict[str, Any]], filename: str = "batch.jsonl") -> str:
+        content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        files = {"file": (filename, io.BytesIO(content), "application/jsonl")}
+        return str(
+            self._ok(
+                self.http.post("/api/v1/files/upload", data={"purpose": "batch"}, files=files)
+            )["id"]
+        )
+
+    def create_job(
+        self, file_id: str, model_id: str, template_name: str, **extra: Any
+    ) -> dict[str, Any]:
+        body = {
+            "input_dataset": file_id,
+            "endpoint": ENDPOINT,
+            "model_id": model_id,
+            "model_template_name": template_name,
+            **extra,
+        }
+        return self._ok(self.http.post("/api/v1/jobs", json=body))
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._ok(self.http.get(f"/api/v1/jobs/{job_id}"))
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._ok(self.http.post(f"/api/v1/jobs/{job_id}/cancel", json={}))
+
+    def wait_job(
+        self,
+        job_id: str,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout_seconds: float,
+        what: str = "",
+    ) -> dict[str, Any]:
+        """Poll the job until `predicate` holds; raise with the last view on timeout."""
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            try:
+                job = self.job(job_id)
+            except httpx.TransportError:
+                job = {}  # console restarting (chaos tests): try again until the deadline
+            if job and predicate(job):
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"job {job_id}: timed out waiting for {what or predicate}: {job}"
+                )
+            time.sleep(0.1)
+
+    def wait_settled(self, job_id: str, timeout_seconds: float) -> dict[str, Any]:
+        """Terminal, and its machine (if it ever had one) confirmed released."""
+
+        def settled(job: dict[str, Any]) -> bool:
+            provision = job.get("provision") or {}
+            return job["status"] in TERMINAL and provision.get("status") in (None, "released")
+
+        return self.wait_job(job_id, settled, timeout_seconds, "terminal with machine released")
+
+    def file_lines(self, file_id: str | None) -> list[dict[str, Any]]:
+        if not file_id:
+            return []
+        response = self.http.get(f"/api/v1/files/{file_id}/content")
+        if response.status_code == 404:
+            return []
+        self._ok_status(response)
+        return [json.loads(line) for line in response.text.splitlines() if line.strip()]
+
+    def _ok_status(self, response: httpx.Response) -> None:
+        if response.status_code >= 400:
+            raise AssertionError(f"{response.request.url}: {response.status_code} {response.text}")
