@@ -1,0 +1,119 @@
+"""Chaos: 20 jobs in flight while services are SIGKILLed and restarted at random moments,
+and nats-server and the database are restarted once each.
+
+At the end every job is completed, each output holds each custom_id exactly once, no pool
+host is still leased and no engine process is left running. The seed is printed; replay a
+failure with NEOBATCH_CHAOS_SEED=<seed>.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from neobatch.sim.devstack import Ports, Stack, marked_pids, start_stack
+from neobatch.sim.scenario import ConsoleClient, batch_lines, sim_engine_template
+
+JOBS = 20
+REQUESTS = 40
+POOL_HOSTS = 4
+SERVICES = ("console", "planner", "resource-manager", "runtime-agent")
+CHAOS_SECONDS = 45.0
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    ports = Ports.free()
+    pool = ",".join(f"u{i}@127.0.0.1:{ports.ssh}" for i in range(POOL_HOSTS))
+    env = {
+        "NEOBATCH_DB": "chaos",
+        "NEOBATCH_SSH_POOL": pool,
+        # Short leases so work held by a killed process is taken over quickly.
+        "NEOBATCH_BATCH_LEASE_SECONDS": "4",
+    }
+    started = start_stack(tmp_path_factory.mktemp("stack"), ports, env)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+class ChaosDriver(threading.Thread):
+    """Kills and restarts components until told to stop; records what it did."""
+
+    def __init__(self, stack: Stack, rng: random.Random) -> None:
+        super().__init__(daemon=True)
+        self.stack = stack
+        self.rng = rng
+        self.stop_event = threading.Event()
+        self.actions: list[str] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            started = time.monotonic()
+            # nats-server and the database restart once each, at random points of the run.
+            infra_at = {"nats": self.rng.uniform(5, 20), "mongo": self.rng.uniform(20, 35)}
+            while not self.stop_event.wait(self.rng.uniform(1.5, 4.0)):
+                elapsed = time.monotonic() - started
+                due = [name for name, at in infra_at.items() if at <= elapsed]
+                if due:
+                    name = due[0]
+                    del infra_at[name]
+                    self.stack.processes[name].stop()
+                    self.actions.append(f"{elapsed:5.1f}s restart {name}")
+                else:
+                    name = self.rng.choice(SERVICES)
+                    self.stack.kill(name)
+                    self.actions.append(f"{elapsed:5.1f}s SIGKILL {name}")
+                self.stop_event.wait(self.rng.uniform(0.2, 1.5))
+                self.stack.restart(name)
+        except BaseException as error:  # surfaced by the test, not lost in the thread
+            self.error = error
+
+
+def test_jobs_survive_random_crashes_and_restarts(stack: Stack) -> None:
+    seed = int(os.environ.get("NEOBATCH_CHAOS_SEED") or random.SystemRandom().randrange(10**6))
+    print(f"\nchaos seed: {seed} (replay with NEOBATCH_CHAOS_SEED={seed})")
+    rng = random.Random(seed)
+
+    console = ConsoleClient(stack.console_url, stack.api_key)
+    model_id = console.ensure_model()
+    jobs = []
+    for i in range(JOBS):
+        # A template (so an engine port) per pool host: two jobs never share a port on a host.
+        name = f"chaos-{i % POOL_HOSTS}"
+        if i < POOL_HOSTS:
+            console.create_template(
+                model_id, sim_engine_template(name, model_id, latency_ms=rng.choice([20, 50, 100]))
+            )
+        file_id = console.upload(batch_lines(REQUESTS))
+        jobs.append(console.create_job(file_id, model_id, name)["id"])
+
+    driver = ChaosDriver(stack, rng)
+    driver.start()
+    deadline = time.monotonic() + CHAOS_SECONDS
+    while time.monotonic() < deadline and driver.is_alive():
+        time.sleep(0.5)
+    driver.stop_event.set()
+    driver.join(timeout=60)
+    print("\n".join(driver.actions))
+    assert driver.error is None, f"chaos driver failed: {driver.error!r}"
+    assert not stack.dead_components(), stack.dead_components()
+
+    ended = {job_id: console.wait_settled(job_id, 300) for job_id in jobs}
+    expected_ids = sorted(f"request-{i}" for i in range(1, REQUESTS + 1))
+    for job_id, job in ended.items():
+        assert job["status"] == "completed", (job_id, job["status"], job.get("error_message"))
+        lines = console.file_lines(job["output_dataset"]) + console.file_lines(job["error_dataset"])
+        assert sorted(line["custom_id"] for line in lines) == expected_ids, job_id
+    console.close()
+
+    # No machine left leased, and nothing but the stack's own components still running.
+    components = {handle.pid for handle in stack.processes.values()}
+    assert set(marked_pids(stack.run_dir)) - components == set()
