@@ -68,6 +68,8 @@ class ConsoleApi:
     model_id = MODEL_ID
     template_name = TEMPLATE_NAME
     template_body = staticmethod(template_body)
+    sample_jsonl = SAMPLE_JSONL
+    auth = AUTH
 
     def __init__(
         self, client: AsyncTestClient[Any], db: AsyncDatabase[Any], settings: ConsoleSettings
@@ -83,7 +85,7 @@ class ConsoleApi:
             kwargs["json"] = body
         return await self.client.post(path, **kwargs)
 
-    async def get(self, path: str, **kwargs: Any) -> httpx.Response:
+    async def get(self, path: str, body: Any = None, **kwargs: Any) -> httpx.Response:
         kwargs.setdefault("headers", AUTH)
         return await self.client.get(path, **kwargs)
 

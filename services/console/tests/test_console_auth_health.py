@@ -67,7 +67,7 @@ async def test_keys_are_stored_hashed_and_the_dev_key_belongs_to_default(api: An
 
 def test_new_keys_are_random_and_hashes_are_sha256() -> None:
     first, second = new_api_key(), new_api_key()
-    assert first != second and first.startswith("nb-") and len(first) > 40
+    assert first != second and first.startswith("nb_") and len(first) > 40
     assert len(hash_key(first)) == 64 and hash_key(first) != hash_key(second)
 
 

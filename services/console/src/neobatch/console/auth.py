@@ -23,7 +23,8 @@ from litestar.handlers.base import BaseRouteHandler
 from neobatch.console.errors import RateLimited
 from neobatch.console.ratelimit import RateLimiter
 
-KEY_PREFIX = "nb-"
+# `nb_` so the log redaction (common.logs) recognises a leaked key.
+KEY_PREFIX = "nb_"
 # The dev key's fixed id, so re-seeding it at every start updates one document.
 DEV_KEY_ID = "key_dev"
 
