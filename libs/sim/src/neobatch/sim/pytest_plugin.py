@@ -283,3 +283,67 @@ def engine_sim_factory(sim_loop: BackgroundLoop) -> Iterator[Callable[..., Engin
 def engine_sim(engine_sim_factory: Callable[..., EngineSimInfo]) -> EngineSimInfo:
     """An engine simulator with default settings (model ``sim-model``) on a free port."""
     return engine_sim_factory()
+
+
+# --- cloud provider simulators ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProviderSimInfo:
+    """A running RunPod or Lambda simulator: ``url`` is the provider's base URL setting."""
+
+    url: str
+    root: str  # scheme://host:port, where the admin API (/_sim/...) lives
+    api_key: str
+    sim: Any  # the CloudSim itself (read-only from tests: it lives on the sim loop)
+    ssh_port: int = 0  # Lambda: the port every instance serves SSH on
+
+    def admin(self, method: str, path: str, body: Any = None) -> Any:
+        import httpx
+
+        response = httpx.request(method, f"{self.root}/_sim{path}", json=body, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def faults(self, **switches: Any) -> Any:
+        return self.admin("POST", "/faults", switches)
+
+    def live_machines(self) -> list[dict[str, Any]]:
+        return list(self.admin("GET", "/state")["machines"])
+
+
+SIM_TIME_FACTOR = 0.01  # RunPod boot 0.3 s, Lambda boot 2.4 s, Lambda launch spacing 0.12 s
+
+
+@pytest.fixture
+def runpod_sim(sim_loop: BackgroundLoop) -> Iterator[ProviderSimInfo]:
+    """A RunPod REST v2 simulator (time factor ``SIM_TIME_FACTOR``); stopped after the test."""
+    from neobatch.sim.runpod import start_runpod_sim
+
+    api_key = f"rpa_{uuid.uuid4().hex}"
+    running = sim_loop.run(start_runpod_sim(api_key=api_key, time_factor=SIM_TIME_FACTOR))
+    try:
+        yield ProviderSimInfo(running.url, running.root, api_key, running.sim)
+    finally:
+        sim_loop.run(running.stop())
+
+
+@pytest.fixture
+def lambda_sim(sim_loop: BackgroundLoop, ssh_keypair: SSHKeyPair) -> Iterator[ProviderSimInfo]:
+    """A Lambda Cloud simulator with ``ssh_keypair`` registered as key ``neobatch-test``."""
+    from neobatch.sim.lambda_cloud import start_lambda_sim
+
+    api_key = f"secret_sim.{uuid.uuid4().hex}"
+    running = sim_loop.run(
+        start_lambda_sim(
+            api_key=api_key,
+            time_factor=SIM_TIME_FACTOR,
+            ssh_keys={"neobatch-test": ssh_keypair.public_key},
+        )
+    )
+    try:
+        yield ProviderSimInfo(
+            running.url, running.root, api_key, running.sim, ssh_port=running.sim.ssh_port
+        )
+    finally:
+        sim_loop.run(running.stop())

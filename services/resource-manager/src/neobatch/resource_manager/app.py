@@ -5,10 +5,37 @@ from __future__ import annotations
 from neobatch.common.runtime import ServiceRuntime
 from neobatch.resource_manager.driver import ProvisionDriver
 from neobatch.resource_manager.handlers import SERVICE, ProvisionEventHandler, register
-from neobatch.resource_manager.providers.base import Provider
+from neobatch.resource_manager.providers.base import CloudProvider, Provider
+from neobatch.resource_manager.providers.lambda_cloud import LambdaCloudProvider
+from neobatch.resource_manager.providers.runpod import RunPodProvider
 from neobatch.resource_manager.providers.ssh_pool import SshPoolProvider, parse_pool
+from neobatch.resource_manager.reconciler import Reconciler
 from neobatch.resource_manager.settings import ResourceManagerSettings
 from neobatch.resource_manager.store import ProvisionStore
+
+
+def cloud_providers(settings: ResourceManagerSettings) -> dict[str, CloudProvider]:
+    clouds: dict[str, CloudProvider] = {}
+    if settings.runpod is not None:
+        rp = settings.runpod
+        clouds["runpod"] = RunPodProvider(
+            api_key=rp.api_key,
+            ssh_public_key=rp.ssh_public_key,
+            base_url=rp.base_url,
+            data_centers=rp.data_centers,
+            image=rp.image,
+            cloud_type=rp.cloud_type,
+        )
+    if settings.lambda_cloud is not None:
+        lc = settings.lambda_cloud
+        clouds["lambdaCloud"] = LambdaCloudProvider(
+            api_key=lc.api_key,
+            ssh_key_names=lc.ssh_key_names,
+            base_url=lc.base_url,
+            region=lc.region,
+            ssh_port=lc.ssh_port,
+        )
+    return clouds
 
 
 def build(settings: ResourceManagerSettings) -> ServiceRuntime:
@@ -19,7 +46,16 @@ def build(settings: ResourceManagerSettings) -> ServiceRuntime:
     if "ssh" in settings.provisioners:
         ssh_pool = SshPoolProvider(runtime.db, parse_pool(settings.ssh_pool))
         providers["ssh"] = ssh_pool
-    driver = ProvisionDriver(store, providers, runtime.clock, runtime.notify_outbox)
+    clouds = cloud_providers(settings)
+    driver = ProvisionDriver(
+        store,
+        providers,
+        runtime.clock,
+        runtime.notify_outbox,
+        clouds=clouds,
+        cloud_order=settings.cloud_order,
+        lease_seconds=settings.lease_seconds,
+    )
     handler = ProvisionEventHandler(
         store, runtime.clock, settings.provisioners, driver.wake, runtime.notify_outbox
     )
@@ -32,4 +68,15 @@ def build(settings: ResourceManagerSettings) -> ServiceRuntime:
 
     runtime.add_startup(prepare)
     runtime.add_loop("provision-driver", driver.run)
+    if clouds:
+        reconciler = Reconciler(
+            store,
+            clouds,
+            runtime.clock,
+            runtime.notify_outbox,
+            interval_seconds=settings.reconcile_seconds,
+            catalog_interval_seconds=settings.catalog_refresh_seconds,
+        )
+        runtime.add_loop("reconciler", reconciler.run)
+        runtime.add_loop("offers-catalog", reconciler.run_catalog)
     return runtime

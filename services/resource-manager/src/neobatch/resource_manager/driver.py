@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 from neobatch.common.clock import Clock
 from neobatch.common.contracts import (
@@ -22,8 +22,8 @@ from neobatch.common.contracts import (
 )
 from neobatch.common.ids import new_id
 from neobatch.common.logs import log_fields
-from neobatch.resource_manager import provisions
-from neobatch.resource_manager.providers.base import Provider, ProviderError
+from neobatch.resource_manager import placement, provisions
+from neobatch.resource_manager.providers.base import CloudProvider, Provider, ProviderError
 from neobatch.resource_manager.provisions import Provision, Step
 from neobatch.resource_manager.store import ProvisionStore
 
@@ -40,9 +40,18 @@ class ProvisionDriver:
         providers: dict[str, Provider],
         clock: Clock,
         notify_outbox: Callable[[], None],
+        *,
+        clouds: Mapping[str, CloudProvider] | None = None,
+        cloud_order: Sequence[str] = (),
+        lease_seconds: float = LEASE_SECONDS,
     ) -> None:
         self._store = store
         self._providers = providers
+        # Cloud providers (runpod, lambdaCloud) are stepped by placement.py, with failover
+        # across offers and, in `cloud_order`, across providers.
+        self._clouds = dict(clouds or {})
+        self._cloud_order = tuple(cloud_order)
+        self._lease_seconds = lease_seconds
         self._clock = clock
         self._notify = notify_outbox
         self._owner = new_id("driver")
@@ -61,20 +70,23 @@ class ProvisionDriver:
 
     async def step_next(self) -> bool:
         """Claim and advance one provision; False when none is due."""
-        provision = await self._store.claim_next(self._owner, self._clock.now(), LEASE_SECONDS)
+        provision = await self._store.claim_next(
+            self._owner, self._clock.now(), self._lease_seconds
+        )
         if provision is None:
             return False
         provider = self._providers.get(provision.provider)
-        if provider is None:
+        if provision.provider in self._clouds:
+            step = await self._cloud_step(provision)
+        elif provider is None:
             step = provisions.unknown_provider_step(provision, tuple(self._providers))
         elif provision.status is ProvisionStatus.RELEASING:
             step = await self._release_step(provider, provision)
         else:
             step = await self._start_step(provider, provision)
         events = self._events_for(provision, step)
-        if await self._store.save_step(
-            provision, step, events, self._clock.now(), provisions.RETRY_SECONDS
-        ):
+        retry = provisions.RETRY_SECONDS if step.retry_seconds is None else step.retry_seconds
+        if await self._store.save_step(provision, step, events, self._clock.now(), retry):
             if events:
                 self._notify()
             if step.status is not provision.status:
@@ -88,6 +100,16 @@ class ProvisionDriver:
                     ),
                 )
         return True
+
+    async def _cloud_step(self, provision: Provision) -> Step:
+        if provision.status is ProvisionStatus.RELEASING:
+            return await placement.release_step(self._clouds, provision)
+        now = self._clock.now()
+        if provisions.is_past_deadline(provision, now):
+            step = provisions.deadline_step(provision)
+            step.provider_resource_id = provision.provider_resource_id
+            return step
+        return await placement.start_step(self._clouds, self._cloud_order, provision, now)
 
     async def _start_step(self, provider: Provider, provision: Provision) -> Step:
         now = self._clock.now()

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import re
 
+import msgspec
+
+from neobatch.common.contracts import ResourceRequest
+
 # "NVIDIA H100 80GB HBM3", "H100-SXM5", "gpu_1x_h100_pcie" → "H100"; "A10" never matches "A100".
 _FAMILY = re.compile(
     r"(?<![A-Z0-9])(GH200|B200|H200|H100|A100|A10G|A10|A6000|A40|L40S|L40|L4|V100|T4|RTX\s?\d{4})(?![0-9])"
@@ -15,3 +19,49 @@ def gpu_family(name: str) -> str:
     text = name.upper().replace("_", " ")
     match = _FAMILY.search(text)
     return match.group(1).replace(" ", "") if match else text.strip()
+
+
+class Offer(msgspec.Struct, frozen=True, kw_only=True):
+    """One way to get a machine: a provider's GPU type (or instance type) in one region."""
+
+    provider: str
+    gpu_type: str  # the provider's own id: RunPod GPU type id, Lambda instance type name
+    gpu_description: str
+    gpu_count: int
+    region: str
+    price_per_hour: float  # USD for the whole machine
+    available: bool = True
+
+    @property
+    def key(self) -> str:
+        return f"{self.provider}:{self.gpu_type}@{self.region}"
+
+    @property
+    def family(self) -> str:
+        return gpu_family(self.gpu_description or self.gpu_type)
+
+
+def fits(offer: Offer, request: ResourceRequest, *, exact_count: bool = False) -> bool:
+    """Same GPU family and enough GPUs (Lambda: exactly as many, as AIBrix selects)."""
+    if offer.family != gpu_family(request.accelerator_type):
+        return False
+    if exact_count:
+        return offer.gpu_count == request.accelerator_count
+    return offer.gpu_count >= request.accelerator_count
+
+
+def choose(offers: list[Offer], tried: set[str]) -> Offer | None:
+    """The cheapest available offer not tried yet (ties: provider order, then region name)."""
+    candidates = [o for o in offers if o.available and o.key not in tried]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda o: (o.price_per_hour, o.gpu_type, o.region))
+
+
+def attempts_message(attempts: list[dict[str, str]], request: ResourceRequest) -> str:
+    """`resource_failed` text naming every attempt (offer and why it failed)."""
+    wanted = f"{request.accelerator_type} x{request.accelerator_count}"
+    if not attempts:
+        return f"no offer anywhere fits {wanted}"
+    tried = "; ".join(f"{a['offer']}: {a['error']}" for a in attempts)
+    return f"no capacity for {wanted} after {len(attempts)} attempt(s): {tried}"

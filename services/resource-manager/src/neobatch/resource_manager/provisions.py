@@ -12,6 +12,7 @@ from datetime import datetime
 import msgspec
 
 from neobatch.common.contracts import ProvisionStatus, ResourceRequest
+from neobatch.resource_manager.offers import Offer, attempts_message
 from neobatch.resource_manager.providers.base import Machine, ProviderError
 
 # Statuses the driver still has work to do in.
@@ -48,6 +49,10 @@ class Provision(msgspec.Struct, kw_only=True):
     request: ResourceRequest
     provider_resource_id: str | None = None
     deadline_at: datetime | None = None
+    # Cloud providers: the offer being tried now (recorded before the create call) and every
+    # earlier attempt that ended without a machine, as {"offer": key, "error": text}.
+    offer: Offer | None = None
+    attempts: list[dict[str, str]] = []
 
 
 class Step(msgspec.Struct, kw_only=True):
@@ -58,6 +63,11 @@ class Step(msgspec.Struct, kw_only=True):
     machine: Machine | None = None
     error_code: str = ""
     error_message: str = ""
+    provider: str | None = None  # switch provider (failover)
+    offer: Offer | None = None  # record the offer about to be tried
+    clear_offer: bool = False
+    attempts: list[dict[str, str]] | None = None
+    retry_seconds: float | None = None  # None = RETRY_SECONDS
 
 
 def is_past_deadline(provision: Provision, now: datetime) -> bool:
@@ -101,4 +111,44 @@ def unknown_provider_step(provision: Provision, configured: tuple[str, ...]) -> 
         status=ProvisionStatus.FAILED,
         error_code="UnknownProvider",
         error_message=f"provider {provision.provider!r} is not configured (configured: {', '.join(configured)})",
+    )
+
+
+def attempt_name(provision: Provision) -> str:
+    """The deterministic machine name of the current attempt (id-derived, DESIGN rule 5)."""
+    return f"{provision.resource_name}-{len(provision.attempts)}"
+
+
+def offer_chosen(provision: Provision, offer: Offer) -> Step:
+    """Record the offer before any create call, so a restart retries the same name there."""
+    return Step(
+        status=ProvisionStatus.CREATING, provider=offer.provider, offer=offer, retry_seconds=0
+    )
+
+
+def offer_refused(provision: Provision, error: ProviderError) -> Step:
+    """No capacity for the current offer: remember the attempt and move to the next one."""
+    key = provision.offer.key if provision.offer else "?"
+    return Step(
+        status=ProvisionStatus.CREATING,
+        clear_offer=True,
+        attempts=[*provision.attempts, {"offer": key, "error": error.message}],
+        retry_seconds=0,
+    )
+
+
+def no_offer_left(provision: Provision) -> Step:
+    return Step(
+        status=ProvisionStatus.FAILED,
+        error_code="NoCapacity",
+        error_message=attempts_message(provision.attempts, provision.request),
+    )
+
+
+def broken_before_ready(machine: Machine) -> Step:
+    return Step(
+        status=ProvisionStatus.FAILED,
+        provider_resource_id=machine.provider_resource_id,
+        error_code="MachineFailed",
+        error_message=f"the machine stopped before it was ready (provider status {machine.status})",
     )

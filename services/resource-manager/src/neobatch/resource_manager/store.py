@@ -18,9 +18,13 @@ from neobatch.common.mongo import ensure_indexes, transact
 from neobatch.common.outbox import append_events
 from neobatch.common.subjects import Namespace
 from neobatch.common.transitions import compare_and_set
+from neobatch.resource_manager.offers import Offer
 from neobatch.resource_manager.provisions import ACTIVE, RELEASABLE, Provision, Step
 
 PROVISIONS = "provisions"
+OFFERS = "offers"  # the catalog cache the console serves at GET /api/v1/catalog
+# Provisions that own their machine; any other machine with our prefix is an orphan.
+LIVE = frozenset(ACTIVE | {ProvisionStatus.RUNNING})
 INDEXES = [
     IndexModel(
         [("status", ASCENDING), ("next_attempt_at", ASCENDING), ("created_at", ASCENDING)],
@@ -41,6 +45,8 @@ def provision_from_doc(doc: dict[str, Any]) -> Provision:
         request=msgspec.convert(doc["request"], ResourceRequest),
         provider_resource_id=doc.get("provider_resource_id"),
         deadline_at=doc.get("deadline_at"),
+        offer=msgspec.convert(doc["offer"], Offer) if doc.get("offer") else None,
+        attempts=list(doc.get("attempts") or []),
     )
 
 
@@ -131,6 +137,14 @@ class ProvisionStore:
         }
         if step.provider_resource_id:
             fields["provider_resource_id"] = step.provider_resource_id
+        if step.provider:
+            fields["provider"] = step.provider
+        if step.offer is not None:
+            fields["offer"] = msgspec.to_builtins(step.offer)
+        elif step.clear_offer:
+            fields["offer"] = None
+        if step.attempts is not None:
+            fields["attempts"] = step.attempts
         if step.machine is not None:
             fields["region"] = step.machine.region
             if step.machine.endpoint is not None:
@@ -205,3 +219,35 @@ class ProvisionStore:
             return won
 
         return await transact(self._client, work)
+
+    async def live_provisions(self) -> list[Provision]:
+        cursor = self._provisions.find({"status": {"$in": [s.value for s in LIVE]}})
+        return [provision_from_doc(doc) async for doc in cursor]
+
+    async def mark_lost(
+        self, provision: Provision, reason: str, events: Sequence[Event], now: datetime
+    ) -> bool:
+        """running/booting → lost, with its event, unless the provision moved on meanwhile."""
+        fields = {
+            "status": ProvisionStatus.LOST.value,
+            "error_code": "MachineLost",
+            "error_message": reason,
+            "lost_at": now,
+            "updated_at": now,
+            "next_attempt_at": None,
+        }
+        expected = {"status": provision.status.value, "version": provision.version}
+        return await self._save(provision.id, expected, fields, events, now)
+
+    async def replace_offers(self, provider: str, offers: Sequence[Offer], now: datetime) -> None:
+        """Refresh one provider's part of the catalog cache."""
+        docs = [
+            msgspec.to_builtins(offer)
+            | {"_id": offer.key, "family": offer.family, "updated_at": now}
+            for offer in offers
+        ]
+        await self._db[OFFERS].delete_many(
+            {"provider": provider, "_id": {"$nin": [d["_id"] for d in docs]}}
+        )
+        for doc in docs:
+            await self._db[OFFERS].replace_one({"_id": doc["_id"]}, doc, upsert=True)

@@ -1,0 +1,372 @@
+"""What the RunPod and Lambda Cloud simulators share: machines that are real SSH hosts, capacity,
+prices, a time factor, fault switches, an admin API and a recording of every API exchange.
+
+Each created machine becomes a loopback SSH host (``neobatch.sim.ssh_host``) once its boot delay
+(scaled by ``time_factor``) has passed, authorized for the public key the client injected.
+State advances lazily on every request, so nothing runs between requests.
+
+Admin API (no auth, under ``/_sim``): ``GET /_sim/state``; ``POST /_sim/faults`` (JSON merged
+into the switches below); ``POST /_sim/capacity`` ``{"gpu", "region", "free"}``;
+``POST /_sim/prices`` ``{"<gpu>": price}``; ``POST /_sim/machines/{id}/delete`` (deleted behind
+the client's back); ``POST /_sim/machines/{id}/state`` ``{"state": "stopped"|"unhealthy"}``;
+``POST /_sim/release-hold``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from neobatch.sim.provider_specs import OpenApiDoc
+from neobatch.sim.ssh_host import SSHHost, start_ssh_host
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Faults:
+    no_capacity: bool = False  # every type/region has (and lists) zero capacity
+    refuse_launch: list[str] = field(default_factory=list)  # "GPU@REGION" or "*": listed, refused
+    error_after_create: int = 0  # the next N creates make the machine, then answer 500
+    stuck_boot: bool = False  # machines created from now on never finish booting
+    burst_5xx: int = 0  # the next N API calls answer 5xx
+    storm_429: int = 0  # the next N API calls answer 429
+    hold_create: bool = False  # a create makes the machine, then waits for /_sim/release-hold
+
+    def refuses(self, gpu: str, region: str) -> bool:
+        return "*" in self.refuse_launch or f"{gpu}@{region}" in self.refuse_launch
+
+
+@dataclass
+class SimMachine:
+    id: str
+    name: str
+    gpu: str
+    gpu_count: int
+    region: str
+    price_per_hour: float
+    public_keys: list[str]
+    created_at: float
+    ready_at: float | None  # monotonic; None = never (stuck boot)
+    ip: str
+    state: str = "booting"  # booting, running, stopped, unhealthy, terminating, terminated
+    port: int = 0  # the SSH host's port once running
+    extra: dict[str, Any] = field(default_factory=dict)  # provider-specific request fields
+    terminate_done_at: float | None = None
+    ssh: SSHHost | None = None
+    workdir: str = ""
+
+    @property
+    def live(self) -> bool:
+        return self.state not in ("terminated",)
+
+    def summary(self) -> dict[str, Any]:
+        keys = ("id", "name", "gpu", "gpu_count", "region", "state", "ip", "port")
+        return {key: getattr(self, key) for key in keys}
+
+
+@dataclass
+class Exchange:
+    method: str
+    path: str
+    request: Any
+    status: int
+    content_type: str
+    response: Any
+
+
+class CloudSim:
+    """State and behaviour common to both simulators; subclasses add the provider's routes."""
+
+    api_prefix = "/"
+
+    def __init__(
+        self,
+        doc: OpenApiDoc,
+        *,
+        api_keys: set[str],
+        capacity: dict[tuple[str, str], int],
+        prices: dict[str, float],
+        time_factor: float = 1.0,
+        boot_seconds: float = 30.0,
+        terminate_seconds: float = 0.0,
+        validate_responses: bool = True,
+    ) -> None:
+        self.doc = doc
+        self.api_keys = api_keys
+        self.capacity = dict(capacity)
+        self.prices = dict(prices)
+        self.time_factor = time_factor
+        self.boot_seconds = boot_seconds
+        self.terminate_seconds = terminate_seconds
+        self.validate_responses = validate_responses
+        self.faults = Faults()
+        self.machines: dict[str, SimMachine] = {}
+        self.exchanges: list[Exchange] = []
+        self.creates = 0  # create calls that made a machine
+        self._hold = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    # --- state ---------------------------------------------------------------------------
+
+    def free(self, gpu: str, region: str) -> int:
+        return 0 if self.faults.no_capacity else self.capacity.get((gpu, region), 0)
+
+    def scaled(self, seconds: float) -> float:
+        return seconds * self.time_factor
+
+    def live_machines(self) -> list[SimMachine]:
+        return [m for m in self.machines.values() if m.state != "terminated"]
+
+    async def add_machine(self, machine: SimMachine) -> None:
+        self.capacity[(machine.gpu, machine.region)] = (
+            self.capacity.get((machine.gpu, machine.region), 0) - 1
+        )
+        if self.faults.stuck_boot:
+            machine.ready_at = None
+        self.machines[machine.id] = machine
+        self.creates += 1
+
+    async def hold_if_asked(self) -> None:
+        """The "create reached the provider but the answer never came back" window."""
+        if self.faults.hold_create:
+            self._hold.clear()
+            await self._hold.wait()
+
+    async def advance(self) -> None:
+        """Bring every machine up to date with the clock (boots finish, terminations end)."""
+        async with self._lock:
+            now = time.monotonic()
+            for machine in list(self.machines.values()):
+                due = machine.ready_at is not None and now >= machine.ready_at
+                if machine.state == "booting" and due:
+                    await self._start_ssh(machine)
+                    machine.state = "running"
+                if machine.state == "terminating" and now >= (machine.terminate_done_at or 0):
+                    machine.state = "terminated"
+                    del self.machines[machine.id]
+
+    async def _start_ssh(self, machine: SimMachine) -> None:
+        machine.workdir = tempfile.mkdtemp(prefix=f"sim-{machine.id[:8]}-")
+        machine.ssh = await start_ssh_host(
+            machine.ip,
+            self.ssh_port_for(machine),
+            machine.public_keys,
+            None,
+            machine.workdir,
+            env={"HOME": machine.workdir},
+        )
+        machine.port = machine.ssh.port
+
+    def ssh_port_for(self, machine: SimMachine) -> int:
+        return 0
+
+    async def stop_ssh(self, machine: SimMachine) -> None:
+        if machine.ssh is not None:
+            await machine.ssh.close()
+            machine.ssh = None
+        if machine.workdir:
+            shutil.rmtree(machine.workdir, ignore_errors=True)
+            machine.workdir = ""
+
+    async def terminate(self, machine: SimMachine) -> None:
+        """Free the machine's capacity and stop its SSH host; it leaves after terminate_seconds."""
+        if machine.state in ("terminating", "terminated"):
+            return
+        await self.stop_ssh(machine)
+        key = (machine.gpu, machine.region)
+        self.capacity[key] = self.capacity.get(key, 0) + 1
+        machine.state = "terminating"
+        machine.terminate_done_at = time.monotonic() + self.scaled(self.terminate_seconds)
+        if self.terminate_seconds <= 0:
+            machine.state = "terminated"
+            self.machines.pop(machine.id, None)
+
+    async def close(self) -> None:
+        for machine in list(self.machines.values()):
+            await self.stop_ssh(machine)
+
+    # --- HTTP plumbing ---------------------------------------------------------------------
+
+    def error(self, status: int, code: str, message: str) -> web.Response:
+        raise NotImplementedError
+
+    def authorized(self, request: web.Request) -> bool:
+        raise NotImplementedError
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/_sim"):
+            return await handler(request)
+        body: Any = None
+        if request.can_read_body:
+            try:
+                body = await request.json()
+            except ValueError:
+                body = "<invalid json>"
+        response = await self._answer(request, handler, body)
+        payload: Any = None
+        if isinstance(response, web.Response) and response.body:
+            with contextlib.suppress(ValueError, TypeError):
+                payload = json.loads(response.body)  # type: ignore[arg-type]
+        self.exchanges.append(
+            Exchange(
+                request.method,
+                request.path,
+                body,
+                response.status,
+                response.content_type,
+                payload,
+            )
+        )
+        if self.validate_responses:
+            problems = self.doc.response_errors(
+                request.method, request.path, response.status, response.content_type, payload
+            )
+            if problems:  # a simulator bug: say so loudly rather than lie to the client
+                raise web.HTTPInternalServerError(text=f"simulator response invalid: {problems}")
+        return response
+
+    async def _answer(
+        self, request: web.Request, handler: Handler, body: Any
+    ) -> web.StreamResponse:
+        if not self.authorized(request):
+            return self.error(401, "unauthorized", "API key was invalid, expired, or deleted.")
+        if self.faults.storm_429 > 0:
+            self.faults.storm_429 -= 1
+            return self.rate_limited(1)
+        if self.faults.burst_5xx > 0:
+            self.faults.burst_5xx -= 1
+            return self.error(503, "unavailable", "Service temporarily unavailable.")
+        if self.doc.operation(request.method, request.path) is None:
+            return self.error(404, "not-found", f"no route {request.method} {request.path}")
+        if request.method in ("POST", "PUT", "PATCH"):
+            problems = self.doc.request_errors(request.method, request.path, body)
+            if problems:
+                return self.invalid(problems)
+        await self.advance()
+        request["json"] = body
+        return await handler(request)
+
+    def rate_limited(self, retry_after: float) -> web.Response:
+        response = self.error(429, "rate-limited", "Too many requests.")
+        response.headers["Retry-After"] = str(max(1, round(retry_after)))
+        return response
+
+    def invalid(self, problems: list[str]) -> web.Response:
+        raise NotImplementedError
+
+    # --- admin -----------------------------------------------------------------------------
+
+    def admin_routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/_sim/state", self._state),
+            web.post("/_sim/faults", self._set_faults),
+            web.post("/_sim/capacity", self._set_capacity),
+            web.post("/_sim/prices", self._set_prices),
+            web.post("/_sim/machines/{id}/delete", self._delete_behind_back),
+            web.post("/_sim/machines/{id}/state", self._set_state),
+            web.post("/_sim/release-hold", self._release_hold),
+        ]
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "faults": asdict(self.faults),
+            "machines": [m.summary() for m in self.live_machines()],
+            "creates": self.creates,
+            "capacity": [
+                {"gpu": gpu, "region": region, "free": free}
+                for (gpu, region), free in sorted(self.capacity.items())
+            ],
+        }
+
+    async def _state(self, request: web.Request) -> web.Response:
+        await self.advance()
+        return web.json_response(self.state())
+
+    async def _set_faults(self, request: web.Request) -> web.Response:
+        changes = await request.json()
+        for key, value in changes.items():
+            if not hasattr(self.faults, key):
+                return web.json_response({"error": f"unknown fault {key!r}"}, status=400)
+            setattr(self.faults, key, value)
+        return web.json_response(asdict(self.faults))
+
+    async def _set_capacity(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.capacity[(body["gpu"], body["region"])] = int(body["free"])
+        return web.json_response(self.state())
+
+    async def _set_prices(self, request: web.Request) -> web.Response:
+        self.prices.update({k: float(v) for k, v in (await request.json()).items()})
+        return web.json_response(self.prices)
+
+    async def _delete_behind_back(self, request: web.Request) -> web.Response:
+        machine = self.machines.get(request.match_info["id"])
+        if machine is None:
+            return web.json_response({"error": "no such machine"}, status=404)
+        await self.terminate(machine)
+        machine.state = "terminated"
+        self.machines.pop(machine.id, None)
+        return web.json_response({"deleted": machine.id})
+
+    async def _set_state(self, request: web.Request) -> web.Response:
+        machine = self.machines.get(request.match_info["id"])
+        if machine is None:
+            return web.json_response({"error": "no such machine"}, status=404)
+        state = (await request.json())["state"]
+        if state in ("stopped", "unhealthy"):
+            await self.stop_ssh(machine)
+        machine.state = state
+        return web.json_response(machine.summary())
+
+    async def _release_hold(self, request: web.Request) -> web.Response:
+        self.faults.hold_create = False
+        self._hold.set()
+        return web.json_response({"released": True})
+
+
+@dataclass
+class RunningSim:
+    """A simulator serving on a port; ``url`` is its base URL (what the provider is given)."""
+
+    sim: CloudSim
+    runner: web.AppRunner
+    host: str
+    port: int
+    base_path: str = ""
+
+    @property
+    def root(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return self.root + self.base_path
+
+    async def stop(self) -> None:
+        self.sim._hold.set()
+        await self.sim.close()
+        await self.runner.cleanup()
+
+
+async def serve(
+    sim: CloudSim, routes: list[web.RouteDef], host: str, port: int, base_path: str
+) -> RunningSim:
+    app = web.Application(middlewares=[sim.middleware])
+    app.add_routes(routes + sim.admin_routes())
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0][1]
+    return RunningSim(sim, runner, host, int(bound), base_path)

@@ -1,0 +1,145 @@
+"""The reconciler: no machine without an owner, no owner without its machine (DESIGN rule 5).
+
+On a schedule, for each cloud provider: list every machine under the account whose name has our
+prefix and terminate those that no live provision owns (orphans: a crash between create and
+record that nobody resumed, a leftover of a failed or lost provision, a machine made by an
+earlier deployment). Machines are listed *before* provisions are read, and names are recorded
+before any create, so a machine being created right now always has its owner in the read.
+Then every running provision's machine is described: gone (deleted behind our back) or broken
+(RunPod EXITED, Lambda unhealthy) makes the provision `lost` with a `provision.lost` event, and
+a broken machine is terminated.
+
+The same module refreshes the offers catalog cache (`offers` collection) on its own schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+
+import msgspec
+
+from neobatch.common.clock import Clock
+from neobatch.common.contracts import ProvisionLost, ProvisionStatus
+from neobatch.common.logs import log_fields
+from neobatch.resource_manager.providers.base import CloudProvider, ProviderError
+from neobatch.resource_manager.provisions import Provision, attempt_name
+from neobatch.resource_manager.store import ProvisionStore
+
+log = logging.getLogger("neobatch.resource_manager")
+
+NAME_PREFIX = "neobatch-"  # neobatch.common.ids.resource_name
+
+
+class Report(msgspec.Struct, kw_only=True):
+    orphans_terminated: list[str] = []
+    lost: list[str] = []
+
+
+def _owned(live: list[Provision], provider: str) -> tuple[set[str], set[str]]:
+    names: set[str] = set()
+    ids: set[str] = set()
+    for provision in live:
+        if provision.provider_resource_id:
+            ids.add(provision.provider_resource_id)
+        offer_provider = provision.offer.provider if provision.offer else None
+        if provider in (provision.provider, offer_provider):
+            names.add(attempt_name(provision))
+    return names, ids
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: ProvisionStore,
+        clouds: Mapping[str, CloudProvider],
+        clock: Clock,
+        notify_outbox: Callable[[], None],
+        *,
+        interval_seconds: float = 60.0,
+        catalog_interval_seconds: float = 300.0,
+    ) -> None:
+        self._store = store
+        self._clouds = dict(clouds)
+        self._clock = clock
+        self._notify = notify_outbox
+        self._interval = interval_seconds
+        self._catalog_interval = catalog_interval_seconds
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.reconcile_once()
+            except Exception:  # a bad round must not end the loop; the next one retries
+                log.exception("reconcile round failed")
+            await asyncio.sleep(self._interval)
+
+    async def run_catalog(self) -> None:
+        while True:
+            await self.refresh_catalog()
+            await asyncio.sleep(self._catalog_interval)
+
+    async def refresh_catalog(self) -> None:
+        for name, provider in self._clouds.items():
+            try:
+                offers = await provider.catalog()
+            except ProviderError as error:
+                log.warning(
+                    "catalog refresh failed", extra=log_fields(provider=name, error=error.message)
+                )
+                continue
+            await self._store.replace_offers(name, offers, self._clock.now())
+
+    async def reconcile_once(self) -> Report:
+        report = Report()
+        for name, provider in self._clouds.items():
+            try:
+                await self._orphans(name, provider, report)
+                await self._lost(name, provider, report)
+            except ProviderError as error:
+                log.warning(
+                    "reconcile failed", extra=log_fields(provider=name, error=error.message)
+                )
+        return report
+
+    async def _orphans(self, name: str, provider: CloudProvider, report: Report) -> None:
+        machines = await provider.list_owned(NAME_PREFIX)  # before reading provisions
+        names, ids = _owned(await self._store.live_provisions(), name)
+        for machine in machines:
+            if machine.name in names or machine.provider_resource_id in ids:
+                continue
+            await provider.terminate(machine.provider_resource_id)
+            report.orphans_terminated.append(machine.provider_resource_id)
+            log.warning(
+                "terminated orphan machine",
+                extra=log_fields(
+                    provider=name, resource_id=machine.provider_resource_id, name=machine.name
+                ),
+            )
+
+    async def _lost(self, name: str, provider: CloudProvider, report: Report) -> None:
+        for provision in await self._store.live_provisions():
+            if (
+                provision.status is not ProvisionStatus.RUNNING
+                or provision.provider != name
+                or provision.provider_resource_id is None
+            ):
+                continue
+            machine = await provider.describe(provision.provider_resource_id)
+            if not (machine.gone or machine.broken):
+                continue
+            reason = (
+                "the machine no longer exists at the provider"
+                if machine.gone
+                else f"the machine stopped serving (provider status {machine.status})"
+            )
+            event = ProvisionLost(provision_id=provision.id, job_id=provision.job_id, reason=reason)
+            if await self._store.mark_lost(provision, reason, [event], self._clock.now()):
+                self._notify()
+                report.lost.append(provision.id)
+                log.warning(
+                    "provision lost", extra=log_fields(provision_id=provision.id, reason=reason)
+                )
+            if not machine.gone:
+                await provider.terminate(provision.provider_resource_id)
