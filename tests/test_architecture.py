@@ -17,6 +17,8 @@ PURE_MODULES = [
     "services/console/src/neobatch/console/jobs_view.py",
     "services/console/src/neobatch/console/catalog.py",
     "services/console/src/neobatch/console/uploads.py",
+    "services/console/src/neobatch/console/openai_view.py",
+    "services/console/src/neobatch/console/ratelimit.py",
     "services/planner/src/neobatch/planner/jobs.py",
     "services/planner/src/neobatch/planner/policy.py",
     "services/resource-manager/src/neobatch/resource_manager/provisions.py",
