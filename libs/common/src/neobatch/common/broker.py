@@ -116,7 +116,7 @@ def subscribe(
         ns.subject(event_type),
         stream=JStream(ns.stream_name, declare=False),
         durable=ns.durable(service, event_type),
-        pull_sub=PullSub(batch_size=16, timeout=1.0),
+        pull_sub=PullSub(batch_size=1, timeout=5.0),
         config=ConsumerConfig(
             ack_wait=ACK_WAIT_SECONDS,
             max_deliver=max_deliver,
