@@ -146,7 +146,11 @@ async def rig(
     mongo_url: str,
     mongo_db: AsyncDatabase,
 ) -> AsyncIterator[CloudRig]:
-    env = {"PROVISIONER": provider_name, **provider_env(provider_name, provider_sim, ssh_keypair)}
+    env = {
+        "PROVISIONER": provider_name,
+        "NEOBATCH_PROVIDER_RETRY_BUDGET_SECONDS": "1",
+        **provider_env(provider_name, provider_sim, ssh_keypair),
+    }
     built = CloudRig(mongo_url, mongo_db.name, env)
     await built.store.ensure_indexes()
     yield built

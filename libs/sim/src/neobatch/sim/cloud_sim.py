@@ -281,7 +281,9 @@ class CloudSim:
     def state(self) -> dict[str, Any]:
         return {
             "faults": asdict(self.faults),
-            "machines": [m.summary() for m in self.live_machines()],
+            # Billed, serving machines; ones already terminating are listed apart.
+            "machines": [m.summary() for m in self.live_machines() if m.state != "terminating"],
+            "terminating": [m.id for m in self.live_machines() if m.state == "terminating"],
             "creates": self.creates,
             "capacity": [
                 {"gpu": gpu, "region": region, "free": free}

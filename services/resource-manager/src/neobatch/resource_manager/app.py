@@ -25,6 +25,7 @@ def cloud_providers(settings: ResourceManagerSettings) -> dict[str, CloudProvide
             data_centers=rp.data_centers,
             image=rp.image,
             cloud_type=rp.cloud_type,
+            retry_budget_seconds=settings.retry_budget_seconds,
         )
     if settings.lambda_cloud is not None:
         lc = settings.lambda_cloud
@@ -34,6 +35,7 @@ def cloud_providers(settings: ResourceManagerSettings) -> dict[str, CloudProvide
             base_url=lc.base_url,
             region=lc.region,
             ssh_port=lc.ssh_port,
+            retry_budget_seconds=settings.retry_budget_seconds,
         )
     return clouds
 

@@ -53,6 +53,8 @@ class ResourceManagerSettings(msgspec.Struct, frozen=True, kw_only=True):
     reconcile_seconds: float = 60.0
     catalog_refresh_seconds: float = 300.0
     lease_seconds: float = 30.0
+    # How long one idempotent provider call retries 429/5xx before the driver tries again later.
+    retry_budget_seconds: float = 10.0
 
     @property
     def cloud_order(self) -> tuple[str, ...]:
@@ -120,4 +122,5 @@ def read_settings(env: Mapping[str, str] | None = None) -> ResourceManagerSettin
         reconcile_seconds=_number(env, "NEOBATCH_RECONCILE_SECONDS", 60.0),
         catalog_refresh_seconds=_number(env, "NEOBATCH_CATALOG_REFRESH_SECONDS", 300.0),
         lease_seconds=_number(env, "NEOBATCH_PROVISION_LEASE_SECONDS", 30.0),
+        retry_budget_seconds=_number(env, "NEOBATCH_PROVIDER_RETRY_BUDGET_SECONDS", 10.0),
     )

@@ -65,7 +65,7 @@ class ApiClient:
     ) -> httpx.Response:
         """The response for a 2xx or 404; ProviderError subclasses for anything else."""
         deadline = time.monotonic() + self._budget
-        delay = 0.2
+        delay = 0.1
         while True:
             try:
                 response = await self._client.request(method, path, json=json, params=params)
@@ -82,7 +82,7 @@ class ApiClient:
             if not (retry and failure.retryable) or time.monotonic() + wait > deadline:
                 raise failure
             await asyncio.sleep(wait)
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, 2.0)
 
     def _classify(self, method: str, path: str, response: httpx.Response) -> ProviderError:
         text = redact_text(self._error_text(response))[:300]

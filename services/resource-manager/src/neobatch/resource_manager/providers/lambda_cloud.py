@@ -58,9 +58,14 @@ class LambdaCloudProvider:
         region: str = "",
         ssh_port: int = 22,
         probe_timeout_seconds: float = 2.0,
+        retry_budget_seconds: float = 10.0,
     ) -> None:
         self._api = ApiClient(
-            self.name, base_url, {"Authorization": f"Bearer {api_key}"}, error_text
+            self.name,
+            base_url,
+            {"Authorization": f"Bearer {api_key}"},
+            error_text,
+            budget_seconds=retry_budget_seconds,
         )
         self._keys = ssh_key_names
         self._region = region

@@ -59,9 +59,14 @@ class RunPodProvider:
         image: str = DEFAULT_IMAGE,
         cloud_type: str = "SECURE",
         probe_timeout_seconds: float = 2.0,
+        retry_budget_seconds: float = 10.0,
     ) -> None:
         self._api = ApiClient(
-            self.name, base_url, {"Authorization": f"Bearer {api_key}"}, problem_text
+            self.name,
+            base_url,
+            {"Authorization": f"Bearer {api_key}"},
+            problem_text,
+            budget_seconds=retry_budget_seconds,
         )
         self._public_key = ssh_public_key
         self._data_centers = data_centers
