@@ -15,13 +15,14 @@ from neobatch.common.contracts import (
     JobQueued,
     JobStatus,
     ProvisionFailed,
+    ProvisionLost,
     ProvisionReleased,
     ProvisionRunning,
     RequestCounts,
     SshEndpoint,
 )
 from neobatch.planner.jobs import DeadlinePassed, Job, decide
-from neobatch.planner.policy import Timeouts
+from neobatch.planner.policy import Limits
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 SPEC = {
@@ -59,6 +60,12 @@ failed = ProvisionFailed(
 released = ProvisionReleased(provision_id="prov_1_1", job_id="job_1")
 cancel = JobCancelRequested(job_id="job_1")
 counts = RequestCounts(total=3, completed=2, failed=1)
+
+
+def lost(provision_id: str) -> ProvisionLost:
+    return ProvisionLost(
+        provision_id=provision_id, job_id="job_1", reason="deleted behind our back"
+    )
 
 
 def status_report(status: BatchStatus) -> BatchStatusReported:
@@ -230,6 +237,34 @@ CASES: list[tuple[str, Job, Event, JobStatus | None, list[str]]] = [
         ["provision.release_requested", "job.status_changed"],
     ),
     ("no deadline while queued", job(S.QUEUED), DeadlinePassed("job_1"), None, []),
+    (
+        "lost machine is replaced",
+        job(S.IN_PROGRESS),
+        lost("prov_1_1"),
+        S.RESOURCE_PREPARING,
+        ["provision.release_requested", "provision.requested", "job.status_changed"],
+    ),
+    (
+        "lost too often fails the job",
+        job(S.IN_PROGRESS, provision_id="prov_1_3"),
+        lost("prov_1_3"),
+        S.FAILED,
+        ["batch.cancel_requested", "provision.release_requested", "job.status_changed"],
+    ),
+    (
+        "lost while cancelling ends cancelled",
+        job(S.CANCELLING),
+        lost("prov_1_1"),
+        S.CANCELLED,
+        ["provision.release_requested", "job.status_changed"],
+    ),
+    (
+        "loss of an old machine is ignored",
+        job(S.IN_PROGRESS, provision_id="prov_1_2"),
+        lost("prov_1_1"),
+        None,
+        [],
+    ),
     ("terminal replay ignored", job(S.COMPLETED), terminal(BatchStatus.COMPLETED), None, []),
 ]
 
@@ -254,7 +289,7 @@ def test_provisioning_request_follows_the_template() -> None:
         job(S.QUEUED, provider="ssh"),
         JobQueued(job_id="job_1"),
         NOW,
-        Timeouts(provisioning_seconds=600),
+        Limits(provisioning_seconds=600),
     )
     assert decision is not None
     request = decision.events[0]
@@ -286,13 +321,13 @@ def test_status_change_event_names_both_states() -> None:
 
 
 def test_every_waiting_state_gets_a_deadline_and_terminal_states_none() -> None:
-    timeouts = Timeouts(
+    limits = Limits(
         provisioning_seconds=100, grace_seconds=10, cancel_seconds=30, expiry_grace_seconds=5
     )
-    preparing = decide(job(S.QUEUED), JobQueued(job_id="job_1"), NOW, timeouts)
-    submitting = decide(job(S.RESOURCE_PREPARING), running, NOW, timeouts)
-    cancelling = decide(job(S.IN_PROGRESS), cancel, NOW, timeouts)
-    done = decide(job(S.IN_PROGRESS), terminal(BatchStatus.COMPLETED), NOW, timeouts)
+    preparing = decide(job(S.QUEUED), JobQueued(job_id="job_1"), NOW, limits)
+    submitting = decide(job(S.RESOURCE_PREPARING), running, NOW, limits)
+    cancelling = decide(job(S.IN_PROGRESS), cancel, NOW, limits)
+    done = decide(job(S.IN_PROGRESS), terminal(BatchStatus.COMPLETED), NOW, limits)
     assert preparing and submitting and cancelling and done
     assert (preparing.fields["deadline_at"] - NOW).total_seconds() == 110
     assert (submitting.fields["deadline_at"] - NOW).total_seconds() == 3600 + 5
@@ -307,3 +342,21 @@ def test_provisioning_slot_taken_on_entry_and_given_back_on_exit() -> None:
     assert entering and entering.acquire_slot and not entering.release_slot
     assert leaving and leaving.release_slot and not leaving.acquire_slot
     assert cancelled_early and not cancelled_early.acquire_slot and not cancelled_early.release_slot
+
+
+def test_replacement_machine_resumes_the_same_batch_in_its_original_window() -> None:
+    expires = NOW.replace(hour=13)
+    replaced = decide(job(S.IN_PROGRESS, expires_at=expires), lost("prov_1_1"), NOW)
+    assert replaced is not None and replaced.fields["provision_id"] == "prov_1_2"
+    assert replaced.acquire_slot
+    back = job(
+        S.RESOURCE_PREPARING, provision_id="prov_1_2", batch_handed_over=True, expires_at=expires
+    )
+    running_again = ProvisionRunning(
+        provision_id="prov_1_2", job_id="job_1", provider="ssh", endpoint=ENDPOINT
+    )
+    decision = decide(back, running_again, NOW)
+    assert decision is not None
+    batch = decision.events[0]
+    assert batch.batch_id == "batch_1" and batch.provision_id == "prov_1_2"  # type: ignore[attr-defined]
+    assert batch.expires_at == expires  # type: ignore[attr-defined]

@@ -14,7 +14,7 @@ from neobatch.common.contracts import JobCancelRequested, ProvisionRunning, SshE
 from neobatch.common.mongo import create_mongo_client
 from neobatch.common.outbox import OUTBOX
 from neobatch.common.subjects import Namespace
-from neobatch.planner.policy import Timeouts
+from neobatch.planner.policy import Limits
 from neobatch.planner.scheduler import Planner
 from neobatch.planner.store import JobStore
 
@@ -52,8 +52,8 @@ async def rig(mongo_url: str, mongo_db: AsyncDatabase) -> AsyncIterator[Rig]:
     clock = FixedClock(utcnow())
     store = JobStore(client, db, Namespace(f"t{uuid.uuid4().hex[:8]}"))
     await store.prepare(max_concurrent_provisioning=2)
-    timeouts = Timeouts(provisioning_seconds=30, grace_seconds=5, cancel_seconds=10)
-    yield Rig(db, store, Planner(store, clock, lambda: None, timeouts), clock)
+    limits = Limits(provisioning_seconds=30, grace_seconds=5, cancel_seconds=10)
+    yield Rig(db, store, Planner(store, clock, lambda: None, limits), clock)
     await client.close()
 
 

@@ -12,7 +12,7 @@ from neobatch.planner.store import JobStore
 def build(settings: PlannerSettings) -> ServiceRuntime:
     runtime = ServiceRuntime(SERVICE, settings.common)
     store = JobStore(runtime.mongo, runtime.db, runtime.ns)
-    planner = Planner(store, runtime.clock, runtime.notify_outbox, settings.timeouts)
+    planner = Planner(store, runtime.clock, runtime.notify_outbox, settings.limits)
     register(runtime.broker, runtime.ns, planner, settings.worker_count)
 
     async def prepare() -> None:

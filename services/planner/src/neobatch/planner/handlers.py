@@ -16,6 +16,7 @@ from neobatch.common.contracts import (
     JobCancelRequested,
     JobQueued,
     ProvisionFailed,
+    ProvisionLost,
     ProvisionReleased,
     ProvisionRunning,
 )
@@ -27,6 +28,7 @@ JOB_EVENTS = (
     JobCancelRequested,
     ProvisionRunning,
     ProvisionFailed,
+    ProvisionLost,
     ProvisionReleased,
     BatchStatusReported,
     BatchTerminal,

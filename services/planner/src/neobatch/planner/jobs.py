@@ -25,15 +25,16 @@ from neobatch.common.contracts import (
     JobStatus,
     JobStatusChanged,
     ProvisionFailed,
+    ProvisionLost,
     ProvisionReleased,
     ProvisionReleaseRequested,
     ProvisionRequested,
     ProvisionRunning,
 )
 from neobatch.planner import policy
-from neobatch.planner.policy import Timeouts
+from neobatch.planner.policy import Limits
 
-DEFAULT_TIMEOUTS = Timeouts()
+DEFAULT_LIMITS = Limits()
 
 # Where a job stands in the forward flow; a status report never moves a job backwards.
 _RANK = {
@@ -136,15 +137,15 @@ def _move(
 
 
 def _deadline(
-    status: JobStatus, now: datetime, expires_at: datetime | None, timeouts: Timeouts
+    status: JobStatus, now: datetime, expires_at: datetime | None, limits: Limits
 ) -> datetime | None:
     """When the planner stops waiting for whatever `status` waits on."""
     if status is JobStatus.RESOURCE_PREPARING:
-        return now + timedelta(seconds=timeouts.provisioning_seconds + timeouts.grace_seconds)
+        return now + timedelta(seconds=limits.provisioning_seconds + limits.grace_seconds)
     if status in _BATCH_HANDED_OVER and expires_at is not None:
-        return expires_at + timedelta(seconds=timeouts.expiry_grace_seconds)
+        return expires_at + timedelta(seconds=limits.expiry_grace_seconds)
     if status is JobStatus.CANCELLING:
-        return now + timedelta(seconds=timeouts.cancel_seconds)
+        return now + timedelta(seconds=limits.cancel_seconds)
     return None
 
 
@@ -159,30 +160,32 @@ def _release(job: Job, now: datetime, reason: str) -> list[Event]:
 
 
 def decide(
-    job: Job, event: Event | DeadlinePassed, now: datetime, timeouts: Timeouts = DEFAULT_TIMEOUTS
+    job: Job, event: Event | DeadlinePassed, now: datetime, limits: Limits = DEFAULT_LIMITS
 ) -> Decision | None:
     """The decision `event` causes for `job` at `now`, or None when it changes nothing."""
-    decision = _decide(job, event, now, timeouts)
+    decision = _decide(job, event, now, limits)
     if decision is not None and decision.status is not None:
         expires_at = decision.fields.get("expires_at") or job.expires_at
-        decision.fields["deadline_at"] = _deadline(decision.status, now, expires_at, timeouts)
+        decision.fields["deadline_at"] = _deadline(decision.status, now, expires_at, limits)
     return decision
 
 
 def _decide(
-    job: Job, event: Event | DeadlinePassed, now: datetime, timeouts: Timeouts
+    job: Job, event: Event | DeadlinePassed, now: datetime, limits: Limits
 ) -> Decision | None:
     match event:
         case DeadlinePassed():
             return _on_deadline(job, now)
         case JobQueued():
-            return _on_queued(job, now, timeouts.provisioning_seconds)
+            return _on_queued(job, now, limits.provisioning_seconds)
         case JobCancelRequested():
             return _on_cancel_requested(job, now)
         case ProvisionRunning():
             return _on_provision_running(job, event, now)
         case ProvisionFailed():
             return _on_provision_failed(job, event, now)
+        case ProvisionLost():
+            return _on_provision_lost(job, event, now, limits)
         case ProvisionReleased():
             return _on_provision_released(job, event, now)
         case BatchStatusReported():
@@ -242,8 +245,9 @@ def _on_provision_running(job: Job, event: ProvisionRunning, now: datetime) -> D
         owner=job.created_by,
         target=event.endpoint,
         engine=policy.engine_spec(job.template_spec, job.serving_name),
-        # The completion window counts from when the batch is accepted, as AIBrix does.
-        expires_at=now + timedelta(seconds=job.completion_window_seconds),
+        # The completion window counts from when the batch is accepted, as AIBrix does; a
+        # batch moved to a replacement machine keeps its original window.
+        expires_at=job.expires_at or now + timedelta(seconds=job.completion_window_seconds),
         occurred_at=now,
     )
     return _move(
@@ -358,3 +362,46 @@ def _on_deadline(job: Job, now: datetime) -> Decision | None:
             events=_release(job, now, "job cancelled"),
         )
     return None
+
+
+def _on_provision_lost(
+    job: Job, event: ProvisionLost, now: datetime, limits: Limits
+) -> Decision | None:
+    """The machine vanished: lease another and resume the batch there, a bounded number of times."""
+    if event.provision_id != job.provision_id or is_terminal(job.status):
+        return None
+    release = _release(job, now, "machine lost")
+    if job.status is JobStatus.CANCELLING:
+        return _move(job, JobStatus.CANCELLED, now, "cancelled; machine lost", events=release)
+    attempt = policy.provision_attempt(event.provision_id) + 1
+    if attempt > limits.max_provision_attempts:
+        message = (
+            f"machine_lost: {limits.max_provision_attempts} machines were lost ({event.reason})"
+        )
+        stop: list[Event] = []
+        if job.batch_handed_over:
+            stop.append(BatchCancelRequested(batch_id=job.batch_id, job_id=job.id, occurred_at=now))
+        return _move(
+            job,
+            JobStatus.FAILED,
+            now,
+            message,
+            fields={"error_code": "machine_lost", "error_message": message},
+            events=[*stop, *release],
+        )
+    provision_id = policy.provision_id_for(job.id, attempt)
+    request = ProvisionRequested(
+        provision_id=provision_id,
+        job_id=job.id,
+        resource=policy.resource_request(job.template_spec, job.replicas, job.provider),
+        deadline_at=now + timedelta(seconds=limits.provisioning_seconds),
+        occurred_at=now,
+    )
+    return _move(
+        job,
+        JobStatus.RESOURCE_PREPARING,
+        now,
+        f"machine lost ({event.reason}); provisioning attempt {attempt}",
+        fields={"provision_id": provision_id},
+        events=[*release, request],
+    )

@@ -53,8 +53,13 @@ def provision_id_for(job_id: str, attempt: int = 1) -> str:
     return f"prov_{job_id.removeprefix('job_')}_{attempt}"
 
 
-class Timeouts(msgspec.Struct, frozen=True, kw_only=True):
-    """Every wait the planner watches ends by one of these (DESIGN rule 4)."""
+def provision_attempt(provision_id: str) -> int:
+    """The attempt number `provision_id_for` put in the id."""
+    return int(provision_id.rsplit("_", 1)[1])
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """Bounds on the planner's waits (DESIGN rule 4) and retries."""
 
     # The resource-manager fails a provision at its deadline; the planner's own deadline
     # adds a grace period and only fires when the resource-manager never answered.
@@ -64,3 +69,5 @@ class Timeouts(msgspec.Struct, frozen=True, kw_only=True):
     expiry_grace_seconds: float = 120.0
     # A cancel the agent or resource-manager never confirmed.
     cancel_seconds: float = 300.0
+    # Machines a job may use in all: a lost machine is replaced until this many were tried.
+    max_provision_attempts: int = 3

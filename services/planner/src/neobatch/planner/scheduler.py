@@ -17,7 +17,7 @@ from neobatch.common.errors import NotFound
 from neobatch.common.logs import log_fields
 from neobatch.planner import jobs
 from neobatch.planner.jobs import DeadlinePassed
-from neobatch.planner.policy import Timeouts
+from neobatch.planner.policy import Limits
 from neobatch.planner.store import JobStore, NoSlotFree
 
 log = logging.getLogger("neobatch.planner")
@@ -34,12 +34,12 @@ class LostRace(RuntimeError):
 
 class Planner:
     def __init__(
-        self, store: JobStore, clock: Clock, notify_outbox: Callable[[], None], timeouts: Timeouts
+        self, store: JobStore, clock: Clock, notify_outbox: Callable[[], None], limits: Limits
     ) -> None:
         self._store = store
         self._clock = clock
         self._notify = notify_outbox
-        self._timeouts = timeouts
+        self._limits = limits
         self._slot_freed = asyncio.Event()
 
     async def apply(self, job_id: str, event: Event | DeadlinePassed) -> bool:
@@ -54,7 +54,7 @@ class Planner:
                 )
                 return True
             now = self._clock.now()
-            decision = jobs.decide(job, event, now, self._timeouts)
+            decision = jobs.decide(job, event, now, self._limits)
             if decision is None:
                 return True
             try:

@@ -35,7 +35,7 @@ from neobatch.runtime_agent.engine import EngineClient, EngineNotReady
 from neobatch.runtime_agent.engine_session import EngineSession
 from neobatch.runtime_agent.lease_watch import BatchWatch, Interrupted
 from neobatch.runtime_agent.output_files import write_result_files
-from neobatch.runtime_agent.remote import RemoteError
+from neobatch.runtime_agent.remote import HostUnreachable, RemoteError
 from neobatch.runtime_agent.settings import AgentSettings
 from neobatch.runtime_agent.store import BatchStore
 
@@ -47,7 +47,11 @@ EXPIRED_MESSAGE = "This request could not be executed before the completion wind
 
 
 class RemoteLost(Exception):
-    """The SSH connection dropped mid-dispatch: end this attempt, resume it later."""
+    """The machine cannot be reached mid-batch: end this attempt, resume it later.
+
+    Not a crash: the planner re-provisions a lost machine and sends the batch its new
+    target, and the completion window bounds the wait.
+    """
 
 
 class BatchRun:
@@ -72,6 +76,9 @@ class BatchRun:
             batch, store=store, settings=settings, client_key=client_key, owner=owner, watch=watch
         )
         self.tally = Tally(batch.request_counts.total)
+        # Validated by an earlier run: the machine was reached before, so failing to reach it
+        # now means it was lost, not that the batch cannot start.
+        self.resumed = batch.status is S.IN_PROGRESS
         self._ids = {"batch_id": batch.id, "job_id": batch.job_id}
         self.dispatch_seconds = 0.0
 
@@ -143,6 +150,11 @@ class BatchRun:
                 client = await self._session.start()
             except Interrupted:
                 client = None
+            except HostUnreachable as exc:
+                if self.resumed:
+                    raise RemoteLost(exc.message) from exc
+                await self._end(S.FAILED, code=exc.code, message=exc.message, stop_engine=False)
+                return
             except (RemoteError, EngineNotReady) as exc:
                 # Stop only what may have been launched: no connection means nothing started.
                 launched = self._session.connected

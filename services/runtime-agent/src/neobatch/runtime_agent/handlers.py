@@ -40,6 +40,12 @@ class BatchHandlers:
             batch_id=event.batch_id, job_id=event.job_id, status=BatchStatus.VALIDATING
         )
         inserted = await self._store.insert_batch(doc, accepted)
+        if not inserted and await self._store.retarget(doc):
+            # The planner replaced a lost machine: resume on the new one from the checkpoints.
+            log.info(
+                "batch moved to a new machine",
+                extra=log_fields(batch_id=event.batch_id, provision_id=event.provision_id),
+            )
         log.info(
             "batch accepted" if inserted else "batch already accepted",
             extra=log_fields(batch_id=event.batch_id, job_id=event.job_id),

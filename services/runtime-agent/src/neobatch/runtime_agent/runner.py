@@ -17,7 +17,7 @@ import asyncssh
 
 from neobatch.common.ids import new_id
 from neobatch.common.logs import log_fields
-from neobatch.runtime_agent.batch_run import BatchRun
+from neobatch.runtime_agent.batch_run import BatchRun, RemoteLost
 from neobatch.runtime_agent.batches import Batch
 from neobatch.runtime_agent.lease_watch import BatchWatch
 from neobatch.runtime_agent.settings import AgentSettings
@@ -27,6 +27,8 @@ log = logging.getLogger("neobatch.runtime_agent.runner")
 
 MAX_CRASHES = 5
 MAX_CRASH_PAUSE_SECONDS = 60.0
+# How long a batch whose machine is unreachable waits before the next attempt.
+REMOTE_LOST_PAUSE_SECONDS = 5.0
 
 
 def agent_owner_id() -> str:
@@ -128,6 +130,12 @@ class Runner:
             with contextlib.suppress(Exception):
                 await self._store.release_lease(batch.id, self.owner)
             raise
+        except RemoteLost as exc:
+            log.warning(
+                "machine unreachable; will resume", extra=log_fields(**fields, error=str(exc))
+            )
+            with contextlib.suppress(Exception):
+                await self._store.hold_back(batch.id, self.owner, REMOTE_LOST_PAUSE_SECONDS)
         except Exception as exc:
             pause = min(MAX_CRASH_PAUSE_SECONDS, 5.0 * 2**batch.crash_count)
             log.warning(

@@ -130,6 +130,35 @@ class BatchStore:
             {"$inc": {"crash_count": 1}, "$set": {"lease_owner": None, "lease_until": until}},
         )
 
+    async def hold_back(self, batch_id: str, owner: str, seconds: float) -> None:
+        """Let the lease go, dated `seconds` ahead, without counting a crash."""
+        until = self.clock.now() + timedelta(seconds=seconds)
+        await self.batches.update_one(
+            {"_id": batch_id, "lease_owner": owner},
+            {"$set": {"lease_owner": None, "lease_until": until}},
+        )
+
+    async def retarget(self, event_doc: Document) -> bool:
+        """Point a live batch at the machine that replaced a lost one; False if nothing changed."""
+        result = await self.batches.update_one(
+            {
+                "_id": event_doc["_id"],
+                "status": {"$nin": _TERMINAL},
+                "provision_id": {"$ne": event_doc["provision_id"]},
+            },
+            {
+                "$set": {
+                    "provision_id": event_doc["provision_id"],
+                    "target": event_doc["target"],
+                    "host_public_key": event_doc.get("host_public_key"),
+                    "crash_count": 0,
+                    "lease_until": None,
+                },
+                "$inc": {"version": 1},
+            },
+        )
+        return result.modified_count == 1
+
     async def cancel_requested(self, batch_id: str) -> bool:
         doc = await self.batches.find_one({"_id": batch_id}, {"cancel_requested_at": 1})
         return bool(doc and doc.get("cancel_requested_at"))
