@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from neobatch.sim.devstack_clouds import SIM_MODULES, SimSpec, cloud_sims
 from neobatch.sim.servers import (
     LOOPBACK,
     ManagedProcess,
@@ -47,7 +48,7 @@ from neobatch.sim.servers import (
 
 DEV_API_KEY = "nb-dev-local-key"
 STACK_MARKER_ENV = "NEOBATCH_STACK_DIR"
-SUPPORTED_PROVISIONERS = ("ssh",)
+SUPPORTED_PROVISIONERS = ("ssh", "runpod", "lambdaCloud")
 
 NATS = "nats"
 MONGO = "mongo"
@@ -61,7 +62,7 @@ SERVICE_MODULES: dict[str, str] = {
 }
 SERVICES: tuple[str, ...] = tuple(SERVICE_MODULES)
 # Start order; stopping goes the other way so services never outlive their dependencies.
-ALL_COMPONENTS: tuple[str, ...] = (NATS, MONGO, SSH_HOST, *SERVICES)
+ALL_COMPONENTS: tuple[str, ...] = (NATS, MONGO, SSH_HOST, *SIM_MODULES, *SERVICES)
 
 DEFAULT_START_TIMEOUT = 60.0
 DEFAULT_STOP_TIMEOUT = 10.0
@@ -284,6 +285,7 @@ def _looks_like(name: str, pid: int) -> bool:
     if name == MONGO:
         return "secantus" in argv
     module = SSH_HOST_MODULE if name == SSH_HOST else SERVICE_MODULES.get(name)
+    module = module or SIM_MODULES.get(name)
     return module is not None and module in argv
 
 
@@ -649,6 +651,13 @@ def start_stack(
     nats_url = nats_url or f"nats://{LOOPBACK}:{ports.nats}"
     mongo_url = mongo_url or f"mongodb://{LOOPBACK}:{ports.mongo}"
     env = service_env(layout, ports, nats_url, mongo_url, extra_env)
+    # Cloud providers named in PROVISIONER run against their simulators (devstack_clouds).
+    ensure_ssh_keys(layout)
+    sim_specs, cloud_env = cloud_sims(env, layout.root, layout.client_public_key)
+    env = {**env, **cloud_env, **(extra_env or {})}
+    sims = {spec.name: spec for spec in sim_specs}
+    after_ssh = components.index(SSH_HOST) + 1
+    components[after_ssh:after_ssh] = list(sims)
     stack = Stack(run_dir=layout.root, ports=ports, env=env)
 
     adopted = _adopt(layout, components, ports) if adopt_running else {}
@@ -665,7 +674,7 @@ def start_stack(
                 report(f"{name}: already running (pid {adopted[name].pid})")
                 continue
             current = name
-            handle = _start_component(name, layout, ports, env, timeout_seconds)
+            handle = _start_component(name, layout, ports, env, timeout_seconds, sims)
             stack.processes[name] = handle
             started.append(name)
             _atomic_write(layout.pid_file(name), f"{handle.pid}\n")
@@ -749,9 +758,25 @@ def _check_ports_free(ports: Ports, components: Sequence[str]) -> None:
 
 
 def _start_component(
-    name: str, layout: RunLayout, ports: Ports, env: Mapping[str, str], timeout_seconds: float
+    name: str,
+    layout: RunLayout,
+    ports: Ports,
+    env: Mapping[str, str],
+    timeout_seconds: float,
+    sims: Mapping[str, SimSpec] | None = None,
 ) -> ManagedProcess:
     log_path = layout.log_file(name)
+    if sims and name in sims:
+        spec = sims[name]
+        # Like the SSH host: the marker (engines on its machines inherit it), never service secrets.
+        sim_env = {STACK_MARKER_ENV: env[STACK_MARKER_ENV], "PYTHONUNBUFFERED": "1", **spec.env}
+        process = start_python_module(spec.module, spec.args, env=sim_env, log_path=log_path)
+        try:
+            wait_port(LOOPBACK, spec.port, timeout_seconds, process=process)
+        except BaseException:
+            process.stop()
+            raise
+        return process
     if name == NATS:
         return start_nats(ports.nats, layout.nats_store, log_path, timeout_seconds)
     if name == MONGO:
@@ -866,10 +891,11 @@ def format_status(rows: Sequence[StatusRow], console_url: str, api_key: str = DE
 
 def _cmd_up(args: argparse.Namespace) -> int:
     provisioner = os.environ.get("PROVISIONER", "").strip() or "ssh"
-    if provisioner not in SUPPORTED_PROVISIONERS:
+    unknown = [p for p in provisioner.split(",") if p.strip() not in SUPPORTED_PROVISIONERS]
+    if unknown:
         print(
-            f"devstack: PROVISIONER={provisioner!r} is not supported by the local stack yet; "
-            f"only {' and '.join(SUPPORTED_PROVISIONERS)} (a loopback SSH host) is implemented",
+            f"devstack: PROVISIONER={provisioner!r} is not supported by the local stack; "
+            f"choose from {', '.join(SUPPORTED_PROVISIONERS)} (or an ordered list of them)",
             file=sys.stderr,
         )
         return 2
@@ -879,6 +905,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         stack = start_stack(
             layout.root,
             ports,
+            {"PROVISIONER": provisioner},
             timeout_seconds=args.timeout,
             adopt_running=True,
             report=lambda message: print(f"devstack: {message}", flush=True),

@@ -1,0 +1,150 @@
+"""End to end on each cloud simulator: the whole stack (four service processes) with
+PROVISIONER=runpod or lambdaCloud, the provider's simulator as its own process, and the
+runtime-agent launching the engine simulator over SSH on the simulated machine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pymongo import MongoClient
+
+from neobatch.sim.demo import Demo, template_body
+from neobatch.sim.devstack import Ports, Stack, start_stack
+from neobatch.sim.sample_batch import write_sample_batch
+from neobatch.sim.servers import free_port
+
+TERMINAL = {"completed", "failed", "expired", "cancelled", "resource_failed", "submit_failed"}
+REQUESTS = 20
+CHEAPEST = {
+    "runpod": ("NVIDIA H100 PCIe", "EU-RO-1"),
+    "lambdaCloud": ("gpu_1x_h100_pcie", "us-east-1"),
+}
+
+
+class CloudStack:
+    def __init__(self, stack: Stack, provider: str, sim_port: int) -> None:
+        self.stack = stack
+        self.provider = provider
+        self.admin = f"http://127.0.0.1:{sim_port}/_sim"
+        self.http = httpx.Client(
+            base_url=stack.console_url,
+            headers={"Authorization": f"Bearer {stack.api_key}"},
+            timeout=30,
+        )
+        self.demo = Demo(self.http, stack.console_url, stack.api_key, out=lambda _line: None)
+        self.model_id = self.demo.ensure_model()
+        template = template_body(self.model_id, free_port())
+        template["name"] = "cloud-template"
+        created = self.http.post(
+            f"/api/v1/models/{self.model_id}/deployment-templates", json=template
+        )
+        assert created.status_code == 200, created.text
+
+    def sim_state(self) -> dict[str, Any]:
+        return httpx.get(f"{self.admin}/state", timeout=10).json()
+
+    def faults(self, **switches: Any) -> None:
+        httpx.post(f"{self.admin}/faults", json=switches, timeout=10).raise_for_status()
+
+    def submit(self, tmp_path: Path) -> str:
+        batch = tmp_path / "input.jsonl"
+        write_sample_batch(batch, REQUESTS, model="sim-chat-1b")
+        job = self.http.post(
+            "/api/v1/jobs",
+            json={
+                "input_dataset": self.demo.upload(batch),
+                "endpoint": "/v1/chat/completions",
+                "model_id": self.model_id,
+                "model_template_name": "cloud-template",
+            },
+        ).json()
+        return str(job["id"])
+
+    def wait_settled(self, job_id: str, timeout_seconds: float = 120) -> dict[str, Any]:
+        """Terminal job, its provision released, and no machine left at the simulator."""
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            job = self.http.get(f"/api/v1/jobs/{job_id}").json()
+            released = (job.get("provision") or {}).get("status") == "released"
+            if job["status"] in TERMINAL and released and not self.sim_state()["machines"]:
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} did not settle: {job} {self.sim_state()}")
+            time.sleep(0.2)
+
+    def provision_doc(self, job_id: str) -> dict[str, Any]:
+        with MongoClient(self.stack.mongo_url) as client:
+            doc = client[self.stack.env["NEOBATCH_DB"]].provisions.find_one({"job_id": job_id})
+        assert doc is not None
+        return doc
+
+
+@pytest.fixture(scope="module", params=["runpod", "lambdaCloud"])
+def cloud(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CloudStack]:
+    provider = str(request.param)
+    sim_port = free_port()
+    env = {
+        "NEOBATCH_DB": f"e2e_{provider.lower()}",
+        "PROVISIONER": provider,
+        "NEOBATCH_SIM_TIME_FACTOR": "0.01",
+        "NEOBATCH_RECONCILE_SECONDS": "1",
+        "NEOBATCH_RUNPOD_SIM_PORT": str(sim_port),
+        "NEOBATCH_LAMBDA_SIM_PORT": str(sim_port),
+        "NEOBATCH_LAMBDA_SSH_PORT": str(free_port()),
+    }
+    stack = start_stack(tmp_path_factory.mktemp(f"stack-{provider}"), Ports.free(), env)
+    try:
+        yield CloudStack(stack, provider, sim_port)
+    finally:
+        stack.stop()
+
+
+def test_job_completes_and_its_machine_is_released(cloud: CloudStack, tmp_path: Path) -> None:
+    job_id = cloud.submit(tmp_path)
+    job = cloud.wait_settled(job_id)
+    assert job["status"] == "completed", job.get("error_message")
+    assert job["request_counts"]["completed"] == REQUESTS
+    doc = cloud.provision_doc(job_id)
+    assert doc["provider"] == cloud.provider
+    assert doc["status"] == "released"
+
+
+def test_first_offer_without_capacity_completes_on_the_second(
+    cloud: CloudStack, tmp_path: Path
+) -> None:
+    gpu, region = CHEAPEST[cloud.provider]
+    cloud.faults(refuse_launch=[f"{gpu}@{region}"])
+    try:
+        job_id = cloud.submit(tmp_path)
+        job = cloud.wait_settled(job_id)
+    finally:
+        cloud.faults(refuse_launch=[])
+    assert job["status"] == "completed", job.get("error_message")
+    doc = cloud.provision_doc(job_id)
+    assert [a["offer"] for a in doc["attempts"]] == [f"{cloud.provider}:{gpu}@{region}"]
+    assert doc["offer"]["region"] != region
+
+
+def test_no_capacity_anywhere_is_resource_failed_listing_attempts(
+    cloud: CloudStack, tmp_path: Path
+) -> None:
+    cloud.faults(refuse_launch=["*"])
+    try:
+        job_id = cloud.submit(tmp_path)
+        job = cloud.wait_settled(job_id)
+    finally:
+        cloud.faults(refuse_launch=[])
+    assert job["status"] == "resource_failed"
+    doc = cloud.provision_doc(job_id)
+    assert len(doc["attempts"]) >= 2
+    for attempt in doc["attempts"]:
+        assert attempt["offer"] in job["error_message"]
+    assert cloud.sim_state()["machines"] == []
