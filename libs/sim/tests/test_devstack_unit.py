@@ -157,13 +157,13 @@ def test_cli_status_output(tmp_path: Path) -> None:
     ]
 
 
-def test_up_refuses_other_provisioners(
+def test_up_refuses_unknown_provisioners(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("NEOBATCH_RUN_DIR", str(tmp_path))
-    monkeypatch.setenv("PROVISIONER", "runpod")
+    monkeypatch.setenv("PROVISIONER", "runpod,kubernetes")
     assert devstack.main(["up"]) != 0
-    assert "PROVISIONER='runpod' is not supported" in capsys.readouterr().err
+    assert "PROVISIONER='runpod,kubernetes' is not supported" in capsys.readouterr().err
     assert not (tmp_path / "pids").exists()
 
 
