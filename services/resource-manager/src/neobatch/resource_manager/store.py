@@ -93,7 +93,8 @@ class ProvisionStore:
                     "request": msgspec.to_builtins(request),
                     "provider_resource_id": None,
                     "deadline_at": deadline_at,
-                    "next_attempt_at": None,
+                    # Always a date while active: the claim query then needs no `$or`.
+                    "next_attempt_at": now,
                     "created_at": now,
                     "updated_at": now,
                     "lease_owner": None,
@@ -109,7 +110,7 @@ class ProvisionStore:
             self._provisions,
             {
                 "status": {"$in": [s.value for s in ACTIVE]},
-                "$and": [{"$or": [{"next_attempt_at": None}, {"next_attempt_at": {"$lte": now}}]}],
+                "next_attempt_at": {"$lte": now},
             },
             owner,
             now,
@@ -168,7 +169,7 @@ class ProvisionStore:
             "release_reason": reason,
             "releasing_at": now,
             "updated_at": now,
-            "next_attempt_at": None,
+            "next_attempt_at": now,
         }
         expected = {"status": {"$in": [s.value for s in RELEASABLE]}, "version": provision.version}
         return await self._save(provision.id, expected, fields, [], now)
