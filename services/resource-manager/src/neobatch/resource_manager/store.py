@@ -17,7 +17,7 @@ from neobatch.common.leases import claim_one
 from neobatch.common.mongo import ensure_indexes, transact
 from neobatch.common.outbox import append_events
 from neobatch.common.subjects import Namespace
-from neobatch.common.transitions import compare_and_set
+from neobatch.common.transitions import compare_and_set_with_events
 from neobatch.resource_manager.offers import Offer
 from neobatch.resource_manager.provisions import ACTIVE, RELEASABLE, Provision, Step
 
@@ -211,15 +211,16 @@ class ProvisionStore:
         events: Sequence[Event],
         now: datetime,
     ) -> bool:
-        async def work(session: AsyncClientSession) -> bool:
-            won = await compare_and_set(
-                self._provisions, provision_id, expected, {"$set": fields}, session=session
-            )
-            if won:
-                await append_events(self._db, self._ns, events, session, now)
-            return won
-
-        return await transact(self._client, work)
+        return await compare_and_set_with_events(
+            self._client,
+            self._provisions,
+            provision_id,
+            expected,
+            {"$set": fields},
+            events=events,
+            ns=self._ns,
+            now=now,
+        )
 
     async def live_provisions(self) -> list[Provision]:
         cursor = self._provisions.find({"status": {"$in": [s.value for s in LIVE]}})

@@ -26,7 +26,7 @@ from neobatch.common.mongo import ensure_indexes, transact
 from neobatch.common.outbox import append_events
 from neobatch.common.runtime import ServiceRuntime
 from neobatch.common.subjects import Namespace
-from neobatch.common.transitions import compare_and_set
+from neobatch.common.transitions import compare_and_set_with_events
 from neobatch.runtime_agent.batches import (
     TIMESTAMP_FIELD,
     Batch,
@@ -184,15 +184,16 @@ class BatchStore:
         update: Document,
         events: Sequence[Event],
     ) -> bool:
-        now = self.clock.now()
-
-        async def work(session: AsyncClientSession) -> bool:
-            won = await compare_and_set(self.batches, batch_id, expected, update, session=session)
-            if won:
-                await append_events(self.db, self._ns, events, session, now)
-            return won
-
-        won = await transact(self._mongo, work)
+        won = await compare_and_set_with_events(
+            self._mongo,
+            self.batches,
+            batch_id,
+            expected,
+            update,
+            events=events,
+            ns=self._ns,
+            now=self.clock.now(),
+        )
         if won and events:
             self._notify()
         return won
