@@ -148,3 +148,18 @@ def test_no_capacity_anywhere_is_resource_failed_listing_attempts(
     for attempt in doc["attempts"]:
         assert attempt["offer"] in job["error_message"]
     assert cloud.sim_state()["machines"] == []
+
+
+def test_catalog_serves_the_providers_live_offers(cloud: CloudStack) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        body = cloud.http.get("/api/v1/catalog", params={"family": "h100"}).json()
+        if body["data"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    offers = body["data"]
+    assert offers, body
+    assert {o["provider"] for o in offers} == {cloud.provider}
+    assert all(o["family"] == "H100" for o in offers)
+    prices = [o["price_per_hour"] for o in offers]
+    assert prices == sorted(prices) and prices[0] > 0

@@ -17,8 +17,9 @@ from neobatch.console.deps import DEPENDENCIES
 from neobatch.console.errors import EXCEPTION_HANDLERS
 from neobatch.console.ratelimit import RateLimiter
 from neobatch.console.routes.batches import BatchController
+from neobatch.console.routes.catalog import list_catalog
 from neobatch.console.routes.files import FileController, OpenAIFileController, file_router
-from neobatch.console.routes.health import healthz, readyz
+from neobatch.console.routes.health import healthz, metrics, readyz
 from neobatch.console.routes.jobs import JobController, job_capabilities
 from neobatch.console.routes.models import ModelController
 from neobatch.console.settings import DEV_PROJECT, ConsoleSettings
@@ -58,6 +59,7 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
             ModelController,
             JobController,
             job_capabilities,
+            list_catalog,
             file_router(FileController, settings.max_upload_bytes),
         ],
     )
@@ -72,7 +74,7 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
         ],
     )
     return Litestar(
-        route_handlers=[healthz, readyz, aibrix, openai],
+        route_handlers=[healthz, readyz, metrics, aibrix, openai],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
