@@ -24,6 +24,7 @@ from nats.js.errors import BadRequestError
 
 from neobatch.common.contracts import Event
 from neobatch.common.logs import log_fields
+from neobatch.common.metrics import EVENTS_HANDLED, HANDLER_RETRIES
 from neobatch.common.subjects import (
     ACK_WAIT_SECONDS,
     DUPLICATE_WINDOW_SECONDS,
@@ -40,8 +41,9 @@ Handler = Callable[[E], Awaitable[None]]
 STREAM_MAX_AGE_SECONDS = 7 * 24 * 3600
 
 
-def stream_config(ns: Namespace) -> StreamConfig:
+def stream_config(ns: Namespace, replicas: int = 1) -> StreamConfig:
     return StreamConfig(
+        num_replicas=replicas,
         name=ns.stream_name,
         subjects=ns.stream_subjects,
         storage=StorageType.FILE,
@@ -50,17 +52,20 @@ def stream_config(ns: Namespace) -> StreamConfig:
     )
 
 
-async def ensure_stream(nc: nats.NATS, ns: Namespace) -> None:
-    """Create or update the event stream; every service calls this at start."""
+async def ensure_stream(nc: nats.NATS, ns: Namespace, replicas: int = 1) -> None:
+    """Create or update the event stream; every service calls this at start.
+
+    `replicas` (NEOBATCH_STREAM_REPLICAS) is 3 on a 3-node JetStream cluster, 1 on one server.
+    """
     js = nc.jetstream()
-    config = stream_config(ns)
+    config = stream_config(ns, replicas)
     try:
         await js.add_stream(config)
     except BadRequestError:
         await js.update_stream(config)
 
 
-def create_broker(nats_url: str, **kwargs: Any) -> NatsBroker:
+def create_broker(nats_url: str | list[str], **kwargs: Any) -> NatsBroker:
     return NatsBroker(
         nats_url,
         serializer=MsgSpecSerializer(),
@@ -87,12 +92,17 @@ def subscribe(
     is redelivered after `retry_delay_seconds(attempt)`, at most `max_deliver` times.
     """
 
+    handled = EVENTS_HANDLED.labels(service=service, subject=event_type.subject)
+    retried = HANDLER_RETRIES.labels(service=service, subject=event_type.subject)
+
     async def consume(event: Any, msg: NatsMessage) -> None:
         try:
             await handler(event)
+            handled.inc()
         except (AckMessage, NackMessage, RejectMessage):
             raise
         except Exception as exc:
+            retried.inc()
             attempt = msg.raw_message.metadata.num_delivered or 1
             delay = retry_delay_seconds(attempt)
             log.warning(

@@ -29,8 +29,9 @@ def dead_letter_subject(original_subject: str) -> str:
     return f"dlq.{original_subject}"
 
 
-async def ensure_dead_letter_stream(nc: nats.NATS, ns: Namespace) -> None:
+async def ensure_dead_letter_stream(nc: nats.NATS, ns: Namespace, replicas: int = 1) -> None:
     config = StreamConfig(
+        num_replicas=replicas,
         name=ns.dead_letter_stream_name,
         subjects=[f"dlq.{ns.prefix}.>"],
         storage=StorageType.FILE,
@@ -44,9 +45,11 @@ async def ensure_dead_letter_stream(nc: nats.NATS, ns: Namespace) -> None:
         await js.update_stream(config)
 
 
-async def forward_dead_letters(nc: nats.NATS, ns: Namespace, service: str) -> Subscription:
+async def forward_dead_letters(
+    nc: nats.NATS, ns: Namespace, service: str, replicas: int = 1
+) -> Subscription:
     """Start forwarding exhausted messages of `service`'s consumers; returns the subscription."""
-    await ensure_dead_letter_stream(nc, ns)
+    await ensure_dead_letter_stream(nc, ns, replicas)
     js = nc.jetstream()
 
     async def on_advisory(msg: Msg) -> None:

@@ -15,16 +15,20 @@ from typing import Any
 
 import nats
 from faststream.nats import NatsBroker
+from prometheus_client import CollectorRegistry, generate_latest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from neobatch.common.broker import create_broker, ensure_stream
 from neobatch.common.clock import Clock, SystemClock
 from neobatch.common.deadletter import forward_dead_letters
+from neobatch.common.health import HealthServer
 from neobatch.common.logs import log_fields
+from neobatch.common.metrics import new_registry
 from neobatch.common.mongo import create_mongo_client, ensure_indexes
 from neobatch.common.outbox import OUTBOX, OUTBOX_INDEXES, OutboxRelay
-from neobatch.common.settings import CommonSettings
+from neobatch.common.settings import CommonSettings, nats_servers
+from neobatch.common.state_metrics import StateCollector
 from neobatch.common.subjects import Namespace
 
 log = logging.getLogger("neobatch.runtime")
@@ -40,13 +44,30 @@ class ServiceRuntime:
         self.ns = Namespace(settings.namespace)
         self.mongo: AsyncMongoClient[dict[str, Any]] = create_mongo_client(settings.mongo_url)
         self.db: AsyncDatabase[dict[str, Any]] = self.mongo.get_database(settings.db_name)
-        self.broker: NatsBroker = create_broker(settings.nats_url)
+        self.broker: NatsBroker = create_broker(nats_servers(settings.nats_url))
         self.relay: OutboxRelay | None = None
         self._loops: list[tuple[str, Loop]] = []
         self._startup: list[Loop] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._nc: nats.NATS | None = None
         self._stop = asyncio.Event()
+        self._started = False
+        # Prometheus registry of this runtime: process counters and cluster-state gauges; a
+        # service may register collectors of its own (`runtime.metrics.register(...)`).
+        self.metrics: CollectorRegistry = new_registry()
+        self._state = StateCollector(
+            self.db,
+            lambda: self._nc,
+            self.ns,
+            self.clock,
+            cache_seconds=settings.metrics_cache_seconds,
+        )
+        self.metrics.register(self._state)
+        self._health: HealthServer | None = None
+        if settings.health_port:
+            self._health = HealthServer(
+                settings.health_host, settings.health_port, self.readiness, self.render_metrics
+            )
 
     def add_loop(self, name: str, loop: Loop) -> None:
         """A background loop, restarted with a pause if it ever raises."""
@@ -57,23 +78,63 @@ class ServiceRuntime:
         self._startup.append(step)
 
     async def start(self) -> None:
+        if self._health is not None:
+            # First, so liveness answers (and readiness says why not) while connecting.
+            await self._health.start()
         await ensure_indexes(self.db[OUTBOX], OUTBOX_INDEXES)
         for step in self._startup:
             await step()
         self._nc = await nats.connect(
-            self.settings.nats_url,
+            nats_servers(self.settings.nats_url),
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             name=f"{self.service}-relay",
         )
-        await ensure_stream(self._nc, self.ns)
-        await forward_dead_letters(self._nc, self.ns, self.service)
+        replicas = self.settings.stream_replicas
+        await ensure_stream(self._nc, self.ns, replicas)
+        await forward_dead_letters(self._nc, self.ns, self.service, replicas)
         self.relay = OutboxRelay(self.db, self._nc, clock=self.clock)
         self.add_loop("outbox-relay", self.relay.run)
         await self.broker.start()
         for name, loop in self._loops:
             self._tasks.append(asyncio.create_task(self._supervise(name, loop), name=name))
+        self._started = True
         log.info("service started", extra=log_fields(service=self.service))
+
+    async def readiness(self) -> dict[str, bool]:
+        """What /readyz reports: every value must be True for the service to take work."""
+        return {
+            "started": self._started,
+            "nats": self._nats_connected(),
+            "mongo": await self._mongo_ok(),
+            "consumers": self._started and self._consumers_bound(),
+        }
+
+    def _nats_connected(self) -> bool:
+        if self._nc is None or not self._nc.is_connected:
+            return False
+        try:
+            return bool(self.broker.connection.is_connected)
+        except Exception:
+            return False
+
+    async def _mongo_ok(self) -> bool:
+        try:
+            await asyncio.wait_for(self.db.command("ping"), timeout=2.0)
+        except Exception:
+            return False
+        return True
+
+    def _consumers_bound(self) -> bool:
+        return all(
+            sub.running and getattr(sub, "subscription", True) is not None
+            for sub in self.broker.subscribers
+        )
+
+    async def render_metrics(self) -> bytes:
+        """The Prometheus text exposition of this runtime's registry (state read if stale)."""
+        await self._state.refresh()
+        return generate_latest(self.metrics)
 
     def notify_outbox(self) -> None:
         if self.relay is not None:
@@ -91,6 +152,7 @@ class ServiceRuntime:
                 await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
+        self._started = False
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -102,6 +164,8 @@ class ServiceRuntime:
             with contextlib.suppress(Exception):
                 await self._nc.close()
         await self.mongo.close()
+        if self._health is not None:
+            await self._health.stop()
         log.info("service stopped", extra=log_fields(service=self.service))
 
     def request_stop(self) -> None:

@@ -21,8 +21,18 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     # Subject prefix and stream name: lets several stacks share one nats-server (tests).
     namespace: str = "neobatch"
     log_level: str = "INFO"
-    # Host/port of the small /healthz HTTP endpoint non-HTTP services expose (0 = disabled).
+    # JetStream stream replicas: 3 on a 3-node cluster (deploy/), 1 on a single nats-server.
+    stream_replicas: int = 1
+    # Where non-HTTP services serve /healthz, /readyz and /metrics (port 0 = not served).
+    health_host: str = "127.0.0.1"
     health_port: int = 0
+    # How long a /metrics scrape reuses the state read from MongoDB and JetStream.
+    metrics_cache_seconds: float = 2.0
+
+
+def nats_servers(url: str) -> list[str]:
+    """`NATS_URL` may list a cluster's seeds, comma-separated (`nats://a:4222,nats://b:4222`)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
 
 
 def env_str(env: Mapping[str, str], name: str, default: str) -> str:
@@ -61,5 +71,8 @@ def read_common(env: Mapping[str, str] | None = None) -> CommonSettings:
         db_name=env_str(env, "NEOBATCH_DB", "neobatch"),
         namespace=env_str(env, "NEOBATCH_NAMESPACE", "neobatch"),
         log_level=env_str(env, "NEOBATCH_LOG_LEVEL", "INFO").upper(),
+        stream_replicas=env_int(env, "NEOBATCH_STREAM_REPLICAS", 1, minimum=1),
+        health_host=env_str(env, "NEOBATCH_HEALTH_HOST", "127.0.0.1"),
         health_port=env_int(env, "NEOBATCH_HEALTH_PORT", 0, minimum=0),
+        metrics_cache_seconds=env_float(env, "NEOBATCH_METRICS_CACHE_SECONDS", 2.0),
     )

@@ -514,6 +514,12 @@ class Stack:
     def console_url(self) -> str:
         return f"http://{LOOPBACK}:{self.ports.console}"
 
+    def health_url(self, name: str) -> str:
+        """Base URL of a service's /healthz, /readyz and /metrics."""
+        if name == "console":
+            return self.console_url
+        return f"http://{LOOPBACK}:{self.env[health_port_var(name)]}"
+
     @property
     def api_key(self) -> str:
         return self.env["NEOBATCH_API_KEY"]
@@ -609,10 +615,20 @@ def service_env(
         # Log lines reach .run/logs as they happen, not when a buffer fills or the process exits.
         "PYTHONUNBUFFERED": "1",
         STACK_MARKER_ENV: str(layout.root),
+        # /healthz, /readyz and /metrics of the services without an HTTP API (ServiceRuntime).
+        **{health_port_var(name): str(free_port()) for name in HEALTH_SERVICES},
     }
     if extra_env:
         env.update(extra_env)
     return env
+
+
+HEALTH_SERVICES = ("planner", "resource-manager", "runtime-agent")
+
+
+def health_port_var(name: str) -> str:
+    """The stack env entry holding a service's health port; it gets it as NEOBATCH_HEALTH_PORT."""
+    return f"NEOBATCH_{name.upper().replace('-', '_')}_HEALTH_PORT"
 
 
 def start_stack(
@@ -803,6 +819,8 @@ def _start_component(
             process.stop()
             raise
         return process
+    if health_port_var(name) in env:
+        env = {**env, "NEOBATCH_HEALTH_PORT": env[health_port_var(name)]}
     return start_python_module(SERVICE_MODULES[name], (), env=env, log_path=log_path)
 
 

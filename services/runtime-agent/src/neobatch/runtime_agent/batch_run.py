@@ -28,6 +28,7 @@ from neobatch.common.batch_input import (
 from neobatch.common.contracts import BatchStatus, BatchStatusReported, BatchTerminal, Usage
 from neobatch.common.errors import NotFound
 from neobatch.common.logs import log_fields
+from neobatch.common.metrics import timed_dispatch
 from neobatch.runtime_agent.batches import Batch, Step, path_to, plan_outcome, plan_start
 from neobatch.runtime_agent.checkpoints import CheckpointWriter, count_results, finished_indexes
 from neobatch.runtime_agent.dispatch import RequestResult, Tally, dispatch_all
@@ -209,7 +210,7 @@ class BatchRun:
             try:
                 summary = await dispatch_all(
                     self._pending(done),
-                    client.send,
+                    timed_dispatch(client.send),
                     record,
                     concurrency=self._settings.dispatch_concurrency,
                     should_stop=lambda: self.watch.interrupted.is_set() or session.is_closed,

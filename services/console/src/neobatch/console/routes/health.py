@@ -1,12 +1,13 @@
-"""Liveness and readiness; outside /api, so probes need no key."""
+"""Liveness, readiness and Prometheus metrics; outside /api, so probes need no key."""
 
 from __future__ import annotations
 
 from litestar import Response, get
-from litestar.di import NamedDependency
+from litestar.datastructures import State
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from neobatch.common.runtime import ServiceRuntime
 from neobatch.console.errors import error_response
-from neobatch.console.store import ConsoleStore
 
 
 @get("/healthz", sync_to_thread=False)
@@ -15,7 +16,18 @@ def healthz() -> dict[str, str]:
 
 
 @get("/readyz")
-async def readyz(store: NamedDependency[ConsoleStore]) -> Response[object]:
-    if await store.ping():
-        return Response({"status": "ok"})
-    return error_response(503, "unavailable", "MongoDB does not answer a ping")
+async def readyz(state: State) -> Response[object]:
+    """Ready when NATS is connected, MongoDB answers a ping and the relay's consumers run."""
+    runtime: ServiceRuntime = state.runtime
+    checks = await runtime.readiness()
+    if all(checks.values()):
+        return Response({"status": "ok", "checks": checks})
+    failing = ", ".join(name for name, ok in checks.items() if not ok)
+    return error_response(503, "unavailable", f"not ready: {failing}")
+
+
+@get("/metrics", include_in_schema=False)
+async def metrics(state: State) -> Response[bytes]:
+    runtime: ServiceRuntime = state.runtime
+    body = await runtime.render_metrics()
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
