@@ -37,7 +37,15 @@ Loop = Callable[[], Awaitable[None]]
 
 
 class ServiceRuntime:
-    def __init__(self, service: str, settings: CommonSettings, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        service: str,
+        settings: CommonSettings,
+        clock: Clock | None = None,
+        *,
+        health_server: bool = True,
+    ) -> None:
+        """`health_server=False`: the service serves /healthz, /readyz, /metrics itself (console)."""
         self.service = service
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
@@ -64,7 +72,7 @@ class ServiceRuntime:
         )
         self.metrics.register(self._state)
         self._health: HealthServer | None = None
-        if settings.health_port:
+        if health_server and settings.health_port:
             self._health = HealthServer(
                 settings.health_host, settings.health_port, self.readiness, self.render_metrics
             )

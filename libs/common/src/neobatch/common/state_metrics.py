@@ -172,6 +172,7 @@ class StateCollector(Collector):
         live: dict[str, int] = defaultdict(int)
         for (provider, status), n in sorted(snap.provisions.items()):
             provisions.add_metric([provider, status], n)
+            live[provider] += 0  # a provider with provisions shows 0, not nothing
             if status in LIVE_PROVISION_STATUSES:
                 live[provider] += n
         yield provisions

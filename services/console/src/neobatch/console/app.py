@@ -34,7 +34,7 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        runtime = ServiceRuntime(SERVICE, settings.common, clock=clock)
+        runtime = ServiceRuntime(SERVICE, settings.common, clock=clock, health_server=False)
         store = ConsoleStore(runtime.mongo, runtime.db, runtime.ns, runtime.notify_outbox)
         try:
             await store.ensure_indexes()
