@@ -165,3 +165,30 @@ async def test_every_exchange_follows_the_openapi_document(
         if e.method in ("POST", "PUT", "PATCH"):
             assert doc.request_errors(e.method, e.path, e.request) == [], e
         assert doc.response_errors(e.method, e.path, e.status, e.content_type, e.response) == [], e
+
+
+async def test_lambda_launch_rate_limit_is_waited_out(
+    rig: Any, provider_sim: ProviderSimInfo, provider_name: str
+) -> None:
+    if provider_name != "lambdaCloud":
+        pytest.skip("launch rate limit is Lambda's")
+    provider_sim.sim.launch_interval_seconds = 200  # 2 s at the test time factor
+    first, second = await rig.request("H100"), await rig.request("H100")
+    await running(rig, first)
+    await running(rig, second)
+    launches = [e for e in provider_sim.sim.exchanges if e.path.endswith("/launch")]
+    assert [e.status for e in launches].count(429) >= 1
+    assert provider_sim.sim.creates == 2
+    await no_unowned(rig, provider_sim)
+
+
+async def test_unregistered_lambda_key_is_missing_ssh_key(
+    rig: Any, provider_sim: ProviderSimInfo, provider_name: str
+) -> None:
+    if provider_name != "lambdaCloud":
+        pytest.skip("Lambda takes registered key names")
+    provider_sim.sim.ssh_keys.clear()
+    provision_id = await rig.request("H100")
+    doc = await rig.drive_until(provision_id, {"running", "failed"})
+    assert doc["error_code"] == "MissingSSHKey"
+    assert provider_sim.sim.creates == 0

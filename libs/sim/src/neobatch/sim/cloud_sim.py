@@ -30,6 +30,8 @@ from neobatch.sim.provider_specs import OpenApiDoc
 from neobatch.sim.ssh_host import SSHHost, start_ssh_host
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The parsed JSON body of a request, for the handlers (validated by the middleware first).
+JSON_BODY: web.RequestKey[Any] = web.RequestKey("json_body", object)
 
 
 @dataclass
@@ -254,7 +256,7 @@ class CloudSim:
             if problems:
                 return self.invalid(problems)
         await self.advance()
-        request["json"] = body
+        request[JSON_BODY] = body
         return await handler(request)
 
     def rate_limited(self, retry_after: float) -> web.Response:

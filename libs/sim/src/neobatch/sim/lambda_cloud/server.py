@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from neobatch.sim.cloud_sim import CloudSim, RunningSim, SimMachine, serve
+from neobatch.sim.cloud_sim import JSON_BODY, CloudSim, RunningSim, SimMachine, serve
 from neobatch.sim.provider_specs import lambda_doc
 from neobatch.sim.servers import free_port
 
@@ -185,7 +185,7 @@ class LambdaSim(CloudSim):
         return web.json_response({"data": data})
 
     async def launch(self, request: web.Request) -> web.Response:
-        body = request["json"]
+        body = request[JSON_BODY]
         key = self._key_of(request)
         now = time.monotonic()
         interval = self.scaled(self.launch_interval_seconds)
@@ -244,7 +244,7 @@ class LambdaSim(CloudSim):
         return web.json_response({"data": self.instance_json(machine)})
 
     async def terminate_instances(self, request: web.Request) -> web.Response:
-        ids = request["json"]["instance_ids"]
+        ids = request[JSON_BODY]["instance_ids"]
         missing = [i for i in ids if i not in self.machines]
         if missing:
             return self.error(404, "", "Specified instance does not exist.")
@@ -259,7 +259,7 @@ class LambdaSim(CloudSim):
         return web.json_response({"data": list(self.ssh_keys.values())})
 
     async def add_key(self, request: web.Request) -> web.Response:
-        body = request["json"]
+        body = request[JSON_BODY]
         if body["name"] in self.ssh_keys:
             return self.error(400, "global/invalid-parameters", "SSH key name already in use.")
         if not body.get("public_key"):

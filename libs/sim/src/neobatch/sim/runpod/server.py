@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from neobatch.sim.cloud_sim import CloudSim, RunningSim, SimMachine, serve
+from neobatch.sim.cloud_sim import JSON_BODY, CloudSim, RunningSim, SimMachine, serve
 from neobatch.sim.provider_specs import runpod_doc
 
 # id → (display name, memory GB, secure price per GPU per hour, max GPUs per pod)
@@ -195,7 +195,7 @@ class RunPodSim(CloudSim):
         return web.json_response({"gpus": gpus})
 
     async def create_pod(self, request: web.Request) -> web.Response:
-        body = request["json"]
+        body = request[JSON_BODY]
         gpu = body.get("gpu")
         if gpu is None or "cpu" in body:
             return self.problem(400, "exactly one of gpu or cpu must be set")
@@ -275,7 +275,7 @@ class RunPodSim(CloudSim):
         machine = self._find(request)
         if machine is None:
             return self.problem(404, "pod not found")
-        action = request["json"]["action"]
+        action = request[JSON_BODY]["action"]
         if action == "terminate":
             await self.terminate(machine)
             return web.Response(status=204)
