@@ -123,7 +123,9 @@ def test_expiry_keeps_finished_lines_and_marks_the_rest_expired(
     assert sorted(ids) == sorted(f"request-{i}" for i in range(1, requests + 1))
 
 
-def test_cancel_while_submitting_with_the_agent_down(stack: Stack, console: ConsoleClient, model_id: str) -> None:
+def test_cancel_while_submitting_with_the_agent_down(
+    stack: Stack, console: ConsoleClient, model_id: str
+) -> None:
     """The batch was handed over but no agent has taken it: cancel must still end cleanly."""
     stack.kill("runtime-agent")
     try:

@@ -92,7 +92,9 @@ async def observe_and_finish(
         for times in seen.values():
             for subject in times:
                 counts[subject] += 1
-        raise TimeoutError(f"not every job was released within {timeout_seconds}s; events seen: {dict(counts)}") from None
+        raise TimeoutError(
+            f"not every job was released within {timeout_seconds}s; events seen: {dict(counts)}"
+        ) from None
     finally:
         await nc.close()
     return seen
@@ -127,7 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=300)
-    parser.add_argument("--interval", type=float, default=0.0, help="seconds between job creations (0 = as fast as possible)")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=0.0,
+        help="seconds between job creations (0 = as fast as possible)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="nb-bench-") as run_dir:
         ports = Ports.free()
