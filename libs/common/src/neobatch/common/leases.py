@@ -46,6 +46,42 @@ async def claim_one(
     return None
 
 
+async def claim_many(
+    collection: AsyncCollection[Document],
+    match: Mapping[str, Any],
+    claim_token: str,
+    now: datetime,
+    ttl_seconds: float,
+    sort: list[tuple[str, int]],
+    limit: int,
+) -> list[Document]:
+    """Claim up to `limit` unleased (or expired) documents in three round trips.
+
+    `claim_token` must be new for every call: the documents this call won are exactly those
+    whose `lease_owner` it set, whatever other claimers took at the same moment.
+    """
+    until = now + timedelta(seconds=ttl_seconds)
+    for lease_filter in ({"lease_until": {"$lt": now}}, {"lease_until": None}):
+        ids = [
+            doc["_id"]
+            async for doc in collection.find(
+                {**match, **lease_filter}, {"_id": 1}, limit=limit, sort=sort
+            )
+        ]
+        if not ids:
+            continue
+        await collection.update_many(
+            {"_id": {"$in": ids}, **match, **lease_filter},
+            {"$set": {"lease_owner": claim_token, "lease_until": until}},
+        )
+        won = await collection.find(
+            {"_id": {"$in": ids}, "lease_owner": claim_token}, sort=sort
+        ).to_list()
+        if won:
+            return won
+    return []
+
+
 async def renew(
     collection: AsyncCollection[Document],
     doc_id: str,

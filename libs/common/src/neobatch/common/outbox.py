@@ -24,7 +24,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from neobatch.common.clock import Clock, SystemClock
 from neobatch.common.contracts import Event, encode_event
 from neobatch.common.ids import new_id
-from neobatch.common.leases import claim_one
+from neobatch.common.leases import claim_many
 from neobatch.common.logs import log_fields
 from neobatch.common.subjects import Namespace
 
@@ -32,6 +32,8 @@ log = logging.getLogger("neobatch.outbox")
 
 OUTBOX = "outbox"
 RELAY_LEASE_SECONDS = 15.0
+# Entries claimed and marked per database round trip.
+RELAY_BATCH = 64
 # Sent entries are kept a day for inspection, then expire (TTL index).
 SENT_RETENTION_SECONDS = 24 * 3600
 OUTBOX_INDEXES = [
@@ -81,7 +83,6 @@ class OutboxRelay:
         self._js = nc.jetstream()
         self._clock = clock or SystemClock()
         self._poll = poll_interval_seconds
-        self._owner = new_id("relay")
         self._wakeup = asyncio.Event()
 
     def notify(self) -> None:
@@ -89,29 +90,31 @@ class OutboxRelay:
         self._wakeup.set()
 
     async def publish_pending(self) -> int:
-        """Publish every pending entry now; returns how many were published."""
+        """Publish every pending entry now, a batch per round trip; returns how many."""
         published = 0
         while True:
-            now = self._clock.now()
-            entry = await claim_one(
+            claim = new_id("claim")
+            entries = await claim_many(
                 self._outbox,
                 {"published_at": None},
-                self._owner,
-                now,
+                claim,
+                self._clock.now(),
                 RELAY_LEASE_SECONDS,
                 sort=[("created_at", ASCENDING)],
+                limit=RELAY_BATCH,
             )
-            if entry is None:
+            if not entries:
                 return published
-            ack = await self._js.publish(
-                entry["subject"], entry["payload"], headers={"Nats-Msg-Id": entry["_id"]}
-            )
+            for entry in entries:  # in commit order: a consumer sees cause before effect
+                await self._js.publish(
+                    entry["subject"], entry["payload"], headers={"Nats-Msg-Id": entry["_id"]}
+                )
             sent_at = self._clock.now()
-            await self._outbox.update_one(
-                {"_id": entry["_id"], "lease_owner": self._owner},
-                {"$set": {"published_at": sent_at, "sent_at": sent_at, "stream_seq": ack.seq}},
+            await self._outbox.update_many(
+                {"_id": {"$in": [e["_id"] for e in entries]}, "lease_owner": claim},
+                {"$set": {"published_at": sent_at, "sent_at": sent_at}},
             )
-            published += 1
+            published += len(entries)
 
     async def run(self) -> None:
         """Publish forever; a failure (nats or mongo away) is logged and retried."""
