@@ -93,6 +93,23 @@ class JobStore:
         )
         return [job_from_doc(doc) async for doc in cursor]
 
+    async def _take_slot(self, job_id: str, session: AsyncClientSession) -> None:
+        """Take a free provisioning slot for `job_id`, or raise NoSlotFree (aborting the
+        transaction, so the job stays queued). Find then compare-and-set: cheaper than
+        `find_one_and_update` on our test database, and as safe."""
+        if await self._slots.find_one({"job_id": job_id}, session=session):
+            return
+        free = await self._slots.find_one(
+            {"_id": {"$in": self._slot_ids}, "job_id": None}, session=session
+        )
+        if free is None:
+            raise NoSlotFree
+        taken = await self._slots.update_one(
+            {"_id": free["_id"], "job_id": None}, {"$set": {"job_id": job_id}}, session=session
+        )
+        if taken.modified_count != 1:
+            raise NoSlotFree  # another planner took it this instant; the queue loop retries
+
     async def get_job(self, job_id: str) -> Job:
         doc = await self._jobs.find_one({"_id": job_id})
         if doc is None:
@@ -122,13 +139,7 @@ class JobStore:
                     {"job_id": job.id}, {"$set": {"job_id": None}}, session=session
                 )
             if decision.acquire_slot:
-                taken = await self._slots.find_one_and_update(
-                    {"_id": {"$in": self._slot_ids}, "job_id": {"$in": [None, job.id]}},
-                    {"$set": {"job_id": job.id}},
-                    session=session,
-                )
-                if taken is None:
-                    raise NoSlotFree  # aborts the transaction: the job stays queued
+                await self._take_slot(job.id, session)
             await append_events(self._db, self._ns, decision.events, session, now)
             return True
 
