@@ -21,6 +21,7 @@ from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
+from neobatch.common.aio import wait_for_event
 from neobatch.common.clock import Clock, SystemClock
 from neobatch.common.contracts import Event, encode_event
 from neobatch.common.ids import new_id
@@ -135,4 +136,4 @@ class OutboxRelay:
                 )
                 backoff = min(backoff * 2, 10.0)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=backoff)
+                await wait_for_event(self._wakeup, backoff)

@@ -11,6 +11,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from neobatch.common.aio import wait_for_event
 from neobatch.common.clock import Clock
 from neobatch.common.contracts import Event, JobQueued
 from neobatch.common.errors import NotFound
@@ -98,7 +99,7 @@ class Planner:
             self._slot_freed.clear()
             await self.plan_waiting()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._slot_freed.wait(), QUEUE_POLL_SECONDS)
+                await wait_for_event(self._slot_freed, QUEUE_POLL_SECONDS)
 
     async def run_deadlines(self) -> None:
         while True:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
+from neobatch.common.aio import wait_for_event
 from neobatch.common.clock import Clock
 from neobatch.common.contracts import (
     Event,
@@ -66,7 +67,7 @@ class ProvisionDriver:
             while await self.step_next():
                 pass
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), IDLE_POLL_SECONDS)
+                await wait_for_event(self._wakeup, IDLE_POLL_SECONDS)
 
     async def step_next(self) -> bool:
         """Claim and advance one provision; False when none is due."""

@@ -20,6 +20,7 @@ from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, ConnectionFailure
 
+from neobatch.common.aio import wait_for_event
 from neobatch.common.clock import Clock
 from neobatch.common.logs import log_fields
 from neobatch.runtime_agent.dispatch import RequestResult
@@ -168,7 +169,7 @@ class CheckpointWriter:
             while True:
                 if len(self._buffer) < self._max_items and not self._closing:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self._interval)
+                        await wait_for_event(self._wake, self._interval)
                     self._wake.clear()
                 if self._buffer:
                     docs, self._buffer = self._buffer, []

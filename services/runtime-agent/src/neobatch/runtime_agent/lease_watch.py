@@ -15,6 +15,7 @@ from collections.abc import Awaitable
 from datetime import datetime
 from typing import TypeVar
 
+from neobatch.common.aio import wait_for_event
 from neobatch.common.logs import log_fields
 from neobatch.runtime_agent.batches import is_expired
 from neobatch.runtime_agent.store import BatchStore
@@ -72,7 +73,7 @@ class BatchWatch:
         last_renew = time.monotonic()
         while not self.lost:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), TICK_SECONDS)
+                await wait_for_event(self._poke, TICK_SECONDS)
             self._poke.clear()
             try:
                 if time.monotonic() - last_renew >= renew_every:

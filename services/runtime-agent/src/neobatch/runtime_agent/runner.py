@@ -15,6 +15,7 @@ import socket
 
 import asyncssh
 
+from neobatch.common.aio import wait_for_event
 from neobatch.common.ids import new_id
 from neobatch.common.logs import log_fields
 from neobatch.runtime_agent.batch_run import BatchRun, RemoteLost
@@ -76,7 +77,7 @@ class Runner:
                     # The database being away is retried at the next poll, not fatal.
                     log.warning("claiming batches failed", exc_info=True)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval_seconds)
+                    await wait_for_event(self._wake, self._settings.poll_interval_seconds)
         finally:
             await self._stop_all()
 
