@@ -99,6 +99,16 @@ class ConsoleStore:
             raise NotFound(f"model {model_id!r} not found", code="model_not_found")
         return doc
 
+    async def list_offers(self, family: str | None, available: bool | None) -> list[Document]:
+        """The resource-manager's offers cache (collection `offers`), cheapest first."""
+        query: Document = {}
+        if family:
+            query["family"] = family.upper()
+        if available is not None:
+            query["available"] = available
+        cursor = self._db["offers"].find(query).sort([("price_per_hour", 1), ("_id", 1)])
+        return [doc async for doc in cursor]
+
     async def list_models(self, search: str = "", category: str = "") -> list[Document]:
         query: Document = {}
         if search:

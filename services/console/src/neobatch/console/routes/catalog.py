@@ -10,9 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import get
-from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import FromQuery
 
-OFFERS = "offers"
+from neobatch.console.store import ConsoleStore
+
 _FIELDS = (
     "provider",
     "gpu_type",
@@ -27,16 +29,13 @@ _FIELDS = (
 
 @get("/catalog")
 async def list_catalog(
-    state: State, family: str | None = None, available: bool | None = None
+    store: NamedDependency[ConsoleStore],
+    family: FromQuery[str | None] = None,
+    available: FromQuery[bool | None] = None,
 ) -> dict[str, Any]:
-    query: dict[str, Any] = {}
-    if family:
-        query["family"] = family.upper()
-    if available is not None:
-        query["available"] = available
-    cursor = state.runtime.db[OFFERS].find(query).sort([("price_per_hour", 1), ("_id", 1)])
+    docs = await store.list_offers(family, available)
     data = [
         {"id": doc["_id"], **{k: doc.get(k) for k in _FIELDS}, "updated_at": doc.get("updated_at")}
-        async for doc in cursor
+        for doc in docs
     ]
     return {"object": "list", "data": data}
