@@ -27,6 +27,7 @@ class FakeConsole:
         self.template: dict[str, Any] | None = None
         self.job: dict[str, Any] | None = None
         self.uploaded: bytes = b""
+        self.timeline: list[str] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -60,7 +61,14 @@ class FakeConsole:
             return httpx.Response(201, json={"id": "job-1", "status": "queued"})
         if route == ("GET", "/api/v1/jobs/job-1"):
             current = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
-            return httpx.Response(200, json={"id": "job-1", **current})
+            if current["status"] not in self.timeline:
+                self.timeline.append(current["status"])
+            # The console's events timeline: one entry per status reached, with its time.
+            events = [
+                {"id": status, "status": status, "label": status, "at": 1_800_000_000 + i}
+                for i, status in enumerate(self.timeline)
+            ]
+            return httpx.Response(200, json={"id": "job-1", "events": events, **current})
         return httpx.Response(404, json={"code": "not_found", "path": request.url.path})
 
 

@@ -122,6 +122,13 @@ def template_body(model_id: str, engine_port: int) -> dict[str, Any]:
     }
 
 
+def _event_time(event: Mapping[str, Any]) -> str:
+    at = event.get("at")
+    return (
+        datetime.fromtimestamp(at).strftime("%H:%M:%S") if isinstance(at, int | float) else _now()
+    )
+
+
 def _now() -> str:
     return datetime.now().strftime("%H:%M:%S")
 
@@ -248,9 +255,13 @@ class Demo:
         return job
 
     def follow(self, job_id: str, timeout_seconds: float) -> dict[str, Any]:
-        """Poll until a terminal status or the deadline, printing each change of status."""
+        """Poll until a terminal status or the deadline, printing each change of status.
+
+        Changes come from the job's `events` timeline, so a state that lasted less than one
+        poll (provisioning on the local stack takes milliseconds) is still shown, at its time.
+        """
         deadline = time.monotonic() + timeout_seconds
-        last_status: str | None = None
+        printed: set[str] = set()
         job: dict[str, Any] = {"id": job_id}
         while True:
             try:
@@ -260,9 +271,12 @@ class Demo:
                 self.out(f"{_now()}  (console did not answer: {error}; retrying)")
             else:
                 status = str(job.get("status"))
-                if status != last_status:
-                    self.out(f"{_now()}  {status}{_counts(job)}")
-                    last_status = status
+                for event in job.get("events") or []:
+                    if event.get("id") not in printed:
+                        printed.add(event.get("id"))
+                        self.out(
+                            f"{_event_time(event)}  {event.get('status')}  ({event.get('label')})"
+                        )
                 if status in TERMINAL_STATUSES:
                     return job
             if time.monotonic() >= deadline:
