@@ -21,7 +21,7 @@ from neobatch.common.contracts import (
     RequestCounts,
     SshEndpoint,
 )
-from neobatch.planner.jobs import DeadlinePassed, Job, decide
+from neobatch.planner.jobs import DeadLettered, DeadlinePassed, Job, decide
 from neobatch.planner.policy import Limits
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -262,6 +262,27 @@ CASES: list[tuple[str, Job, Event, JobStatus | None, list[str]]] = [
         "loss of an old machine is ignored",
         job(S.IN_PROGRESS, provision_id="prov_1_2"),
         lost("prov_1_1"),
+        None,
+        [],
+    ),
+    (
+        "event dead-lettered fails the job and frees the machine",
+        job(S.RESOURCE_PREPARING),
+        DeadLettered("job_1", "provision.running"),
+        S.FAILED,
+        ["provision.release_requested", "job.status_changed"],
+    ),
+    (
+        "dead letter of a running batch stops it too",
+        job(S.IN_PROGRESS),
+        DeadLettered("job_1", "batch.status"),
+        S.FAILED,
+        ["batch.cancel_requested", "provision.release_requested", "job.status_changed"],
+    ),
+    (
+        "dead letter after the end changes nothing",
+        job(S.COMPLETED),
+        DeadLettered("job_1", "batch.status"),
         None,
         [],
     ),

@@ -93,6 +93,14 @@ class DeadlinePassed(msgspec.Struct, frozen=True):
     subject = "deadline"
 
 
+class DeadLettered(msgspec.Struct, frozen=True):
+    """Not an event on the wire: one of the job's events exhausted its retries (DESIGN rule 2)."""
+
+    job_id: str
+    failed_subject: str
+    subject = "dead_letter"
+
+
 class Decision(msgspec.Struct, kw_only=True):
     status: JobStatus | None = None  # None: fields change, status stays
     fields: dict[str, Any] = {}
@@ -160,7 +168,10 @@ def _release(job: Job, now: datetime, reason: str) -> list[Event]:
 
 
 def decide(
-    job: Job, event: Event | DeadlinePassed, now: datetime, limits: Limits = DEFAULT_LIMITS
+    job: Job,
+    event: Event | DeadlinePassed | DeadLettered,
+    now: datetime,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Decision | None:
     """The decision `event` causes for `job` at `now`, or None when it changes nothing."""
     decision = _decide(job, event, now, limits)
@@ -171,11 +182,13 @@ def decide(
 
 
 def _decide(
-    job: Job, event: Event | DeadlinePassed, now: datetime, limits: Limits
+    job: Job, event: Event | DeadlinePassed | DeadLettered, now: datetime, limits: Limits
 ) -> Decision | None:
     match event:
         case DeadlinePassed():
             return _on_deadline(job, now)
+        case DeadLettered():
+            return _on_dead_lettered(job, event, now)
         case JobQueued():
             return _on_queued(job, now, limits.provisioning_seconds)
         case JobCancelRequested():
@@ -404,4 +417,24 @@ def _on_provision_lost(
         f"machine lost ({event.reason}); provisioning attempt {attempt}",
         fields={"provision_id": provision_id},
         events=[*release, request],
+    )
+
+
+def _on_dead_lettered(job: Job, event: DeadLettered, now: datetime) -> Decision | None:
+    """An event about the job could not be handled: fail it with the reason, free its machine."""
+    if is_terminal(job.status):
+        return None
+    message = (
+        f"event_dead_lettered: {event.failed_subject} could not be handled after repeated attempts"
+    )
+    stop: list[Event] = []
+    if job.batch_handed_over:
+        stop.append(BatchCancelRequested(batch_id=job.batch_id, job_id=job.id, occurred_at=now))
+    return _move(
+        job,
+        JobStatus.FAILED,
+        now,
+        message,
+        fields={"error_code": "event_dead_lettered", "error_message": message},
+        events=[*stop, *_release(job, now, "job failed")],
     )

@@ -17,7 +17,7 @@ from neobatch.common.contracts import Event, JobQueued
 from neobatch.common.errors import NotFound
 from neobatch.common.logs import log_fields
 from neobatch.planner import jobs
-from neobatch.planner.jobs import DeadlinePassed
+from neobatch.planner.jobs import DeadLettered, DeadlinePassed
 from neobatch.planner.policy import Limits
 from neobatch.planner.store import JobStore, NoSlotFree
 
@@ -43,7 +43,7 @@ class Planner:
         self._limits = limits
         self._slot_freed = asyncio.Event()
 
-    async def apply(self, job_id: str, event: Event | DeadlinePassed) -> bool:
+    async def apply(self, job_id: str, event: Event | DeadlinePassed | DeadLettered) -> bool:
         """Apply `event` to the job; False only when it needed a provisioning slot and none was free."""
         for _ in range(MAX_CAS_ATTEMPTS):
             try:
