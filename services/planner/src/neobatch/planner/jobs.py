@@ -190,7 +190,7 @@ def _decide(
         case DeadLettered():
             return _on_dead_lettered(job, event, now)
         case JobQueued():
-            return _on_queued(job, now, limits.provisioning_seconds)
+            return _on_queued(job, now, limits)
         case JobCancelRequested():
             return _on_cancel_requested(job, now)
         case ProvisionRunning():
@@ -208,19 +208,13 @@ def _decide(
     return None
 
 
-def _on_queued(job: Job, now: datetime, timeout_seconds: float) -> Decision | None:
+def _on_queued(job: Job, now: datetime, limits: Limits) -> Decision | None:
     if job.status is not JobStatus.QUEUED:
         return None
     if job.cancel_requested:
         return _move(job, JobStatus.CANCELLED, now, "cancelled before provisioning")
     provision_id = policy.provision_id_for(job.id)
-    request = ProvisionRequested(
-        provision_id=provision_id,
-        job_id=job.id,
-        resource=policy.resource_request(job.template_spec, job.replicas, job.provider),
-        deadline_at=now + timedelta(seconds=timeout_seconds),
-        occurred_at=now,
-    )
+    request = _provision_request(job, provision_id, now, limits)
     return _move(
         job,
         JobStatus.RESOURCE_PREPARING,
@@ -339,33 +333,52 @@ def _on_batch_terminal(job: Job, event: BatchTerminal, now: datetime) -> Decisio
     )
 
 
+def _end_with_error(
+    job: Job, status: JobStatus, now: datetime, code: str, message: str, release_reason: str
+) -> Decision:
+    """End the job in `status` with its error; stop a handed-over batch and free the machine."""
+    stop: list[Event] = []
+    if job.batch_handed_over:
+        stop.append(BatchCancelRequested(batch_id=job.batch_id, job_id=job.id, occurred_at=now))
+    return _move(
+        job,
+        status,
+        now,
+        message,
+        fields={"error_code": code, "error_message": message},
+        events=[*stop, *_release(job, now, release_reason)],
+    )
+
+
+def _provision_request(
+    job: Job, provision_id: str, now: datetime, limits: Limits
+) -> ProvisionRequested:
+    return ProvisionRequested(
+        provision_id=provision_id,
+        job_id=job.id,
+        resource=policy.resource_request(job.template_spec, job.replicas, job.provider),
+        deadline_at=now + timedelta(seconds=limits.provisioning_seconds),
+        occurred_at=now,
+    )
+
+
 def _on_deadline(job: Job, now: datetime) -> Decision | None:
     """A wait ran out without the answer it waited for: end it in a named state."""
     if job.status is JobStatus.RESOURCE_PREPARING:
         message = (
             "ProvisionTimeout: the resource-manager never reported the machine ready or failed"
         )
-        return _move(
+        return _end_with_error(
             job,
             JobStatus.RESOURCE_FAILED,
             now,
+            "ProvisionTimeout",
             message,
-            fields={"error_code": "ProvisionTimeout", "error_message": message},
-            events=_release(job, now, "provisioning timed out"),
+            "provisioning timed out",
         )
     if job.status in _BATCH_HANDED_OVER:
         message = "the batch passed its completion window and the runtime-agent never ended it"
-        events: list[Event] = [
-            BatchCancelRequested(batch_id=job.batch_id, job_id=job.id, occurred_at=now)
-        ]
-        return _move(
-            job,
-            JobStatus.EXPIRED,
-            now,
-            message,
-            fields={"error_code": "batch_expired", "error_message": message},
-            events=[*events, *_release(job, now, "job expired")],
-        )
+        return _end_with_error(job, JobStatus.EXPIRED, now, "batch_expired", message, "job expired")
     if job.status is JobStatus.CANCELLING:
         return _move(
             job,
@@ -391,25 +404,9 @@ def _on_provision_lost(
         message = (
             f"machine_lost: {limits.max_provision_attempts} machines were lost ({event.reason})"
         )
-        stop: list[Event] = []
-        if job.batch_handed_over:
-            stop.append(BatchCancelRequested(batch_id=job.batch_id, job_id=job.id, occurred_at=now))
-        return _move(
-            job,
-            JobStatus.FAILED,
-            now,
-            message,
-            fields={"error_code": "machine_lost", "error_message": message},
-            events=[*stop, *release],
-        )
+        return _end_with_error(job, JobStatus.FAILED, now, "machine_lost", message, "machine lost")
     provision_id = policy.provision_id_for(job.id, attempt)
-    request = ProvisionRequested(
-        provision_id=provision_id,
-        job_id=job.id,
-        resource=policy.resource_request(job.template_spec, job.replicas, job.provider),
-        deadline_at=now + timedelta(seconds=limits.provisioning_seconds),
-        occurred_at=now,
-    )
+    request = _provision_request(job, provision_id, now, limits)
     return _move(
         job,
         JobStatus.RESOURCE_PREPARING,
@@ -427,14 +424,4 @@ def _on_dead_lettered(job: Job, event: DeadLettered, now: datetime) -> Decision 
     message = (
         f"event_dead_lettered: {event.failed_subject} could not be handled after repeated attempts"
     )
-    stop: list[Event] = []
-    if job.batch_handed_over:
-        stop.append(BatchCancelRequested(batch_id=job.batch_id, job_id=job.id, occurred_at=now))
-    return _move(
-        job,
-        JobStatus.FAILED,
-        now,
-        message,
-        fields={"error_code": "event_dead_lettered", "error_message": message},
-        events=[*stop, *_release(job, now, "job failed")],
-    )
+    return _end_with_error(job, JobStatus.FAILED, now, "event_dead_lettered", message, "job failed")
