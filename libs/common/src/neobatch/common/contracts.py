@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import msgspec
 
@@ -125,9 +125,40 @@ class EngineSpec(msgspec.Struct, frozen=True, kw_only=True):
     command: list[str] | None = None
     serve_args: list[str] = []
     engine_args: dict[str, Any] = {}
+    # The template's `parallelism` block (tp, pp, dp): vLLM's *-parallel-size flags.
+    parallelism: dict[str, int] = {}
     port: int = 8000
     health_endpoint: str = "/health"
     ready_timeout_seconds: float = 1800.0
+
+
+class RetryPolicySpec(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """Per-request retries (AIBrix `client.retry_policy`): unset fields keep the agent's default."""
+
+    max_retries: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
+    base_delay_seconds: Annotated[float, msgspec.Meta(ge=0, le=600)] | None = None
+    max_delay_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] | None = None
+    # Accepted for AIBrix compatibility; the agent has one endpoint per batch, so no budget.
+    no_endpoint_max_retries: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+class ClientSpec(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """How the agent drives the engine (AIBrix's job `client` block, same names and ranges).
+
+    Presence-aware as in AIBrix: None means "the agent's configured default", never 0.
+    """
+
+    max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
+    request_timeout_seconds: Annotated[float, msgspec.Meta(ge=1, le=86400)] | None = None
+    adaptive_concurrency: bool | None = None
+    adaptive_max_factor: Annotated[float, msgspec.Meta(ge=1, le=1024)] | None = None
+    adaptive_healthy_window: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
+    adaptive_additive_increase: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
+    retry_policy: RetryPolicySpec | None = None
 
 
 class JobQueued(Event, frozen=True, kw_only=True):
@@ -205,6 +236,10 @@ class BatchRequested(Event, frozen=True, kw_only=True):
     target: SshEndpoint
     engine: EngineSpec
     expires_at: datetime | None = None
+    # The provider that leased the machine ("ssh", "runpod", "lambdaCloud"): it decides how
+    # the engine is launched (template command, `vllm serve`, `docker run`).
+    runtime: str = "ssh"
+    client: ClientSpec = ClientSpec()
 
 
 class BatchCancelRequested(Event, frozen=True, kw_only=True):

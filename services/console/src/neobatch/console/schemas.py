@@ -14,6 +14,7 @@ import msgspec
 from litestar.datastructures import UploadFile
 from msgspec import Meta
 
+from neobatch.common.contracts import ClientSpec
 from neobatch.console.job_create import parse_completion_window
 
 Text = Annotated[str, Meta(max_length=512)]
@@ -201,8 +202,9 @@ class CreateJob(msgspec.Struct, kw_only=True):
     model_template_name: Label = ""
     model_template_version: Label = ""
     resource_request: ResourceRequestIn | None = None
-    # Smart-client tuning (AIBrix `client`), passed through unchanged.
-    client: dict[str, Any] | None = None
+    # Smart-client tuning (AIBrix `client`): range-checked here, before anything is leased
+    # (AIBrix checks it only when the batch is submitted, after a machine was paid for).
+    client: ClientSpec | None = None
     metadata: Annotated[dict[MetadataKey, MetadataValue], Meta(max_length=16)] = {}
     # Our extension: the provider to lease from (None = the configured default).
     provider: Provider | None = None

@@ -82,6 +82,8 @@ class Job(msgspec.Struct, kw_only=True):
     created_by: str = ""
     replicas: int = 1
     provider: str | None = None
+    # The job's AIBrix `client` block (validated by the console), passed to the agent.
+    client: dict[str, Any] | None = None
     completion_window_seconds: float = 24 * 3600.0
     expires_at: datetime | None = None
 
@@ -255,6 +257,8 @@ def _on_provision_running(job: Job, event: ProvisionRunning, now: datetime) -> D
         # The completion window counts from when the batch is accepted, as AIBrix does; a
         # batch moved to a replacement machine keeps its original window.
         expires_at=job.expires_at or now + timedelta(seconds=job.completion_window_seconds),
+        runtime=event.provider,
+        client=policy.client_spec(job.client, job.template_spec),
         occurred_at=now,
     )
     return _move(

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from neobatch.common.contracts import EngineSpec, ResourceRequest
+from neobatch.common.contracts import ClientSpec, EngineSpec, ResourceRequest
 
 DEFAULT_ENGINE_PORT = 8000
 DEFAULT_READY_TIMEOUT_SECONDS = 1800.0
@@ -40,12 +40,34 @@ def engine_spec(template_spec: dict[str, Any], serving_name: str) -> EngineSpec:
         command=list(engine["command"]) if engine.get("command") else None,
         serve_args=[str(a) for a in engine.get("serve_args") or []],
         engine_args=dict(template_spec.get("engine_args") or {}),
+        parallelism={
+            str(k): int(v)
+            for k, v in (template_spec.get("parallelism") or {}).items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        },
         port=int(engine.get("port") or DEFAULT_ENGINE_PORT),
         health_endpoint=str(engine.get("health_endpoint") or "/health"),
         ready_timeout_seconds=float(
             engine.get("ready_timeout_seconds") or DEFAULT_READY_TIMEOUT_SECONDS
         ),
     )
+
+
+def client_spec(client: dict[str, Any] | None, template_spec: dict[str, Any]) -> ClientSpec:
+    """The job's `client` block, with the template's request timeout when the job sets none.
+
+    The console validated the block at creation; a document that no longer decodes (written
+    by an older version) falls back to the agent's defaults rather than failing the job.
+    """
+    try:
+        spec = msgspec.convert(client or {}, ClientSpec)
+    except msgspec.ValidationError:
+        spec = ClientSpec()
+    engine = template_spec.get("engine") or {}
+    template_timeout = engine.get("request_timeout_seconds")
+    if spec.request_timeout_seconds is None and isinstance(template_timeout, int | float):
+        spec = msgspec.structs.replace(spec, request_timeout_seconds=float(template_timeout))
+    return spec
 
 
 def provision_id_for(job_id: str, attempt: int = 1) -> str:

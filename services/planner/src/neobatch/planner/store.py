@@ -43,6 +43,7 @@ def job_from_doc(doc: dict[str, Any]) -> Job:
         created_by=doc.get("created_by") or "",
         replicas=int((doc.get("resource_request") or {}).get("replicas") or 1),
         provider=doc.get("provider") or None,
+        client=doc.get("client") or None,
         completion_window_seconds=float(doc.get("completion_window_seconds") or 24 * 3600),
         expires_at=doc.get("expires_at"),
     )
