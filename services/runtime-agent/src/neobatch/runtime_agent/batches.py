@@ -21,6 +21,7 @@ from neobatch.common.contracts import (
     TERMINAL_BATCH_STATUSES,
     BatchRequested,
     BatchStatus,
+    ClientSpec,
     EngineSpec,
     RequestCounts,
     SshEndpoint,
@@ -51,6 +52,11 @@ class Batch(msgspec.Struct, kw_only=True):
     owner: str = ""
     target: SshEndpoint
     engine: EngineSpec
+    # How the engine is launched on the machine: "ssh" (template command), "runpod"
+    # (`vllm serve`), "lambdaCloud" (`docker run`); the provider that leased it.
+    runtime: str = "ssh"
+    # The job's AIBrix `client` block: concurrency, per-request timeout, retries.
+    client: ClientSpec = ClientSpec()
     status: BatchStatus
     created_at: datetime
     expires_at: datetime | None = None
@@ -85,6 +91,8 @@ def batch_doc_from_event(event: BatchRequested, now: datetime) -> dict[str, Any]
         "owner": event.owner,
         "target": msgspec.to_builtins(event.target),
         "engine": msgspec.to_builtins(event.engine),
+        "runtime": event.runtime,
+        "client": msgspec.to_builtins(event.client),
         "status": BatchStatus.VALIDATING.value,
         "created_at": now,
         "expires_at": event.expires_at,

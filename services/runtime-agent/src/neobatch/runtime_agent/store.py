@@ -150,6 +150,8 @@ class BatchStore:
                 "$set": {
                     "provision_id": event_doc["provision_id"],
                     "target": event_doc["target"],
+                    # A replacement may come from another provider (failover): another launch.
+                    "runtime": event_doc.get("runtime", "ssh"),
                     "host_public_key": event_doc.get("host_public_key"),
                     "crash_count": 0,
                     "lease_until": None,
