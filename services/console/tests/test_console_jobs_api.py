@@ -109,6 +109,22 @@ async def test_malformed_json_body_is_400_invalid_json(api: Any) -> None:
         ({"metadata": {f"k{i}": "v" for i in range(17)}}, 400, "invalid_request", "metadata"),
         ({"metadata": {"k" * 65: "v"}}, 400, "invalid_request", "metadata"),
         ({"metadata": {"k": "v" * 513}}, 400, "invalid_request", "metadata"),
+        # AIBrix's `client` ranges, checked before anything is leased.
+        ({"client": {"max_concurrency": 0}}, 400, "invalid_request", "client.max_concurrency"),
+        ({"client": {"max_concurrency": 1025}}, 400, "invalid_request", "client.max_concurrency"),
+        (
+            {"client": {"request_timeout_seconds": 0.5}},
+            400,
+            "invalid_request",
+            "client.request_timeout_seconds",
+        ),
+        (
+            {"client": {"retry_policy": {"max_retries": -1}}},
+            400,
+            "invalid_request",
+            "client.retry_policy.max_retries",
+        ),
+        ({"client": {"max_concurency": 8}}, 400, "invalid_request", "max_concurency"),
     ],
 )
 async def test_bad_job_request_is_a_json_error_and_creates_nothing(
@@ -309,3 +325,17 @@ async def test_input_file_of_another_project_reads_as_missing(api: Any) -> None:
     ):
         assert (await api.get(path)).status_code == 404
     await _assert_nothing_created(api)
+
+
+async def test_client_block_is_kept_as_given_for_the_agent(api: Any) -> None:
+    await api.ready_template()
+    client = {
+        "max_concurrency": 16,
+        "request_timeout_seconds": 90,
+        "retry_policy": {"max_retries": 2},
+    }
+    r = await api.post("/api/v1/jobs", await api.job_request(client=client))
+    assert r.status_code == 200, r.text
+    doc = await api.db["jobs"].find_one({"_id": r.json()["id"]})
+    # Unset fields stay unset (presence-aware, as AIBrix): the agent's defaults apply to them.
+    assert doc["client"] == client

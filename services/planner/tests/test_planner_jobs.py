@@ -333,6 +333,25 @@ def test_batch_request_carries_engine_and_window() -> None:
     assert (batch.expires_at - NOW).total_seconds() == 3600  # type: ignore[attr-defined]
 
 
+def test_batch_request_names_the_runtime_and_carries_the_client_block() -> None:
+    on_runpod = ProvisionRunning(
+        provision_id="prov_1_1", job_id="job_1", provider="runpod", endpoint=ENDPOINT
+    )
+    spec = {**SPEC, "engine": {**SPEC["engine"], "request_timeout_seconds": 45}}
+    client = {"max_concurrency": 12, "retry_policy": {"max_retries": 1}}
+    decision = decide(job(S.RESOURCE_PREPARING, template_spec=spec, client=client), on_runpod, NOW)
+    assert decision is not None
+    batch = decision.events[0]
+    assert batch.runtime == "runpod"  # type: ignore[attr-defined]
+    assert batch.client.max_concurrency == 12  # type: ignore[attr-defined]
+    assert batch.client.retry_policy.max_retries == 1  # type: ignore[attr-defined]
+    # The job set no timeout: the template's applies; a job's own timeout wins over it.
+    assert batch.client.request_timeout_seconds == 45  # type: ignore[attr-defined]
+    own = {**client, "request_timeout_seconds": 5}
+    decision = decide(job(S.RESOURCE_PREPARING, template_spec=spec, client=own), on_runpod, NOW)
+    assert decision.events[0].client.request_timeout_seconds == 5  # type: ignore[union-attr,attr-defined]
+
+
 def test_status_change_event_names_both_states() -> None:
     decision = decide(job(S.IN_PROGRESS), terminal(BatchStatus.COMPLETED), NOW)
     assert decision is not None
