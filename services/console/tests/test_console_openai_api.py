@@ -63,6 +63,25 @@ async def test_batch_lifecycle_fields_and_list(api: Any) -> None:
     assert again.status_code == 409 and again.json()["code"] == "batch_not_cancellable"
 
 
+async def test_aibrix_client_extension_reaches_the_job_and_bad_values_are_400(api: Any) -> None:
+    await api.ready_template()
+    file = await upload_v1(api, api.sample_jsonl)
+    body = {
+        "input_file_id": file["id"],
+        "endpoint": CHAT,
+        "metadata": {"neobatch.template_name": api.template_name},
+        "aibrix": {"client": {"max_concurrency": 32, "request_timeout_seconds": 120}},
+    }
+    r = await api.post("/v1/batches", body)
+    assert r.status_code == 200, r.text
+    job = await api.db["jobs"].find_one({"batch_id": r.json()["id"]})
+    assert job["client"] == {"max_concurrency": 32, "request_timeout_seconds": 120}
+
+    body["aibrix"] = {"client": {"max_concurrency": 5000}}
+    bad = await api.post("/v1/batches", body)
+    assert bad.status_code == 400 and "aibrix.client.max_concurrency" in bad.json()["message"]
+
+
 async def test_default_template_and_files_api(api: Any) -> None:
     file = await upload_v1(api, api.sample_jsonl)
     listed = (await api.get("/v1/files")).json()

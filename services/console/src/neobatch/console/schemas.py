@@ -224,6 +224,12 @@ class ExpiresAfter(msgspec.Struct, kw_only=True):
     seconds: Annotated[int, Meta(ge=3600, le=2_592_000)]
 
 
+class AibrixExtension(msgspec.Struct, kw_only=True):
+    """The part of AIBrix's `aibrix` batch extension we honour (`extra_body` in the SDK)."""
+
+    client: ClientSpec | None = None
+
+
 class CreateBatch(msgspec.Struct, kw_only=True):
     input_file_id: Annotated[str, Meta(min_length=1, max_length=128)]
     endpoint: Endpoint
@@ -233,6 +239,8 @@ class CreateBatch(msgspec.Struct, kw_only=True):
     metadata: Annotated[dict[MetadataKey, MetadataValue], Meta(max_length=16)] | None = None
     # Accepted for compatibility; outputs are kept as long as their job.
     output_expires_after: ExpiresAfter | None = None
+    # `extra_body={"aibrix": {"client": {...}}}`: dispatch tuning, as on AIBrix's /v1/batches.
+    aibrix: AibrixExtension | None = None
 
     def __post_init__(self) -> None:
         parse_completion_window(self.completion_window)

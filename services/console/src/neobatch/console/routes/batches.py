@@ -3,7 +3,8 @@
 A batch is a job seen through the OpenAI view (openai_view.py); its id is the job's
 `batch_id`. A batch created here is a job on the default deployment template, or on the
 template named by `metadata["neobatch.template_name"]` (and `neobatch.template_version`),
-leased from `metadata["neobatch.provider"]` when given.
+leased from `metadata["neobatch.provider"]` when given; `aibrix.client` (AIBrix's extension,
+`extra_body` in the SDK) tunes dispatch as the job API's `client` block does.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
@@ -42,7 +44,9 @@ def job_request(data: CreateBatch) -> dict[str, Any]:
         "model_template_version": metadata.get(TEMPLATE_VERSION_KEY, ""),
         "provider": metadata.get(PROVIDER_KEY),
         "resource_request": None,
-        "client": None,
+        "client": msgspec.to_builtins(data.aibrix.client)
+        if data.aibrix and data.aibrix.client
+        else None,
         "metadata": metadata,
     }
 
