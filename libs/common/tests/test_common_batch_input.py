@@ -7,7 +7,10 @@ import json
 import pytest
 
 from neobatch.common.batch_input import (
+    MAX_INPUT_BYTES,
     MAX_REPORTED_ERRORS,
+    MAX_REQUESTS,
+    InputValidator,
     parse_request,
     validate_lines,
 )
@@ -93,3 +96,52 @@ def test_byte_order_mark_on_the_first_line_is_accepted() -> None:
     requests, report = validate_lines([bom, line("b")], CHAT)
     assert report.ok and [r.custom_id for r in requests] == ["a", "b"]
     assert parse_request(bom, 0).custom_id == "a"
+
+
+def _many(n: int) -> list[bytes]:
+    return [line(f"r{i}") for i in range(n)]
+
+
+def test_fifty_thousand_requests_are_accepted() -> None:
+    requests, report = validate_lines(_many(MAX_REQUESTS), CHAT)
+    assert MAX_REQUESTS == 50_000
+    assert report.ok and report.total == MAX_REQUESTS and len(requests) == MAX_REQUESTS
+
+
+def test_the_fifty_thousand_and_first_request_fails_the_file_at_its_line() -> None:
+    # A blank line in front: the error names the file line, not the request number.
+    lines = [b"", *_many(MAX_REQUESTS + 1)]
+    requests, report = validate_lines(lines, CHAT)
+    assert not report.ok and len(requests) == MAX_REQUESTS
+    [error] = report.errors
+    assert (error.code, error.line, error.param) == ("too_many_requests", MAX_REQUESTS + 2, None)
+    assert "50,000 requests" in error.message
+    assert report.summary().endswith(error.message) and f"line {MAX_REQUESTS + 2}" in (
+        report.summary()
+    )
+
+
+def test_too_many_requests_is_reported_once_with_the_other_problems() -> None:
+    lines = [line("a"), line("b"), line("c"), b"{bad", line("d")]
+    validator = InputValidator(CHAT, max_requests=2)
+    for index, raw in enumerate(lines):
+        validator.feed(index, raw)
+    report = validator.report()
+    assert [(e.code, e.line) for e in report.errors] == [
+        ("too_many_requests", 3),
+        ("invalid_json_line", 4),
+    ]
+    assert report.invalid_lines == 2
+
+
+def test_input_over_the_byte_limit_fails_at_the_line_that_crosses_it() -> None:
+    lines = _many(10)
+    limit = sum(len(raw) + 1 for raw in lines[:6])  # the first six lines fit exactly
+    validator = InputValidator(CHAT, max_bytes=limit)
+    for index, raw in enumerate(lines):
+        validator.feed(index, raw)
+    report = validator.report()
+    [error] = report.errors
+    assert (error.code, error.line) == ("file_too_large", 7)
+    assert MAX_INPUT_BYTES == 200 * 1024 * 1024
+    assert f"{limit:,} bytes" in error.message

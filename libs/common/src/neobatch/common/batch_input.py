@@ -7,6 +7,11 @@ request bodies are never all held in memory.
 
 Line numbers in errors are 1-based file lines; `line_index` (0-based) identifies a request in
 checkpoints and output files. Blank lines are skipped but still counted as lines.
+
+OpenAI's per-batch limits hold here, for the console (at job creation) and the agent (before
+dispatch) alike: at most 50,000 requests (`too_many_requests`, reported at the line of the
+50,001st) and 200 MB of input (`file_too_large`, at the line that crosses it). The validator
+keeps only the custom ids it has seen and its counters, never a request body.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ import msgspec
 # the message still says how many lines were bad.
 MAX_REPORTED_ERRORS = 100
 REQUIRED_FIELDS = ("custom_id", "method", "url", "body")
+# OpenAI Batch API limits per input file; the byte limit matches the console's upload limit.
+MAX_REQUESTS = 50_000
+MAX_INPUT_BYTES = 200 * 1024 * 1024
 
 
 class BatchRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,12 +122,22 @@ def parse_request(raw: bytes, line_index: int) -> BatchRequest:
 class InputValidator:
     """Feed every line of the input file, in order, then read `report()`."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        max_requests: int = MAX_REQUESTS,
+        max_bytes: int = MAX_INPUT_BYTES,
+    ) -> None:
         self._endpoint = endpoint
+        self._max_requests = max_requests
+        self._max_bytes = max_bytes
         self._seen: set[str] = set()
         self._errors: list[LineError] = []
         self._invalid_lines = 0
         self._total = 0
+        self._bytes = 0
+        self._over_bytes = False
 
     def _reject(self, line: int, code: str, message: str, param: str | None) -> None:
         self._invalid_lines += 1
@@ -128,10 +146,19 @@ class InputValidator:
 
     def feed(self, line_index: int, raw: bytes) -> BatchRequest | None:
         """Validate one line; returns the request when it is valid (None for blank/bad)."""
+        line = line_index + 1
+        self._bytes += len(raw) + 1  # with its newline
+        if self._bytes > self._max_bytes and not self._over_bytes:
+            self._over_bytes = True
+            self._reject(
+                line,
+                "file_too_large",
+                f"the input file is larger than {_mb(self._max_bytes)}, the limit per batch",
+                None,
+            )
         raw = strip_bom(raw, line_index)
         if is_blank(raw):
             return None
-        line = line_index + 1
         try:
             obj = msgspec.json.decode(raw)
         except msgspec.DecodeError:
@@ -152,6 +179,16 @@ class InputValidator:
             return None
         self._seen.add(custom_id)
         self._total += 1
+        if self._total == self._max_requests + 1:
+            self._reject(
+                line,
+                "too_many_requests",
+                f"the input file has more than {self._max_requests:,} requests, the limit per "
+                "batch",
+                None,
+            )
+        if self._total > self._max_requests:
+            return None
         return BatchRequest(
             line_index=line_index,
             custom_id=custom_id,
@@ -165,6 +202,10 @@ class InputValidator:
         if not errors and self._total == 0:
             errors.append(LineError(code="empty_file", message="the input file has no requests"))
         return ValidationReport(total=self._total, errors=errors, invalid_lines=self._invalid_lines)
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1024 * 1024):g} MB" if n >= 1024 * 1024 else f"{n:,} bytes"
 
 
 def validate_lines(

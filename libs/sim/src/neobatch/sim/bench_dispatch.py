@@ -325,8 +325,13 @@ async def run_agent_job(job: AgentJob) -> dict[str, Any]:
     await agent.handlers.on_batch_requested(event)
     deadline = time.monotonic() + job.timeout_seconds
     try:
+        # The largest resident set seen in each batch status (sampled as the batch is polled).
+        rss_by_status: dict[str, float] = {}
         while True:
             batch = await agent.store.find_batch(batch_id)
+            if batch is not None:
+                key = batch.status.value
+                rss_by_status[key] = max(rss_by_status.get(key, 0.0), rss_mb())
             if batch is not None and is_terminal(batch.status):
                 break
             if time.monotonic() > deadline:
@@ -345,6 +350,7 @@ async def run_agent_job(job: AgentJob) -> dict[str, Any]:
             "output_file_id": batch.output_file_id,
             "dispatch_seconds": dispatch_seconds,
             "total_seconds": total,
+            "rss_by_status": rss_by_status,
         }
     finally:
         runner.cancel()
@@ -359,12 +365,21 @@ def _client_block(concurrency: int) -> dict[str, Any]:
     return {"client": ClientSpec(max_concurrency=concurrency, adaptive_concurrency=False)}
 
 
-def peak_rss_mb() -> float:
+def _status_kb(field: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def peak_rss_mb() -> float:
+    """VmHWM: the process's peak resident set so far."""
+    return _status_kb("VmHWM:")
+
+
+def rss_mb() -> float:
+    return _status_kb("VmRSS:")
 
 
 def child_main(job_json: str) -> None:
@@ -600,6 +615,8 @@ def print_memory(m: dict[str, Any]) -> None:
             f"{r['requests']:>9} {r['input_mb']:>9.1f} {r['peak_rss_mb']:>12.1f} "
             f"{r['startup_rss_mb']:>12.1f} {r['total_seconds']:>8.1f}"
         )
+        phases = ", ".join(f"{k} {v:.0f}" for k, v in r["rss_by_status"].items())
+        print(f"{'':>9} largest RSS sampled per status (MB): {phases}")
     peak = max(r["peak_rss_mb"] for r in m["rows"])
     ok = peak < 250 and abs(m["delta_mb"]) <= 50
     print(
