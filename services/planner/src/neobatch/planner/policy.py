@@ -13,7 +13,18 @@ DEFAULT_READY_TIMEOUT_SECONDS = 1800.0
 
 # Batch failures that mean the batch never started (machine unusable, engine never
 # healthy): AIBrix reports these as submit_failed, not as a failed batch.
-SUBMIT_FAILURE_CODES = frozenset({"ssh_unreachable", "engine_launch_failed", "engine_not_ready"})
+# Batch error codes meaning the engine never ran (the job ends `submit_failed`): the machine
+# could not be reached, cannot run the engine (no Docker / NVIDIA runtime: engine_launch_failed),
+# the launch itself failed or names an engine without a built-in launch, or it never got healthy.
+SUBMIT_FAILURE_CODES = frozenset(
+    {
+        "ssh_unreachable",
+        "engine_launch_failed",
+        "engine_start_failed",
+        "engine_unsupported",
+        "engine_not_ready",
+    }
+)
 
 
 def resource_request(

@@ -1,6 +1,9 @@
 """A batch's engine on its machine: connect (pinning the host key), launch, forward, stop.
 
-Used by `batch_run`; everything here belongs to the one batch whose lease we hold.
+Used by `batch_run`; everything here belongs to the one batch whose lease we hold. The launch
+follows the batch's runtime target (`remote.plan_launch`). `start` is idempotent: after a dropped
+connection it reconnects (same pinned host key), finds the engine still running (`reused`, not
+relaunched), and restores the port-forward.
 """
 
 from __future__ import annotations
@@ -42,6 +45,12 @@ class EngineSession:
         self._watch = watch
         self._host: remote.RemoteHost | None = None
         self._ids = {"batch_id": batch.id, "job_id": batch.job_id}
+        # How many times this session started the engine (not counting finding it running).
+        self.launches = 0
+
+    def _launch(self) -> remote.EngineLaunch:
+        # Read the batch each time: a replacement machine may come with another runtime.
+        return remote.plan_launch(self._batch.runtime, self._batch.id, self._batch.engine)
 
     @property
     def connected(self) -> bool:
@@ -57,6 +66,8 @@ class EngineSession:
     ) -> remote.RemoteHost:
         if self._host is not None and not self._host.is_closed:
             return self._host
+        if self._host is not None:  # dropped: let go of its forwards before reconnecting
+            await self.close()
         pinned = self._batch.host_public_key
         connecting = remote.connect_until(
             self._batch.target,
@@ -85,9 +96,11 @@ class EngineSession:
         expiry or a lost lease cut the wait short).
         """
         engine = self._batch.engine
-        argv = remote.engine_argv(engine)
+        launch = self._launch()
         host = await self._connect(self._settings.ssh_ready_timeout_seconds, interruptible=True)
-        await host.start_engine(self._batch.id, argv)
+        _, reused = await host.launch(launch)
+        if not reused:
+            self.launches += 1
         local_port = await host.forward(engine.port)
         client = EngineClient(
             f"http://127.0.0.1:{local_port}",
@@ -102,19 +115,24 @@ class EngineSession:
                 client.wait_ready(
                     engine.health_endpoint,
                     engine.ready_timeout_seconds,
-                    still_starting=lambda: host.engine_running(self._batch.id),
+                    still_starting=lambda: host.is_running(launch),
                 )
             )
         except EngineNotReady:
             await client.close()
-            tail = await host.engine_log_tail(self._batch.id)
+            tail = await host.log_tail(launch)
             # The engine's log goes to the agent's log (redacted), never into the batch error.
             log.warning("engine not ready", extra=log_fields(**self._ids, log_tail=tail))
             raise
         except BaseException:
             await client.close()
             raise
-        log.info("engine ready", extra=log_fields(**self._ids, local_port=local_port))
+        log.info(
+            "engine ready",
+            extra=log_fields(
+                **self._ids, local_port=local_port, reused=reused, in_docker=launch.in_docker
+            ),
+        )
         return client
 
     async def stop(self) -> None:
@@ -123,10 +141,14 @@ class EngineSession:
         Best effort by design: the planner releases the whole machine after the terminal
         event, so a host that vanished must not keep the batch from ending.
         """
+        try:
+            launch = self._launch()
+        except remote.RemoteError:
+            return  # nothing this agent knows how to launch was ever started
         for attempt in range(1, STOP_ATTEMPTS + 1):
             try:
                 host = await self._connect(10.0 * attempt, interruptible=False)
-                await host.stop_engine(self._batch.id, self._settings.engine_stop_grace_seconds)
+                await host.stop(launch, self._settings.engine_stop_grace_seconds)
                 return
             except (remote.RemoteError, OSError, asyncssh.Error) as exc:
                 log.warning(

@@ -6,6 +6,18 @@ name a directory. Every remote call has a timeout (rule 4). The engine runs in i
 session and process group, detached from the SSH session, so it outlives a dropped
 connection, a relaunch finds it through its pid file, and stopping it reaches every worker
 process it forked.
+
+Runtime targets (the batch's `runtime`, the provider that leased the machine) decide how the
+engine runs; `plan_launch` picks one of two launch modes:
+
+- a process (pid file + setsid): the template's own `engine.command` on every runtime (it wins
+  everywhere: that is how the engine simulator runs in tests and the local stack), otherwise
+  `vllm serve <model_source.uri> --host 127.0.0.1 --port <engine.port> ...` on `runpod` and `ssh`;
+- a container on `lambdaCloud`: `sudo docker run -d --name neobatch-<batch_id> --gpus all
+  --ipc=host -p 127.0.0.1:<engine.port>:8000 <engine.image> --model ... --port 8000`, after
+  checking that Docker answers and has the NVIDIA runtime (`engine_launch_failed` otherwise).
+
+Either way the engine is only reachable on the machine's loopback, through our port-forward.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ import logging
 import re
 import shlex
 import time
+from dataclasses import dataclass
 
 import asyncssh
 
@@ -27,6 +40,12 @@ log = logging.getLogger("neobatch.runtime_agent.remote")
 
 WORK_ROOT = "/tmp/neobatch"
 COMMAND_TIMEOUT_SECONDS = 30.0
+# Lambda: the image when the template names none, and the port vLLM listens on inside it.
+DEFAULT_IMAGE = "vllm/vllm-openai:latest"
+CONTAINER_PORT = 8000
+RUNTIMES = ("ssh", "runpod", "lambdaCloud")
+# What `docker run` may spend pulling an image, whatever the engine's ready timeout says.
+MIN_PULL_SECONDS = 600.0
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # Every request crosses the SSH tunnel, so cipher cost is dispatch cost. asyncssh's default
 # first choice, chacha20-poly1305, builds six cipher contexts per packet in Python; AES-GCM is
@@ -63,6 +82,13 @@ class EngineStopFailed(RemoteError):
     code = "engine_stop_failed"
 
 
+class EngineLaunchFailed(RemoteError):
+    """The machine cannot run the engine at all (no Docker, no NVIDIA runtime, bad runtime):
+    the planner ends the job `submit_failed`."""
+
+    code = "engine_launch_failed"
+
+
 def load_client_key(path: str) -> asyncssh.SSHKey:
     """Read the agent's private key; errors name the file, never its content."""
     try:
@@ -87,25 +113,9 @@ def _flag(key: str) -> str:
     return key if key.startswith("-") else "--" + key.replace("_", "-")
 
 
-def engine_argv(engine: EngineSpec) -> list[str]:
-    """The engine's command line, before quoting.
-
-    A template's own `command` wins (`{port}`/`{model}` substituted per argument). Otherwise
-    `vllm serve`, bound to loopback: the engine is only ever reached through our port-forward.
-    `engine.image` (Lambda's `docker run`) is not implemented yet; the image is assumed to be
-    the machine's own (RunPod pods run vLLM directly).
-    """
-    port, model = str(engine.port), engine.serving_name
-    if engine.command:
-        return [arg.replace("{port}", port).replace("{model}", model) for arg in engine.command]
-    if engine.engine_type != "vllm":
-        raise EngineStartFailed(
-            f"engine_type {engine.engine_type!r} needs a template command; only vllm has a "
-            "built-in launch",
-            code="engine_unsupported",
-        )
-    argv = ["vllm", "serve", engine.model_uri, "--port", port, "--host", "127.0.0.1"]
-    argv += ["--served-model-name", model, *engine.serve_args]
+def vllm_options(engine: EngineSpec) -> list[str]:
+    """`serve_args`, then `engine_args` as `--flags`, then parallelism sizes above 1."""
+    argv = list(engine.serve_args)
     for key, value in engine.engine_args.items():
         if value is None or value is False:
             continue
@@ -117,7 +127,85 @@ def engine_argv(engine: EngineSpec) -> list[str]:
             argv += [_flag(key), json.dumps(value, separators=(",", ":"))]
         else:
             argv += [_flag(key), str(value)]
+    for short, flag in _PARALLEL_FLAGS:
+        size = engine.parallelism.get(short)
+        if isinstance(size, int) and size > 1 and flag not in argv:
+            argv += [flag, str(size)]
     return argv
+
+
+_PARALLEL_FLAGS = (
+    ("tp", "--tensor-parallel-size"),
+    ("pp", "--pipeline-parallel-size"),
+    ("dp", "--data-parallel-size"),
+)
+
+
+def _require_vllm(engine: EngineSpec) -> None:
+    if engine.engine_type != "vllm":
+        raise EngineStartFailed(
+            f"engine_type {engine.engine_type!r} needs a template command; only vllm has a "
+            "built-in launch",
+            code="engine_unsupported",
+        )
+
+
+def engine_argv(engine: EngineSpec) -> list[str]:
+    """The engine's command line as a process on the machine, before quoting.
+
+    A template's own `command` wins (`{port}`/`{model}` substituted per argument). Otherwise
+    `vllm serve`, bound to loopback: the engine is only ever reached through our port-forward.
+    """
+    port, model = str(engine.port), engine.serving_name
+    if engine.command:
+        return [arg.replace("{port}", port).replace("{model}", model) for arg in engine.command]
+    _require_vllm(engine)
+    head = ["vllm", "serve", engine.model_uri, "--host", "127.0.0.1", "--port", port]
+    return [*head, "--served-model-name", model, *vllm_options(engine)]
+
+
+def container_name(batch_id: str) -> str:
+    workdir(batch_id)  # the same strict check: the name is interpolated into commands
+    return f"neobatch-{batch_id}"
+
+
+@dataclass(frozen=True)
+class EngineLaunch:
+    """How one batch's engine runs on its machine.
+
+    `image` None: a detached process, `argv` its command line (pid file in the batch's workdir).
+    `image` set: a Docker container named `container`, `argv` the arguments after the image,
+    its port 8000 published on the machine's loopback at `port`.
+    """
+
+    batch_id: str
+    argv: list[str]
+    port: int
+    image: str | None = None
+    # How long the launch command may take (a first `docker run` pulls the image).
+    launch_timeout_seconds: float = COMMAND_TIMEOUT_SECONDS
+
+    @property
+    def in_docker(self) -> bool:
+        return self.image is not None
+
+    @property
+    def container(self) -> str:
+        return container_name(self.batch_id)
+
+
+def plan_launch(runtime: str, batch_id: str, engine: EngineSpec) -> EngineLaunch:
+    """Pick the launch for a runtime target (see the module docstring); pure."""
+    workdir(batch_id)
+    if runtime not in RUNTIMES:
+        raise EngineLaunchFailed(f"unknown runtime target {runtime!r}; expected one of {RUNTIMES}")
+    if engine.command or runtime != "lambdaCloud":
+        return EngineLaunch(batch_id, engine_argv(engine), engine.port)
+    _require_vllm(engine)
+    argv = ["--model", engine.model_uri, "--served-model-name", engine.serving_name]
+    argv += ["--host", "0.0.0.0", "--port", str(CONTAINER_PORT), *vllm_options(engine)]
+    pull = max(MIN_PULL_SECONDS, engine.ready_timeout_seconds)
+    return EngineLaunch(batch_id, argv, engine.port, engine.image or DEFAULT_IMAGE, pull)
 
 
 # A process group counts as alive while it has a non-zombie member: a dead engine whose
@@ -178,6 +266,72 @@ def status_script(batch_id: str) -> str:
     )
 
 
+# --- Docker (lambdaCloud) -----------------------------------------------------------------------
+# Every docker call goes through `sudo -n`: Lambda's user is not in the docker group, and `-n`
+# makes a sudo that wants a password fail at once instead of hanging on a prompt.
+_DOCKER = "sudo -n docker"
+
+
+def docker_check_script() -> str:
+    """Prints `ok`, `no-docker`, `no-nvidia`, or `docker-error <message>`."""
+    return (
+        f"out=$({_DOCKER} info --format '{{{{json .Runtimes}}}}' 2>&1); rc=$?\n"
+        'if [ "$rc" -ne 0 ]; then\n'
+        '  case "$out" in *"not found"*|*"No such file"*) echo no-docker ;;\n'
+        '    *) printf "docker-error %s\\n" "$(printf %s "$out" | tr "\\n" " ")" ;; esac\n'
+        "  exit 0\nfi\n"
+        'case "$out" in *nvidia*) echo ok ;; *) echo no-nvidia ;; esac\n'
+    )
+
+
+def docker_launch_script(launch: EngineLaunch) -> str:
+    """Reuse the batch's running container, else replace whatever is left of it and run one.
+
+    Prints `reused <pid>` or `started <pid>` (the container's main process on the machine).
+    """
+    assert launch.image is not None
+    c = shlex.quote(launch.container)
+    run = [*_DOCKER.split(), "run", "-d", "--name", launch.container, "--gpus", "all"]
+    run += ["--ipc=host", "-p", f"127.0.0.1:{int(launch.port)}:{CONTAINER_PORT}"]
+    run += [launch.image, *launch.argv]
+    inspect = f"{_DOCKER} inspect --format '{{{{.State.Running}}}} {{{{.State.Pid}}}}' {c}"
+    return (
+        f"state=$({inspect} 2>/dev/null)\n"
+        'case "$state" in "true "*) echo "reused ${state#true }"; exit 0 ;; esac\n'
+        f"{_DOCKER} rm -f {c} >/dev/null 2>&1\n"
+        f"{shlex.join(run)} >/dev/null || exit 1\n"
+        f"state=$({inspect}) || exit 1\n"
+        'case "$state" in "true "*) echo "started ${state#true }" ;;\n'
+        '  *) echo "container exited right away" >&2; exit 1 ;; esac\n'
+    )
+
+
+def docker_status_script(launch: EngineLaunch) -> str:
+    c = shlex.quote(launch.container)
+    return (
+        f"s=$({_DOCKER} inspect --format '{{{{.State.Running}}}}' {c} 2>/dev/null)\n"
+        '[ "$s" = true ] && echo running || echo stopped\n'
+    )
+
+
+def docker_stop_script(launch: EngineLaunch, grace_seconds: float) -> str:
+    """Stop (TERM, then KILL after the grace period), remove, confirm the container is gone."""
+    c = shlex.quote(launch.container)
+    grace = max(1, int(grace_seconds))
+    return (
+        f"{_DOCKER} inspect {c} >/dev/null 2>&1 || {{ echo none; exit 0; }}\n"
+        f"{_DOCKER} stop -t {grace} {c} >/dev/null 2>&1\n"
+        f"{_DOCKER} rm -f {c} >/dev/null 2>&1\n"
+        f'if {_DOCKER} inspect {c} >/dev/null 2>&1; then echo "alive"; exit 1; fi\n'
+        "echo stopped\n"
+    )
+
+
+def docker_logs_script(launch: EngineLaunch, lines: int = 40) -> str:
+    c = shlex.quote(launch.container)
+    return f"{_DOCKER} logs --tail {int(lines)} {c} 2>&1; true\n"
+
+
 class _PinningClient(asyncssh.SSHClient):
     """Trust on first use: with no pinned key, accept and remember the first key seen.
 
@@ -232,13 +386,9 @@ class RemoteHost:
         return stdout
 
     async def start_engine(self, batch_id: str, argv: list[str]) -> int:
-        """Launch (or find) the engine; returns its process group id."""
+        """Launch (or find) the engine as a detached process; returns its process group id."""
         out = await self.run(launch_script(batch_id, argv))
-        word, _, pid = out.strip().partition(" ")
-        if word not in ("started", "reused") or not pid.isdigit():
-            raise EngineStartFailed(f"unexpected launch output: {out.strip()[:200]!r}")
-        log.info("engine launched", extra=log_fields(batch_id=batch_id, pid=int(pid), how=word))
-        return int(pid)
+        return _launched(batch_id, out)
 
     async def engine_running(self, batch_id: str) -> bool:
         return (await self.run(status_script(batch_id))).strip() == "running"
@@ -250,11 +400,59 @@ class RemoteHost:
 
     async def stop_engine(self, batch_id: str, grace_seconds: float) -> None:
         """Stop the engine and confirm no process of its group is left."""
-        script = stop_script(batch_id, grace_seconds)
+        await self._stop(batch_id, stop_script(batch_id, grace_seconds), grace_seconds)
+
+    # --- either launch mode -----------------------------------------------------------------
+
+    async def check_docker(self) -> None:
+        """Docker answers (through sudo) and has the NVIDIA runtime, or EngineLaunchFailed."""
+        out = (await self.run(docker_check_script())).strip()
+        word, _, detail = out.partition(" ")
+        if word == "ok":
+            return
+        if word == "no-docker":
+            raise EngineLaunchFailed("docker is not installed on the machine")
+        if word == "no-nvidia":
+            raise EngineLaunchFailed(
+                "the NVIDIA container runtime is missing: docker cannot run --gpus all"
+            )
+        reason = redact_text(detail.strip())[-300:] or out[:200]
+        raise EngineLaunchFailed(f"docker is not usable on the machine: {reason}")
+
+    async def launch(self, launch: EngineLaunch) -> tuple[int, bool]:
+        """Start (or find) the engine; returns (pid, reused)."""
+        if not launch.in_docker:
+            out = await self.run(launch_script(launch.batch_id, launch.argv))
+            pid = _launched(launch.batch_id, out)
+            return pid, out.startswith("reused")
+        await self.check_docker()
+        try:
+            out = await self.run(docker_launch_script(launch), launch.launch_timeout_seconds)
+        except RemoteError as exc:
+            raise EngineLaunchFailed(f"docker run failed: {exc.message}") from None
+        return _launched(launch.batch_id, out), out.startswith("reused")
+
+    async def is_running(self, launch: EngineLaunch) -> bool:
+        if not launch.in_docker:
+            return await self.engine_running(launch.batch_id)
+        return (await self.run(docker_status_script(launch))).strip() == "running"
+
+    async def log_tail(self, launch: EngineLaunch, max_bytes: int = 2000) -> str:
+        if not launch.in_docker:
+            return await self.engine_log_tail(launch.batch_id, max_bytes)
+        out = await self.run(docker_logs_script(launch))
+        return redact_text(out[-max_bytes:])
+
+    async def stop(self, launch: EngineLaunch, grace_seconds: float) -> None:
+        if not launch.in_docker:
+            await self.stop_engine(launch.batch_id, grace_seconds)
+        else:
+            script = docker_stop_script(launch, grace_seconds)
+            await self._stop(launch.batch_id, script, grace_seconds)
+
+    async def _stop(self, batch_id: str, script: str, grace_seconds: float) -> None:
         try:
             out = await self.run(script, timeout_seconds=grace_seconds + 15)
-        except EngineStopFailed:
-            raise
         except RemoteError as exc:
             raise EngineStopFailed(f"engine did not stop: {exc.message}") from None
         log.info("engine stopped", extra=log_fields(batch_id=batch_id, result=out.strip()))
@@ -277,6 +475,14 @@ class RemoteHost:
             await asyncio.wait_for(self._conn.wait_closed(), timeout=5)
         except TimeoutError:
             self._conn.abort()
+
+
+def _launched(batch_id: str, out: str) -> int:
+    word, _, pid = out.strip().partition(" ")
+    if word not in ("started", "reused") or not pid.isdigit():
+        raise EngineStartFailed(f"unexpected launch output: {out.strip()[:200]!r}")
+    log.info("engine launched", extra=log_fields(batch_id=batch_id, pid=int(pid), how=word))
+    return int(pid)
 
 
 def _text(value: str | bytes | None) -> str:
