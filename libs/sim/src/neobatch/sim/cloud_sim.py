@@ -9,7 +9,18 @@ Admin API (no auth, under ``/_sim``): ``GET /_sim/state``; ``POST /_sim/faults``
 into the switches below); ``POST /_sim/capacity`` ``{"gpu", "region", "free"}``;
 ``POST /_sim/prices`` ``{"<gpu>": price}``; ``POST /_sim/machines/{id}/delete`` (deleted behind
 the client's back); ``POST /_sim/machines/{id}/state`` ``{"state": "stopped"|"unhealthy"}``;
-``POST /_sim/release-hold``.
+``POST /_sim/release-hold``; ``GET /_sim/commands`` (every ``vllm``/``docker`` command the
+machines' tools ran: ``{"commands": [{"machine", "tool", "argv"}]}``).
+
+GPU machines: each machine's SSH sessions find its ``bin/`` first on ``PATH`` with the tools of
+``neobatch.sim.machine_tools``: ``vllm`` on every machine (``vllm serve`` runs the engine
+simulator), plus ``sudo`` and ``docker`` where the provider's image has them (Lambda). Engines a
+machine started die with it (terminated, stopped or unhealthy).
+
+Fault switches (``POST /_sim/faults``): ``no_capacity``, ``refuse_launch``, ``error_after_create``,
+``stuck_boot``, ``burst_5xx``, ``storm_429``, ``hold_create`` (see ``Faults``), and for machines
+that boot from then on ``no_docker`` (``sudo docker`` is "command not found") and
+``no_nvidia_runtime`` (Docker without the NVIDIA runtime: ``--gpus`` fails).
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from typing import Any
 
 from aiohttp import web
 
+from neobatch.sim import machine_tools
 from neobatch.sim.provider_specs import OpenApiDoc
 from neobatch.sim.ssh_host import SSHHost, start_ssh_host
 
@@ -43,6 +55,8 @@ class Faults:
     burst_5xx: int = 0  # the next N API calls answer 5xx
     storm_429: int = 0  # the next N API calls answer 429
     hold_create: bool = False  # a create makes the machine, then waits for /_sim/release-hold
+    no_docker: bool = False  # machines booting from now on have no docker (machines with docker)
+    no_nvidia_runtime: bool = False  # ... have docker without the NVIDIA container runtime
 
     def refuses(self, gpu: str, region: str) -> bool:
         return "*" in self.refuse_launch or f"{gpu}@{region}" in self.refuse_launch
@@ -90,6 +104,8 @@ class CloudSim:
     """State and behaviour common to both simulators; subclasses add the provider's routes."""
 
     api_prefix = "/"
+    # The command-line tools on this provider's machines (``machine_tools``).
+    machine_tools: tuple[str, ...] = ("vllm",)
 
     def __init__(
         self,
@@ -117,6 +133,9 @@ class CloudSim:
         self.creates = 0  # create calls that made a machine
         self._hold = asyncio.Event()
         self._lock = asyncio.Lock()
+        # Survives the machines (whose workdirs go with them): what their tools were asked to do.
+        self._records_dir = tempfile.mkdtemp(prefix="sim-commands-")
+        self.commands_file = f"{self._records_dir}/commands.jsonl"
 
     # --- state ---------------------------------------------------------------------------
 
@@ -159,13 +178,22 @@ class CloudSim:
 
     async def _start_ssh(self, machine: SimMachine) -> None:
         machine.workdir = tempfile.mkdtemp(prefix=f"sim-{machine.id[:8]}-")
+        has_docker = "docker" in self.machine_tools and not self.faults.no_docker
+        machine_tools.install(
+            machine.workdir,
+            machine=machine.id,
+            tools=self.machine_tools,
+            records=self.commands_file,
+            docker=has_docker,
+            nvidia=has_docker and not self.faults.no_nvidia_runtime,
+        )
         machine.ssh = await start_ssh_host(
             machine.ip,
             self.ssh_port_for(machine),
             machine.public_keys,
             None,
             machine.workdir,
-            env={"HOME": machine.workdir},
+            env=machine_tools.machine_env(machine.workdir),
         )
         machine.port = machine.ssh.port
 
@@ -177,6 +205,8 @@ class CloudSim:
             await machine.ssh.close()
             machine.ssh = None
         if machine.workdir:
+            # The machine is gone or off: so are the engines it was running.
+            machine_tools.kill_machine_processes(machine.workdir)
             shutil.rmtree(machine.workdir, ignore_errors=True)
             machine.workdir = ""
 
@@ -196,6 +226,10 @@ class CloudSim:
     async def close(self) -> None:
         for machine in list(self.machines.values()):
             await self.stop_ssh(machine)
+        shutil.rmtree(self._records_dir, ignore_errors=True)
+
+    def commands(self) -> list[dict[str, Any]]:
+        return machine_tools.read_records(self.commands_file)
 
     # --- HTTP plumbing ---------------------------------------------------------------------
 
@@ -278,6 +312,7 @@ class CloudSim:
             web.post("/_sim/machines/{id}/delete", self._delete_behind_back),
             web.post("/_sim/machines/{id}/state", self._set_state),
             web.post("/_sim/release-hold", self._release_hold),
+            web.get("/_sim/commands", self._commands),
         ]
 
     def state(self) -> dict[str, Any]:
@@ -332,6 +367,9 @@ class CloudSim:
             await self.stop_ssh(machine)
         machine.state = state
         return web.json_response(machine.summary())
+
+    async def _commands(self, request: web.Request) -> web.Response:
+        return web.json_response({"commands": self.commands()})
 
     async def _release_hold(self, request: web.Request) -> web.Response:
         self.faults.hold_create = False

@@ -173,6 +173,15 @@ class SSHHost:
     def known_hosts(self) -> asyncssh.SSHKnownHosts:
         return asyncssh.import_known_hosts(self.known_hosts_line + "\n")
 
+    async def drop_connections(self) -> int:
+        """Drop every live connection but keep listening (a network blip, not a reboot)."""
+        dropped = list(self._connections)
+        for conn in dropped:
+            conn.abort()
+        for conn in dropped:
+            await conn.wait_closed()
+        return len(dropped)
+
     async def close(self) -> None:
         """Stop listening and drop live connections (their commands get SIGHUP)."""
         if self._acceptor is not None:

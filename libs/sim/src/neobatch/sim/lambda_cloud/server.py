@@ -59,6 +59,8 @@ def default_capacity(free: int = 2) -> dict[tuple[str, str], int]:
 
 class LambdaSim(CloudSim):
     api_prefix = "/api/v1"
+    # Lambda Stack images: the user has sudo, Docker and the NVIDIA container runtime.
+    machine_tools = ("vllm", "sudo", "docker")
 
     def __init__(
         self,
