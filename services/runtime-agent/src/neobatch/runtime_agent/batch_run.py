@@ -36,7 +36,7 @@ from neobatch.runtime_agent.engine import EngineClient, EngineNotReady
 from neobatch.runtime_agent.engine_session import EngineSession
 from neobatch.runtime_agent.lease_watch import BatchWatch, Interrupted
 from neobatch.runtime_agent.output_files import write_result_files
-from neobatch.runtime_agent.remote import HostUnreachable, RemoteError
+from neobatch.runtime_agent.remote import HostKeyMismatch, HostUnreachable, RemoteError
 from neobatch.runtime_agent.settings import AgentSettings
 from neobatch.runtime_agent.store import BatchStore
 
@@ -45,6 +45,8 @@ log = logging.getLogger("neobatch.runtime_agent.batch_run")
 S = BatchStatus
 PROGRESS_INTERVAL_SECONDS = 1.5
 EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
+# Reconnects in a row that let no request finish before the connection dropped again.
+RECONNECTS_WITHOUT_PROGRESS = 3
 
 
 class RemoteLost(Exception):
@@ -144,16 +146,28 @@ class BatchRun:
         return await self._move(S.IN_PROGRESS)
 
     async def _run(self) -> None:
-        """in_progress: start (or find) the engine and dispatch; then end the batch."""
+        """in_progress: start (or find) the engine and dispatch; then end the batch.
+
+        A connection that drops mid-dispatch is re-established in place: `EngineSession.start`
+        reconnects within `ssh_ready_timeout_seconds`, finds the engine still running (no
+        relaunch), restores the forward, and dispatch resumes with what has no result. Only a
+        machine that stays unreachable past that deadline (or drops again and again without
+        any progress) is RemoteLost, for the planner to replace.
+        """
         await self._load_counts()
-        if not self.watch.interrupted.is_set() and self.tally.finished < self.tally.total:
+        stalled = 0
+        while not self.watch.interrupted.is_set() and self.tally.finished < self.tally.total:
             try:
                 client = await self._session.start()
             except Interrupted:
-                client = None
+                break
             except HostUnreachable as exc:
                 if self.resumed:
                     raise RemoteLost(exc.message) from exc
+                await self._end(S.FAILED, code=exc.code, message=exc.message, stop_engine=False)
+                return
+            except HostKeyMismatch as exc:
+                # Never retried: the machine we pinned is not the one answering.
                 await self._end(S.FAILED, code=exc.code, message=exc.message, stop_engine=False)
                 return
             except (RemoteError, EngineNotReady) as exc:
@@ -161,11 +175,23 @@ class BatchRun:
                 launched = self._session.connected
                 await self._end(S.FAILED, code=exc.code, message=exc.message, stop_engine=launched)
                 return
-            if client is not None:
-                try:
-                    await self._dispatch(client)
-                finally:
-                    await client.close()
+            before = self.tally.finished
+            try:
+                await self._dispatch(client)
+            finally:
+                await client.close()
+            if self.watch.lost or not self._session.is_closed:
+                break
+            await self._load_counts()
+            stalled = 0 if self.tally.finished > before else stalled + 1
+            if stalled >= RECONNECTS_WITHOUT_PROGRESS:
+                break  # RemoteLost below: the connection keeps dying before anything finishes
+            # The machine was reached before: failing to reach it again means it was lost.
+            self.resumed = True
+            log.warning(
+                "ssh connection dropped mid-dispatch; reconnecting in place",
+                extra=log_fields(**self._ids, finished=self.tally.finished),
+            )
         if self.watch.lost:
             log.warning(
                 "lease lost; leaving the batch to its new owner", extra=log_fields(**self._ids)

@@ -1,0 +1,334 @@
+"""Runtime targets on a real loopback SSH host that carries the simulated machine tools
+(`neobatch.sim.machine_tools`: `vllm`, `sudo`, `docker`), then whole batches through the agent:
+RunPod's `vllm serve`, Lambda's `sudo docker run`, a machine without Docker or the NVIDIA
+runtime, a dropped connection re-established in place, and a host key that changes.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncssh
+import msgspec
+import pytest
+
+from neobatch.common.contracts import BatchStatus, EngineSpec, SshEndpoint
+from neobatch.runtime_agent.remote import (
+    EngineLaunchFailed,
+    RemoteHost,
+    connect,
+    load_client_key,
+    plan_launch,
+)
+from neobatch.sim import machine_tools
+from neobatch.sim.servers import free_port
+from neobatch.sim.ssh_host import SSHHost, start_ssh_host
+from neobatch.sim.waiting import wait_until
+
+MODEL = "sim-model"
+
+
+@dataclass
+class Machine:
+    ssh: SSHHost
+    workdir: Path
+    records: Path
+    host_key: asyncssh.SSHKey
+
+    @property
+    def target(self) -> SshEndpoint:
+        return SshEndpoint(host=self.ssh.host, port=self.ssh.port, username=getpass.getuser())
+
+    def commands(self, tool: str) -> list[list[str]]:
+        return [r["argv"] for r in machine_tools.read_records(self.records) if r["tool"] == tool]
+
+    def serves(self) -> list[list[str]]:
+        return [argv for argv in self.commands("vllm") if argv[1:2] == ["serve"]]
+
+    def docker_runs(self) -> list[list[str]]:
+        return [argv for argv in self.commands("docker") if argv[1:2] == ["run"]]
+
+    def containers(self) -> list[str]:
+        return sorted(p.stem for p in (self.workdir / ".sim" / "containers").glob("*.json"))
+
+
+@pytest.fixture
+def make_machine(sim_loop, ssh_keypair, tmp_path) -> Iterator[Any]:
+    """`make_machine(docker=, nvidia=, engine_args=)`: a loopback SSH host with the GPU tools."""
+    made: list[Machine] = []
+
+    def make(*, docker: bool = True, nvidia: bool = True, engine_args: tuple = ()) -> Machine:
+        workdir = tmp_path / f"machine-{len(made)}"
+        workdir.mkdir()
+        records = tmp_path / f"commands-{len(made)}.jsonl"
+        machine_tools.install(
+            workdir,
+            machine=workdir.name,
+            records=records,
+            docker=docker,
+            nvidia=nvidia,
+            engine_args=list(engine_args),
+        )
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        env = machine_tools.machine_env(workdir)
+        ssh = sim_loop.run(
+            start_ssh_host("127.0.0.1", 0, [ssh_keypair.public_key], key, workdir, env=env)
+        )
+        machine = Machine(ssh, workdir, records, key)
+        made.append(machine)
+        return machine
+
+    try:
+        yield make
+    finally:
+        for machine in made:
+            sim_loop.run(machine.ssh.close())
+            machine_tools.kill_machine_processes(machine.workdir)
+
+
+@pytest.fixture
+def client_key(ssh_keypair):
+    return load_client_key(str(ssh_keypair.private_key_path))
+
+
+def engine_spec(**overrides: Any) -> EngineSpec:
+    fields: dict[str, Any] = {
+        "serving_name": MODEL,
+        "model_uri": "org/sim-model",
+        "port": free_port(),
+        "ready_timeout_seconds": 30.0,
+    }
+    return EngineSpec(**{**fields, **overrides})
+
+
+async def served_models(host: RemoteHost, port: int) -> list[str]:
+    local = await host.forward(port)
+    url = f"http://127.0.0.1:{local}/v1/models"
+
+    async def models() -> list[str] | None:
+        try:
+            async with aiohttp.ClientSession() as session, session.get(url) as resp:
+                if resp.status == 200:
+                    return [m["id"] for m in (await resp.json())["data"]]
+        except aiohttp.ClientError:
+            return None
+        return None
+
+    return await wait_until(models, 20, message="the engine to answer through the forward")
+
+
+# --- RemoteHost on a machine with the tools -----------------------------------------------
+
+
+@pytest.mark.parametrize("runtime", ["runpod", "lambdaCloud"])
+async def test_shell_metacharacters_reach_the_engine_as_data(
+    make_machine, client_key, agent, runtime
+) -> None:
+    machine = make_machine()
+    pwned = Path(f"/tmp/pwned-{uuid.uuid4().hex}")
+    name = f"m'; touch {pwned}; echo '"
+    args = ["--chat-template", f"$(touch {pwned})", "--x", f'`touch {pwned}` "; touch {pwned}']
+    spec = engine_spec(serving_name=name, serve_args=args, image="vllm/vllm-openai:v0.9.1")
+    launch = plan_launch(runtime, agent.new_batch_id(), spec)
+    host = await connect(
+        machine.target, client_key, machine.ssh.host_public_key, connect_timeout_seconds=10
+    )
+    try:
+        pid, reused = await host.launch(launch)
+        assert not reused and pid > 0
+        # The engine got the literal name: it serves a model called exactly that.
+        assert await served_models(host, spec.port) == [name]
+        if runtime == "runpod":
+            assert machine.serves() == [launch.argv]
+        else:
+            run = machine.docker_runs()
+            assert len(run) == 1 and run[0][-len(launch.argv) :] == launch.argv
+            assert run[0][:12] == [
+                "docker", "run", "-d", "--name", launch.container, "--gpus", "all",
+                "--ipc=host", "-p", f"127.0.0.1:{spec.port}:8000", "vllm/vllm-openai:v0.9.1",
+                "--model",
+            ]  # fmt: skip
+        assert not pwned.exists()
+    finally:
+        await host.stop(launch, grace_seconds=2)
+        await host.close()
+    assert not pwned.exists()
+
+
+async def test_docker_launch_is_idempotent_and_stop_removes_the_container(
+    make_machine, client_key, agent
+) -> None:
+    machine = make_machine()
+    spec = engine_spec()
+    launch = plan_launch("lambdaCloud", agent.new_batch_id(), spec)
+    host = await connect(
+        machine.target, client_key, machine.ssh.host_public_key, connect_timeout_seconds=10
+    )
+    try:
+        pid, reused = await host.launch(launch)
+        assert (await host.launch(launch)) == (pid, True)  # found running: not a second one
+        assert len(machine.docker_runs()) == 1
+        assert await host.is_running(launch)
+        assert await served_models(host, spec.port) == [MODEL]
+        assert "engine sim listening" in await host.log_tail(launch)
+        assert machine.containers() == [launch.container]
+
+        await host.stop(launch, grace_seconds=2)
+        assert machine.containers() == []
+        assert not await host.is_running(launch)
+        assert agent.engine_pids(spec.port) == []
+        await host.stop(launch, grace_seconds=2)  # stopping twice is harmless
+
+        # A container that died is replaced (rm -f, run again), not reported as running.
+        pid, _ = await host.launch(launch)
+        machine_tools.kill_machine_processes(machine.workdir)
+        await wait_until(lambda: agent.engine_pids(spec.port) == [], 10)
+        assert not await host.is_running(launch)
+        new_pid, reused = await host.launch(launch)
+        assert not reused and new_pid != pid and len(machine.docker_runs()) == 3
+    finally:
+        await host.stop(launch, grace_seconds=2)
+        await host.close()
+
+
+@pytest.mark.parametrize(
+    ("docker", "nvidia", "message"),
+    [
+        (False, False, "docker is not installed on the machine"),
+        (True, False, "the NVIDIA container runtime is missing"),
+    ],
+)
+async def test_docker_or_nvidia_runtime_missing_is_a_clear_launch_failure(
+    make_machine, client_key, agent, docker, nvidia, message
+) -> None:
+    machine = make_machine(docker=docker, nvidia=nvidia)
+    launch = plan_launch("lambdaCloud", agent.new_batch_id(), engine_spec())
+    host = await connect(
+        machine.target, client_key, machine.ssh.host_public_key, connect_timeout_seconds=10
+    )
+    try:
+        with pytest.raises(EngineLaunchFailed) as caught:
+            await host.launch(launch)
+        assert caught.value.code == "engine_launch_failed"
+        assert caught.value.message.startswith(message)
+        assert machine.docker_runs() == []
+        await host.stop(launch, grace_seconds=1)  # nothing to stop: not an error
+    finally:
+        await host.close()
+
+
+# --- whole batches through the agent ----------------------------------------------------------
+
+
+async def submit(harness, agent, machine: Machine, runtime: str, spec: EngineSpec, n: int):
+    event = agent.batch_requested(
+        batch_id=agent.new_batch_id(),
+        input_file_id=await harness.upload(agent.chat_lines(n)),
+        target=machine.target,
+        engine=spec,
+    )
+    event = msgspec.structs.replace(event, runtime=runtime)
+    await harness.agent.handlers.on_batch_requested(event)
+    return event
+
+
+async def test_lambda_batch_runs_in_docker_and_removes_its_container(
+    make_harness, agent, make_machine
+) -> None:
+    machine = make_machine()
+    harness = await make_harness()
+    spec = engine_spec(image="vllm/vllm-openai:v0.9.1", engine_args={"max_num_seqs": 8})
+    event = await submit(harness, agent, machine, "lambdaCloud", spec, 30)
+    batch = await harness.wait_terminal(event.batch_id)
+    assert batch.status is BatchStatus.COMPLETED, (batch.error_code, batch.error_message)
+    assert batch.request_counts.completed == 30
+    (run,) = machine.docker_runs()
+    assert run[run.index("--max-num-seqs") + 1] == "8"
+    assert machine.containers() == []  # stopped and removed at the end
+    assert agent.engine_pids(spec.port) == []
+
+
+async def test_lambda_batch_without_docker_fails_with_launch_code(
+    make_harness, agent, make_machine
+) -> None:
+    machine = make_machine(docker=False)
+    harness = await make_harness()
+    event = await submit(harness, agent, machine, "lambdaCloud", engine_spec(), 3)
+    batch = await harness.wait_terminal(event.batch_id)
+    assert batch.status is BatchStatus.FAILED
+    assert batch.error_code == "engine_launch_failed"
+    assert batch.error_message == "docker is not installed on the machine"
+
+
+async def test_dropped_connection_is_reestablished_in_place_without_relaunch(
+    make_harness, agent, make_machine, sim_loop, caplog
+) -> None:
+    machine = make_machine(engine_args=("--latency-ms", "10"))
+    harness = await make_harness(dispatch_concurrency=4, ssh_ready_timeout_seconds=20)
+    lines = agent.chat_lines(800)
+    spec = engine_spec()
+    caplog.set_level(logging.INFO, logger="neobatch.runtime_agent")
+    event = await submit(harness, agent, machine, "runpod", spec, len(lines))
+
+    async def some_done() -> int:
+        return await harness.store.results.count_documents({"batch_id": event.batch_id}) >= 50
+
+    await wait_until(some_done, 30, message="the first results")
+    pids = agent.engine_pids(spec.port)
+    assert sim_loop.run(machine.ssh.drop_connections()) >= 1  # a blip: sshd keeps listening
+    done_at_drop = await harness.store.results.count_documents({"batch_id": event.batch_id})
+    batch = await harness.wait_terminal(event.batch_id, within_seconds=60)
+
+    assert batch.status is BatchStatus.COMPLETED, (batch.error_code, batch.error_message)
+    assert done_at_drop < len(lines)
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (len(lines), 0)
+    output = await harness.read_file(batch.output_file_id)
+    assert [line["custom_id"] for line in output] == [x["custom_id"] for x in lines]
+    # Launched once: the reconnect found the engine running (same process) and reused it.
+    assert len(machine.serves()) == 1
+    assert pids and len(pids) == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert "ssh connection dropped mid-dispatch; reconnecting in place" in messages
+    assert "machine unreachable; will resume" not in messages  # not the re-claim path
+    assert batch.crash_count == 0
+    assert agent.engine_pids(spec.port) == []  # stopped at the end
+
+
+async def test_changed_host_key_on_reconnect_fails_the_batch(
+    make_harness, agent, make_machine, sim_loop, ssh_keypair
+) -> None:
+    machine = make_machine(engine_args=("--latency-ms", "10"))
+    harness = await make_harness(dispatch_concurrency=4, ssh_ready_timeout_seconds=20)
+    spec = engine_spec()
+    event = await submit(harness, agent, machine, "runpod", spec, 800)
+
+    async def some_done() -> int:
+        return await harness.store.results.count_documents({"batch_id": event.batch_id}) >= 20
+
+    await wait_until(some_done, 30, message="the first results")
+    stored = await harness.store.find_batch(event.batch_id)
+    assert stored is not None and stored.host_public_key == machine.ssh.host_public_key
+    # Another machine answers at the same address: a different host key.
+    port = machine.ssh.port
+    sim_loop.run(machine.ssh.close())
+    impostor_key = asyncssh.generate_private_key("ssh-ed25519")
+    env = machine_tools.machine_env(machine.workdir)
+    machine.ssh = sim_loop.run(
+        start_ssh_host(
+            "127.0.0.1", port, [ssh_keypair.public_key], impostor_key, machine.workdir, env=env
+        )
+    )
+    batch = await harness.wait_terminal(event.batch_id, within_seconds=30)
+    assert batch.status is BatchStatus.FAILED
+    assert batch.error_code == "host_key_mismatch"
+    assert "does not match the pinned key" in batch.error_message
+    assert 0 < batch.request_counts.completed < 800  # finished work kept in the output
+    assert batch.crash_count == 0
+    assert len(machine.serves()) == 1  # never relaunched on the impostor
