@@ -6,17 +6,19 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
+import pytest
 import pytest_asyncio
 from pymongo.asynchronous.database import AsyncDatabase
 
 from neobatch.common.clock import FixedClock, utcnow
-from neobatch.common.contracts import JobCancelRequested, ProvisionRunning, SshEndpoint
+from neobatch.common.contracts import JobCancelRequested, JobQueued, ProvisionRunning, SshEndpoint
 from neobatch.common.mongo import create_mongo_client
 from neobatch.common.outbox import OUTBOX
 from neobatch.common.subjects import Namespace
+from neobatch.planner import jobs
 from neobatch.planner.policy import Limits
 from neobatch.planner.scheduler import Planner
-from neobatch.planner.store import JobStore
+from neobatch.planner.store import BatchConflict, JobStore
 
 SPEC = {"accelerator": {"type": "H100", "count": 1}, "engine": {"port": 8000}}
 
@@ -110,3 +112,37 @@ async def test_provisioning_that_never_answers_ends_resource_failed_and_frees_th
         async for e in rig.db[OUTBOX].find({"payload": {"$exists": True}})
     ]
     assert subjects.count("provision.release_requested") == 2
+
+
+async def test_a_batch_whose_job_moved_writes_nothing_and_is_planned_one_by_one(rig: Rig) -> None:
+    ids = [await rig.add_job(n) for n in range(3)]
+    queued = await rig.store.list_queued(10)
+    assert [job.id for job in queued] == ids
+    # Someone else moves the second job after we read it: its compare-and-set must fail.
+    await rig.db.jobs.update_one({"_id": ids[1]}, {"$inc": {"version": 1}})
+    now = rig.clock.now()
+    batch = [(job, jobs.decide(job, JobQueued(job_id=job.id), now)) for job in queued]
+    with pytest.raises(BatchConflict):
+        await rig.store.save_queued_batch(batch, now)
+    assert set((await rig.statuses()).values()) == {"queued"}
+    assert await rig.db.planner_slots.count_documents({"job_id": {"$ne": None}}) == 0
+    assert await rig.db[OUTBOX].count_documents({}) == 0
+
+    await rig.planner.plan_waiting()
+    statuses = await rig.statuses()
+    assert [statuses[i] for i in ids] == ["resource_preparing", "resource_preparing", "queued"]
+
+
+async def test_many_queued_jobs_start_in_batches_up_to_the_slot_limit(rig: Rig) -> None:
+    ids = [await rig.add_job(n) for n in range(40)]
+    await rig.planner.apply(ids[1], JobCancelRequested(job_id=ids[1]))
+    await rig.planner.plan_waiting()
+    statuses = await rig.statuses()
+    assert statuses[ids[0]] == statuses[ids[2]] == "resource_preparing"
+    assert statuses[ids[1]] == "cancelled"
+    assert all(statuses[i] == "queued" for i in ids[3:])
+    requested = [
+        e["subject"].split(".", 1)[1]
+        async for e in rig.db[OUTBOX].find({"subject": {"$regex": "provision.requested$"}})
+    ]
+    assert len(requested) == 2

@@ -13,13 +13,13 @@ from collections.abc import Callable
 
 from neobatch.common.aio import wait_for_event
 from neobatch.common.clock import Clock
-from neobatch.common.contracts import Event, JobQueued
+from neobatch.common.contracts import Event, JobQueued, JobStatus
 from neobatch.common.errors import NotFound
 from neobatch.common.logs import log_fields
 from neobatch.planner import jobs
-from neobatch.planner.jobs import DeadLettered, DeadlinePassed
+from neobatch.planner.jobs import DeadLettered, DeadlinePassed, Decision
 from neobatch.planner.policy import Limits
-from neobatch.planner.store import JobStore, NoSlotFree
+from neobatch.planner.store import BatchConflict, JobStore, NoSlotFree
 
 log = logging.getLogger("neobatch.planner")
 
@@ -27,6 +27,8 @@ MAX_CAS_ATTEMPTS = 5
 # Other planner instances free slots too; look at the queue at least this often.
 QUEUE_POLL_SECONDS = 1.0
 DEADLINE_POLL_SECONDS = 1.0
+# Queued jobs started per transaction: the round trips per batch do not grow with it.
+PLAN_BATCH = 16
 
 
 class LostRace(RuntimeError):
@@ -42,6 +44,10 @@ class Planner:
         self._notify = notify_outbox
         self._limits = limits
         self._slot_freed = asyncio.Event()
+        # One planning pass at a time per process: concurrent passes would only race each
+        # other for the same oldest jobs and slots. A request during a pass runs one more.
+        self._planning = False
+        self._plan_again = False
 
     async def apply(self, job_id: str, event: Event | DeadlinePassed | DeadLettered) -> bool:
         """Apply `event` to the job; False only when it needed a provisioning slot and none was free."""
@@ -67,26 +73,64 @@ class Planner:
                     self._notify()
                 if decision.release_slot:
                     self._slot_freed.set()
-                if decision.status is not None:
-                    log.info(
-                        "job transition",
-                        extra=log_fields(
-                            job_id=job_id,
-                            old=job.status.value,
-                            new=decision.status.value,
-                            reason=decision.reason,
-                        ),
-                    )
+                self._log_transition(job_id, job.status, decision)
                 return True
         raise LostRace(
             f"job {job_id} changed {MAX_CAS_ATTEMPTS} times while handling {event.subject}"
         )
 
     async def plan_waiting(self) -> None:
-        """Start provisioning for queued jobs, oldest first, while slots are free."""
-        while (job := await self._store.find_oldest_queued()) is not None:
-            if not await self.apply(job.id, JobQueued(job_id=job.id)):
+        """Start provisioning for queued jobs, oldest first, while slots are free.
+
+        When a pass is already running in this process, it is asked to look again and this
+        call returns at once (the queue loop retries any pass that fails).
+        """
+        self._plan_again = True
+        if self._planning:
+            return
+        self._planning = True
+        try:
+            while self._plan_again:
+                self._plan_again = False
+                await self._plan_pass()
+        finally:
+            self._planning = False
+
+    async def _plan_pass(self) -> None:
+        while True:
+            queued = await self._store.list_queued(PLAN_BATCH)
+            if not queued:
+                return
+            now = self._clock.now()
+            batch = []
+            for job in queued:
+                decision = jobs.decide(job, JobQueued(job_id=job.id), now, self._limits)
+                if decision is not None:
+                    batch.append((job, decision))
+            try:
+                written, slots_ran_out = await self._store.save_queued_batch(batch, now)
+            except BatchConflict:
+                # Someone else moved one of them (a cancel, another planner): one by one.
+                for job, _ in batch:
+                    if not await self.apply(job.id, JobQueued(job_id=job.id)):
+                        return
+                continue
+            if written:
+                self._notify()
+                for job, decision in batch[:written]:
+                    self._log_transition(job.id, job.status, decision)
+            if not written or slots_ran_out or len(queued) < PLAN_BATCH:
                 return  # no slot: the next freed slot wakes us
+
+    @staticmethod
+    def _log_transition(job_id: str, old: JobStatus, decision: Decision) -> None:
+        if decision.status is not None:
+            log.info(
+                "job transition",
+                extra=log_fields(
+                    job_id=job_id, old=old.value, new=decision.status.value, reason=decision.reason
+                ),
+            )
 
     async def expire_overdue(self) -> int:
         overdue = await self._store.list_overdue(self._clock.now())

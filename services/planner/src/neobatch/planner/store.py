@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from pymongo import ASCENDING, AsyncMongoClient, IndexModel
+from pymongo import ASCENDING, AsyncMongoClient, IndexModel, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -18,6 +19,11 @@ from neobatch.common.subjects import Namespace
 from neobatch.common.transitions import compare_and_set
 from neobatch.planner.jobs import Decision, Job
 
+# The oldest a deadline can be: a lower bound makes the overdue query a bounded range, which
+# our test database (secantus) answers from the `deadline` index; `$lte` alone scans every
+# job (50 ms on 2,000 jobs, against 1 ms).
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 JOBS = "jobs"
 SLOTS = "planner_slots"
 INDEXES = [
@@ -25,6 +31,30 @@ INDEXES = [
     IndexModel([("deadline_at", ASCENDING)], name="deadline", sparse=True),
     IndexModel([("batch_id", ASCENDING)], name="batch"),
 ]
+
+
+# Only what `job_from_doc` reads: a job document also carries metadata, counts, errors...
+JOB_FIELDS = {
+    field: 1
+    for field in (
+        "status",
+        "version",
+        "batch_id",
+        "provision_id",
+        "batch_handed_over",
+        "cancel_requested_at",
+        "template_spec",
+        "serving_name",
+        "endpoint",
+        "input_dataset",
+        "created_by",
+        "resource_request",
+        "provider",
+        "client",
+        "completion_window_seconds",
+        "expires_at",
+    )
+}
 
 
 def job_from_doc(doc: dict[str, Any]) -> Job:
@@ -53,6 +83,19 @@ class NoSlotFree(Exception):
     """Every provisioning slot is taken; the job stays queued until one frees."""
 
 
+class BatchConflict(Exception):
+    """A job or slot of a batch moved under us; the transaction aborts and nothing is written."""
+
+
+def _job_update(decision: Decision, now: datetime) -> dict[str, Any]:
+    fields = dict(decision.fields)
+    if decision.status is not None:
+        fields["status"] = decision.status.value
+    fields["updated_at"] = now
+    fields = {k: msgspec.to_builtins(v, builtin_types=(datetime,)) for k, v in fields.items()}
+    return {"$set": fields, "$inc": {"version": 1}}
+
+
 class JobStore:
     def __init__(
         self,
@@ -79,17 +122,26 @@ class JobStore:
         self._slot_ids = wanted
 
     async def find_oldest_queued(self) -> Job | None:
-        doc = await self._jobs.find_one(
-            {"status": JobStatus.QUEUED.value}, sort=[("created_at", ASCENDING), ("_id", ASCENDING)]
+        jobs = await self.list_queued(1)
+        return jobs[0] if jobs else None
+
+    async def list_queued(self, limit: int) -> list[Job]:
+        """The `limit` oldest queued jobs, in queue order, in one round trip."""
+        cursor = self._jobs.find(
+            {"status": JobStatus.QUEUED.value},
+            JOB_FIELDS,
+            sort=[("created_at", ASCENDING), ("_id", ASCENDING)],
+            limit=limit,
         )
-        return job_from_doc(doc) if doc else None
+        return [job_from_doc(doc) async for doc in cursor]
 
     async def list_overdue(self, now: datetime, limit: int = 100) -> list[Job]:
         cursor = self._jobs.find(
             {
-                "deadline_at": {"$lte": now},
+                "deadline_at": {"$gte": EPOCH, "$lte": now},
                 "status": {"$nin": [s.value for s in TERMINAL_JOB_STATUSES]},
             },
+            JOB_FIELDS,
             limit=limit,
         )
         return [job_from_doc(doc) async for doc in cursor]
@@ -112,27 +164,21 @@ class JobStore:
             raise NoSlotFree  # another planner took it this instant; the queue loop retries
 
     async def get_job(self, job_id: str) -> Job:
-        doc = await self._jobs.find_one({"_id": job_id})
+        doc = await self._jobs.find_one({"_id": job_id}, JOB_FIELDS)
         if doc is None:
             raise NotFound(f"job {job_id!r} not found", code="job_not_found")
         return job_from_doc(doc)
 
     async def save_decision(self, job: Job, decision: Decision, now: datetime) -> bool:
         """Apply `decision` made from `job` if the job has not moved since; events go with it."""
-        fields = dict(decision.fields)
-        if decision.status is not None:
-            fields["status"] = decision.status.value
-        fields["updated_at"] = now
-        fields = {k: msgspec.to_builtins(v, builtin_types=(datetime,)) for k, v in fields.items()}
+        update = _job_update(decision, now)
+        expected = {"status": job.status.value, "version": job.version}
+        if not (decision.events or decision.release_slot or decision.acquire_slot):
+            # A field-only change (progress counts): one write, no transaction needed.
+            return await compare_and_set(self._jobs, job.id, expected, update)
 
         async def work(session: AsyncClientSession) -> bool:
-            won = await compare_and_set(
-                self._jobs,
-                job.id,
-                {"status": job.status.value, "version": job.version},
-                {"$set": fields},
-                session=session,
-            )
+            won = await compare_and_set(self._jobs, job.id, expected, update, session=session)
             if not won:
                 return False
             if decision.release_slot:
@@ -143,5 +189,62 @@ class JobStore:
                 await self._take_slot(job.id, session)
             await append_events(self._db, self._ns, decision.events, session, now)
             return True
+
+        return await transact(self._client, work)
+
+    async def save_queued_batch(
+        self, batch: Sequence[tuple[Job, Decision]], now: datetime
+    ) -> tuple[int, bool]:
+        """Start several queued jobs in one transaction, in queue order, as slots allow.
+
+        Each decision comes from `decide(job, JobQueued)`: into resource_preparing (takes a
+        slot) or cancelled (takes none). Jobs are written up to the first one that needs a slot
+        when none is left. The round trips do not grow with the batch: free slots, the job
+        compare-and-sets, the slot takes and the outbox entries are one command each, then the
+        commit. Returns (how many were written, whether the slots ran out); when any job or
+        slot moved under us, nothing is written and `BatchConflict` is raised: the caller
+        applies those jobs one by one.
+        """
+
+        async def work(session: AsyncClientSession) -> tuple[int, bool]:
+            free = [
+                doc["_id"]
+                async for doc in self._slots.find(
+                    {"_id": {"$in": self._slot_ids}, "job_id": None}, {"_id": 1}, session=session
+                )
+            ]
+            job_ops: list[UpdateOne] = []
+            slot_ops: list[UpdateOne] = []
+            events = []
+            slots_ran_out = False
+            for job, decision in batch:
+                if decision.acquire_slot:
+                    if len(slot_ops) == len(free):
+                        slots_ran_out = True
+                        break
+                    slot_ops.append(
+                        UpdateOne(
+                            {"_id": free[len(slot_ops)], "job_id": None},
+                            {"$set": {"job_id": job.id}},
+                        )
+                    )
+                job_ops.append(
+                    UpdateOne(
+                        {"_id": job.id, "status": job.status.value, "version": job.version},
+                        _job_update(decision, now),
+                    )
+                )
+                events.extend(decision.events)
+            if not job_ops:
+                return 0, slots_ran_out
+            written = await self._jobs.bulk_write(job_ops, session=session)
+            if written.matched_count != len(job_ops):
+                raise BatchConflict
+            if slot_ops:
+                taken = await self._slots.bulk_write(slot_ops, session=session)
+                if taken.matched_count != len(slot_ops):
+                    raise BatchConflict
+            await append_events(self._db, self._ns, events, session, now)
+            return len(job_ops), slots_ran_out
 
         return await transact(self._client, work)
