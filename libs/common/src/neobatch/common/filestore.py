@@ -7,12 +7,15 @@ reads inputs and writes outputs. Content is streamed in chunks, never held whole
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from gridfs import AsyncGridFSBucket, NoFile
+from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from neobatch.common.errors import NotFound
@@ -20,6 +23,14 @@ from neobatch.common.ids import new_id
 
 BUCKET = "files"
 CHUNK_BYTES = 255 * 1024
+# Chunks fetched per cursor round trip when reading, and inserted per write: about 1-2 MB in
+# memory at a time.
+READ_BATCH_CHUNKS = 8
+WRITE_BATCH_CHUNKS = 4
+
+
+class CorruptFile(Exception):
+    """A stored file whose chunks do not add up to its length."""
 
 
 class FileInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,33 +86,108 @@ async def save_file(
     """Stream `chunks` into a new file named `file_id`. Idempotent: an existing file is replaced.
 
     Replacing matters for the runtime-agent, which may rewrite an output file after a crash.
+    The GridFS layout is written here, a few chunks per insert: pymongo's upload stream holds
+    up to 32 MB of chunks before inserting them, and encodes them all at once, which cost
+    about 90 MB of peak memory per large file (`task bench:dispatch`, memory). As in GridFS
+    the file document is written last, so a file is visible only once it is complete; a
+    failed upload removes the chunks it wrote.
     """
-    store = bucket(db)
+    await _ensure_indexes(db)
     try:
-        await store.delete(file_id)
+        await bucket(db).delete(file_id)
     except NoFile:
-        pass
-    grid_in = store.open_upload_stream_with_id(
-        file_id, filename, metadata={"purpose": purpose, "owner": owner}
-    )
+        pass  # GridFS's delete removes stray chunks of an unfinished file even then
+    chunk_coll = db[f"{BUCKET}.chunks"]
+    pending = bytearray()
+    docs: list[dict[str, Any]] = []
+    n = length = 0
+
+    async def flush() -> None:
+        if docs:
+            await chunk_coll.insert_many(docs, ordered=True)
+            docs.clear()
+
+    def cut(data: bytes) -> None:
+        nonlocal n
+        docs.append({"files_id": file_id, "n": n, "data": data})
+        n += 1
+
     try:
-        async for chunk in chunks:
-            await grid_in.write(chunk)
+        async for piece in chunks:
+            length += len(piece)
+            pending += piece
+            while len(pending) >= CHUNK_BYTES:
+                cut(bytes(pending[:CHUNK_BYTES]))
+                del pending[:CHUNK_BYTES]
+                if len(docs) >= WRITE_BATCH_CHUNKS:
+                    await flush()
+        if pending:
+            cut(bytes(pending))
+        await flush()
+        await db[f"{BUCKET}.files"].insert_one(
+            {
+                "_id": file_id,
+                "length": length,
+                "chunkSize": CHUNK_BYTES,
+                # BSON dates keep milliseconds; GridFS stamps the upload the same way.
+                "uploadDate": _now_ms(),
+                "filename": filename,
+                "metadata": {"purpose": purpose, "owner": owner},
+            }
+        )
     except BaseException:
-        await grid_in.abort()
+        with contextlib.suppress(Exception):
+            await asyncio.shield(chunk_coll.delete_many({"files_id": file_id}))
         raise
-    await grid_in.close()
     return await get_file(db, file_id)
 
 
+async def _ensure_indexes(db: AsyncDatabase[dict[str, Any]]) -> None:
+    """GridFS's own indexes (what its upload stream creates before a first write)."""
+    await db[f"{BUCKET}.chunks"].create_index(
+        [("files_id", ASCENDING), ("n", ASCENDING)], unique=True
+    )
+    await db[f"{BUCKET}.files"].create_index([("filename", ASCENDING), ("uploadDate", ASCENDING)])
+
+
+def _now_ms() -> datetime:
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
 async def iter_file(db: AsyncDatabase[dict[str, Any]], file_id: str) -> AsyncIterator[bytes]:
-    """Yield the content of `file_id` chunk by chunk."""
-    try:
-        grid_out = await bucket(db).open_download_stream(file_id)
-    except NoFile:
-        raise NotFound(f"file {file_id!r} not found", code="file_not_found") from None
-    while chunk := await grid_out.readchunk():
-        yield chunk
+    """Yield the content of `file_id` chunk by chunk.
+
+    The chunks are read with a small cursor batch: GridFS's own download stream lets the
+    server fill each batch up to 16 MB, which a 200 MB batch input turns into tens of MB
+    held at once (`task bench:dispatch`, memory). A missing or short chunk is an error,
+    as in GridFS.
+    """
+    doc = await db[f"{BUCKET}.files"].find_one({"_id": file_id}, {"length": 1, "chunkSize": 1})
+    if doc is None:
+        raise NotFound(f"file {file_id!r} not found", code="file_not_found")
+    length, chunk_size = int(doc.get("length", 0)), int(doc.get("chunkSize", CHUNK_BYTES))
+    expected = -(-length // chunk_size) if chunk_size else 0
+    cursor = (
+        db[f"{BUCKET}.chunks"]
+        .find({"files_id": file_id}, {"n": 1, "data": 1, "_id": 0})
+        .sort("n", ASCENDING)
+        .batch_size(READ_BATCH_CHUNKS)
+    )
+    n = 0
+    async for chunk in cursor:
+        if n >= expected:
+            break
+        if chunk["n"] != n:
+            raise CorruptFile(f"file {file_id!r}: chunk {n} is missing")
+        data = bytes(chunk["data"])
+        size = chunk_size if n < expected - 1 else length - chunk_size * (expected - 1)
+        if len(data) != size:
+            raise CorruptFile(f"file {file_id!r}: chunk {n} has {len(data)} bytes, not {size}")
+        n += 1
+        yield data
+    if n < expected:
+        raise CorruptFile(f"file {file_id!r}: chunk {n} is missing")
 
 
 async def iter_lines(db: AsyncDatabase[dict[str, Any]], file_id: str) -> AsyncIterator[bytes]:

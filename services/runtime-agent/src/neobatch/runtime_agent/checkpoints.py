@@ -35,6 +35,10 @@ RESULT_INDEXES = [
     ),
 ]
 DUPLICATE_KEY = 11000
+# Documents per cursor round trip when reading results back: bounds what a read of a
+# 50,000-request batch holds at once (a server may fill each batch up to 16 MB).
+FIND_BATCH_SIZE = 1000
+_RESULT_FIELDS = {"batch_id": 0, "ok": 0, "finished_at": 0}
 Document = dict[str, Any]
 
 
@@ -186,7 +190,7 @@ class CheckpointWriter:
 async def finished_indexes(collection: AsyncCollection[Document], batch_id: str) -> set[int]:
     """Line indexes of requests already finished: a resumed run skips them."""
     cursor = collection.find({"batch_id": batch_id}, {"line_index": 1, "_id": 0})
-    return {doc["line_index"] async for doc in cursor}
+    return {doc["line_index"] async for doc in cursor.batch_size(FIND_BATCH_SIZE)}
 
 
 async def count_results(collection: AsyncCollection[Document], batch_id: str) -> tuple[int, int]:
@@ -200,6 +204,10 @@ async def iter_results(
     collection: AsyncCollection[Document], batch_id: str, *, ok: bool
 ) -> AsyncIterator[RequestResult]:
     """Stored results of one kind, in input order."""
-    cursor = collection.find({"batch_id": batch_id, "ok": ok}).sort("line_index", ASCENDING)
+    cursor = (
+        collection.find({"batch_id": batch_id, "ok": ok}, _RESULT_FIELDS)
+        .sort("line_index", ASCENDING)
+        .batch_size(FIND_BATCH_SIZE)
+    )
     async for doc in cursor:
         yield result_from_doc(doc)
