@@ -332,3 +332,31 @@ async def test_changed_host_key_on_reconnect_fails_the_batch(
     assert 0 < batch.request_counts.completed < 800  # finished work kept in the output
     assert batch.crash_count == 0
     assert len(machine.serves()) == 1  # never relaunched on the impostor
+
+
+async def test_reconnect_wait_ends_when_the_batch_moves_to_a_replacement(
+    make_harness, agent, make_machine, sim_loop
+) -> None:
+    lost = make_machine(engine_args=("--latency-ms", "10"))
+    # A long reconnect deadline: the move to the replacement must not wait for it.
+    harness = await make_harness(dispatch_concurrency=4, ssh_ready_timeout_seconds=120)
+    spec = engine_spec()
+    event = await submit(harness, agent, lost, "runpod", spec, 400)
+
+    async def some_done() -> int:
+        return await harness.store.results.count_documents({"batch_id": event.batch_id}) >= 20
+
+    await wait_until(some_done, 30, message="the first results")
+    sim_loop.run(lost.ssh.close())  # the machine is gone, and its engine with it
+    machine_tools.kill_machine_processes(lost.workdir)
+    replacement = make_machine(engine_args=("--latency-ms", "10"))
+    moved = msgspec.structs.replace(
+        event, provision_id=f"prov_{uuid.uuid4().hex}", target=replacement.target
+    )
+    await harness.agent.handlers.on_batch_requested(moved)
+    batch = await harness.wait_terminal(event.batch_id, within_seconds=40)
+
+    assert batch.status is BatchStatus.COMPLETED, (batch.error_code, batch.error_message)
+    assert batch.request_counts.completed == 400
+    assert len(replacement.serves()) == 1
+    assert agent.engine_pids(spec.port) == []

@@ -238,7 +238,7 @@ class BatchRun:
                     self._pending(done),
                     timed_dispatch(client.send),
                     record,
-                    concurrency=self._settings.dispatch_concurrency,
+                    controller=client.controller,
                     should_stop=lambda: self.watch.interrupted.is_set() or session.is_closed,
                 )
             except BaseException:
@@ -258,17 +258,20 @@ class BatchRun:
                 stopped=summary.stopped,
                 seconds=round(elapsed, 3),
                 requests_per_second=round(finished / elapsed, 1) if elapsed > 0 else None,
+                concurrency_limit=client.controller.limit,
             ),
         )
 
     async def _report_progress(self) -> None:
-        """`batch.status` at most every 1.5 s, and only when the counts moved."""
-        last = self.tally.counts()
+        """`request_counts` and a `batch.status` event every PROGRESS_INTERVAL_SECONDS.
+
+        Also when the counts did not move: a batch whose requests are all slow (long
+        generations, retries waiting out a 429) still shows it is alive, and `updated_at`
+        keeps moving. One small write per batch per interval.
+        """
         while True:
             await asyncio.sleep(PROGRESS_INTERVAL_SECONDS)
             counts = self.tally.counts()
-            if counts == last:
-                continue
             event = self._status_event(S.IN_PROGRESS)
             try:
                 won = await self._store.save_progress(
@@ -281,7 +284,6 @@ class BatchRun:
             if not won:
                 self.watch.mark_lost()
                 return
-            last = counts
 
     # --- ending --------------------------------------------------------------------------------
 

@@ -11,14 +11,28 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import msgspec
 
 from neobatch.common.batch_input import BatchRequest
 from neobatch.common.errors import NeobatchError
-from neobatch.runtime_agent.dispatch import RequestResult, RetryPolicy
+from neobatch.runtime_agent.dispatch import (
+    RETRY_AFTER_STATUSES,
+    ConcurrencyLimit,
+    DispatchConfig,
+    FixedLimit,
+    Outcome,
+    RequestResult,
+    RetryPolicy,
+    parse_retry_after,
+)
+
+if TYPE_CHECKING:
+    from neobatch.runtime_agent.batches import Batch
+    from neobatch.runtime_agent.settings import AgentSettings
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
 # Error bodies that are not JSON are kept, truncated, inside an OpenAI-style error envelope.
@@ -52,11 +66,15 @@ class EngineClient:
         concurrency: int,
         request_timeout_seconds: float,
         retry: RetryPolicy,
+        controller: ConcurrencyLimit | None = None,
     ) -> None:
         self._base = base_url.rstrip("/")
         self._batch_id = batch_id
         self._model = served_model
         self._retry = retry
+        self.request_timeout_seconds = request_timeout_seconds
+        # Fed every attempt's outcome; `dispatch_all` reads its limit.
+        self.controller: ConcurrencyLimit = controller or FixedLimit(concurrency)
         self._session = aiohttp.ClientSession(
             # One connection per concurrent request, kept alive: no connect per request.
             connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency),
@@ -66,6 +84,20 @@ class EngineClient:
             # The engine's replies are passed through as bytes; no cookies, no auto-decoding.
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent",),
+        )
+
+    @classmethod
+    def for_batch(cls, base_url: str, batch: Batch, settings: AgentSettings) -> EngineClient:
+        """A client driven by the job's `client` block, the agent's settings filling the gaps."""
+        config = DispatchConfig.resolve(batch.client, settings.dispatch_defaults())
+        return cls(
+            base_url,
+            batch_id=batch.id,
+            served_model=batch.engine.serving_name,
+            concurrency=config.max_concurrency,
+            request_timeout_seconds=config.request_timeout_seconds,
+            retry=config.retry,
+            controller=config.controller(),
         )
 
     async def close(self) -> None:
@@ -119,22 +151,35 @@ class EngineClient:
         while True:
             attempts += 1
             status: int | None = None
+            timed_out = False
+            retry_after: float | None = None
+            started = time.monotonic()
             try:
                 async with self._session.post(url, data=payload, headers=headers) as resp:
                     raw = await resp.read()
                     status = resp.status
                     reply_id = resp.headers.get("X-Request-Id", request_id)
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                    if status in RETRY_AFTER_STATUSES:
+                        retry_after = parse_retry_after(
+                            resp.headers.get("Retry-After"), datetime.now(UTC)
+                        )
+            except TimeoutError:
+                # aiohttp's timeouts (connect, read, total) are all TimeoutError subclasses.
+                timed_out = True
+                error = f"no answer within {self.request_timeout_seconds:g}s"
+            except aiohttp.ClientError as exc:
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            self.controller.record(Outcome(status, time.monotonic() - started, timed_out))
             if not self._retry.should_retry(attempts, status):
                 break
-            await asyncio.sleep(self._retry.delay_seconds(attempts, random.uniform(0.5, 1.0)))
+            delay = self._retry.delay_seconds(attempts, random.uniform(0.5, 1.0), retry_after)
+            await asyncio.sleep(delay)
         if status is None:
             return RequestResult(
                 line_index=request.line_index,
                 custom_id=request.custom_id,
                 request_id=request_id,
-                error_code="request_failed",
+                error_code="request_timeout" if timed_out else "request_failed",
                 error_message=f"no response from the engine after {attempts} attempts ({error})",
                 attempts=attempts,
             )

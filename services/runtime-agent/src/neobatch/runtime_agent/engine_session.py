@@ -15,7 +15,6 @@ import asyncssh
 from neobatch.common.logs import log_fields
 from neobatch.runtime_agent import remote
 from neobatch.runtime_agent.batches import Batch
-from neobatch.runtime_agent.dispatch import RetryPolicy
 from neobatch.runtime_agent.engine import EngineClient, EngineNotReady
 from neobatch.runtime_agent.lease_watch import BatchWatch
 from neobatch.runtime_agent.settings import AgentSettings
@@ -52,6 +51,14 @@ class EngineSession:
         # Read the batch each time: a replacement machine may come with another runtime.
         return remote.plan_launch(self._batch.runtime, self._batch.id, self._batch.engine)
 
+    async def _still_this_machine(self) -> bool:
+        """False once the planner moved the batch to a replacement machine (retarget)."""
+        try:
+            current = await self._store.find_batch(self._batch.id)
+        except Exception:
+            return True  # the database being away says nothing about the machine
+        return current is None or current.provision_id == self._batch.provision_id
+
     @property
     def connected(self) -> bool:
         """Whether we ever got onto the machine (so something may need stopping)."""
@@ -75,6 +82,7 @@ class EngineSession:
             pinned,
             connect_timeout_seconds=self._settings.ssh_connect_timeout_seconds,
             ready_timeout_seconds=ready_timeout_seconds,
+            still_wanted=self._still_this_machine if interruptible else None,
         )
         # Starting up yields to a cancel or expiry; stopping the engine must not.
         host = await (self._watch.race(connecting) if interruptible else connecting)
@@ -102,13 +110,8 @@ class EngineSession:
         if not reused:
             self.launches += 1
         local_port = await host.forward(engine.port)
-        client = EngineClient(
-            f"http://127.0.0.1:{local_port}",
-            batch_id=self._batch.id,
-            served_model=engine.serving_name,
-            concurrency=self._settings.dispatch_concurrency,
-            request_timeout_seconds=self._settings.request_timeout_seconds,
-            retry=RetryPolicy(max_retries=self._settings.max_retries),
+        client = EngineClient.for_batch(
+            f"http://127.0.0.1:{local_port}", self._batch, self._settings
         )
         try:
             await self._watch.race(

@@ -28,6 +28,7 @@ import logging
 import re
 import shlex
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncssh
@@ -539,10 +540,14 @@ async def connect_until(
     *,
     connect_timeout_seconds: float,
     ready_timeout_seconds: float,
+    still_wanted: Callable[[], Awaitable[bool]] | None = None,
 ) -> RemoteHost:
-    """Retry `connect` with capped backoff until `ready_timeout_seconds` (a booting machine).
+    """Retry `connect` with capped backoff until `ready_timeout_seconds` (a booting machine,
+    or one whose connection dropped).
 
     A host key mismatch is never retried: it does not heal, and retrying would only hide it.
+    `still_wanted`, asked before each retry, ends the wait early (HostUnreachable) when the
+    machine stopped mattering (the batch was moved to a replacement).
     """
     deadline = time.monotonic() + ready_timeout_seconds
     delay = 0.5
@@ -556,6 +561,8 @@ async def connect_until(
                 raise HostUnreachable(
                     f"{exc.message} (gave up after {ready_timeout_seconds:.0f}s)"
                 ) from None
+            if still_wanted is not None and not await still_wanted():
+                raise HostUnreachable(f"{exc.message} (no longer the batch's machine)") from None
             log.info("ssh not reachable yet; retrying", extra=log_fields(error=exc.message))
         await asyncio.sleep(delay)
         delay = min(delay * 2, 5.0)

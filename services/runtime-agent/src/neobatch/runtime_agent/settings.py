@@ -16,6 +16,7 @@ import msgspec
 
 from neobatch.common.errors import ConfigError
 from neobatch.common.settings import CommonSettings, env_float, env_int, env_str, read_common
+from neobatch.runtime_agent.dispatch import DispatchDefaults
 
 SSH_KEY_FILE_ENV = "NEOBATCH_SSH_KEY_FILE"
 
@@ -33,9 +34,28 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     # Per request; generations can be long (AIBrix's fixed 30 s read timeout retried them).
     request_timeout_seconds: float = 600.0
     max_retries: int = 5
+    retry_base_delay_seconds: float = 0.5
+    retry_max_delay_seconds: float = 5.0
+    # AIMD concurrency (start at 8, grow while healthy, back off on overload), as AIBrix;
+    # a job's `client` block overrides each of these.
+    adaptive_concurrency: bool = True
+    adaptive_healthy_window: int = 8
+    adaptive_additive_increase: int = 1
     engine_stop_grace_seconds: float = 15.0
     # How often an idle runner looks for claimable batches (expired leases of dead agents).
     poll_interval_seconds: float = 5.0
+
+    def dispatch_defaults(self) -> DispatchDefaults:
+        return DispatchDefaults(
+            concurrency=self.dispatch_concurrency,
+            request_timeout_seconds=self.request_timeout_seconds,
+            max_retries=self.max_retries,
+            base_delay_seconds=self.retry_base_delay_seconds,
+            max_delay_seconds=self.retry_max_delay_seconds,
+            adaptive=self.adaptive_concurrency,
+            healthy_window=self.adaptive_healthy_window,
+            additive_increase=self.adaptive_additive_increase,
+        )
 
 
 def check_key_file(path: str) -> None:
@@ -77,6 +97,24 @@ def read_settings(env: Mapping[str, str] | None = None) -> AgentSettings:
         ssh_ready_timeout_seconds=env_float(env, "NEOBATCH_SSH_READY_TIMEOUT_SECONDS", 120.0),
         request_timeout_seconds=env_float(env, "NEOBATCH_REQUEST_TIMEOUT_SECONDS", 600.0),
         max_retries=env_int(env, "NEOBATCH_REQUEST_MAX_RETRIES", 5, minimum=0),
+        retry_base_delay_seconds=env_float(env, "NEOBATCH_REQUEST_RETRY_BASE_DELAY_SECONDS", 0.5),
+        retry_max_delay_seconds=env_float(env, "NEOBATCH_REQUEST_RETRY_MAX_DELAY_SECONDS", 5.0),
+        adaptive_concurrency=_env_bool(env, "NEOBATCH_ADAPTIVE_CONCURRENCY", True),
+        adaptive_healthy_window=env_int(env, "NEOBATCH_ADAPTIVE_HEALTHY_WINDOW", 8, minimum=1),
+        adaptive_additive_increase=env_int(
+            env, "NEOBATCH_ADAPTIVE_ADDITIVE_INCREASE", 1, minimum=1
+        ),
         engine_stop_grace_seconds=env_float(env, "NEOBATCH_ENGINE_STOP_GRACE_SECONDS", 15.0),
         poll_interval_seconds=env_float(env, "NEOBATCH_RUNNER_POLL_SECONDS", 5.0),
     )
+
+
+def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
