@@ -19,7 +19,7 @@ import asyncssh
 import msgspec
 import pytest
 
-from neobatch.common.contracts import BatchStatus, EngineSpec, SshEndpoint
+from neobatch.common.contracts import BatchCancelRequested, BatchStatus, EngineSpec, SshEndpoint
 from neobatch.runtime_agent.remote import (
     EngineLaunchFailed,
     RemoteHost,
@@ -359,4 +359,39 @@ async def test_reconnect_wait_ends_when_the_batch_moves_to_a_replacement(
     assert batch.status is BatchStatus.COMPLETED, (batch.error_code, batch.error_message)
     assert batch.request_counts.completed == 400
     assert len(replacement.serves()) == 1
+    assert agent.engine_pids(spec.port) == []
+
+
+async def test_lambda_container_is_removed_on_cancel(make_harness, agent, make_machine) -> None:
+    machine = make_machine(engine_args=("--latency-ms", "10"))
+    harness = await make_harness(dispatch_concurrency=4)
+    spec = engine_spec(image="vllm/vllm-openai:v0.9.1")
+    event = await submit(harness, agent, machine, "lambdaCloud", spec, 2000)
+
+    async def some_done() -> int:
+        return await harness.store.results.count_documents({"batch_id": event.batch_id}) >= 20
+
+    await wait_until(some_done, 30, message="the first results")
+    assert machine.containers() == [f"neobatch-{event.batch_id}"]
+    cancel = BatchCancelRequested(batch_id=event.batch_id, job_id=event.job_id)
+    await harness.agent.handlers.on_batch_cancel_requested(cancel)
+    batch = await harness.wait_terminal(event.batch_id)
+    assert batch.status is BatchStatus.CANCELLED
+    assert 20 <= batch.request_counts.completed < 2000
+    assert machine.containers() == []
+    assert agent.engine_pids(spec.port) == []
+
+
+async def test_lambda_container_is_removed_when_the_engine_never_gets_ready(
+    make_harness, agent, make_machine
+) -> None:
+    machine = make_machine(engine_args=("--startup-delay-seconds", "60"))
+    harness = await make_harness()
+    spec = engine_spec(image="vllm/vllm-openai:v0.9.1", ready_timeout_seconds=1.0)
+    event = await submit(harness, agent, machine, "lambdaCloud", spec, 3)
+    batch = await harness.wait_terminal(event.batch_id)
+    assert batch.status is BatchStatus.FAILED
+    assert batch.error_code == "engine_not_ready"
+    assert len(machine.docker_runs()) == 1
+    assert machine.containers() == []
     assert agent.engine_pids(spec.port) == []
