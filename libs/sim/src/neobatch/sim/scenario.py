@@ -35,13 +35,36 @@ def sim_engine_template(
     accelerator_type: str = "H100",
     engine_port: int | None = None,
     ready_timeout_seconds: float = 60,
+    failure_mode: str | None = None,
+    status_429_rate: float | None = None,
+    retry_after_seconds: float | None = None,
+    hang_rate: float | None = None,
+    hang_seconds: float | None = None,
+    request_log: str | None = None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
-    """A deployment template (AIBrix shape) whose engine is the simulator, on its own port."""
+    """A deployment template (AIBrix shape) whose engine is the simulator, on its own port.
+
+    The fault options map to the simulator's flags of the same name (`--failure-mode attempt`
+    makes `failure_rate` transient; see `python -m neobatch.sim.engine --help`).
+    """
     command = [
         sys.executable, "-m", "neobatch.sim.engine", "--host", "127.0.0.1", "--port", "{port}",
         "--model", "{model}", "--latency-ms", str(latency_ms),
         "--startup-delay-seconds", str(startup_delay_seconds), "--failure-rate", str(failure_rate),
     ]  # fmt: skip
+    faults = {
+        "--failure-mode": failure_mode,
+        "--status-429-rate": status_429_rate,
+        "--retry-after-seconds": retry_after_seconds,
+        "--hang-rate": hang_rate,
+        "--hang-seconds": hang_seconds,
+        "--request-log": request_log,
+        "--seed": seed,
+    }
+    for flag, value in faults.items():
+        if value is not None:
+            command += [flag, str(value)]
     return {
         "name": name,
         "version": "v1.0.0",

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import signal
 
-from neobatch.sim.engine.app import EngineConfig, running_engine
+from neobatch.sim.engine.app import FAILURE_MODES, EngineConfig, running_engine
 from neobatch.sim.engine.replies import DEFAULT_MODEL
 
 
@@ -19,9 +19,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--failure-rate", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--startup-delay-seconds", type=float, default=0.0)
+    parser.add_argument(
+        "--failure-mode",
+        choices=FAILURE_MODES,
+        default="request",
+        help="request: a request's body decides, every attempt fails alike (permanent); "
+        "attempt: each attempt draws again by (seed, X-Request-Id, attempt) (transient)",
+    )
+    parser.add_argument("--status-429-rate", type=float, default=0.0)
+    parser.add_argument("--retry-after-seconds", type=float, default=1.0)
+    parser.add_argument("--hang-rate", type=float, default=0.0)
+    parser.add_argument("--hang-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--request-log", default=None, help="append one JSON line per answered API request"
+    )
     args = parser.parse_args(argv)
-    if not 0.0 <= args.failure_rate <= 1.0:
-        parser.error("--failure-rate must be between 0 and 1")
+    for flag in ("failure_rate", "status_429_rate", "hang_rate"):
+        if not 0.0 <= getattr(args, flag) <= 1.0:
+            parser.error(f"--{flag.replace('_', '-')} must be between 0 and 1")
+    if args.failure_rate + args.status_429_rate + args.hang_rate > 1.0 and (
+        args.failure_mode == "attempt"
+    ):
+        parser.error("the per-attempt fault rates add up to more than 1")
     return args
 
 
@@ -32,6 +51,12 @@ async def _serve(args: argparse.Namespace) -> None:
         failure_rate=args.failure_rate,
         seed=args.seed,
         startup_delay_seconds=args.startup_delay_seconds,
+        failure_mode=args.failure_mode,
+        status_429_rate=args.status_429_rate,
+        retry_after_seconds=args.retry_after_seconds,
+        hang_rate=args.hang_rate,
+        hang_seconds=args.hang_seconds,
+        request_log=args.request_log,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

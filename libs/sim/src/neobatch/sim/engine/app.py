@@ -7,12 +7,13 @@ thousands of requests per second and the simulator is never the bottleneck of a 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import IO, Any
 
 import msgspec
 from aiohttp import web
@@ -35,6 +36,21 @@ class EngineConfig:
     seed: int = 0
     # /health (and the API) answer 503 this long after start, like vLLM loading weights.
     startup_delay_seconds: float = 0.0
+    # "request": a request's body decides whether it fails, every time (a permanent failure).
+    # "attempt": each attempt draws again, keyed by (seed, X-Request-Id, attempt number), so
+    # a retry may succeed (a transient failure).
+    failure_mode: str = "request"
+    # Per attempt, keyed like failure_mode="attempt": answer 429 with `Retry-After`...
+    status_429_rate: float = 0.0
+    retry_after_seconds: float = 1.0
+    # ...or sleep `hang_seconds` before answering normally (the client should time out).
+    hang_rate: float = 0.0
+    hang_seconds: float = 30.0
+    # One JSON line per answered API request, written (and flushed) once the response is sent.
+    request_log: str | None = None
+
+
+FAILURE_MODES = ("request", "attempt")
 
 
 @dataclass(slots=True)
@@ -46,9 +62,18 @@ class _EngineState:
     in_flight: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Attempts seen per request (X-Request-Id, else the body's hash).
+    attempts: Counter[str] = field(default_factory=Counter)
+    log_file: IO[str] | None = None
 
     def ready(self) -> bool:
         return time.monotonic() - self.started_at >= self.config.startup_delay_seconds
+
+
+def attempt_draw(seed: int, request_key: str, attempt: int) -> float:
+    """A uniform [0, 1) draw for one attempt of one request: the same on every run."""
+    digest = hashlib.sha256(f"attempt:{seed}:{request_key}:{attempt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 _STATE = web.AppKey("engine_state", _EngineState)
@@ -78,35 +103,92 @@ async def _models(request: web.Request) -> web.Response:
     return _json_response(200, {"object": "list", "data": [model]})
 
 
-async def _api(request: web.Request) -> web.Response:
+async def _api(request: web.Request) -> web.StreamResponse:
     state = request.app[_STATE]
     path = api_path(request.path)
+    request_id = request.headers.get("X-Request-Id", "")
     if not state.ready():
         state.responses[(path, 503)] += 1
-        return _loading()
+        return await _answer(request, state, _loading(), request_id, 0)
     raw = await request.read()
+    config = state.config
+    key = request_id or hashlib.sha256(raw).hexdigest()
+    state.attempts[key] += 1
+    attempt = state.attempts[key]
+    draw = attempt_draw(config.seed, key, attempt)
+    hang = draw < config.hang_rate
+    throttle = not hang and draw < config.hang_rate + config.status_429_rate
+    transient = (
+        config.failure_mode == "attempt"
+        and not hang
+        and not throttle
+        and draw < config.hang_rate + config.status_429_rate + config.failure_rate
+    )
+    if throttle:
+        response = SimResponse(429, error_body("simulated overload", "RateLimitError", 429))
+        _record(state, path, response)
+        reply = _json_response(response.status, response.body)
+        reply.headers["Retry-After"] = f"{config.retry_after_seconds:g}"
+        return await _answer(request, state, reply, request_id, attempt)
     try:
         body = msgspec.json.decode(raw)
     except msgspec.DecodeError:
         response = SimResponse(400, error_body("invalid JSON body", "BadRequestError", 400))
     else:
-        config = state.config
         response = compute_response(
             path,
             body,
             served_model=config.model,
-            failure_rate=config.failure_rate,
+            # In "attempt" mode the draw above decided; the body alone never fails.
+            failure_rate=config.failure_rate if config.failure_mode == "request" else 0.0,
             seed=config.seed,
         )
+        if transient and response.status == 200:
+            response = SimResponse(
+                500, error_body("simulated engine failure", "InternalServerError", 500)
+            )
     # Client errors are rejected before "inference", so only 200/500 pay the latency.
-    if response.status in (200, 500) and state.config.latency_ms > 0:
+    delay = config.latency_ms / 1000 if response.status in (200, 500) else 0.0
+    if hang:
+        delay = max(delay, config.hang_seconds)
+    if delay > 0:
         state.in_flight += 1
         try:
-            await asyncio.sleep(state.config.latency_ms / 1000)
+            await asyncio.sleep(delay)
         finally:
             state.in_flight -= 1
     _record(state, path, response)
-    return _json_response(response.status, response.body)
+    reply = _json_response(response.status, response.body)
+    return await _answer(request, state, reply, request_id, attempt)
+
+
+async def _answer(
+    request: web.Request,
+    state: _EngineState,
+    reply: web.Response,
+    request_id: str,
+    attempt: int,
+) -> web.StreamResponse:
+    """Send `reply` now; then (request log on) append a line saying it was answered."""
+    if state.log_file is None:
+        return reply
+    transport = request.transport
+    delivered = transport is not None and not transport.is_closing()
+    try:
+        await reply.prepare(request)
+        await reply.write_eof()
+    except (ConnectionError, RuntimeError):
+        delivered = False
+    line = {
+        "request_id": request_id,
+        "attempt": attempt,
+        "status": reply.status,
+        "delivered": delivered,
+        "finished_at": time.time(),
+    }
+    state.log_file.write(msgspec.json.encode(line).decode() + "\n")
+    state.log_file.flush()  # the line is the OS's now: it survives any client's death
+    return reply
 
 
 def _record(state: _EngineState, path: str, response: SimResponse) -> None:
@@ -170,6 +252,14 @@ def build_app(config: EngineConfig | None = None) -> web.Application:
         state.started_at = time.monotonic()
 
     app.on_startup.append(_mark_started)
+    if state.config.request_log:
+        state.log_file = open(state.config.request_log, "a", encoding="utf-8")
+
+        async def _close_log(_: web.Application) -> None:
+            if state.log_file is not None:
+                state.log_file.close()
+
+        app.on_cleanup.append(_close_log)
     app.router.add_get("/health", _health)
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/metrics", _metrics)
@@ -206,7 +296,7 @@ class RunningEngine:
 
 
 def make_config(config: EngineConfig | None = None, **opts: Any) -> EngineConfig:
-    """Apply keyword overrides (model, latency_ms, failure_rate, seed, startup_delay_seconds)."""
+    """Apply keyword overrides (any EngineConfig field: model, latency_ms, failure_rate, ...)."""
     return replace(config or EngineConfig(), **opts)
 
 
