@@ -69,7 +69,7 @@ def clouds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clouds]:
     env = {
         "NEOBATCH_DB": "e2e_runtime_targets",
         "PROVISIONER": "runpod,lambdaCloud",
-        "NEOBATCH_SIM_TIME_FACTOR": "0.01",
+        "NEOBATCH_SIM_TIME_FACTOR": "0.004",
         "NEOBATCH_RECONCILE_SECONDS": "1",
         "NEOBATCH_RUNPOD_SIM_PORT": str(sim_ports["runpod"]),
         "NEOBATCH_LAMBDA_SIM_PORT": str(sim_ports["lambdaCloud"]),
