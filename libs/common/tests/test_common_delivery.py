@@ -8,6 +8,7 @@ succeeds; a state change whose publish never happened is still published by the 
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 import nats
 import pytest
@@ -17,6 +18,7 @@ from neobatch.common.broker import create_broker, ensure_stream, subscribe
 from neobatch.common.clock import utcnow
 from neobatch.common.contracts import JobQueued, encode_event
 from neobatch.common.deadletter import forward_dead_letters
+from neobatch.common.leases import claim_many
 from neobatch.common.mongo import create_mongo_client, transact
 from neobatch.common.outbox import OUTBOX, OutboxRelay, append_events
 from neobatch.common.subjects import Namespace
@@ -172,3 +174,61 @@ async def test_exhausted_message_goes_to_the_dead_letter_stream(
     assert dead.subject == f"dlq.{ns.subject(event)}"
     assert dead.headers and dead.headers["X-Consumer"] == ns.durable("test", JobQueued)
     assert b"job_poison" in dead.data
+
+
+async def test_committed_entries_are_handed_to_the_relay_and_published_without_a_claim(
+    nats_url: str, mongo_url: str, mongo_db: AsyncDatabase, ns: Namespace
+) -> None:
+    client = create_mongo_client(mongo_url)
+    db = client.get_database(mongo_db.name)
+    nc = await _connect(nats_url, ns)
+    relay = OutboxRelay(db, nc)
+    committed, rolled_back = JobQueued(job_id="job_fast"), JobQueued(job_id="job_rolled_back")
+
+    async def commits(session) -> None:  # type: ignore[no-untyped-def]
+        await append_events(db, ns, [committed], session, utcnow())
+
+    async def fails(session) -> None:  # type: ignore[no-untyped-def]
+        await append_events(db, ns, [rolled_back], session, utcnow())
+        raise ValueError("handler failed after recording its event")
+
+    sub = await nc.jetstream().subscribe(ns.subject(committed), durable=f"p{uuid.uuid4().hex[:6]}")
+    await transact(client, commits)
+    with pytest.raises(ValueError):
+        await transact(client, fails)
+    relay.notify()
+    assert await relay.publish_handed() == 1  # only what committed
+    message = await sub.next_msg(timeout=5)
+    assert message.headers and message.headers["Nats-Msg-Id"] == committed.event_id
+    entry = await db[OUTBOX].find_one({"_id": committed.event_id})
+    assert entry is not None and entry["published_at"] is not None
+    assert entry["lease_owner"] is None  # never claimed
+    assert await relay.publish_handed() == 0
+    assert await relay.publish_pending() == 0  # nothing left for a sweep
+    await nc.close()
+    await client.close()
+
+
+async def test_claims_skip_live_leases_and_take_expired_ones_in_order(
+    mongo_url: str, mongo_db: AsyncDatabase
+) -> None:
+    client = create_mongo_client(mongo_url)
+    coll = client.get_database(mongo_db.name)["claims"]
+    now = utcnow()
+    leases = {"a": now - timedelta(seconds=1), "b": now + timedelta(seconds=30), "c": None}
+    await coll.insert_many(
+        [
+            {"_id": key, "at": n, "pending": True, "lease_owner": "x", "lease_until": until}
+            for n, (key, until) in enumerate(leases.items())
+        ]
+        + [{"_id": "d", "at": 3, "pending": True}, {"_id": "e", "at": 4, "pending": False}]
+    )
+    won = await claim_many(coll, {"pending": True}, "me", now, 10, [("at", 1)], 10)
+    assert [doc["_id"] for doc in won] == ["a", "c", "d"]
+    assert all(doc["lease_owner"] == "me" for doc in won)
+    assert await claim_many(coll, {"pending": True}, "other", now, 10, [("at", 1)], 10) == []
+    # A page full of live leases does not hide an unleased document behind it.
+    await coll.insert_one({"_id": "f", "at": 5, "pending": True, "lease_until": None})
+    won = await claim_many(coll, {"pending": True}, "third", now, 10, [("at", 1)], 2)
+    assert [doc["_id"] for doc in won] == ["f"]
+    await client.close()

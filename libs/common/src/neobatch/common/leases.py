@@ -8,7 +8,7 @@ expires (DESIGN rule 3).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
@@ -55,31 +55,45 @@ async def claim_many(
     sort: list[tuple[str, int]],
     limit: int,
 ) -> list[Document]:
-    """Claim up to `limit` unleased (or expired) documents in three round trips.
+    """Claim up to `limit` unleased (or expired) documents, oldest first by `sort`.
 
-    `claim_token` must be new for every call: the documents this call won are exactly those
-    whose `lease_owner` it set, whatever other claimers took at the same moment.
+    Usually two round trips: one read of the oldest matching documents, whatever their lease,
+    and one write claiming those not leased to anyone alive. A third (re-reading what this
+    call won) only when another claimer took some of them in between; a page full of live
+    leases makes it look at unleased documents only. `claim_token` must be new for every
+    call: the documents this call won are exactly those whose `lease_owner` it set.
     """
     until = now + timedelta(seconds=ttl_seconds)
-    for lease_filter in ({"lease_until": {"$lt": now}}, {"lease_until": None}):
-        ids = [
-            doc["_id"]
-            async for doc in collection.find(
-                {**match, **lease_filter}, {"_id": 1}, limit=limit, sort=sort
-            )
-        ]
-        if not ids:
+    for lease_filter in ({}, {"lease_until": None}):
+        docs = await collection.find({**match, **lease_filter}, sort=sort, limit=limit).to_list()
+        claimable = [doc for doc in docs if _lease_free(doc, now)]
+        if not claimable:
+            if len(docs) < limit:
+                return []  # every matching document is leased to someone alive
             continue
-        await collection.update_many(
-            {"_id": {"$in": ids}, **match, **lease_filter},
+        ids = [doc["_id"] for doc in claimable]
+        result = await collection.update_many(
+            # Unleased (null or absent) or expired: anything not leased until now or later.
+            {"_id": {"$in": ids}, **match, "lease_until": {"$not": {"$gte": now}}},
             {"$set": {"lease_owner": claim_token, "lease_until": until}},
         )
+        if result.modified_count == len(ids):
+            return [{**doc, "lease_owner": claim_token, "lease_until": until} for doc in claimable]
         won = await collection.find(
             {"_id": {"$in": ids}, "lease_owner": claim_token}, sort=sort
         ).to_list()
         if won:
             return won
     return []
+
+
+def _lease_free(doc: Document, now: datetime) -> bool:
+    until = doc.get("lease_until")
+    if until is None:
+        return True
+    if until.tzinfo is None:  # a client without tz_aware reads naive UTC
+        until = until.replace(tzinfo=UTC)
+    return bool(until < now)
 
 
 async def renew(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from pymongo import AsyncMongoClient, IndexModel
@@ -14,6 +15,11 @@ from neobatch.common.settings import CommonSettings
 
 T = TypeVar("T")
 Document = dict[str, Any]
+
+# The after-commit callbacks of the transaction attempt running in this task, if any.
+_AFTER_COMMIT: ContextVar[list[Callable[[], None]] | None] = ContextVar(
+    "neobatch_after_commit", default=None
+)
 
 
 def create_mongo_client(url: str) -> AsyncMongoClient[Document]:
@@ -42,5 +48,31 @@ async def transact(
     `with_transaction` retries on TransientTransactionError; `work` must not swallow write
     errors (a DuplicateKeyError aborts the transaction — let it escape, library-notes §1).
     """
+    callbacks: list[Callable[[], None]] = []
+
+    async def attempt(session: AsyncClientSession) -> T:
+        callbacks.clear()  # a retried attempt registers its own again
+        token = _AFTER_COMMIT.set(callbacks)
+        try:
+            return await work(session)
+        finally:
+            _AFTER_COMMIT.reset(token)
+
     async with client.start_session() as session:
-        return await session.with_transaction(work)
+        result = await session.with_transaction(attempt)
+    for callback in callbacks:
+        callback()
+    return result
+
+
+def after_commit(callback: Callable[[], None]) -> bool:
+    """Run `callback` once the enclosing `transact` has committed; never if it aborts.
+
+    Returns False (and does nothing) outside `transact`. Callbacks must not raise: the
+    transaction is already committed when they run.
+    """
+    callbacks = _AFTER_COMMIT.get()
+    if callbacks is None:
+        return False
+    callbacks.append(callback)
+    return True

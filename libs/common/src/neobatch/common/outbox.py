@@ -5,6 +5,13 @@ A handler writes its state change and the events it causes in one MongoDB transa
 marks them sent. If the relay dies between publishing and marking, another relay takes the
 entry over once its lease expires and re-publishes it; JetStream recognises the id inside
 the duplicate window and stores it once.
+
+Fast path: entries appended inside `mongo.transact` are handed to this process's relay once
+the transaction commits, and it publishes them at once and marks them sent in one round
+trip, with no claim. Claims (a lease per entry) are only for entries nobody handed over:
+written outside `transact`, or left by a process that died before publishing them; the relay
+sweeps for those on `notify()` without a hand-over and at least every poll interval. A sweep
+and a hand-over may publish the same entry; JetStream keeps one.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import weakref
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -27,6 +36,7 @@ from neobatch.common.contracts import Event, encode_event
 from neobatch.common.ids import new_id
 from neobatch.common.leases import claim_many
 from neobatch.common.logs import log_fields
+from neobatch.common.mongo import after_commit
 from neobatch.common.subjects import Namespace
 
 log = logging.getLogger("neobatch.outbox")
@@ -35,6 +45,8 @@ OUTBOX = "outbox"
 RELAY_LEASE_SECONDS = 15.0
 # Entries claimed and marked per database round trip.
 RELAY_BATCH = 64
+# Handed-over entries held for publishing at most; beyond, a sweep finds them in the outbox.
+MAX_HANDED = 10_000
 # Sent entries are kept a day for inspection, then expire (TTL index).
 SENT_RETENTION_SECONDS = 24 * 3600
 OUTBOX_INDEXES = [
@@ -64,9 +76,30 @@ async def append_events(
     session: AsyncClientSession,
     now: datetime,
 ) -> None:
-    """Record `events` for publishing, inside the caller's transaction."""
+    """Record `events` for publishing, inside the caller's transaction.
+
+    Inside `mongo.transact`, the entries go to this process's relay of `db` once the
+    transaction commits (the fast path); otherwise a relay sweep finds them.
+    """
     if events:
-        await db[OUTBOX].insert_many([outbox_entry(ns, e, now) for e in events], session=session)
+        entries = [outbox_entry(ns, e, now) for e in events]
+        await db[OUTBOX].insert_many(entries, session=session)
+        relay = _relay_for(db)
+        if relay is not None:
+            after_commit(lambda: relay.hand_over(entries))
+
+
+# The live relay of each database this process writes to (one per ServiceRuntime), keyed by
+# client identity and database name: the fast path hands committed entries to it.
+_RELAYS: dict[tuple[int, str], weakref.ref[OutboxRelay]] = {}
+
+
+def _relay_for(db: AsyncDatabase[dict[str, Any]]) -> OutboxRelay | None:
+    ref = _RELAYS.get((id(db.client), db.name))
+    relay = ref() if ref is not None else None
+    if relay is None or relay._db.client is not db.client:
+        return None
+    return relay
 
 
 class OutboxRelay:
@@ -80,15 +113,56 @@ class OutboxRelay:
         clock: Clock | None = None,
         poll_interval_seconds: float = 0.5,
     ) -> None:
+        self._db = db
         self._outbox = db[OUTBOX]
         self._js = nc.jetstream()
         self._clock = clock or SystemClock()
         self._poll = poll_interval_seconds
         self._wakeup = asyncio.Event()
+        # Entries this process committed, in commit order, not yet published (fast path).
+        self._handed: list[dict[str, Any]] = []
+        # Hand-overs not yet matched by a notify(): a notify they cover needs no sweep.
+        self._unmatched_handovers = 0
+        self._sweep_wanted = True
+        self._last_sweep = float("-inf")
+        _RELAYS[(id(db.client), db.name)] = weakref.ref(self)
 
     def notify(self) -> None:
         """Called after a transaction that appended events commits: publish without waiting."""
+        if self._unmatched_handovers > 0:
+            self._unmatched_handovers -= 1  # its entries were handed over: no sweep needed
+        else:
+            self._sweep_wanted = True
         self._wakeup.set()
+
+    def hand_over(self, entries: Sequence[dict[str, Any]]) -> None:
+        """Entries of a transaction that just committed: publish them without claiming."""
+        if len(self._handed) >= MAX_HANDED:
+            self._sweep_wanted = True  # a relay that is not running: the sweep has them all
+        else:
+            self._handed.extend(entries)
+        self._unmatched_handovers += 1
+        self._wakeup.set()
+
+    async def publish_handed(self) -> int:
+        """Publish the handed-over entries, then mark them sent in one round trip."""
+        entries, self._handed = self._handed, []
+        if not entries:
+            return 0
+        try:
+            for entry in entries:
+                await self._js.publish(
+                    entry["subject"], entry["payload"], headers={"Nats-Msg-Id": entry["_id"]}
+                )
+        except BaseException:
+            self._sweep_wanted = True  # still pending in the outbox: a sweep publishes them
+            raise
+        sent_at = self._clock.now()
+        await self._outbox.update_many(
+            {"_id": {"$in": [e["_id"] for e in entries]}, "published_at": None},
+            {"$set": {"published_at": sent_at, "sent_at": sent_at}},
+        )
+        return len(entries)
 
     async def publish_pending(self) -> int:
         """Publish every pending entry now, a batch per round trip; returns how many."""
@@ -116,6 +190,8 @@ class OutboxRelay:
                 {"$set": {"published_at": sent_at, "sent_at": sent_at}},
             )
             published += len(entries)
+            if len(entries) < RELAY_BATCH:
+                return published
 
     async def run(self) -> None:
         """Publish forever; a failure (nats or mongo away) is logged and retried."""
@@ -124,7 +200,11 @@ class OutboxRelay:
             # Clear before the pass: a notify() during the pass makes the wait return at once.
             self._wakeup.clear()
             try:
-                await self.publish_pending()
+                await self.publish_handed()
+                if self._sweep_wanted or time.monotonic() - self._last_sweep >= self._poll:
+                    self._sweep_wanted = False
+                    self._last_sweep = time.monotonic()
+                    await self.publish_pending()
                 backoff = self._poll
             except asyncio.CancelledError:
                 raise
