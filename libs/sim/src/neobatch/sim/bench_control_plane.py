@@ -11,6 +11,11 @@ watches the event stream and reports, per job, the time between:
 
 plus jobs planned per second. Times are when each event reached this observer, so they
 include the outbox relay and JetStream, as an integration would see them.
+
+By default every job may provision at once (MAX_CONCURRENT_PROVISIONING = --jobs), so the
+first hop is the planner's own latency. With a lower `--max-provisioning`, jobs wait for a
+free slot by policy, and the first hop also counts that wait: how long the resource-manager
+takes to bring the machines ahead of them up.
 """
 
 from __future__ import annotations
@@ -135,6 +140,17 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="seconds between job creations (0 = as fast as possible)",
     )
+    parser.add_argument(
+        "--max-provisioning",
+        type=int,
+        default=None,
+        help="MAX_CONCURRENT_PROVISIONING for the planner (default: --jobs, so no job waits)",
+    )
+    parser.add_argument(
+        "--dump",
+        type=Path,
+        help="write every job's event arrival times (seconds) to this JSON file",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="nb-bench-") as run_dir:
         ports = Ports.free()
@@ -142,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         env = {
             "NEOBATCH_DB": "bench",
             "NEOBATCH_SSH_POOL": pool,
-            "MAX_CONCURRENT_PROVISIONING": "64",
+            "MAX_CONCURRENT_PROVISIONING": str(args.max_provisioning or args.jobs),
         }
         stack = start_stack(
             Path(run_dir), ports, env, services=("console", "planner", "resource-manager")
@@ -169,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
             console.close()
         finally:
             stack.stop()
+    print(f"MAX_CONCURRENT_PROVISIONING={args.max_provisioning or args.jobs}")
     report(seen)
+    if args.dump is not None:
+        args.dump.write_bytes(msgspec.json.encode(seen))
     return 0
 
 
