@@ -287,6 +287,13 @@ CASES: list[tuple[str, Job, Event, JobStatus | None, list[str]]] = [
         [],
     ),
     ("terminal replay ignored", job(S.COMPLETED), terminal(BatchStatus.COMPLETED), None, []),
+    (
+        "old run's report while its lost machine is replaced moves nothing",
+        job(S.RESOURCE_PREPARING, provision_id="prov_1_2", batch_handed_over=True),
+        status_report(BatchStatus.IN_PROGRESS),
+        None,
+        [],
+    ),
 ]
 
 
@@ -388,7 +395,7 @@ def test_replacement_machine_resumes_the_same_batch_in_its_original_window() -> 
     expires = NOW.replace(hour=13)
     replaced = decide(job(S.IN_PROGRESS, expires_at=expires), lost("prov_1_1"), NOW)
     assert replaced is not None and replaced.fields["provision_id"] == "prov_1_2"
-    assert replaced.acquire_slot
+    assert not replaced.acquire_slot  # a replacement does not queue for a slot
     back = job(
         S.RESOURCE_PREPARING, provision_id="prov_1_2", batch_handed_over=True, expires_at=expires
     )
@@ -400,3 +407,38 @@ def test_replacement_machine_resumes_the_same_batch_in_its_original_window() -> 
     batch = decision.events[0]
     assert batch.batch_id == "batch_1" and batch.provision_id == "prov_1_2"  # type: ignore[attr-defined]
     assert batch.expires_at == expires  # type: ignore[attr-defined]
+
+
+def test_report_from_a_run_on_a_lost_machine_updates_counts_only() -> None:
+    replacing = job(S.RESOURCE_PREPARING, provision_id="prov_1_2", batch_handed_over=True)
+    decision = decide(replacing, status_report(BatchStatus.IN_PROGRESS), NOW)
+    assert decision is not None and decision.status is None and not decision.events
+    assert decision.fields["request_counts"] == {"total": 3, "completed": 2, "failed": 1}
+    # Once the replacement runs the batch (submitting), its reports move the job on again.
+    resumed = job(S.SUBMITTING, provision_id="prov_1_2")
+    assert decide(resumed, status_report(BatchStatus.IN_PROGRESS), NOW).status is S.IN_PROGRESS  # type: ignore[union-attr]
+
+
+def test_machine_lost_for_good_names_it_and_keeps_the_files_written_later() -> None:
+    lost_for_good = ProvisionLost(
+        provision_id="prov_1_1", job_id="job_1", reason="runpod machine pod-9 no longer exists"
+    )
+    decision = decide(job(S.IN_PROGRESS), lost_for_good, NOW, Limits(max_provision_attempts=1))
+    assert decision is not None and decision.status is S.FAILED
+    assert decision.fields["error_code"] == "machine_lost"
+    message = decision.fields["error_message"]
+    assert "prov_1_1" in message and "pod-9" in message and "1 machine was tried" in message
+    # The agent gives the batch up afterwards: its partial files are attached, status kept.
+    late = BatchTerminal(
+        batch_id="batch_1",
+        job_id="job_1",
+        status=BatchStatus.CANCELLED,
+        request_counts=counts,
+        output_file_id="file-out",
+        error_file_id="file-err",
+    )
+    attached = decide(job(S.FAILED), late, NOW)
+    assert attached is not None and attached.status is None and not attached.events
+    assert attached.fields["output_dataset"] == "file-out"
+    assert attached.fields["error_dataset"] == "file-err"
+    assert decide(job(S.FAILED, batch_id="batch_other"), late, NOW) is None

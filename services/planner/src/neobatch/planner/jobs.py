@@ -308,14 +308,19 @@ def _on_batch_status(job: Job, event: BatchStatusReported) -> Decision | None:
         "usage": msgspec.to_builtins(event.usage),
     }
     target = _BATCH_RUNNING.get(event.status)
-    if target is not None and job.status in _RANK and _RANK[target] > _RANK[job.status]:
+    # Only a batch running on the job's current machine moves the job: while a lost machine is
+    # being replaced (resource_preparing), the agent's reports on the old run update counts only.
+    handed_over = job.status in _BATCH_HANDED_OVER
+    if target is not None and handed_over and _RANK[target] > _RANK[job.status]:
         return _move(job, target, event.occurred_at, f"batch {event.status.value}", fields=fields)
     return Decision(fields=fields, reason="progress")
 
 
 def _on_batch_terminal(job: Job, event: BatchTerminal, now: datetime) -> Decision | None:
-    if event.batch_id != job.batch_id or is_terminal(job.status):
+    if event.batch_id != job.batch_id:
         return None
+    if is_terminal(job.status):
+        return _late_batch_files(job, event)
     status = _BATCH_TERMINAL[event.status]
     if job.status is JobStatus.CANCELLING:
         # The user asked to cancel; a batch that finished anyway keeps all its output.
@@ -334,6 +339,22 @@ def _on_batch_terminal(job: Job, event: BatchTerminal, now: datetime) -> Decisio
     reason = event.error_message or f"batch {event.status.value}"
     return _move(
         job, status, now, reason, fields=fields, events=_release(job, now, f"job {status.value}")
+    )
+
+
+def _late_batch_files(job: Job, event: BatchTerminal) -> Decision | None:
+    """The job ended before its batch did (machine lost for good, a cancel or expiry the agent
+    confirmed late): keep the output and error files the agent wrote since, status unchanged."""
+    if not (event.output_file_id or event.error_file_id):
+        return None
+    return Decision(
+        fields={
+            "request_counts": msgspec.to_builtins(event.request_counts),
+            "usage": msgspec.to_builtins(event.usage),
+            "output_dataset": event.output_file_id,
+            "error_dataset": event.error_file_id,
+        },
+        reason=f"batch {event.status.value} after the job ended: its files are kept",
     )
 
 
@@ -403,15 +424,18 @@ def _on_provision_lost(
     release = _release(job, now, "machine lost")
     if job.status is JobStatus.CANCELLING:
         return _move(job, JobStatus.CANCELLED, now, "cancelled; machine lost", events=release)
-    attempt = policy.provision_attempt(event.provision_id) + 1
+    lost_attempt = policy.provision_attempt(event.provision_id)
+    attempt = lost_attempt + 1
     if attempt > limits.max_provision_attempts:
+        tried = "1 machine was" if lost_attempt == 1 else f"{lost_attempt} machines were"
         message = (
-            f"machine_lost: {limits.max_provision_attempts} machines were lost ({event.reason})"
+            f"machine_lost: provision {event.provision_id} was lost ({event.reason}); "
+            f"{tried} tried (at most {limits.max_provision_attempts})"
         )
         return _end_with_error(job, JobStatus.FAILED, now, "machine_lost", message, "machine lost")
     provision_id = policy.provision_id_for(job.id, attempt)
     request = _provision_request(job, provision_id, now, limits)
-    return _move(
+    decision = _move(
         job,
         JobStatus.RESOURCE_PREPARING,
         now,
@@ -419,6 +443,11 @@ def _on_provision_lost(
         fields={"provision_id": provision_id},
         events=[*release, request],
     )
+    # A replacement does not queue for a provisioning slot: the job was admitted long ago, and
+    # with every slot taken its batch would stall (and the lost event be spent) until its window
+    # ran out. MAX_CONCURRENT_PROVISIONING bounds how many *new* jobs provision at once.
+    decision.acquire_slot = False
+    return decision
 
 
 def _on_dead_lettered(job: Job, event: DeadLettered, now: datetime) -> Decision | None:

@@ -129,10 +129,12 @@ class Reconciler:
             machine = await provider.describe(provision.provider_resource_id)
             if not (machine.gone or machine.broken):
                 continue
+            # Named, so a job that fails for want of machines says which one it lost.
+            resource = f"{name} machine {provision.provider_resource_id}"
             reason = (
-                "the machine no longer exists at the provider"
+                f"{resource} no longer exists at the provider"
                 if machine.gone
-                else f"the machine stopped serving (provider status {machine.status})"
+                else f"{resource} stopped serving (provider status {machine.status})"
             )
             event = ProvisionLost(provision_id=provision.id, job_id=provision.job_id, reason=reason)
             if await self._store.mark_lost(provision, reason, [event], self._clock.now()):

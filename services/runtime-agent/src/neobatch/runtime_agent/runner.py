@@ -57,7 +57,7 @@ class Runner:
         self.finished_runs: dict[str, BatchRun] = {}
 
     def wake(self, batch_id: str | None = None) -> None:
-        """A batch arrived or was cancelled: look now instead of at the next poll."""
+        """A batch arrived, moved or was cancelled: look now instead of at the next poll."""
         self._wake.set()
         if batch_id is not None and (watch := self._watches.get(batch_id)) is not None:
             watch.poke()
@@ -83,10 +83,20 @@ class Runner:
 
     async def _claim_free_slots(self) -> None:
         while len(self._tasks) < self._settings.max_batches:
-            batch = await self._store.claim_batch(self.owner, self._settings.lease_seconds)
+            # One lease owner per run: a run whose lease was revoked (its batch moved to a
+            # replacement machine) or expired can never renew it once it is claimed again.
+            owner = f"{self.owner}/{new_id('run')}"
+            batch = await self._store.claim_batch(owner, self._settings.lease_seconds)
             if batch is None:
                 return
-            task = asyncio.create_task(self._run_one(batch), name=f"batch-{batch.id}")
+            if batch.id in self._tasks:
+                # Our own earlier run lost this lease: stop it now rather than at its next
+                # renewal, and claim the batch again once it has ended (`_done` wakes us).
+                if (watch := self._watches.get(batch.id)) is not None:
+                    watch.mark_lost()
+                await self._store.release_lease(batch.id, owner)
+                return
+            task = asyncio.create_task(self._run_one(batch, owner), name=f"batch-{batch.id}")
             self._tasks[batch.id] = task
             task.add_done_callback(lambda _t, bid=batch.id: self._done(bid))
 
@@ -100,11 +110,11 @@ class Runner:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _run_one(self, batch: Batch) -> None:
+    async def _run_one(self, batch: Batch, owner: str) -> None:
         watch = BatchWatch(
             self._store,
             batch.id,
-            self.owner,
+            owner,
             ttl_seconds=self._settings.lease_seconds,
             expires_at=batch.expires_at,
             cancel_requested=batch.cancel_requested_at is not None,
@@ -114,7 +124,7 @@ class Runner:
             store=self._store,
             settings=self._settings,
             client_key=self._key,
-            owner=self.owner,
+            owner=owner,
             watch=watch,
         )
         self._watches[batch.id] = watch
@@ -129,14 +139,14 @@ class Runner:
             # Shutting down: hand the batch over now instead of after the lease runs out.
             # The engine keeps running; whoever claims the batch next finds it by its pid file.
             with contextlib.suppress(Exception):
-                await self._store.release_lease(batch.id, self.owner)
+                await self._store.release_lease(batch.id, owner)
             raise
         except RemoteLost as exc:
             log.warning(
                 "machine unreachable; will resume", extra=log_fields(**fields, error=str(exc))
             )
             with contextlib.suppress(Exception):
-                await self._store.hold_back(batch.id, self.owner, REMOTE_LOST_PAUSE_SECONDS)
+                await self._store.hold_back(batch.id, owner, REMOTE_LOST_PAUSE_SECONDS)
         except Exception as exc:
             pause = min(MAX_CRASH_PAUSE_SECONDS, 5.0 * 2**batch.crash_count)
             log.warning(
@@ -145,7 +155,7 @@ class Runner:
                 extra=log_fields(**fields, retry_in_seconds=pause, error=type(exc).__name__),
             )
             with contextlib.suppress(Exception):
-                await self._store.record_crash(batch.id, self.owner, pause)
+                await self._store.record_crash(batch.id, owner, pause)
         finally:
             watch_task.cancel()
             await asyncio.gather(watch_task, return_exceptions=True)

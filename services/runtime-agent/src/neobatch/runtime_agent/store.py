@@ -139,7 +139,12 @@ class BatchStore:
         )
 
     async def retarget(self, event_doc: Document) -> bool:
-        """Point a live batch at the machine that replaced a lost one; False if nothing changed."""
+        """Point a live batch at the machine that replaced a lost one; False if nothing changed.
+
+        The lease is revoked with it: a run still trying the lost machine loses its lease (at
+        once when its own agent claims the batch again, else at its next renewal) and stops;
+        whichever agent claims the batch next resumes it on the new machine from checkpoints.
+        """
         result = await self.batches.update_one(
             {
                 "_id": event_doc["_id"],
@@ -154,6 +159,7 @@ class BatchStore:
                     "runtime": event_doc.get("runtime", "ssh"),
                     "host_public_key": event_doc.get("host_public_key"),
                     "crash_count": 0,
+                    "lease_owner": None,
                     "lease_until": None,
                 },
                 "$inc": {"version": 1},
