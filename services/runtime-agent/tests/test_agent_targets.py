@@ -130,3 +130,37 @@ def test_docker_status_stop_logs_and_check_scripts() -> None:
     assert "sudo -n docker info --format '{{json .Runtimes}}'" in check
     for word in ("no-docker", "no-nvidia", "docker-error", "ok"):
         assert word in check
+
+
+@pytest.mark.parametrize(
+    ("stderr", "status", "expected"),
+    [
+        ("sudo: docker: command not found", 1, "no-docker"),
+        ("sh: 1: sudo: not found", 127, "docker-error sudo is not available to run docker"),
+        (
+            "Cannot connect to the Docker daemon at unix:///var/run/docker.sock.\\nIs it running?",
+            1,
+            "docker-error Cannot connect to the Docker daemon at "
+            "unix:///var/run/docker.sock. Is it running?",
+        ),
+    ],
+)
+def test_docker_check_tells_missing_docker_from_a_broken_one(
+    tmp_path, stderr: str, status: int, expected: str
+) -> None:
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "sudo"
+    fake.write_text(f'#!/bin/sh\nprintf "{stderr}\\n" >&2\nexit {status}\n')
+    fake.chmod(0o755)
+    out = subprocess.run(
+        ["/bin/sh", "-c", docker_check_script()],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
+    assert out.stdout.strip() == expected

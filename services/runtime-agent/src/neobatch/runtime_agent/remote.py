@@ -278,7 +278,9 @@ def docker_check_script() -> str:
     return (
         f"out=$({_DOCKER} info --format '{{{{json .Runtimes}}}}' 2>&1); rc=$?\n"
         'if [ "$rc" -ne 0 ]; then\n'
-        '  case "$out" in *"not found"*|*"No such file"*) echo no-docker ;;\n'
+        '  case "$out" in *"sudo: not found"*|*"sudo: command not found"*)\n'
+        '    echo "docker-error sudo is not available to run docker" ;;\n'
+        '    *"not found"*|*"No such file"*) echo no-docker ;;\n'
         '    *) printf "docker-error %s\\n" "$(printf %s "$out" | tr "\\n" " ")" ;; esac\n'
         "  exit 0\nfi\n"
         'case "$out" in *nvidia*) echo ok ;; *) echo no-nvidia ;; esac\n'
