@@ -5,6 +5,7 @@ reported while no request finishes."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import time
@@ -16,9 +17,12 @@ import msgspec
 import pytest
 
 from neobatch.common.batch_input import BatchRequest
+from neobatch.common.clock import SystemClock
 from neobatch.common.contracts import BatchStatus
+from neobatch.runtime_agent.checkpoints import CheckpointWriter, result_id
 from neobatch.runtime_agent.dispatch import (
     AimdController,
+    RequestResult,
     RetryPolicy,
     parse_retry_after,
 )
@@ -198,3 +202,43 @@ def test_the_simulators_dice_are_per_request_and_attempt(seed: int) -> None:
     draws = {attempt_draw(seed, f"{BATCH}-{i}", a) for i in range(50) for a in (1, 2, 3)}
     assert len(draws) == 150 and all(0 <= d < 1 for d in draws)
     assert attempt_draw(seed, "x", 1) == attempt_draw(seed, "x", 1)
+
+
+async def test_record_returns_once_the_result_is_stored_and_writes_are_grouped(mongo_db) -> None:
+    collection = mongo_db["batch_results"]
+    batch_id = f"batch_writer_{time.time_ns()}"
+    async with CheckpointWriter(collection, batch_id, SystemClock()) as writer:
+
+        async def one(index: int) -> None:
+            result = RequestResult(line_index=index, custom_id=f"c{index}", status_code=200)
+            await writer.record(result)
+            # Stored by the time record returns: what a crash now would find.
+            assert await collection.find_one({"_id": result_id(batch_id, index)}) is not None
+
+        await asyncio.gather(*(one(i) for i in range(300)))
+        # Results finishing together share writes (group commit), far fewer than one each.
+        assert writer.written == 300 and writer.writes <= 30, writer.writes
+
+
+async def test_record_raises_when_the_write_fails(mongo_db) -> None:
+    collection = mongo_db["batch_results"]
+    batch_id = f"batch_writer_{time.time_ns()}"
+    writer = CheckpointWriter(collection, batch_id, SystemClock())
+    async with writer:
+        bad = RequestResult(line_index=0, custom_id="c0", status_code=200)
+        original = writer._collection
+        writer._collection = _Refusing(original)  # type: ignore[assignment]
+        with pytest.raises(RuntimeError, match="refused"):
+            await writer.record(bad)
+        writer._collection = original
+        with pytest.raises(RuntimeError, match="refused"):
+            await writer.add(bad)
+        await writer.abort()
+
+
+class _Refusing:
+    def __init__(self, real: object) -> None:
+        self.real = real
+
+    async def insert_many(self, docs: object, ordered: bool = True) -> None:
+        raise RuntimeError("refused")

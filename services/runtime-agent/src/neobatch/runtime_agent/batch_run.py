@@ -226,7 +226,8 @@ class BatchRun:
         async def record(result: RequestResult) -> None:
             if result.status_code is None and session.is_closed:
                 return  # The tunnel died, not the request: leave it for the resumed run.
-            await writer.add(result)
+            # Stored before the slot frees: a crash re-sends at most `concurrency` requests.
+            await writer.record(result)
             self.tally.add(result)
 
         progress = asyncio.create_task(self._report_progress())

@@ -1,7 +1,7 @@
 """Request-level checkpoints: one `batch_results` document per finished request.
 
-Results are written in batches (`insert_many`, unordered) every ~50 ms or 200 items, never
-one write per request: a Mongo-wire server does ~1,000 single inserts a second but ~20,000
+Results are written in batches (`insert_many`, unordered; group commit: whatever finished
+while the previous write was on the wire, after a 5 ms linger), never one write per request: a Mongo-wire server does ~1,000 single inserts a second but ~20,000
 documents a second in batches (library-notes §8). `_id` = `<batch_id>:<line_index>`, so a
 result written twice (a replayed flush, two agents racing over a lease hand-over) is stored
 once: the duplicate-key error is expected and ignored (DESIGN rule 3).
@@ -20,7 +20,6 @@ from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, ConnectionFailure
 
-from neobatch.common.aio import wait_for_event
 from neobatch.common.clock import Clock
 from neobatch.common.logs import log_fields
 from neobatch.runtime_agent.dispatch import RequestResult
@@ -99,11 +98,17 @@ async def insert_results(collection: AsyncCollection[Document], docs: list[Docum
 
 
 class CheckpointWriter:
-    """Buffers results and writes them in batches from one background task.
+    """Buffers results and writes them in batches from one background task (group commit).
 
-    `add` returns at once (it only waits when the database falls far behind, so memory stays
-    bounded); `close` writes what is left. A write that fails for good is raised from the
-    next `add` or from `close`, so the run stops instead of silently losing results.
+    The first result into an empty buffer starts a short linger (`flush_interval_seconds`)
+    so results finishing together go out in one `insert_many`; results arriving while a
+    write is on the wire go into the next one. `record` returns once its result is stored:
+    dispatch holds the request's concurrency slot until then, so at any moment at most
+    `concurrency` requests are unrecorded (sent, or answered but not yet stored) and a crash
+    re-sends at most that many. `add` returns at once (it only waits when the database falls
+    far behind, so memory stays bounded). `close` writes what is left. A write that fails
+    for good is raised from `record`, from the next `add` or from `close`, so the run stops
+    instead of silently losing results.
     """
 
     def __init__(
@@ -112,8 +117,8 @@ class CheckpointWriter:
         batch_id: str,
         clock: Clock,
         *,
-        flush_interval_seconds: float = 0.05,
-        max_items: int = 200,
+        flush_interval_seconds: float = 0.005,
+        max_items: int = 500,
         max_pending: int = 10_000,
     ) -> None:
         self._collection = collection
@@ -123,11 +128,13 @@ class CheckpointWriter:
         self._max_items = max_items
         self._max_pending = max_pending
         self._buffer: list[Document] = []
+        self._waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.written = 0
+        self.writes = 0
 
     async def __aenter__(self) -> CheckpointWriter:
         self._task = asyncio.create_task(self._run(), name=f"checkpoints-{self._batch_id}")
@@ -142,15 +149,25 @@ class CheckpointWriter:
             if error is not None:
                 raise error
 
-    async def add(self, result: RequestResult) -> None:
+    def _append(self, result: RequestResult) -> None:
         self._check()
         self._buffer.append(result_to_doc(self._batch_id, result, self._clock.now()))
-        if len(self._buffer) >= self._max_items:
-            self._wake.set()
+        self._wake.set()
+
+    async def add(self, result: RequestResult) -> None:
+        """Buffer `result`; it is written with the next batch."""
+        self._append(result)
         while len(self._buffer) >= self._max_pending:
             self._drained.clear()
             await self._drained.wait()
             self._check()
+
+    async def record(self, result: RequestResult) -> None:
+        """Buffer `result` and return once it is stored (raises if it cannot be)."""
+        self._append(result)
+        stored = asyncio.get_running_loop().create_future()
+        self._waiters.append(stored)
+        await stored
 
     async def close(self) -> None:
         """Write everything buffered, then stop the writer task."""
@@ -171,22 +188,49 @@ class CheckpointWriter:
             self._task = None
 
     async def _run(self) -> None:
+        error: BaseException | None = None
         try:
             while True:
-                if len(self._buffer) < self._max_items and not self._closing:
-                    with contextlib.suppress(TimeoutError):
-                        await wait_for_event(self._wake, self._interval)
-                    self._wake.clear()
+                if not self._buffer and not self._closing:
+                    await self._wake.wait()
+                self._wake.clear()
+                if self._buffer and len(self._buffer) < self._max_items and not self._closing:
+                    await asyncio.sleep(self._interval)  # let the results finishing now join
                 if self._buffer:
                     docs, self._buffer = self._buffer, []
-                    await insert_results(self._collection, docs)
+                    waiters, self._waiters = self._waiters, []
+                    try:
+                        await insert_results(self._collection, docs)
+                    except BaseException as exc:
+                        _fail(waiters, exc)
+                        raise
                     self.written += len(docs)
+                    self.writes += 1
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_result(None)
                     self._drained.set()
                 elif self._closing:
                     return
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
+            # Nobody may wait forever on a result that will not be written now.
+            _fail(self._waiters, error or RuntimeError("checkpoint writer stopped"))
+            self._waiters.clear()
             # Wake anyone blocked in add() so they see the failure (or the end).
             self._drained.set()
+
+
+def _fail(waiters: list[asyncio.Future[None]], error: BaseException) -> None:
+    for waiter in waiters:
+        if waiter.done():
+            continue
+        if isinstance(error, asyncio.CancelledError):
+            waiter.cancel()
+        else:
+            waiter.set_exception(error)
 
 
 async def finished_indexes(collection: AsyncCollection[Document], batch_id: str) -> set[int]:
