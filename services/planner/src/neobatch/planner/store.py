@@ -31,6 +31,7 @@ INDEXES = [
     IndexModel([("deadline_at", ASCENDING)], name="deadline", sparse=True),
     IndexModel([("batch_id", ASCENDING)], name="batch"),
 ]
+SLOT_INDEXES = [IndexModel([("job_id", ASCENDING)], name="job")]
 
 
 # Only what `job_from_doc` reads: a job document also carries metadata, counts, errors...
@@ -113,6 +114,7 @@ class JobStore:
     async def prepare(self, max_concurrent_provisioning: int) -> None:
         """Indexes, and exactly `max_concurrent_provisioning` slots (taken ones are kept)."""
         await ensure_indexes(self._jobs, INDEXES)
+        await ensure_indexes(self._slots, SLOT_INDEXES)
         wanted = [f"slot-{i}" for i in range(max_concurrent_provisioning)]
         for slot_id in wanted:
             await self._slots.update_one(
@@ -150,18 +152,24 @@ class JobStore:
         """Take a free provisioning slot for `job_id`, or raise NoSlotFree (aborting the
         transaction, so the job stays queued). Find then compare-and-set: cheaper than
         `find_one_and_update` on our test database, and as safe."""
-        if await self._slots.find_one({"job_id": job_id}, session=session):
+        if await self._slots.find_one({"job_id": job_id}, {"_id": 1}, session=session):
             return
-        free = await self._slots.find_one(
-            {"_id": {"$in": self._slot_ids}, "job_id": None}, session=session
-        )
-        if free is None:
+        free = await self._free_slots(session)
+        if not free:
             raise NoSlotFree
         taken = await self._slots.update_one(
-            {"_id": free["_id"], "job_id": None}, {"$set": {"job_id": job_id}}, session=session
+            {"_id": free[0], "job_id": None}, {"$set": {"job_id": job_id}}, session=session
         )
         if taken.modified_count != 1:
             raise NoSlotFree  # another planner took it this instant; the queue loop retries
+
+    async def _free_slots(self, session: AsyncClientSession) -> list[str]:
+        """Free slots among the configured ones (a slot beyond the limit, kept while taken
+        after the limit was lowered, is never handed out again). Filtered here rather than
+        with `$in` in the query: secantus matches `$in` per document, 35 ms at 200 slots."""
+        wanted = set(self._slot_ids)
+        cursor = self._slots.find({"job_id": None}, {"_id": 1}, session=session)
+        return [doc["_id"] async for doc in cursor if doc["_id"] in wanted]
 
     async def get_job(self, job_id: str) -> Job:
         doc = await self._jobs.find_one({"_id": job_id}, JOB_FIELDS)
@@ -207,12 +215,7 @@ class JobStore:
         """
 
         async def work(session: AsyncClientSession) -> tuple[int, bool]:
-            free = [
-                doc["_id"]
-                async for doc in self._slots.find(
-                    {"_id": {"$in": self._slot_ids}, "job_id": None}, {"_id": 1}, session=session
-                )
-            ]
+            free = await self._free_slots(session)
             job_ops: list[UpdateOne] = []
             slot_ops: list[UpdateOne] = []
             events = []
