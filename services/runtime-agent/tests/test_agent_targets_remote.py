@@ -272,7 +272,7 @@ async def test_dropped_connection_is_reestablished_in_place_without_relaunch(
 ) -> None:
     machine = make_machine(engine_args=("--latency-ms", "10"))
     harness = await make_harness(dispatch_concurrency=4, ssh_ready_timeout_seconds=20)
-    lines = agent.chat_lines(800)
+    lines = agent.chat_lines(400)
     spec = engine_spec()
     caplog.set_level(logging.INFO, logger="neobatch.runtime_agent")
     event = await submit(harness, agent, machine, "runpod", spec, len(lines))
