@@ -10,6 +10,7 @@ import pytest
 
 from neobatch.common.batch_input import BatchRequest
 from neobatch.common.contracts import ClientSpec, RetryPolicySpec
+from neobatch.common.errors import ConfigError
 from neobatch.runtime_agent.dispatch import (
     AimdController,
     DispatchConfig,
@@ -20,6 +21,7 @@ from neobatch.runtime_agent.dispatch import (
     RetryPolicy,
     dispatch_all,
 )
+from neobatch.runtime_agent.settings import read_settings
 
 OK = Outcome(200, 0.1)
 
@@ -256,3 +258,34 @@ async def test_dispatch_all_with_the_aimd_controller_ramps_up() -> None:
         _requests(400), send, record, controller=controller, should_stop=lambda: False
     )
     assert summary.sent == 400 and controller.limit == 32 and 2 < peak <= 32
+
+
+def test_settings_read_the_dispatch_defaults(tmp_path) -> None:
+    key = tmp_path / "id_test"
+    key.write_bytes(b"not parsed here")
+    key.chmod(0o600)
+    env = {
+        "NEOBATCH_SSH_KEY_FILE": str(key),
+        "NEOBATCH_DISPATCH_CONCURRENCY": "100",
+        "NEOBATCH_REQUEST_TIMEOUT_SECONDS": "42",
+        "NEOBATCH_REQUEST_MAX_RETRIES": "2",
+        "NEOBATCH_REQUEST_RETRY_BASE_DELAY_SECONDS": "0.25",
+        "NEOBATCH_REQUEST_RETRY_MAX_DELAY_SECONDS": "9",
+        "NEOBATCH_ADAPTIVE_CONCURRENCY": "false",
+        "NEOBATCH_ADAPTIVE_HEALTHY_WINDOW": "16",
+        "NEOBATCH_ADAPTIVE_ADDITIVE_INCREASE": "3",
+    }
+    defaults = read_settings(env).dispatch_defaults()
+    assert defaults == DispatchDefaults(
+        concurrency=100,
+        request_timeout_seconds=42,
+        max_retries=2,
+        base_delay_seconds=0.25,
+        max_delay_seconds=9,
+        adaptive=False,
+        healthy_window=16,
+        additive_increase=3,
+    )
+    assert read_settings({"NEOBATCH_SSH_KEY_FILE": str(key)}).dispatch_defaults().adaptive
+    with pytest.raises(ConfigError, match="NEOBATCH_ADAPTIVE_CONCURRENCY"):
+        read_settings({**env, "NEOBATCH_ADAPTIVE_CONCURRENCY": "maybe"})

@@ -272,12 +272,7 @@ class DispatchConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def resolve(cls, client: ClientSpec, defaults: DispatchDefaults) -> DispatchConfig:
-        adaptive = (
-            defaults.adaptive
-            if client.adaptive_concurrency is None
-            else (client.adaptive_concurrency)
-        )
-        initial = min(ADAPTIVE_INITIAL, defaults.concurrency)
+        adaptive = _pick(client.adaptive_concurrency, defaults.adaptive)
         if client.max_concurrency is not None:
             maximum = client.max_concurrency
         elif client.adaptive_max_factor is not None and adaptive:
@@ -293,7 +288,7 @@ class DispatchConfig(msgspec.Struct, frozen=True, kw_only=True):
         )
         return cls(
             max_concurrency=maximum,
-            initial_concurrency=min(initial, maximum) if adaptive else maximum,
+            initial_concurrency=min(ADAPTIVE_INITIAL, maximum) if adaptive else maximum,
             adaptive=adaptive,
             healthy_window=_pick(client.adaptive_healthy_window, defaults.healthy_window),
             additive_increase=_pick(client.adaptive_additive_increase, defaults.additive_increase),
