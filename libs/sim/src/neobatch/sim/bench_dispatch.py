@@ -216,7 +216,14 @@ async def upload_input(db: Any, requests: int, pad: int) -> tuple[str, int]:
 # --- direct load generator ----------------------------------------------------------------------
 
 
-async def direct_rate(base_url: str, requests: int, concurrency: int, pad: int = 0) -> float:
+@dataclass(frozen=True)
+class Rate:
+    rps: float
+    # CPU of the client side per request, in ms: steadier than the rate on a shared machine.
+    cpu_ms: float
+
+
+async def direct_rate(base_url: str, requests: int, concurrency: int, pad: int = 0) -> Rate:
     """Requests per second of a minimal aiohttp generator sending the same requests."""
     import aiohttp
 
@@ -240,13 +247,13 @@ async def direct_rate(base_url: str, requests: int, concurrency: int, pad: int =
                     if resp.status != 200:
                         failures += 1
 
-        # Warm the connections up first, as the agent's health checks do.
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
     if failures:
         raise RuntimeError(f"direct: {failures} requests failed")
-    return requests / elapsed
+    return Rate(requests / elapsed, cpu / requests * 1e3)
 
 
 # --- the agent, in its own process ---------------------------------------------------------------
@@ -328,11 +335,17 @@ async def run_agent_job(job: AgentJob) -> dict[str, Any]:
     try:
         # The largest resident set seen in each batch status (sampled as the batch is polled).
         rss_by_status: dict[str, float] = {}
+        # Process CPU when the batch was first seen in_progress and first seen past it.
+        cpu_dispatch = [0.0, 0.0]
         while True:
             batch = await agent.store.find_batch(batch_id)
             if batch is not None:
                 key = batch.status.value
                 rss_by_status[key] = max(rss_by_status.get(key, 0.0), rss_mb())
+                if key == "in_progress":
+                    cpu_dispatch[0] = cpu_dispatch[0] or time.process_time()
+                elif cpu_dispatch[0] and not cpu_dispatch[1]:
+                    cpu_dispatch[1] = time.process_time()
             if batch is not None and is_terminal(batch.status):
                 break
             if time.monotonic() > deadline:
@@ -353,6 +366,7 @@ async def run_agent_job(job: AgentJob) -> dict[str, Any]:
             "dispatch_seconds": dispatch_seconds,
             "total_seconds": total,
             "cpu_seconds": cpu,
+            "dispatch_cpu_seconds": cpu_dispatch[1] - cpu_dispatch[0],
             "rss_by_status": rss_by_status,
         }
     finally:
@@ -563,7 +577,7 @@ async def _upload(mongo_url: str, db_name: str, requests: int, pad: int) -> tupl
         await client.close()
 
 
-async def tunnel_rate(stack: Stack, engine_port: int, requests: int, concurrency: int) -> float:
+async def tunnel_rate(stack: Stack, engine_port: int, requests: int, concurrency: int) -> Rate:
     """The direct generator through the agent's own SSH connection and port-forward alone."""
     import getpass
 
@@ -578,6 +592,39 @@ async def tunnel_rate(stack: Stack, engine_port: int, requests: int, concurrency
         return await direct_rate(f"http://127.0.0.1:{local_port}", requests, concurrency)
     finally:
         await host.close()
+
+
+def openssh_client_rate(
+    stack: Stack, engine_port: int, requests: int, concurrency: int
+) -> Rate | None:
+    """The direct generator through OpenSSH's client (`ssh -N -L`), a process of its own.
+
+    Not the agent's path: a comparison for the tunnel's cost when the SSH client is C and
+    runs on its own core. None when there is no `ssh` binary.
+    """
+    import getpass
+
+    from neobatch.sim import servers
+
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        return None
+    local_port = servers.free_port()
+    args = [ssh, "-N", "-F", "/dev/null", "-i", str(stack.key_file), "-p", str(stack.ssh_port)]
+    args += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+    args += ["-o", "BatchMode=yes", "-o", "Ciphers=aes128-gcm@openssh.com", "-o", "LogLevel=ERROR"]
+    args += ["-L", f"127.0.0.1:{local_port}:127.0.0.1:{engine_port}"]
+    args += [f"{getpass.getuser()}@127.0.0.1"]
+    proc = servers.ManagedProcess(args, stack.workdir / "logs/ssh-client.log", name="ssh")
+    try:
+        servers.wait_port("127.0.0.1", local_port, 15, process=proc)
+        url = f"http://127.0.0.1:{local_port}"
+        ssh_cpu = cpu_seconds(proc.pid)
+        rate = asyncio.run(direct_rate(url, requests, concurrency))
+        ssh_ms = (cpu_seconds(proc.pid) - ssh_cpu) / requests * 1e3
+        return Rate(rate.rps, rate.cpu_ms + ssh_ms)  # the generator and the ssh process
+    finally:
+        proc.stop()
 
 
 def measure_throughput(
@@ -601,6 +648,7 @@ def measure_throughput(
             url = f"http://127.0.0.1:{engine.port}"
             direct = asyncio.run(direct_rate(url, requests, concurrency))
             tunnel = asyncio.run(tunnel_rate(stack, engine.port, requests, concurrency))
+            openssh_client = openssh_client_rate(stack, engine.port, requests, concurrency)
         finally:
             engine.stop()
         job = stack.job("bench_throughput", file_id, concurrency, timeout=max(300, requests / 20))
@@ -615,10 +663,15 @@ def measure_throughput(
         agent_rate = requests / agent["dispatch_seconds"]
         results.append(
             {
-                "direct_rps": direct,
-                "tunnel_rps": tunnel,
+                "direct_rps": direct.rps,
+                "direct_cpu_ms": direct.cpu_ms,
+                "tunnel_rps": tunnel.rps,
+                "tunnel_cpu_ms": tunnel.cpu_ms,
+                "openssh_client_rps": openssh_client.rps if openssh_client else None,
+                "openssh_client_cpu_ms": openssh_client.cpu_ms if openssh_client else None,
                 "agent_rps": agent_rate,
-                "ratio": agent_rate / direct,
+                "agent_cpu_ms": agent["dispatch_cpu_seconds"] / requests * 1e3,
+                "ratio": agent_rate / direct.rps,
                 "agent": agent,
             }
         )
@@ -656,18 +709,25 @@ def print_throughput(t: dict[str, Any], ssh: str) -> None:
         f"\nThroughput: {t['requests']} requests, concurrency {CONCURRENCY}, nginx echo "
         f"{ENGINE_SLEEP_SECONDS * 1000:.0f} ms, SSH host: {ssh}, {len(rounds)} round(s)"
     )
+    heads = "".join(f"{'round ' + str(i + 1):>9}" for i in range(len(rounds)))
+    print(f"{'req/s':<56}{heads}{'mid':>9}{'CPU ms/req':>12}")
     paths = [
-        ("direct_rps", "direct: asyncio + aiohttp -> nginx"),
-        ("tunnel_rps", f"same generator through the agent's SSH forward ({ssh})"),
-        ("agent_rps", "agent: GridFS, SSH forward, EngineClient, checkpoints"),
+        ("direct", "direct: asyncio + aiohttp -> nginx"),
+        ("tunnel", f"the same through the agent's SSH forward ({ssh})"),
+        ("agent", "agent: GridFS, SSH forward, EngineClient, checkpoints"),
+        ("openssh_client", "for comparison: the same through OpenSSH's `ssh -L`"),
     ]
-    heads = "".join(f"{'round ' + str(i + 1):>10}" for i in range(len(rounds)))
-    print(f"{'req/s':<58}{heads}{'mid':>10}")
     for key, label in paths:
-        values = "".join(f"{r[key]:>10.0f}" for r in rounds)
-        print(f"{label:<58}{values}{t[key]:>10.0f}")
-    ratios = "".join(f"{r['ratio']:>10.1%}" for r in rounds)
-    print(f"{'ratio agent/direct':<58}{ratios}{t['ratio']:>10.1%}")
+        if any(r[f"{key}_rps"] is None for r in rounds):
+            continue
+        values = "".join(f"{r[key + '_rps']:>9.0f}" for r in rounds)
+        print(f"{label:<56}{values}{t[key + '_rps']:>9.0f}{t[key + '_cpu_ms']:>12.2f}")
+    ratios = "".join(f"{r['ratio']:>9.1%}" for r in rounds)
+    print(f"{'ratio agent/direct':<56}{ratios}{t['ratio']:>9.1%}")
+    print(
+        "CPU ms/req: the client side in the mid round (agent: its process while in_progress; "
+        "ssh -L: generator + ssh)"
+    )
     verdict = "meets" if t["ratio"] >= 0.8 else "below"
     print(
         f"mid = the round with the median ratio; ratio {t['ratio']:.1%}: {verdict} the 80% target"
