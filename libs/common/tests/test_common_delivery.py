@@ -7,6 +7,8 @@ succeeds; a state change whose publish never happened is still published by the 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from datetime import timedelta
 
@@ -182,7 +184,8 @@ async def test_committed_entries_are_handed_to_the_relay_and_published_without_a
     client = create_mongo_client(mongo_url)
     db = client.get_database(mongo_db.name)
     nc = await _connect(nats_url, ns)
-    relay = OutboxRelay(db, nc)
+    # A long poll interval: only the hand-over can publish within the test.
+    relay = OutboxRelay(db, nc, poll_interval_seconds=60)
     committed, rolled_back = JobQueued(job_id="job_fast"), JobQueued(job_id="job_rolled_back")
 
     async def commits(session) -> None:  # type: ignore[no-untyped-def]
@@ -193,18 +196,28 @@ async def test_committed_entries_are_handed_to_the_relay_and_published_without_a
         raise ValueError("handler failed after recording its event")
 
     sub = await nc.jetstream().subscribe(ns.subject(committed), durable=f"p{uuid.uuid4().hex[:6]}")
-    await transact(client, commits)
+    running = asyncio.create_task(relay.run())
+    await wait_until(lambda: relay.running, 5, message="relay running")
+    await asyncio.sleep(0.2)  # its first sweep is over
     with pytest.raises(ValueError):
         await transact(client, fails)
+    await transact(client, commits)
     relay.notify()
-    assert await relay.publish_handed() == 1  # only what committed
     message = await sub.next_msg(timeout=5)
     assert message.headers and message.headers["Nats-Msg-Id"] == committed.event_id
+
+    async def marked() -> bool:
+        entry = await db[OUTBOX].find_one({"_id": committed.event_id})
+        return entry is not None and entry["published_at"] is not None
+
+    await wait_until(marked, 5, message="entry marked sent")
     entry = await db[OUTBOX].find_one({"_id": committed.event_id})
-    assert entry is not None and entry["published_at"] is not None
-    assert entry["lease_owner"] is None  # never claimed
-    assert await relay.publish_handed() == 0
-    assert await relay.publish_pending() == 0  # nothing left for a sweep
+    assert entry is not None and entry["lease_owner"] == relay.lease_owner  # never claimed
+    assert await db[OUTBOX].count_documents({}) == 1  # the rolled-back one was never written
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+    assert not relay.running
     await nc.close()
     await client.close()
 

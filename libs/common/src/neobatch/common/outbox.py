@@ -6,12 +6,12 @@ marks them sent. If the relay dies between publishing and marking, another relay
 entry over once its lease expires and re-publishes it; JetStream recognises the id inside
 the duplicate window and stores it once.
 
-Fast path: entries appended inside `mongo.transact` are handed to this process's relay once
-the transaction commits, and it publishes them at once and marks them sent in one round
-trip, with no claim. Claims (a lease per entry) are only for entries nobody handed over:
-written outside `transact`, or left by a process that died before publishing them; the relay
-sweeps for those on `notify()` without a hand-over and at least every poll interval. A sweep
-and a hand-over may publish the same entry; JetStream keeps one.
+Fast path: entries appended inside `mongo.transact` while this process's relay runs are
+written already leased to that relay, and handed to it once the transaction commits; it
+publishes them at once and marks them sent, many per round trip, with no claim. Claims are
+only for entries nobody handed over: written outside `transact`, or left by a process that
+died before publishing them (claimable once their lease expires); the relay sweeps for
+those on `notify()` without a hand-over and at least every poll interval.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import logging
 import time
 import weakref
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import nats
@@ -45,6 +45,10 @@ OUTBOX = "outbox"
 RELAY_LEASE_SECONDS = 15.0
 # Entries claimed and marked per database round trip.
 RELAY_BATCH = 64
+# Handed-over entries are marked sent together: once this many are waiting, or the oldest
+# has waited this long (they stay leased to the relay meanwhile, so nobody re-publishes them).
+MARK_BATCH = 256
+MARK_DELAY_SECONDS = 0.2
 # Handed-over entries held for publishing at most; beyond, a sweep finds them in the outbox.
 MAX_HANDED = 10_000
 # Sent entries are kept a day for inspection, then expire (TTL index).
@@ -81,12 +85,17 @@ async def append_events(
     Inside `mongo.transact`, the entries go to this process's relay of `db` once the
     transaction commits (the fast path); otherwise a relay sweep finds them.
     """
-    if events:
-        entries = [outbox_entry(ns, e, now) for e in events]
-        await db[OUTBOX].insert_many(entries, session=session)
-        relay = _relay_for(db)
-        if relay is not None:
-            after_commit(lambda: relay.hand_over(entries))
+    if not events:
+        return
+    entries = [outbox_entry(ns, e, now) for e in events]
+    relay = _relay_for(db)
+    if relay is not None and after_commit(lambda: relay.hand_over(entries)):
+        # Leased to our relay: no other relay's sweep publishes them while it does.
+        until = now + timedelta(seconds=RELAY_LEASE_SECONDS)
+        for entry in entries:
+            entry["lease_owner"] = relay.lease_owner
+            entry["lease_until"] = until
+    await db[OUTBOX].insert_many(entries, session=session)
 
 
 # The live relay of each database this process writes to (one per ServiceRuntime), keyed by
@@ -97,7 +106,7 @@ _RELAYS: dict[tuple[int, str], weakref.ref[OutboxRelay]] = {}
 def _relay_for(db: AsyncDatabase[dict[str, Any]]) -> OutboxRelay | None:
     ref = _RELAYS.get((id(db.client), db.name))
     relay = ref() if ref is not None else None
-    if relay is None or relay._db.client is not db.client:
+    if relay is None or not relay.running or relay._db.client is not db.client:
         return None
     return relay
 
@@ -125,6 +134,11 @@ class OutboxRelay:
         self._unmatched_handovers = 0
         self._sweep_wanted = True
         self._last_sweep = float("-inf")
+        # Published handed-over entries whose `published_at` is not written yet.
+        self._unmarked: list[str] = []
+        self._unmarked_since = 0.0
+        self.lease_owner = new_id("relay")
+        self.running = False
         _RELAYS[(id(db.client), db.name)] = weakref.ref(self)
 
     def notify(self) -> None:
@@ -144,25 +158,45 @@ class OutboxRelay:
         self._unmatched_handovers += 1
         self._wakeup.set()
 
-    async def publish_handed(self) -> int:
-        """Publish the handed-over entries, then mark them sent in one round trip."""
-        entries, self._handed = self._handed, []
-        if not entries:
-            return 0
-        try:
-            for entry in entries:
-                await self._js.publish(
-                    entry["subject"], entry["payload"], headers={"Nats-Msg-Id": entry["_id"]}
-                )
-        except BaseException:
-            self._sweep_wanted = True  # still pending in the outbox: a sweep publishes them
-            raise
+    async def publish_handed(self, *, mark: bool = True) -> int:
+        """Publish the handed-over entries in commit order, then mark them sent.
+
+        Entries handed over while publishing are published in the same call, and marked
+        many per round trip: with `mark=False` only once MARK_BATCH wait (the run loop
+        marks the rest within MARK_DELAY_SECONDS). On a failure the unpublished entries
+        stay queued for the next pass.
+        """
+        published = 0
+        while self._handed:
+            entries, self._handed = self._handed, []
+            for n, entry in enumerate(entries):
+                try:
+                    await self._js.publish(
+                        entry["subject"], entry["payload"], headers={"Nats-Msg-Id": entry["_id"]}
+                    )
+                except BaseException:
+                    self._handed[:0] = entries[n:]
+                    raise
+                if not self._unmarked:
+                    self._unmarked_since = time.monotonic()
+                self._unmarked.append(entry["_id"])
+            published += len(entries)
+            if len(self._unmarked) >= MARK_BATCH:
+                await self._mark_sent()
+        if mark:
+            await self._mark_sent()
+        return published
+
+    async def _mark_sent(self) -> None:
+        if not self._unmarked:
+            return
+        ids = list(self._unmarked)
         sent_at = self._clock.now()
         await self._outbox.update_many(
-            {"_id": {"$in": [e["_id"] for e in entries]}, "published_at": None},
+            {"_id": {"$in": ids}, "published_at": None},
             {"$set": {"published_at": sent_at, "sent_at": sent_at}},
         )
-        return len(entries)
+        del self._unmarked[: len(ids)]
 
     async def publish_pending(self) -> int:
         """Publish every pending entry now, a batch per round trip; returns how many."""
@@ -196,16 +230,34 @@ class OutboxRelay:
     async def run(self) -> None:
         """Publish forever; a failure (nats or mongo away) is logged and retried."""
         backoff = self._poll
+        self.running = True
+        try:
+            await self._run(backoff)
+        finally:
+            self.running = False
+            # Best effort: what stays unmarked is re-published (once its lease expires) and
+            # recognised by JetStream as a duplicate.
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(self._mark_sent(), 1.0)
+
+    async def _run(self, backoff: float) -> None:
         while True:
             # Clear before the pass: a notify() during the pass makes the wait return at once.
             self._wakeup.clear()
+            wait = backoff
             try:
-                await self.publish_handed()
+                await self.publish_handed(mark=False)
+                if self._unmarked:
+                    wait = self._unmarked_since + MARK_DELAY_SECONDS - time.monotonic()
+                    if wait <= 0:
+                        await self._mark_sent()
+                        wait = backoff
                 if self._sweep_wanted or time.monotonic() - self._last_sweep >= self._poll:
                     self._sweep_wanted = False
                     self._last_sweep = time.monotonic()
                     await self.publish_pending()
                 backoff = self._poll
+                wait = min(wait, backoff)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -214,6 +266,6 @@ class OutboxRelay:
                     exc_info=True,
                     extra=log_fields(retry_in_seconds=backoff),
                 )
-                backoff = min(backoff * 2, 10.0)
+                backoff = wait = min(backoff * 2, 10.0)
             with contextlib.suppress(TimeoutError):
-                await wait_for_event(self._wakeup, backoff)
+                await wait_for_event(self._wakeup, wait)

@@ -168,7 +168,9 @@ class JobStore:
         after the limit was lowered, is never handed out again). Filtered here rather than
         with `$in` in the query: secantus matches `$in` per document, 35 ms at 200 slots."""
         wanted = set(self._slot_ids)
-        cursor = self._slots.find({"job_id": None}, {"_id": 1}, session=session)
+        cursor = self._slots.find(
+            {"job_id": None}, {"_id": 1}, batch_size=len(wanted) + 1, session=session
+        )
         return [doc["_id"] async for doc in cursor if doc["_id"] in wanted]
 
     async def get_job(self, job_id: str) -> Job:
