@@ -139,6 +139,9 @@ async def test_lost_machine_is_replaced_and_the_batch_resumes(cloud: LostMachine
     assert first["_id"].endswith("_1") and second["_id"].endswith("_2")
     assert first["status"] == "released"
     assert first["provider_resource_id"] == machine["id"]
+    # The reconciler found it gone: lost (with the machine named) before it was released.
+    assert first["error_code"] == "MachineLost" and first.get("lost_at") is not None
+    assert machine["id"] in first["error_message"]
     assert second["status"] == "released"
     assert second["provider_resource_id"] != machine["id"]
     assert job["provision_id"] == second["_id"]
