@@ -288,6 +288,13 @@ CASES: list[tuple[str, Job, Event, JobStatus | None, list[str]]] = [
     ),
     ("terminal replay ignored", job(S.COMPLETED), terminal(BatchStatus.COMPLETED), None, []),
     (
+        "no replacement for a lost machine stops the batch as well",
+        job(S.RESOURCE_PREPARING, provision_id="prov_1_2", batch_handed_over=True),
+        ProvisionFailed(provision_id="prov_1_2", job_id="job_1", code="NoCapacity", reason="-"),
+        S.RESOURCE_FAILED,
+        ["batch.cancel_requested", "provision.release_requested", "job.status_changed"],
+    ),
+    (
         "old run's report while its lost machine is replaced moves nothing",
         job(S.RESOURCE_PREPARING, provision_id="prov_1_2", batch_handed_over=True),
         status_report(BatchStatus.IN_PROGRESS),

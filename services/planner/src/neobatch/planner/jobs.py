@@ -281,13 +281,10 @@ def _on_provision_failed(job: Job, event: ProvisionFailed, now: datetime) -> Dec
     if job.status is not JobStatus.RESOURCE_PREPARING:
         return None
     message = f"{event.code}: {event.reason}"
-    return _move(
-        job,
-        JobStatus.RESOURCE_FAILED,
-        now,
-        message,
-        fields={"error_code": event.code, "error_message": message},
-        events=_release(job, now, "provisioning failed"),
+    # A replacement for a lost machine that cannot be had also stops the batch the agent still
+    # holds (its partial files are attached when it ends, see `_late_batch_files`).
+    return _end_with_error(
+        job, JobStatus.RESOURCE_FAILED, now, event.code, message, "provisioning failed"
     )
 
 
