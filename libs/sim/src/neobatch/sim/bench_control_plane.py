@@ -141,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds between job creations (0 = as fast as possible)",
     )
     parser.add_argument(
+        "--create-concurrency",
+        type=int,
+        default=1,
+        help="jobs created at once through the console (a denser burst)",
+    )
+    parser.add_argument(
         "--max-provisioning",
         type=int,
         default=None,
@@ -175,9 +181,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 await asyncio.sleep(0.5)  # let the observer's subscription bind before jobs start
                 started = time.perf_counter()
-                for _ in range(args.jobs):
-                    await asyncio.to_thread(console.create_job, file_id, model_id, "bench")
-                    await asyncio.sleep(args.interval)
+                remaining = iter(range(args.jobs))
+
+                async def creator() -> None:
+                    for _ in remaining:
+                        await asyncio.to_thread(console.create_job, file_id, model_id, "bench")
+                        await asyncio.sleep(args.interval)
+
+                await asyncio.gather(*(creator() for _ in range(args.create_concurrency)))
                 print(f"created {args.jobs} jobs in {time.perf_counter() - started:.1f}s")
                 return await observer
 
