@@ -179,6 +179,17 @@ async def test_a_connection_refused_is_a_transport_error_in_the_error_file() -> 
     assert line["response"] is None and line["error"]["code"] == "request_failed"
 
 
+async def test_a_dead_tunnel_is_not_retried_the_request_waits_for_the_resumed_run() -> None:
+    client = _client(f"http://127.0.0.1:{free_port()}", retries=5)
+    client.tunnel_down = lambda: True
+    try:
+        result = await client.send(_request(4))
+    finally:
+        await client.close()
+    # One attempt, not six with backoff: the run reconnects and sends it again.
+    assert result.status_code is None and result.attempts == 1
+
+
 async def test_progress_is_reported_while_no_request_finishes(make_harness, agent) -> None:
     harness = await make_harness(dispatch_concurrency=4)
     spec = agent.sim_engine_spec(extra_args=["--latency-ms", "4500"])

@@ -163,6 +163,7 @@ class BatchRun:
                 break
             except HostUnreachable as exc:
                 if self.resumed:
+                    self._session.machine_gone = True
                     raise RemoteLost(exc.message) from exc
                 await self._end(S.FAILED, code=exc.code, message=exc.message, stop_engine=False)
                 return
@@ -198,7 +199,8 @@ class BatchRun:
             )
             return
         await self._load_counts()
-        if self._session.is_closed and self.tally.finished < self.tally.total:
+        ending_anyway = self.watch.cancel_requested or self.watch.expired
+        if self._session.is_closed and self.tally.finished < self.tally.total and not ending_anyway:
             raise RemoteLost(f"ssh connection to {self.batch.target.host} dropped")
         outcome = plan_outcome(
             status=self.status,

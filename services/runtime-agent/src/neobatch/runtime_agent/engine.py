@@ -75,6 +75,9 @@ class EngineClient:
         self.request_timeout_seconds = request_timeout_seconds
         # Fed every attempt's outcome; `dispatch_all` reads its limit.
         self.controller: ConcurrencyLimit = controller or FixedLimit(concurrency)
+        # Set by the engine session: True once the SSH tunnel behind `base_url` closed, so a
+        # transport error is not retried against a forward that no longer exists.
+        self.tunnel_down: Callable[[], bool] = lambda: False
         self._session = aiohttp.ClientSession(
             # One connection per concurrent request, kept alive: no connect per request.
             connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency),
@@ -170,6 +173,8 @@ class EngineClient:
             except aiohttp.ClientError as exc:
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             self.controller.record(Outcome(status, time.monotonic() - started, timed_out))
+            if status is None and self.tunnel_down():
+                break  # The tunnel died, not the request: the resumed run sends it again.
             if not self._retry.should_retry(attempts, status):
                 break
             delay = self._retry.delay_seconds(attempts, random.uniform(0.5, 1.0), retry_after)

@@ -46,6 +46,9 @@ class EngineSession:
         self._ids = {"batch_id": batch.id, "job_id": batch.job_id}
         # How many times this session started the engine (not counting finding it running).
         self.launches = 0
+        # Set once the machine stopped answering SSH for good (the run raised RemoteLost or a
+        # stop could not connect): there is no engine left to stop that we could reach.
+        self.machine_gone = False
 
     def _launch(self) -> remote.EngineLaunch:
         # Read the batch each time: a replacement machine may come with another runtime.
@@ -113,6 +116,7 @@ class EngineSession:
         client = EngineClient.for_batch(
             f"http://127.0.0.1:{local_port}", self._batch, self._settings
         )
+        client.tunnel_down = lambda: host.is_closed
         try:
             await self._watch.race(
                 client.wait_ready(
@@ -148,10 +152,22 @@ class EngineSession:
             launch = self._launch()
         except remote.RemoteError:
             return  # nothing this agent knows how to launch was ever started
+        if self.machine_gone:
+            log.info("machine unreachable; not stopping its engine", extra=log_fields(**self._ids))
+            return
         for attempt in range(1, STOP_ATTEMPTS + 1):
             try:
                 host = await self._connect(10.0 * attempt, interruptible=False)
                 await host.stop(launch, self._settings.engine_stop_grace_seconds)
+                return
+            except remote.HostUnreachable as exc:
+                # Nobody answers SSH: the machine is gone or going, and the planner releases
+                # it whole. Retrying here only held a cancelled batch up for a minute.
+                log.warning(
+                    "could not reach the machine to stop the engine",
+                    extra=log_fields(**self._ids, error=exc.message),
+                )
+                self.machine_gone = True
                 return
             except (remote.RemoteError, OSError, asyncssh.Error) as exc:
                 log.warning(
