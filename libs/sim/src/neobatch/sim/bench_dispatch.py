@@ -357,6 +357,7 @@ async def run_agent_job(job: AgentJob) -> dict[str, Any]:
         dispatch_seconds = run.dispatch_seconds if run is not None else 0.0
         stored = await agent.store.results.count_documents({"batch_id": batch_id})
         return {
+            "batch_id": batch_id,
             "status": batch.status.value,
             "error": f"{batch.error_code}: {batch.error_message}" if batch.error_code else "",
             "completed": batch.request_counts.completed,
@@ -438,7 +439,12 @@ def run_child(job: AgentJob, log_path: Path, profile: Path | None = None) -> dic
     out = done.stdout.decode(errors="replace")
     for line in out.splitlines():
         if line.startswith("BENCH-RESULT "):
-            return json.loads(line.removeprefix("BENCH-RESULT "))
+            figures: dict[str, Any] = json.loads(line.removeprefix("BENCH-RESULT "))
+            # The engine's directory on the "machine" (this one): its pid file and log.
+            from neobatch.runtime_agent.remote import workdir
+
+            shutil.rmtree(workdir(figures["batch_id"]), ignore_errors=True)
+            return figures
     raise RuntimeError(f"agent process exited {done.returncode} without a result; see {log_path}")
 
 
