@@ -14,10 +14,16 @@ per request, so what is measured is the client side.
      local port-forward, the aiohttp EngineClient, CheckpointWriter into `batch_results`
      and the output file assembled into GridFS. The rate is requests / the run's
      `dispatch_seconds` (dispatch + checkpoints; the output file time is printed apart).
+   * for scale: the direct generator through the agent's own SSH connection and forward
+     alone (`remote.connect` + `forward`), and through OpenSSH's `ssh -L`.
+   Rounds (`--rounds`, default 3) interleave them, since a shared machine's load moves the
+   rates; the round with the median ratio is the figure, and each path's client CPU per
+   request is printed beside it (steadier than the rates).
 2. Memory — peak RSS (VmHWM) of the agent process for a 50,000-request ~200 MB input vs a
    1,000-request input with the same line size.
 
     python -m neobatch.sim.bench_dispatch [--only throughput|memory] [--requests N]
+        [--rounds R] [--ssh sim|openssh] [--profile FILE (py-spy)] [--keep]
 """
 
 from __future__ import annotations
