@@ -146,3 +146,14 @@ async def test_many_queued_jobs_start_in_batches_up_to_the_slot_limit(rig: Rig) 
         async for e in rig.db[OUTBOX].find({"subject": {"$regex": "provision.requested$"}})
     ]
     assert len(requested) == 2
+
+
+async def test_a_lowered_limit_never_hands_out_the_slots_beyond_it(rig: Rig) -> None:
+    ids = [await rig.add_job(n) for n in range(5)]
+    await rig.planner.plan_waiting()  # two slots: two jobs provisioning
+    await rig.store.prepare(max_concurrent_provisioning=1)
+    assert await rig.db.planner_slots.count_documents({}) == 2  # taken ones are kept
+    await rig.db.planner_slots.update_many({}, {"$set": {"job_id": None}})  # both released
+    await rig.planner.plan_waiting()
+    statuses = await rig.statuses()
+    assert [statuses[i] for i in ids[2:]] == ["resource_preparing", "queued", "queued"]
