@@ -11,7 +11,13 @@ import pytest_asyncio
 from pymongo.asynchronous.database import AsyncDatabase
 
 from neobatch.common.clock import FixedClock, utcnow
-from neobatch.common.contracts import JobCancelRequested, JobQueued, ProvisionRunning, SshEndpoint
+from neobatch.common.contracts import (
+    JobCancelRequested,
+    JobQueued,
+    ProvisionFailed,
+    ProvisionRunning,
+    SshEndpoint,
+)
 from neobatch.common.mongo import create_mongo_client
 from neobatch.common.outbox import OUTBOX
 from neobatch.common.subjects import Namespace
@@ -157,3 +163,32 @@ async def test_a_lowered_limit_never_hands_out_the_slots_beyond_it(rig: Rig) -> 
     await rig.planner.plan_waiting()
     statuses = await rig.statuses()
     assert [statuses[i] for i in ids[2:]] == ["resource_preparing", "queued", "queued"]
+
+
+async def test_a_job_moved_by_another_writer_is_read_again_not_decided_from_our_copy(
+    rig: Rig,
+) -> None:
+    ids = [await rig.add_job(n) for n in range(2)]
+    await rig.planner.plan_waiting()  # the planner remembers both as it wrote them
+    endpoint = SshEndpoint(host="127.0.0.1", port=22, username="u")
+
+    # Another planner instance cancelled the first: our copy's compare-and-set fails.
+    await rig.db.jobs.update_one(
+        {"_id": ids[0]}, {"$set": {"status": "cancelling"}, "$inc": {"version": 1}}
+    )
+    prov0 = (await rig.db.jobs.find_one({"_id": ids[0]}))["provision_id"]
+    await rig.planner.apply(
+        ids[0], ProvisionFailed(provision_id=prov0, job_id=ids[0], code="x", reason="y")
+    )
+    assert (await rig.statuses())[ids[0]] == "cancelled"
+
+    # Another instance replaced the second's machine: by our copy the event is not its
+    # provision (nothing to do), by the stored job it is.
+    await rig.db.jobs.update_one(
+        {"_id": ids[1]}, {"$set": {"provision_id": "prov_x_2"}, "$inc": {"version": 1}}
+    )
+    await rig.planner.apply(
+        ids[1],
+        ProvisionRunning(provision_id="prov_x_2", job_id=ids[1], provider="ssh", endpoint=endpoint),
+    )
+    assert (await rig.statuses())[ids[1]] == "submitting"

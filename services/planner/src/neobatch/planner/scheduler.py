@@ -17,9 +17,9 @@ from neobatch.common.contracts import Event, JobQueued, JobStatus
 from neobatch.common.errors import NotFound
 from neobatch.common.logs import log_fields
 from neobatch.planner import jobs
-from neobatch.planner.jobs import DeadLettered, DeadlinePassed, Decision
+from neobatch.planner.jobs import DeadLettered, DeadlinePassed, Decision, Job
 from neobatch.planner.policy import Limits
-from neobatch.planner.store import BatchConflict, JobStore, NoSlotFree
+from neobatch.planner.store import BatchConflict, JobStore, NoSlotFree, written_job
 
 log = logging.getLogger("neobatch.planner")
 
@@ -27,6 +27,8 @@ MAX_CAS_ATTEMPTS = 5
 # Other planner instances free slots too; look at the queue at least this often.
 QUEUE_POLL_SECONDS = 1.0
 DEADLINE_POLL_SECONDS = 1.0
+# Jobs remembered as this planner last wrote them (see `apply`).
+JOB_CACHE_SIZE = 10_000
 # Queued jobs started per transaction: the round trips per batch do not grow with it.
 PLAN_BATCH = 16
 
@@ -48,27 +50,38 @@ class Planner:
         # other for the same oldest jobs and slots. A request during a pass runs one more.
         self._planning = False
         self._plan_again = False
+        # Each job as this planner last wrote it. Every writer of a job bumps its version, so
+        # a compare-and-set made from a stale copy fails and the job is read again: the
+        # copy only saves the read after our own write.
+        self._written: dict[str, Job] = {}
 
     async def apply(self, job_id: str, event: Event | DeadlinePassed | DeadLettered) -> bool:
         """Apply `event` to the job; False only when it needed a provisioning slot and none was free."""
         for _ in range(MAX_CAS_ATTEMPTS):
-            try:
-                job = await self._store.get_job(job_id)
-            except NotFound:
-                log.warning(
-                    "event for unknown job ignored",
-                    extra=log_fields(job_id=job_id, subject=event.subject),
-                )
-                return True
             now = self._clock.now()
-            decision = jobs.decide(job, event, now, self._limits)
+            job = self._written.pop(job_id, None)
+            decision = jobs.decide(job, event, now, self._limits) if job is not None else None
             if decision is None:
-                return True
+                # No copy, or nothing to do by it: decide on the job as stored (another
+                # planner instance may have moved it on).
+                try:
+                    job = await self._store.get_job(job_id)
+                except NotFound:
+                    log.warning(
+                        "event for unknown job ignored",
+                        extra=log_fields(job_id=job_id, subject=event.subject),
+                    )
+                    return True
+                decision = jobs.decide(job, event, now, self._limits)
+                if decision is None:
+                    self._remember(job)
+                    return True
             try:
                 won = await self._store.save_decision(job, decision, now)
             except NoSlotFree:
                 return False
             if won:
+                self._remember(written_job(job, decision))
                 if decision.events:
                     self._notify()
                 if decision.release_slot:
@@ -118,9 +131,17 @@ class Planner:
             if written:
                 self._notify()
                 for job, decision in batch[:written]:
+                    self._remember(written_job(job, decision))
                     self._log_transition(job.id, job.status, decision)
             if not written or slots_ran_out or len(queued) < PLAN_BATCH:
                 return  # no slot: the next freed slot wakes us
+
+    def _remember(self, job: Job) -> None:
+        if jobs.is_terminal(job.status):
+            return  # nothing more happens to it
+        if len(self._written) >= JOB_CACHE_SIZE:
+            self._written.pop(next(iter(self._written)))  # the oldest
+        self._written[job.id] = job
 
     @staticmethod
     def _log_transition(job_id: str, old: JobStatus, decision: Decision) -> None:

@@ -82,6 +82,17 @@ def job_from_doc(doc: dict[str, Any]) -> Job:
     )
 
 
+def written_job(job: Job, decision: Decision) -> Job:
+    """`job` as `save_decision` leaves it: what `job_from_doc` would read back."""
+    changes: dict[str, Any] = {"version": job.version + 1}
+    if decision.status is not None:
+        changes["status"] = decision.status
+    for field in ("provision_id", "batch_handed_over", "expires_at"):
+        if field in decision.fields:
+            changes[field] = decision.fields[field]
+    return msgspec.structs.replace(job, **changes)
+
+
 class NoSlotFree(Exception):
     """Every provisioning slot is taken; the job stays queued until one frees."""
 
