@@ -3,9 +3,12 @@
 The engine simulator logs every request it answers (one flushed line per response sent). At
 ~50% the agent is killed; the custom_ids already in `batch_results` are the ones recorded as
 finished. After a restart the batch completes, and:
-  * no recorded custom_id was answered by the engine again (nothing finished is re-sent),
-  * at most one concurrency's worth of custom_ids was answered twice in total (those that
-    were in flight or not yet checkpointed at the kill: at-least-once is unavoidable there),
+  * no recorded custom_id was answered by the engine again (nothing recorded is ever re-sent),
+  * at most 2 x concurrency custom_ids were answered twice in total: dispatch frees a
+    request's slot when its answer arrives, not when it is stored, and pauses new sends while
+    more than `concurrency` answers wait to be stored; so at the kill up to `concurrency`
+    requests were in flight and up to `concurrency` more answered but not yet checkpointed.
+    Those are at-least-once (the resumed run sends them again); recorded ones never are,
   * the output file holds each custom_id exactly once.
 """
 
@@ -98,7 +101,8 @@ def test_agent_killed_half_way_resends_nothing_finished(stack: Stack, tmp_path: 
         assert again == set(), f"recorded before the kill, answered again: {sorted(again)[:20]}"
         twice = sorted(index for index, n in answered.items() if n > 1)
         print(f"answered twice (in flight or not yet checkpointed at the kill): {len(twice)}")
-        assert len(twice) <= CONCURRENCY, twice
+        # In flight (<= concurrency) plus answered but unstored (<= concurrency): see above.
+        assert len(twice) <= 2 * CONCURRENCY, twice
         assert set(answered) == set(range(REQUESTS))
 
         output = console.file_lines(job["output_dataset"])

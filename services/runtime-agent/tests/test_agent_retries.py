@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -229,6 +230,53 @@ async def test_record_returns_once_the_result_is_stored_and_writes_are_grouped(m
         await asyncio.gather(*(one(i) for i in range(300)))
         # Results finishing together share writes (group commit), far fewer than one each.
         assert writer.written == 300 and writer.writes <= 30, writer.writes
+
+
+async def test_add_pauses_while_more_than_max_pending_wait_to_be_stored(mongo_db) -> None:
+    collection = mongo_db["batch_results"]
+    batch_id = f"batch_writer_{time.time_ns()}"
+    stored: list[tuple[int, int]] = []
+    gate = asyncio.Event()
+    writer = CheckpointWriter(
+        collection,
+        batch_id,
+        SystemClock(),
+        max_pending=4,
+        on_stored=lambda ok, bad: stored.append((ok, bad)),
+    )
+    original = writer._collection
+    writer._collection = _Gated(original, gate)  # type: ignore[assignment]
+    async with writer:
+        for index in range(4):  # up to max_pending: returns at once
+            await asyncio.wait_for(writer.add(_result(index)), 1)
+        fifth = asyncio.create_task(writer.add(_result(4, ok=False)))
+        await asyncio.sleep(0.05)
+        assert not fifth.done() and writer.unstored == 5 and stored == []
+        gate.set()  # the write goes through: back under the limit
+        await asyncio.wait_for(fifth, 5)
+        assert writer.paused == 1
+    assert writer.unstored == 0 and writer.written == 5
+    assert (sum(ok for ok, _ in stored), sum(bad for _, bad in stored)) == (4, 1)
+    docs = await collection.find({"batch_id": batch_id}).to_list()
+    assert len(docs) == 5
+    failed = next(d for d in docs if d["line_index"] == 4)
+    assert "body" not in failed and failed["error_code"] == "request_failed"
+
+
+def _result(index: int, *, ok: bool = True) -> RequestResult:
+    if ok:
+        return RequestResult(line_index=index, custom_id=f"c{index}", status_code=200, body=b"{}")
+    return RequestResult(line_index=index, custom_id=f"c{index}", error_code="request_failed")
+
+
+class _Gated:
+    def __init__(self, real: Any, gate: asyncio.Event) -> None:
+        self.real = real
+        self.gate = gate
+
+    async def insert_many(self, docs: Any, ordered: bool = True) -> None:
+        await self.gate.wait()
+        await self.real.insert_many(docs, ordered=ordered)
 
 
 async def test_record_raises_when_the_write_fails(mongo_db) -> None:

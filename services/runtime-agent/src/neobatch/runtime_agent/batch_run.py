@@ -28,7 +28,7 @@ from neobatch.common.batch_input import (
 from neobatch.common.contracts import BatchStatus, BatchStatusReported, BatchTerminal, Usage
 from neobatch.common.errors import NotFound
 from neobatch.common.logs import log_fields
-from neobatch.common.metrics import timed_dispatch
+from neobatch.common.metrics import DispatchObserver, timed_dispatch
 from neobatch.runtime_agent.batches import Batch, Step, path_to, plan_outcome, plan_start
 from neobatch.runtime_agent.checkpoints import CheckpointWriter, count_results, finished_indexes
 from neobatch.runtime_agent.dispatch import RequestResult, Tally, dispatch_all
@@ -228,18 +228,29 @@ class BatchRun:
         async def record(result: RequestResult) -> None:
             if result.status_code is None and session.is_closed:
                 return  # The tunnel died, not the request: leave it for the resumed run.
-            # Stored before the slot frees: a crash re-sends at most `concurrency` requests.
-            await writer.record(result)
-            self.tally.add(result)
+            # The slot frees on the answer; `add` pauses this slot (no new send) while more
+            # than `concurrency` answers wait to be stored, so a crash re-sends at most
+            # 2 x concurrency requests, none of them recorded (CheckpointWriter).
+            await writer.add(result)
 
+        def stored(completed: int, failed: int) -> None:
+            # Counted once stored: progress never reports a result a crash could lose.
+            self.tally.completed += completed
+            self.tally.failed += failed
+
+        observer = DispatchObserver()
         progress = asyncio.create_task(self._report_progress())
         async with CheckpointWriter(
-            self._store.results, self.batch.id, self._store.clock
+            self._store.results,
+            self.batch.id,
+            self._store.clock,
+            max_pending=client.controller.maximum,
+            on_stored=stored,
         ) as writer:
             try:
                 summary = await dispatch_all(
                     self._pending(done),
-                    timed_dispatch(client.send),
+                    timed_dispatch(client.send, observer),
                     record,
                     controller=client.controller,
                     should_stop=lambda: self.watch.interrupted.is_set() or session.is_closed,
@@ -248,6 +259,7 @@ class BatchRun:
                 await writer.abort()
                 raise
             finally:
+                observer.flush()
                 progress.cancel()
                 await asyncio.gather(progress, return_exceptions=True)
         elapsed = time.monotonic() - started

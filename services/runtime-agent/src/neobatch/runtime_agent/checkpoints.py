@@ -1,8 +1,9 @@
 """Request-level checkpoints: one `batch_results` document per finished request.
 
 Results are written in batches (`insert_many`, unordered; group commit: whatever finished
-while the previous write was on the wire, after a 5 ms linger), never one write per request: a Mongo-wire server does ~1,000 single inserts a second but ~20,000
-documents a second in batches (library-notes §8). `_id` = `<batch_id>:<line_index>`, so a
+while the previous write was on the wire, after a 5 ms linger), never one write per request:
+a Mongo-wire server does ~1,000 single inserts a second but ~20,000 documents a second in
+batches (library-notes §8). `_id` = `<batch_id>:<line_index>`, so a
 result written twice (a replayed flush, two agents racing over a lease hand-over) is stored
 once: the duplicate-key error is expected and ignored (DESIGN rule 3).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
@@ -48,20 +49,28 @@ def result_id(batch_id: str, line_index: int) -> str:
 
 
 def result_to_doc(batch_id: str, result: RequestResult, now: datetime) -> Document:
-    return {
+    """The stored form: empty optional fields are left out (`result_from_doc` defaults them),
+    so each insert encodes, ships and stores less."""
+    doc: Document = {
         "_id": result_id(batch_id, result.line_index),
         "batch_id": batch_id,
         "line_index": result.line_index,
         "custom_id": result.custom_id,
         "ok": result.ok,
-        "status_code": result.status_code,
-        "request_id": result.request_id,
-        "body": result.body,
-        "error_code": result.error_code,
-        "error_message": result.error_message,
         "attempts": result.attempts,
         "finished_at": now,
     }
+    if result.status_code is not None:
+        doc["status_code"] = result.status_code
+    if result.request_id:
+        doc["request_id"] = result.request_id
+    if result.body is not None:
+        doc["body"] = result.body
+    if result.error_code:
+        doc["error_code"] = result.error_code
+    if result.error_message:
+        doc["error_message"] = result.error_message
+    return doc
 
 
 def result_from_doc(doc: Document) -> RequestResult:
@@ -102,13 +111,19 @@ class CheckpointWriter:
 
     The first result into an empty buffer starts a short linger (`flush_interval_seconds`)
     so results finishing together go out in one `insert_many`; results arriving while a
-    write is on the wire go into the next one. `record` returns once its result is stored:
-    dispatch holds the request's concurrency slot until then, so at any moment at most
-    `concurrency` requests are unrecorded (sent, or answered but not yet stored) and a crash
-    re-sends at most that many. `add` returns at once (it only waits when the database falls
-    far behind, so memory stays bounded). `close` writes what is left. A write that fails
-    for good is raised from `record`, from the next `add` or from `close`, so the run stops
-    instead of silently losing results.
+    write is on the wire go into the next one. Documents are built when their batch is
+    written, with one `finished_at` for the batch.
+
+    `add` returns at once unless more than `max_pending` results are unstored (buffered or
+    on the wire): then it waits until a write brings them back under. Dispatch frees a
+    request's concurrency slot when its answer arrives and calls `add` from that slot, so
+    with `max_pending` = the concurrency no new request is sent while more than that many
+    answers wait to be stored: a crash loses (and the resumed run re-sends) at most
+    2 x concurrency requests, those in flight plus those answered but not yet stored.
+    `record` returns only once its result is stored. `on_stored(completed, failed)` is
+    called after each write with what it stored, so counts never include unstored results.
+    `close` writes what is left. A write that fails for good is raised from `record`, from
+    the next `add` or from `close`, so the run stops instead of silently losing results.
     """
 
     def __init__(
@@ -120,14 +135,18 @@ class CheckpointWriter:
         flush_interval_seconds: float = 0.005,
         max_items: int = 500,
         max_pending: int = 10_000,
+        on_stored: Callable[[int, int], None] | None = None,
     ) -> None:
         self._collection = collection
         self._batch_id = batch_id
         self._clock = clock
         self._interval = flush_interval_seconds
         self._max_items = max_items
-        self._max_pending = max_pending
-        self._buffer: list[Document] = []
+        self._max_pending = max(1, max_pending)
+        self._on_stored = on_stored
+        self._buffer: list[RequestResult] = []
+        # Results buffered or being written.
+        self._unstored = 0
         self._waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
@@ -135,6 +154,12 @@ class CheckpointWriter:
         self._task: asyncio.Task[None] | None = None
         self.written = 0
         self.writes = 0
+        # Times `add` had to wait for a write (dispatch paused by backpressure).
+        self.paused = 0
+
+    @property
+    def unstored(self) -> int:
+        return self._unstored
 
     async def __aenter__(self) -> CheckpointWriter:
         self._task = asyncio.create_task(self._run(), name=f"checkpoints-{self._batch_id}")
@@ -151,16 +176,21 @@ class CheckpointWriter:
 
     def _append(self, result: RequestResult) -> None:
         self._check()
-        self._buffer.append(result_to_doc(self._batch_id, result, self._clock.now()))
+        self._buffer.append(result)
+        self._unstored += 1
         self._wake.set()
 
     async def add(self, result: RequestResult) -> None:
-        """Buffer `result`; it is written with the next batch."""
+        """Buffer `result`; it is written with the next batch (waits while too many are)."""
         self._append(result)
-        while len(self._buffer) >= self._max_pending:
-            self._drained.clear()
-            await self._drained.wait()
-            self._check()
+        if self._unstored > self._max_pending:
+            self.paused += 1
+            while self._unstored > self._max_pending:
+                self._drained.clear()
+                await self._drained.wait()
+                self._check()
+                if self._task is None or self._task.done():
+                    raise RuntimeError("checkpoint writer stopped")
 
     async def record(self, result: RequestResult) -> None:
         """Buffer `result` and return once it is stored (raises if it cannot be)."""
@@ -197,15 +227,22 @@ class CheckpointWriter:
                 if self._buffer and len(self._buffer) < self._max_items and not self._closing:
                     await asyncio.sleep(self._interval)  # let the results finishing now join
                 if self._buffer:
-                    docs, self._buffer = self._buffer, []
+                    results, self._buffer = self._buffer, []
                     waiters, self._waiters = self._waiters, []
+                    now = self._clock.now()
+                    batch_id = self._batch_id
+                    docs = [result_to_doc(batch_id, r, now) for r in results]
                     try:
                         await insert_results(self._collection, docs)
                     except BaseException as exc:
                         _fail(waiters, exc)
                         raise
+                    self._unstored -= len(docs)
                     self.written += len(docs)
                     self.writes += 1
+                    if self._on_stored is not None:
+                        completed = sum(1 for d in docs if d["ok"])
+                        self._on_stored(completed, len(docs) - completed)
                     for waiter in waiters:
                         if not waiter.done():
                             waiter.set_result(None)
