@@ -126,3 +126,41 @@ async def test_dispatch_all_propagates_a_failing_recorder() -> None:
 
     with pytest.raises(ExceptionGroup):
         await dispatch_all(_requests(10), send, record, concurrency=2, should_stop=lambda: False)
+
+
+def test_a_raw_body_naming_the_served_model_is_sent_as_written() -> None:
+    import msgspec
+
+    from neobatch.common.batch_input import parse_request
+    from neobatch.runtime_agent.engine import encode_body
+
+    line = b'{"custom_id": "a", "method": "POST", "url": "/v1/x/", "body": {"model": "m", "n": 1}}'
+    request = parse_request(line, 0)
+    assert request.url == "/v1/x" and request.custom_id == "a"
+    assert isinstance(request.body, msgspec.Raw)
+    assert encode_body(request.body, "m") == b'{"model": "m", "n": 1}'
+    # Another model (or none) is re-addressed to the served one, as for a decoded body.
+    assert msgspec.json.decode(encode_body(request.body, "served")) == {"model": "served", "n": 1}
+    no_model = parse_request(b'{"custom_id":"b","url":"/v1/x","body":{"n":2}}', 1).body
+    assert msgspec.json.decode(encode_body(no_model, "m")) == {"n": 2, "model": "m"}
+    assert encode_body({"model": "m", "n": 1}, "m") == b'{"model":"m","n":1}'
+
+
+@pytest.mark.parametrize(
+    ("raw", "valid"),
+    [
+        (b'{"a": [1, "x", null]}', True),
+        (b"[1]", True),
+        ('{"a": "é"}'.encode(), True),
+        (b'{"a":', False),
+        (b"", False),
+        (b"not json", False),
+        (b'{"a":1} x', False),
+        (b'{"a": "\xff"}', False),
+        (b'"\\q"', False),
+    ],
+)
+def test_replies_are_checked_to_be_json_without_building_them(raw: bytes, valid: bool) -> None:
+    from neobatch.runtime_agent.engine import is_json
+
+    assert is_json(raw) is valid

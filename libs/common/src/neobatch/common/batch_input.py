@@ -34,7 +34,20 @@ class BatchRequest(msgspec.Struct, frozen=True, kw_only=True):
     custom_id: str
     method: str
     url: str
-    body: dict[str, Any]
+    # The validator (and tests) give the decoded object; the dispatch pass (`parse_request`)
+    # the body's JSON text as it is in the file, so a request is not decoded and re-encoded.
+    body: dict[str, Any] | msgspec.Raw
+
+
+class _DispatchLine(msgspec.Struct):
+    """What the dispatch pass reads of a line the validator already accepted."""
+
+    custom_id: str
+    url: str
+    body: msgspec.Raw
+
+
+_DISPATCH_LINE = msgspec.json.Decoder(_DispatchLine)
 
 
 class LineError(msgspec.Struct, frozen=True, kw_only=True):
@@ -108,14 +121,18 @@ def _check_object(obj: Any, endpoint: str) -> tuple[str, str, str | None] | None
 
 
 def parse_request(raw: bytes, line_index: int) -> BatchRequest:
-    """Decode a line the validator already accepted (the dispatch pass)."""
-    obj = msgspec.json.decode(strip_bom(raw, line_index))
+    """Decode a line the validator already accepted (the dispatch pass).
+
+    `body` stays raw JSON (`msgspec.Raw`, a view of `raw`): the validator checked it is an
+    object, and the engine client sends it as it is when its model is the served one.
+    """
+    line = _DISPATCH_LINE.decode(strip_bom(raw, line_index))
     return BatchRequest(
         line_index=line_index,
-        custom_id=obj["custom_id"],
+        custom_id=line.custom_id,
         method="POST",
-        url=normalize_path(obj["url"]),
-        body=obj["body"],
+        url=normalize_path(line.url),
+        body=line.body,
     )
 
 

@@ -54,6 +54,43 @@ def shape_body(body: dict[str, Any], served_model: str) -> dict[str, Any]:
     return {**body, "model": served_model}
 
 
+class _ModelOnly(msgspec.Struct):
+    model: Any = None
+
+
+_MODEL_ONLY = msgspec.json.Decoder(_ModelOnly)
+_RAW = msgspec.json.Decoder(msgspec.Raw)
+
+
+def encode_body(body: dict[str, Any] | msgspec.Raw, served_model: str) -> bytes:
+    """The request body to send, addressed to `served_model` (see `shape_body`).
+
+    A raw body (the dispatch pass) whose `model` already is the served one is sent as the
+    input file has it; only one naming another model (or none) is decoded and re-encoded.
+    """
+    if isinstance(body, msgspec.Raw):
+        if _MODEL_ONLY.decode(body).model == served_model:
+            return bytes(body)
+        body = msgspec.json.decode(body)
+    return msgspec.json.encode(shape_body(body, served_model))
+
+
+def is_json(raw: bytes) -> bool:
+    """Whether `raw` is one JSON document, without building it (dicts, strings) in Python.
+
+    Decoding as `msgspec.Raw` checks the grammar only; UTF-8 is checked apart (what a full
+    decode also rejects). Unlike a full decode, a number too large for a float (1e999) is
+    accepted: it is still valid JSON text.
+    """
+    try:
+        _RAW.decode(raw)
+        if not raw.isascii():
+            raw.decode()
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return False
+    return True
+
+
 class EngineClient:
     """Talks to one engine at `base_url` (the local end of the SSH port-forward)."""
 
@@ -146,7 +183,7 @@ class EngineClient:
     async def send(self, request: BatchRequest) -> RequestResult:
         """POST one request, retrying overload and transient failures; never raises for HTTP."""
         request_id = request_id_for(self._batch_id, request.line_index)
-        payload = msgspec.json.encode(shape_body(request.body, self._model))
+        payload = encode_body(request.body, self._model)
         headers = {**_JSON_HEADERS, "X-Request-Id": request_id}
         url = self._base + request.url
         attempts = 0
@@ -194,24 +231,30 @@ class EngineClient:
 def _result(
     request: BatchRequest, status: int, request_id: str, raw: bytes, attempts: int
 ) -> RequestResult:
+    if is_json(raw):  # Validate only: the raw bytes are what we keep.
+        return RequestResult(
+            line_index=request.line_index,
+            custom_id=request.custom_id,
+            request_id=request_id,
+            attempts=attempts,
+            status_code=status,
+            body=raw,
+        )
     base = {
         "line_index": request.line_index,
         "custom_id": request.custom_id,
         "request_id": request_id,
         "attempts": attempts,
     }
-    try:
-        msgspec.json.decode(raw)  # Validate only: the raw bytes are what we keep.
-    except msgspec.DecodeError:
-        if 200 <= status < 300:
-            # A 2xx whose body is not JSON cannot go into an output line; it is an error.
-            return RequestResult(
-                **base,
-                status_code=status,
-                error_code="invalid_response",
-                error_message="the engine answered with a body that is not JSON",
-            )
-        text = raw.decode(errors="replace")[:_MAX_ERROR_TEXT]
-        envelope = {"error": {"message": text, "type": "engine_error", "code": status}}
-        raw = msgspec.json.encode(envelope)
+    if 200 <= status < 300:
+        # A 2xx whose body is not JSON cannot go into an output line; it is an error.
+        return RequestResult(
+            **base,
+            status_code=status,
+            error_code="invalid_response",
+            error_message="the engine answered with a body that is not JSON",
+        )
+    text = raw.decode(errors="replace")[:_MAX_ERROR_TEXT]
+    envelope = {"error": {"message": text, "type": "engine_error", "code": status}}
+    raw = msgspec.json.encode(envelope)
     return RequestResult(**base, status_code=status, body=raw)
