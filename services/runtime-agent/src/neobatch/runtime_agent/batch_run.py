@@ -47,6 +47,8 @@ PROGRESS_INTERVAL_SECONDS = 1.5
 EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 # Reconnects in a row that let no request finish before the connection dropped again.
 RECONNECTS_WITHOUT_PROGRESS = 3
+# How long the first answer into an empty checkpoint buffer waits for others to join it.
+DISPATCH_CHECKPOINT_LINGER_SECONDS = 0.025
 
 
 class RemoteLost(Exception):
@@ -246,6 +248,9 @@ class BatchRun:
             self._store.clock,
             max_pending=client.controller.maximum,
             on_stored=stored,
+            # Nothing waits on the linger now (slots free on the answer): a longer one makes
+            # fewer, larger writes (the database's cost per document falls up to ~30 a write).
+            flush_interval_seconds=DISPATCH_CHECKPOINT_LINGER_SECONDS,
         ) as writer:
             try:
                 summary = await dispatch_all(

@@ -118,9 +118,9 @@ class EngineClient:
         self._session = aiohttp.ClientSession(
             # One connection per concurrent request, kept alive: no connect per request.
             connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency),
-            timeout=aiohttp.ClientTimeout(
-                total=request_timeout_seconds, sock_connect=10, sock_read=request_timeout_seconds
-            ),
+            # `total` bounds the whole request, reading included: a `sock_read` equal to it
+            # would only re-arm a second timer on every chunk received.
+            timeout=aiohttp.ClientTimeout(total=request_timeout_seconds, sock_connect=10),
             # The engine's replies are passed through as bytes; no cookies, no auto-decoding.
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent",),
