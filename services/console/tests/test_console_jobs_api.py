@@ -4,7 +4,6 @@ rejected request leaves neither behind."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -46,19 +45,18 @@ async def test_create_job_stores_a_queued_job_and_publishes_job_queued(api: Any)
 
 async def test_default_template_and_latest_active_version_are_used(api: Any) -> None:
     await api.ready_template()
-    newer = api.template_body(version="v2.0.0")
+    newer = api.template_body(version="v1.10.0")
     newer["spec"]["accelerator"]["count"] = 2
     assert (await api.post(f"/api/v1/models/{api.model_id}/deployment-templates", newer)).is_success
-    # "Latest" is by creation time; make v2 unmistakably newer than v1 (same-ms inserts tie).
-    await api.db["templates"].update_one(
-        {"version": "v2.0.0"}, {"$set": {"created_at": datetime.now(UTC) + timedelta(seconds=5)}}
-    )
+    # "Latest" is the highest version in AIBrix's numeric order, whatever was created last.
+    older = api.template_body(version="v1.9.0")
+    assert (await api.post(f"/api/v1/models/{api.model_id}/deployment-templates", older)).is_success
     draft = api.template_body(version="v3.0.0", status="draft")
     assert (await api.post(f"/api/v1/models/{api.model_id}/deployment-templates", draft)).is_success
 
     body = await api.job_request(model_template_version="")
     view = (await api.post("/api/v1/jobs", body)).json()
-    assert view["model_template_version"] == "v2.0.0"
+    assert view["model_template_version"] == "v1.10.0"
 
     pinned = (
         await api.post("/api/v1/jobs", await api.job_request(model_template_version="v1.0.0"))

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from neobatch.console.catalog import compare_versions, latest_version
 from neobatch.console.errors import InvalidFile, TooLarge, describe_validation_error
 from neobatch.console.job_create import parse_completion_window, supports_endpoint
 from neobatch.console.jobs_view import job_view
@@ -177,3 +178,29 @@ async def test_first_line_split_across_chunks_is_checked_whole() -> None:
 )
 def test_validation_errors_name_the_field(text: str, code: str, message: str) -> None:
     assert describe_validation_error(text) == (code, message)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "order"),
+    [
+        ("v1.10.0", "v1.9.0", 1),  # numeric, not string order
+        ("v2.0.0", "1.9.9", 1),  # the leading v is ignored
+        ("v1.2", "v1.2.1", -1),  # a prefix sorts first
+        ("v1.0.0", "1.0.0", 0),
+        ("v1.0.0-rc1", "v1.0.0-rc2", -1),  # non-numeric segments as strings
+    ],
+)
+def test_template_versions_follow_aibrix_order(a: str, b: str, order: int) -> None:
+    assert compare_versions(a, b) == order
+    assert compare_versions(b, a) == -order
+
+
+def test_latest_version_wins_over_creation_order_and_ties_go_to_the_newest() -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [
+        {"version": "v1.10.0", "created_at": t0, "_id": "a"},
+        {"version": "v1.9.0", "created_at": t0 + timedelta(days=1), "_id": "b"},
+        {"version": "v1.10.0", "created_at": t0 + timedelta(days=2), "_id": "c"},
+    ]
+    assert latest_version(rows)["_id"] == "c"  # type: ignore[index]
+    assert latest_version([]) is None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +22,31 @@ def model_id_for(name: str) -> str:
     if not slug:
         raise InvalidInput(f"name {name!r} must contain at least one letter or digit")
     return f"model-{slug}"
+
+
+def compare_versions(a: str, b: str) -> int:
+    """AIBrix's template version order: a leading `v` stripped, dot-separated segments compared
+    as numbers when both are numeric, else as strings; a prefix sorts first (`v1.2` < `v1.2.1`).
+    """
+    left, right = a.removeprefix("v").split("."), b.removeprefix("v").split(".")
+    for x, y in zip(left, right, strict=False):
+        if x == y:
+            continue
+        if x.isdigit() and y.isdigit():
+            return -1 if int(x) < int(y) else 1
+        return -1 if x < y else 1
+    return (len(left) > len(right)) - (len(left) < len(right))
+
+
+def latest_version(templates: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The template with the highest version (`v1.10.0` beats `v1.9.0`, which creation order
+    or plain string order would get wrong); equal versions go to the newest.
+    """
+    if not templates:
+        return None
+    by_creation = sorted(templates, key=lambda t: t["created_at"])
+    by_version = functools.cmp_to_key(lambda x, y: compare_versions(x["version"], y["version"]))
+    return max(reversed(by_creation), key=by_version)
 
 
 def _unix(value: datetime) -> int:

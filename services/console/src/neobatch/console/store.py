@@ -22,6 +22,7 @@ from neobatch.common.mongo import ensure_indexes, transact
 from neobatch.common.outbox import append_events
 from neobatch.common.subjects import Namespace
 from neobatch.common.transitions import compare_and_set
+from neobatch.console import catalog
 
 Document = dict[str, Any]
 
@@ -148,7 +149,7 @@ class ConsoleStore:
         return doc
 
     async def find_template(self, name: str, version: str, model_id: str) -> Document | None:
-        """An exact (name, version), or with no version the newest active template of `name`.
+        """An exact (name, version), or with no version the highest active version of `name`.
 
         `model_id` narrows the search when given (AIBrix: templates are named per model).
         """
@@ -157,11 +158,12 @@ class ConsoleStore:
             query["model_id"] = model_id
         if version:
             query["version"] = version
-        else:
-            query["status"] = "active"
-        cursor = self._db[TEMPLATES].find(query).sort([("created_at", DESCENDING)]).limit(1)
-        found = await cursor.to_list(1)
-        return found[0] if found else None
+            cursor = self._db[TEMPLATES].find(query).sort([("created_at", DESCENDING)]).limit(1)
+            found = await cursor.to_list(1)
+            return found[0] if found else None
+        query["status"] = "active"
+        # A name has a handful of versions: ordering them in Python keeps AIBrix's numeric order.
+        return catalog.latest_version(await self._db[TEMPLATES].find(query).to_list(None))
 
     # --- API keys ----------------------------------------------------------------------------
 

@@ -96,7 +96,7 @@ class ModelController(Controller):
         store: NamedDependency[ConsoleStore],
         version: FromQuery[str] = "",
     ) -> TemplateOut:
-        """An exact version, or with none the latest active one (by creation time)."""
+        """An exact version, or with none the highest active one (AIBrix's numeric order)."""
         await store.get_model(model_id)
         doc = await store.find_template(name, version, model_id)
         if doc is None:
