@@ -279,6 +279,9 @@ class BatchRun:
                 seconds=round(elapsed, 3),
                 requests_per_second=round(finished / elapsed, 1) if elapsed > 0 else None,
                 concurrency_limit=client.controller.limit,
+                checkpoint_writes=writer.writes,
+                # Times dispatch paused because `concurrency` answers waited to be stored.
+                checkpoint_pauses=writer.paused,
             ),
         )
 
