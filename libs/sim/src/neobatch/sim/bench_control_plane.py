@@ -6,6 +6,7 @@ script stands in for the runtime-agent, ending every batch the moment it is requ
 watches the event stream and reports, per job, the time between:
 
   job.queued → provision.requested        (planning)
+  provision.requested → provision.running (the resource-manager, instant provisioning)
   provision.running → batch.requested     (submission)
   batch.terminal → provision.release_requested  (release)
 
@@ -45,6 +46,7 @@ from neobatch.sim.scenario import ConsoleClient, batch_lines, sim_engine_templat
 
 HOPS = {
     "job created → provision requested": ("job.queued", "provision.requested"),
+    "provision requested → provision running": ("provision.requested", "provision.running"),
     "provision running → batch requested": ("provision.running", "batch.requested"),
     "batch terminal → release requested": ("batch.terminal", "provision.release_requested"),
 }

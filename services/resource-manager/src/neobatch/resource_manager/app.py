@@ -59,7 +59,12 @@ def build(settings: ResourceManagerSettings) -> ServiceRuntime:
         lease_seconds=settings.lease_seconds,
     )
     handler = ProvisionEventHandler(
-        store, runtime.clock, settings.provisioners, driver.wake, runtime.notify_outbox
+        store,
+        runtime.clock,
+        settings.provisioners,
+        driver.wake,
+        runtime.notify_outbox,
+        driver=driver,
     )
     register(runtime.broker, runtime.ns, handler)
 

@@ -12,6 +12,8 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
+import msgspec
+
 from neobatch.common.aio import wait_for_event
 from neobatch.common.clock import Clock
 from neobatch.common.contracts import (
@@ -32,6 +34,11 @@ log = logging.getLogger("neobatch.resource_manager")
 
 LEASE_SECONDS = 30.0
 IDLE_POLL_SECONDS = 1.0
+# Provisions stepped at once (their provider calls and saves overlap).
+BATCH = 32
+# A handed-over provision is stepped as `fresh` only while its lease has this much left: a
+# lease that ran out may have been claimed (and stepped) by another driver meanwhile.
+FRESH_MARGIN_SECONDS = 10.0
 
 
 class ProvisionDriver:
@@ -57,25 +64,95 @@ class ProvisionDriver:
         self._notify = notify_outbox
         self._owner = new_id("driver")
         self._wakeup = asyncio.Event()
+        # Provisions the handlers recorded (or moved to releasing) already leased to this
+        # driver: stepped without a claim, in arrival order.
+        self._handed: dict[str, Provision] = {}
+        self._last_claim = float("-inf")
+
+    @property
+    def owner(self) -> str:
+        return self._owner
+
+    @property
+    def lease_seconds(self) -> float:
+        return self._lease_seconds
 
     def wake(self) -> None:
+        self._wakeup.set()
+
+    def hand_over(self, provision: Provision) -> None:
+        """A provision leased to this driver (`owner`) in the write that recorded its state."""
+        self._handed[provision.id] = provision
         self._wakeup.set()
 
     async def run(self) -> None:
         while True:
             self._wakeup.clear()
-            while await self.step_next():
+            while await self.step_batch():
                 pass
             with contextlib.suppress(TimeoutError):
                 await wait_for_event(self._wakeup, IDLE_POLL_SECONDS)
 
+    async def step_batch(self) -> bool:
+        """Advance up to BATCH provisions at once: handed-over ones, then claimed due ones.
+
+        While handed-over work flows, due provisions are claimed at most every
+        IDLE_POLL_SECONDS (their retries are that coarse anyway); otherwise every pass claims.
+        False when nothing was due.
+        """
+        ids = list(self._handed)[:BATCH]
+        batch = [self._handed.pop(i) for i in ids]
+        loop_now = asyncio.get_running_loop().time()
+        if len(batch) < BATCH and (not batch or loop_now - self._last_claim >= IDLE_POLL_SECONDS):
+            self._last_claim = loop_now
+            claimed = await self._store.claim_due(
+                new_id("claim"), self._clock.now(), self._lease_seconds, BATCH - len(batch)
+            )
+            taken = {p.id for p in batch}
+            for provision in claimed:
+                # Claimed afresh (a lease that ran out): the stored copy wins over a handed one.
+                self._handed.pop(provision.id, None)
+                if provision.id in taken:
+                    batch = [p for p in batch if p.id != provision.id]
+                batch.append(provision)
+        if not batch:
+            return False
+        now = self._clock.now()
+        for n, provision in enumerate(batch):
+            if provision.fresh and (
+                provision.lease_until is None
+                or (provision.lease_until - now).total_seconds() < FRESH_MARGIN_SECONDS
+            ):
+                batch[n] = msgspec.structs.replace(provision, fresh=False)
+        results = await asyncio.gather(*(self._advance(p) for p in batch), return_exceptions=True)
+        for provision, result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, Exception):
+                    raise result
+                # Its lease runs out and the step is tried again (by any driver).
+                log.error(
+                    "provision step failed",
+                    exc_info=result,
+                    extra=log_fields(provision_id=provision.id),
+                )
+        return True
+
     async def step_next(self) -> bool:
         """Claim and advance one provision; False when none is due."""
-        provision = await self._store.claim_next(
-            self._owner, self._clock.now(), self._lease_seconds
-        )
+        if self._handed:
+            provision = self._handed.pop(next(iter(self._handed)))
+        else:
+            provision = await self._store.claim_next(
+                self._owner, self._clock.now(), self._lease_seconds
+            )
         if provision is None:
             return False
+        await self._advance(provision)
+        return True
+
+    async def _advance(self, provision: Provision) -> None:
+        if provision.status not in provisions.ACTIVE:
+            return  # settled meanwhile: nothing to do (the stored copy says so)
         provider = self._providers.get(provision.provider)
         if provision.provider in self._clouds:
             step = await self._cloud_step(provision)
@@ -100,7 +177,6 @@ class ProvisionDriver:
                         error=step.error_message,
                     ),
                 )
-        return True
 
     async def _cloud_step(self, provision: Provision) -> Step:
         if provision.status is ProvisionStatus.RELEASING:
@@ -118,9 +194,14 @@ class ProvisionDriver:
             return provisions.deadline_step(provision)
         try:
             if provision.provider_resource_id is None:
-                machine = await provider.provision(
-                    provision.id, provision.resource_name, provision.request
-                )
+                if provision.fresh and getattr(provider, "accepts_fresh", False):
+                    machine = await provider.provision(  # type: ignore[call-arg]
+                        provision.id, provision.resource_name, provision.request, fresh=True
+                    )
+                else:
+                    machine = await provider.provision(
+                        provision.id, provision.resource_name, provision.request
+                    )
             else:
                 machine = await provider.get(provision.id, provision.provider_resource_id)
         except ProviderError as error:
@@ -129,6 +210,8 @@ class ProvisionDriver:
 
     async def _release_step(self, provider: Provider, provision: Provision) -> Step:
         await provider.release(provision.id, provision.provider_resource_id)
+        if getattr(provider, "release_is_confirmed", False):
+            return Step(status=ProvisionStatus.RELEASED)  # the release call itself confirmed it
         if provision.provider_resource_id is not None:
             machine = await provider.get(provision.id, provision.provider_resource_id)
             if not machine.gone:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from faststream.nats import NatsBroker
 
@@ -13,10 +14,13 @@ from neobatch.common.contracts import (
     ProvisionReleased,
     ProvisionReleaseRequested,
     ProvisionRequested,
+    ProvisionStatus,
 )
 from neobatch.common.ids import resource_name
 from neobatch.common.logs import log_fields
 from neobatch.common.subjects import Namespace
+from neobatch.resource_manager.driver import ProvisionDriver
+from neobatch.resource_manager.provisions import Provision
 from neobatch.resource_manager.store import ProvisionStore
 
 log = logging.getLogger("neobatch.resource_manager")
@@ -32,16 +36,28 @@ class ProvisionEventHandler:
         provisioners: tuple[str, ...],
         wake_driver: Callable[[], None],
         notify_outbox: Callable[[], None],
+        *,
+        driver: ProvisionDriver | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._provisioners = provisioners
         self._wake = wake_driver
         self._notify = notify_outbox
+        # This process's driver: what a handler records is leased to it in the same write and
+        # handed over in memory, so the driver steps it without claiming it first.
+        self._driver = driver
+
+    def _lease(self, now: datetime) -> tuple[str | None, datetime | None]:
+        if self._driver is None:
+            return None, None
+        return self._driver.owner, now + timedelta(seconds=self._driver.lease_seconds)
 
     async def on_provision_requested(self, event: ProvisionRequested) -> None:
         # A provider not configured here is still recorded; the driver fails it with a reason.
         provider = event.resource.provider or self._provisioners[0]
+        now = self._clock.now()
+        lease_owner, lease_until = self._lease(now)
         inserted = await self._store.insert_requested(
             provision_id=event.provision_id,
             job_id=event.job_id,
@@ -49,8 +65,24 @@ class ProvisionEventHandler:
             resource_name=resource_name(event.provision_id),
             request=event.resource,
             deadline_at=event.deadline_at,
-            now=self._clock.now(),
+            now=now,
+            lease_owner=lease_owner,
+            lease_until=lease_until,
         )
+        if inserted and self._driver is not None:
+            self._driver.hand_over(
+                Provision(
+                    id=event.provision_id,
+                    job_id=event.job_id,
+                    status=ProvisionStatus.REQUESTED,
+                    provider=provider,
+                    resource_name=resource_name(event.provision_id),
+                    request=event.resource,
+                    deadline_at=event.deadline_at,
+                    fresh=True,
+                    lease_until=lease_until,
+                )
+            )
         if inserted:
             log.info(
                 "provision requested",
@@ -72,11 +104,17 @@ class ProvisionEventHandler:
             ):
                 self._notify()
             return
-        if await self._store.request_release(provision, event.reason, now):
+        lease_owner, lease_until = self._lease(now)
+        releasing = await self._store.request_release(
+            provision, event.reason, now, lease_owner, lease_until
+        )
+        if releasing is not None:
             log.info(
                 "release requested",
                 extra=log_fields(provision_id=provision.id, reason=event.reason),
             )
+            if self._driver is not None and releasing.lease_until is not None:
+                self._driver.hand_over(releasing)
             self._wake()
 
 

@@ -53,6 +53,10 @@ class Provision(msgspec.Struct, kw_only=True):
     # earlier attempt that ended without a machine, as {"offer": key, "error": text}.
     offer: Offer | None = None
     attempts: list[dict[str, str]] = []
+    # Not stored: this process recorded the provision and holds its lease, so no provider call
+    # was ever made for it (the ssh pool then leases without looking for an earlier lease).
+    fresh: bool = False
+    lease_until: datetime | None = None
 
 
 class Step(msgspec.Struct, kw_only=True):

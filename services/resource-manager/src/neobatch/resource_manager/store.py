@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -13,11 +13,11 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from neobatch.common.contracts import Event, ProvisionStatus, ResourceRequest
-from neobatch.common.leases import claim_one
+from neobatch.common.leases import claim_many, claim_one
 from neobatch.common.mongo import ensure_indexes, transact
 from neobatch.common.outbox import append_events
 from neobatch.common.subjects import Namespace
-from neobatch.common.transitions import compare_and_set_with_events
+from neobatch.common.transitions import compare_and_set, compare_and_set_with_events
 from neobatch.resource_manager.offers import Offer
 from neobatch.resource_manager.provisions import ACTIVE, RELEASABLE, Provision, Step
 
@@ -30,8 +30,18 @@ INDEXES = [
         [("status", ASCENDING), ("next_attempt_at", ASCENDING), ("created_at", ASCENDING)],
         name="active",
     ),
+    # `next_attempt_at` is a date exactly while the provision is ACTIVE (None once settled), so
+    # the driver's claim is one bounded range on this index (a `$in` on status, or `$lte` alone,
+    # scans every provision on our test database).
+    IndexModel([("next_attempt_at", ASCENDING)], name="due"),
     IndexModel([("job_id", ASCENDING)], name="job"),
 ]
+# The oldest `next_attempt_at` can be: makes the due query a bounded range.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _due(now: datetime) -> dict[str, Any]:
+    return {"next_attempt_at": {"$gte": EPOCH, "$lte": now}}
 
 
 def provision_from_doc(doc: dict[str, Any]) -> Provision:
@@ -79,8 +89,14 @@ class ProvisionStore:
         request: ResourceRequest,
         deadline_at: datetime | None,
         now: datetime,
+        lease_owner: str | None = None,
+        lease_until: datetime | None = None,
     ) -> bool:
-        """Record a new provision before any provider call (DESIGN rule 5); False if it exists."""
+        """Record a new provision before any provider call (DESIGN rule 5); False if it exists.
+
+        With `lease_owner` it is recorded already leased to that driver, which steps it
+        without claiming it (and anyone may claim it once the lease expires).
+        """
         try:
             await self._provisions.insert_one(
                 {
@@ -97,8 +113,8 @@ class ProvisionStore:
                     "next_attempt_at": now,
                     "created_at": now,
                     "updated_at": now,
-                    "lease_owner": None,
-                    "lease_until": None,
+                    "lease_owner": lease_owner,
+                    "lease_until": lease_until,
                 }
             )
         except DuplicateKeyError:
@@ -108,16 +124,28 @@ class ProvisionStore:
     async def claim_next(self, owner: str, now: datetime, ttl_seconds: float) -> Provision | None:
         doc = await claim_one(
             self._provisions,
-            {
-                "status": {"$in": [s.value for s in ACTIVE]},
-                "next_attempt_at": {"$lte": now},
-            },
+            _due(now),
             owner,
             now,
             ttl_seconds,
             sort=[("created_at", ASCENDING)],
         )
         return provision_from_doc(doc) if doc else None
+
+    async def claim_due(
+        self, claim_token: str, now: datetime, ttl_seconds: float, limit: int
+    ) -> list[Provision]:
+        """Claim up to `limit` due provisions, oldest first (usually two round trips)."""
+        docs = await claim_many(
+            self._provisions,
+            _due(now),
+            claim_token,
+            now,
+            ttl_seconds,
+            sort=[("created_at", ASCENDING)],
+            limit=limit,
+        )
+        return [provision_from_doc(doc) for doc in docs]
 
     async def save_step(
         self,
@@ -163,16 +191,43 @@ class ProvisionStore:
             now,
         )
 
-    async def request_release(self, provision: Provision, reason: str, now: datetime) -> bool:
-        fields = {
+    async def request_release(
+        self,
+        provision: Provision,
+        reason: str,
+        now: datetime,
+        lease_owner: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> Provision | None:
+        """releasing, compare-and-set on the version read; None when the provision moved on.
+
+        One write with no event, so no transaction. With `lease_owner`, the same write also
+        leases the provision to that driver when nobody holds it (the returned provision then
+        carries `lease_until`), and that driver steps it without claiming it.
+        """
+        fields: dict[str, Any] = {
             "status": ProvisionStatus.RELEASING.value,
             "release_reason": reason,
             "releasing_at": now,
             "updated_at": now,
             "next_attempt_at": now,
         }
-        expected = {"status": {"$in": [s.value for s in RELEASABLE]}, "version": provision.version}
-        return await self._save(provision.id, expected, fields, [], now)
+        expected: dict[str, Any] = {
+            "status": {"$in": [s.value for s in RELEASABLE]},
+            "version": provision.version,
+        }
+        released = msgspec.structs.replace(
+            provision, status=ProvisionStatus.RELEASING, version=provision.version + 1
+        )
+        if lease_owner is not None and lease_until is not None:
+            leased = {**fields, "lease_owner": lease_owner, "lease_until": lease_until}
+            # Unleased (null) or expired: not leased until now or later.
+            free = {**expected, "lease_until": {"$not": {"$gte": now}}}
+            if await compare_and_set(self._provisions, provision.id, free, {"$set": leased}):
+                return msgspec.structs.replace(released, lease_until=lease_until)
+        if await compare_and_set(self._provisions, provision.id, expected, {"$set": fields}):
+            return released
+        return None
 
     async def insert_released_tombstone(
         self, provision_id: str, job_id: str, events: Sequence[Event], now: datetime

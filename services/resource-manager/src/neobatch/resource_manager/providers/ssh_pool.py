@@ -12,15 +12,18 @@ import re
 from typing import Any
 
 import msgspec
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING, IndexModel, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from neobatch.common.contracts import ResourceRequest, SshEndpoint
 from neobatch.common.errors import ConfigError
+from neobatch.common.mongo import ensure_indexes
 from neobatch.resource_manager.offers import gpu_family
 from neobatch.resource_manager.providers.base import Machine, NoCapacity
 
 SSH_HOSTS = "ssh_hosts"
+# Free hosts (`leased_by: null`) and the host a provision holds, each an index lookup.
+HOST_INDEXES = [IndexModel([("leased_by", ASCENDING)], name="leased_by")]
 _ENTRY = re.compile(
     r"^(?P<user>[^@\s]+)@(?P<host>[^:\s]+):(?P<port>\d+)(?:=(?P<gpu>[^x\s]+)x(?P<count>\d+))?$"
 )
@@ -77,7 +80,21 @@ async def _port_open(host: str, port: int, timeout_seconds: float) -> bool:
 
 
 class SshPoolProvider:
+    """Leases pool hosts, one `ssh_hosts` document per host (`_id` = `user@host:port`).
+
+    A lease is one compare-and-set on the host's document (`{_id, leased_by: null}`), a point
+    lookup: no `$in` or `find_one_and_update` over the pool (both scan on our test database).
+    Which host to try comes from this process's view of the free hosts, read once and kept
+    current by its own leases and releases; when it runs dry (or a host turns out taken by
+    another instance) it is read again from the `free` index. A provision this process has
+    just recorded (`fresh`) cannot hold a host yet, so its lease needs no lookup first.
+    """
+
     name = "ssh"
+    # `release` itself confirms: once it returns, no host is leased by the provision.
+    release_is_confirmed = True
+    # `provision(..., fresh=True)` skips the look-up of a host the provision already holds.
+    accepts_fresh = True
 
     def __init__(
         self,
@@ -89,50 +106,104 @@ class SshPoolProvider:
         self._hosts = db[SSH_HOSTS]
         self._pool = {h.key: h for h in hosts}
         self._timeout = connect_timeout_seconds
+        # Hosts believed free (None = not read yet); a lease in progress has taken its key out.
+        self._free: set[str] | None = None
+        self._free_generation = 0
+        self._free_lock = asyncio.Lock()
 
     async def sync_pool(self) -> None:
         """Make the collection list exactly the configured hosts, keeping current leases."""
-        for host in self._pool.values():
-            await self._hosts.update_one(
-                {"_id": host.key},
-                {"$set": msgspec.to_builtins(host), "$setOnInsert": {"leased_by": None}},
-                upsert=True,
+        await ensure_indexes(self._hosts, HOST_INDEXES)
+        if self._pool:
+            await self._hosts.bulk_write(
+                [
+                    UpdateOne(
+                        {"_id": host.key},
+                        {"$set": msgspec.to_builtins(host), "$setOnInsert": {"leased_by": None}},
+                        upsert=True,
+                    )
+                    for host in self._pool.values()
+                ],
+                ordered=False,
             )
         await self._hosts.delete_many({"_id": {"$nin": list(self._pool)}, "leased_by": None})
+        self._free = None
 
     async def provision(
-        self, provision_id: str, resource_name: str, request: ResourceRequest
+        self,
+        provision_id: str,
+        resource_name: str,
+        request: ResourceRequest,
+        *,
+        fresh: bool = False,
     ) -> Machine:
-        doc = await self._hosts.find_one({"leased_by": provision_id})
-        if doc is None:
-            candidates = [key for key, host in self._pool.items() if host.fits(request)]
-            doc = await self._hosts.find_one_and_update(
-                {"_id": {"$in": candidates}, "leased_by": None},
-                {"$set": {"leased_by": provision_id}},
-                sort=[("_id", ASCENDING)],
-                return_document=ReturnDocument.AFTER,
-            )
-        if doc is None:
+        key: str | None = None
+        if not fresh:  # it may hold a host from an attempt that crashed before recording it
+            doc = await self._hosts.find_one({"leased_by": provision_id}, projection={"_id": 1})
+            key = doc["_id"] if doc is not None else None
+        if key is None:
+            key = await self._lease(provision_id, request)
+        if key is None:
             raise NoCapacity(
                 f"no free host in the ssh pool fits {request.accelerator_type} x{request.accelerator_count}"
             )
-        return await self.get(provision_id, doc["_id"])
+        host = self._pool.get(key)
+        if host is None:  # leased before the pool was reconfigured without it
+            return Machine(provider_resource_id=key, ready=False, gone=True)
+        return await self._machine(key, host)
+
+    async def _read_free(self) -> set[str]:
+        docs = await self._hosts.find({"leased_by": None}, projection={"_id": 1}).to_list()
+        return {doc["_id"] for doc in docs if doc["_id"] in self._pool}
+
+    async def _free_hosts(self, stale: int) -> tuple[set[str], int]:
+        """The free-host view, read again if it is still generation `stale` (-1: if unread).
+
+        Concurrent leases share one read, so they take keys out of one set.
+        """
+        async with self._free_lock:
+            if self._free is None or self._free_generation == stale:
+                self._free = await self._read_free()
+                self._free_generation += 1
+            return self._free, self._free_generation
+
+    async def _lease(self, provision_id: str, request: ResourceRequest) -> str | None:
+        """Take a free host that fits with one compare-and-set; None when none is free."""
+        seen = -1
+        for _ in range(2):
+            free, seen = await self._free_hosts(seen)
+            for key in sorted(k for k in free if self._pool[k].fits(request)):
+                if key not in free:
+                    continue  # taken by a concurrent lease of this process meanwhile
+                free.discard(key)
+                result = await self._hosts.update_one(
+                    {"_id": key, "leased_by": None}, {"$set": {"leased_by": provision_id}}
+                )
+                if result.modified_count == 1:
+                    return key
+        return None
+
+    async def _machine(self, key: str, host: PoolHost) -> Machine:
+        ready = await _port_open(host.host, host.port, self._timeout)
+        endpoint = SshEndpoint(host=host.host, port=host.port, username=host.username)
+        return Machine(provider_resource_id=key, ready=ready, endpoint=endpoint, region="local")
 
     async def get(self, provision_id: str, provider_resource_id: str) -> Machine:
         host = self._pool.get(provider_resource_id)
         leased = await self._hosts.find_one(
-            {"_id": provider_resource_id, "leased_by": provision_id}
+            {"_id": provider_resource_id, "leased_by": provision_id}, projection={"_id": 1}
         )
         if host is None or leased is None:
             return Machine(provider_resource_id=provider_resource_id, ready=False, gone=True)
-        ready = await _port_open(host.host, host.port, self._timeout)
-        endpoint = SshEndpoint(host=host.host, port=host.port, username=host.username)
-        return Machine(
-            provider_resource_id=provider_resource_id,
-            ready=ready,
-            endpoint=endpoint,
-            region="local",
-        )
+        return await self._machine(provider_resource_id, host)
 
     async def release(self, provision_id: str, provider_resource_id: str | None) -> None:
+        # Every host the provision holds, recorded or not (a lease before a crash); the `leased_by`
+        # index makes this a lookup. Once it returns no host is leased by the provision.
         await self._hosts.update_many({"leased_by": provision_id}, {"$set": {"leased_by": None}})
+        if (
+            self._free is not None
+            and provider_resource_id is not None
+            and provider_resource_id in self._pool
+        ):
+            self._free.add(provider_resource_id)
