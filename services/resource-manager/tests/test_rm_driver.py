@@ -170,3 +170,79 @@ async def test_host_that_refuses_connections_is_not_ready(
     machine = await pool.provision("px", "neobatch-px", ResourceRequest(accelerator_type="H100"))
     assert machine.ready is False and machine.gone is False
     await client.close()
+
+
+@pytest_asyncio.fixture
+async def handed_rig(
+    mongo_url: str, mongo_db: AsyncDatabase, listening_port: int
+) -> AsyncIterator[tuple[Rig, SshPoolProvider]]:
+    """As the service runs: handlers lease what they record to the driver and hand it over."""
+    client = create_mongo_client(mongo_url)
+    db = client.get_database(mongo_db.name)
+    clock = FixedClock(utcnow())
+    store = ProvisionStore(client, db, Namespace(f"t{uuid.uuid4().hex[:8]}"))
+    await store.ensure_indexes()
+    pool = SshPoolProvider(
+        db, parse_pool(",".join(f"u{i}@127.0.0.1:{listening_port}=H100x8" for i in range(3)))
+    )
+    await pool.sync_pool()
+    driver = ProvisionDriver(store, {"ssh": pool}, clock, lambda: None)
+    handler = ProvisionEventHandler(
+        store, clock, ("ssh",), driver.wake, lambda: None, driver=driver
+    )
+    rig = Rig(db, store, driver, handler, clock)
+
+    async def drain() -> None:
+        while await driver.step_batch():
+            pass
+
+    rig.drain = drain  # type: ignore[method-assign]
+    yield rig, pool
+    await client.close()
+
+
+async def test_handed_over_provisions_each_lease_one_host_at_once(
+    handed_rig: tuple[Rig, SshPoolProvider],
+) -> None:
+    rig, _ = handed_rig
+    ids = [f"p{i}" for i in range(5)]
+    for provision_id in ids:
+        await rig.handler.on_provision_requested(request(provision_id))
+    await rig.handler.on_provision_requested(request("p0"))  # redelivered: no second host
+    await rig.drain()
+    statuses = [await rig.status(i) for i in ids]
+    assert statuses.count("running") == 3 and statuses.count("requested") == 2
+    holders = [doc["leased_by"] async for doc in rig.db.ssh_hosts.find()]
+    assert sorted(holders) == sorted(
+        i for i, s in zip(ids, statuses, strict=True) if s == "running"
+    )
+    for provision_id in ids:
+        await rig.handler.on_provision_release_requested(
+            ProvisionReleaseRequested(provision_id=provision_id, job_id=f"job_{provision_id}")
+        )
+    await rig.drain()
+    assert [await rig.status(i) for i in ids] == ["released"] * 5
+    assert await rig.db.ssh_hosts.count_documents({"leased_by": None}) == 3
+    subjects = await rig.subjects()
+    assert subjects.count("provision.running") == 3 and subjects.count("provision.released") == 5
+
+
+async def test_a_host_leased_before_a_crash_is_the_one_the_provision_keeps(
+    handed_rig: tuple[Rig, SshPoolProvider],
+) -> None:
+    rig, pool = handed_rig
+    # Recorded by a process that then leased a host and died before saving which one.
+    await rig.store.insert_requested(
+        provision_id="p7",
+        job_id="job_p7",
+        provider="ssh",
+        resource_name="neobatch-p7",
+        request=ResourceRequest(accelerator_type="H100"),
+        deadline_at=None,
+        now=rig.clock.now(),
+    )
+    first = await pool.provision("p7", "neobatch-p7", ResourceRequest(accelerator_type="H100"))
+    await rig.drain()  # claimed from the database: not fresh, so it looks for its host first
+    doc = await rig.db.provisions.find_one({"_id": "p7"})
+    assert doc["status"] == "running" and doc["provider_resource_id"] == first.provider_resource_id
+    assert await rig.db.ssh_hosts.count_documents({"leased_by": "p7"}) == 1
