@@ -157,6 +157,15 @@ class BatchRun:
         any progress) is RemoteLost, for the planner to replace.
         """
         await self._load_counts()
+        # Progress heartbeats cover the whole phase (engine start and reconnects included, not
+        # only dispatch), and stop before any transition away from in_progress.
+        progress = asyncio.create_task(self._report_progress())
+        try:
+            await self._start_and_dispatch(progress)
+        finally:
+            await _cancelled(progress)
+
+    async def _start_and_dispatch(self, progress: asyncio.Task[None]) -> None:
         stalled = 0
         while not self.watch.interrupted.is_set() and self.tally.finished < self.tally.total:
             try:
@@ -167,15 +176,18 @@ class BatchRun:
                 if self.resumed:
                     self._session.machine_gone = True
                     raise RemoteLost(exc.message) from exc
+                await _cancelled(progress)
                 await self._end(S.FAILED, code=exc.code, message=exc.message, stop_engine=False)
                 return
             except HostKeyMismatch as exc:
                 # Never retried: the machine we pinned is not the one answering.
+                await _cancelled(progress)
                 await self._end(S.FAILED, code=exc.code, message=exc.message, stop_engine=False)
                 return
             except (RemoteError, EngineNotReady) as exc:
                 # Stop only what may have been launched: no connection means nothing started.
                 launched = self._session.connected
+                await _cancelled(progress)
                 await self._end(S.FAILED, code=exc.code, message=exc.message, stop_engine=launched)
                 return
             before = self.tally.finished
@@ -210,6 +222,7 @@ class BatchRun:
             cancel_requested=self.watch.cancel_requested,
             expired=self.watch.expired,
         )
+        await _cancelled(progress)
         await self._wind_down(outcome)
 
     # --- engine and dispatch -------------------------------------------------------------------
@@ -241,7 +254,6 @@ class BatchRun:
             self.tally.failed += failed
 
         observer = DispatchObserver()
-        progress = asyncio.create_task(self._report_progress())
         async with CheckpointWriter(
             self._store.results,
             self.batch.id,
@@ -265,8 +277,6 @@ class BatchRun:
                 raise
             finally:
                 observer.flush()
-                progress.cancel()
-                await asyncio.gather(progress, return_exceptions=True)
         elapsed = time.monotonic() - started
         self.dispatch_seconds += elapsed
         finished = self.tally.finished - sent_before
@@ -418,6 +428,12 @@ class BatchRun:
     async def _load_counts(self) -> None:
         completed, failed = await count_results(self._store.results, self.batch.id)
         self.tally = Tally(self.tally.total, completed, failed)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel `task` and wait until it has stopped (idempotent)."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def _plain(struct: Any) -> dict[str, Any]:
