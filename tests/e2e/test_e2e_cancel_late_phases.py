@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from neobatch.sim.devstack import Ports, Stack, start_stack
-from neobatch.sim.scenario import ConsoleClient, batch_lines, sim_engine_template
+from neobatch.sim.scenario import ConsoleClient
 from neobatch.sim.waiting import wait_until
 
 STOP_GRACE_SECONDS = 8
@@ -48,29 +48,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         started.stop()
 
 
-@pytest.fixture(scope="module")
-def console(stack: Stack) -> Iterator[ConsoleClient]:
-    client = ConsoleClient(stack.console_url, stack.api_key)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def model_id(console: ConsoleClient) -> str:
-    return console.ensure_model()
-
-
-def new_job(
-    console: ConsoleClient, model_id: str, name: str, requests: int, **engine: Any
-) -> dict[str, Any]:
-    command = engine.pop("command", None)
-    template = sim_engine_template(name, model_id, **engine)
-    if command is not None:
-        template["spec"]["engine"]["command"] = command(template["spec"]["engine"]["command"])
-    console.create_template(model_id, template)
-    return console.create_job(console.upload(batch_lines(requests)), model_id, name)
-
-
 async def wait_status(
     console: ConsoleClient, job_id: str, status: str, within_seconds: float
 ) -> dict[str, Any]:
@@ -93,9 +70,9 @@ async def settled(console: ConsoleClient, job_id: str, within_seconds: float) ->
 
 async def test_cancel_while_batch_created(console: ConsoleClient, model_id: str) -> None:
     # 300 requests, 16 at a time, 400 ms each: the agent's one slot is busy for about 7.5 s.
-    blocker = new_job(console, model_id, "holds-the-slot", 300, latency_ms=400)
+    blocker = console.sim_job(model_id, "holds-the-slot", 300, latency_ms=400)
     await wait_status(console, blocker["id"], "in_progress", 30)
-    job = new_job(console, model_id, "accepted-not-started", 5)
+    job = console.sim_job(model_id, "accepted-not-started", 5)
     await wait_status(console, job["id"], "batch_created", 30)
 
     console.cancel(job["id"])
@@ -114,8 +91,12 @@ async def test_cancel_while_finalizing_keeps_every_line(
     console: ConsoleClient, model_id: str
 ) -> None:
     requests = 40
-    slow_stop = lambda argv: [sys.executable, "-c", TERM_BLOCKED, *argv[3:]]  # noqa: E731
-    job = new_job(console, model_id, "slow-to-stop", requests, command=slow_stop)
+
+    def slow_stop(template: dict[str, Any]) -> None:
+        engine = template["spec"]["engine"]
+        engine["command"] = [sys.executable, "-c", TERM_BLOCKED, *engine["command"][3:]]
+
+    job = console.sim_job(model_id, "slow-to-stop", requests, edit_template=slow_stop)
     await wait_status(console, job["id"], "finalizing", 30)
 
     console.cancel(job["id"])

@@ -34,36 +34,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         started.stop()
 
 
-@pytest.fixture(scope="module")
-def console(stack: Stack) -> Iterator[ConsoleClient]:
-    client = ConsoleClient(stack.console_url, stack.api_key)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def model_id(console: ConsoleClient) -> str:
-    return console.ensure_model()
-
-
-def new_job(
-    console: ConsoleClient, model_id: str, name: str, requests: int, **engine: object
-) -> dict:
-    console.create_template(model_id, sim_engine_template(name, model_id, **engine))  # type: ignore[arg-type]
-    file_id = console.upload(batch_lines(requests))
-    return console.create_job(file_id, model_id, name)
-
-
 def test_cancel_while_queued_and_while_provisioning(console: ConsoleClient, model_id: str) -> None:
     # No pool host has an A100: these jobs wait for capacity, holding both provisioning slots.
     waiting = [
-        new_job(console, model_id, f"no-capacity-{i}", 3, accelerator_type="A100") for i in range(2)
+        console.sim_job(model_id, f"no-capacity-{i}", 3, accelerator_type="A100") for i in range(2)
     ]
     for job in waiting:
         console.wait_job(
             job["id"], lambda j: j["status"] == "resource_preparing", 30, "provisioning"
         )
-    queued = new_job(console, model_id, "behind-the-queue", 3)
+    queued = console.sim_job(model_id, "behind-the-queue", 3)
     assert console.job(queued["id"])["status"] == "queued"
 
     console.cancel(queued["id"])
@@ -77,7 +57,7 @@ def test_cancel_while_queued_and_while_provisioning(console: ConsoleClient, mode
 
 
 def test_cancel_while_the_engine_starts(console: ConsoleClient, model_id: str) -> None:
-    job = new_job(console, model_id, "slow-start", 5, startup_delay_seconds=60)
+    job = console.sim_job(model_id, "slow-start", 5, startup_delay_seconds=60)
     console.wait_job(job["id"], lambda j: j["status"] == "in_progress", 30, "in progress")
     console.cancel(job["id"])
     ended = console.wait_settled(job["id"], 30)
@@ -87,7 +67,7 @@ def test_cancel_while_the_engine_starts(console: ConsoleClient, model_id: str) -
 
 def test_cancel_mid_run_keeps_finished_lines(console: ConsoleClient, model_id: str) -> None:
     requests = 400
-    job = new_job(console, model_id, "mid-run", requests, latency_ms=200)
+    job = console.sim_job(model_id, "mid-run", requests, latency_ms=200)
     console.wait_job(
         job["id"], lambda j: j["request_counts"]["completed"] >= 16, 60, "some requests done"
     )
@@ -129,7 +109,7 @@ def test_cancel_while_submitting_with_the_agent_down(
     """The batch was handed over but no agent has taken it: cancel must still end cleanly."""
     stack.kill("runtime-agent")
     try:
-        job = new_job(console, model_id, "agent-down", 5)
+        job = console.sim_job(model_id, "agent-down", 5)
         console.wait_job(job["id"], lambda j: j["status"] == "submitting", 30, "submitting")
         console.cancel(job["id"])
         console.wait_job(job["id"], lambda j: j["status"] == "cancelling", 30, "cancelling")

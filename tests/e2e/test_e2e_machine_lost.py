@@ -18,7 +18,7 @@ import pytest
 from pymongo import MongoClient
 
 from neobatch.sim.devstack import Ports, Stack, start_stack
-from neobatch.sim.scenario import ConsoleClient, batch_lines, sim_engine_template
+from neobatch.sim.scenario import ConsoleClient
 from neobatch.sim.servers import free_port
 from neobatch.sim.waiting import wait_until
 
@@ -47,10 +47,8 @@ class LostMachineStack:
         httpx.post(f"{self.admin}/machines/{machine_id}/delete", timeout=10).raise_for_status()
 
     def submit(self, name: str, requests: int, latency_ms: float) -> str:
-        template = sim_engine_template(name, self.model_id, latency_ms=latency_ms)
-        self.console.create_template(self.model_id, template)
-        file_id = self.console.upload(batch_lines(requests))
-        return str(self.console.create_job(file_id, self.model_id, name)["id"])
+        job = self.console.sim_job(self.model_id, name, requests, latency_ms=latency_ms)
+        return str(job["id"])
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self.console.job(job_id)

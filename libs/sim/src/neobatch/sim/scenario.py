@@ -139,6 +139,26 @@ class ConsoleClient:
         }
         return self._ok(self.http.post("/api/v1/jobs", json=body))
 
+    def sim_job(
+        self,
+        model_id: str,
+        name: str,
+        requests: int,
+        *,
+        edit_template: Callable[[dict[str, Any]], None] | None = None,
+        job_fields: dict[str, Any] | None = None,
+        **engine: Any,
+    ) -> dict[str, Any]:
+        """A template `name` whose engine is the simulator (`engine`: sim_engine_template's
+        options, `edit_template` changes it further), `requests` sample lines, and a job on them.
+        """
+        template = sim_engine_template(name, model_id, **engine)
+        if edit_template is not None:
+            edit_template(template)
+        self.create_template(model_id, template)
+        file_id = self.upload(batch_lines(requests))
+        return self.create_job(file_id, model_id, name, **(job_fields or {}))
+
     def job(self, job_id: str) -> dict[str, Any]:
         return self._ok(self.http.get(f"/api/v1/jobs/{job_id}"))
 
