@@ -6,39 +6,27 @@ it, so it is forwarded to the dead-letter stream once a forwarder runs again.
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Awaitable, Callable
 
 import nats
-import pytest
 
-from neobatch.common.broker import create_broker, ensure_stream, subscribe
+from neobatch.common.broker import create_broker, subscribe
 from neobatch.common.contracts import JobQueued, encode_event
 from neobatch.common.deadletter import advisory_stream_name, forward_dead_letters
 from neobatch.common.subjects import Namespace
 from neobatch.sim.waiting import wait_until
 
 
-@pytest.fixture
-def ns() -> Namespace:
-    return Namespace(f"t{uuid.uuid4().hex[:10]}")
-
-
-async def _connect(nats_url: str, ns: Namespace) -> nats.NATS:
-    nc = await nats.connect(nats_url)
-    await ensure_stream(nc, ns)
-    return nc
-
-
 async def test_advisory_raised_while_no_forwarder_runs_is_forwarded_when_one_starts(
-    nats_url: str, ns: Namespace
+    nats_url: str, ns: Namespace, connect_stream: Callable[[], Awaitable[nats.NATS]]
 ) -> None:
     """The advisory is core NATS: captured by a stream, it outlives a forwarder that was down."""
     # The service ran once (its forwarder and advisory capture exist), then went down.
-    first = await _connect(nats_url, ns)
+    first = await connect_stream()
     await forward_dead_letters(first, ns, "test")
     await first.close()
 
-    nc = await _connect(nats_url, ns)
+    nc = await connect_stream()
     js = nc.jetstream()
     attempts: list[int] = []
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import nats
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
-from neobatch.common.broker import create_broker, ensure_stream, subscribe
+from neobatch.common.broker import create_broker, subscribe
 from neobatch.common.clock import utcnow
 from neobatch.common.contracts import JobQueued, encode_event
 from neobatch.common.deadletter import forward_dead_letters
@@ -27,21 +28,10 @@ from neobatch.common.subjects import Namespace
 from neobatch.sim.waiting import wait_until
 
 
-@pytest.fixture
-def ns() -> Namespace:
-    return Namespace(f"t{uuid.uuid4().hex[:10]}")
-
-
-async def _connect(nats_url: str, ns: Namespace) -> nats.NATS:
-    nc = await nats.connect(nats_url)
-    await ensure_stream(nc, ns)
-    return nc
-
-
 async def test_event_published_twice_with_one_id_is_handled_once(
-    nats_url: str, ns: Namespace
+    nats_url: str, ns: Namespace, connect_stream: Callable[[], Awaitable[nats.NATS]]
 ) -> None:
-    nc = await _connect(nats_url, ns)
+    nc = await connect_stream()
     handled: list[str] = []
 
     async def on_job_queued(event: JobQueued) -> None:
@@ -71,9 +61,9 @@ async def test_event_published_twice_with_one_id_is_handled_once(
 
 
 async def test_failing_handler_is_retried_with_delay_then_succeeds(
-    nats_url: str, ns: Namespace
+    nats_url: str, ns: Namespace, connect_stream: Callable[[], Awaitable[nats.NATS]]
 ) -> None:
-    nc = await _connect(nats_url, ns)
+    nc = await connect_stream()
     attempts: list[float] = []
 
     async def flaky(event: JobQueued) -> None:
@@ -100,7 +90,11 @@ async def test_failing_handler_is_retried_with_delay_then_succeeds(
 
 
 async def test_relay_publishes_a_committed_change_whose_publish_never_happened(
-    nats_url: str, mongo_url: str, mongo_db: AsyncDatabase, ns: Namespace
+    nats_url: str,
+    mongo_url: str,
+    mongo_db: AsyncDatabase,
+    ns: Namespace,
+    connect_stream: Callable[[], Awaitable[nats.NATS]],
 ) -> None:
     client = create_mongo_client(mongo_url)
     db = client.get_database(mongo_db.name)
@@ -112,7 +106,7 @@ async def test_relay_publishes_a_committed_change_whose_publish_never_happened(
 
     # The "service" commits and dies before publishing: nothing but the outbox knows.
     await transact(client, work)
-    nc = await _connect(nats_url, ns)
+    nc = await connect_stream()
     sub = await nc.jetstream().subscribe(ns.subject(event), durable=f"probe{uuid.uuid4().hex[:6]}")
 
     relay = OutboxRelay(db, nc)
@@ -151,9 +145,9 @@ async def test_rolled_back_change_leaves_no_event(
 
 
 async def test_exhausted_message_goes_to_the_dead_letter_stream(
-    nats_url: str, ns: Namespace
+    nats_url: str, ns: Namespace, connect_stream: Callable[[], Awaitable[nats.NATS]]
 ) -> None:
-    nc = await _connect(nats_url, ns)
+    nc = await connect_stream()
     await forward_dead_letters(nc, ns, "test")
     attempts: list[int] = []
 
@@ -179,11 +173,15 @@ async def test_exhausted_message_goes_to_the_dead_letter_stream(
 
 
 async def test_committed_entries_are_handed_to_the_relay_and_published_without_a_claim(
-    nats_url: str, mongo_url: str, mongo_db: AsyncDatabase, ns: Namespace
+    nats_url: str,
+    mongo_url: str,
+    mongo_db: AsyncDatabase,
+    ns: Namespace,
+    connect_stream: Callable[[], Awaitable[nats.NATS]],
 ) -> None:
     client = create_mongo_client(mongo_url)
     db = client.get_database(mongo_db.name)
-    nc = await _connect(nats_url, ns)
+    nc = await connect_stream()
     # A long poll interval: only the hand-over can publish within the test.
     relay = OutboxRelay(db, nc, poll_interval_seconds=60)
     committed, rolled_back = JobQueued(job_id="job_fast"), JobQueued(job_id="job_rolled_back")
