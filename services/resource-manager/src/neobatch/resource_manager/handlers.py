@@ -14,13 +14,11 @@ from neobatch.common.contracts import (
     ProvisionReleased,
     ProvisionReleaseRequested,
     ProvisionRequested,
-    ProvisionStatus,
 )
 from neobatch.common.ids import resource_name
 from neobatch.common.logs import log_fields
 from neobatch.common.subjects import Namespace
 from neobatch.resource_manager.driver import ProvisionDriver
-from neobatch.resource_manager.provisions import Provision
 from neobatch.resource_manager.store import ProvisionStore
 
 log = logging.getLogger("neobatch.resource_manager")
@@ -58,7 +56,7 @@ class ProvisionEventHandler:
         provider = event.resource.provider or self._provisioners[0]
         now = self._clock.now()
         lease_owner, lease_until = self._lease(now)
-        inserted = await self._store.insert_requested(
+        recorded = await self._store.insert_requested(
             provision_id=event.provision_id,
             job_id=event.job_id,
             provider=provider,
@@ -69,21 +67,9 @@ class ProvisionEventHandler:
             lease_owner=lease_owner,
             lease_until=lease_until,
         )
-        if inserted and self._driver is not None:
-            self._driver.hand_over(
-                Provision(
-                    id=event.provision_id,
-                    job_id=event.job_id,
-                    status=ProvisionStatus.REQUESTED,
-                    provider=provider,
-                    resource_name=resource_name(event.provision_id),
-                    request=event.resource,
-                    deadline_at=event.deadline_at,
-                    fresh=True,
-                    lease_until=lease_until,
-                )
-            )
-        if inserted:
+        if recorded is not None and self._driver is not None:
+            self._driver.hand_over(recorded)
+        if recorded is not None:
             log.info(
                 "provision requested",
                 extra=log_fields(

@@ -129,11 +129,12 @@ class ProvisionStore:
         now: datetime,
         lease_owner: str | None = None,
         lease_until: datetime | None = None,
-    ) -> bool:
-        """Record a new provision before any provider call (DESIGN rule 5); False if it exists.
+    ) -> Provision | None:
+        """Record a new provision before any provider call (DESIGN rule 5); None if it exists.
 
         With `lease_owner` it is recorded already leased to that driver, which steps it
-        without claiming it (and anyone may claim it once the lease expires).
+        without claiming it (and anyone may claim it once the lease expires); the returned
+        provision is then `fresh`, ready to be handed to that driver in memory.
         """
         try:
             await self._provisions.insert_one(
@@ -156,8 +157,18 @@ class ProvisionStore:
                 }
             )
         except DuplicateKeyError:
-            return False
-        return True
+            return None
+        return Provision(
+            id=provision_id,
+            job_id=job_id,
+            status=ProvisionStatus.REQUESTED,
+            provider=provider,
+            resource_name=resource_name,
+            request=request,
+            deadline_at=deadline_at,
+            fresh=lease_owner is not None,
+            lease_until=lease_until,
+        )
 
     async def claim_next(self, owner: str, now: datetime, ttl_seconds: float) -> Provision | None:
         doc = await claim_one(
