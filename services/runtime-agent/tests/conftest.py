@@ -172,6 +172,15 @@ class Harness:
 
         return await wait_until(terminal, within_seconds, message=f"{batch_id} to end")
 
+    async def wait_results(self, batch_id: str, at_least: int, within_seconds: float = 30) -> None:
+        """Until at least `at_least` results of the batch are checkpointed."""
+
+        async def enough() -> bool:
+            found = await self.store.results.count_documents({"batch_id": batch_id})
+            return found >= at_least
+
+        await wait_until(enough, within_seconds, message=f"{at_least} results of {batch_id}")
+
     async def read_file(self, file_id: str | None) -> list[dict[str, Any]]:
         if file_id is None:
             return []

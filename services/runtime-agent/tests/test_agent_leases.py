@@ -109,10 +109,7 @@ async def test_ssh_drop_mid_run_resumes_without_losing_or_repeating(
     target = SshEndpoint(host="127.0.0.1", port=port, username=getpass.getuser())
     event = await harness.submit(lines, placeholder_engine(agent, engine.port), target=target)
 
-    async def some_done() -> bool:
-        return await harness.store.results.count_documents({"batch_id": event.batch_id}) >= 50
-
-    await wait_until(some_done, 30)
+    await harness.wait_results(event.batch_id, 50)
     sim_loop.run(ssh.close())  # The machine's sshd restarts; the engine keeps running.
     ssh = sim_loop.run(
         start_ssh_host("127.0.0.1", port, [ssh_keypair.public_key], host_key, tmp_path)

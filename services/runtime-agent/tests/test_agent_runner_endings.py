@@ -19,7 +19,6 @@ from neobatch.common.contracts import (
 from neobatch.runtime_agent.batches import batch_doc_from_event
 from neobatch.runtime_agent.remote import workdir
 from neobatch.sim.servers import free_port
-from neobatch.sim.waiting import wait_until
 
 _SLEEP = "import time; time.sleep(3600)"
 
@@ -100,10 +99,7 @@ async def test_cancel_mid_run_keeps_partial_output(make_harness, agent, engine_s
     spec = placeholder_engine(agent, engine.port)
     event = await harness.submit(lines, spec)
 
-    async def some_done() -> bool:
-        return await harness.store.results.count_documents({"batch_id": event.batch_id}) >= 20
-
-    await wait_until(some_done, 30)
+    await harness.wait_results(event.batch_id, 20)
     cancel = BatchCancelRequested(batch_id=event.batch_id, job_id=event.job_id)
     await harness.agent.handlers.on_batch_cancel_requested(cancel)
     await harness.agent.handlers.on_batch_cancel_requested(cancel)  # A redelivery is harmless.

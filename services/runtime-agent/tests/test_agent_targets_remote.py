@@ -277,10 +277,7 @@ async def test_dropped_connection_is_reestablished_in_place_without_relaunch(
     caplog.set_level(logging.INFO, logger="neobatch.runtime_agent")
     event = await submit(harness, agent, machine, "runpod", spec, len(lines))
 
-    async def some_done() -> int:
-        return await harness.store.results.count_documents({"batch_id": event.batch_id}) >= 50
-
-    await wait_until(some_done, 30, message="the first results")
+    await harness.wait_results(event.batch_id, 50)
     pids = agent.engine_pids(spec.port)
     assert sim_loop.run(machine.ssh.drop_connections()) >= 1  # a blip: sshd keeps listening
     done_at_drop = await harness.store.results.count_documents({"batch_id": event.batch_id})
@@ -309,10 +306,7 @@ async def test_changed_host_key_on_reconnect_fails_the_batch(
     spec = engine_spec()
     event = await submit(harness, agent, machine, "runpod", spec, 800)
 
-    async def some_done() -> int:
-        return await harness.store.results.count_documents({"batch_id": event.batch_id}) >= 20
-
-    await wait_until(some_done, 30, message="the first results")
+    await harness.wait_results(event.batch_id, 20)
     stored = await harness.store.find_batch(event.batch_id)
     assert stored is not None and stored.host_public_key == machine.ssh.host_public_key
     # Another machine answers at the same address: a different host key.
@@ -343,10 +337,7 @@ async def test_reconnect_wait_ends_when_the_batch_moves_to_a_replacement(
     spec = engine_spec()
     event = await submit(harness, agent, lost, "runpod", spec, 400)
 
-    async def some_done() -> int:
-        return await harness.store.results.count_documents({"batch_id": event.batch_id}) >= 20
-
-    await wait_until(some_done, 30, message="the first results")
+    await harness.wait_results(event.batch_id, 20)
     sim_loop.run(lost.ssh.close())  # the machine is gone, and its engine with it
     machine_tools.kill_machine_processes(lost.workdir)
     replacement = make_machine(engine_args=("--latency-ms", "10"))
@@ -368,10 +359,7 @@ async def test_lambda_container_is_removed_on_cancel(make_harness, agent, make_m
     spec = engine_spec(image="vllm/vllm-openai:v0.9.1")
     event = await submit(harness, agent, machine, "lambdaCloud", spec, 2000)
 
-    async def some_done() -> int:
-        return await harness.store.results.count_documents({"batch_id": event.batch_id}) >= 20
-
-    await wait_until(some_done, 30, message="the first results")
+    await harness.wait_results(event.batch_id, 20)
     assert machine.containers() == [f"neobatch-{event.batch_id}"]
     cancel = BatchCancelRequested(batch_id=event.batch_id, job_id=event.job_id)
     await harness.agent.handlers.on_batch_cancel_requested(cancel)
