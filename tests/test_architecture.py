@@ -33,6 +33,7 @@ IO_PACKAGES = {
     "nats",
     "httpx",
     "aiohttp",
+    "httptools",
     "asyncssh",
     "asyncio",
     "socket",

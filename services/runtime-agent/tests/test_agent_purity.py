@@ -10,7 +10,17 @@ import pytest
 import neobatch.runtime_agent as package
 
 PURE = ["batches.py", "dispatch.py"]
-FORBIDDEN = ("pymongo", "gridfs", "motor", "faststream", "nats", "aiohttp", "httpx", "asyncssh")
+FORBIDDEN = (
+    "pymongo",
+    "gridfs",
+    "motor",
+    "faststream",
+    "nats",
+    "aiohttp",
+    "httptools",
+    "httpx",
+    "asyncssh",
+)
 
 
 @pytest.mark.parametrize("module", PURE)

@@ -11,7 +11,7 @@ per request, so what is measured is the client side.
      GridFS (SecantusDB process), validation, SSH connect to a loopback SSH host (a separate
      process: the `neobatch.sim.ssh_host` asyncssh server, or OpenSSH's sshd with
      `--ssh openssh`), the engine launched by the template's `command` over SSH, the SSH
-     local port-forward, the aiohttp EngineClient, CheckpointWriter into `batch_results`
+     local port-forward, the EngineClient (engine_http), CheckpointWriter into `batch_results`
      and the output file assembled into GridFS. The rate is requests / the run's
      `dispatch_seconds` (dispatch + checkpoints; the output file time is printed apart).
    * for scale: the direct generator through the agent's own SSH connection and forward

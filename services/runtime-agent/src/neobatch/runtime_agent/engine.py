@@ -1,8 +1,8 @@
-"""The inference engine's HTTP client: readiness, and one request with retries.
+"""The inference engine's client: readiness, and one request with retries.
 
-aiohttp, not httpx: on the dispatch hot path httpx costs about 30 times the CPU per request
-(library-notes §9), and the agent must keep an engine saturated through a Python SSH tunnel.
-Every response is translated into a `RequestResult` here; nothing above sees aiohttp.
+HTTP goes through `engine_http.EngineHTTP`, a lean keep-alive client (not httpx, not aiohttp:
+on the dispatch hot path they cost about 30 and 5 times its CPU per request; see that module).
+Every response is translated into a `RequestResult` here; nothing above sees HTTP.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import msgspec
 
 from neobatch.common.batch_input import BatchRequest
@@ -29,12 +28,12 @@ from neobatch.runtime_agent.dispatch import (
     RetryPolicy,
     parse_retry_after,
 )
+from neobatch.runtime_agent.engine_http import EngineConnectionError, EngineHTTP
 
 if TYPE_CHECKING:
     from neobatch.runtime_agent.batches import Batch
     from neobatch.runtime_agent.settings import AgentSettings
 
-_JSON_HEADERS = {"Content-Type": "application/json"}
 # Error bodies that are not JSON are kept, truncated, inside an OpenAI-style error envelope.
 _MAX_ERROR_TEXT = 1000
 
@@ -92,7 +91,8 @@ def is_json(raw: bytes) -> bool:
 
 
 class EngineClient:
-    """Talks to one engine at `base_url` (the local end of the SSH port-forward)."""
+    """Talks to one engine at `base_url` (the local end of the SSH port-forward):
+    `http://127.0.0.1:PORT` or `unix:/path/engine.sock`."""
 
     def __init__(
         self,
@@ -105,7 +105,6 @@ class EngineClient:
         retry: RetryPolicy,
         controller: ConcurrencyLimit | None = None,
     ) -> None:
-        self._base = base_url.rstrip("/")
         self._batch_id = batch_id
         self._model = served_model
         self._retry = retry
@@ -115,16 +114,8 @@ class EngineClient:
         # Set by the engine session: True once the SSH tunnel behind `base_url` closed, so a
         # transport error is not retried against a forward that no longer exists.
         self.tunnel_down: Callable[[], bool] = lambda: False
-        self._session = aiohttp.ClientSession(
-            # One connection per concurrent request, kept alive: no connect per request.
-            connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency),
-            # `total` bounds the whole request, reading included: a `sock_read` equal to it
-            # would only re-arm a second timer on every chunk received.
-            timeout=aiohttp.ClientTimeout(total=request_timeout_seconds, sock_connect=10),
-            # The engine's replies are passed through as bytes; no cookies, no auto-decoding.
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent",),
-        )
+        # One connection per concurrent request, kept alive: no connect per request.
+        self._http = EngineHTTP(base_url, max_connections=concurrency)
 
     @classmethod
     def for_batch(cls, base_url: str, batch: Batch, settings: AgentSettings) -> EngineClient:
@@ -141,7 +132,7 @@ class EngineClient:
         )
 
     async def close(self) -> None:
-        await self._session.close()
+        await self._http.close()
 
     async def wait_ready(
         self,
@@ -156,7 +147,7 @@ class EngineClient:
         `still_starting` is asked between polls (every few seconds) so an engine that crashed
         at start fails the batch now rather than after the whole ready timeout.
         """
-        url = self._base + "/" + health_endpoint.lstrip("/")
+        path = "/" + health_endpoint.lstrip("/")
         deadline = time.monotonic() + timeout_seconds
         next_liveness = time.monotonic() + 5
         while True:
@@ -166,13 +157,10 @@ class EngineClient:
                     f"engine not healthy at {health_endpoint} within {timeout_seconds:.0f}s"
                 )
             try:
-                async with self._session.get(
-                    url, timeout=aiohttp.ClientTimeout(total=min(10.0, remaining))
-                ) as resp:
-                    await resp.read()
-                    if resp.status == 200:
-                        return
-            except (aiohttp.ClientError, TimeoutError):
+                health = await self._http.request("GET", path, timeout_seconds=min(10.0, remaining))
+                if health.status == 200:
+                    return
+            except (EngineConnectionError, TimeoutError):
                 pass  # Not listening yet, or the tunnel has no one to talk to.
             if still_starting is not None and time.monotonic() >= next_liveness:
                 next_liveness = time.monotonic() + 5
@@ -184,8 +172,9 @@ class EngineClient:
         """POST one request, retrying overload and transient failures; never raises for HTTP."""
         request_id = request_id_for(self._batch_id, request.line_index)
         payload = encode_body(request.body, self._model)
-        headers = {**_JSON_HEADERS, "X-Request-Id": request_id}
-        url = self._base + request.url
+        headers = (("Content-Type", "application/json"), ("X-Request-Id", request_id))
+        http = self._http
+        timeout = self.request_timeout_seconds
         attempts = 0
         error = ""
         while True:
@@ -195,20 +184,19 @@ class EngineClient:
             retry_after: float | None = None
             started = time.monotonic()
             try:
-                async with self._session.post(url, data=payload, headers=headers) as resp:
-                    raw = await resp.read()
-                    status = resp.status
-                    reply_id = resp.headers.get("X-Request-Id", request_id)
-                    if status in RETRY_AFTER_STATUSES:
-                        retry_after = parse_retry_after(
-                            resp.headers.get("Retry-After"), datetime.now(UTC)
-                        )
+                resp = await http.request(
+                    "POST", request.url, body=payload, headers=headers, timeout_seconds=timeout
+                )
+                raw = resp.body
+                status = resp.status
+                reply_id = resp.header("X-Request-Id") or request_id
+                if status in RETRY_AFTER_STATUSES:
+                    retry_after = parse_retry_after(resp.header("Retry-After"), datetime.now(UTC))
             except TimeoutError:
-                # aiohttp's timeouts (connect, read, total) are all TimeoutError subclasses.
                 timed_out = True
-                error = f"no answer within {self.request_timeout_seconds:g}s"
-            except aiohttp.ClientError as exc:
-                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                error = f"no answer within {timeout:g}s"
+            except EngineConnectionError as exc:
+                error = str(exc)
             self.controller.record(Outcome(status, time.monotonic() - started, timed_out))
             if status is None and self.tunnel_down():
                 break  # The tunnel died, not the request: the resumed run sends it again.
