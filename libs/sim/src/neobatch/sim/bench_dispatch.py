@@ -9,8 +9,8 @@ per request, so what is measured is the client side.
    * direct: a minimal asyncio + aiohttp load generator straight to nginx;
    * agent: a real batch through the runtime-agent, in its own process: input file in
      GridFS (SecantusDB process), validation, SSH connect to a loopback SSH host (a separate
-     process: the `neobatch.sim.ssh_host` asyncssh server, or OpenSSH's sshd with
-     `--ssh openssh`), the engine launched by the template's `command` over SSH, the SSH
+     process: OpenSSH's sshd, what a rented GPU machine runs, when installed (`--ssh auto`);
+     else, or with `--ssh sim`, the `neobatch.sim.ssh_host` asyncssh server), the engine launched by the template's `command` over SSH, the SSH
      local port-forward, the EngineClient (engine_http), CheckpointWriter into `batch_results`
      and the output file assembled into GridFS. The rate is requests / the run's
      `dispatch_seconds` (dispatch + checkpoints; the output file time is printed apart).
@@ -23,7 +23,7 @@ per request, so what is measured is the client side.
    1,000-request input with the same line size.
 
     python -m neobatch.sim.bench_dispatch [--only throughput|memory] [--requests N]
-        [--rounds R] [--ssh sim|openssh] [--profile FILE (py-spy)] [--keep]
+        [--rounds R] [--ssh auto|sim|openssh] [--profile FILE (py-spy)] [--keep]
 """
 
 from __future__ import annotations
@@ -457,6 +457,12 @@ def run_child(job: AgentJob, log_path: Path, profile: Path | None = None) -> dic
 # --- the stack ------------------------------------------------------------------------------------
 
 
+def find_sshd() -> str | None:
+    """OpenSSH's server, the SSH host a rented GPU machine runs."""
+    found = shutil.which("sshd") or "/usr/sbin/sshd"
+    return found if os.path.exists(found) else None
+
+
 class Stack:
     """SecantusDB, an SSH host on loopback and the nginx engine's config, in a temp dir."""
 
@@ -508,8 +514,8 @@ class Stack:
     def _start_sshd(self, authorized: Path) -> Any:
         from neobatch.sim import servers
 
-        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-        if not os.path.exists(sshd):
+        sshd = find_sshd()
+        if sshd is None:
             raise RuntimeError(
                 "--ssh openssh needs OpenSSH's sshd (apt-get install openssh-server)"
             )
@@ -783,7 +789,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--line-bytes", type=int, default=4_000, help="memory input line size")
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (median wins)")
-    parser.add_argument("--ssh", choices=("sim", "openssh"), default="sim")
+    parser.add_argument(
+        "--ssh",
+        choices=("auto", "sim", "openssh"),
+        default="auto",
+        help="the SSH host: OpenSSH's sshd (what GPU machines run; auto when installed) or the "
+        "asyncssh simulator",
+    )
     parser.add_argument(
         "--profile", type=Path, default=None, help="py-spy the agent: collapsed stacks to this file"
     )
@@ -800,7 +812,10 @@ def main(argv: list[str] | None = None) -> int:
     nginx = ensure_nginx()
     workdir = Path(tempfile.mkdtemp(prefix="neobatch-bench-dispatch-"))
     workdir.chmod(0o755)
-    stack = Stack(workdir, nginx, ssh=args.ssh)
+    ssh = args.ssh
+    if ssh == "auto":
+        ssh = "openssh" if find_sshd() else "sim"
+    stack = Stack(workdir, nginx, ssh=ssh)
     try:
         stack.start()
         if args.only in (None, "throughput"):
@@ -812,7 +827,7 @@ def main(argv: list[str] | None = None) -> int:
                 rounds=args.rounds,
                 profile=args.profile,
             )
-            print_throughput(t, args.ssh)
+            print_throughput(t, ssh)
         if args.only in (None, "memory"):
             m = measure_memory(stack, args.memory_requests, args.memory_small, args.line_bytes)
             print_memory(m)
