@@ -61,7 +61,7 @@ PAGE_BYTES = 4 * 1024 * 1024
 # Page projections per cursor round trip in the first read pass (each a few KB at most).
 FIND_BATCH_SIZE = 200
 # Bytes of page blobs the second read pass keeps decoded (a few pages).
-READ_CACHE_BYTES = 24 * 1024 * 1024
+READ_CACHE_BYTES = 16 * 1024 * 1024
 # Typecode of the packed line arrays: 4-byte unsigned, stored little-endian.
 _LINE_TYPE = "I"
 _ORDER = [("first_line", ASCENDING), ("_id", ASCENDING)]
@@ -431,6 +431,12 @@ async def iter_results(
     cache: OrderedDict[int, tuple[dict[int, RequestResult], int]] = OrderedDict()
     held = 0
     page_of, failed = winners.page, winners.failed
+    # Lines each page has still to yield: a page is dropped once it has none left, so the
+    # cache normally holds one or two pages and only stragglers' pages wait in it.
+    left = [0] * len(winners.page_ids)
+    for line, number in enumerate(page_of):
+        if number >= 0 and failed[line] == want:
+            left[number] += 1
     for line in range(len(page_of)):
         number = page_of[line]
         if number < 0 or failed[line] != want:
@@ -445,7 +451,12 @@ async def iter_results(
                 held -= size
         else:
             cache.move_to_end(number)
-        yield entry[0][line]
+        result = entry[0][line]
+        left[number] -= 1
+        if not left[number]:
+            del cache[number]
+            held -= entry[1]
+        yield result
 
 
 async def _fetch_page(
