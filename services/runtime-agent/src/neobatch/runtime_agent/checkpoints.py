@@ -5,7 +5,8 @@ the page's line indexes and the indexes of its failures as packed integer arrays
 `RequestResult`s as one msgpack blob (bodies stay binary). Why pages: with one document per
 finished request the database (SecantusDB, a Python Mongo-wire server in its own process)
 spent ~0.24 ms CPU per request, so at the 8,000+ req/s the dispatch benchmark asks for it
-alone needed two cores; a page per write makes that a few dozen documents a second. Writes
+alone needed two cores; a page per write makes that a few dozen documents a second (the
+throughput bench measured 0.23 -> 0.03 ms database CPU per request). Writes
 are never one per request either: a Mongo-wire server does ~1,000 single inserts a second
 (library-notes §8).
 
@@ -18,8 +19,9 @@ first occurrence in `(first_line, _id)` order wins, and counts count distinct li
 Reading back is two passes so memory stays bounded by a cache, not by the batch: the first
 reads only the small `lines`/`failed` arrays and maps each line to its winning page; the
 second walks the lines in input order, fetching page blobs by `_id` into an LRU bounded by
-bytes (pages are nearly in line order, so almost every lookup hits; a straggler, a retried
-request stored in a much later page, costs one extra fetch).
+bytes, each dropped once its last line is yielded (pages are nearly in line order, so almost
+every lookup hits; a straggler, a retried request stored in a much later page, costs one
+extra fetch at most).
 """
 
 from __future__ import annotations
