@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
+from neobatch.runtime_agent.checkpoints import LINES_ONLY, page_lines
 from neobatch.sim.devstack import Ports, Stack, start_stack
 from neobatch.sim.scenario import ConsoleClient, batch_lines, sim_engine_template
 
@@ -78,15 +79,15 @@ def test_agent_killed_half_way_resends_nothing_finished(stack: Stack, tmp_path: 
         job = console.wait_job(job_id, lambda j: j.get("batch_id"), 30, "a batch id")
         batch_id = job["batch_id"]
 
-        def half_done() -> int:
-            return results.count_documents({"batch_id": batch_id}) >= REQUESTS // 2
+        def recorded_lines() -> set[int]:
+            return page_lines(results.find({"batch_id": batch_id}, LINES_ONLY))
+
+        def half_done() -> bool:
+            return len(recorded_lines()) >= REQUESTS // 2
 
         _wait(half_done, 45, "half of the results recorded")
         stack.kill("runtime-agent")
-        recorded = {
-            doc["line_index"]
-            for doc in results.find({"batch_id": batch_id}, {"line_index": 1, "_id": 0})
-        }
+        recorded = recorded_lines()
         answered_before = Counter(_answered(request_log, batch_id))
         print(f"\nkilled at {len(recorded)} recorded, {sum(answered_before.values())} answered")
         assert REQUESTS // 2 <= len(recorded) < REQUESTS, "the kill came too late to mean much"

@@ -34,6 +34,7 @@ from neobatch.common.contracts import (
 from neobatch.common.settings import CommonSettings
 from neobatch.runtime_agent.app import Agent, build_agent
 from neobatch.runtime_agent.batches import Batch, is_terminal
+from neobatch.runtime_agent.checkpoints import count_stored
 from neobatch.runtime_agent.settings import AgentSettings
 from neobatch.runtime_agent.store import BatchStore
 from neobatch.sim.sample_batch import sample_request
@@ -176,8 +177,7 @@ class Harness:
         """Until at least `at_least` results of the batch are checkpointed."""
 
         async def enough() -> bool:
-            found = await self.store.results.count_documents({"batch_id": batch_id})
-            return found >= at_least
+            return await count_stored(self.store.results, batch_id) >= at_least
 
         await wait_until(enough, within_seconds, message=f"{at_least} results of {batch_id}")
 

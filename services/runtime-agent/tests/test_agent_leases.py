@@ -12,7 +12,8 @@ import asyncssh
 from neobatch.common.clock import utcnow
 from neobatch.common.contracts import BatchStatus, SshEndpoint
 from neobatch.runtime_agent.batches import batch_doc_from_event
-from neobatch.runtime_agent.checkpoints import result_id
+from neobatch.runtime_agent.checkpoints import store_results
+from neobatch.runtime_agent.dispatch import RequestResult
 from neobatch.runtime_agent.remote import connect, engine_argv, load_client_key
 from neobatch.sim.engine import expected_body
 from neobatch.sim.ssh_host import start_ssh_host
@@ -69,20 +70,20 @@ async def test_batch_of_a_dead_agent_is_taken_over(make_harness, agent, engine_s
         lease_owner="dead-agent",
         lease_until=utcnow() - timedelta(seconds=1),
     )
-    await harness.store.results.insert_many(
+    await store_results(
+        harness.store.results,
+        event.batch_id,
         [
-            {
-                "_id": result_id(event.batch_id, i),
-                "batch_id": event.batch_id,
-                "line_index": i,
-                "custom_id": lines[i]["custom_id"],
-                "ok": True,
-                "status_code": 200,
-                "request_id": f"{event.batch_id}-{i}",
-                "body": json.dumps(expected_body(CHAT, lines[i]["body"])).encode(),
-            }
+            RequestResult(
+                line_index=i,
+                custom_id=lines[i]["custom_id"],
+                status_code=200,
+                request_id=f"{event.batch_id}-{i}",
+                body=json.dumps(expected_body(CHAT, lines[i]["body"])).encode(),
+            )
             for i in range(20)
-        ]
+        ],
+        utcnow(),
     )
     before = await agent.engine_request_count(engine_sim.url)
     assert await harness.store.insert_batch(doc, agent.accepted(event))

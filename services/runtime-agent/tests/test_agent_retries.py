@@ -20,7 +20,7 @@ import pytest
 from neobatch.common.batch_input import BatchRequest
 from neobatch.common.clock import SystemClock
 from neobatch.common.contracts import BatchStatus
-from neobatch.runtime_agent.checkpoints import CheckpointWriter, result_id
+from neobatch.runtime_agent.checkpoints import CheckpointWriter, finished_indexes, iter_results
 from neobatch.runtime_agent.dispatch import (
     AimdController,
     RequestResult,
@@ -227,7 +227,7 @@ async def test_record_returns_once_the_result_is_stored_and_writes_are_grouped(m
             result = RequestResult(line_index=index, custom_id=f"c{index}", status_code=200)
             await writer.record(result)
             # Stored by the time record returns: what a crash now would find.
-            assert await collection.find_one({"_id": result_id(batch_id, index)}) is not None
+            assert index in await finished_indexes(collection, batch_id)
 
         await asyncio.gather(*(one(i) for i in range(300)))
         # Results finishing together share writes (group commit), far fewer than one each.
@@ -259,10 +259,11 @@ async def test_add_pauses_while_more_than_max_pending_wait_to_be_stored(mongo_db
         assert writer.paused == 1
     assert writer.unstored == 0 and writer.written == 5
     assert (sum(ok for ok, _ in stored), sum(bad for _, bad in stored)) == (4, 1)
-    docs = await collection.find({"batch_id": batch_id}).to_list()
-    assert len(docs) == 5
-    failed = next(d for d in docs if d["line_index"] == 4)
-    assert "body" not in failed and failed["error_code"] == "request_failed"
+    ok = [r async for r in iter_results(collection, batch_id, ok=True)]
+    assert [r.line_index for r in ok] == [0, 1, 2, 3]
+    [failed] = [r async for r in iter_results(collection, batch_id, ok=False)]
+    assert failed.line_index == 4 and failed.body is None
+    assert failed.error_code == "request_failed"
 
 
 def _result(index: int, *, ok: bool = True) -> RequestResult:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import sys
 
+from neobatch.common.clock import utcnow
 from neobatch.common.contracts import BatchStatus, Usage
-from neobatch.runtime_agent.checkpoints import result_id
+from neobatch.runtime_agent.checkpoints import finished_indexes, store_results
+from neobatch.runtime_agent.dispatch import RequestResult
 from neobatch.runtime_agent.output_files import file_ids
 from neobatch.sim.engine import compute_response, expected_body
 
@@ -38,8 +40,7 @@ async def test_batch_runs_to_completed(make_harness, agent, ssh_host):
         assert line["response"]["body"] == expected_body(CHAT, source["body"])
 
     results = harness.store.results
-    assert await results.count_documents({"batch_id": event.batch_id}) == N
-    assert await results.find_one({"_id": result_id(event.batch_id, N - 1)}) is not None
+    assert await finished_indexes(results, event.batch_id) == set(range(N))
 
     events = await harness.events(event.batch_id)
     statuses = [e.status for subject, e in events if subject == "batch.status"]
@@ -75,23 +76,21 @@ async def test_resume_skips_finished_requests(make_harness, agent, engine_sim):
         engine=spec,
     )
     done = range(0, 100, 3)  # A previous owner finished every third request.
-    await harness.store.results.insert_many(
+    await store_results(
+        harness.store.results,
+        event.batch_id,
         [
-            {
-                "_id": result_id(event.batch_id, i),
-                "batch_id": event.batch_id,
-                "line_index": i,
-                "custom_id": lines[i]["custom_id"],
-                "ok": True,
-                "status_code": 200,
-                "request_id": f"{event.batch_id}-{i}",
-                "body": json.dumps(expected_body(CHAT, lines[i]["body"])).encode(),
-                "error_code": "",
-                "error_message": "",
-                "attempts": 1,
-            }
+            RequestResult(
+                line_index=i,
+                custom_id=lines[i]["custom_id"],
+                status_code=200,
+                request_id=f"{event.batch_id}-{i}",
+                body=json.dumps(expected_body(CHAT, lines[i]["body"])).encode(),
+                attempts=1,
+            )
             for i in done
-        ]
+        ],
+        utcnow(),
     )
     before = await agent.engine_request_count(engine_sim.url)
     await harness.agent.handlers.on_batch_requested(event)

@@ -17,6 +17,7 @@ from neobatch.common.contracts import (
     SshEndpoint,
 )
 from neobatch.runtime_agent.batches import batch_doc_from_event
+from neobatch.runtime_agent.checkpoints import count_stored
 from neobatch.runtime_agent.remote import workdir
 from neobatch.sim.servers import free_port
 
@@ -46,7 +47,7 @@ async def test_invalid_input_fails_with_line_numbers_and_dispatches_nothing(make
     ]
     assert "3 invalid lines" in batch.error_message
     assert not Path(workdir(event.batch_id)).exists()  # Never reached the machine.
-    assert await harness.store.results.count_documents({"batch_id": event.batch_id}) == 0
+    assert await count_stored(harness.store.results, event.batch_id) == 0
     [_accepted, (subject, terminal)] = await harness.events(event.batch_id)
     assert subject == "batch.terminal" and terminal.error_code == "invalid_input_file"
 

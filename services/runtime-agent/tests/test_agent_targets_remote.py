@@ -20,6 +20,7 @@ import msgspec
 import pytest
 
 from neobatch.common.contracts import BatchCancelRequested, BatchStatus, EngineSpec, SshEndpoint
+from neobatch.runtime_agent.checkpoints import count_stored
 from neobatch.runtime_agent.remote import (
     EngineLaunchFailed,
     RemoteHost,
@@ -280,7 +281,7 @@ async def test_dropped_connection_is_reestablished_in_place_without_relaunch(
     await harness.wait_results(event.batch_id, 50)
     pids = agent.engine_pids(spec.port)
     assert sim_loop.run(machine.ssh.drop_connections()) >= 1  # a blip: sshd keeps listening
-    done_at_drop = await harness.store.results.count_documents({"batch_id": event.batch_id})
+    done_at_drop = await count_stored(harness.store.results, event.batch_id)
     batch = await harness.wait_terminal(event.batch_id, within_seconds=60)
 
     assert batch.status is BatchStatus.COMPLETED, (batch.error_code, batch.error_message)

@@ -288,6 +288,7 @@ async def run_agent_job(job: AgentJob) -> dict[str, Any]:
     from neobatch.common.settings import CommonSettings
     from neobatch.runtime_agent.app import build_agent
     from neobatch.runtime_agent.batches import is_terminal
+    from neobatch.runtime_agent.checkpoints import count_stored
     from neobatch.runtime_agent.settings import AgentSettings
 
     common = CommonSettings(
@@ -361,7 +362,7 @@ async def run_agent_job(job: AgentJob) -> dict[str, Any]:
         cpu = time.process_time() - cpu_started
         run = agent.runner.finished_runs.get(batch_id)
         dispatch_seconds = run.dispatch_seconds if run is not None else 0.0
-        stored = await agent.store.results.count_documents({"batch_id": batch_id})
+        stored = await count_stored(agent.store.results, batch_id)
         return {
             "batch_id": batch_id,
             "status": batch.status.value,

@@ -1,11 +1,27 @@
-"""Request-level checkpoints: one `batch_results` document per finished request.
+"""Request-level checkpoints: `batch_results` holds PAGES of finished requests.
 
-Results are written in batches (`insert_many`, unordered; group commit: whatever finished
-while the previous write was on the wire, after a 5 ms linger), never one write per request:
-a Mongo-wire server does ~1,000 single inserts a second but ~20,000 documents a second in
-batches (library-notes §8). `_id` = `<batch_id>:<line_index>`, so a
-result written twice (a replayed flush, two agents racing over a lease hand-over) is stored
-once: the duplicate-key error is expected and ignored (DESIGN rule 3).
+Each group commit of `CheckpointWriter` stores one page document (a few when it is large):
+the page's line indexes and the indexes of its failures as packed integer arrays, and its
+`RequestResult`s as one msgpack blob (bodies stay binary). Why pages: with one document per
+finished request the database (SecantusDB, a Python Mongo-wire server in its own process)
+spent ~0.24 ms CPU per request, so at the 8,000+ req/s the dispatch benchmark asks for it
+alone needed two cores; a page per write makes that a few dozen documents a second (the
+throughput bench measured 0.23 -> 0.03 ms database CPU per request). Writes
+are never one per request either: a Mongo-wire server does ~1,000 single inserts a second
+(library-notes §8).
+
+A page `_id` is `<batch_id>:<first_line:09d>:<random token>`, chosen before the first insert
+attempt: an insert retried after a dropped connection hits the duplicate key and is ignored.
+A line may still be stored in two pages (a flush replayed with a fresh token after a crash,
+two agents racing over a lease hand-over; DESIGN rule 3). The rule for every reader: the
+first occurrence in `(first_line, _id)` order wins, and counts count distinct lines.
+
+Reading back is two passes so memory stays bounded by a cache, not by the batch: the first
+reads only the small `lines`/`failed` arrays and maps each line to its winning page; the
+second walks the lines in input order, fetching page blobs by `_id` into an LRU bounded by
+bytes, each dropped once its last line is yielded (pages are nearly in line order, so almost
+every lookup hits; a straggler, a retried request stored in a much later page, costs one
+extra fetch at most).
 """
 
 from __future__ import annotations
@@ -13,10 +29,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import secrets
+import sys
+from array import array
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, ConnectionFailure
@@ -28,62 +49,99 @@ from neobatch.runtime_agent.dispatch import RequestResult
 log = logging.getLogger("neobatch.runtime_agent.checkpoints")
 
 RESULTS = "batch_results"
-# One secondary index: every insert pays for each index (on SecantusDB the two this had cost
-# more than the document itself), and its `batch_id` prefix serves `finished_indexes` too.
-# (An older `batch_line` index on existing databases is harmless and unused.)
+# One secondary index, serving every reader: pages of a batch in `first_line` order.
+# (Older `batch_ok`/`batch_line` indexes on existing databases are harmless and unused: a
+# page has no `ok`/`line_index`, and there are only a few dozen page inserts a second.)
 RESULT_INDEXES = [
-    IndexModel(
-        [("batch_id", ASCENDING), ("ok", ASCENDING), ("line_index", ASCENDING)], name="batch_ok"
-    ),
+    IndexModel([("batch_id", ASCENDING), ("first_line", ASCENDING)], name="batch_first_line"),
 ]
 DUPLICATE_KEY = 11000
-# Documents per cursor round trip when reading results back: bounds what a read of a
-# 50,000-request batch holds at once (a server may fill each batch up to 16 MB).
-FIND_BATCH_SIZE = 1000
-_RESULT_FIELDS = {"batch_id": 0, "ok": 0, "finished_at": 0}
+# Results per page, and a bound on a page's result bytes (bodies can be large; a document
+# must stay under 16 MB). A write larger than either is split into several pages.
+PAGE_ITEMS = 500
+PAGE_BYTES = 4 * 1024 * 1024
+# Page projections per cursor round trip in the first read pass (each a few KB at most).
+FIND_BATCH_SIZE = 200
+# Bytes of page blobs the second read pass keeps decoded (a few pages).
+READ_CACHE_BYTES = 16 * 1024 * 1024
+# Typecode of the packed line arrays: 4-byte unsigned, stored little-endian.
+_LINE_TYPE = "I"
+_ORDER = [("first_line", ASCENDING), ("_id", ASCENDING)]
+_LINES_FIELDS = {"lines": 1, "failed": 1}
+# The projection of a page that `page_lines` needs.
+LINES_ONLY = {"lines": 1, "_id": 0}
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(list[RequestResult])
 Document = dict[str, Any]
 
 
-def result_id(batch_id: str, line_index: int) -> str:
-    return f"{batch_id}:{line_index}"
+def pack_lines(indexes: Iterable[int]) -> bytes:
+    packed = array(_LINE_TYPE, indexes)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tobytes()
 
 
-def result_to_doc(batch_id: str, result: RequestResult, now: datetime) -> Document:
-    """The stored form: empty optional fields are left out (`result_from_doc` defaults them),
-    so each insert encodes, ships and stores less."""
-    doc: Document = {
-        "_id": result_id(batch_id, result.line_index),
-        "batch_id": batch_id,
-        "line_index": result.line_index,
-        "custom_id": result.custom_id,
-        "ok": result.ok,
-        "attempts": result.attempts,
-        "finished_at": now,
-    }
-    if result.status_code is not None:
-        doc["status_code"] = result.status_code
-    if result.request_id:
-        doc["request_id"] = result.request_id
-    if result.body is not None:
-        doc["body"] = result.body
-    if result.error_code:
-        doc["error_code"] = result.error_code
-    if result.error_message:
-        doc["error_message"] = result.error_message
-    return doc
+def unpack_lines(data: bytes) -> array[int]:
+    """The line indexes packed in a page's `lines` or `failed` field."""
+    unpacked = array(_LINE_TYPE)
+    unpacked.frombytes(data)
+    if sys.byteorder == "big":
+        unpacked.byteswap()
+    return unpacked
 
 
-def result_from_doc(doc: Document) -> RequestResult:
-    return RequestResult(
-        line_index=doc["line_index"],
-        custom_id=doc["custom_id"],
-        status_code=doc.get("status_code"),
-        request_id=doc.get("request_id", ""),
-        body=doc.get("body"),
-        error_code=doc.get("error_code", ""),
-        error_message=doc.get("error_message", ""),
-        attempts=doc.get("attempts", 0),
-    )
+def page_lines(pages: Iterable[Document]) -> set[int]:
+    """The distinct lines stored in `pages` (documents with at least their `lines` field);
+    for a synchronous reader: `page_lines(collection.find({"batch_id": b}, LINES_ONLY))`."""
+    lines: set[int] = set()
+    for page in pages:
+        lines.update(unpack_lines(page["lines"]))
+    return lines
+
+
+def _size(result: RequestResult) -> int:
+    body = len(result.body) if result.body is not None else 0
+    return 48 + body + len(result.custom_id) + len(result.request_id) + len(result.error_message)
+
+
+def build_pages(
+    batch_id: str,
+    results: Sequence[RequestResult],
+    now: datetime,
+    *,
+    max_items: int = PAGE_ITEMS,
+    max_bytes: int = PAGE_BYTES,
+) -> list[Document]:
+    """The page documents storing `results` (sorted by line; split at `max_items`/`max_bytes`).
+
+    Ids are drawn here, once: an insert of these documents retried is a duplicate, not a copy.
+    """
+    ordered = sorted(results, key=lambda r: r.line_index)
+    pages: list[Document] = []
+    start = 0
+    while start < len(ordered):
+        end, size = start, 0
+        while end < len(ordered) and end - start < max(1, max_items):
+            size += _size(ordered[end])
+            if end > start and size > max_bytes:
+                break
+            end += 1
+        chunk = ordered[start:end]
+        first = chunk[0].line_index
+        pages.append(
+            {
+                "_id": f"{batch_id}:{first:09d}:{secrets.token_hex(6)}",
+                "batch_id": batch_id,
+                "first_line": first,
+                "lines": pack_lines(r.line_index for r in chunk),
+                "failed": pack_lines(r.line_index for r in chunk if not r.ok),
+                "results": _ENCODER.encode(chunk),
+                "finished_at": now,
+            }
+        )
+        start = end
+    return pages
 
 
 async def insert_results(collection: AsyncCollection[Document], docs: list[Document]) -> None:
@@ -106,13 +164,29 @@ async def insert_results(collection: AsyncCollection[Document], docs: list[Docum
             delay *= 2
 
 
+async def store_results(
+    collection: AsyncCollection[Document],
+    batch_id: str,
+    results: Sequence[RequestResult],
+    now: datetime,
+    *,
+    max_items: int = PAGE_ITEMS,
+) -> list[Document]:
+    """Store `results` as pages (what one checkpoint write does); returns the pages written."""
+    pages = build_pages(batch_id, results, now, max_items=max_items)
+    if pages:
+        await insert_results(collection, pages)
+    return pages
+
+
 class CheckpointWriter:
     """Buffers results and writes them in batches from one background task (group commit).
 
     The first result into an empty buffer starts a short linger (`flush_interval_seconds`)
     so results finishing together go out in one `insert_many`; results arriving while a
-    write is on the wire go into the next one. Documents are built when their batch is
-    written, with one `finished_at` for the batch.
+    write is on the wire go into the next one. Each write stores its results as one page
+    document (several when it passes `max_items` results or `PAGE_BYTES`), built when the
+    write starts, with one `finished_at` and page ids fixed for every retry of it.
 
     `add` returns at once unless more than `max_pending` results are unstored (buffered or
     on the wire): then it waits until a write brings them back under. Dispatch frees a
@@ -154,6 +228,8 @@ class CheckpointWriter:
         self._task: asyncio.Task[None] | None = None
         self.written = 0
         self.writes = 0
+        # Page documents inserted (one per write unless a write was split).
+        self.pages = 0
         # Times `add` had to wait for a write (dispatch paused by backpressure).
         self.paused = 0
 
@@ -231,18 +307,19 @@ class CheckpointWriter:
                     waiters, self._waiters = self._waiters, []
                     now = self._clock.now()
                     batch_id = self._batch_id
-                    docs = [result_to_doc(batch_id, r, now) for r in results]
+                    pages = build_pages(batch_id, results, now, max_items=self._max_items)
                     try:
-                        await insert_results(self._collection, docs)
+                        await insert_results(self._collection, pages)
                     except BaseException as exc:
                         _fail(waiters, exc)
                         raise
-                    self._unstored -= len(docs)
-                    self.written += len(docs)
+                    self._unstored -= len(results)
+                    self.written += len(results)
                     self.writes += 1
+                    self.pages += len(pages)
                     if self._on_stored is not None:
-                        completed = sum(1 for d in docs if d["ok"])
-                        self._on_stored(completed, len(docs) - completed)
+                        completed = sum(1 for r in results if r.ok)
+                        self._on_stored(completed, len(results) - completed)
                     for waiter in waiters:
                         if not waiter.done():
                             waiter.set_result(None)
@@ -270,27 +347,129 @@ def _fail(waiters: list[asyncio.Future[None]], error: BaseException) -> None:
             waiter.set_exception(error)
 
 
-async def finished_indexes(collection: AsyncCollection[Document], batch_id: str) -> set[int]:
-    """Line indexes of requests already finished: a resumed run skips them."""
-    cursor = collection.find({"batch_id": batch_id}, {"line_index": 1, "_id": 0})
-    return {doc["line_index"] async for doc in cursor.batch_size(FIND_BATCH_SIZE)}
+class _Winners:
+    """For each line of a batch, the page whose copy of it counts (read pass 1).
+
+    `page[line]` is an index into `page_ids` (-1: the line is not stored), `failed[line]` is
+    1 when the winning copy is a failure. Pages are read in `(first_line, _id)` order and the
+    first page holding a line wins. About 5 bytes a line, whatever the results weigh.
+    """
+
+    def __init__(self) -> None:
+        self.page_ids: list[str] = []
+        self.page = array("i")
+        self.failed = bytearray()
+
+    def add(self, page_id: str, lines: array[int], failed: array[int]) -> None:
+        number = len(self.page_ids)
+        self.page_ids.append(page_id)
+        if not lines:
+            return
+        top = max(lines)
+        if top >= len(self.page):
+            grow = top + 1 - len(self.page)
+            self.page.extend(array("i", [-1]) * grow)
+            self.failed.extend(bytes(grow))
+        fails = set(failed)
+        page = self.page
+        for line in lines:
+            if page[line] < 0:
+                page[line] = number
+                if line in fails:
+                    self.failed[line] = 1
+
+    def counts(self) -> tuple[int, int]:
+        stored = len(self.page) - self.page.count(-1)
+        failed = self.failed.count(1)
+        return stored - failed, failed
 
 
-async def count_results(collection: AsyncCollection[Document], batch_id: str) -> tuple[int, int]:
-    """(completed, failed) among the stored results."""
-    completed = await collection.count_documents({"batch_id": batch_id, "ok": True})
-    failed = await collection.count_documents({"batch_id": batch_id, "ok": False})
-    return completed, failed
-
-
-async def iter_results(
-    collection: AsyncCollection[Document], batch_id: str, *, ok: bool
-) -> AsyncIterator[RequestResult]:
-    """Stored results of one kind, in input order."""
+async def _winners(collection: AsyncCollection[Document], batch_id: str) -> _Winners:
+    winners = _Winners()
     cursor = (
-        collection.find({"batch_id": batch_id, "ok": ok}, _RESULT_FIELDS)
-        .sort("line_index", ASCENDING)
+        collection.find({"batch_id": batch_id}, _LINES_FIELDS)
+        .sort(_ORDER)
         .batch_size(FIND_BATCH_SIZE)
     )
     async for doc in cursor:
-        yield result_from_doc(doc)
+        winners.add(doc["_id"], unpack_lines(doc["lines"]), unpack_lines(doc["failed"]))
+    return winners
+
+
+async def finished_indexes(collection: AsyncCollection[Document], batch_id: str) -> set[int]:
+    """Line indexes of requests already finished: a resumed run skips them."""
+    done: set[int] = set()
+    cursor = collection.find({"batch_id": batch_id}, LINES_ONLY)
+    async for doc in cursor.batch_size(FIND_BATCH_SIZE):
+        done.update(unpack_lines(doc["lines"]))
+    return done
+
+
+async def count_stored(collection: AsyncCollection[Document], batch_id: str) -> int:
+    """How many distinct lines of the batch have a stored result."""
+    return len(await finished_indexes(collection, batch_id))
+
+
+async def count_results(collection: AsyncCollection[Document], batch_id: str) -> tuple[int, int]:
+    """(completed, failed) among the stored results: distinct lines, the first copy wins."""
+    return (await _winners(collection, batch_id)).counts()
+
+
+async def iter_results(
+    collection: AsyncCollection[Document],
+    batch_id: str,
+    *,
+    ok: bool,
+    cache_bytes: int = READ_CACHE_BYTES,
+) -> AsyncIterator[RequestResult]:
+    """Stored results of one kind, in input order (the winning copy of each line).
+
+    Holds the line -> page map (pass 1) and at most `cache_bytes` of page blobs, decoded
+    (at least the page in use), however large the batch.
+    """
+    winners = await _winners(collection, batch_id)
+    want = 0 if ok else 1
+    # page number -> (its results of the wanted kind by line, the page blob's size)
+    cache: OrderedDict[int, tuple[dict[int, RequestResult], int]] = OrderedDict()
+    held = 0
+    page_of, failed = winners.page, winners.failed
+    # Lines each page has still to yield: a page is dropped once it has none left, so the
+    # cache normally holds one or two pages and only stragglers' pages wait in it.
+    left = [0] * len(winners.page_ids)
+    for line, number in enumerate(page_of):
+        if number >= 0 and failed[line] == want:
+            left[number] += 1
+    for line in range(len(page_of)):
+        number = page_of[line]
+        if number < 0 or failed[line] != want:
+            continue
+        entry = cache.get(number)
+        if entry is None:
+            entry = await _fetch_page(collection, winners.page_ids[number], ok)
+            cache[number] = entry
+            held += entry[1]
+            while held > cache_bytes and len(cache) > 1:
+                _, (_, size) = cache.popitem(last=False)
+                held -= size
+        else:
+            cache.move_to_end(number)
+        result = entry[0][line]
+        left[number] -= 1
+        if not left[number]:
+            del cache[number]
+            held -= entry[1]
+        yield result
+
+
+async def _fetch_page(
+    collection: AsyncCollection[Document], page_id: str, ok: bool
+) -> tuple[dict[int, RequestResult], int]:
+    doc = await collection.find_one({"_id": page_id}, {"results": 1, "_id": 0})
+    if doc is None:
+        raise RuntimeError(f"checkpoint page {page_id} disappeared while being read")
+    blob: bytes = doc["results"]
+    by_line: dict[int, RequestResult] = {}
+    for result in _DECODER.decode(blob):
+        if result.ok == ok:
+            by_line.setdefault(result.line_index, result)
+    return by_line, len(blob)
