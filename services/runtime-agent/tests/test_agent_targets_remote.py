@@ -109,12 +109,20 @@ def engine_spec(**overrides: Any) -> EngineSpec:
 
 
 async def served_models(host: RemoteHost, port: int) -> list[str]:
-    local = await host.forward(port)
-    url = f"http://127.0.0.1:{local}/v1/models"
+    base_url = await host.forward(port)
+    # Either forward: an OpenSSH unix socket (`unix:/path`) or asyncssh's TCP port.
+    if base_url.startswith("unix:"):
+        path, url = base_url.removeprefix("unix:"), "http://engine/v1/models"
+    else:
+        path, url = None, f"{base_url}/v1/models"
 
     async def models() -> list[str] | None:
+        connector = aiohttp.UnixConnector(path=path) if path else None
         try:
-            async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            async with (
+                aiohttp.ClientSession(connector=connector) as session,
+                session.get(url) as resp,
+            ):
                 if resp.status == 200:
                     return [m["id"] for m in (await resp.json())["data"]]
         except aiohttp.ClientError:

@@ -598,10 +598,11 @@ async def tunnel_rate(stack: Stack, engine_port: int, requests: int, concurrency
 
     target = SshEndpoint(host="127.0.0.1", port=stack.ssh_port, username=getpass.getuser())
     key = remote.load_client_key(str(stack.key_file))
-    host = await remote.connect(target, key, None, connect_timeout_seconds=10)
+    # asyncssh's in-process forward (an http:// URL): the generator here speaks TCP only.
+    host = await remote.connect(target, key, None, connect_timeout_seconds=10, tunnel="asyncssh")
     try:
-        local_port = await host.forward(engine_port)
-        return await direct_rate(f"http://127.0.0.1:{local_port}", requests, concurrency)
+        base_url = await host.forward(engine_port)
+        return await direct_rate(base_url, requests, concurrency)
     finally:
         await host.close()
 
