@@ -49,8 +49,11 @@ def process_exists(pid: int) -> bool:
 
 @pytest.fixture
 def private_tmp(monkeypatch) -> Iterator[Path]:
-    """A short, per-test temp dir for the tunnels' private dirs (sun_path is 108 bytes)."""
-    base = Path(tempfile.mkdtemp(prefix="nbt-", dir="/tmp"))
+    """A short, per-test temp dir for the tunnels' private dirs (sun_path is 108 bytes).
+
+    Its name holds a `%`, which ssh would expand as a token if the argv did not escape it.
+    """
+    base = Path(tempfile.mkdtemp(prefix="nbt%h-", dir="/tmp"))
     monkeypatch.setattr(tempfile, "tempdir", str(base))
     yield base
     shutil.rmtree(base, ignore_errors=True)
@@ -125,9 +128,10 @@ def test_argv_pins_the_key_and_carries_no_secret() -> None:
         host_public_key="ssh-ed25519 AAAAC3Nza",
         connect_timeout_seconds=2.5,
     )
-    assert argv[:6] == ["/usr/bin/ssh", "-N", "-F", "/dev/null", "-i", "/tmp/d/id"]
+    assert argv[:4] == ["/usr/bin/ssh", "-N", "-F", "/dev/null"]
     options = {argv[i + 1] for i, arg in enumerate(argv) if arg == "-o"}
     for expected in (
+        "IdentityFile=/tmp/d/id",
         "IdentitiesOnly=yes",
         "BatchMode=yes",
         "ExitOnForwardFailure=yes",
@@ -144,8 +148,57 @@ def test_argv_pins_the_key_and_carries_no_secret() -> None:
     ):
         assert expected in options
     assert tunnel.CIPHERS.startswith("aes128-gcm@openssh.com,")
-    assert argv[-5:] == ["-L", "/tmp/d/engine.sock:127.0.0.1:8000", "-p", "2200", "ubuntu@10.0.0.5"]
+    assert argv[-6:] == [
+        "-L",
+        "/tmp/d/engine.sock:127.0.0.1:8000",
+        "-p",
+        "2200",
+        "--",
+        "ubuntu@10.0.0.5",
+    ]
     assert not any("AAAAC3Nza" in arg for arg in argv)  # the key goes in the file, not the argv
+
+
+@pytest.mark.parametrize(
+    ("username", "host"),
+    [
+        ("-oProxyCommand=touch /tmp/x", "10.0.0.5"),
+        ("ubuntu", "-oProxyCommand=sh"),
+        ("ubuntu", "evil@10.0.0.5"),
+        ("ubu ntu", "10.0.0.5"),
+        ("ubuntu", "10.0.0.5\n"),
+    ],
+)
+def test_a_destination_that_reads_as_an_option_is_refused(username, host) -> None:
+    target = SshEndpoint(host=host, port=22, username=username)
+    with pytest.raises(tunnel.TunnelFailed, match="not a plain name"):
+        tunnel.ssh_argv(
+            "/usr/bin/ssh",
+            target,
+            socket_path="/tmp/d/engine.sock",
+            remote_port=8000,
+            key_file="/tmp/d/id",
+            known_hosts_file="/tmp/d/known_hosts",
+            host_public_key="ssh-ed25519 AAAA",
+            connect_timeout_seconds=5,
+        )
+
+
+def test_percent_in_a_path_stays_literal() -> None:
+    target = SshEndpoint(host="10.0.0.5", port=22, username="ubuntu")
+    argv = tunnel.ssh_argv(
+        "/usr/bin/ssh",
+        target,
+        socket_path="/tmp/a%h/engine.sock",
+        remote_port=8000,
+        key_file="/keys/%u",
+        known_hosts_file="/tmp/a%h/known_hosts",
+        host_public_key="ssh-ed25519 AAAA",
+        connect_timeout_seconds=5,
+    )
+    assert "IdentityFile=/keys/%%u" in argv
+    assert "/tmp/a%%h/engine.sock:127.0.0.1:8000" in argv
+    assert "UserKnownHostsFile=/tmp/a%%h/known_hosts" in argv
 
 
 def test_known_hosts_line_and_algorithms() -> None:
@@ -204,7 +257,7 @@ async def test_forward_serves_http_over_a_private_unix_socket(
         cmdline = Path(f"/proc/{opened.pid}/cmdline").read_bytes().decode()
         secret = client_key.export_private_key("openssh").decode().splitlines()[1]
         assert secret not in cmdline and machine.host_public_key.split()[1] not in cmdline
-        assert f"-i\0{key_file}\0" in cmdline
+        assert f"IdentityFile={key_file}\0".replace("%", "%%") in cmdline
         assert not host.tunnel_down
         pid = opened.pid
     finally:
@@ -229,7 +282,7 @@ async def test_a_key_file_is_used_in_place(
             "known_hosts",
         ]
         cmdline = Path(f"/proc/{opened.pid}/cmdline").read_bytes().decode()
-        assert f"-i\0{ssh_keypair.private_key_path}\0" in cmdline
+        assert f"\0IdentityFile={ssh_keypair.private_key_path}\0" in cmdline
     finally:
         await host.close()
 

@@ -100,6 +100,19 @@ def known_hosts_line(host: str, port: int, host_public_key: str) -> str:
     return f"{name} {key_type} {blob}\n"
 
 
+def _literal(path: str) -> str:
+    """ssh expands `%` tokens in these paths: keep a `%` in a path literal."""
+    return path.replace("%", "%%")
+
+
+def check_destination(target: SshEndpoint) -> None:
+    """A user or host that ssh could read as an option, or split differently, is refused."""
+    for what, value in (("user", target.username), ("host", target.host)):
+        bad = not value or value.startswith("-") or any(c.isspace() or ord(c) < 32 for c in value)
+        if bad or (what == "host" and "@" in value):
+            raise TunnelFailed(f"refusing an ssh {what} that is not a plain name: {value!r}")
+
+
 def host_key_algorithms(host_public_key: str) -> str:
     key_type = host_public_key.split()[0]
     return _HOST_KEY_ALGORITHMS.get(key_type, key_type)
@@ -117,13 +130,14 @@ def ssh_argv(
     connect_timeout_seconds: float,
 ) -> list[str]:
     """The ssh command line: paths and options only, no secret, no shell."""
+    check_destination(target)
     options = {
         "IdentitiesOnly": "yes",
         "IdentityAgent": "none",
         "BatchMode": "yes",
         "ExitOnForwardFailure": "yes",
         "StrictHostKeyChecking": "yes",
-        "UserKnownHostsFile": known_hosts_file,
+        "UserKnownHostsFile": _literal(known_hosts_file),
         "GlobalKnownHostsFile": "/dev/null",
         "UpdateHostKeys": "no",
         "HostKeyAlgorithms": host_key_algorithms(host_public_key),
@@ -137,11 +151,14 @@ def ssh_argv(
         "ControlMaster": "no",
         "ControlPath": "none",
     }
-    argv = [ssh, "-N", "-F", "/dev/null", "-i", key_file]
+    # The identity as `-o IdentityFile=`, not `-i`: ssh checks a `-i` path before expanding its
+    # `%` tokens, so an escaped `%` there would drop the key.
+    argv = [ssh, "-N", "-F", "/dev/null", "-o", f"IdentityFile={_literal(key_file)}"]
     for name, value in options.items():
         argv += ["-o", f"{name}={value}"]
-    argv += ["-L", f"{socket_path}:127.0.0.1:{int(remote_port)}"]
-    argv += ["-p", str(int(target.port)), f"{target.username}@{target.host}"]
+    argv += ["-L", f"{_literal(socket_path)}:127.0.0.1:{int(remote_port)}"]
+    # `--`: whatever the destination holds, ssh never reads it as an option.
+    argv += ["-p", str(int(target.port)), "--", f"{target.username}@{target.host}"]
     return argv
 
 
