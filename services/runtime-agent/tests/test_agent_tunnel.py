@@ -33,15 +33,6 @@ from neobatch.sim.waiting import wait_until
 needs_ssh = pytest.mark.skipif(shutil.which("ssh") is None, reason="no OpenSSH client (ssh)")
 
 
-def process_alive(pid: int) -> bool:
-    """Exists and is not a zombie: a reaped process is gone from /proc."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
-
-
 def process_exists(pid: int) -> bool:
     """Any trace left, a zombie included (not reaped)."""
     return Path(f"/proc/{pid}").exists()
@@ -430,3 +421,28 @@ async def test_nothing_listening_times_out_or_fails_within_the_deadline(
         )
     assert loop.time() - started < 5
     assert list(private_tmp.iterdir()) == []
+
+
+@needs_ssh
+async def test_close_kills_an_ssh_that_does_not_end_on_sigterm(
+    machine, client_key, http_server, private_tmp, monkeypatch
+) -> None:
+    """A stopped ssh never acts on SIGTERM: close() kills it after the grace period, reaps it."""
+    monkeypatch.setattr(tunnel, "CLOSE_GRACE_SECONDS", 0.3)
+    opened = await tunnel.open_tunnel(
+        machine,
+        http_server,
+        host_public_key=machine.host_public_key,
+        client_key=client_key,
+        key_file=None,
+        connect_timeout_seconds=5,
+    )
+    os.kill(opened.pid, signal.SIGSTOP)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await opened.close()
+    assert loop.time() - started >= 0.3  # waited out the grace period, then killed
+    assert not process_exists(opened.pid)
+    assert opened.is_down
+    assert list(private_tmp.iterdir()) == []
+    await opened.close()  # twice is harmless

@@ -306,8 +306,8 @@ async def open_tunnel(
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
-            # Its own session: a Ctrl-C meant for the agent does not cut the data path first.
-            start_new_session=True,
+            # In the agent's process group (no new session): whatever stops the agent's group
+            # (a supervisor, a test harness, Ctrl-C) stops its tunnels too, none left behind.
         )
     except BaseException:
         shutil.rmtree(private_dir, ignore_errors=True)
