@@ -13,6 +13,11 @@ COPY services/runtime-agent /src/services/runtime-agent
 RUN uv sync --frozen --no-dev --no-editable --package neobatch-runtime-agent
 
 FROM ${RUNTIME_IMAGE}
+# The data path to each engine is OpenSSH's client (`ssh -N -L`, see runtime_agent/tunnel.py).
+USER root
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openssh-client \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=build /app/.venv /app/.venv
 # Non-root (uid 10001 from the runtime stage); stated again so a different base cannot undo it.
 USER 10001:10001

@@ -41,8 +41,13 @@ def client_key(ssh_keypair):
 async def test_engine_launch_forward_health_and_stop(ssh_host, client_key, agent):
     spec = agent.sim_engine_spec()
     batch_id = agent.new_batch_id()
+    # The asyncssh forward (http://); the OpenSSH one (unix:) has its own tests.
     host = await connect(
-        agent.target_for(ssh_host), client_key, ssh_host.host_public_key, connect_timeout_seconds=10
+        agent.target_for(ssh_host),
+        client_key,
+        ssh_host.host_public_key,
+        connect_timeout_seconds=10,
+        tunnel="asyncssh",
     )
     client = None
     try:
@@ -50,10 +55,11 @@ async def test_engine_launch_forward_health_and_stop(ssh_host, client_key, agent
         assert process_alive(pid)
         # Relaunching finds the running engine through its pid file instead of a second one.
         assert await host.start_engine(batch_id, engine_argv(spec)) == pid
-        local_port = await host.forward(spec.port)
-        assert local_port != spec.port
+        base_url = await host.forward(spec.port)
+        assert base_url.startswith("http://127.0.0.1:")
+        assert base_url != f"http://127.0.0.1:{spec.port}"
         client = EngineClient(
-            f"http://127.0.0.1:{local_port}",
+            base_url,
             batch_id=batch_id,
             served_model=spec.serving_name,
             concurrency=4,

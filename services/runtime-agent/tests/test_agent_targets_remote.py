@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import getpass
 import logging
+import os
+import shutil
+import signal
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +37,26 @@ from neobatch.sim.ssh_host import SSHHost, start_ssh_host
 from neobatch.sim.waiting import wait_until
 
 MODEL = "sim-model"
+
+NEEDS_SSH = pytest.mark.skipif(shutil.which("ssh") is None, reason="no OpenSSH client (ssh)")
+TUNNELS = ["asyncssh", pytest.param("openssh", marks=NEEDS_SSH)]
+
+
+def ssh_tunnel_pids(engine_port: int) -> list[int]:
+    """Live `ssh -N -L <socket>:127.0.0.1:<engine_port>` processes (the agent's tunnels)."""
+    needle = f":127.0.0.1:{engine_port}\0".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"\0-N\0" in cmdline and needle in cmdline and state != "Z":
+            pids.append(int(proc.name))
+    return pids
 
 
 @dataclass
@@ -110,12 +133,20 @@ def engine_spec(**overrides: Any) -> EngineSpec:
 
 
 async def served_models(host: RemoteHost, port: int) -> list[str]:
-    local = await host.forward(port)
-    url = f"http://127.0.0.1:{local}/v1/models"
+    base_url = await host.forward(port)
+    # Either forward: an OpenSSH unix socket (`unix:/path`) or asyncssh's TCP port.
+    if base_url.startswith("unix:"):
+        path, url = base_url.removeprefix("unix:"), "http://engine/v1/models"
+    else:
+        path, url = None, f"{base_url}/v1/models"
 
     async def models() -> list[str] | None:
+        connector = aiohttp.UnixConnector(path=path) if path else None
         try:
-            async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            async with (
+                aiohttp.ClientSession(connector=connector) as session,
+                session.get(url) as resp,
+            ):
                 if resp.status == 200:
                     return [m["id"] for m in (await resp.json())["data"]]
         except aiohttp.ClientError:
@@ -268,19 +299,25 @@ async def test_lambda_batch_without_docker_fails_with_launch_code(
     assert batch.error_message == "docker is not installed on the machine"
 
 
+@pytest.mark.parametrize("ssh_tunnel", TUNNELS)
 async def test_dropped_connection_is_reestablished_in_place_without_relaunch(
-    make_harness, agent, make_machine, sim_loop, caplog
+    make_harness, agent, make_machine, sim_loop, caplog, ssh_tunnel
 ) -> None:
     machine = make_machine(engine_args=("--latency-ms", "10"))
-    harness = await make_harness(dispatch_concurrency=4, ssh_ready_timeout_seconds=20)
+    harness = await make_harness(
+        dispatch_concurrency=4, ssh_ready_timeout_seconds=20, ssh_tunnel=ssh_tunnel
+    )
     lines = agent.chat_lines(400)
-    spec = engine_spec()
+    spec = engine_spec(ready_timeout_seconds=15.0)
     caplog.set_level(logging.INFO, logger="neobatch.runtime_agent")
     event = await submit(harness, agent, machine, "runpod", spec, len(lines))
 
-    await harness.wait_results(event.batch_id, 50)
+    await harness.wait_results(event.batch_id, 50, within_seconds=20)
     pids = agent.engine_pids(spec.port)
-    assert sim_loop.run(machine.ssh.drop_connections()) >= 1  # a blip: sshd keeps listening
+    tunnels = ssh_tunnel_pids(spec.port)
+    assert len(tunnels) == (1 if ssh_tunnel == "openssh" else 0)
+    # A blip: sshd keeps listening; the control connection (and ssh's, if any) drop.
+    assert sim_loop.run(machine.ssh.drop_connections()) >= len(tunnels) + 1
     done_at_drop = await count_stored(harness.store.results, event.batch_id)
     batch = await harness.wait_terminal(event.batch_id, within_seconds=60)
 
@@ -297,6 +334,37 @@ async def test_dropped_connection_is_reestablished_in_place_without_relaunch(
     assert "machine unreachable; will resume" not in messages  # not the re-claim path
     assert batch.crash_count == 0
     assert agent.engine_pids(spec.port) == []  # stopped at the end
+    assert ssh_tunnel_pids(spec.port) == []  # every tunnel closed and reaped
+
+
+@pytest.mark.parametrize("ssh_tunnel", [pytest.param("openssh", marks=NEEDS_SSH)])
+async def test_a_dead_tunnel_process_is_replaced_in_place(
+    make_harness, agent, make_machine, caplog, ssh_tunnel
+) -> None:
+    """Only the ssh subprocess dies (the control connection lives): a fresh tunnel, same engine."""
+    machine = make_machine(engine_args=("--latency-ms", "10"))
+    harness = await make_harness(
+        dispatch_concurrency=4, ssh_ready_timeout_seconds=20, ssh_tunnel=ssh_tunnel
+    )
+    lines = agent.chat_lines(400)
+    spec = engine_spec(ready_timeout_seconds=15.0)
+    caplog.set_level(logging.INFO, logger="neobatch.runtime_agent")
+    event = await submit(harness, agent, machine, "runpod", spec, len(lines))
+
+    await harness.wait_results(event.batch_id, 50, within_seconds=20)
+    (killed,) = ssh_tunnel_pids(spec.port)
+    os.kill(killed, signal.SIGKILL)
+    batch = await harness.wait_terminal(event.batch_id, within_seconds=60)
+
+    assert batch.status is BatchStatus.COMPLETED, (batch.error_code, batch.error_message)
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (len(lines), 0)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "ssh connection dropped mid-dispatch; reconnecting in place" in messages
+    assert messages.count("ssh tunnel ready") == 2  # the first one and its replacement
+    assert len(machine.serves()) == 1  # the engine was reused, not relaunched
+    assert batch.crash_count == 0
+    assert ssh_tunnel_pids(spec.port) == []
+    assert not Path(f"/proc/{killed}").exists()  # reaped, no zombie
 
 
 async def test_changed_host_key_on_reconnect_fails_the_batch(

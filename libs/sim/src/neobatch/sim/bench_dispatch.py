@@ -15,7 +15,8 @@ per request, so what is measured is the client side.
      and the output file assembled into GridFS. The rate is requests / the run's
      `dispatch_seconds` (dispatch + checkpoints; the output file time is printed apart).
    * for scale: the direct generator through the agent's own SSH connection and forward
-     alone (`remote.connect` + `forward`), and through OpenSSH's `ssh -L`.
+     alone (`remote.connect` + `forward`: OpenSSH's `ssh -L` to a unix socket when `ssh`
+     is installed, as the agent uses it, else asyncssh's forward).
    Rounds (`--rounds`, default 3) interleave them, since a shared machine's load moves the
    rates; the round with the median ratio is the figure, and each path's client CPU per
    request is printed beside it (steadier than the rates).
@@ -236,11 +237,16 @@ async def direct_rate(base_url: str, requests: int, concurrency: int, pad: int =
     payloads = [json.loads(request_line(i, pad))["body"] for i in range(requests)]
     bodies = [json.dumps(p, separators=(",", ":")).encode() for p in payloads]
     del payloads
-    url = base_url + CHAT
     headers = {"Content-Type": "application/json"}
     next_index = 0
     failures = 0
-    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
+    connector: aiohttp.BaseConnector
+    if base_url.startswith("unix:"):  # the OpenSSH tunnel's local end
+        url = "http://localhost" + CHAT
+        connector = aiohttp.UnixConnector(base_url.removeprefix("unix:"), limit=concurrency)
+    else:
+        url = base_url + CHAT
+        connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def worker() -> None:
@@ -597,7 +603,7 @@ async def _upload(mongo_url: str, db_name: str, requests: int, pad: int) -> tupl
 
 
 async def tunnel_rate(stack: Stack, engine_port: int, requests: int, concurrency: int) -> Rate:
-    """The direct generator through the agent's own SSH connection and port-forward alone."""
+    """The direct generator through the agent's own SSH tunnel alone (no agent around it)."""
     import getpass
 
     from neobatch.common.contracts import SshEndpoint
@@ -605,45 +611,13 @@ async def tunnel_rate(stack: Stack, engine_port: int, requests: int, concurrency
 
     target = SshEndpoint(host="127.0.0.1", port=stack.ssh_port, username=getpass.getuser())
     key = remote.load_client_key(str(stack.key_file))
+    # The agent's default data path: OpenSSH's `ssh -L` to a unix socket when `ssh` is installed.
     host = await remote.connect(target, key, None, connect_timeout_seconds=10)
     try:
-        local_port = await host.forward(engine_port)
-        return await direct_rate(f"http://127.0.0.1:{local_port}", requests, concurrency)
+        base_url = await host.forward(engine_port)
+        return await direct_rate(base_url, requests, concurrency)
     finally:
         await host.close()
-
-
-def openssh_client_rate(
-    stack: Stack, engine_port: int, requests: int, concurrency: int
-) -> Rate | None:
-    """The direct generator through OpenSSH's client (`ssh -N -L`), a process of its own.
-
-    Not the agent's path: a comparison for the tunnel's cost when the SSH client is C and
-    runs on its own core. None when there is no `ssh` binary.
-    """
-    import getpass
-
-    from neobatch.sim import servers
-
-    ssh = shutil.which("ssh")
-    if ssh is None:
-        return None
-    local_port = servers.free_port()
-    args = [ssh, "-N", "-F", "/dev/null", "-i", str(stack.key_file), "-p", str(stack.ssh_port)]
-    args += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
-    args += ["-o", "BatchMode=yes", "-o", "Ciphers=aes128-gcm@openssh.com", "-o", "LogLevel=ERROR"]
-    args += ["-L", f"127.0.0.1:{local_port}:127.0.0.1:{engine_port}"]
-    args += [f"{getpass.getuser()}@127.0.0.1"]
-    proc = servers.ManagedProcess(args, stack.workdir / "logs/ssh-client.log", name="ssh")
-    try:
-        servers.wait_port("127.0.0.1", local_port, 15, process=proc)
-        url = f"http://127.0.0.1:{local_port}"
-        ssh_cpu = cpu_seconds(proc.pid)
-        rate = asyncio.run(direct_rate(url, requests, concurrency))
-        ssh_ms = (cpu_seconds(proc.pid) - ssh_cpu) / requests * 1e3
-        return Rate(rate.rps, rate.cpu_ms + ssh_ms)  # the generator and the ssh process
-    finally:
-        proc.stop()
 
 
 def measure_throughput(
@@ -667,7 +641,6 @@ def measure_throughput(
             url = f"http://127.0.0.1:{engine.port}"
             direct = asyncio.run(direct_rate(url, requests, concurrency))
             tunnel = asyncio.run(tunnel_rate(stack, engine.port, requests, concurrency))
-            openssh_client = openssh_client_rate(stack, engine.port, requests, concurrency)
         finally:
             engine.stop()
         job = stack.job("bench_throughput", file_id, concurrency, timeout=max(300, requests / 20))
@@ -686,8 +659,6 @@ def measure_throughput(
                 "direct_cpu_ms": direct.cpu_ms,
                 "tunnel_rps": tunnel.rps,
                 "tunnel_cpu_ms": tunnel.cpu_ms,
-                "openssh_client_rps": openssh_client.rps if openssh_client else None,
-                "openssh_client_cpu_ms": openssh_client.cpu_ms if openssh_client else None,
                 "agent_rps": agent_rate,
                 "agent_cpu_ms": agent["dispatch_cpu_seconds"] / requests * 1e3,
                 "ratio": agent_rate / direct.rps,
@@ -732,20 +703,17 @@ def print_throughput(t: dict[str, Any], ssh: str) -> None:
     print(f"{'req/s':<56}{heads}{'mid':>9}{'CPU ms/req':>12}")
     paths = [
         ("direct", "direct: asyncio + aiohttp -> nginx"),
-        ("tunnel", f"the same through the agent's SSH forward ({ssh})"),
+        ("tunnel", f"the same through the agent's SSH tunnel alone ({ssh} host)"),
         ("agent", "agent: GridFS, SSH forward, EngineClient, checkpoints"),
-        ("openssh_client", "for comparison: the same through OpenSSH's `ssh -L`"),
     ]
     for key, label in paths:
-        if any(r[f"{key}_rps"] is None for r in rounds):
-            continue
         values = "".join(f"{r[key + '_rps']:>9.0f}" for r in rounds)
         print(f"{label:<56}{values}{t[key + '_rps']:>9.0f}{t[key + '_cpu_ms']:>12.2f}")
     ratios = "".join(f"{r['ratio']:>9.1%}" for r in rounds)
     print(f"{'ratio agent/direct':<56}{ratios}{t['ratio']:>9.1%}")
     print(
-        "CPU ms/req: the client side in the mid round (agent: its process while in_progress; "
-        "ssh -L: generator + ssh)"
+        "CPU ms/req: the client side in the mid round (agent: its process while in_progress, "
+        "not its ssh child)"
     )
     verdict = "meets" if t["ratio"] >= 0.8 else "below"
     print(

@@ -37,7 +37,9 @@ def build_agent(
     runtime = ServiceRuntime(SERVICE, settings.common, clock)
     store = BatchStore.from_runtime(runtime)
     key = client_key if client_key is not None else load_client_key(settings.ssh_key_file)
-    runner = Runner(store, settings, key, owner=owner)
+    # The key's file, for the OpenSSH tunnel; a key handed in only exists in memory.
+    key_file = settings.ssh_key_file if client_key is None else None
+    runner = Runner(store, settings, key, owner=owner, key_file=key_file)
     handlers = BatchHandlers(store, runner.wake)
     subscribe(runtime.broker, runtime.ns, SERVICE, BatchRequested, handlers.on_batch_requested)
     subscribe(

@@ -69,6 +69,7 @@ class BatchRun:
         client_key: asyncssh.SSHKey,
         owner: str,
         watch: BatchWatch,
+        key_file: str | None = None,
     ) -> None:
         self.batch = batch
         self.status = batch.status
@@ -78,7 +79,13 @@ class BatchRun:
         self._owner = owner
         self.watch = watch
         self._session = EngineSession(
-            batch, store=store, settings=settings, client_key=client_key, owner=owner, watch=watch
+            batch,
+            store=store,
+            settings=settings,
+            client_key=client_key,
+            owner=owner,
+            watch=watch,
+            key_file=key_file,
         )
         self.tally = Tally(batch.request_counts.total)
         # Validated by an earlier run: the machine was reached before, so failing to reach it

@@ -4,6 +4,11 @@ Used by `batch_run`; everything here belongs to the one batch whose lease we hol
 follows the batch's runtime target (`remote.plan_launch`). `start` is idempotent: after a dropped
 connection it reconnects (same pinned host key), finds the engine still running (`reused`, not
 relaunched), and restores the port-forward.
+
+The port-forward is the data path (`RemoteHost.forward`): an OpenSSH subprocess or the
+asyncssh connection's own forward, per the `ssh_tunnel` setting. Either dying counts as a drop
+(`is_closed`): in-flight requests are left for the resumed run, which starts a fresh tunnel
+(and reconnects first when the control connection went too).
 """
 
 from __future__ import annotations
@@ -35,11 +40,13 @@ class EngineSession:
         client_key: asyncssh.SSHKey,
         owner: str,
         watch: BatchWatch,
+        key_file: str | None = None,
     ) -> None:
         self._batch = batch
         self._store = store
         self._settings = settings
         self._key = client_key
+        self._key_file = key_file
         self._owner = owner
         self._watch = watch
         self._host: remote.RemoteHost | None = None
@@ -69,7 +76,8 @@ class EngineSession:
 
     @property
     def is_closed(self) -> bool:
-        return self._host is not None and self._host.is_closed
+        """The connection dropped, or the tunnel carrying requests went down: reconnect."""
+        return self._host is not None and self._host.tunnel_down
 
     async def _connect(
         self, ready_timeout_seconds: float, *, interruptible: bool
@@ -86,6 +94,8 @@ class EngineSession:
             connect_timeout_seconds=self._settings.ssh_connect_timeout_seconds,
             ready_timeout_seconds=ready_timeout_seconds,
             still_wanted=self._still_this_machine if interruptible else None,
+            key_file=self._key_file,
+            tunnel=self._settings.ssh_tunnel,
         )
         # Starting up yields to a cancel or expiry; stopping the engine must not.
         host = await (self._watch.race(connecting) if interruptible else connecting)
@@ -112,11 +122,11 @@ class EngineSession:
         _, reused = await host.launch(launch)
         if not reused:
             self.launches += 1
-        local_port = await host.forward(engine.port)
-        client = EngineClient.for_batch(
-            f"http://127.0.0.1:{local_port}", self._batch, self._settings
-        )
-        client.tunnel_down = lambda: host.is_closed
+        base_url = await host.forward(engine.port)
+        client = EngineClient.for_batch(base_url, self._batch, self._settings)
+        # The asyncssh connection closed or the ssh subprocess exited: a transport error is then
+        # the tunnel's, and the request waits for the resumed run instead of being retried.
+        client.tunnel_down = lambda: host.tunnel_down
         try:
             await self._watch.race(
                 client.wait_ready(
@@ -137,7 +147,11 @@ class EngineSession:
         log.info(
             "engine ready",
             extra=log_fields(
-                **self._ids, local_port=local_port, reused=reused, in_docker=launch.in_docker
+                **self._ids,
+                base_url=base_url,
+                tunnel=host.tunnel_mode,
+                reused=reused,
+                in_docker=launch.in_docker,
             ),
         )
         return client

@@ -17,8 +17,10 @@ import msgspec
 from neobatch.common.errors import ConfigError
 from neobatch.common.settings import CommonSettings, env_float, env_int, env_str, read_common
 from neobatch.runtime_agent.dispatch import DispatchDefaults
+from neobatch.runtime_agent.tunnel import check_mode, ssh_binary
 
 SSH_KEY_FILE_ENV = "NEOBATCH_SSH_KEY_FILE"
+SSH_TUNNEL_ENV = "NEOBATCH_SSH_TUNNEL"
 
 
 class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,6 +46,9 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     engine_stop_grace_seconds: float = 15.0
     # How often an idle runner looks for claimable batches (expired leases of dead agents).
     poll_interval_seconds: float = 5.0
+    # The data path to the engine (`tunnel.MODES`): `openssh` (an `ssh -N -L` subprocess with a
+    # unix socket), `asyncssh` (a port-forward on the control connection), or `auto`.
+    ssh_tunnel: str = "auto"
 
     def dispatch_defaults(self) -> DispatchDefaults:
         return DispatchDefaults(
@@ -87,6 +92,9 @@ def read_settings(env: Mapping[str, str] | None = None) -> AgentSettings:
     lease_seconds = env_float(env, "NEOBATCH_BATCH_LEASE_SECONDS", 30.0)
     if lease_seconds < 3:
         raise ConfigError(f"NEOBATCH_BATCH_LEASE_SECONDS must be >= 3, got {lease_seconds}")
+    ssh_tunnel = check_mode(env_str(env, SSH_TUNNEL_ENV, "auto").lower())
+    if ssh_tunnel == "openssh" and ssh_binary() is None:
+        raise ConfigError(f"{SSH_TUNNEL_ENV}=openssh but the OpenSSH client (ssh) is not on PATH")
     return AgentSettings(
         common=read_common(env),
         ssh_key_file=key_file,
@@ -106,6 +114,7 @@ def read_settings(env: Mapping[str, str] | None = None) -> AgentSettings:
         ),
         engine_stop_grace_seconds=env_float(env, "NEOBATCH_ENGINE_STOP_GRACE_SECONDS", 15.0),
         poll_interval_seconds=env_float(env, "NEOBATCH_RUNNER_POLL_SECONDS", 5.0),
+        ssh_tunnel=ssh_tunnel,
     )
 
 
