@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import stat
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -444,3 +445,62 @@ async def test_close_kills_an_ssh_that_does_not_end_on_sigterm(
     assert opened.is_down
     assert list(private_tmp.iterdir()) == []
     await opened.close()  # twice is harmless
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for whoever reaps orphans here)."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat_line.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+_TUNNEL_OWNER = """
+import asyncio, sys
+from neobatch.common.contracts import SshEndpoint
+from neobatch.runtime_agent import tunnel
+from neobatch.runtime_agent.remote import load_client_key
+
+async def main(host, port, user, host_key, key_file, remote_port):
+    opened = await tunnel.open_tunnel(
+        SshEndpoint(host=host, port=int(port), username=user), int(remote_port),
+        host_public_key=host_key, client_key=load_client_key(key_file), key_file=key_file,
+        connect_timeout_seconds=5,
+    )
+    print(opened.pid, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+@needs_ssh
+@pytest.mark.skipif(not tunnel.parent_death_guard(), reason="no setpriv (util-linux)")
+async def test_an_agent_killed_outright_leaves_no_ssh_behind(
+    machine, ssh_keypair, http_server, private_tmp
+) -> None:
+    """SIGKILL gives the agent no chance to close its tunnels: ssh must end on its own."""
+    owner = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _TUNNEL_OWNER,
+        machine.host,
+        str(machine.port),
+        machine.username,
+        machine.host_public_key,
+        str(ssh_keypair.private_key_path),
+        str(http_server),
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "TMPDIR": str(private_tmp)},
+    )
+    try:
+        assert owner.stdout is not None
+        line = await asyncio.wait_for(owner.stdout.readline(), timeout=30)
+        ssh_pid = int(line)
+        assert running(ssh_pid)
+        assert Path(f"/proc/{ssh_pid}/comm").read_text().strip() == "ssh"  # setpriv exec'd it
+    finally:
+        owner.kill()
+        await owner.wait()
+    await wait_until(lambda: not running(ssh_pid), 10, message="ssh outlived its agent")

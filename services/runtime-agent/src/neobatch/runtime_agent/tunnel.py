@@ -29,6 +29,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -95,6 +96,17 @@ def known_hosts_line(host: str, port: int, host_public_key: str) -> str:
     key_type, blob = host_public_key.split()[:2]
     name = host if port == 22 else f"[{host}]:{port}"
     return f"{name} {key_type} {blob}\n"
+
+
+def parent_death_guard() -> list[str]:
+    """A prefix that makes ssh get SIGTERM when the agent dies, even by SIGKILL (Linux).
+
+    ssh would otherwise keep forwarding for as long as the machine answers. `setpriv
+    --pdeathsig` (util-linux) sets PR_SET_PDEATHSIG and execs ssh, so the pid stays ssh's; no
+    preexec_fn in our own (threaded) process. Empty where setpriv is missing.
+    """
+    setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
 def _literal(path: str) -> str:
@@ -299,12 +311,14 @@ async def open_tunnel(
             connect_timeout_seconds=connect_timeout_seconds,
         )
         proc = await asyncio.create_subprocess_exec(
+            *parent_death_guard(),
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             # In the agent's process group (no new session): whatever stops the agent's group
-            # (a supervisor, a test harness, Ctrl-C) stops its tunnels too, none left behind.
+            # (a supervisor, a test harness, Ctrl-C) stops its tunnels too, none left behind;
+            # the death guard covers the agent alone being killed.
         )
     except BaseException:
         shutil.rmtree(private_dir, ignore_errors=True)
