@@ -13,7 +13,6 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,6 +20,7 @@ import pytest
 import pytest_asyncio
 
 from neobatch.common import filestore
+from neobatch.common.clock import utcnow
 from neobatch.common.contracts import (
     BatchRequested,
     BatchStatus,
@@ -34,9 +34,12 @@ from neobatch.common.contracts import (
 from neobatch.common.settings import CommonSettings
 from neobatch.runtime_agent.app import Agent, build_agent
 from neobatch.runtime_agent.batches import Batch, is_terminal
-from neobatch.runtime_agent.checkpoints import count_stored
+from neobatch.runtime_agent.checkpoints import count_stored, store_results
+from neobatch.runtime_agent.dispatch import RequestResult
 from neobatch.runtime_agent.settings import AgentSettings
 from neobatch.runtime_agent.store import BatchStore
+from neobatch.sim.engine import expected_body
+from neobatch.sim.procs import live_pids
 from neobatch.sim.sample_batch import sample_request
 from neobatch.sim.servers import free_port
 from neobatch.sim.waiting import wait_until
@@ -98,21 +101,8 @@ def batch_requested(
 
 
 def engine_pids(port: int) -> list[int]:
-    """Live (non-zombie) processes whose command line carries `--port <port>`."""
-    needle = f"--port\0{port}\0".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if needle not in (proc / "cmdline").read_bytes():
-                continue
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            pids.append(int(proc.name))
-    return pids
+    """Running processes whose command line carries `--port <port>`."""
+    return live_pids(f"--port\0{port}\0".encode())
 
 
 @dataclass
@@ -124,6 +114,21 @@ class Harness:
     @property
     def store(self) -> BatchStore:
         return self.agent.store
+
+    async def seed_finished(self, batch_id: str, lines: list[dict[str, Any]], done: Any) -> None:
+        """Checkpoints a previous owner left: lines `done` answered 200 as the engine would."""
+        results = [
+            RequestResult(
+                line_index=i,
+                custom_id=lines[i]["custom_id"],
+                status_code=200,
+                request_id=f"{batch_id}-{i}",
+                body=json.dumps(expected_body(CHAT, lines[i]["body"])).encode(),
+                attempts=1,
+            )
+            for i in done
+        ]
+        await store_results(self.store.results, batch_id, results, utcnow())
 
     @property
     def db(self) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import getpass
-import json
 import sys
 from datetime import timedelta
 
@@ -12,10 +11,7 @@ import asyncssh
 from neobatch.common.clock import utcnow
 from neobatch.common.contracts import BatchStatus, SshEndpoint
 from neobatch.runtime_agent.batches import batch_doc_from_event
-from neobatch.runtime_agent.checkpoints import store_results
-from neobatch.runtime_agent.dispatch import RequestResult
 from neobatch.runtime_agent.remote import connect, engine_argv, load_client_key
-from neobatch.sim.engine import expected_body
 from neobatch.sim.ssh_host import start_ssh_host
 from neobatch.sim.waiting import wait_until
 
@@ -70,21 +66,7 @@ async def test_batch_of_a_dead_agent_is_taken_over(make_harness, agent, engine_s
         lease_owner="dead-agent",
         lease_until=utcnow() - timedelta(seconds=1),
     )
-    await store_results(
-        harness.store.results,
-        event.batch_id,
-        [
-            RequestResult(
-                line_index=i,
-                custom_id=lines[i]["custom_id"],
-                status_code=200,
-                request_id=f"{event.batch_id}-{i}",
-                body=json.dumps(expected_body(CHAT, lines[i]["body"])).encode(),
-            )
-            for i in range(20)
-        ],
-        utcnow(),
-    )
+    await harness.seed_finished(event.batch_id, lines, range(20))
     before = await agent.engine_request_count(engine_sim.url)
     assert await harness.store.insert_batch(doc, agent.accepted(event))
     harness.agent.runner.wake()

@@ -21,16 +21,8 @@ from neobatch.runtime_agent.remote import (
     workdir,
 )
 from neobatch.sim.engine import expected_body
+from neobatch.sim.procs import is_running
 from neobatch.sim.waiting import wait_until
-
-
-def process_alive(pid: int) -> bool:
-    """Running and not a zombie waiting to be reaped."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
 
 
 @pytest.fixture
@@ -52,7 +44,7 @@ async def test_engine_launch_forward_health_and_stop(ssh_host, client_key, agent
     client = None
     try:
         pid = await host.start_engine(batch_id, engine_argv(spec))
-        assert process_alive(pid)
+        assert is_running(pid)
         # Relaunching finds the running engine through its pid file instead of a second one.
         assert await host.start_engine(batch_id, engine_argv(spec)) == pid
         base_url = await host.forward(spec.port)
@@ -77,7 +69,7 @@ async def test_engine_launch_forward_health_and_stop(ssh_host, client_key, agent
         assert result.request_id == f"{batch_id}-0"
 
         await host.stop_engine(batch_id, grace_seconds=5)
-        assert not process_alive(pid)
+        assert not is_running(pid)
         assert not await host.engine_running(batch_id)
         assert not Path(workdir(batch_id), "pid").exists()
         await host.stop_engine(batch_id, grace_seconds=5)  # Stopping twice is harmless.

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
-from neobatch.common.clock import utcnow
 from neobatch.common.contracts import BatchStatus, Usage
-from neobatch.runtime_agent.checkpoints import finished_indexes, store_results
-from neobatch.runtime_agent.dispatch import RequestResult
+from neobatch.runtime_agent.checkpoints import finished_indexes
 from neobatch.runtime_agent.output_files import file_ids
 from neobatch.sim.engine import compute_response, expected_body
 
@@ -76,22 +73,7 @@ async def test_resume_skips_finished_requests(make_harness, agent, engine_sim):
         engine=spec,
     )
     done = range(0, 100, 3)  # A previous owner finished every third request.
-    await store_results(
-        harness.store.results,
-        event.batch_id,
-        [
-            RequestResult(
-                line_index=i,
-                custom_id=lines[i]["custom_id"],
-                status_code=200,
-                request_id=f"{event.batch_id}-{i}",
-                body=json.dumps(expected_body(CHAT, lines[i]["body"])).encode(),
-                attempts=1,
-            )
-            for i in done
-        ],
-        utcnow(),
-    )
+    await harness.seed_finished(event.batch_id, lines, done)
     before = await agent.engine_request_count(engine_sim.url)
     await harness.agent.handlers.on_batch_requested(event)
     batch = await harness.wait_terminal(event.batch_id)

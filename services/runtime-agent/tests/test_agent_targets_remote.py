@@ -32,6 +32,7 @@ from neobatch.runtime_agent.remote import (
     plan_launch,
 )
 from neobatch.sim import machine_tools
+from neobatch.sim.procs import live_pids
 from neobatch.sim.servers import free_port
 from neobatch.sim.ssh_host import SSHHost, start_ssh_host
 from neobatch.sim.waiting import wait_until
@@ -43,20 +44,8 @@ TUNNELS = ["asyncssh", pytest.param("openssh", marks=NEEDS_SSH)]
 
 
 def ssh_tunnel_pids(engine_port: int) -> list[int]:
-    """Live `ssh -N -L <socket>:127.0.0.1:<engine_port>` processes (the agent's tunnels)."""
-    needle = f":127.0.0.1:{engine_port}\0".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if b"\0-N\0" in cmdline and needle in cmdline and state != "Z":
-            pids.append(int(proc.name))
-    return pids
+    """Running `ssh -N -L <socket>:127.0.0.1:<engine_port>` processes (the agent's tunnels)."""
+    return live_pids(b"\0-N\0", f":127.0.0.1:{engine_port}\0".encode())
 
 
 @dataclass

@@ -27,6 +27,7 @@ from neobatch.common.errors import ConfigError
 from neobatch.runtime_agent import tunnel
 from neobatch.runtime_agent.remote import HostKeyMismatch, RemoteHost, connect, load_client_key
 from neobatch.runtime_agent.settings import read_settings
+from neobatch.sim.procs import is_running
 from neobatch.sim.servers import free_port
 from neobatch.sim.ssh_host import public_key_line, start_ssh_host, write_private_key
 from neobatch.sim.waiting import wait_until
@@ -447,15 +448,6 @@ async def test_close_kills_an_ssh_that_does_not_end_on_sigterm(
     await opened.close()  # twice is harmless
 
 
-def running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan's zombie waits for whoever reaps orphans here)."""
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat_line.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 _TUNNEL_OWNER = """
 import asyncio, sys
 from neobatch.common.contracts import SshEndpoint
@@ -498,9 +490,9 @@ async def test_an_agent_killed_outright_leaves_no_ssh_behind(
         assert owner.stdout is not None
         line = await asyncio.wait_for(owner.stdout.readline(), timeout=30)
         ssh_pid = int(line)
-        assert running(ssh_pid)
+        assert is_running(ssh_pid)
         assert Path(f"/proc/{ssh_pid}/comm").read_text().strip() == "ssh"  # setpriv exec'd it
     finally:
         owner.kill()
         await owner.wait()
-    await wait_until(lambda: not running(ssh_pid), 10, message="ssh outlived its agent")
+    await wait_until(lambda: not is_running(ssh_pid), 10, message="ssh outlived its agent")
