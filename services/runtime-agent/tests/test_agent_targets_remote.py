@@ -22,7 +22,13 @@ import asyncssh
 import msgspec
 import pytest
 
-from neobatch.common.contracts import BatchCancelRequested, BatchStatus, EngineSpec, SshEndpoint
+from neobatch.common.contracts import (
+    BatchCancelRequested,
+    BatchRequested,
+    BatchStatus,
+    EngineSpec,
+    SshEndpoint,
+)
 from neobatch.runtime_agent.checkpoints import count_stored
 from neobatch.runtime_agent.remote import (
     EngineLaunchFailed,
@@ -288,10 +294,10 @@ async def test_lambda_batch_without_docker_fails_with_launch_code(
     assert batch.error_message == "docker is not installed on the machine"
 
 
-@pytest.mark.parametrize("ssh_tunnel", TUNNELS)
-async def test_dropped_connection_is_reestablished_in_place_without_relaunch(
-    make_harness, agent, make_machine, sim_loop, caplog, ssh_tunnel
-) -> None:
+async def dispatching(
+    make_harness: Any, agent: Any, make_machine: Any, caplog: Any, ssh_tunnel: str
+) -> tuple[Machine, Any, BatchRequested, list[dict[str, Any]], EngineSpec]:
+    """A 400-request RunPod batch over `ssh_tunnel`, once its first 50 results are stored."""
     machine = make_machine(engine_args=("--latency-ms", "10"))
     harness = await make_harness(
         dispatch_concurrency=4, ssh_ready_timeout_seconds=20, ssh_tunnel=ssh_tunnel
@@ -300,8 +306,17 @@ async def test_dropped_connection_is_reestablished_in_place_without_relaunch(
     spec = engine_spec(ready_timeout_seconds=15.0)
     caplog.set_level(logging.INFO, logger="neobatch.runtime_agent")
     event = await submit(harness, agent, machine, "runpod", spec, len(lines))
-
     await harness.wait_results(event.batch_id, 50, within_seconds=20)
+    return machine, harness, event, lines, spec
+
+
+@pytest.mark.parametrize("ssh_tunnel", TUNNELS)
+async def test_dropped_connection_is_reestablished_in_place_without_relaunch(
+    make_harness, agent, make_machine, sim_loop, caplog, ssh_tunnel
+) -> None:
+    machine, harness, event, lines, spec = await dispatching(
+        make_harness, agent, make_machine, caplog, ssh_tunnel
+    )
     pids = agent.engine_pids(spec.port)
     tunnels = ssh_tunnel_pids(spec.port)
     assert len(tunnels) == (1 if ssh_tunnel == "openssh" else 0)
@@ -331,16 +346,9 @@ async def test_a_dead_tunnel_process_is_replaced_in_place(
     make_harness, agent, make_machine, caplog, ssh_tunnel
 ) -> None:
     """Only the ssh subprocess dies (the control connection lives): a fresh tunnel, same engine."""
-    machine = make_machine(engine_args=("--latency-ms", "10"))
-    harness = await make_harness(
-        dispatch_concurrency=4, ssh_ready_timeout_seconds=20, ssh_tunnel=ssh_tunnel
+    machine, harness, event, lines, spec = await dispatching(
+        make_harness, agent, make_machine, caplog, ssh_tunnel
     )
-    lines = agent.chat_lines(400)
-    spec = engine_spec(ready_timeout_seconds=15.0)
-    caplog.set_level(logging.INFO, logger="neobatch.runtime_agent")
-    event = await submit(harness, agent, machine, "runpod", spec, len(lines))
-
-    await harness.wait_results(event.batch_id, 50, within_seconds=20)
     (killed,) = ssh_tunnel_pids(spec.port)
     os.kill(killed, signal.SIGKILL)
     batch = await harness.wait_terminal(event.batch_id, within_seconds=60)

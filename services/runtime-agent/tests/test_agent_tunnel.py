@@ -109,18 +109,23 @@ async def open_host(target: SshEndpoint, key: asyncssh.SSHKey, **kw) -> RemoteHo
 # --- pure parts -------------------------------------------------------------------------------
 
 
+def argv_for(target: SshEndpoint, **overrides: object) -> list[str]:
+    """`tunnel.ssh_argv` with a typical private dir; `overrides` replace its arguments."""
+    args: dict[str, object] = {
+        "socket_path": "/tmp/d/engine.sock",
+        "remote_port": 8000,
+        "key_file": "/tmp/d/id",
+        "known_hosts_file": "/tmp/d/known_hosts",
+        "host_public_key": "ssh-ed25519 AAAA",
+        "connect_timeout_seconds": 5,
+        **overrides,
+    }
+    return tunnel.ssh_argv("/usr/bin/ssh", target, **args)  # type: ignore[arg-type]
+
+
 def test_argv_pins_the_key_and_carries_no_secret() -> None:
     target = SshEndpoint(host="10.0.0.5", port=2200, username="ubuntu")
-    argv = tunnel.ssh_argv(
-        "/usr/bin/ssh",
-        target,
-        socket_path="/tmp/d/engine.sock",
-        remote_port=8000,
-        key_file="/tmp/d/id",
-        known_hosts_file="/tmp/d/known_hosts",
-        host_public_key="ssh-ed25519 AAAAC3Nza",
-        connect_timeout_seconds=2.5,
-    )
+    argv = argv_for(target, host_public_key="ssh-ed25519 AAAAC3Nza", connect_timeout_seconds=2.5)
     assert argv[:4] == ["/usr/bin/ssh", "-N", "-F", "/dev/null"]
     options = {argv[i + 1] for i, arg in enumerate(argv) if arg == "-o"}
     for expected in (
@@ -165,29 +170,16 @@ def test_argv_pins_the_key_and_carries_no_secret() -> None:
 def test_a_destination_that_reads_as_an_option_is_refused(username, host) -> None:
     target = SshEndpoint(host=host, port=22, username=username)
     with pytest.raises(tunnel.TunnelFailed, match="not a plain name"):
-        tunnel.ssh_argv(
-            "/usr/bin/ssh",
-            target,
-            socket_path="/tmp/d/engine.sock",
-            remote_port=8000,
-            key_file="/tmp/d/id",
-            known_hosts_file="/tmp/d/known_hosts",
-            host_public_key="ssh-ed25519 AAAA",
-            connect_timeout_seconds=5,
-        )
+        argv_for(target)
 
 
 def test_percent_in_a_path_stays_literal() -> None:
     target = SshEndpoint(host="10.0.0.5", port=22, username="ubuntu")
-    argv = tunnel.ssh_argv(
-        "/usr/bin/ssh",
+    argv = argv_for(
         target,
         socket_path="/tmp/a%h/engine.sock",
-        remote_port=8000,
         key_file="/keys/%u",
         known_hosts_file="/tmp/a%h/known_hosts",
-        host_public_key="ssh-ed25519 AAAA",
-        connect_timeout_seconds=5,
     )
     assert "IdentityFile=/keys/%%u" in argv
     assert "/tmp/a%%h/engine.sock:127.0.0.1:8000" in argv
