@@ -18,6 +18,7 @@ from neobatch.runtime_agent.checkpoints import (
     iter_results,
     store_results,
     unpack_lines,
+    upgrade_legacy_results,
 )
 from neobatch.runtime_agent.dispatch import RequestResult
 
@@ -197,3 +198,44 @@ class _CountingFinds:
     async def find_one(self, *args: Any, **kwargs: Any) -> Any:
         self.fetches += 1
         return await self.real.find_one(*args, **kwargs)
+
+
+async def test_results_stored_per_request_before_pages_are_upgraded_in_place(mongo_db) -> None:
+    """A batch in progress across the upgrade keeps what it finished: nothing is sent again."""
+    collection = mongo_db["batch_results"]
+    await collection.create_indexes(RESULT_INDEXES)
+    batch_id = _batch()
+    # The shape the agent wrote before pages: one document per finished request.
+    legacy = [
+        {
+            "_id": f"{batch_id}:{i}",
+            "batch_id": batch_id,
+            "line_index": i,
+            "custom_id": f"c{i}",
+            "ok": i % 4 != 0,
+            "attempts": 1 if i % 4 else 3,
+            "finished_at": NOW,
+            **(
+                {"status_code": 200, "request_id": f"r{i}", "body": b'{"n": %d}' % i}
+                if i % 4
+                else {"error_code": "request_failed", "error_message": "boom"}
+            ),
+        }
+        for i in range(0, 1200, 2)  # every other line finished
+    ]
+    await collection.insert_many(legacy)
+    await store_results(collection, batch_id, [_ok(1)], NOW)  # a page already written after it
+
+    assert await upgrade_legacy_results(collection, NOW) == 600
+    assert (
+        await collection.count_documents({"batch_id": batch_id, "line_index": {"$exists": 1}}) == 0
+    )
+    assert await finished_indexes(collection, batch_id) == {1, *range(0, 1200, 2)}
+    assert await count_results(collection, batch_id) == (301, 300)
+    ok = await _all(collection, batch_id, ok=True)
+    assert ok[:3] == [_ok(1), _ok(2), _ok(6)]
+    failed = await _all(collection, batch_id, ok=False)
+    assert failed[0] == _failed(0)
+    assert [r.line_index for r in failed] == list(range(0, 1200, 4))
+    # Idempotent: nothing left to move.
+    assert await upgrade_legacy_results(collection, NOW) == 0

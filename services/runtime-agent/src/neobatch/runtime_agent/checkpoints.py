@@ -179,6 +179,49 @@ async def store_results(
     return pages
 
 
+# A result stored the old way, one document per request (before pages): it has `line_index`.
+_LEGACY = {"line_index": {"$exists": True}}
+
+
+def _from_legacy(doc: Document) -> RequestResult:
+    body = doc.get("body")
+    return RequestResult(
+        line_index=doc["line_index"],
+        custom_id=doc["custom_id"],
+        status_code=doc.get("status_code"),
+        request_id=doc.get("request_id", ""),
+        body=bytes(body) if body is not None else None,
+        error_code=doc.get("error_code", ""),
+        error_message=doc.get("error_message", ""),
+        attempts=doc.get("attempts", 0),
+    )
+
+
+async def upgrade_legacy_results(collection: AsyncCollection[Document], now: datetime) -> int:
+    """Turn results stored one document per request (before pages) into pages; returns how many.
+
+    Run at start-up, so a batch in progress across the upgrade resumes from what it had
+    finished instead of sending it again. A crash half-way is harmless: the rerun stores those
+    lines in another page too (the winner rule reads one) and then deletes the old documents.
+    """
+    moved = 0
+    for batch_id in await collection.distinct("batch_id", _LEGACY):
+        cursor = collection.find({"batch_id": batch_id, **_LEGACY}).batch_size(FIND_BATCH_SIZE)
+        chunk: list[RequestResult] = []
+        async for doc in cursor:
+            chunk.append(_from_legacy(doc))
+            if len(chunk) >= PAGE_ITEMS:
+                await store_results(collection, batch_id, chunk, now)
+                moved, chunk = moved + len(chunk), []
+        if chunk:
+            await store_results(collection, batch_id, chunk, now)
+            moved += len(chunk)
+        await collection.delete_many({"batch_id": batch_id, **_LEGACY})
+    if moved:
+        log.info("per-request results stored as pages", extra=log_fields(results=moved))
+    return moved
+
+
 class CheckpointWriter:
     """Buffers results and writes them in batches from one background task (group commit).
 

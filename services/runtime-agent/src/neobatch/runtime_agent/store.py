@@ -33,7 +33,7 @@ from neobatch.runtime_agent.batches import (
     batch_from_doc,
     can_transition,
 )
-from neobatch.runtime_agent.checkpoints import RESULT_INDEXES, RESULTS
+from neobatch.runtime_agent.checkpoints import RESULT_INDEXES, RESULTS, upgrade_legacy_results
 
 BATCHES = "batches"
 BATCH_INDEXES = [
@@ -69,6 +69,7 @@ class BatchStore:
     async def ensure_indexes(self) -> None:
         await ensure_indexes(self.batches, BATCH_INDEXES)
         await ensure_indexes(self.results, RESULT_INDEXES)
+        await upgrade_legacy_results(self.results, self.clock.now())
 
     # --- accepting -----------------------------------------------------------------------
 
