@@ -25,7 +25,13 @@ from aiohttp import web
 from neobatch.common.contracts import SshEndpoint
 from neobatch.common.errors import ConfigError
 from neobatch.runtime_agent import tunnel
-from neobatch.runtime_agent.remote import HostKeyMismatch, RemoteHost, connect, load_client_key
+from neobatch.runtime_agent.remote import (
+    HostKeyMismatch,
+    HostUnreachable,
+    RemoteHost,
+    connect,
+    load_client_key,
+)
 from neobatch.runtime_agent.settings import read_settings
 from neobatch.sim.procs import is_running
 from neobatch.sim.servers import free_port
@@ -488,3 +494,49 @@ async def test_an_agent_killed_outright_leaves_no_ssh_behind(
         owner.kill()
         await owner.wait()
     await wait_until(lambda: not is_running(ssh_pid), 10, message="ssh outlived its agent")
+
+
+def failing_first(monkeypatch, failures: int) -> list[int]:
+    """`open_tunnel` fails as an ssh that lost its connection would, `failures` times."""
+    real = tunnel.open_tunnel
+    calls: list[int] = []
+
+    async def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= failures:
+            raise tunnel.TunnelFailed("ssh tunnel exited before it was ready: Connection reset")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(tunnel, "open_tunnel", flaky)
+    return calls
+
+
+@needs_ssh
+async def test_a_tunnel_that_fails_to_open_is_retried_while_the_machine_answers(
+    machine, client_key, http_server, private_tmp, monkeypatch
+) -> None:
+    calls = failing_first(monkeypatch, 1)
+    host = await open_host(machine, client_key)
+    try:
+        base_url = await host.forward(http_server)
+        assert await get_json(base_url, "/v1/models") == {"path": "/v1/models", "via": "engine"}
+    finally:
+        await host.close()
+    assert len(calls) == 2
+
+
+@needs_ssh
+async def test_a_tunnel_failing_after_the_connection_dropped_reads_as_unreachable(
+    machine, client_key, http_server, private_tmp, monkeypatch
+) -> None:
+    """A blip during the reconnect: the caller resumes or reports the machine lost, no failure."""
+    calls = failing_first(monkeypatch, 10)
+    host = await open_host(machine, client_key)
+    try:
+        host._conn.close()
+        await wait_until(lambda: host.is_closed, 5)
+        with pytest.raises(HostUnreachable, match="connection lost while opening the tunnel"):
+            await host.forward(http_server)
+    finally:
+        await host.close()
+    assert len(calls) == 1  # not retried against a machine that is gone

@@ -73,6 +73,11 @@ ENCRYPTION_PREFERENCE = [
 ]
 
 
+# Tries to open the OpenSSH tunnel while the control connection stays up (ssh can lose a race
+# with a machine that is still settling after a reconnect).
+TUNNEL_ATTEMPTS = 3
+
+
 class RemoteError(NeobatchError):
     code = "ssh_error"
 
@@ -515,16 +520,38 @@ class RemoteHost:
         for dead in [t for t in self._tunnels if t.is_down]:
             self._tunnels.remove(dead)
             await dead.close()
-        opened = await tunnels.open_tunnel(
-            self._target,
-            remote_port,
-            host_public_key=self.host_public_key,
-            client_key=self._client_key,
-            key_file=self._key_file,
-            connect_timeout_seconds=self._connect_timeout,
-        )
-        self._tunnels.append(opened)
-        return opened.base_url
+        delay = 0.5
+        for attempt in range(1, TUNNEL_ATTEMPTS + 1):
+            try:
+                opened = await tunnels.open_tunnel(
+                    self._target,
+                    remote_port,
+                    host_public_key=self.host_public_key,
+                    client_key=self._client_key,
+                    key_file=self._key_file,
+                    connect_timeout_seconds=self._connect_timeout,
+                )
+            except HostKeyMismatch:
+                raise  # never retried: it does not heal
+            except tunnels.TunnelFailed as exc:
+                if self.is_closed:
+                    # The machine dropped again (a blip): for the caller this is the connection
+                    # lost, which it reconnects or resumes from, not a broken tunnel.
+                    raise HostUnreachable(
+                        f"connection lost while opening the tunnel: {exc}"
+                    ) from exc
+                if attempt == TUNNEL_ATTEMPTS:
+                    raise
+                log.warning(
+                    "ssh tunnel failed to open; retrying",
+                    extra=log_fields(attempt=attempt, error=exc.message),
+                )
+                await asyncio.sleep(delay)
+                delay *= 2
+            else:
+                self._tunnels.append(opened)
+                return opened.base_url
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         for listener in self._listeners:
