@@ -120,6 +120,20 @@ async def test_keep_alive_reuses_one_connection_and_returns_body_and_headers() -
     assert b"Content-Length: 7\r\n" in server.requests[0]
 
 
+async def test_a_connection_idle_too_long_is_not_reused() -> None:
+    """The server may be closing it right now (uvicorn: after 5 s idle): a new one is opened.
+
+    With a bound of 0 every pooled connection has been idle too long by the next request.
+    """
+    async with scripted(echo) as (server, base):
+        http = EngineHTTP(base, max_connections=2, idle_reuse_seconds=0.0)
+        for _ in range(3):
+            assert (await http.request("GET", "/health", timeout_seconds=5)).status == 200
+        assert http.idle_connections == 1  # only the last one, the others were closed
+        await http.close()
+    assert server.connections == 3
+
+
 async def test_chunked_body_is_reassembled() -> None:
     async def chunked(head: bytes, body: bytes, writer: asyncio.StreamWriter) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")

@@ -24,6 +24,10 @@ import httptools
 
 # Response headers kept per response; an engine sends a handful.
 Header = tuple[bytes, bytes]
+# A connection idle longer than this is closed instead of reused. vLLM's server (uvicorn) closes
+# keep-alive connections idle for 5 s; reusing one just as it does would lose the request's
+# attempt to a reset that says nothing about the engine.
+IDLE_REUSE_SECONDS = 2.0
 
 
 class EngineConnectionError(Exception):
@@ -96,6 +100,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.reusable = False
+        # Loop time when it went back to the pool.
+        self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[EngineResponse] | None = None
         self._headers: list[Header] = []
@@ -201,12 +207,18 @@ class EngineHTTP:
     """A small pool of keep-alive connections to one origin, at most `max_connections` open."""
 
     def __init__(
-        self, base_url: str, *, max_connections: int, connect_timeout_seconds: float = 10.0
+        self,
+        base_url: str,
+        *,
+        max_connections: int,
+        connect_timeout_seconds: float = 10.0,
+        idle_reuse_seconds: float = IDLE_REUSE_SECONDS,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be >= 1")
         self.origin = Origin.parse(base_url)
         self._connect_timeout = connect_timeout_seconds
+        self._idle_reuse = idle_reuse_seconds
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: list[_Connection] = []
         self._closed = False
@@ -244,6 +256,7 @@ class EngineHTTP:
                 # Reused only after a complete answer that allows it; a timeout or a cancel
                 # lands here with the answer still owed, and that connection is closed.
                 if conn.reusable and not self._closed:
+                    conn.idle_since = asyncio.get_running_loop().time()
                     self._idle.append(conn)
                 else:
                     conn.discard()
@@ -253,10 +266,13 @@ class EngineHTTP:
         if self._closed:
             raise EngineConnectionError("client closed")
         idle = self._idle
-        while idle:
-            conn = idle.pop()  # the most recently used: least likely to have been timed out
-            if not conn.closed:
-                return conn
+        if idle:
+            fresh_since = asyncio.get_running_loop().time() - self._idle_reuse
+            while idle:
+                conn = idle.pop()  # the most recently used: least likely to be timed out
+                if not conn.closed and conn.idle_since >= fresh_since:
+                    return conn
+                conn.discard()
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, conn = await self.origin.connect(_Connection)
