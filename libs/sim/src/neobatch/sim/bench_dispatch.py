@@ -10,11 +10,14 @@ per request, so what is measured is the client side.
    * agent: a real batch through the runtime-agent, in its own process: input file in
      GridFS (SecantusDB process), validation, SSH connect to a loopback SSH host (a separate
      process: OpenSSH's sshd, what a rented GPU machine runs, when installed (`--ssh auto`);
-     else, or with `--ssh sim`, the `neobatch.sim.ssh_host` asyncssh server), the engine launched by the template's `command` over SSH, the SSH
-     local port-forward, the EngineClient (engine_http), CheckpointWriter into `batch_results`
+     else, or with `--ssh sim`, the `neobatch.sim.ssh_host` asyncssh server), the engine
+     launched by the template's `command` over SSH, the agent's SSH tunnel (an `ssh -L`
+     child with a unix socket), the EngineClient (engine_http), CheckpointWriter into
+     `batch_results`
      and the output file assembled into GridFS. The rate is requests / the run's
      `dispatch_seconds` (dispatch + checkpoints; the output file time is printed apart).
-   * for scale: the direct generator through the agent's own SSH connection and forward
+   * for scale: the agent's HTTP client (engine_http) straight to nginx, and the direct
+     generator through the agent's own SSH connection and tunnel
      alone (`remote.connect` + `forward`: OpenSSH's `ssh -L` to a unix socket when `ssh`
      is installed, as the agent uses it, else asyncssh's forward).
    Rounds (`--rounds`, default 3) interleave them, since a shared machine's load moves the
@@ -607,6 +610,35 @@ async def _upload(mongo_url: str, db_name: str, requests: int, pad: int) -> tupl
         await client.close()
 
 
+async def engine_client_rate(base_url: str, requests: int, concurrency: int) -> Rate:
+    """For scale: the same requests straight to nginx with the agent's HTTP client alone."""
+    from neobatch.runtime_agent.engine_http import EngineHTTP
+
+    bodies = [
+        json.dumps(json.loads(request_line(i))["body"], separators=(",", ":")).encode()
+        for i in range(requests)
+    ]
+    http = EngineHTTP(base_url, max_connections=concurrency)
+    headers = (("Content-Type", "application/json"),)
+    next_index = 0
+
+    async def worker() -> None:
+        nonlocal next_index
+        while next_index < requests:
+            body = bodies[next_index]
+            next_index += 1
+            resp = await http.request("POST", CHAT, body=body, headers=headers, timeout_seconds=60)
+            if resp.status != 200:
+                raise RuntimeError(f"engine client: HTTP {resp.status}")
+
+    started, cpu_started = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
+    await http.close()
+    return Rate(requests / elapsed, cpu / requests * 1e3)
+
+
 async def tunnel_rate(stack: Stack, engine_port: int, requests: int, concurrency: int) -> Rate:
     """The direct generator through the agent's own SSH tunnel alone (no agent around it)."""
     import getpass
@@ -645,6 +677,7 @@ def measure_throughput(
         try:
             url = f"http://127.0.0.1:{engine.port}"
             direct = asyncio.run(direct_rate(url, requests, concurrency))
+            lean = asyncio.run(engine_client_rate(url, requests, concurrency))
             tunnel = asyncio.run(tunnel_rate(stack, engine.port, requests, concurrency))
         finally:
             engine.stop()
@@ -662,6 +695,8 @@ def measure_throughput(
             {
                 "direct_rps": direct.rps,
                 "direct_cpu_ms": direct.cpu_ms,
+                "lean_rps": lean.rps,
+                "lean_cpu_ms": lean.cpu_ms,
                 "tunnel_rps": tunnel.rps,
                 "tunnel_cpu_ms": tunnel.cpu_ms,
                 "agent_rps": agent_rate,
@@ -708,7 +743,8 @@ def print_throughput(t: dict[str, Any], ssh: str) -> None:
     print(f"{'req/s':<56}{heads}{'mid':>9}{'CPU ms/req':>12}")
     paths = [
         ("direct", "direct: asyncio + aiohttp -> nginx"),
-        ("tunnel", "the same through the agent's SSH tunnel alone"),
+        ("lean", "for scale: the agent's HTTP client alone -> nginx"),
+        ("tunnel", "for scale: aiohttp through the agent's SSH tunnel alone"),
         ("agent", "agent: GridFS, SSH tunnel, EngineClient, checkpoints"),
     ]
     for key, label in paths:
