@@ -25,6 +25,7 @@ from aiohttp import web
 from neobatch.common.contracts import SshEndpoint
 from neobatch.common.errors import ConfigError
 from neobatch.runtime_agent import tunnel
+from neobatch.runtime_agent.engine_http import EngineHTTP
 from neobatch.runtime_agent.remote import (
     HostKeyMismatch,
     HostUnreachable,
@@ -450,6 +451,7 @@ _TUNNEL_OWNER = """
 import asyncio, sys
 from neobatch.common.contracts import SshEndpoint
 from neobatch.runtime_agent import tunnel
+from neobatch.runtime_agent.engine_http import EngineHTTP
 from neobatch.runtime_agent.remote import load_client_key
 
 async def main(host, port, user, host_key, key_file, remote_port):
@@ -540,3 +542,29 @@ async def test_a_tunnel_failing_after_the_connection_dropped_reads_as_unreachabl
     finally:
         await host.close()
     assert len(calls) == 1  # not retried against a machine that is gone
+
+
+@needs_ssh
+async def test_a_burst_of_connections_through_the_tunnel_loses_none(
+    machine, client_key, http_server, private_tmp
+) -> None:
+    """The agent opens up to its concurrency (256) connections at once. ssh's unix listener
+    queues 128: the rest must connect again, not fail their first request."""
+    host = await open_host(machine, client_key)
+    base_url = await host.forward(http_server)
+    answers: list[object] = []
+    try:
+        for _ in range(4):  # a fresh pool each time: 256 connects at once
+            http = EngineHTTP(base_url, max_connections=256)
+            try:
+                answers += await asyncio.gather(
+                    *(http.request("GET", f"/r{i}", timeout_seconds=30) for i in range(256)),
+                    return_exceptions=True,
+                )
+            finally:
+                await http.close()
+    finally:
+        await host.close()
+    failures = [a for a in answers if isinstance(a, BaseException)]
+    assert failures == []
+    assert {a.status for a in answers} == {200}

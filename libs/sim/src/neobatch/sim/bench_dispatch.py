@@ -16,8 +16,8 @@ per request, so what is measured is the client side.
      `batch_results`
      and the output file assembled into GridFS. The rate is requests / the run's
      `dispatch_seconds` (dispatch + checkpoints; the output file time is printed apart).
-   * for scale: the agent's HTTP client (engine_http) straight to nginx, and the direct
-     generator through the agent's own SSH connection and tunnel
+   * for scale: the agent's HTTP client (engine_http) straight to nginx, and the same
+     client through the agent's own SSH connection and tunnel
      alone (`remote.connect` + `forward`: OpenSSH's `ssh -L` to a unix socket when `ssh`
      is installed, as the agent uses it, else asyncssh's forward).
    Rounds (`--rounds`, default 3) interleave them, since a shared machine's load moves the
@@ -243,13 +243,8 @@ async def direct_rate(base_url: str, requests: int, concurrency: int, pad: int =
     headers = {"Content-Type": "application/json"}
     next_index = 0
     failures = 0
-    connector: aiohttp.BaseConnector
-    if base_url.startswith("unix:"):  # the OpenSSH tunnel's local end
-        url = "http://localhost" + CHAT
-        connector = aiohttp.UnixConnector(base_url.removeprefix("unix:"), limit=concurrency)
-    else:
-        url = base_url + CHAT
-        connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
+    url = base_url + CHAT
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def worker() -> None:
@@ -640,7 +635,7 @@ async def engine_client_rate(base_url: str, requests: int, concurrency: int) -> 
 
 
 async def tunnel_rate(stack: Stack, engine_port: int, requests: int, concurrency: int) -> Rate:
-    """The direct generator through the agent's own SSH tunnel alone (no agent around it)."""
+    """The agent's HTTP client through the agent's own SSH tunnel alone (no agent around it)."""
     import getpass
 
     from neobatch.common.contracts import SshEndpoint
@@ -652,7 +647,7 @@ async def tunnel_rate(stack: Stack, engine_port: int, requests: int, concurrency
     host = await remote.connect(target, key, None, connect_timeout_seconds=10)
     try:
         base_url = await host.forward(engine_port)
-        return await direct_rate(base_url, requests, concurrency)
+        return await engine_client_rate(base_url, requests, concurrency)
     finally:
         await host.close()
 
@@ -744,7 +739,7 @@ def print_throughput(t: dict[str, Any], ssh: str) -> None:
     paths = [
         ("direct", "direct: asyncio + aiohttp -> nginx"),
         ("lean", "for scale: the agent's HTTP client alone -> nginx"),
-        ("tunnel", "for scale: aiohttp through the agent's SSH tunnel alone"),
+        ("tunnel", "for scale: the same client through the agent's SSH tunnel"),
         ("agent", "agent: GridFS, SSH tunnel, EngineClient, checkpoints"),
     ]
     for key, label in paths:
