@@ -423,9 +423,10 @@ def rss_mb() -> float:
 
 def child_main(job_json: str) -> None:
     """`--child JOB`: run the batch in this fresh process and print its figures as JSON."""
-    import logging
+    from neobatch.common.logs import configure_logging
 
-    logging.basicConfig(level=os.environ.get("NEOBATCH_LOG_LEVEL", "WARNING"))
+    # The agent's own JSON log lines (with their fields) to the child's stderr, the run's log.
+    configure_logging("runtime-agent", os.environ.get("NEOBATCH_LOG_LEVEL", "WARNING"))
     job = AgentJob(**json.loads(job_json))
     baseline = peak_rss_mb()
     figures = asyncio.run(run_agent_job(job))
