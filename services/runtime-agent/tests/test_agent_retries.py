@@ -32,6 +32,7 @@ from neobatch.runtime_agent.output_files import render_line
 from neobatch.sim.engine import running_engine
 from neobatch.sim.engine.app import attempt_draw
 from neobatch.sim.servers import free_port
+from neobatch.sim.waiting import wait_until
 
 CHAT = "/v1/chat/completions"
 BATCH = "batch_retries"
@@ -266,6 +267,29 @@ async def test_add_pauses_while_more_than_max_pending_wait_to_be_stored(mongo_db
     assert failed.error_code == "request_failed"
 
 
+async def test_a_second_write_goes_out_while_the_first_is_on_the_wire(mongo_db) -> None:
+    """Two writes in flight, never three: results keep draining while one round trip is slow."""
+    collection = mongo_db["batch_results"]
+    batch_id = f"batch_writer_{time.time_ns()}"
+    gate = asyncio.Event()
+    writer = CheckpointWriter(collection, batch_id, SystemClock(), flush_interval_seconds=0)
+    gated = _Gated(writer._collection, gate)
+    writer._collection = gated  # type: ignore[assignment]
+    async with writer:
+        try:
+            for index in range(2):  # two groups, each written on its own
+                await writer.add(_result(index))
+                await wait_until(lambda n=index: gated.started == n + 1, 5)
+            await writer.add(_result(2))
+            # Something that must not happen: give it time to (the check above uses 0.05 s).
+            await asyncio.sleep(0.1)
+            assert gated.started == 2 and writer.written == 0  # the third waits its turn
+        finally:
+            gate.set()  # a failed check must not leave close() waiting on the gate
+    assert gated.started == 3 and writer.written == 3 and writer.writes == 3
+    assert await finished_indexes(collection, batch_id) == {0, 1, 2}
+
+
 def _result(index: int, *, ok: bool = True) -> RequestResult:
     if ok:
         return RequestResult(line_index=index, custom_id=f"c{index}", status_code=200, body=b"{}")
@@ -277,7 +301,10 @@ class _Gated:
         self.real = real
         self.gate = gate
 
+        self.started = 0
+
     async def insert_many(self, docs: Any, ordered: bool = True) -> None:
+        self.started += 1
         await self.gate.wait()
         await self.real.insert_many(docs, ordered=ordered)
 

@@ -179,6 +179,8 @@ async def store_results(
     return pages
 
 
+# Checkpoint writes on the wire at once (see CheckpointWriter._run).
+WRITES_IN_FLIGHT = 2
 # A result stored the old way, one document per request (before pages): it has `line_index`.
 _LEGACY = {"line_index": {"$exists": True}}
 
@@ -265,6 +267,8 @@ class CheckpointWriter:
         # Buffered results that end the linger at once.
         self._flush_at = max(1, min(max_items, self._max_pending // 2))
         self._full = asyncio.Event()
+        # A write that failed for good: every later add/record raises it.
+        self._failed: BaseException | None = None
         self._on_stored = on_stored
         self._buffer: list[RequestResult] = []
         # Results buffered or being written.
@@ -293,6 +297,8 @@ class CheckpointWriter:
         await self.close()
 
     def _check(self) -> None:
+        if self._failed is not None:
+            raise self._failed
         if self._task is not None and self._task.done() and not self._task.cancelled():
             error = self._task.exception()
             if error is not None:
@@ -345,49 +351,82 @@ class CheckpointWriter:
 
     async def _run(self) -> None:
         error: BaseException | None = None
+        writing: set[asyncio.Task[None]] = set()
         try:
             while True:
                 if not self._buffer and not self._closing:
                     await self._wake.wait()
                 self._wake.clear()
+                _reap(writing)  # a failed write stops the writer here
                 if self._buffer and len(self._buffer) < self._flush_at and not self._closing:
                     # Let the results finishing now join, unless enough are here already.
                     self._full.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._full.wait(), self._interval)
                 if self._buffer:
+                    # Two writes on the wire at once: the next one does not wait out the
+                    # previous round trip while dispatch fills the buffer.
+                    while len(writing) >= WRITES_IN_FLIGHT:
+                        await asyncio.wait(writing, return_when=asyncio.FIRST_COMPLETED)
+                        _reap(writing)
                     results, self._buffer = self._buffer, []
                     waiters, self._waiters = self._waiters, []
-                    now = self._clock.now()
-                    batch_id = self._batch_id
-                    pages = build_pages(batch_id, results, now, max_items=self._max_items)
-                    try:
-                        await insert_results(self._collection, pages)
-                    except BaseException as exc:
-                        _fail(waiters, exc)
-                        raise
-                    self._unstored -= len(results)
-                    self.written += len(results)
-                    self.writes += 1
-                    self.pages += len(pages)
-                    if self._on_stored is not None:
-                        completed = sum(1 for r in results if r.ok)
-                        self._on_stored(completed, len(results) - completed)
-                    for waiter in waiters:
-                        if not waiter.done():
-                            waiter.set_result(None)
-                    self._drained.set()
+                    pages = build_pages(
+                        self._batch_id, results, self._clock.now(), max_items=self._max_items
+                    )
+                    writing.add(asyncio.create_task(self._write(results, pages, waiters)))
                 elif self._closing:
+                    if writing:
+                        await asyncio.wait(writing)
+                        _reap(writing)
                     return
         except BaseException as exc:
             error = exc
             raise
         finally:
+            for task in writing:
+                task.cancel()
+            if writing:
+                await asyncio.wait(writing)
             # Nobody may wait forever on a result that will not be written now.
             _fail(self._waiters, error or RuntimeError("checkpoint writer stopped"))
             self._waiters.clear()
             # Wake anyone blocked in add() so they see the failure (or the end).
             self._drained.set()
+
+    async def _write(
+        self,
+        results: list[RequestResult],
+        pages: list[Document],
+        waiters: list[asyncio.Future[None]],
+    ) -> None:
+        try:
+            await insert_results(self._collection, pages)
+        except BaseException as exc:
+            _fail(waiters, exc)
+            if not isinstance(exc, asyncio.CancelledError):
+                self._failed = exc  # the next add() raises it, before the loop has stopped
+            self._wake.set()  # the writer loop reaps this task and stops
+            raise
+        self._unstored -= len(results)
+        self.written += len(results)
+        self.writes += 1
+        self.pages += len(pages)
+        if self._on_stored is not None:
+            completed = sum(1 for r in results if r.ok)
+            self._on_stored(completed, len(results) - completed)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drained.set()
+
+
+def _reap(writing: set[asyncio.Task[None]]) -> None:
+    """Drop finished writes; raise the first one's error."""
+    for task in [t for t in writing if t.done()]:
+        writing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
 
 
 def _fail(waiters: list[asyncio.Future[None]], error: BaseException) -> None:
