@@ -14,7 +14,10 @@ RUN uv sync --frozen --no-dev --no-editable --package neobatch-runtime-agent
 
 FROM ${RUNTIME_IMAGE}
 # The data path to each engine is OpenSSH's client (`ssh -N -L`, see runtime_agent/tunnel.py).
-USER root
+USER 0
+# Unpinned on purpose: the base image (python:3.11.11-slim-bookworm, base.Dockerfile) fixes the Debian
+# release, and within it the security updates of openssh-client are what we want.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends openssh-client \
     && rm -rf /var/lib/apt/lists/*
