@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 import pytest_asyncio
 
@@ -35,7 +36,7 @@ from neobatch.common.settings import CommonSettings
 from neobatch.runtime_agent.app import Agent, build_agent
 from neobatch.runtime_agent.batches import Batch, is_terminal
 from neobatch.runtime_agent.checkpoints import count_stored, store_results
-from neobatch.runtime_agent.dispatch import RequestResult
+from neobatch.runtime_agent.dispatch import DispatchDefaults, RequestResult
 from neobatch.runtime_agent.settings import AgentSettings
 from neobatch.runtime_agent.store import BatchStore
 from neobatch.sim.engine import expected_body
@@ -46,6 +47,8 @@ from neobatch.sim.waiting import wait_until
 
 MODEL = "sim-model"
 CHAT = "/v1/chat/completions"
+# Dispatch in tests: fewer in flight, short timeouts, one retry.
+TEST_DISPATCH = DispatchDefaults(concurrency=32, request_timeout_seconds=30.0, max_retries=1)
 
 
 def new_batch_id() -> str:
@@ -224,17 +227,16 @@ async def make_harness(mongo_url, mongo_db, ssh_keypair, ssh_host):
     """`await make_harness(**settings)`: an agent on this test's database, runner running."""
     started: list[tuple[Harness, asyncio.Task[None]]] = []
 
-    async def make(**overrides: Any) -> Harness:
+    async def make(dispatch: dict[str, Any] | None = None, **overrides: Any) -> Harness:
+        """`dispatch`: fields of `DispatchDefaults` over the tests' own (32 in flight, ...)."""
         common = CommonSettings(
             mongo_url=mongo_url, db_name=mongo_db.name, namespace=f"t{uuid.uuid4().hex[:12]}"
         )
         options: dict[str, Any] = {
-            "dispatch_concurrency": 32,
+            "dispatch": msgspec.structs.replace(TEST_DISPATCH, **(dispatch or {})),
             "lease_seconds": 6.0,
             "ssh_connect_timeout_seconds": 5.0,
             "ssh_ready_timeout_seconds": 5.0,
-            "request_timeout_seconds": 30.0,
-            "max_retries": 1,
             "engine_stop_grace_seconds": 3.0,
             "poll_interval_seconds": 0.2,
         }

@@ -275,7 +275,7 @@ def test_settings_read_the_dispatch_defaults(tmp_path) -> None:
         "NEOBATCH_ADAPTIVE_HEALTHY_WINDOW": "16",
         "NEOBATCH_ADAPTIVE_ADDITIVE_INCREASE": "3",
     }
-    defaults = read_settings(env).dispatch_defaults()
+    defaults = read_settings(env).dispatch
     assert defaults == DispatchDefaults(
         concurrency=100,
         request_timeout_seconds=42,
@@ -286,6 +286,6 @@ def test_settings_read_the_dispatch_defaults(tmp_path) -> None:
         healthy_window=16,
         additive_increase=3,
     )
-    assert read_settings({"NEOBATCH_SSH_KEY_FILE": str(key)}).dispatch_defaults().adaptive
+    assert read_settings({"NEOBATCH_SSH_KEY_FILE": str(key)}).dispatch.adaptive
     with pytest.raises(ConfigError, match="NEOBATCH_ADAPTIVE_CONCURRENCY"):
         read_settings({**env, "NEOBATCH_ADAPTIVE_CONCURRENCY": "maybe"})

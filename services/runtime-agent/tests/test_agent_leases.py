@@ -26,8 +26,8 @@ def placeholder_engine(agent, port: int):
 
 
 async def test_two_agents_send_each_request_once(make_harness, agent, engine_sim):
-    first = await make_harness(dispatch_concurrency=8)
-    second = await make_harness(dispatch_concurrency=8)
+    first = await make_harness(dispatch={"concurrency": 8})
+    second = await make_harness(dispatch={"concurrency": 8})
     lines = agent.chat_lines(300)
     spec = placeholder_engine(agent, engine_sim.port)
     event = await first.submit(lines, spec)
@@ -87,7 +87,7 @@ async def test_ssh_drop_mid_run_resumes_without_losing_or_repeating(
     host_key = asyncssh.generate_private_key("ssh-ed25519")
     ssh = sim_loop.run(start_ssh_host("127.0.0.1", 0, [ssh_keypair.public_key], host_key, tmp_path))
     port = ssh.port
-    harness = await make_harness(dispatch_concurrency=4, ssh_ready_timeout_seconds=20)
+    harness = await make_harness(dispatch={"concurrency": 4}, ssh_ready_timeout_seconds=20)
     lines = agent.chat_lines(600)
     target = SshEndpoint(host="127.0.0.1", port=port, username=getpass.getuser())
     event = await harness.submit(lines, placeholder_engine(agent, engine.port), target=target)

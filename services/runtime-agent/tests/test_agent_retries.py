@@ -193,7 +193,7 @@ async def test_a_dead_tunnel_is_not_retried_the_request_waits_for_the_resumed_ru
 
 
 async def test_progress_is_reported_while_no_request_finishes(make_harness, agent) -> None:
-    harness = await make_harness(dispatch_concurrency=4)
+    harness = await make_harness(dispatch={"concurrency": 4})
     # 3 s of engine start-up (vLLM loading weights), then 4.5 s per request.
     extra = ["--latency-ms", "4500", "--startup-delay-seconds", "3"]
     spec = agent.sim_engine_spec(extra_args=extra)

@@ -14,7 +14,7 @@ N = 1000
 
 
 async def test_batch_runs_to_completed(make_harness, agent, ssh_host):
-    harness = await make_harness(dispatch_concurrency=64)
+    harness = await make_harness(dispatch={"concurrency": 64})
     lines = agent.chat_lines(N)
     spec = agent.sim_engine_spec()
     event = await harness.submit(lines, spec)
@@ -93,7 +93,7 @@ async def test_resume_skips_finished_requests(make_harness, agent, engine_sim):
 async def test_failed_requests_go_to_the_error_file(make_harness, agent, engine_sim_factory):
     rate = 0.3
     engine = engine_sim_factory(failure_rate=rate)
-    harness = await make_harness(max_retries=1)
+    harness = await make_harness(dispatch={"max_retries": 1})
     lines = agent.chat_lines(200)
     spec = agent.sim_engine_spec(port=engine.port)
     spec = type(spec)(**{**_fields(spec), "command": [sys.executable, "-c", _SLEEP]})

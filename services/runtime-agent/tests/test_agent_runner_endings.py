@@ -95,7 +95,7 @@ async def test_wrong_pinned_host_key_fails(make_harness, agent, ssh_host):
 
 async def test_cancel_mid_run_keeps_partial_output(make_harness, agent, engine_sim_factory):
     engine = engine_sim_factory(latency_ms=20)
-    harness = await make_harness(dispatch_concurrency=4)
+    harness = await make_harness(dispatch={"concurrency": 4})
     lines = agent.chat_lines(2000)
     spec = placeholder_engine(agent, engine.port)
     event = await harness.submit(lines, spec)
@@ -139,7 +139,7 @@ async def test_cancel_before_start_never_touches_the_machine(make_harness, agent
 
 async def test_expiry_writes_batch_expired_lines(make_harness, agent, engine_sim_factory):
     engine = engine_sim_factory(latency_ms=20)
-    harness = await make_harness(dispatch_concurrency=4)
+    harness = await make_harness(dispatch={"concurrency": 4})
     lines = agent.chat_lines(1000)
     spec = placeholder_engine(agent, engine.port)
     event = await harness.submit(lines, spec, expires_at=utcnow() + timedelta(seconds=3))

@@ -26,7 +26,7 @@ def key_file(tmp_path):
 
 def test_defaults_and_overrides(key_file) -> None:
     settings = read_settings({"NEOBATCH_SSH_KEY_FILE": str(key_file)})
-    assert settings.dispatch_concurrency == 64 and settings.ssh_key_file == str(key_file)
+    assert settings.dispatch.concurrency == 64 and settings.ssh_key_file == str(key_file)
     env = {
         "NEOBATCH_SSH_KEY_FILE": str(key_file),
         "NEOBATCH_DISPATCH_CONCURRENCY": "8",
@@ -34,7 +34,7 @@ def test_defaults_and_overrides(key_file) -> None:
         "NEOBATCH_BATCH_LEASE_SECONDS": "12",
     }
     settings = read_settings(env)
-    assert settings.dispatch_concurrency == 8
+    assert settings.dispatch.concurrency == 8
     assert settings.ssh_connect_timeout_seconds == 3.0 and settings.lease_seconds == 12.0
     assert load_client_key(str(key_file)).algorithm == b"ssh-ed25519"
 

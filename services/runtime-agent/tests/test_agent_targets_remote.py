@@ -300,7 +300,7 @@ async def dispatching(
     """A 400-request RunPod batch over `ssh_tunnel`, once its first 50 results are stored."""
     machine = make_machine(engine_args=("--latency-ms", "10"))
     harness = await make_harness(
-        dispatch_concurrency=4, ssh_ready_timeout_seconds=20, ssh_tunnel=ssh_tunnel
+        dispatch={"concurrency": 4}, ssh_ready_timeout_seconds=20, ssh_tunnel=ssh_tunnel
     )
     lines = agent.chat_lines(400)
     spec = engine_spec(ready_timeout_seconds=15.0)
@@ -368,7 +368,7 @@ async def test_changed_host_key_on_reconnect_fails_the_batch(
     make_harness, agent, make_machine, sim_loop, ssh_keypair
 ) -> None:
     machine = make_machine(engine_args=("--latency-ms", "10"))
-    harness = await make_harness(dispatch_concurrency=4, ssh_ready_timeout_seconds=20)
+    harness = await make_harness(dispatch={"concurrency": 4}, ssh_ready_timeout_seconds=20)
     spec = engine_spec()
     event = await submit(harness, agent, machine, "runpod", spec, 800)
 
@@ -399,7 +399,7 @@ async def test_reconnect_wait_ends_when_the_batch_moves_to_a_replacement(
 ) -> None:
     lost = make_machine(engine_args=("--latency-ms", "10"))
     # A long reconnect deadline: the move to the replacement must not wait for it.
-    harness = await make_harness(dispatch_concurrency=4, ssh_ready_timeout_seconds=120)
+    harness = await make_harness(dispatch={"concurrency": 4}, ssh_ready_timeout_seconds=120)
     spec = engine_spec()
     event = await submit(harness, agent, lost, "runpod", spec, 400)
 
@@ -421,7 +421,7 @@ async def test_reconnect_wait_ends_when_the_batch_moves_to_a_replacement(
 
 async def test_lambda_container_is_removed_on_cancel(make_harness, agent, make_machine) -> None:
     machine = make_machine(engine_args=("--latency-ms", "10"))
-    harness = await make_harness(dispatch_concurrency=4)
+    harness = await make_harness(dispatch={"concurrency": 4})
     spec = engine_spec(image="vllm/vllm-openai:v0.9.1")
     event = await submit(harness, agent, machine, "lambdaCloud", spec, 2000)
 

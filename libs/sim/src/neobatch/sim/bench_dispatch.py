@@ -288,7 +288,7 @@ async def run_agent_job(job: AgentJob) -> dict[str, Any]:
     """Run one batch through a real agent; returns its figures (called in the child)."""
     import uuid
 
-    from neobatch.common.contracts import BatchRequested, EngineSpec, SshEndpoint
+    from neobatch.common.contracts import BatchRequested, ClientSpec, EngineSpec, SshEndpoint
     from neobatch.common.settings import CommonSettings
     from neobatch.runtime_agent.app import build_agent
     from neobatch.runtime_agent.batches import is_terminal
@@ -298,21 +298,18 @@ async def run_agent_job(job: AgentJob) -> dict[str, Any]:
     common = CommonSettings(
         mongo_url=job.mongo_url, db_name=job.db_name, namespace=f"b{uuid.uuid4().hex[:10]}"
     )
-    options: dict[str, Any] = {
-        "dispatch_concurrency": job.concurrency,
-        "request_timeout_seconds": 120.0,
-        "max_retries": 2,
-        "poll_interval_seconds": 0.2,
-        "engine_stop_grace_seconds": 5.0,
-    }
-    # Another change adds adaptive concurrency bounded by the client block; the bench runs at a
-    # fixed 256 in flight. Settings that do not exist (yet) are simply not passed.
-    fields = set(AgentSettings.__struct_fields__)
-    options.update({k: v for k, v in (("adaptive_concurrency", False),) if k in fields})
+    from neobatch.runtime_agent.dispatch import DispatchDefaults
+
+    # The bench runs a fixed concurrency (no adaptive ramp); the job's client block says so too.
+    dispatch = DispatchDefaults(
+        concurrency=job.concurrency, request_timeout_seconds=120.0, max_retries=2, adaptive=False
+    )
     settings = AgentSettings(
         common=common,
         ssh_key_file=job.key_file,
-        **{k: v for k, v in options.items() if k in fields},
+        dispatch=dispatch,
+        poll_interval_seconds=0.2,
+        engine_stop_grace_seconds=5.0,
     )
     agent = build_agent(settings)
     await agent.store.ensure_indexes()
@@ -325,9 +322,6 @@ async def run_agent_job(job: AgentJob) -> dict[str, Any]:
         port=job.engine_port,
         ready_timeout_seconds=30.0,
     )
-    event_fields: dict[str, Any] = {}
-    if "client" in BatchRequested.__struct_fields__:
-        event_fields.update(_client_block(job.concurrency))
     event = BatchRequested(
         batch_id=batch_id,
         job_id=f"job_{uuid.uuid4().hex}",
@@ -337,7 +331,7 @@ async def run_agent_job(job: AgentJob) -> dict[str, Any]:
         owner="bench",
         target=SshEndpoint(host=job.ssh_host, port=job.ssh_port, username=job.ssh_user),
         engine=engine,
-        **event_fields,
+        client=ClientSpec(max_concurrency=job.concurrency, adaptive_concurrency=False),
     )
     started = time.perf_counter()
     cpu_started = time.process_time()
@@ -385,13 +379,6 @@ async def run_agent_job(job: AgentJob) -> dict[str, Any]:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
         await agent.runtime.mongo.close()
-
-
-def _client_block(concurrency: int) -> dict[str, Any]:
-    """The job's client block: a fixed concurrency for the bench (no adaptive ramp)."""
-    from neobatch.common.contracts import ClientSpec
-
-    return {"client": ClientSpec(max_concurrency=concurrency, adaptive_concurrency=False)}
 
 
 def _status_kb(field: str) -> float:

@@ -250,10 +250,12 @@ class DispatchDefaults(msgspec.Struct, frozen=True, kw_only=True):
     """The agent's configured defaults, used for whatever the job's client block leaves unset."""
 
     concurrency: int = 64
+    # Per request; generations can be long (AIBrix's fixed 30 s read timeout retried them).
     request_timeout_seconds: float = 600.0
     max_retries: int = 5
     base_delay_seconds: float = 0.5
     max_delay_seconds: float = 5.0
+    # AIMD concurrency (start at 8, grow while healthy, back off on overload), as AIBrix.
     adaptive: bool = True
     healthy_window: int = 8
     additive_increase: int = 1

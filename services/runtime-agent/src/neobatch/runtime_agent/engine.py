@@ -120,7 +120,7 @@ class EngineClient:
     @classmethod
     def for_batch(cls, base_url: str, batch: Batch, settings: AgentSettings) -> EngineClient:
         """A client driven by the job's `client` block, the agent's settings filling the gaps."""
-        config = DispatchConfig.resolve(batch.client, settings.dispatch_defaults())
+        config = DispatchConfig.resolve(batch.client, settings.dispatch)
         return cls(
             base_url,
             batch_id=batch.id,

@@ -26,41 +26,21 @@ SSH_TUNNEL_ENV = "NEOBATCH_SSH_TUNNEL"
 class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     common: CommonSettings
     ssh_key_file: str
-    dispatch_concurrency: int = 64
+    # How batches are dispatched where the job's `client` block says nothing (each field of
+    # it overrides one of these): concurrency, per-request timeout, retries, AIMD.
+    dispatch: DispatchDefaults = DispatchDefaults()
     # Batches one agent runs at once (each on its own machine).
     max_batches: int = 8
     lease_seconds: float = 30.0
     ssh_connect_timeout_seconds: float = 15.0
     # How long to keep retrying SSH before the batch fails with `ssh_unreachable`.
     ssh_ready_timeout_seconds: float = 120.0
-    # Per request; generations can be long (AIBrix's fixed 30 s read timeout retried them).
-    request_timeout_seconds: float = 600.0
-    max_retries: int = 5
-    retry_base_delay_seconds: float = 0.5
-    retry_max_delay_seconds: float = 5.0
-    # AIMD concurrency (start at 8, grow while healthy, back off on overload), as AIBrix;
-    # a job's `client` block overrides each of these.
-    adaptive_concurrency: bool = True
-    adaptive_healthy_window: int = 8
-    adaptive_additive_increase: int = 1
     engine_stop_grace_seconds: float = 15.0
     # How often an idle runner looks for claimable batches (expired leases of dead agents).
     poll_interval_seconds: float = 5.0
     # The data path to the engine (`tunnel.MODES`): `openssh` (an `ssh -N -L` subprocess with a
     # unix socket), `asyncssh` (a port-forward on the control connection), or `auto`.
     ssh_tunnel: str = "auto"
-
-    def dispatch_defaults(self) -> DispatchDefaults:
-        return DispatchDefaults(
-            concurrency=self.dispatch_concurrency,
-            request_timeout_seconds=self.request_timeout_seconds,
-            max_retries=self.max_retries,
-            base_delay_seconds=self.retry_base_delay_seconds,
-            max_delay_seconds=self.retry_max_delay_seconds,
-            adaptive=self.adaptive_concurrency,
-            healthy_window=self.adaptive_healthy_window,
-            additive_increase=self.adaptive_additive_increase,
-        )
 
 
 def check_key_file(path: str) -> None:
@@ -98,23 +78,39 @@ def read_settings(env: Mapping[str, str] | None = None) -> AgentSettings:
     return AgentSettings(
         common=read_common(env),
         ssh_key_file=key_file,
-        dispatch_concurrency=env_int(env, "NEOBATCH_DISPATCH_CONCURRENCY", 64, minimum=1),
+        dispatch=read_dispatch_defaults(env),
         max_batches=env_int(env, "NEOBATCH_MAX_BATCHES", 8, minimum=1),
         lease_seconds=lease_seconds,
         ssh_connect_timeout_seconds=env_float(env, "NEOBATCH_SSH_CONNECT_TIMEOUT_SECONDS", 15.0),
         ssh_ready_timeout_seconds=env_float(env, "NEOBATCH_SSH_READY_TIMEOUT_SECONDS", 120.0),
-        request_timeout_seconds=env_float(env, "NEOBATCH_REQUEST_TIMEOUT_SECONDS", 600.0),
-        max_retries=env_int(env, "NEOBATCH_REQUEST_MAX_RETRIES", 5, minimum=0),
-        retry_base_delay_seconds=env_float(env, "NEOBATCH_REQUEST_RETRY_BASE_DELAY_SECONDS", 0.5),
-        retry_max_delay_seconds=env_float(env, "NEOBATCH_REQUEST_RETRY_MAX_DELAY_SECONDS", 5.0),
-        adaptive_concurrency=_env_bool(env, "NEOBATCH_ADAPTIVE_CONCURRENCY", True),
-        adaptive_healthy_window=env_int(env, "NEOBATCH_ADAPTIVE_HEALTHY_WINDOW", 8, minimum=1),
-        adaptive_additive_increase=env_int(
-            env, "NEOBATCH_ADAPTIVE_ADDITIVE_INCREASE", 1, minimum=1
-        ),
         engine_stop_grace_seconds=env_float(env, "NEOBATCH_ENGINE_STOP_GRACE_SECONDS", 15.0),
         poll_interval_seconds=env_float(env, "NEOBATCH_RUNNER_POLL_SECONDS", 5.0),
         ssh_tunnel=ssh_tunnel,
+    )
+
+
+def read_dispatch_defaults(env: Mapping[str, str]) -> DispatchDefaults:
+    """The agent's dispatch defaults; unset variables keep `DispatchDefaults`' values."""
+    d = DispatchDefaults()
+    return DispatchDefaults(
+        concurrency=env_int(env, "NEOBATCH_DISPATCH_CONCURRENCY", d.concurrency, minimum=1),
+        request_timeout_seconds=env_float(
+            env, "NEOBATCH_REQUEST_TIMEOUT_SECONDS", d.request_timeout_seconds
+        ),
+        max_retries=env_int(env, "NEOBATCH_REQUEST_MAX_RETRIES", d.max_retries, minimum=0),
+        base_delay_seconds=env_float(
+            env, "NEOBATCH_REQUEST_RETRY_BASE_DELAY_SECONDS", d.base_delay_seconds
+        ),
+        max_delay_seconds=env_float(
+            env, "NEOBATCH_REQUEST_RETRY_MAX_DELAY_SECONDS", d.max_delay_seconds
+        ),
+        adaptive=_env_bool(env, "NEOBATCH_ADAPTIVE_CONCURRENCY", d.adaptive),
+        healthy_window=env_int(
+            env, "NEOBATCH_ADAPTIVE_HEALTHY_WINDOW", d.healthy_window, minimum=1
+        ),
+        additive_increase=env_int(
+            env, "NEOBATCH_ADAPTIVE_ADDITIVE_INCREASE", d.additive_increase, minimum=1
+        ),
     )
 
 
