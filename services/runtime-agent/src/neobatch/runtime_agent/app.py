@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import asyncssh
-
 from neobatch.common.broker import subscribe
 from neobatch.common.clock import Clock
 from neobatch.common.contracts import BatchCancelRequested, BatchRequested
@@ -31,15 +29,12 @@ def build_agent(
     settings: AgentSettings,
     *,
     clock: Clock | None = None,
-    client_key: asyncssh.SSHKey | None = None,
     owner: str | None = None,
 ) -> Agent:
     runtime = ServiceRuntime(SERVICE, settings.common, clock)
     store = BatchStore.from_runtime(runtime)
-    key = client_key if client_key is not None else load_client_key(settings.ssh_key_file)
-    # The key's file, for the OpenSSH tunnel; a key handed in only exists in memory.
-    key_file = settings.ssh_key_file if client_key is None else None
-    runner = Runner(store, settings, key, owner=owner, key_file=key_file)
+    key = load_client_key(settings.ssh_key_file)
+    runner = Runner(store, settings, key, owner=owner)
     handlers = BatchHandlers(store, runner.wake)
     subscribe(runtime.broker, runtime.ns, SERVICE, BatchRequested, handlers.on_batch_requested)
     subscribe(

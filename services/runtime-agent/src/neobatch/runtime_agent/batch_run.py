@@ -69,7 +69,6 @@ class BatchRun:
         client_key: asyncssh.SSHKey,
         owner: str,
         watch: BatchWatch,
-        key_file: str | None = None,
     ) -> None:
         self.batch = batch
         self.status = batch.status
@@ -85,7 +84,6 @@ class BatchRun:
             client_key=client_key,
             owner=owner,
             watch=watch,
-            key_file=key_file,
         )
         self.tally = Tally(batch.request_counts.total)
         # Validated by an earlier run: the machine was reached before, so failing to reach it

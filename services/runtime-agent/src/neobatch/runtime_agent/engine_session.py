@@ -40,13 +40,11 @@ class EngineSession:
         client_key: asyncssh.SSHKey,
         owner: str,
         watch: BatchWatch,
-        key_file: str | None = None,
     ) -> None:
         self._batch = batch
         self._store = store
         self._settings = settings
         self._key = client_key
-        self._key_file = key_file
         self._owner = owner
         self._watch = watch
         self._host: remote.RemoteHost | None = None
@@ -94,7 +92,8 @@ class EngineSession:
             connect_timeout_seconds=self._settings.ssh_connect_timeout_seconds,
             ready_timeout_seconds=ready_timeout_seconds,
             still_wanted=self._still_this_machine if interruptible else None,
-            key_file=self._key_file,
+            # The file `client_key` was read from: the OpenSSH tunnel uses it in place.
+            key_file=self._settings.ssh_key_file,
             tunnel=self._settings.ssh_tunnel,
         )
         # Starting up yields to a cancel or expiry; stopping the engine must not.

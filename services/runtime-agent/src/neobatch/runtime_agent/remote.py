@@ -21,8 +21,9 @@ Either way the engine is only reachable on the machine's loopback, through our p
 
 The data path (every inference request) and the control path are two SSH connections. The
 control commands (launch, stop, status, logs) and the host-key pin go through this module's
-asyncssh connection. The port-forward is, by default (when `ssh` is installed), a separate OpenSSH client process (`tunnel.py`: `ssh -N -L <socket>:127.0.0.1:<port>`,
-pinned to the key asyncssh pinned) with a unix-socket local end: measured on a 2-core machine,
+asyncssh connection. The port-forward is, by default (when `ssh` is installed), a separate
+OpenSSH client process (`tunnel.py`: `ssh -N -L <socket>:127.0.0.1:<port>`, pinned to the
+key asyncssh pinned) with a unix-socket local end: measured on a 2-core machine,
 asyncssh's in-process forward costs the agent about 0.05 ms of CPU per request (packet framing
 in Python, on the same core as dispatch), OpenSSH about 0.036 ms on the other core, and a unix
 socket is cheaper than loopback TCP; the dispatch benchmark must reach 80% of a direct
@@ -520,8 +521,8 @@ class RemoteHost:
         for dead in [t for t in self._tunnels if t.is_down]:
             self._tunnels.remove(dead)
             await dead.close()
-        delay = 0.5
-        for attempt in range(1, TUNNEL_ATTEMPTS + 1):
+        attempt, delay = 1, 0.5
+        while True:
             try:
                 opened = await tunnels.open_tunnel(
                     self._target,
@@ -531,6 +532,7 @@ class RemoteHost:
                     key_file=self._key_file,
                     connect_timeout_seconds=self._connect_timeout,
                 )
+                break
             except HostKeyMismatch:
                 raise  # never retried: it does not heal
             except tunnels.TunnelFailed as exc:
@@ -547,11 +549,9 @@ class RemoteHost:
                     extra=log_fields(attempt=attempt, error=exc.message),
                 )
                 await asyncio.sleep(delay)
-                delay *= 2
-            else:
-                self._tunnels.append(opened)
-                return opened.base_url
-        raise AssertionError("unreachable")
+                attempt, delay = attempt + 1, delay * 2
+        self._tunnels.append(opened)
+        return opened.base_url
 
     async def close(self) -> None:
         for listener in self._listeners:

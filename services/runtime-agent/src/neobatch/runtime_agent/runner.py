@@ -45,13 +45,10 @@ class Runner:
         client_key: asyncssh.SSHKey,
         *,
         owner: str | None = None,
-        key_file: str | None = None,
     ) -> None:
         self._store = store
         self._settings = settings
         self._key = client_key
-        # Where `client_key` was read from (None: only in memory), for the OpenSSH tunnel.
-        self._key_file = key_file
         self.owner = owner or agent_owner_id()
         self._wake = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -127,7 +124,6 @@ class Runner:
             store=self._store,
             settings=self._settings,
             client_key=self._key,
-            key_file=self._key_file,
             owner=owner,
             watch=watch,
         )
