@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,13 +233,30 @@ class Rate:
     cpu_ms: float
 
 
+def request_bodies(requests: int, pad: int = 0) -> list[bytes]:
+    """The request bodies of the input lines, as a load generator sends them."""
+    return [
+        json.dumps(json.loads(request_line(i, pad))["body"], separators=(",", ":")).encode()
+        for i in range(requests)
+    ]
+
+
+async def timed_workers(
+    worker: Callable[[], Awaitable[None]], requests: int, concurrency: int
+) -> Rate:
+    """Run `concurrency` copies of `worker` (each sending until the requests run out)."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
+    return Rate(requests / elapsed, cpu / requests * 1e3)
+
+
 async def direct_rate(base_url: str, requests: int, concurrency: int, pad: int = 0) -> Rate:
     """Requests per second of a minimal aiohttp generator sending the same requests."""
     import aiohttp
 
-    payloads = [json.loads(request_line(i, pad))["body"] for i in range(requests)]
-    bodies = [json.dumps(p, separators=(",", ":")).encode() for p in payloads]
-    del payloads
+    bodies = request_bodies(requests, pad)
     headers = {"Content-Type": "application/json"}
     next_index = 0
     failures = 0
@@ -257,13 +274,10 @@ async def direct_rate(base_url: str, requests: int, concurrency: int, pad: int =
                     if resp.status != 200:
                         failures += 1
 
-        started, cpu_started = time.perf_counter(), time.process_time()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-        cpu = time.process_time() - cpu_started
+        rate = await timed_workers(worker, requests, concurrency)
     if failures:
         raise RuntimeError(f"direct: {failures} requests failed")
-    return Rate(requests / elapsed, cpu / requests * 1e3)
+    return rate
 
 
 # --- the agent, in its own process ---------------------------------------------------------------
@@ -597,10 +611,7 @@ async def engine_client_rate(base_url: str, requests: int, concurrency: int) -> 
     """For scale: the same requests straight to nginx with the agent's HTTP client alone."""
     from neobatch.runtime_agent.engine_http import EngineHTTP
 
-    bodies = [
-        json.dumps(json.loads(request_line(i))["body"], separators=(",", ":")).encode()
-        for i in range(requests)
-    ]
+    bodies = request_bodies(requests)
     http = EngineHTTP(base_url, max_connections=concurrency)
     headers = (("Content-Type", "application/json"),)
     next_index = 0
@@ -614,12 +625,10 @@ async def engine_client_rate(base_url: str, requests: int, concurrency: int) -> 
             if resp.status != 200:
                 raise RuntimeError(f"engine client: HTTP {resp.status}")
 
-    started, cpu_started = time.perf_counter(), time.process_time()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    cpu = time.process_time() - cpu_started
-    await http.close()
-    return Rate(requests / elapsed, cpu / requests * 1e3)
+    try:
+        return await timed_workers(worker, requests, concurrency)
+    finally:
+        await http.close()
 
 
 async def tunnel_rate(stack: Stack, engine_port: int, requests: int, concurrency: int) -> Rate:
