@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ from neobatch.common.metrics import new_registry
 from neobatch.common.mongo import create_mongo_client, ensure_indexes
 from neobatch.common.outbox import OUTBOX, OUTBOX_INDEXES, OutboxRelay
 from neobatch.common.settings import CommonSettings, nats_servers
+from neobatch.common.startup import retry_step
 from neobatch.common.state_metrics import StateCollector
 from neobatch.common.subjects import Namespace
 
@@ -34,6 +36,9 @@ log = logging.getLogger("neobatch.runtime")
 
 # Longest any single shutdown step may take.
 STOP_STEP_SECONDS = 5.0
+
+# How long start-up keeps retrying a database or broker that does not answer.
+STARTUP_SECONDS = 300.0
 
 Loop = Callable[[], Awaitable[None]]
 
@@ -46,9 +51,11 @@ class ServiceRuntime:
         clock: Clock | None = None,
         *,
         health_server: bool = True,
+        startup_seconds: float = STARTUP_SECONDS,
     ) -> None:
         """`health_server=False`: the service serves /healthz, /readyz, /metrics itself (console)."""
         self.service = service
+        self.startup_seconds = startup_seconds
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         self.ns = Namespace(settings.namespace)
@@ -88,28 +95,52 @@ class ServiceRuntime:
         self._startup.append(step)
 
     async def start(self) -> None:
+        """Connect, prepare and start consuming; each step retried while a dependency restarts."""
         if self._health is not None:
             # First, so liveness answers (and readiness says why not) while connecting.
             await self._health.start()
+        deadline = time.monotonic() + self.startup_seconds
+
+        async def step(name: str, work: Loop, undo: Loop | None = None) -> None:
+            await retry_step(self.service, name, work, deadline=deadline, undo=undo)
+
+        await step("outbox indexes", self._ensure_outbox_indexes)
+        for number, startup in enumerate(self._startup, 1):
+            await step(f"start-up step {number}", startup)
+        await step("nats connect", self._connect_nats)
+        await step("event stream", self._ensure_stream)
+        await step("dead-letter forwarder", self._forward_dead_letters)
+        assert self._nc is not None
+        self.relay = OutboxRelay(self.db, self._nc, clock=self.clock)
+        self.add_loop("outbox-relay", self.relay.run)
+        # A half-started broker (connected, some consumers bound) is stopped before the next
+        # attempt, so no consumer is bound twice.
+        await step("consumers", self.broker.start, undo=self.broker.stop)
+        for name, loop in self._loops:
+            self._tasks.append(asyncio.create_task(self._supervise(name, loop), name=name))
+        self._started = True
+        log.info("service started", extra=log_fields(service=self.service))
+
+    async def _ensure_outbox_indexes(self) -> None:
         await ensure_indexes(self.db[OUTBOX], OUTBOX_INDEXES)
-        for step in self._startup:
-            await step()
+
+    async def _connect_nats(self) -> None:
+        if self._nc is not None and self._nc.is_connected:
+            return
         self._nc = await nats.connect(
             nats_servers(self.settings.nats_url),
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             name=f"{self.service}-relay",
         )
-        replicas = self.settings.stream_replicas
-        await ensure_stream(self._nc, self.ns, replicas)
-        await forward_dead_letters(self._nc, self.ns, self.service, replicas)
-        self.relay = OutboxRelay(self.db, self._nc, clock=self.clock)
-        self.add_loop("outbox-relay", self.relay.run)
-        await self.broker.start()
-        for name, loop in self._loops:
-            self._tasks.append(asyncio.create_task(self._supervise(name, loop), name=name))
-        self._started = True
-        log.info("service started", extra=log_fields(service=self.service))
+
+    async def _ensure_stream(self) -> None:
+        assert self._nc is not None
+        await ensure_stream(self._nc, self.ns, self.settings.stream_replicas)
+
+    async def _forward_dead_letters(self) -> None:
+        assert self._nc is not None
+        await forward_dead_letters(self._nc, self.ns, self.service, self.settings.stream_replicas)
 
     async def readiness(self) -> dict[str, bool]:
         """What /readyz reports: every value must be True for the service to take work."""

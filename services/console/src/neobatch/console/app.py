@@ -36,13 +36,17 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         runtime = ServiceRuntime(SERVICE, settings.common, clock=clock, health_server=False)
         store = ConsoleStore(runtime.mongo, runtime.db, runtime.ns, runtime.notify_outbox)
-        try:
-            await store.ensure_indexes()
+
+        async def seed_dev_key() -> None:
             if settings.api_key:
                 now = runtime.clock.now()
                 await store.seed_api_key(
                     key_doc(DEV_KEY_ID, settings.api_key, DEV_PROJECT, "dev key", now)
                 )
+
+        runtime.add_startup(store.ensure_indexes)
+        runtime.add_startup(seed_dev_key)
+        try:
             await runtime.start()
             app.state.runtime = runtime
             app.state.store = store

@@ -44,11 +44,11 @@ def build_agent(
         BatchCancelRequested,
         handlers.on_batch_cancel_requested,
     )
+    runtime.add_startup(store.ensure_indexes)
     runtime.add_loop("batch-runner", runner.run)
     return Agent(runtime, store, runner, handlers)
 
 
 async def run_agent(settings: AgentSettings) -> None:
     agent = build_agent(settings)
-    await agent.store.ensure_indexes()
     await agent.runtime.run()
