@@ -129,6 +129,12 @@ def test_a_field_without_a_declaration_is_refused() -> None:
     with pytest.raises(TypeError, match=r"Loose\.size declares no environment variable"):
         read_env(Loose, {})
 
+    class Misnamed(Settings, frozen=True, kw_only=True):
+        limits: Annotated[Limits, EnvFields(retries=Env("NB_RETRIES", "Retries"))] = Limits()
+
+    with pytest.raises(TypeError, match=r"Limits has no .*retries"):
+        read_env(Misnamed, {})
+
 
 def test_tables_are_rendered_from_the_declarations() -> None:
     tables = render_tables({"sample": Sample})

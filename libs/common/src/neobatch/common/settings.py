@@ -187,17 +187,9 @@ def _read_struct(cls: type[S], env: Mapping[str, str]) -> S:
             required = field.default is msgspec.NODEFAULT or (
                 marker.required_when is not None and marker.required_when.holds(values)
             )
-            values[field.name] = read_variable(marker, kind, env, field.default, required)
+            values[field.name] = _read_variable(marker, kind, env, field.default, required)
         elif isinstance(marker, EnvFields):
-            defaults = {f.name: f for f in msgspec.structs.fields(kind)}
-            values[field.name] = kind(
-                **{
-                    name: read_variable(
-                        declared, _plain(defaults[name].type), env, defaults[name].default, False
-                    )
-                    for name, declared in marker.fields.items()
-                }
-            )
+            values[field.name] = _read_fields(kind, marker, env)
         elif isinstance(marker, When):
             values[field.name] = _read_struct(kind, env) if marker.holds(values) else None
         else:
@@ -205,8 +197,18 @@ def _read_struct(cls: type[S], env: Mapping[str, str]) -> S:
     return cls(**values)
 
 
-def read_variable(
-    declared: Env, kind: Any, env: Mapping[str, str], default: Any, required: bool
+def _read_fields(cls: type[S], declared: EnvFields, env: Mapping[str, str]) -> S:
+    fields = {f.name: f for f in msgspec.structs.fields(cls)}
+    return cls(
+        **{
+            name: _read_variable(variable, _plain(fields[name].type), env, fields[name].default)
+            for name, variable in declared.fields.items()
+        }
+    )
+
+
+def _read_variable(
+    declared: Env, kind: Any, env: Mapping[str, str], default: Any, required: bool = False
 ) -> Any:
     """One variable: parsed as `kind`, bounded and checked as `declared` says."""
     raw = env.get(declared.name, "").strip()
@@ -282,6 +284,10 @@ def declared_fields(
             raise TypeError(f"{cls.__name__}.{field.name} declares no environment variable")
         if isinstance(marker, (EnvFields, When)) and not issubclass(kind, msgspec.Struct):
             raise TypeError(f"{cls.__name__}.{field.name}: {marker!r} needs a Struct")
+        if isinstance(marker, EnvFields):
+            unknown = set(marker.fields) - {f.name for f in msgspec.structs.fields(kind)}
+            if unknown:
+                raise TypeError(f"{cls.__name__}.{field.name}: {kind.__name__} has no {unknown}")
         yield field, kind, marker
 
 

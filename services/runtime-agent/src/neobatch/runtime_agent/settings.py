@@ -53,8 +53,7 @@ class AgentSettings(Settings, frozen=True, kw_only=True):
         str,
         Env(
             SSH_KEY_FILE_ENV,
-            "Path of the SSH private key for the machines; refused unless mode 0600 or "
-            "stricter",
+            "Path of the SSH private key for the machines; refused unless mode 0600 or stricter",
             check=check_key_file,
         ),
     ]
