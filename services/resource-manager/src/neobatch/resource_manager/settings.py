@@ -22,7 +22,7 @@ class RunPodSettings(Settings, frozen=True, kw_only=True):
     ssh_public_key: Annotated[
         str, Env("RUNPOD_SSH_PUBLIC_KEY", "Public key put on RunPod pods", credential=True)
     ]
-    base_url: Annotated[str, Env("RUNPOD_BASE_URL", "RunPod API base URL")] = (
+    base_url: Annotated[str, Env("RUNPOD_BASE_URL", "RunPod API base URL (REST v2)")] = (
         "https://api.runpod.io"
     )
     data_centers: Annotated[
@@ -79,7 +79,8 @@ class ResourceManagerSettings(Settings, frozen=True, kw_only=True):
         str,
         Env(
             "NEOBATCH_SSH_POOL",
-            "SSH pool, comma-separated `user@host:port[=GPU_TYPExCOUNT]`",
+            "SSH pool, comma-separated `user@host:port[=GPU_TYPExCOUNT]` (no GPU part: matches "
+            "any accelerator request)",
             credential=True,
             required_when=When("provisioners", "ssh"),
         ),
