@@ -1,36 +1,59 @@
-"""Planner settings, read once from the environment."""
+"""Planner settings, read once from the environment (see `neobatch.common.settings`)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
+from typing import Annotated
 
-import msgspec
-
-from neobatch.common.settings import CommonSettings, env_float, env_int, read_common
+from neobatch.common.settings import CommonSettings, Env, EnvFields, Settings, read_env
 from neobatch.planner.policy import Limits
 
 
-class PlannerSettings(msgspec.Struct, frozen=True, kw_only=True):
+class PlannerSettings(Settings, frozen=True, kw_only=True):
     common: CommonSettings
-    limits: Limits = Limits()
+    limits: Annotated[
+        Limits,
+        EnvFields(
+            max_provision_attempts=Env(
+                "NEOBATCH_MAX_PROVISION_ATTEMPTS",
+                "Provisions tried for one job when machines are lost",
+                minimum=1,
+            ),
+            provisioning_seconds=Env(
+                "NEOBATCH_PROVISIONING_TIMEOUT_SECONDS",
+                "Longest wait for a machine before the job is `resource_failed`",
+            ),
+            cancel_seconds=Env(
+                "NEOBATCH_CANCEL_TIMEOUT_SECONDS",
+                "Longest wait for the agent or resource-manager to confirm a cancel",
+            ),
+            grace_seconds=Env(
+                "NEOBATCH_DEADLINE_GRACE_SECONDS",
+                "Grace after the resource-manager's provisioning deadline before the "
+                "planner's own deadline fires",
+            ),
+            expiry_grace_seconds=Env(
+                "NEOBATCH_EXPIRY_GRACE_SECONDS",
+                "Time after the completion window before the planner expires a batch the "
+                "agent never reported expired",
+            ),
+        ),
+    ] = Limits()
     # AIBrix provisions one job at a time; we default to four in parallel.
-    max_concurrent_provisioning: int = 4
-    # Events handled concurrently per subject (AIBrix's PLANNER_WORKER_COUNT, default 10).
-    worker_count: int = 10
+    max_concurrent_provisioning: Annotated[
+        int,
+        Env(
+            "MAX_CONCURRENT_PROVISIONING",
+            "Jobs provisioning at once (slots, in queue order)",
+            minimum=1,
+        ),
+    ] = 4
+    # AIBrix's PLANNER_WORKER_COUNT, default 10.
+    worker_count: Annotated[
+        int,
+        Env("PLANNER_WORKER_COUNT", "Events handled concurrently per consumer", minimum=1),
+    ] = 10
 
 
 def read_settings(env: Mapping[str, str] | None = None) -> PlannerSettings:
-    env = os.environ if env is None else env
-    return PlannerSettings(
-        common=read_common(env),
-        limits=Limits(
-            provisioning_seconds=env_float(env, "NEOBATCH_PROVISIONING_TIMEOUT_SECONDS", 1200.0),
-            grace_seconds=env_float(env, "NEOBATCH_DEADLINE_GRACE_SECONDS", 60.0),
-            expiry_grace_seconds=env_float(env, "NEOBATCH_EXPIRY_GRACE_SECONDS", 120.0),
-            cancel_seconds=env_float(env, "NEOBATCH_CANCEL_TIMEOUT_SECONDS", 300.0),
-            max_provision_attempts=env_int(env, "NEOBATCH_MAX_PROVISION_ATTEMPTS", 3, minimum=1),
-        ),
-        max_concurrent_provisioning=env_int(env, "MAX_CONCURRENT_PROVISIONING", 4, minimum=1),
-        worker_count=env_int(env, "PLANNER_WORKER_COUNT", 10, minimum=1),
-    )
+    return read_env(PlannerSettings, env)

@@ -11,42 +11,19 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Mapping
-
-import msgspec
+from typing import Annotated
 
 from neobatch.common.errors import ConfigError
-from neobatch.common.settings import CommonSettings, env_float, env_int, env_str, read_common
+from neobatch.common.settings import CommonSettings, Env, EnvFields, Settings, read_env
 from neobatch.runtime_agent.dispatch import DispatchDefaults
-from neobatch.runtime_agent.tunnel import check_mode, ssh_binary
+from neobatch.runtime_agent.tunnel import MODES, ssh_binary
 
 SSH_KEY_FILE_ENV = "NEOBATCH_SSH_KEY_FILE"
 SSH_TUNNEL_ENV = "NEOBATCH_SSH_TUNNEL"
 
 
-class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
-    common: CommonSettings
-    ssh_key_file: str
-    # How batches are dispatched where the job's `client` block says nothing (each field of
-    # it overrides one of these): concurrency, per-request timeout, retries, AIMD.
-    dispatch: DispatchDefaults = DispatchDefaults()
-    # Batches one agent runs at once (each on its own machine).
-    max_batches: int = 8
-    lease_seconds: float = 30.0
-    ssh_connect_timeout_seconds: float = 15.0
-    # How long to keep retrying SSH before the batch fails with `ssh_unreachable`.
-    ssh_ready_timeout_seconds: float = 120.0
-    engine_stop_grace_seconds: float = 15.0
-    # How often an idle runner looks for claimable batches (expired leases of dead agents).
-    poll_interval_seconds: float = 5.0
-    # The data path to the engine (`tunnel.MODES`): `openssh` (an `ssh -N -L` subprocess with a
-    # unix socket), `asyncssh` (a port-forward on the control connection), or `auto`.
-    ssh_tunnel: str = "auto"
-
-
 def check_key_file(path: str) -> None:
     """Refuse a missing, unreadable, non-regular or group/other-accessible key file."""
-    if not path:
-        raise ConfigError(f"{SSH_KEY_FILE_ENV} is required: the path of the SSH private key")
     try:
         info = os.stat(path)
     except FileNotFoundError:
@@ -65,61 +42,118 @@ def check_key_file(path: str) -> None:
         raise ConfigError(f"{SSH_KEY_FILE_ENV}: {path} is not readable by this user")
 
 
-def read_settings(env: Mapping[str, str] | None = None) -> AgentSettings:
-    env = os.environ if env is None else env
-    key_file = env_str(env, SSH_KEY_FILE_ENV, "")
-    check_key_file(key_file)
-    lease_seconds = env_float(env, "NEOBATCH_BATCH_LEASE_SECONDS", 30.0)
-    if lease_seconds < 3:
-        raise ConfigError(f"NEOBATCH_BATCH_LEASE_SECONDS must be >= 3, got {lease_seconds}")
-    ssh_tunnel = check_mode(env_str(env, SSH_TUNNEL_ENV, "auto").lower())
-    if ssh_tunnel == "openssh" and ssh_binary() is None:
+def require_openssh_client(mode: str) -> None:
+    if mode == "openssh" and ssh_binary() is None:
         raise ConfigError(f"{SSH_TUNNEL_ENV}=openssh but the OpenSSH client (ssh) is not on PATH")
-    return AgentSettings(
-        common=read_common(env),
-        ssh_key_file=key_file,
-        dispatch=read_dispatch_defaults(env),
-        max_batches=env_int(env, "NEOBATCH_MAX_BATCHES", 8, minimum=1),
-        lease_seconds=lease_seconds,
-        ssh_connect_timeout_seconds=env_float(env, "NEOBATCH_SSH_CONNECT_TIMEOUT_SECONDS", 15.0),
-        ssh_ready_timeout_seconds=env_float(env, "NEOBATCH_SSH_READY_TIMEOUT_SECONDS", 120.0),
-        engine_stop_grace_seconds=env_float(env, "NEOBATCH_ENGINE_STOP_GRACE_SECONDS", 15.0),
-        poll_interval_seconds=env_float(env, "NEOBATCH_RUNNER_POLL_SECONDS", 5.0),
-        ssh_tunnel=ssh_tunnel,
-    )
 
 
-def read_dispatch_defaults(env: Mapping[str, str]) -> DispatchDefaults:
-    """The agent's dispatch defaults; unset variables keep `DispatchDefaults`' values."""
-    d = DispatchDefaults()
-    return DispatchDefaults(
-        concurrency=env_int(env, "NEOBATCH_DISPATCH_CONCURRENCY", d.concurrency, minimum=1),
-        request_timeout_seconds=env_float(
-            env, "NEOBATCH_REQUEST_TIMEOUT_SECONDS", d.request_timeout_seconds
+class AgentSettings(Settings, frozen=True, kw_only=True):
+    common: CommonSettings
+    ssh_key_file: Annotated[
+        str,
+        Env(
+            SSH_KEY_FILE_ENV,
+            "Path of the SSH private key for the machines; refused unless mode 0600 or stricter",
+            check=check_key_file,
         ),
-        max_retries=env_int(env, "NEOBATCH_REQUEST_MAX_RETRIES", d.max_retries, minimum=0),
-        base_delay_seconds=env_float(
-            env, "NEOBATCH_REQUEST_RETRY_BASE_DELAY_SECONDS", d.base_delay_seconds
+    ]
+    # How batches are dispatched where the job's `client` block says nothing (each field of
+    # it overrides one of these): concurrency, per-request timeout, retries, AIMD.
+    dispatch: Annotated[
+        DispatchDefaults,
+        EnvFields(
+            concurrency=Env(
+                "NEOBATCH_DISPATCH_CONCURRENCY",
+                "Most requests in flight per batch (a job's `client.max_concurrency` wins)",
+                minimum=1,
+            ),
+            request_timeout_seconds=Env(
+                "NEOBATCH_REQUEST_TIMEOUT_SECONDS",
+                "Timeout of one engine request attempt (the job's "
+                "`client.request_timeout_seconds`, else the template's "
+                "`engine.request_timeout_seconds`, wins)",
+            ),
+            max_retries=Env(
+                "NEOBATCH_REQUEST_MAX_RETRIES",
+                "Retries of a request on 408/429/5xx or transport errors (a job's "
+                "`client.retry_policy` wins)",
+                minimum=0,
+            ),
+            base_delay_seconds=Env(
+                "NEOBATCH_REQUEST_RETRY_BASE_DELAY_SECONDS",
+                "First retry delay; doubles per retry, with jitter; a 429/503 `Retry-After` "
+                "wins (capped at max(max delay, 60 s))",
+            ),
+            max_delay_seconds=Env(
+                "NEOBATCH_REQUEST_RETRY_MAX_DELAY_SECONDS", "Longest backoff between retries"
+            ),
+            adaptive=Env(
+                "NEOBATCH_ADAPTIVE_CONCURRENCY",
+                "AIMD concurrency: start at 8, grow while latency holds, back off on "
+                "408/429/503/504, timeouts and latency spikes; `false` = fixed at the maximum",
+            ),
+            healthy_window=Env(
+                "NEOBATCH_ADAPTIVE_HEALTHY_WINDOW",
+                "Successes between two increases of the adaptive limit",
+                minimum=1,
+            ),
+            additive_increase=Env(
+                "NEOBATCH_ADAPTIVE_ADDITIVE_INCREASE",
+                "Step of an increase (25% of the limit while still probing, before the "
+                "first back-off)",
+                minimum=1,
+            ),
         ),
-        max_delay_seconds=env_float(
-            env, "NEOBATCH_REQUEST_RETRY_MAX_DELAY_SECONDS", d.max_delay_seconds
+    ] = DispatchDefaults()
+    # Each batch on its own machine.
+    max_batches: Annotated[
+        int, Env("NEOBATCH_MAX_BATCHES", "Batches one agent runs at once", minimum=1)
+    ] = 8
+    lease_seconds: Annotated[
+        float,
+        Env(
+            "NEOBATCH_BATCH_LEASE_SECONDS",
+            "Lease on a running batch; another agent takes it over after expiry",
+            minimum=3,
         ),
-        adaptive=_env_bool(env, "NEOBATCH_ADAPTIVE_CONCURRENCY", d.adaptive),
-        healthy_window=env_int(
-            env, "NEOBATCH_ADAPTIVE_HEALTHY_WINDOW", d.healthy_window, minimum=1
+    ] = 30.0
+    ssh_connect_timeout_seconds: Annotated[
+        float, Env("NEOBATCH_SSH_CONNECT_TIMEOUT_SECONDS", "SSH connect timeout")
+    ] = 15.0
+    # Then the batch fails with `ssh_unreachable`.
+    ssh_ready_timeout_seconds: Annotated[
+        float,
+        Env(
+            "NEOBATCH_SSH_READY_TIMEOUT_SECONDS",
+            "Longest wait for a new machine to accept SSH, and for a dropped connection to "
+            "come back before the machine counts as lost",
         ),
-        additive_increase=env_int(
-            env, "NEOBATCH_ADAPTIVE_ADDITIVE_INCREASE", d.additive_increase, minimum=1
+    ] = 120.0
+    engine_stop_grace_seconds: Annotated[
+        float,
+        Env(
+            "NEOBATCH_ENGINE_STOP_GRACE_SECONDS",
+            "Time between SIGTERM and SIGKILL when stopping an engine",
         ),
-    )
+    ] = 15.0
+    # Claimable: expired leases of dead agents.
+    poll_interval_seconds: Annotated[
+        float,
+        Env("NEOBATCH_RUNNER_POLL_SECONDS", "How often an idle agent looks for claimable batches"),
+    ] = 5.0
+    ssh_tunnel: Annotated[
+        str,
+        Env(
+            SSH_TUNNEL_ENV,
+            "Data path to the engine: `openssh` (an `ssh -N -L` subprocess with a unix socket, "
+            "pinned to the same host key; `ssh` must be on PATH), `asyncssh` (a forward on the "
+            "agent's own connection), `auto` (OpenSSH when `ssh` is on PATH, else asyncssh)",
+            choices=MODES,
+            case="lower",
+            check=require_openssh_client,
+        ),
+    ] = "auto"
 
 
-def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+def read_settings(env: Mapping[str, str] | None = None) -> AgentSettings:
+    return read_env(AgentSettings, env)
