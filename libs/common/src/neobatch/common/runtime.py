@@ -37,9 +37,6 @@ log = logging.getLogger("neobatch.runtime")
 # Longest any single shutdown step may take.
 STOP_STEP_SECONDS = 5.0
 
-# How long start-up keeps retrying a database or broker that does not answer.
-STARTUP_SECONDS = 300.0
-
 Loop = Callable[[], Awaitable[None]]
 
 
@@ -51,11 +48,9 @@ class ServiceRuntime:
         clock: Clock | None = None,
         *,
         health_server: bool = True,
-        startup_seconds: float = STARTUP_SECONDS,
     ) -> None:
         """`health_server=False`: the service serves /healthz, /readyz, /metrics itself (console)."""
         self.service = service
-        self.startup_seconds = startup_seconds
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         self.ns = Namespace(settings.namespace)
@@ -99,7 +94,7 @@ class ServiceRuntime:
         if self._health is not None:
             # First, so liveness answers (and readiness says why not) while connecting.
             await self._health.start()
-        deadline = time.monotonic() + self.startup_seconds
+        deadline = time.monotonic() + self.settings.startup_seconds
 
         async def step(name: str, work: Loop, undo: Loop | None = None) -> None:
             await retry_step(self.service, name, work, deadline=deadline, undo=undo)

@@ -155,6 +155,15 @@ class CommonSettings(Settings, frozen=True, kw_only=True):
             "How long a `/metrics` scrape reuses the state read from MongoDB and JetStream",
         ),
     ] = 2.0
+    startup_seconds: Annotated[
+        float,
+        Env(
+            "NEOBATCH_STARTUP_SECONDS",
+            "How long start-up keeps retrying a database or broker that does not answer before "
+            "the process exits",
+            minimum=1,
+        ),
+    ] = 300.0
 
 
 def nats_servers(url: str) -> list[str]:
