@@ -33,6 +33,10 @@ class JobStatus(StrEnum):
     RESOURCE_FAILED = "resource_failed"
     SUBMIT_FAILED = "submit_failed"
 
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_JOB_STATUSES
+
 
 TERMINAL_JOB_STATUSES = frozenset(
     {
@@ -57,6 +61,10 @@ class BatchStatus(StrEnum):
     EXPIRED = "expired"
     CANCELLING = "cancelling"
     CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_BATCH_STATUSES
 
 
 TERMINAL_BATCH_STATUSES = frozenset(

@@ -13,7 +13,6 @@ from typing import Any
 import msgspec
 
 from neobatch.common.contracts import (
-    TERMINAL_JOB_STATUSES,
     BatchCancelRequested,
     BatchRequested,
     BatchStatus,
@@ -112,10 +111,6 @@ class Decision(msgspec.Struct, kw_only=True):
     # given back on leaving it, in the same transaction as the transition.
     acquire_slot: bool = False
     release_slot: bool = False
-
-
-def is_terminal(status: JobStatus) -> bool:
-    return status in TERMINAL_JOB_STATUSES
 
 
 def _move(
@@ -228,7 +223,7 @@ def _on_queued(job: Job, now: datetime, limits: Limits) -> Decision | None:
 
 
 def _on_cancel_requested(job: Job, now: datetime) -> Decision | None:
-    if is_terminal(job.status) or job.status is JobStatus.CANCELLING:
+    if job.status.is_terminal or job.status is JobStatus.CANCELLING:
         return None
     if job.status is JobStatus.QUEUED:
         return _move(job, JobStatus.CANCELLED, now, "cancelled before provisioning")
@@ -272,7 +267,7 @@ def _on_provision_running(job: Job, event: ProvisionRunning, now: datetime) -> D
 
 
 def _on_provision_failed(job: Job, event: ProvisionFailed, now: datetime) -> Decision | None:
-    if event.provision_id != job.provision_id or is_terminal(job.status):
+    if event.provision_id != job.provision_id or job.status.is_terminal:
         return None
     if job.status is JobStatus.CANCELLING:
         return _move(
@@ -298,7 +293,7 @@ def _on_provision_released(job: Job, event: ProvisionReleased, now: datetime) ->
 
 
 def _on_batch_status(job: Job, event: BatchStatusReported) -> Decision | None:
-    if event.batch_id != job.batch_id or is_terminal(job.status):
+    if event.batch_id != job.batch_id or job.status.is_terminal:
         return None
     fields = {
         "request_counts": msgspec.to_builtins(event.request_counts),
@@ -316,7 +311,7 @@ def _on_batch_status(job: Job, event: BatchStatusReported) -> Decision | None:
 def _on_batch_terminal(job: Job, event: BatchTerminal, now: datetime) -> Decision | None:
     if event.batch_id != job.batch_id:
         return None
-    if is_terminal(job.status):
+    if job.status.is_terminal:
         return _late_batch_files(job, event)
     status = _BATCH_TERMINAL[event.status]
     if job.status is JobStatus.CANCELLING:
@@ -416,7 +411,7 @@ def _on_provision_lost(
     job: Job, event: ProvisionLost, now: datetime, limits: Limits
 ) -> Decision | None:
     """The machine vanished: lease another and resume the batch there, a bounded number of times."""
-    if event.provision_id != job.provision_id or is_terminal(job.status):
+    if event.provision_id != job.provision_id or job.status.is_terminal:
         return None
     release = _release(job, now, "machine lost")
     if job.status is JobStatus.CANCELLING:
@@ -449,7 +444,7 @@ def _on_provision_lost(
 
 def _on_dead_lettered(job: Job, event: DeadLettered, now: datetime) -> Decision | None:
     """An event about the job could not be handled: fail it with the reason, free its machine."""
-    if is_terminal(job.status):
+    if job.status.is_terminal:
         return None
     message = (
         f"event_dead_lettered: {event.failed_subject} could not be handled after repeated attempts"

@@ -137,7 +137,7 @@ class Planner:
                 return  # no slot: the next freed slot wakes us
 
     def _remember(self, job: Job) -> None:
-        if jobs.is_terminal(job.status):
+        if job.status.is_terminal:
             return  # nothing more happens to it
         if len(self._written) >= JOB_CACHE_SIZE:
             self._written.pop(next(iter(self._written)))  # the oldest

@@ -122,7 +122,6 @@ class JobStore:
         self._jobs = db[JOBS]
         self._ns = ns
         self._slots = db[SLOTS]
-        self._slot_ids: list[str] = ["slot-0"]
 
     async def prepare(self, max_concurrent_provisioning: int) -> None:
         """Indexes, and exactly `max_concurrent_provisioning` slots (taken ones are kept)."""
@@ -139,11 +138,6 @@ class JobStore:
         # never handed out again (only `active` slots are).
         await self._slots.update_many({"_id": {"$nin": wanted}}, {"$set": {"active": False}})
         await self._slots.delete_many({"_id": {"$nin": wanted}, "job_id": None})
-        self._slot_ids = wanted
-
-    async def find_oldest_queued(self) -> Job | None:
-        jobs = await self.list_queued(1)
-        return jobs[0] if jobs else None
 
     async def list_queued(self, limit: int) -> list[Job]:
         """The `limit` oldest queued jobs, in queue order, in one round trip."""
