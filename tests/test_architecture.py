@@ -13,12 +13,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PURE_MODULES = [
-    "services/console/src/neobatch/console/job_create.py",
-    "services/console/src/neobatch/console/jobs_view.py",
-    "services/console/src/neobatch/console/catalog.py",
-    "services/console/src/neobatch/console/uploads.py",
-    "services/console/src/neobatch/console/openai_view.py",
-    "services/console/src/neobatch/console/ratelimit.py",
+    "services/console/src/neobatch/console/jobs/rules.py",
+    "services/console/src/neobatch/console/jobs/window.py",
+    "services/console/src/neobatch/console/jobs/job_view.py",
+    "services/console/src/neobatch/console/jobs/batch_view.py",
+    "services/console/src/neobatch/console/catalog/rules.py",
+    "services/console/src/neobatch/console/files/uploads.py",
+    "services/console/src/neobatch/console/keys/ratelimit.py",
+    "services/console/src/neobatch/console/paging.py",
+    "services/console/src/neobatch/console/wire.py",
     "services/planner/src/neobatch/planner/jobs.py",
     "services/planner/src/neobatch/planner/policy.py",
     "services/resource-manager/src/neobatch/resource_manager/provisions.py",

@@ -1,4 +1,5 @@
-"""Composition root: settings → ServiceRuntime (Mongo, broker, outbox relay) → Litestar app."""
+"""Composition root: settings → ServiceRuntime (Mongo, broker, outbox relay) → one store per
+feature → the Litestar app with the AIBrix (`/api/v1`) and OpenAI (`/v1`) surfaces."""
 
 from __future__ import annotations
 
@@ -12,18 +13,20 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from neobatch.common.clock import Clock
 from neobatch.common.runtime import ServiceRuntime
-from neobatch.console.auth import DEV_KEY_ID, key_doc, require_api_key
+from neobatch.console.catalog.routes import ModelController, list_offers
+from neobatch.console.catalog.store import CatalogStore
 from neobatch.console.deps import DEPENDENCIES
 from neobatch.console.errors import EXCEPTION_HANDLERS
-from neobatch.console.ratelimit import RateLimiter
-from neobatch.console.routes.batches import BatchController
-from neobatch.console.routes.catalog import list_catalog
-from neobatch.console.routes.files import FileController, OpenAIFileController, file_router
-from neobatch.console.routes.health import healthz, metrics, readyz
-from neobatch.console.routes.jobs import JobController, job_capabilities
-from neobatch.console.routes.models import ModelController
+from neobatch.console.files.routes import aibrix_page_limit, file_router, openai_page_limit
+from neobatch.console.files.store import FileStore
+from neobatch.console.health import healthz, metrics, readyz
+from neobatch.console.jobs.batch_routes import BatchController
+from neobatch.console.jobs.routes import JobController, job_capabilities
+from neobatch.console.jobs.store import JobStore
+from neobatch.console.keys.auth import DEV_KEY_ID, key_doc, require_api_key
+from neobatch.console.keys.ratelimit import RateLimiter
+from neobatch.console.keys.store import KeyStore
 from neobatch.console.settings import DEV_PROJECT, ConsoleSettings
-from neobatch.console.store import ConsoleStore
 
 SERVICE = "console"
 SECURITY = [{"bearer": []}]
@@ -35,17 +38,27 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         runtime = ServiceRuntime(SERVICE, settings.common, clock=clock, health_server=False)
-        store = ConsoleStore(runtime.mongo, runtime.db, runtime.ns, runtime.notify_outbox)
-        try:
-            await store.ensure_indexes()
-            if settings.api_key:
+        keys = KeyStore(runtime.db)
+        catalog = CatalogStore(runtime.db)
+        jobs = JobStore(runtime.mongo, runtime.db, runtime.ns, runtime.notify_outbox)
+        for store in (keys, catalog, jobs):
+            runtime.add_startup(store.ensure_indexes)
+        if settings.api_key:
+
+            async def seed_dev_key() -> None:
                 now = runtime.clock.now()
-                await store.seed_api_key(
+                await keys.seed_key(
                     key_doc(DEV_KEY_ID, settings.api_key, DEV_PROJECT, "dev key", now)
                 )
+
+            runtime.add_startup(seed_dev_key)
+        try:
             await runtime.start()
             app.state.runtime = runtime
-            app.state.store = store
+            app.state.key_store = keys
+            app.state.catalog_store = catalog
+            app.state.file_store = FileStore(runtime.db, keys)
+            app.state.job_store = jobs
             yield
         finally:
             await runtime.stop()
@@ -59,8 +72,12 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
             ModelController,
             JobController,
             job_capabilities,
-            list_catalog,
-            file_router(FileController, settings.max_upload_bytes),
+            list_offers,
+            file_router(
+                upload_path="/files/upload",
+                page_limit=aibrix_page_limit,
+                max_upload_bytes=settings.max_upload_bytes,
+            ),
         ],
     )
     openai = Router(
@@ -70,7 +87,11 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
         tags=["openai"],
         route_handlers=[
             BatchController,
-            file_router(OpenAIFileController, settings.max_upload_bytes),
+            file_router(
+                upload_path="/files",
+                page_limit=openai_page_limit,
+                max_upload_bytes=settings.max_upload_bytes,
+            ),
         ],
     )
     return Litestar(
