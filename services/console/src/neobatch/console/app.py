@@ -3,8 +3,8 @@ feature → the Litestar app with the AIBrix (`/api/v1`) and OpenAI (`/v1`) surf
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from litestar import Litestar, Router
 from litestar.datastructures import State
@@ -22,6 +22,7 @@ from neobatch.console.files.store import FileStore
 from neobatch.console.health import healthz, metrics, readyz
 from neobatch.console.jobs.batch_routes import BatchController
 from neobatch.console.jobs.routes import JobController, job_capabilities
+from neobatch.console.jobs.service import JobService
 from neobatch.console.jobs.store import JobStore
 from neobatch.console.keys.auth import DEV_KEY_ID, key_doc, require_api_key
 from neobatch.console.keys.ratelimit import RateLimiter
@@ -30,39 +31,11 @@ from neobatch.console.settings import DEV_PROJECT, ConsoleSettings
 
 SERVICE = "console"
 SECURITY = [{"bearer": []}]
+Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
 
 
 def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Litestar:
     """The console app; connections are made in its lifespan, not here (no import effects)."""
-
-    @asynccontextmanager
-    async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        runtime = ServiceRuntime(SERVICE, settings.common, clock=clock, health_server=False)
-        keys = KeyStore(runtime.db)
-        catalog = CatalogStore(runtime.db)
-        jobs = JobStore(runtime.mongo, runtime.db, runtime.ns, runtime.notify_outbox)
-        for store in (keys, catalog, jobs):
-            runtime.add_startup(store.ensure_indexes)
-        if settings.api_key:
-
-            async def seed_dev_key() -> None:
-                now = runtime.clock.now()
-                await keys.seed_key(
-                    key_doc(DEV_KEY_ID, settings.api_key, DEV_PROJECT, "dev key", now)
-                )
-
-            runtime.add_startup(seed_dev_key)
-        try:
-            await runtime.start()
-            app.state.runtime = runtime
-            app.state.key_store = keys
-            app.state.catalog_store = catalog
-            app.state.file_store = FileStore(runtime.db, keys)
-            app.state.job_store = jobs
-            yield
-        finally:
-            await runtime.stop()
-
     aibrix = Router(
         path="/api/v1",
         guards=[require_api_key],
@@ -98,7 +71,7 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
         route_handlers=[healthz, readyz, metrics, aibrix, openai],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=[lifespan],
+        lifespan=[_lifespan(settings, clock)],
         # Settings and the rate limiter are in state from the start: guards read them.
         state=State({"settings": settings, "limiter": RateLimiter(settings.rate_limit_per_minute)}),
         # Logging is configured once by __main__ (JSON, redacted); Litestar's default config
@@ -114,3 +87,40 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
             ),
         ),
     )
+
+
+def _lifespan(settings: ConsoleSettings, clock: Clock | None) -> Lifespan:
+    """Connect, build the stores (their indexes and the dev key are start-up steps), serve."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        runtime = ServiceRuntime(SERVICE, settings.common, clock=clock, health_server=False)
+        keys = KeyStore(runtime.db)
+        files = FileStore(runtime.db, keys)
+        catalog = CatalogStore(runtime.db)
+        jobs = JobStore(runtime.mongo, runtime.db, runtime.ns, runtime.notify_outbox)
+        for store in (keys, catalog, jobs):
+            runtime.add_startup(store.ensure_indexes)
+        if settings.api_key:
+
+            async def seed_dev_key() -> None:
+                now = runtime.clock.now()
+                dev_key = key_doc(DEV_KEY_ID, settings.api_key, DEV_PROJECT, "dev key", now)
+                await keys.seed_key(dev_key)
+
+            runtime.add_startup(seed_dev_key)
+        try:
+            await runtime.start()
+            app.state.runtime = runtime
+            app.state.key_store = keys
+            app.state.file_store = files
+            app.state.catalog_store = catalog
+            app.state.job_store = jobs
+            app.state.job_service = JobService(
+                jobs, files, catalog, default_template=settings.default_template
+            )
+            yield
+        finally:
+            await runtime.stop()
+
+    return lifespan

@@ -16,6 +16,7 @@ from litestar.di import Provide
 from neobatch.common.clock import Clock
 from neobatch.console.catalog.store import CatalogStore
 from neobatch.console.files.store import FileStore
+from neobatch.console.jobs.service import JobService
 from neobatch.console.jobs.store import JobStore
 from neobatch.console.keys.auth import Caller
 from neobatch.console.settings import ConsoleSettings
@@ -31,6 +32,10 @@ def provide_file_store(state: State) -> FileStore:
 
 def provide_catalog_store(state: State) -> CatalogStore:
     return state.catalog_store
+
+
+def provide_job_service(state: State) -> JobService:
+    return state.job_service
 
 
 def provide_settings(state: State) -> ConsoleSettings:
@@ -52,6 +57,7 @@ DEPENDENCIES = {
     "job_store": Provide(provide_job_store, sync_to_thread=False),
     "file_store": Provide(provide_file_store, sync_to_thread=False),
     "catalog_store": Provide(provide_catalog_store, sync_to_thread=False),
+    "job_service": Provide(provide_job_service, sync_to_thread=False),
     "settings": Provide(provide_settings, sync_to_thread=False),
     "now": Provide(provide_now, sync_to_thread=False),
     "caller": Provide(provide_caller, sync_to_thread=False),

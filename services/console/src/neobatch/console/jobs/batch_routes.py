@@ -17,15 +17,12 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from neobatch.common.errors import Conflict
-from neobatch.console.catalog.store import CatalogStore
-from neobatch.console.files.store import FileStore
-from neobatch.console.jobs import service
 from neobatch.console.jobs.batch_view import batch_view
 from neobatch.console.jobs.rules import is_terminal
 from neobatch.console.jobs.schemas import BatchList, BatchOut, CreateBatch, CreateJob
+from neobatch.console.jobs.service import JobService
 from neobatch.console.jobs.store import JobStore
 from neobatch.console.keys.auth import Caller, rate_limited
-from neobatch.console.settings import ConsoleSettings
 
 TEMPLATE_NAME_KEY = "neobatch.template_name"
 TEMPLATE_VERSION_KEY = "neobatch.template_version"
@@ -54,23 +51,11 @@ class BatchController(Controller):
     async def create_batch(
         self,
         data: JSONBody[CreateBatch],
-        job_store: NamedDependency[JobStore],
-        file_store: NamedDependency[FileStore],
-        catalog_store: NamedDependency[CatalogStore],
-        settings: NamedDependency[ConsoleSettings],
+        job_service: NamedDependency[JobService],
         now: NamedDependency[datetime],
         caller: NamedDependency[Caller],
     ) -> BatchOut:
-        job = await service.create_job(
-            job_request(data),
-            caller,
-            now,
-            default_template=settings.default_template,
-            jobs=job_store,
-            files=file_store,
-            catalog=catalog_store,
-        )
-        return batch_view(job)
+        return batch_view(await job_service.create_job(job_request(data), caller, now))
 
     @get("/")
     async def list_batches(
@@ -103,6 +88,7 @@ class BatchController(Controller):
         self,
         batch_id: FromPath[str],
         job_store: NamedDependency[JobStore],
+        job_service: NamedDependency[JobService],
         now: NamedDependency[datetime],
         caller: NamedDependency[Caller],
     ) -> BatchOut:
@@ -112,4 +98,4 @@ class BatchController(Controller):
                 f"cannot cancel batch {batch_id!r}: it is already {batch_view(job).status}",
                 code="batch_not_cancellable",
             )
-        return batch_view(await service.request_cancel(job_store, job, caller, now))
+        return batch_view(await job_service.request_cancel(job, caller, now))

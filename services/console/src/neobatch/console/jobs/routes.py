@@ -13,9 +13,6 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from neobatch.console.catalog.store import CatalogStore
-from neobatch.console.files.store import FileStore
-from neobatch.console.jobs import service
 from neobatch.console.jobs.job_view import job_view
 from neobatch.console.jobs.schemas import (
     MAX_REPLICAS,
@@ -25,6 +22,7 @@ from neobatch.console.jobs.schemas import (
     JobOut,
     ReplicaRange,
 )
+from neobatch.console.jobs.service import JobService
 from neobatch.console.jobs.store import JobStore
 from neobatch.console.keys.auth import Caller, rate_limited
 from neobatch.console.settings import ConsoleSettings
@@ -41,22 +39,11 @@ class JobController(Controller):
     async def create_job(
         self,
         data: JSONBody[CreateJob],
-        job_store: NamedDependency[JobStore],
-        file_store: NamedDependency[FileStore],
-        catalog_store: NamedDependency[CatalogStore],
-        settings: NamedDependency[ConsoleSettings],
+        job_service: NamedDependency[JobService],
         now: NamedDependency[datetime],
         caller: NamedDependency[Caller],
     ) -> JobOut:
-        job = await service.create_job(
-            data,
-            caller,
-            now,
-            default_template=settings.default_template,
-            jobs=job_store,
-            files=file_store,
-            catalog=catalog_store,
-        )
+        job = await job_service.create_job(data, caller, now)
         return job_view(job, None, caller=caller.owner)
 
     @get("/")
@@ -94,11 +81,12 @@ class JobController(Controller):
         self,
         job_id: FromPath[str],
         job_store: NamedDependency[JobStore],
+        job_service: NamedDependency[JobService],
         now: NamedDependency[datetime],
         caller: NamedDependency[Caller],
     ) -> JobOut:
         job = await job_store.get_job(job_id, caller.project)
-        job = await service.request_cancel(job_store, job, caller, now)
+        job = await job_service.request_cancel(job, caller, now)
         return await _view(job_store, job, caller)
 
 

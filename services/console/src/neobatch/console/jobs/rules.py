@@ -121,18 +121,23 @@ def build_job_doc(
     doc["created_at"] = now
     if report.ok:
         doc["queued_at"] = now
-        return doc
-    doc.update(
-        status=JobStatus.FAILED.value,
-        failed_at=now,
-        error_code="empty_file" if report.invalid_lines == 0 else "invalid_input_file",
-        error_message=report.summary(),
-        errors=[
+    else:
+        doc.update(_failed_input(report, now))
+    return doc
+
+
+def _failed_input(report: ValidationReport, now: datetime) -> dict[str, Any]:
+    """What a job whose input file failed validation holds instead of being queued."""
+    return {
+        "status": JobStatus.FAILED.value,
+        "failed_at": now,
+        "error_code": "empty_file" if report.invalid_lines == 0 else "invalid_input_file",
+        "error_message": report.summary(),
+        "errors": [
             {"code": e.code, "message": e.message, "param": e.param, "line": e.line}
             for e in report.errors
         ],
-    )
-    return doc
+    }
 
 
 def creation_events(job: dict[str, Any], now: datetime) -> list[Event]:

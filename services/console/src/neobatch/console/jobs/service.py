@@ -26,48 +26,52 @@ from neobatch.console.keys.auth import Caller
 Document = dict[str, Any]
 
 
-async def create_job(
-    request: CreateJob,
-    caller: Caller,
-    now: datetime,
-    *,
-    default_template: str,
-    jobs: JobStore,
-    files: FileStore,
-    catalog: CatalogStore,
-) -> Document:
-    """Validate `request`, store the job with its events, return the stored document."""
-    await _check_input_file(files, request.input_dataset, caller)
-    template = await _resolve_template(catalog, request, default_template)
-    endpoint = request.endpoint
-    if not rules.supports_endpoint(template["spec"].get("supported_endpoints") or [], endpoint):
-        raise Unprocessable(
-            f"endpoint: {endpoint!r} is not supported by template "
-            f"{template['name']!r} {template['version']!r}",
-            code="unsupported_endpoint",
+class JobService:
+    """What both job APIs do to jobs; routes translate their bodies and views around it."""
+
+    def __init__(
+        self, jobs: JobStore, files: FileStore, catalog: CatalogStore, *, default_template: str
+    ) -> None:
+        self._jobs = jobs
+        self._files = files
+        self._catalog = catalog
+        # Template used when a request names none (DEFAULT_BATCH_MODEL_DEPLOYMENT_TEMPLATE).
+        self._default_template = default_template
+
+    async def create_job(self, request: CreateJob, caller: Caller, now: datetime) -> Document:
+        """Validate `request`, store the job with its events, return the stored document."""
+        await _check_input_file(self._files, request.input_dataset, caller)
+        template = await _resolve_template(self._catalog, request, self._default_template)
+        endpoint = request.endpoint
+        supported = template["spec"].get("supported_endpoints") or []
+        if not rules.supports_endpoint(supported, endpoint):
+            raise Unprocessable(
+                f"endpoint: {endpoint!r} is not supported by template "
+                f"{template['name']!r} {template['version']!r}",
+                code="unsupported_endpoint",
+            )
+        job = rules.build_job_doc(
+            job_id=new_id("job"),
+            batch_id=new_id("batch"),
+            owner=caller.owner,
+            project=caller.project,
+            request=request,
+            template=template,
+            model=await self._catalog.find_model(template["model_id"]),
+            report=await _validate_lines(self._files, request.input_dataset, endpoint),
+            now=now,
         )
-    job = rules.build_job_doc(
-        job_id=new_id("job"),
-        batch_id=new_id("batch"),
-        owner=caller.owner,
-        project=caller.project,
-        request=request,
-        template=template,
-        model=await catalog.find_model(template["model_id"]),
-        report=await _validate_lines(files, request.input_dataset, endpoint),
-        now=now,
-    )
-    await jobs.insert_job(job, rules.creation_events(job, now), now)
-    return job
+        await self._jobs.insert_job(job, rules.creation_events(job, now), now)
+        return job
 
-
-async def request_cancel(jobs: JobStore, job: Document, caller: Caller, now: datetime) -> Document:
-    """Record a cancel request (owner only; no-op on a terminal job); returns the job as stored."""
-    events = rules.cancel_events(job, caller.owner, now)
-    # Recorded once; a repeated cancel or a job that just ended changes nothing.
-    if events and await jobs.save_cancel_request(job["_id"], events, now):
-        return await jobs.get_job(job["_id"], caller.project)
-    return job
+    async def request_cancel(self, job: Document, caller: Caller, now: datetime) -> Document:
+        """Record a cancel request (owner only; no-op on a terminal job); returns the job as
+        stored."""
+        events = rules.cancel_events(job, caller.owner, now)
+        # Recorded once; a repeated cancel or a job that just ended changes nothing.
+        if events and await self._jobs.save_cancel_request(job["_id"], events, now):
+            return await self._jobs.get_job(job["_id"], caller.project)
+        return job
 
 
 async def _check_input_file(files: FileStore, file_id: str, caller: Caller) -> None:
