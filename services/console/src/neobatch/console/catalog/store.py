@@ -44,11 +44,7 @@ class CatalogStore:
 
     async def save_model(self, doc: Document) -> bool:
         """Insert the model unless its id is taken; False when it is."""
-        try:
-            await self._db[MODELS].insert_one(doc)
-        except DuplicateKeyError:
-            return False
-        return True
+        return await self._insert_new(MODELS, doc)
 
     async def find_model(self, model_id: str) -> Document | None:
         return await self._db[MODELS].find_one({"_id": model_id})
@@ -72,11 +68,7 @@ class CatalogStore:
 
     async def save_template(self, doc: Document) -> bool:
         """Insert the template unless the model has this (name, version); False when it has."""
-        try:
-            await self._db[TEMPLATES].insert_one(doc)
-        except DuplicateKeyError:
-            return False
-        return True
+        return await self._insert_new(TEMPLATES, doc)
 
     async def list_templates(
         self, model_id: str, *, name: str = "", status: str = ""
@@ -114,6 +106,14 @@ class CatalogStore:
         query["status"] = "active"
         # A name has a handful of versions: ordering them in Python keeps AIBrix's numeric order.
         return latest_version(await self._db[TEMPLATES].find(query).to_list(None))
+
+    async def _insert_new(self, collection: str, doc: Document) -> bool:
+        # A unique index decides, so two creates of the same thing cannot both win.
+        try:
+            await self._db[collection].insert_one(doc)
+        except DuplicateKeyError:
+            return False
+        return True
 
     # --- GPU offers --------------------------------------------------------------------------
 
