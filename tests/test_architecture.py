@@ -13,12 +13,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PURE_MODULES = [
-    "services/console/src/neobatch/console/job_create.py",
-    "services/console/src/neobatch/console/jobs_view.py",
-    "services/console/src/neobatch/console/catalog.py",
-    "services/console/src/neobatch/console/uploads.py",
-    "services/console/src/neobatch/console/openai_view.py",
-    "services/console/src/neobatch/console/ratelimit.py",
+    "services/console/src/neobatch/console/jobs/rules.py",
+    "services/console/src/neobatch/console/jobs/window.py",
+    "services/console/src/neobatch/console/jobs/job_view.py",
+    "services/console/src/neobatch/console/jobs/batch_view.py",
+    "services/console/src/neobatch/console/catalog/rules.py",
+    "services/console/src/neobatch/console/files/uploads.py",
+    "services/console/src/neobatch/console/keys/ratelimit.py",
+    "services/console/src/neobatch/console/paging.py",
+    "services/console/src/neobatch/console/wire.py",
     "services/planner/src/neobatch/planner/jobs.py",
     "services/planner/src/neobatch/planner/policy.py",
     "services/resource-manager/src/neobatch/resource_manager/provisions.py",
@@ -62,3 +65,39 @@ def test_pure_module_does_no_io(module: str) -> None:
 def test_no_service_uses_motor() -> None:
     offenders = [p for p in ROOT.glob("*/*/src/**/*.py") if "motor" in imported_packages(p)]
     assert offenders == []
+
+
+def _module_file(name: str) -> Path | None:
+    """The source file of a `neobatch.…` module in this repository, if it is one."""
+    parts = name.split(".")
+    for src in [*ROOT.glob("services/*/src"), *ROOT.glob("libs/*/src")]:
+        base = src.joinpath(*parts)
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.exists():
+                return candidate
+    return None
+
+
+def _neobatch_imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from neobatch.x import y` may name a module `y` as well as an attribute.
+            names.update([node.module, *(f"{node.module}.{a.name}" for a in node.names)])
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return {name for name in names if name.startswith("neobatch.")}
+
+
+@pytest.mark.parametrize("module", [m for m in PURE_MODULES if m.startswith("services/console/")])
+def test_console_pure_module_reaches_no_io_through_its_imports(module: str) -> None:
+    # The console's rules import its schemas and errors; none of those may pull in a store.
+    seen: set[Path] = set()
+    todo = [ROOT / module]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        assert not imported_packages(path) & IO_PACKAGES, f"{module} reaches I/O via {path}"
+        todo.extend(f for name in _neobatch_imports(path) if (f := _module_file(name)))

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
-from neobatch.common.mongo import create_mongo_client
-from neobatch.common.subjects import Namespace
-from neobatch.console.auth import hash_key, new_api_key
+from neobatch.common.runtime import ServiceRuntime
+from neobatch.common.settings import CommonSettings
+from neobatch.console.keys.auth import hash_key, new_api_key
 from neobatch.console.settings import read_settings
-from neobatch.console.store import ConsoleStore
 
 
 @pytest.mark.parametrize(
@@ -42,14 +42,17 @@ async def test_probes_need_no_key(api: Any) -> None:
     assert ready.status_code == 200
 
 
-async def test_store_ping_fails_fast_when_mongo_does_not_answer() -> None:
+async def test_readiness_fails_fast_when_mongo_does_not_answer() -> None:
     # What /readyz turns into a 503: nothing listens on port 9 (discard) on loopback.
-    client = create_mongo_client("mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=5000")
-    store = ConsoleStore(client, client.get_database("x"), Namespace("t"), lambda: None)
+    settings = CommonSettings(mongo_url="mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=5000")
+    runtime = ServiceRuntime("console", settings, health_server=False)
     try:
-        assert await store.ping(timeout_seconds=0.5) is False
+        started = time.monotonic()
+        assert (await runtime.readiness())["mongo"] is False
+        # Its own short timeout, not the driver's 5 s server selection.
+        assert time.monotonic() - started < 4
     finally:
-        await client.close()
+        await runtime.mongo.close()
 
 
 async def test_unknown_route_is_404_json(api: Any) -> None:

@@ -12,7 +12,7 @@ from litestar.testing import AsyncTestClient
 from neobatch.common.contracts import JobQueued, JobStatusChanged
 from neobatch.common.outbox import OUTBOX
 from neobatch.console.app import create_app
-from neobatch.console.openai_view import batch_status, batch_view
+from neobatch.console.jobs.batch_view import batch_status, batch_view
 
 CHAT = "/v1/chat/completions"
 
@@ -145,7 +145,7 @@ def test_resource_failure_reads_failed_with_an_error_entry() -> None:
         "error_code": "no_capacity",
         "error_message": "no machine with H100 (token sk_abcdefghijklmnopqrstu)",
     }
-    view = batch_view(job)
+    view = msgspec.to_builtins(batch_view(job))
     assert view["status"] == "failed" and view["failed_at"] == int(at.timestamp())
     [error] = view["errors"]["data"]
     assert error["code"] == "no_capacity" and "sk_abcdefghijklmnop" not in error["message"]

@@ -7,13 +7,15 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 
-from neobatch.console.catalog import compare_versions, latest_version
+from neobatch.console.catalog.rules import compare_versions, latest_version
 from neobatch.console.errors import InvalidFile, TooLarge, describe_validation_error
-from neobatch.console.job_create import parse_completion_window, supports_endpoint
-from neobatch.console.jobs_view import job_view
-from neobatch.console.uploads import checked_chunks
+from neobatch.console.files.uploads import checked_chunks
+from neobatch.console.jobs.job_view import job_view
+from neobatch.console.jobs.rules import supports_endpoint
+from neobatch.console.jobs.window import parse_completion_window
 
 T0 = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -75,17 +77,17 @@ def test_events_follow_timestamps_with_same_second_ties_in_lifecycle_order() -> 
         None,
         caller="key:owner",
     )
-    assert [e["id"] for e in view["events"]] == [
+    assert [e.id for e in view.events] == [
         "queued",
         "resource_preparing",
         "cancel_requested",
         "cancelling",
         "cancelled",
     ]
-    assert view["events"][2]["status"] == "cancelling"
-    assert all(isinstance(e["at"], int) for e in view["events"])
-    assert view["cancelled_at"] == int(at(9.9).timestamp())
-    assert view["completed_at"] is None
+    assert view.events[2].status == "cancelling"
+    assert all(isinstance(e.at, int) for e in view.events)
+    assert view.cancelled_at == int(at(9.9).timestamp())
+    assert view.completed_at is None
 
 
 def test_resource_failure_shows_precisely_with_the_error_and_no_generic_failed() -> None:
@@ -100,11 +102,11 @@ def test_resource_failure_shows_precisely_with_the_error_and_no_generic_failed()
         None,
         caller="key:owner",
     )
-    assert view["status"] == "resource_failed"
-    events = {e["id"]: e for e in view["events"]}
+    assert view.status == "resource_failed"
+    events = {e.id: e for e in view.events}
     assert "failed" not in events
-    assert events["resource_failed"]["message"].startswith("no capacity for H100")
-    assert "rp_abcdefgh12345" not in str(view)
+    assert events["resource_failed"].message.startswith("no capacity for H100")
+    assert b"rp_abcdefgh12345" not in msgspec.json.encode(view)
 
 
 def test_provision_endpoint_is_only_shown_to_the_owner() -> None:
@@ -118,12 +120,12 @@ def test_provision_endpoint_is_only_shown_to_the_owner() -> None:
         "updated_at": at(3),
     }
     doc = job(provision_id="prov_1")
-    mine = job_view(doc, provision, caller="key:owner")
+    mine = msgspec.to_builtins(job_view(doc, provision, caller="key:owner"))
     assert mine["provision"]["endpoint"] == {"host": "1.2.3.4", "port": 22, "username": "root"}
     assert mine["provision"]["updated_at"] == int(at(3).timestamp())
     # The job has no error of its own, so the provision's explains it (AIBrix §1.6).
     assert mine["error_message"] == "pod never started"
-    theirs = job_view(doc, provision, caller="key:other")
+    theirs = msgspec.to_builtins(job_view(doc, provision, caller="key:other"))
     assert theirs["provision"]["endpoint"] is None
     assert "hunter2" not in str(mine) + str(theirs)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from neobatch.console.keys import run
+from neobatch.console.keys.cli import run
 
 CHAT = "/v1/chat/completions"
 

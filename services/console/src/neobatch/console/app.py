@@ -1,9 +1,10 @@
-"""Composition root: settings → ServiceRuntime (Mongo, broker, outbox relay) → Litestar app."""
+"""Composition root: settings → ServiceRuntime (Mongo, broker, outbox relay) → one store per
+feature → the Litestar app with the AIBrix (`/api/v1`) and OpenAI (`/v1`) surfaces."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from litestar import Litestar, Router
 from litestar.datastructures import State
@@ -12,48 +13,29 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from neobatch.common.clock import Clock
 from neobatch.common.runtime import ServiceRuntime
-from neobatch.console.auth import DEV_KEY_ID, key_doc, require_api_key
+from neobatch.console.catalog.routes import ModelController, list_offers
+from neobatch.console.catalog.store import CatalogStore
 from neobatch.console.deps import DEPENDENCIES
 from neobatch.console.errors import EXCEPTION_HANDLERS
-from neobatch.console.ratelimit import RateLimiter
-from neobatch.console.routes.batches import BatchController
-from neobatch.console.routes.catalog import list_catalog
-from neobatch.console.routes.files import FileController, OpenAIFileController, file_router
-from neobatch.console.routes.health import healthz, metrics, readyz
-from neobatch.console.routes.jobs import JobController, job_capabilities
-from neobatch.console.routes.models import ModelController
+from neobatch.console.files.routes import aibrix_page_limit, file_router, openai_page_limit
+from neobatch.console.files.store import FileStore
+from neobatch.console.health import healthz, metrics, readyz
+from neobatch.console.jobs.batch_routes import BatchController
+from neobatch.console.jobs.routes import JobController, job_capabilities
+from neobatch.console.jobs.service import JobService
+from neobatch.console.jobs.store import JobStore
+from neobatch.console.keys.auth import DEV_KEY_ID, key_doc, require_api_key
+from neobatch.console.keys.ratelimit import RateLimiter
+from neobatch.console.keys.store import KeyStore
 from neobatch.console.settings import DEV_PROJECT, ConsoleSettings
-from neobatch.console.store import ConsoleStore
 
 SERVICE = "console"
 SECURITY = [{"bearer": []}]
+Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
 
 
 def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Litestar:
     """The console app; connections are made in its lifespan, not here (no import effects)."""
-
-    @asynccontextmanager
-    async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        runtime = ServiceRuntime(SERVICE, settings.common, clock=clock, health_server=False)
-        store = ConsoleStore(runtime.mongo, runtime.db, runtime.ns, runtime.notify_outbox)
-
-        async def seed_dev_key() -> None:
-            if settings.api_key:
-                now = runtime.clock.now()
-                await store.seed_api_key(
-                    key_doc(DEV_KEY_ID, settings.api_key, DEV_PROJECT, "dev key", now)
-                )
-
-        runtime.add_startup(store.ensure_indexes)
-        runtime.add_startup(seed_dev_key)
-        try:
-            await runtime.start()
-            app.state.runtime = runtime
-            app.state.store = store
-            yield
-        finally:
-            await runtime.stop()
-
     aibrix = Router(
         path="/api/v1",
         guards=[require_api_key],
@@ -63,8 +45,12 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
             ModelController,
             JobController,
             job_capabilities,
-            list_catalog,
-            file_router(FileController, settings.max_upload_bytes),
+            list_offers,
+            file_router(
+                upload_path="/files/upload",
+                page_limit=aibrix_page_limit,
+                max_upload_bytes=settings.max_upload_bytes,
+            ),
         ],
     )
     openai = Router(
@@ -74,14 +60,18 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
         tags=["openai"],
         route_handlers=[
             BatchController,
-            file_router(OpenAIFileController, settings.max_upload_bytes),
+            file_router(
+                upload_path="/files",
+                page_limit=openai_page_limit,
+                max_upload_bytes=settings.max_upload_bytes,
+            ),
         ],
     )
     return Litestar(
         route_handlers=[healthz, readyz, metrics, aibrix, openai],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=[lifespan],
+        lifespan=[_lifespan(settings, clock)],
         # Settings and the rate limiter are in state from the start: guards read them.
         state=State({"settings": settings, "limiter": RateLimiter(settings.rate_limit_per_minute)}),
         # Logging is configured once by __main__ (JSON, redacted); Litestar's default config
@@ -97,3 +87,40 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
             ),
         ),
     )
+
+
+def _lifespan(settings: ConsoleSettings, clock: Clock | None) -> Lifespan:
+    """Connect, build the stores (their indexes and the dev key are start-up steps), serve."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        runtime = ServiceRuntime(SERVICE, settings.common, clock=clock, health_server=False)
+        keys = KeyStore(runtime.db)
+        files = FileStore(runtime.db, keys)
+        catalog = CatalogStore(runtime.db)
+        jobs = JobStore(runtime.mongo, runtime.db, runtime.ns, runtime.notify_outbox)
+        for store in (keys, catalog, jobs):
+            runtime.add_startup(store.ensure_indexes)
+        if settings.api_key:
+
+            async def seed_dev_key() -> None:
+                now = runtime.clock.now()
+                dev_key = key_doc(DEV_KEY_ID, settings.api_key, DEV_PROJECT, "dev key", now)
+                await keys.seed_key(dev_key)
+
+            runtime.add_startup(seed_dev_key)
+        try:
+            await runtime.start()
+            app.state.runtime = runtime
+            app.state.key_store = keys
+            app.state.file_store = files
+            app.state.catalog_store = catalog
+            app.state.job_store = jobs
+            app.state.job_service = JobService(
+                jobs, files, catalog, default_template=settings.default_template
+            )
+            yield
+        finally:
+            await runtime.stop()
+
+    return lifespan

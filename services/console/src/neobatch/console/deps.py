@@ -1,4 +1,8 @@
-"""Dependencies the route handlers ask for by name (`NamedDependency[...]`)."""
+"""Dependencies the route handlers ask for by name (`NamedDependency[...]`).
+
+The stores are built in the app's lifespan and kept in its state; settings and the rate
+limiter are there from the start (guards read them).
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,28 @@ from litestar.datastructures import State
 from litestar.di import Provide
 
 from neobatch.common.clock import Clock
-from neobatch.console.auth import Caller
+from neobatch.console.catalog.store import CatalogStore
+from neobatch.console.files.store import FileStore
+from neobatch.console.jobs.service import JobService
+from neobatch.console.jobs.store import JobStore
+from neobatch.console.keys.auth import Caller
 from neobatch.console.settings import ConsoleSettings
-from neobatch.console.store import ConsoleStore
 
 
-def provide_store(state: State) -> ConsoleStore:
-    return state.store
+def provide_job_store(state: State) -> JobStore:
+    return state.job_store
+
+
+def provide_file_store(state: State) -> FileStore:
+    return state.file_store
+
+
+def provide_catalog_store(state: State) -> CatalogStore:
+    return state.catalog_store
+
+
+def provide_job_service(state: State) -> JobService:
+    return state.job_service
 
 
 def provide_settings(state: State) -> ConsoleSettings:
@@ -35,7 +54,10 @@ def provide_caller(request: Request[Any, Any, Any]) -> Caller:
 
 
 DEPENDENCIES = {
-    "store": Provide(provide_store, sync_to_thread=False),
+    "job_store": Provide(provide_job_store, sync_to_thread=False),
+    "file_store": Provide(provide_file_store, sync_to_thread=False),
+    "catalog_store": Provide(provide_catalog_store, sync_to_thread=False),
+    "job_service": Provide(provide_job_service, sync_to_thread=False),
     "settings": Provide(provide_settings, sync_to_thread=False),
     "now": Provide(provide_now, sync_to_thread=False),
     "caller": Provide(provide_caller, sync_to_thread=False),

@@ -17,9 +17,13 @@ from litestar.types import ExceptionHandlersMap
 
 from neobatch.common.errors import Conflict, InvalidInput, NeobatchError, NotFound
 from neobatch.common.logs import log_fields, redact_text
-from neobatch.console.schemas import ErrorBody
 
 log = logging.getLogger("neobatch.console")
+
+
+class ErrorBody(msgspec.Struct):
+    code: str
+    message: str
 
 
 class Forbidden(NeobatchError):

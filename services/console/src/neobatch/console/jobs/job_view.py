@@ -1,4 +1,4 @@
-"""The AIBrix-style job view: job document + provision document → response dict. Pure.
+"""The AIBrix-style job view: job document + provision document → `JobOut`. Pure.
 
 Keys are snake_case (AIBrix's wire is camelCase; its own docs and jq examples use snake
 case, which we follow). Times are Unix seconds. `status` is the precise job status, so
@@ -7,11 +7,19 @@ case, which we follow). Times are Unix seconds. `status` is the precise job stat
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, NamedTuple
 
 from neobatch.common.logs import redact_text
-from neobatch.console.job_create import JOB_TIMESTAMPS
+from neobatch.console.jobs.rules import JOB_TIMESTAMPS
+from neobatch.console.jobs.schemas import (
+    JobEvent,
+    JobOut,
+    ProvisionOut,
+    ReplicasOut,
+    RequestCounts,
+    SshEndpoint,
+)
+from neobatch.console.wire import unix_seconds_or_none
 
 # The job's own extra timestamps the planner writes, shown when present.
 _EXTRA_TIMESTAMPS = ("expires_at", "updated_at")
@@ -108,104 +116,105 @@ _STEPS = (
 _ERROR_STEPS = frozenset({"failed", "resource_failed", "submit_failed"})
 
 
-def unix_seconds(value: Any) -> int | None:
-    return int(value.timestamp()) if isinstance(value, datetime) else None
-
-
-def build_events(job: dict[str, Any], error_message: str) -> list[dict[str, Any]]:
+def build_events(job: dict[str, Any], error_message: str) -> list[JobEvent]:
     """The timeline from the job's timestamps; unset timestamps give no event."""
     # A resource or submit failure is the precise reason; a generic "failed" beside it
     # would only repeat it (AIBrix suppresses it the same way).
     precise_failure = job.get("resource_failed_at") or job.get("submit_failed_at")
     ranked = []
     for rank, step in enumerate(_STEPS):
-        at = unix_seconds(job.get(step.field))
+        at = unix_seconds_or_none(job.get(step.field))
         if at is None or (step.id == "failed" and precise_failure):
             continue
         message = step.message
         if step.id in _ERROR_STEPS and error_message:
             message = error_message
-        event = {
-            "id": step.id,
-            "label": step.label,
-            "status": step.status,
-            "source": step.source,
-            "at": at,
-            "message": message,
-        }
+        event = JobEvent(
+            id=step.id,
+            label=step.label,
+            status=step.status,
+            source=step.source,
+            at=at,
+            message=message,
+        )
         ranked.append((at, rank, event))
     ranked.sort(key=lambda item: (item[0], item[1]))
     return [event for _, _, event in ranked]
 
 
-def provision_view(provision: dict[str, Any], *, include_endpoint: bool) -> dict[str, Any]:
+def request_counts(job: dict[str, Any]) -> RequestCounts:
+    counts = job.get("request_counts") or {}
+    return RequestCounts(
+        total=int(counts.get("total") or 0),
+        completed=int(counts.get("completed") or 0),
+        failed=int(counts.get("failed") or 0),
+    )
+
+
+def provision_view(provision: dict[str, Any], *, include_endpoint: bool) -> ProvisionOut:
     """The provision block. Only identifiers and state: never credentials or raw provider data."""
     endpoint = provision.get("endpoint") or None
-    return {
-        "provision_id": provision["_id"],
-        "provider": provision.get("provider") or "",
-        "status": provision.get("status") or "",
-        "region": provision.get("region") or "",
-        "error_message": redact_text(provision.get("error_message") or ""),
-        "created_at": unix_seconds(provision.get("created_at")),
-        "updated_at": unix_seconds(provision.get("updated_at")),
+    return ProvisionOut(
+        provision_id=provision["_id"],
+        provider=provision.get("provider") or "",
+        status=provision.get("status") or "",
+        region=provision.get("region") or "",
+        error_message=redact_text(provision.get("error_message") or ""),
+        created_at=unix_seconds_or_none(provision.get("created_at")),
+        updated_at=unix_seconds_or_none(provision.get("updated_at")),
         # The SSH endpoint says where a machine the owner pays for can be reached; nobody
         # else needs it.
-        "endpoint": (
-            {
-                "host": endpoint.get("host"),
-                "port": endpoint.get("port"),
-                "username": endpoint.get("username"),
-            }
+        endpoint=(
+            SshEndpoint(
+                host=endpoint.get("host"),
+                port=endpoint.get("port"),
+                username=endpoint.get("username"),
+            )
             if include_endpoint and endpoint
             else None
         ),
-    }
+    )
 
 
-def job_view(
-    job: dict[str, Any], provision: dict[str, Any] | None, *, caller: str
-) -> dict[str, Any]:
+def job_view(job: dict[str, Any], provision: dict[str, Any] | None, *, caller: str) -> JobOut:
     """The response body of every /api/v1/jobs route."""
     # Error text may quote a provider's or engine's reply; mask anything key-like in it.
     error_message = redact_text(job.get("error_message") or "")
     if not error_message and provision:
         error_message = redact_text(provision.get("error_message") or "")
-    counts = job.get("request_counts") or {}
-    view: dict[str, Any] = {
-        "id": job["_id"],
-        "object": "batch",
-        "status": job["status"],
-        "batch_id": job.get("batch_id"),
-        "provision_id": job.get("provision_id"),
-        "provision": (
+    times = {
+        field: unix_seconds_or_none(job.get(field))
+        for field in (*JOB_TIMESTAMPS, *_EXTRA_TIMESTAMPS)
+    }
+    return JobOut(
+        id=job["_id"],
+        status=job["status"],
+        batch_id=job.get("batch_id"),
+        provision_id=job.get("provision_id"),
+        provision=(
             provision_view(provision, include_endpoint=caller == job.get("created_by"))
             if provision
             else None
         ),
-        "events": build_events(job, error_message),
-        "name": job.get("name") or "",
-        "endpoint": job.get("endpoint") or "",
-        "model": job.get("serving_name") or "",
-        "model_id": job.get("model_id") or "",
-        "model_template_name": job.get("model_template_name") or "",
-        "model_template_version": job.get("model_template_version") or "",
-        "input_dataset": job.get("input_dataset") or "",
-        "output_dataset": job.get("output_dataset"),
-        "error_dataset": job.get("error_dataset"),
-        "completion_window": job.get("completion_window") or "",
-        "request_counts": {
-            "total": int(counts.get("total") or 0),
-            "completed": int(counts.get("completed") or 0),
-            "failed": int(counts.get("failed") or 0),
-        },
-        "error_code": job.get("error_code"),
-        "error_message": error_message or None,
-        "metadata": job.get("metadata") or {},
-        "provider": job.get("provider"),
-        "resource_request": {"replicas": (job.get("resource_request") or {}).get("replicas", 1)},
-        "created_by": job.get("created_by") or "",
-    }
-    for field in (*JOB_TIMESTAMPS, *_EXTRA_TIMESTAMPS):
-        view[field] = unix_seconds(job.get(field))
-    return view
+        events=build_events(job, error_message),
+        name=job.get("name") or "",
+        endpoint=job.get("endpoint") or "",
+        model=job.get("serving_name") or "",
+        model_id=job.get("model_id") or "",
+        model_template_name=job.get("model_template_name") or "",
+        model_template_version=job.get("model_template_version") or "",
+        input_dataset=job.get("input_dataset") or "",
+        output_dataset=job.get("output_dataset"),
+        error_dataset=job.get("error_dataset"),
+        completion_window=job.get("completion_window") or "",
+        request_counts=request_counts(job),
+        error_code=job.get("error_code"),
+        error_message=error_message or None,
+        metadata=job.get("metadata") or {},
+        provider=job.get("provider"),
+        resource_request=ReplicasOut(
+            replicas=(job.get("resource_request") or {}).get("replicas", 1)
+        ),
+        created_by=job.get("created_by") or "",
+        **times,
+    )

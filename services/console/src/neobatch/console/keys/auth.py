@@ -21,7 +21,8 @@ from litestar.exceptions import NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
 
 from neobatch.console.errors import RateLimited
-from neobatch.console.ratelimit import RateLimiter
+from neobatch.console.keys.ratelimit import RateLimiter
+from neobatch.console.keys.store import KeyStore
 
 # `nb_` so the log redaction (common.logs) recognises a leaked key.
 KEY_PREFIX = "nb_"
@@ -73,7 +74,8 @@ async def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: Any
     The caller it finds is kept in the request's state for the `caller` dependency.
     """
     presented = bearer_token(connection.headers.get("authorization"))
-    doc = await connection.app.state.store.find_api_key(hash_key(presented))
+    keys: KeyStore = connection.app.state.key_store
+    doc = await keys.find_live_key(hash_key(presented))
     if doc is None:
         raise NotAuthorizedException("invalid or revoked API key")
     connection.state.caller = Caller(key_id=doc["_id"], project=doc["project"])

@@ -1,4 +1,4 @@
-"""Models and deployment templates: ids, documents and their response shapes. Pure."""
+"""Models, deployment templates and GPU offers: ids, documents and their response shapes. Pure."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ from typing import Any
 import msgspec
 
 from neobatch.common.errors import InvalidInput
-from neobatch.console.schemas import CreateModel, CreateTemplate, ModelOut, TemplateOut
+from neobatch.console.catalog.schemas import (
+    CreateModel,
+    CreateTemplate,
+    ModelOut,
+    OfferOut,
+    TemplateOut,
+)
+from neobatch.console.wire import unix_seconds
 
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
 
@@ -49,10 +56,6 @@ def latest_version(templates: Sequence[dict[str, Any]]) -> dict[str, Any] | None
     return max(reversed(by_creation), key=by_version)
 
 
-def _unix(value: datetime) -> int:
-    return int(value.timestamp())
-
-
 def model_doc(request: CreateModel, now: datetime) -> dict[str, Any]:
     doc = msgspec.to_builtins(request)
     doc["_id"] = model_id_for(request.name)
@@ -69,7 +72,7 @@ def model_out(doc: dict[str, Any]) -> ModelOut:
         description=doc.get("description") or "",
         tags=list(doc.get("tags") or []),
         context_length=doc.get("context_length"),
-        created_at=_unix(doc["created_at"]),
+        created_at=unix_seconds(doc["created_at"]),
     )
 
 
@@ -96,5 +99,20 @@ def template_out(doc: dict[str, Any]) -> TemplateOut:
         version=doc["version"],
         status=doc["status"],
         spec=doc["spec"],
-        created_at=_unix(doc["created_at"]),
+        created_at=unix_seconds(doc["created_at"]),
+    )
+
+
+def offer_out(doc: dict[str, Any]) -> OfferOut:
+    return OfferOut(
+        id=doc["_id"],
+        provider=doc.get("provider"),
+        gpu_type=doc.get("gpu_type"),
+        gpu_description=doc.get("gpu_description"),
+        family=doc.get("family"),
+        gpu_count=doc.get("gpu_count"),
+        region=doc.get("region"),
+        price_per_hour=doc.get("price_per_hour"),
+        available=doc.get("available"),
+        updated_at=doc.get("updated_at"),
     )

@@ -1,20 +1,26 @@
-"""Rules for accepting a new job: window grammar, endpoint check, the stored document. Pure."""
+"""Rules for accepting and cancelling a job: the endpoint check, the stored document and the
+events each change emits. Pure: time is passed in.
+"""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from neobatch.common.batch_input import ValidationReport
-from neobatch.common.contracts import JobStatus
+import msgspec
 
-# AIBrix grammar: optional <n>d, then <n>h, then <n>min or <n>m, in that order; total > 0.
-_WINDOW = re.compile(r"^(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)(?:min|m))?$")
-WINDOW_HINT = "use days, hours and minutes in that order, e.g. 24h, 1d2h, 90min"
-# Bounded so a deadline computed from it stays a sane datetime (a huge value would overflow).
-MAX_WINDOW_SECONDS = 30 * 86400
+from neobatch.common.batch_input import ValidationReport
+from neobatch.common.contracts import (
+    Event,
+    JobCancelRequested,
+    JobQueued,
+    JobStatus,
+    JobStatusChanged,
+)
+from neobatch.console.errors import Forbidden
+from neobatch.console.jobs.schemas import CreateJob
+from neobatch.console.jobs.window import parse_completion_window
 
 # What the engine (vLLM or the simulator) serves; a template that lists no endpoints is
 # taken to support these.
@@ -40,20 +46,6 @@ JOB_TIMESTAMPS = (
 )
 
 
-def parse_completion_window(value: str) -> int:
-    """`"1d2h"` → 93600 seconds; raises ValueError naming the field on anything else."""
-    match = _WINDOW.match(value.strip())
-    if match is None or not value.strip():
-        raise ValueError(f"completion_window {value!r} is invalid: {WINDOW_HINT}")
-    days, hours, minutes = (int(match.group(k) or 0) for k in ("d", "h", "m"))
-    seconds = days * 86400 + hours * 3600 + minutes * 60
-    if seconds <= 0:
-        raise ValueError(f"completion_window {value!r} must be longer than zero")
-    if seconds > MAX_WINDOW_SECONDS:
-        raise ValueError(f"completion_window {value!r} must be at most 30d")
-    return seconds
-
-
 def supports_endpoint(supported: Sequence[str], endpoint: str) -> bool:
     return endpoint in (supported or DEFAULT_ENDPOINTS)
 
@@ -71,7 +63,7 @@ def build_job_doc(
     batch_id: str,
     owner: str,
     project: str,
-    request: dict[str, Any],
+    request: CreateJob,
     template: dict[str, Any],
     model: dict[str, Any] | None,
     report: ValidationReport,
@@ -82,19 +74,19 @@ def build_job_doc(
     An input file whose lines fail validation gives a job that is `failed` from the start,
     with the line-numbered `errors` OpenAI shows; nothing is ever provisioned for it.
     """
-    resource = request.get("resource_request") or {}
+    resource = request.resource_request
     doc: dict[str, Any] = {
         "_id": job_id,
         "batch_id": batch_id,
         "status": JobStatus.QUEUED.value,
         "version": 1,
-        "name": request.get("name") or "",
+        "name": request.name,
         "created_by": owner,
         "project": project,
-        "endpoint": request["endpoint"],
-        "input_dataset": request["input_dataset"],
-        "completion_window": request["completion_window"],
-        "completion_window_seconds": parse_completion_window(request["completion_window"]),
+        "endpoint": request.endpoint,
+        "input_dataset": request.input_dataset,
+        "completion_window": request.completion_window,
+        "completion_window_seconds": parse_completion_window(request.completion_window),
         "model_id": template["model_id"],
         "model_template_id": template["_id"],
         "model_template_name": template["name"],
@@ -104,15 +96,16 @@ def build_job_doc(
         "serving_name": serving_name(model, template["spec"]),
         # 0 or absent means one replica (AIBrix).
         "resource_request": {
-            "replicas": resource.get("replicas") or 1,
-            "provider_config": resource.get("provider_config"),
+            "replicas": (resource.replicas if resource else 0) or 1,
+            "provider_config": resource.provider_config if resource else None,
         },
-        "provider": request.get("provider"),
-        "client": request.get("client"),
-        "metadata": request.get("metadata") or {},
+        "provider": request.provider,
+        # Only the fields the client set: the agent's defaults apply to the rest.
+        "client": msgspec.to_builtins(request.client) if request.client is not None else None,
+        "metadata": dict(request.metadata),
         "provision_id": None,
         # What the client counted, shown until the validated count below is known.
-        "request_count_total": request.get("request_count_total"),
+        "request_count_total": request.request_count_total,
         "request_counts": {"total": report.total, "completed": 0, "failed": 0},
         "output_dataset": None,
         "error_dataset": None,
@@ -123,15 +116,46 @@ def build_job_doc(
     doc["created_at"] = now
     if report.ok:
         doc["queued_at"] = now
-        return doc
-    doc.update(
-        status=JobStatus.FAILED.value,
-        failed_at=now,
-        error_code="empty_file" if report.invalid_lines == 0 else "invalid_input_file",
-        error_message=report.summary(),
-        errors=[
+    else:
+        doc.update(_failed_input(report, now))
+    return doc
+
+
+def _failed_input(report: ValidationReport, now: datetime) -> dict[str, Any]:
+    """What a job whose input file failed validation holds instead of being queued."""
+    return {
+        "status": JobStatus.FAILED.value,
+        "failed_at": now,
+        "error_code": "empty_file" if report.invalid_lines == 0 else "invalid_input_file",
+        "error_message": report.summary(),
+        "errors": [
             {"code": e.code, "message": e.message, "param": e.param, "line": e.line}
             for e in report.errors
         ],
+    }
+
+
+def creation_events(job: dict[str, Any], now: datetime) -> list[Event]:
+    """What a new job emits: `job.queued` when it can run, and its first status change."""
+    queued = job["status"] == JobStatus.QUEUED
+    events: list[Event] = [JobQueued(job_id=job["_id"], occurred_at=now)] if queued else []
+    events.append(
+        JobStatusChanged(
+            job_id=job["_id"],
+            old_status=None,
+            new_status=job["status"],
+            reason="created" if queued else "invalid_input_file",
+            occurred_at=now,
+        )
     )
-    return doc
+    return events
+
+
+def cancel_events(job: dict[str, Any], caller_owner: str, now: datetime) -> list[Event]:
+    """What a cancel request emits: nothing on a job that already ended (a no-op, not an
+    error); only the job's owner may ask."""
+    if job.get("created_by") and job["created_by"] != caller_owner:
+        raise Forbidden(f"only the owner of job {job['_id']!r} can cancel it")
+    if JobStatus(job["status"]).is_terminal:
+        return []
+    return [JobCancelRequested(job_id=job["_id"], occurred_at=now)]

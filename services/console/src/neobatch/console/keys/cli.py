@@ -15,10 +15,9 @@ from typing import TextIO
 from neobatch.common.clock import utcnow
 from neobatch.common.ids import new_id
 from neobatch.common.mongo import create_mongo_client
-from neobatch.common.subjects import Namespace
-from neobatch.console.auth import key_doc, new_api_key
+from neobatch.console.keys.auth import key_doc, new_api_key
+from neobatch.console.keys.store import KeyStore
 from neobatch.console.settings import read_settings
-from neobatch.console.store import ConsoleStore
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,23 +36,18 @@ async def run(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
     args = _parser().parse_args(argv)
     settings = read_settings()
     client = create_mongo_client(settings.common.mongo_url)
-    store = ConsoleStore(
-        client,
-        client.get_database(settings.common.db_name),
-        Namespace(settings.common.namespace),
-        lambda: None,
-    )
+    keys = KeyStore(client.get_database(settings.common.db_name))
     try:
-        await store.ensure_indexes()
+        await keys.ensure_indexes()
         if args.command == "create":
             key_id, api_key = new_id("key"), new_api_key()
-            await store.insert_api_key(key_doc(key_id, api_key, args.project, args.name, utcnow()))
+            await keys.insert_key(key_doc(key_id, api_key, args.project, args.name, utcnow()))
             print(f"key_id={key_id} project={args.project}", file=out)
             print(f"api_key={api_key}", file=out)
             print("Store the key now: it is not shown again.", file=out)
             return 0
         if args.command == "list":
-            for doc in await store.list_api_keys():
+            for doc in await keys.list_keys():
                 revoked = doc.get("revoked_at")
                 print(
                     f"{doc['_id']}\tproject={doc['project']}\tname={doc.get('name') or ''}\t"
@@ -62,7 +56,7 @@ async def run(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
                     file=out,
                 )
             return 0
-        if await store.revoke_api_key(args.key_id, utcnow()):
+        if await keys.save_revocation(args.key_id, utcnow()):
             print(f"revoked {args.key_id}", file=out)
             return 0
         print(f"no live key {args.key_id!r}", file=sys.stderr)
@@ -73,7 +67,3 @@ async def run(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
 
 def main() -> None:
     sys.exit(asyncio.run(run(sys.argv[1:])))
-
-
-if __name__ == "__main__":
-    main()

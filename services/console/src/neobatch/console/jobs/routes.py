@@ -1,0 +1,99 @@
+"""The AIBrix-style job API (aibrix-reference §1.2): create, read, list, cancel, capabilities.
+
+The console only creates jobs and records cancel requests; the planner owns every other
+transition. Jobs are scoped to the caller's project: another project's job answers 404.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from litestar import Controller, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+
+from neobatch.console.jobs.job_view import job_view
+from neobatch.console.jobs.schemas import (
+    MAX_REPLICAS,
+    CreateJob,
+    JobCapabilities,
+    JobList,
+    JobOut,
+    ReplicaRange,
+)
+from neobatch.console.jobs.service import JobService
+from neobatch.console.jobs.store import JobStore
+from neobatch.console.keys.auth import Caller, rate_limited
+from neobatch.console.settings import ConsoleSettings
+
+
+async def _view(jobs: JobStore, job: dict[str, Any], caller: Caller) -> JobOut:
+    return job_view(job, await jobs.find_provision(job.get("provision_id")), caller=caller.owner)
+
+
+class JobController(Controller):
+    path = "/jobs"
+
+    @post("/", status_code=200, guards=[rate_limited])
+    async def create_job(
+        self,
+        data: JSONBody[CreateJob],
+        job_service: NamedDependency[JobService],
+        now: NamedDependency[datetime],
+        caller: NamedDependency[Caller],
+    ) -> JobOut:
+        job = await job_service.create_job(data, caller, now)
+        return job_view(job, None, caller=caller.owner)
+
+    @get("/")
+    async def list_jobs(
+        self,
+        job_store: NamedDependency[JobStore],
+        caller: NamedDependency[Caller],
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+        after: FromQuery[str | None] = None,
+    ) -> JobList:
+        jobs, has_more = await job_store.list_jobs(caller.project, limit, after)
+        provisions = await job_store.list_provisions([job.get("provision_id") for job in jobs])
+        views = [
+            job_view(job, provisions.get(job.get("provision_id") or ""), caller=caller.owner)
+            for job in jobs
+        ]
+        return JobList(
+            jobs=views,
+            has_more=has_more,
+            first_id=views[0].id if views else None,
+            last_id=views[-1].id if views else None,
+        )
+
+    @get("/{job_id:str}")
+    async def get_job(
+        self,
+        job_id: FromPath[str],
+        job_store: NamedDependency[JobStore],
+        caller: NamedDependency[Caller],
+    ) -> JobOut:
+        return await _view(job_store, await job_store.get_job(job_id, caller.project), caller)
+
+    @post("/{job_id:str}/cancel", status_code=200)
+    async def cancel_job(
+        self,
+        job_id: FromPath[str],
+        job_store: NamedDependency[JobStore],
+        job_service: NamedDependency[JobService],
+        now: NamedDependency[datetime],
+        caller: NamedDependency[Caller],
+    ) -> JobOut:
+        job = await job_store.get_job(job_id, caller.project)
+        job = await job_service.request_cancel(job, caller, now)
+        return await _view(job_store, job, caller)
+
+
+@get("/config/job-capabilities")
+async def job_capabilities(settings: NamedDependency[ConsoleSettings]) -> JobCapabilities:
+    """What the UI needs to build a job form (aibrix-reference §1.2)."""
+    return JobCapabilities(
+        resource_request=ReplicaRange(min_replicas=1, max_replicas=MAX_REPLICAS),
+        provider=settings.provisioner,
+    )

@@ -1,0 +1,269 @@
+"""Job and batch bodies: AIBrix `/api/v1/jobs` (aibrix-reference §1.2) and OpenAI
+`/v1/batches` (openai-batch-api §3.2).
+
+Unknown request keys are ignored, as AIBrix does (clients written for it send extra fields).
+Every response field is always present; what the job does not have yet is null.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from neobatch.common.contracts import ClientSpec
+from neobatch.console.jobs.window import parse_completion_window
+from neobatch.console.wire import Endpoint, Label, Text
+
+# AIBrix caps a job at this many replicas (shown by /api/v1/config/job-capabilities).
+MAX_REPLICAS = 1024
+PROVIDER_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
+Provider = Annotated[str, Meta(pattern=PROVIDER_PATTERN)]
+MetadataKey = Annotated[str, Meta(max_length=64)]
+MetadataValue = Annotated[str, Meta(max_length=512)]
+Metadata = Annotated[dict[MetadataKey, MetadataValue], Meta(max_length=16)]
+
+# --- requests --------------------------------------------------------------------------------
+
+
+class ResourceRequestIn(msgspec.Struct, kw_only=True):
+    # 0 or absent means one replica (AIBrix).
+    replicas: Annotated[int, Meta(ge=0, le=MAX_REPLICAS)] = 0
+    # Opaque, stored for provider extensions (AIBrix provider_config).
+    provider_config: dict[str, Any] | None = None
+
+
+class CreateJob(msgspec.Struct, kw_only=True):
+    """A job request: the AIBrix body, and what an OpenAI batch request is translated into."""
+
+    input_dataset: Annotated[str, Meta(min_length=1, max_length=128)]
+    endpoint: Endpoint
+    completion_window: Annotated[str, Meta(max_length=32)] = "24h"
+    name: Text = ""
+    model_id: Label = ""
+    model_template_name: Label = ""
+    model_template_version: Label = ""
+    resource_request: ResourceRequestIn | None = None
+    # Smart-client tuning (AIBrix `client`): range-checked here, before anything is leased
+    # (AIBrix checks it only when the batch is submitted, after a machine was paid for).
+    client: ClientSpec | None = None
+    metadata: Metadata = {}
+    # Our extension: the provider to lease from (None = the configured default).
+    provider: Provider | None = None
+    # The client's own count of input lines (AIBrix), shown until validation counts them.
+    request_count_total: Annotated[int, Meta(ge=0, le=10_000_000)] | None = None
+
+    def __post_init__(self) -> None:
+        # Raised as ValueError so msgspec reports it as a validation error (400).
+        parse_completion_window(self.completion_window)
+
+
+class ExpiresAfter(msgspec.Struct, kw_only=True):
+    anchor: Literal["created_at"] = "created_at"
+    seconds: Annotated[int, Meta(ge=3600, le=2_592_000)]
+
+
+class AibrixExtension(msgspec.Struct, kw_only=True):
+    """The part of AIBrix's `aibrix` batch extension we honour (`extra_body` in the SDK)."""
+
+    client: ClientSpec | None = None
+
+
+class CreateBatch(msgspec.Struct, kw_only=True):
+    input_file_id: Annotated[str, Meta(min_length=1, max_length=128)]
+    endpoint: Endpoint
+    completion_window: Annotated[str, Meta(max_length=32)] = "24h"
+    # `neobatch.template_name`, `neobatch.template_version` and `neobatch.provider` pick the
+    # deployment template and provider; every pair is kept as the batch's metadata.
+    metadata: Metadata | None = None
+    # Accepted for compatibility; outputs are kept as long as their job.
+    output_expires_after: ExpiresAfter | None = None
+    # `extra_body={"aibrix": {"client": {...}}}`: dispatch tuning, as on AIBrix's /v1/batches.
+    aibrix: AibrixExtension | None = None
+
+    def __post_init__(self) -> None:
+        parse_completion_window(self.completion_window)
+        provider = (self.metadata or {}).get("neobatch.provider")
+        if provider is not None and not re.match(PROVIDER_PATTERN, provider):
+            raise ValueError(f"metadata['neobatch.provider'] {provider!r} is not a provider name")
+
+
+# --- both views ------------------------------------------------------------------------------
+
+
+class RequestCounts(msgspec.Struct, kw_only=True):
+    total: int
+    completed: int
+    failed: int
+
+
+# --- the AIBrix job view ---------------------------------------------------------------------
+
+
+class JobEvent(msgspec.Struct, kw_only=True):
+    """One step of the job's timeline (aibrix-reference §1.5)."""
+
+    id: str
+    label: str
+    status: str
+    source: str
+    at: int
+    message: str
+
+
+class SshEndpoint(msgspec.Struct, kw_only=True):
+    host: str | None
+    port: int | None
+    username: str | None
+
+
+class ProvisionOut(msgspec.Struct, kw_only=True):
+    """The job's machine: identifiers and state only, never credentials or provider data."""
+
+    provision_id: str
+    provider: str
+    status: str
+    region: str
+    error_message: str
+    created_at: int | None
+    updated_at: int | None
+    # Shown to the job's owner only.
+    endpoint: SshEndpoint | None
+
+
+class ReplicasOut(msgspec.Struct, kw_only=True):
+    replicas: int
+
+
+class JobOut(msgspec.Struct, kw_only=True):
+    """The response body of every /api/v1/jobs route. Times are Unix seconds."""
+
+    id: str
+    object: str = "batch"
+    status: str
+    batch_id: str | None
+    provision_id: str | None
+    provision: ProvisionOut | None
+    events: list[JobEvent]
+    name: str
+    endpoint: str
+    model: str
+    model_id: str
+    model_template_name: str
+    model_template_version: str
+    input_dataset: str
+    output_dataset: str | None
+    error_dataset: str | None
+    completion_window: str
+    request_counts: RequestCounts
+    error_code: str | None
+    error_message: str | None
+    metadata: dict[str, str]
+    provider: str | None
+    resource_request: ReplicasOut
+    created_by: str
+    # Every timestamp a job may carry (rules.JOB_TIMESTAMPS), then the planner's own two.
+    created_at: int | None
+    queued_at: int | None
+    resource_preparing_at: int | None
+    submitting_at: int | None
+    batch_created_at: int | None
+    in_progress_at: int | None
+    finalizing_at: int | None
+    completed_at: int | None
+    failed_at: int | None
+    expired_at: int | None
+    cancel_requested_at: int | None
+    cancelling_at: int | None
+    cancelled_at: int | None
+    resource_failed_at: int | None
+    submit_failed_at: int | None
+    expires_at: int | None
+    updated_at: int | None
+
+
+class JobList(msgspec.Struct, kw_only=True):
+    jobs: list[JobOut]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+class ReplicaRange(msgspec.Struct, kw_only=True):
+    min_replicas: int
+    max_replicas: int
+
+
+class JobCapabilities(msgspec.Struct, kw_only=True):
+    """What the UI needs to build a job form (aibrix-reference §1.2)."""
+
+    resource_request: ReplicaRange
+    provider: str
+
+
+# --- the OpenAI batch view -------------------------------------------------------------------
+
+
+class BatchError(msgspec.Struct, kw_only=True):
+    code: str | None
+    message: str
+    param: str | None
+    line: int | None
+
+
+class BatchErrors(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[BatchError]
+
+
+class InputTokensDetails(msgspec.Struct, kw_only=True):
+    cached_tokens: int = 0
+
+
+class OutputTokensDetails(msgspec.Struct, kw_only=True):
+    reasoning_tokens: int = 0
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails = msgspec.field(default_factory=InputTokensDetails)
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails = msgspec.field(default_factory=OutputTokensDetails)
+    total_tokens: int
+
+
+class BatchOut(msgspec.Struct, kw_only=True):
+    """OpenAI's `Batch` object. Times are Unix seconds."""
+
+    id: str
+    object: str = "batch"
+    endpoint: str
+    errors: BatchErrors | None
+    input_file_id: str
+    completion_window: str
+    status: str
+    output_file_id: str | None
+    error_file_id: str | None
+    created_at: int
+    expires_at: int | None
+    failed_at: int | None
+    request_counts: RequestCounts
+    metadata: dict[str, str]
+    model: str | None
+    usage: Usage
+    in_progress_at: int | None
+    finalizing_at: int | None
+    completed_at: int | None
+    expired_at: int | None
+    cancelling_at: int | None
+    cancelled_at: int | None
+
+
+class BatchList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[BatchOut]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool

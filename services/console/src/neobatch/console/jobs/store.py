@@ -1,0 +1,144 @@
+"""JobStore: the console's access to `jobs` (create, read, cancel request) and, read-only,
+the resource-manager's `provisions` a job view shows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+
+from neobatch.common.contracts import TERMINAL_JOB_STATUSES, Event
+from neobatch.common.errors import NotFound
+from neobatch.common.mongo import ensure_indexes, transact
+from neobatch.common.outbox import append_events
+from neobatch.common.subjects import Namespace
+from neobatch.common.transitions import compare_and_set
+from neobatch.console.paging import rows_after
+
+Document = dict[str, Any]
+
+JOBS = "jobs"
+PROVISIONS = "provisions"
+INDEXES = [
+    IndexModel(
+        [("project", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+        name="project_newest_first",
+    ),
+    IndexModel([("batch_id", ASCENDING)], name="batch_id", unique=True),
+]
+_TERMINAL = sorted(status.value for status in TERMINAL_JOB_STATUSES)
+
+
+class JobStore:
+    def __init__(
+        self,
+        client: AsyncMongoClient[Document],
+        db: AsyncDatabase[Document],
+        ns: Namespace,
+        notify_outbox: Callable[[], None],
+    ) -> None:
+        self._client = client
+        self._db = db
+        self._ns = ns
+        self._notify_outbox = notify_outbox
+
+    async def ensure_indexes(self) -> None:
+        await ensure_indexes(self._db[JOBS], INDEXES)
+
+    async def insert_job(self, job: Document, events: Sequence[Event], now: datetime) -> None:
+        """Insert the job and its events in one transaction (DESIGN rule 1), then wake the
+        relay. An insert, not a compare-and-set: the job's ids are new, so it cannot lose."""
+
+        async def work(session: AsyncClientSession) -> None:
+            await self._db[JOBS].insert_one(job, session=session)
+            await append_events(self._db, self._ns, events, session, now)
+
+        await transact(self._client, work)
+        self._notify_outbox()
+
+    async def get_job(self, job_id: str, project: str) -> Document:
+        """The job with this id in `project`; another project's job is as missing (404)."""
+        doc = await self._db[JOBS].find_one({"_id": job_id, "project": project})
+        if doc is None:
+            raise NotFound(f"job {job_id!r} not found", code="job_not_found")
+        return doc
+
+    async def get_batch(self, batch_id: str, project: str) -> Document:
+        """The job whose OpenAI batch id is `batch_id`, in `project`."""
+        doc = await self._db[JOBS].find_one({"batch_id": batch_id, "project": project})
+        if doc is None:
+            raise NotFound(f"batch {batch_id!r} not found", code="batch_not_found")
+        return doc
+
+    async def list_jobs(
+        self, project: str, limit: int, after_job_id: str | None
+    ) -> tuple[list[Document], bool]:
+        """Newest first; `after_job_id` is the last job of the previous page."""
+        return await self._page(project, limit, {"_id": after_job_id} if after_job_id else None)
+
+    async def list_batches(
+        self, project: str, limit: int, after_batch_id: str | None
+    ) -> tuple[list[Document], bool]:
+        """`list_jobs`, paged by batch id."""
+        after = {"batch_id": after_batch_id} if after_batch_id else None
+        return await self._page(project, limit, after)
+
+    async def _page(
+        self, project: str, limit: int, after: Document | None
+    ) -> tuple[list[Document], bool]:
+        """A page of `project`'s jobs, newest first, after the job `after` selects (an unknown
+        one gives an empty page); and whether more follow."""
+        query: Document = {"project": project}
+        if after:
+            cursor_doc = await self._db[JOBS].find_one(
+                {**after, "project": project}, {"created_at": 1}
+            )
+            if cursor_doc is None:
+                return [], False
+            query.update(
+                rows_after(
+                    cursor_doc["created_at"], cursor_doc["_id"], "created_at", ascending=False
+                )
+            )
+        cursor = self._db[JOBS].find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+        docs = await cursor.limit(limit + 1).to_list(limit + 1)
+        return docs[:limit], len(docs) > limit
+
+    async def save_cancel_request(
+        self, job_id: str, events: Sequence[Event], now: datetime
+    ) -> bool:
+        """Record the cancel request once, with its events; False if terminal or already asked."""
+
+        async def work(session: AsyncClientSession) -> bool:
+            won = await compare_and_set(
+                self._db[JOBS],
+                job_id,
+                {"status": {"$nin": _TERMINAL}, "cancel_requested_at": None},
+                {"$set": {"cancel_requested_at": now}},
+                session=session,
+            )
+            if won:
+                await append_events(self._db, self._ns, events, session, now)
+            return won
+
+        won = await transact(self._client, work)
+        if won:
+            self._notify_outbox()
+        return won
+
+    async def find_provision(self, provision_id: str | None) -> Document | None:
+        if not provision_id:
+            return None
+        return await self._db[PROVISIONS].find_one({"_id": provision_id})
+
+    async def list_provisions(self, provision_ids: Sequence[str | None]) -> dict[str, Document]:
+        """The provisions of a page of jobs, by id (jobs without one are skipped)."""
+        wanted = sorted({pid for pid in provision_ids if pid})
+        if not wanted:
+            return {}
+        docs = await self._db[PROVISIONS].find({"_id": {"$in": wanted}}).to_list(None)
+        return {doc["_id"]: doc for doc in docs}
