@@ -26,6 +26,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "NEOBATCH_SSH_POOL": pool,
         "MAX_CONCURRENT_PROVISIONING": "2",
         "NEOBATCH_DISPATCH_CONCURRENCY": "16",
+        # The expiry test's window is seconds long: the local stack leases a machine in one.
+        "NEOBATCH_MIN_COMPLETION_WINDOW_SECONDS": "1",
     }
     started = start_stack(tmp_path_factory.mktemp("stack"), ports, env)
     try:
@@ -91,8 +93,8 @@ def test_expiry_keeps_finished_lines_and_marks_the_rest_expired(
     name = "expiring"
     console.create_template(model_id, sim_engine_template(name, model_id, latency_ms=2000))
     file_id = console.upload(batch_lines(requests))
-    job = console.create_job(file_id, model_id, name, completion_window="1min")
-    ended = console.wait_settled(job["id"], 150)
+    job = console.create_job(file_id, model_id, name, completion_window="15s")
+    ended = console.wait_settled(job["id"], 120)
     assert ended["status"] == "expired"
     output = console.file_lines(ended["output_dataset"])
     errors = console.file_lines(ended["error_dataset"])

@@ -98,6 +98,8 @@ async def test_malformed_json_body_is_400_invalid_json(api: Any) -> None:
         ({"endpoint": "/v1/embeddings"}, 422, "unsupported_endpoint", "endpoint"),
         ({"completion_window": "2x"}, 400, "invalid_request", "completion_window"),
         ({"completion_window": "0h"}, 400, "invalid_request", "completion_window"),
+        # Shorter than NEOBATCH_MIN_COMPLETION_WINDOW_SECONDS (60 by default).
+        ({"completion_window": "59s"}, 400, "invalid_request", "completion_window"),
         (
             {"resource_request": {"replicas": 1025}},
             400,

@@ -28,6 +28,8 @@ T0 = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
         ("1d2h", 93600),
         ("1h38min", 5880),
         ("72min", 4320),
+        ("90s", 90),
+        ("1m30s", 90),
         ("90m", 5400),
     ],
 )
@@ -35,7 +37,9 @@ def test_completion_window_grammar(window: str, seconds: int) -> None:
     assert parse_completion_window(window) == seconds
 
 
-@pytest.mark.parametrize("window", ["", "0h", "2h1d", "24", "1w", "h", "31d", "1d 2h"])
+@pytest.mark.parametrize(
+    "window", ["", "0h", "2h1d", "24", "1w", "h", "31d", "1d 2h", "30s1m", "0s"]
+)
 def test_bad_completion_window_names_the_field(window: str) -> None:
     with pytest.raises(ValueError, match="completion_window"):
         parse_completion_window(window)

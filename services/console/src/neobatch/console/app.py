@@ -117,7 +117,11 @@ def _lifespan(settings: ConsoleSettings, clock: Clock | None) -> Lifespan:
             app.state.catalog_store = catalog
             app.state.job_store = jobs
             app.state.job_service = JobService(
-                jobs, files, catalog, default_template=settings.default_template
+                jobs,
+                files,
+                catalog,
+                default_template=settings.default_template,
+                min_window_seconds=settings.min_completion_window_seconds,
             )
             yield
         finally:

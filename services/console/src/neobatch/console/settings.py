@@ -39,6 +39,15 @@ class ConsoleSettings(Settings, frozen=True, kw_only=True):
         str,
         Env("DEFAULT_BATCH_MODEL_DEPLOYMENT_TEMPLATE", "Template used when a job names none"),
     ] = ""
+    # Under a minute only where machines start in seconds (the local stack, its tests).
+    min_completion_window_seconds: Annotated[
+        int,
+        Env(
+            "NEOBATCH_MIN_COMPLETION_WINDOW_SECONDS",
+            "Shortest `completion_window` a job may ask for",
+            minimum=1,
+        ),
+    ] = 60
     max_upload_bytes: Annotated[
         int, Env("NEOBATCH_MAX_UPLOAD_BYTES", "Largest accepted file upload (200 MiB)", minimum=1)
     ] = 200 * 1024 * 1024

@@ -21,6 +21,7 @@ from neobatch.console.files.store import FileStore
 from neobatch.console.jobs import rules
 from neobatch.console.jobs.schemas import CreateJob
 from neobatch.console.jobs.store import JobStore
+from neobatch.console.jobs.window import check_minimum_window, parse_completion_window
 from neobatch.console.keys.auth import Caller
 
 Document = dict[str, Any]
@@ -30,16 +31,28 @@ class JobService:
     """What both job APIs do to jobs; routes translate their bodies and views around it."""
 
     def __init__(
-        self, jobs: JobStore, files: FileStore, catalog: CatalogStore, *, default_template: str
+        self,
+        jobs: JobStore,
+        files: FileStore,
+        catalog: CatalogStore,
+        *,
+        default_template: str,
+        min_window_seconds: int = 60,
     ) -> None:
         self._jobs = jobs
         self._files = files
         self._catalog = catalog
         # Template used when a request names none (DEFAULT_BATCH_MODEL_DEPLOYMENT_TEMPLATE).
         self._default_template = default_template
+        self._min_window_seconds = min_window_seconds
 
     async def create_job(self, request: CreateJob, caller: Caller, now: datetime) -> Document:
         """Validate `request`, store the job with its events, return the stored document."""
+        window = request.completion_window
+        try:
+            check_minimum_window(parse_completion_window(window), self._min_window_seconds, window)
+        except ValueError as error:
+            raise InvalidInput(str(error)) from None
         await _check_input_file(self._files, request.input_dataset, caller)
         template = await _resolve_template(self._catalog, request, self._default_template)
         endpoint = request.endpoint
