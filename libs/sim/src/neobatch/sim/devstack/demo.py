@@ -1,95 +1,42 @@
 """Run a demo batch end to end against a running console (the last step of ``./task up``).
 
-``python -m neobatch.sim.demo [--requests 100] [--timeout 300]``
-
 Creates (or reuses) the model ``Sim Chat 1B`` and its deployment template ``sim-chat-demo``
 v1.0.0, whose engine is the engine simulator launched over SSH; uploads a sample batch; creates a
 job and follows it until it ends. The console URL and API key come from ``NEOBATCH_CONSOLE_URL`` /
-``NEOBATCH_API_KEY`` when set, else from ``.run/stack.env`` written by ``devstack up``.
+``NEOBATCH_API_KEY`` when set, else from ``.run/stack.env`` written by ``devstack up``
+(``demo_cli.py``, behind ``python -m neobatch.sim.demo``).
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import ipaddress
-import os
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
-from neobatch.sim.devstack import RunLayout, StackError, find_run_dir, read_env_file
-from neobatch.sim.sample_batch import write_sample_batch
-from neobatch.sim.servers import free_port
+from neobatch.sim.devstack.sample_batch import write_sample_batch
+from neobatch.sim.devstack.scenario import (
+    ENDPOINT,
+    MODEL,
+    MODEL_NAME,
+    TERMINAL,
+    engine_command,
+    model_id_for,
+)
+from neobatch.sim.testing.servers import free_port
 
-MODEL_NAME = "Sim Chat 1B"
-MODEL_ID = "model-sim-chat-1b"  # the console derives `model-<slug of name>`
-SERVING_NAME = "sim-chat-1b"
+MODEL_ID = model_id_for(MODEL_NAME)
 TEMPLATE_NAME = "sim-chat-demo"
 TEMPLATE_VERSION = "v1.0.0"
-ENDPOINT = "/v1/chat/completions"
-TERMINAL_STATUSES = frozenset(
-    {"completed", "failed", "expired", "cancelled", "resource_failed", "submit_failed"}
-)
 POLL_SECONDS = 0.5
 
 
 class DemoError(RuntimeError):
     """The demo cannot go on; the message says which call failed and what the console said."""
-
-
-@dataclass(frozen=True)
-class Connection:
-    console_url: str
-    api_key: str
-
-
-def load_connection(
-    environ: Mapping[str, str], run_dir_finder: Callable[[], Path] = find_run_dir
-) -> Connection:
-    """Explicit environment first, so the demo can target any console; else the local stack."""
-    url = environ.get("NEOBATCH_CONSOLE_URL", "").strip()
-    key = environ.get("NEOBATCH_API_KEY", "").strip()
-    if not (url and key):
-        try:
-            stack_env = RunLayout(run_dir_finder()).stack_env
-        except StackError as error:
-            raise DemoError(f"{error}; or set NEOBATCH_CONSOLE_URL and NEOBATCH_API_KEY") from None
-        recorded = read_env_file(stack_env)
-        url = url or recorded.get("NEOBATCH_CONSOLE_URL", "")
-        key = key or recorded.get("NEOBATCH_API_KEY", "")
-        if not (url and key):
-            raise DemoError(
-                f"no console URL/API key: {stack_env} is missing or incomplete. Start the stack "
-                "with `./task up`, or set NEOBATCH_CONSOLE_URL and NEOBATCH_API_KEY"
-            )
-    return Connection(url.rstrip("/"), key)
-
-
-def engine_command() -> list[str]:
-    # The runtime-agent substitutes {port} and {model}; the SSH host runs on this machine, so the
-    # interpreter running the demo (the project venv) is the one that has the engine simulator.
-    return [
-        sys.executable,
-        "-m",
-        "neobatch.sim.engine",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "{port}",
-        "--model",
-        "{model}",
-        "--latency-ms",
-        "5",
-    ]
 
 
 def template_body(model_id: str, engine_port: int) -> dict[str, Any]:
@@ -113,7 +60,7 @@ def template_body(model_id: str, engine_port: int) -> dict[str, Any]:
                 "ready_timeout_seconds": 60,
                 "metrics_endpoint": "/metrics",
             },
-            "model_source": {"type": "local", "uri": SERVING_NAME},
+            "model_source": {"type": "local", "uri": MODEL},
             "accelerator": {"type": "H100", "count": 1},
             "parallelism": {"tp": 1, "pp": 1, "dp": 1, "ep": 1},
             "supported_endpoints": [ENDPOINT],
@@ -178,7 +125,7 @@ class Demo:
     def ensure_model(self) -> str:
         response = self.client.post(
             "/api/v1/models",
-            json={"name": MODEL_NAME, "categories": ["LLM"], "serving_name": SERVING_NAME},
+            json={"name": MODEL_NAME, "categories": ["LLM"], "serving_name": MODEL},
         )
         if response.status_code == 409:
             model = _check(self.client.get(f"/api/v1/models/{MODEL_ID}"), "read existing model")
@@ -277,7 +224,7 @@ class Demo:
                         self.out(
                             f"{_event_time(event)}  {event.get('status')}  ({event.get('label')})"
                         )
-                if status in TERMINAL_STATUSES:
+                if status in TERMINAL:
                     return job
             if time.monotonic() >= deadline:
                 return job
@@ -299,7 +246,7 @@ class Demo:
             if job.get("error_dataset"):
                 self.out(f"error file:  {job['error_dataset']}")
             return 0
-        if status in TERMINAL_STATUSES:
+        if status in TERMINAL:
             message = job.get("error_message") or _first_errors(job) or "(no error_message)"
             self.out(f"job {job_id} ended {status}: {message}")
             return 1
@@ -314,7 +261,7 @@ class Demo:
         self.out(f"console {self.console_url}")
         model_id = self.ensure_model()
         self.ensure_template(model_id)
-        write_sample_batch(input_path, requests, SERVING_NAME, ENDPOINT)
+        write_sample_batch(input_path, requests, MODEL, ENDPOINT)
         file_id = self.upload(input_path)
         job = self.create_job(model_id, file_id)
         final = self.follow(str(job["id"]), timeout_seconds)
@@ -342,65 +289,3 @@ def _first_errors(job: Mapping[str, Any], limit: int = 3) -> str:
             line = f" (line {error['line']})" if error.get("line") is not None else ""
             parts.append(f"{error.get('code', 'error')}: {error.get('message', '')}{line}")
     return "; ".join(parts)
-
-
-def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def make_client(connection: Connection) -> httpx.Client:
-    return httpx.Client(
-        base_url=connection.console_url,
-        headers={"Authorization": f"Bearer {connection.api_key}"},
-        timeout=httpx.Timeout(30.0, connect=5.0),
-        # A proxy from the user's environment must not capture requests to the local stack.
-        trust_env=not _is_loopback(connection.console_url),
-    )
-
-
-@contextlib.contextmanager
-def _input_dir() -> Iterator[Path]:
-    """``.run/demo`` beside the stack, kept for inspection; a temp dir if there is no repo."""
-    try:
-        directory = find_run_dir() / "demo"
-    except StackError:
-        with tempfile.TemporaryDirectory(prefix="neobatch-demo-") as tmp:
-            yield Path(tmp)
-        return
-    directory.mkdir(parents=True, exist_ok=True)
-    yield directory
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m neobatch.sim.demo",
-        description="Submit a demo batch to the console and wait for the job to finish.",
-    )
-    parser.add_argument("--requests", type=int, default=100, help="batch size (%(default)s)")
-    parser.add_argument(
-        "--timeout", type=float, default=300.0, help="seconds to wait for the job (%(default)s)"
-    )
-    args = parser.parse_args(argv)
-    if args.requests < 1:
-        parser.error("--requests must be at least 1")
-    try:
-        connection = load_connection(os.environ)
-        with _input_dir() as input_dir, make_client(connection) as client:
-            demo = Demo(client, connection.console_url, connection.api_key)
-            return demo.run(args.requests, args.timeout, input_dir / "batch_input.jsonl")
-    except DemoError as error:
-        print(f"demo: {error}", file=sys.stderr)
-        return 1
-    except httpx.TransportError as error:
-        print(f"demo: cannot reach the console: {error}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

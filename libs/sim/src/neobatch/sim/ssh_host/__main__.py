@@ -16,7 +16,9 @@ from neobatch.sim.ssh_host.server import start_ssh_host
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m neobatch.sim.ssh_host", description=server.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m neobatch.sim.ssh_host", description=server.__doc__
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=2222)
     parser.add_argument("--authorized-keys", required=True, help="authorized_keys file")

@@ -11,7 +11,6 @@ session runs as the user running this server. Each session's command runs as a l
 from __future__ import annotations
 
 import functools
-import ipaddress
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -22,23 +21,12 @@ import asyncssh
 
 from neobatch.sim.ssh_host.keys import load_or_create_host_key, public_key_line
 from neobatch.sim.ssh_host.session import run_session
+from neobatch.sim.testing.servers import is_loopback
 
 log = logging.getLogger(__name__)
 
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
-
 KeySource = str | os.PathLike[str] | Sequence[str]
 HostKeySource = asyncssh.SSHKey | str | os.PathLike[str] | None
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and the usual localhost names."""
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class _AuthorizedKeys:

@@ -8,6 +8,7 @@ spawned, and its stdout/stderr go to a log file so a failing test can point at i
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
 import socket
@@ -20,6 +21,17 @@ from pathlib import Path
 from neobatch.sim.procs import signal_group
 
 LOOPBACK = "127.0.0.1"
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and the usual localhost names."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def free_port(host: str = LOOPBACK) -> int:
