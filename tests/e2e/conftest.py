@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from neobatch.sim.devstack import Stack
-from neobatch.sim.scenario import ConsoleClient
+from neobatch.sim.devstack.scenario import ConsoleClient
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from pymongo import MongoClient
 
 from neobatch.runtime_agent.checkpoints import LINES_ONLY, page_lines
 from neobatch.sim.devstack import Ports, Stack, start_stack
-from neobatch.sim.scenario import ConsoleClient, batch_lines, sim_engine_template
+from neobatch.sim.devstack.scenario import ConsoleClient, batch_lines, sim_engine_template
 
 REQUESTS = 2000
 CONCURRENCY = 32

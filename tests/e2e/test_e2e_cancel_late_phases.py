@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from neobatch.sim.devstack import Ports, Stack, start_stack
-from neobatch.sim.scenario import ConsoleClient
-from neobatch.sim.waiting import wait_until
+from neobatch.sim.devstack.scenario import ConsoleClient
+from neobatch.sim.testing.waiting import wait_until
 
 STOP_GRACE_SECONDS = 8
 # Starts the engine simulator with SIGTERM blocked; the mask survives exec, so the engine's own

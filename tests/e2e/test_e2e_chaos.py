@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from neobatch.sim.devstack import Ports, Stack, http_status, marked_pids, start_stack
-from neobatch.sim.scenario import ConsoleClient, batch_lines, sim_engine_template
+from neobatch.sim.devstack import Ports, Stack, marked_pids, start_stack
+from neobatch.sim.devstack.readiness import http_status
+from neobatch.sim.devstack.scenario import ConsoleClient, batch_lines, sim_engine_template
 
 JOBS = 20
 REQUESTS = 40

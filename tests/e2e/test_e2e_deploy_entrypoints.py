@@ -26,10 +26,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from neobatch.sim.devstack import LOOPBACK, Ports, Stack, start_stack
-from neobatch.sim.scenario import ConsoleClient, batch_lines, sim_engine_template
-from neobatch.sim.servers import ManagedProcess, free_port, wait_port
-from neobatch.sim.waiting import wait_until
+from neobatch.sim.devstack import Ports, Stack, start_stack
+from neobatch.sim.devstack.scenario import ConsoleClient, batch_lines, sim_engine_template
+from neobatch.sim.testing.servers import LOOPBACK, ManagedProcess, free_port, wait_port
+from neobatch.sim.testing.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "deploy" / "docker"

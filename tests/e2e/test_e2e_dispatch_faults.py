@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from neobatch.sim.devstack import Ports, Stack, start_stack
+from neobatch.sim.devstack.scenario import ConsoleClient, batch_lines, sim_engine_template
 from neobatch.sim.engine.app import attempt_draw
-from neobatch.sim.scenario import ConsoleClient, batch_lines, sim_engine_template
 
 REQUESTS = 300
 SEED = 11

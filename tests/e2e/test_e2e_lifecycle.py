@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from neobatch.sim.devstack import Ports, Stack, start_stack
-from neobatch.sim.scenario import ConsoleClient, batch_lines, sim_engine_template
+from neobatch.sim.devstack.scenario import ConsoleClient, batch_lines, sim_engine_template
 
 POOL_HOSTS = 4
 

@@ -19,9 +19,9 @@ from pymongo import MongoClient
 
 from neobatch.runtime_agent.checkpoints import LINES_ONLY, page_lines
 from neobatch.sim.devstack import Ports, Stack, start_stack
-from neobatch.sim.scenario import ConsoleClient
-from neobatch.sim.servers import free_port
-from neobatch.sim.waiting import wait_until
+from neobatch.sim.devstack.scenario import ConsoleClient
+from neobatch.sim.testing.servers import free_port
+from neobatch.sim.testing.waiting import wait_until
 
 REQUESTS = 300
 CONCURRENCY = 16

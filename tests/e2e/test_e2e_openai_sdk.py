@@ -16,11 +16,12 @@ import httpx
 import openai
 import pytest
 
-from neobatch.sim.demo import SERVING_NAME, TEMPLATE_NAME, Demo, engine_command, template_body
 from neobatch.sim.devstack import Ports, Stack, start_stack
-from neobatch.sim.sample_batch import sample_request
-from neobatch.sim.servers import free_port
-from neobatch.sim.waiting import wait_until
+from neobatch.sim.devstack.demo import TEMPLATE_NAME, Demo, template_body
+from neobatch.sim.devstack.sample_batch import sample_request
+from neobatch.sim.devstack.scenario import MODEL, engine_command
+from neobatch.sim.testing.servers import free_port
+from neobatch.sim.testing.waiting import wait_until
 
 CHAT = "/v1/chat/completions"
 SLOW_TEMPLATE = "sdk-slow"
@@ -69,7 +70,7 @@ def upload(client: openai.OpenAI, path: Path) -> Any:
         return client.files.create(file=fh, purpose="batch")
 
 
-def requests(n: int, model: str = SERVING_NAME) -> list[dict[str, Any]]:
+def requests(n: int, model: str = MODEL) -> list[dict[str, Any]]:
     return [sample_request(i, model) for i in range(1, n + 1)]
 
 
@@ -84,7 +85,7 @@ async def finished(client: openai.OpenAI, batch_id: str, timeout_seconds: float)
 async def test_upload_create_poll_and_download(client: openai.OpenAI, tmp_path: Path) -> None:
     lines = requests(20)
     # The engine refuses streaming with a 400: that request goes to the error file.
-    bad = sample_request(21, SERVING_NAME)
+    bad = sample_request(21, MODEL)
     lines.append({**bad, "custom_id": "streamed", "body": {**bad["body"], "stream": True}})
     uploaded = upload(client, write_lines(tmp_path / "input.jsonl", lines))
     assert uploaded.purpose == "batch" and uploaded.filename == "input.jsonl"

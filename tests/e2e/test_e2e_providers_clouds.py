@@ -14,10 +14,10 @@ import httpx
 import pytest
 from pymongo import MongoClient
 
-from neobatch.sim.demo import Demo, template_body
 from neobatch.sim.devstack import Ports, Stack, start_stack
-from neobatch.sim.sample_batch import write_sample_batch
-from neobatch.sim.servers import free_port
+from neobatch.sim.devstack.demo import Demo, template_body
+from neobatch.sim.devstack.sample_batch import write_sample_batch
+from neobatch.sim.testing.servers import free_port
 
 TERMINAL = {"completed", "failed", "expired", "cancelled", "resource_failed", "submit_failed"}
 REQUESTS = 20

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from neobatch.sim.devstack import Ports, start_stack
-from neobatch.sim.scenario import ENDPOINT, MODEL, ConsoleClient, batch_lines
-from neobatch.sim.servers import free_port
+from neobatch.sim.devstack.scenario import ENDPOINT, MODEL, ConsoleClient, batch_lines
+from neobatch.sim.testing.servers import free_port
 
 REQUESTS = 12
 SETTLE_SECONDS = 60

@@ -23,10 +23,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from pymongo import MongoClient
 
 from neobatch.runtime_agent.checkpoints import LINES_ONLY, page_lines
-from neobatch.sim.devstack import LOOPBACK, SERVICE_MODULES, Ports, Stack, start_stack
-from neobatch.sim.scenario import ConsoleClient, batch_lines, sim_engine_template
-from neobatch.sim.servers import ManagedProcess, free_port, start_python_module
-from neobatch.sim.waiting import wait_until
+from neobatch.sim.devstack import SERVICE_MODULES, Ports, Stack, start_stack
+from neobatch.sim.devstack.scenario import ConsoleClient, batch_lines, sim_engine_template
+from neobatch.sim.testing.servers import (
+    LOOPBACK,
+    ManagedProcess,
+    free_port,
+    start_python_module,
+)
+from neobatch.sim.testing.waiting import wait_until
 
 JOBS = 50
 REQUESTS = 4

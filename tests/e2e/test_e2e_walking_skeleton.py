@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from neobatch.sim.demo import Demo, template_body
-from neobatch.sim.devstack import Ports, Stack, marked_pids, port_in_use, start_stack
+from neobatch.sim.devstack import Ports, Stack, marked_pids, start_stack
+from neobatch.sim.devstack.demo import Demo, template_body
+from neobatch.sim.devstack.sample_batch import write_sample_batch
 from neobatch.sim.engine import expected_body
-from neobatch.sim.sample_batch import write_sample_batch
-from neobatch.sim.servers import free_port
+from neobatch.sim.testing.servers import free_port, port_in_use
 
 TERMINAL = {"completed", "failed", "expired", "cancelled", "resource_failed", "submit_failed"}
 REQUESTS = 200

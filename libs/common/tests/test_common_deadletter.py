@@ -14,7 +14,7 @@ from neobatch.common.broker import create_broker, subscribe
 from neobatch.common.contracts import JobQueued, encode_event
 from neobatch.common.deadletter import advisory_stream_name, forward_dead_letters
 from neobatch.common.subjects import Namespace
-from neobatch.sim.waiting import wait_until
+from neobatch.sim.testing.waiting import wait_until
 
 
 async def test_advisory_raised_while_no_forwarder_runs_is_forwarded_when_one_starts(

@@ -25,7 +25,7 @@ from neobatch.common.leases import claim_many
 from neobatch.common.mongo import create_mongo_client, transact
 from neobatch.common.outbox import OUTBOX, OutboxRelay, append_events
 from neobatch.common.subjects import Namespace
-from neobatch.sim.waiting import wait_until
+from neobatch.sim.testing.waiting import wait_until
 
 
 async def test_event_published_twice_with_one_id_is_handled_once(

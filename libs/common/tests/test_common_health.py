@@ -17,8 +17,8 @@ from neobatch.common.contracts import JobQueued
 from neobatch.common.healthcheck import main as healthcheck
 from neobatch.common.runtime import ServiceRuntime
 from neobatch.common.settings import CommonSettings
-from neobatch.sim.servers import free_port
-from neobatch.sim.waiting import wait_until
+from neobatch.sim.testing.servers import free_port
+from neobatch.sim.testing.waiting import wait_until
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from neobatch.sim.bench_dispatch import NginxUnavailable, ensure_nginx, nginx_conf
+from neobatch.sim.bench.dispatch.nginx import NginxUnavailable, ensure_nginx, nginx_conf
 
 
 def test_bench_dispatch_smoke(tmp_path) -> None:
@@ -35,7 +35,7 @@ def test_bench_dispatch_smoke(tmp_path) -> None:
     args += ["--memory-requests", "300", "--memory-small", "100"]
     args += ["--line-bytes", "1000"]
     done = subprocess.run(
-        [sys.executable, "-m", "neobatch.sim.bench_dispatch", *args],
+        [sys.executable, "-m", "neobatch.sim.bench.dispatch", *args],
         capture_output=True,
         text=True,
         timeout=240,

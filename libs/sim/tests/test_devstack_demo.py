@@ -9,9 +9,10 @@ from typing import Any
 import httpx
 import pytest
 
-from neobatch.sim import demo
-from neobatch.sim.demo import Connection, Demo, DemoError, load_connection
-from neobatch.sim.devstack import write_env_file
+from neobatch.sim.devstack import demo
+from neobatch.sim.devstack.demo import Demo, DemoError
+from neobatch.sim.devstack.demo_cli import Connection, load_connection
+from neobatch.sim.devstack.layout import write_env_file
 
 KEY = "nb-dev-local-key"
 CONSOLE = "http://127.0.0.1:8080"

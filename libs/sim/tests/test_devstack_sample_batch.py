@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from neobatch.sim.sample_batch import sample_request, write_sample_batch
+from neobatch.sim.devstack.sample_batch import sample_request, write_sample_batch
 
 
 def _lines(path: Path) -> list[dict]:

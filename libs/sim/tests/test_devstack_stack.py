@@ -11,18 +11,17 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from neobatch.sim.devstack import (
+from neobatch.sim.devstack.layout import (
     DEV_API_KEY,
     Ports,
     RunLayout,
-    Stack,
     StackError,
     current_user,
-    marked_pids,
-    pid_alive,
     read_env_file,
-    start_stack,
 )
+from neobatch.sim.devstack.processes import marked_pids
+from neobatch.sim.devstack.stack import Stack, start_stack
+from neobatch.sim.procs import is_running
 
 INFRA = ("nats", "mongo", "ssh-host")
 
@@ -124,7 +123,7 @@ def test_cli_down_stops_everything_including_detached_commands(tmp_path: Path) -
             assert f"stopped {name}" in out.stdout
         assert f"stopped leftover process {detached}" in out.stdout
         for pid in [*pids.values(), detached]:
-            assert not pid_alive(pid)
+            assert not is_running(pid)
         assert not list(layout.pids.iterdir())
         assert not layout.stack_env.exists()
         assert not marked_pids(stack.run_dir)

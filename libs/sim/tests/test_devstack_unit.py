@@ -9,23 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from neobatch.sim import devstack
-from neobatch.sim.devstack import (
+from neobatch.sim.devstack import cli, components
+from neobatch.sim.devstack.layout import (
     Ports,
     RunLayout,
     StackError,
-    StatusRow,
-    collect_status,
     find_run_dir,
-    format_status,
-    pid_alive,
-    port_in_use,
     read_env_file,
-    start_stack,
-    stop_pid,
     write_env_file,
 )
-from neobatch.sim.servers import free_port
+from neobatch.sim.devstack.processes import marked_pids
+from neobatch.sim.devstack.stack import start_stack
+from neobatch.sim.devstack.status import StatusRow, collect_status, format_status
+from neobatch.sim.procs import is_running, stop_pid
+from neobatch.sim.testing.servers import free_port, port_in_use
 
 
 def test_ports_default_and_env_overrides() -> None:
@@ -116,7 +113,7 @@ def test_format_status_ends_with_two_machine_readable_lines() -> None:
 
 def test_status_of_an_empty_run_dir(tmp_path: Path) -> None:
     rows, url = collect_status(tmp_path, Ports(console=18080))
-    assert [row.component for row in rows] == list(devstack.ALL_COMPONENTS)
+    assert [row.component for row in rows] == list(components.ALL_COMPONENTS)
     assert not any(row.alive for row in rows)
     assert url == "http://127.0.0.1:18080"
 
@@ -162,7 +159,7 @@ def test_up_refuses_unknown_provisioners(
 ) -> None:
     monkeypatch.setenv("NEOBATCH_RUN_DIR", str(tmp_path))
     monkeypatch.setenv("PROVISIONER", "runpod,kubernetes")
-    assert devstack.main(["up"]) != 0
+    assert cli.main(["up"]) != 0
     assert "PROVISIONER='runpod,kubernetes' is not supported" in capsys.readouterr().err
     assert not (tmp_path / "pids").exists()
 
@@ -181,9 +178,9 @@ def test_stop_pid_kills_the_whole_group() -> None:
         stop_pid(leader.pid, timeout_seconds=5)
         leader.wait(timeout=5)
         deadline = time.monotonic() + 5
-        while pid_alive(child) and time.monotonic() < deadline:
+        while is_running(child) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not pid_alive(child)
+        assert not is_running(child)
     finally:
         if leader.poll() is None:
             leader.kill()
@@ -197,7 +194,7 @@ EXTERNAL = {"nats_url": "nats://127.0.0.1:1", "mongo_url": "mongodb://127.0.0.1:
 def test_component_that_dies_fails_with_its_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(devstack, "SSH_HOST_MODULE", "neobatch.sim.no_such_ssh_host")
+    monkeypatch.setattr(components, "SSH_HOST_MODULE", "neobatch.sim.no_such_ssh_host")
     with pytest.raises(StackError) as error:
         start_stack(tmp_path / "run", Ports.free(), services=(), **EXTERNAL)
     message = str(error.value)
@@ -209,7 +206,7 @@ def test_component_that_dies_fails_with_its_log(
 def test_console_that_dies_is_reported_and_the_rest_stopped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(devstack.SERVICE_MODULES, "console", "neobatch.no_such_console")
+    monkeypatch.setitem(components.SERVICE_MODULES, "console", "neobatch.no_such_console")
     with pytest.raises(StackError) as error:
         start_stack(tmp_path / "run", Ports.free(), services=("console",), **EXTERNAL)
     message = str(error.value)
@@ -217,4 +214,4 @@ def test_console_that_dies_is_reported_and_the_rest_stopped(
     assert "No module named neobatch.no_such_console" in message
     # The SSH host started before the console must not be left running.
     assert not list((tmp_path / "run" / "pids").iterdir())
-    assert not devstack.marked_pids((tmp_path / "run").resolve())
+    assert not marked_pids((tmp_path / "run").resolve())

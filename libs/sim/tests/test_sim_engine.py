@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 
 from neobatch.sim.engine import compute_response, expected_body, running_engine
-from neobatch.sim.waiting import wait_until
+from neobatch.sim.testing.waiting import wait_until
 
 CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "say hello to the sim"}]}
 

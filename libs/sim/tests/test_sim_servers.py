@@ -11,18 +11,10 @@ import aiohttp
 import nats
 import pytest
 
-from neobatch.sim import servers
 from neobatch.sim.engine import expected_body
-from neobatch.sim.waiting import wait_until
-
-
-def _pid_gone(pid: int) -> bool:
-    """Dead or a zombie: this VM's init may be slow to reap orphans."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+from neobatch.sim.procs import is_running
+from neobatch.sim.testing import servers
+from neobatch.sim.testing.waiting import wait_until
 
 
 def test_free_port_is_bindable_and_wait_port_names_it() -> None:
@@ -44,7 +36,7 @@ async def test_stop_kills_the_whole_process_group(tmp_path: Path) -> None:
     process.stop(timeout_seconds=5)
     assert not process.alive()
     # The orphaned grandchild is reparented to init, which reaps it once killed.
-    await wait_until(lambda: _pid_gone(grandchild), 10, message="grandchild to be killed")
+    await wait_until(lambda: not is_running(grandchild), 10, message="grandchild to be killed")
 
 
 async def test_process_that_exits_early_fails_fast(tmp_path: Path) -> None:

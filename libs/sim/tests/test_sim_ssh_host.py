@@ -11,9 +11,9 @@ from typing import Any
 import asyncssh
 import pytest
 
-from neobatch.sim import servers
 from neobatch.sim.ssh_host import start_ssh_host
-from neobatch.sim.waiting import wait_until
+from neobatch.sim.testing import servers
+from neobatch.sim.testing.waiting import wait_until
 
 
 def _connect(info: Any, client_keys: list, **overrides: Any) -> Any:

@@ -20,7 +20,7 @@ from neobatch.common.settings import CommonSettings
 from neobatch.common.subjects import Namespace
 from neobatch.console.app import create_app
 from neobatch.console.settings import ConsoleSettings
-from neobatch.sim.waiting import wait_until
+from neobatch.sim.testing.waiting import wait_until
 
 API_KEY = "nb-test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

@@ -13,7 +13,7 @@ from neobatch.common.contracts import ProvisionRunning, SshEndpoint, encode_even
 from neobatch.common.settings import CommonSettings
 from neobatch.planner.app import build
 from neobatch.planner.settings import PlannerSettings
-from neobatch.sim.waiting import wait_until
+from neobatch.sim.testing.waiting import wait_until
 
 
 async def test_dead_lettered_event_fails_the_job_with_the_reason(

@@ -27,7 +27,7 @@ from neobatch.resource_manager.reconciler import Reconciler
 from neobatch.resource_manager.settings import read_settings
 from neobatch.resource_manager.store import ProvisionStore
 from neobatch.sim.pytest_plugin import ProviderSimInfo, SSHKeyPair
-from neobatch.sim.waiting import wait_until
+from neobatch.sim.testing.waiting import wait_until
 
 
 def provider_env(provider: str, sim: ProviderSimInfo, keypair: SSHKeyPair) -> dict[str, str]:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from neobatch.resource_manager.store import OFFERS
-from neobatch.sim.provider_specs import lambda_doc, runpod_doc
+from neobatch.sim.cloud.specs import lambda_doc, runpod_doc
 from neobatch.sim.pytest_plugin import ProviderSimInfo
 
 

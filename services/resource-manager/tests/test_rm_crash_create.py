@@ -24,8 +24,8 @@ from neobatch.common.mongo import create_mongo_client
 from neobatch.common.subjects import Namespace
 from neobatch.resource_manager.store import ProvisionStore
 from neobatch.sim.pytest_plugin import ProviderSimInfo, SSHKeyPair
-from neobatch.sim.servers import ManagedProcess, start_python_module
-from neobatch.sim.waiting import wait_until
+from neobatch.sim.testing.servers import ManagedProcess, start_python_module
+from neobatch.sim.testing.waiting import wait_until
 
 from .conftest import provider_env  # type: ignore[import-not-found]
 

@@ -39,11 +39,11 @@ from neobatch.runtime_agent.checkpoints import count_stored, store_results
 from neobatch.runtime_agent.dispatch import DispatchDefaults, RequestResult
 from neobatch.runtime_agent.settings import AgentSettings
 from neobatch.runtime_agent.store import BatchStore
+from neobatch.sim.devstack.sample_batch import sample_request
 from neobatch.sim.engine import expected_body
 from neobatch.sim.procs import live_pids
-from neobatch.sim.sample_batch import sample_request
-from neobatch.sim.servers import free_port
-from neobatch.sim.waiting import wait_until
+from neobatch.sim.testing.servers import free_port
+from neobatch.sim.testing.waiting import wait_until
 
 MODEL = "sim-model"
 CHAT = "/v1/chat/completions"

@@ -19,7 +19,7 @@ from neobatch.common.settings import CommonSettings
 from neobatch.common.subjects import Namespace
 from neobatch.runtime_agent.app import build_agent
 from neobatch.runtime_agent.settings import AgentSettings
-from neobatch.sim.waiting import wait_until
+from neobatch.sim.testing.waiting import wait_until
 
 
 @pytest.mark.timeout(120)

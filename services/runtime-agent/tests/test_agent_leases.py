@@ -13,7 +13,7 @@ from neobatch.common.contracts import BatchStatus, SshEndpoint
 from neobatch.runtime_agent.batches import batch_doc_from_event
 from neobatch.runtime_agent.remote import connect, engine_argv, load_client_key
 from neobatch.sim.ssh_host import start_ssh_host
-from neobatch.sim.waiting import wait_until
+from neobatch.sim.testing.waiting import wait_until
 
 CHAT = "/v1/chat/completions"
 _SLEEP = "import time; time.sleep(3600)"

@@ -22,7 +22,7 @@ from neobatch.runtime_agent.remote import (
 )
 from neobatch.sim.engine import expected_body
 from neobatch.sim.procs import is_running
-from neobatch.sim.waiting import wait_until
+from neobatch.sim.testing.waiting import wait_until
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgspec
 
 from neobatch.common.contracts import BatchStatus, SshEndpoint
-from neobatch.sim.servers import free_port
-from neobatch.sim.waiting import wait_until
+from neobatch.sim.testing.servers import free_port
+from neobatch.sim.testing.waiting import wait_until
 
 
 async def test_batch_requested_again_with_a_new_provision_moves_the_batch(

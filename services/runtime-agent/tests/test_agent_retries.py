@@ -31,8 +31,8 @@ from neobatch.runtime_agent.engine import EngineClient
 from neobatch.runtime_agent.output_files import render_line
 from neobatch.sim.engine import running_engine
 from neobatch.sim.engine.app import attempt_draw
-from neobatch.sim.servers import free_port
-from neobatch.sim.waiting import wait_until
+from neobatch.sim.testing.servers import free_port
+from neobatch.sim.testing.waiting import wait_until
 
 CHAT = "/v1/chat/completions"
 BATCH = "batch_retries"

@@ -19,7 +19,7 @@ from neobatch.common.contracts import (
 from neobatch.runtime_agent.batches import batch_doc_from_event
 from neobatch.runtime_agent.checkpoints import count_stored
 from neobatch.runtime_agent.remote import workdir
-from neobatch.sim.servers import free_port
+from neobatch.sim.testing.servers import free_port
 
 _SLEEP = "import time; time.sleep(3600)"
 

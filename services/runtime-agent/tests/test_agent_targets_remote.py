@@ -39,9 +39,9 @@ from neobatch.runtime_agent.remote import (
 )
 from neobatch.sim import machine_tools
 from neobatch.sim.procs import live_pids
-from neobatch.sim.servers import free_port
 from neobatch.sim.ssh_host import SSHHost, start_ssh_host
-from neobatch.sim.waiting import wait_until
+from neobatch.sim.testing.servers import free_port
+from neobatch.sim.testing.waiting import wait_until
 
 MODEL = "sim-model"
 

@@ -35,9 +35,9 @@ from neobatch.runtime_agent.remote import (
 )
 from neobatch.runtime_agent.settings import read_settings
 from neobatch.sim.procs import is_running
-from neobatch.sim.servers import free_port
 from neobatch.sim.ssh_host import public_key_line, start_ssh_host, write_private_key
-from neobatch.sim.waiting import wait_until
+from neobatch.sim.testing.servers import free_port
+from neobatch.sim.testing.waiting import wait_until
 
 needs_ssh = pytest.mark.skipif(shutil.which("ssh") is None, reason="no OpenSSH client (ssh)")
 

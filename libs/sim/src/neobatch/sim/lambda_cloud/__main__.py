@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from neobatch.sim.cloud_sim_cli import parse, run
+from neobatch.sim.cloud.cli import parse, run
 from neobatch.sim.lambda_cloud.server import start_lambda_sim
 
 

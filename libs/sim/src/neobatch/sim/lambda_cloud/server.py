@@ -26,9 +26,9 @@ from typing import Any
 
 from aiohttp import web
 
-from neobatch.sim.cloud_sim import JSON_BODY, CloudSim, RunningSim, SimMachine, serve
-from neobatch.sim.provider_specs import lambda_doc
-from neobatch.sim.servers import free_port
+from neobatch.sim.cloud.sim import JSON_BODY, CloudSim, RunningSim, SimMachine, serve
+from neobatch.sim.cloud.specs import lambda_doc
+from neobatch.sim.testing.servers import free_port
 
 # name → (description, gpu_description, price cents/hour, vcpus, memory GiB, storage GiB, gpus)
 INSTANCE_TYPES: dict[str, tuple[str, str, int, int, int, int, int]] = {

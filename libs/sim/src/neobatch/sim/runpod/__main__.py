@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from neobatch.sim.cloud_sim_cli import parse, run
+from neobatch.sim.cloud.cli import parse, run
 from neobatch.sim.runpod.server import start_runpod_sim
 
 

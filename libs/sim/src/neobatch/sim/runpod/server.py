@@ -20,8 +20,8 @@ from typing import Any
 
 from aiohttp import web
 
-from neobatch.sim.cloud_sim import JSON_BODY, CloudSim, RunningSim, SimMachine, serve
-from neobatch.sim.provider_specs import runpod_doc
+from neobatch.sim.cloud.sim import JSON_BODY, CloudSim, RunningSim, SimMachine, serve
+from neobatch.sim.cloud.specs import runpod_doc
 
 # id → (display name, memory GB, secure price per GPU per hour, max GPUs per pod)
 GPU_TYPES: dict[str, tuple[str, int, float, int]] = {

@@ -22,8 +22,7 @@ from pathlib import Path
 RUNPOD_SIM = "runpod-sim"
 LAMBDA_SIM = "lambda-sim"
 SIM_MODULES = {RUNPOD_SIM: "neobatch.sim.runpod", LAMBDA_SIM: "neobatch.sim.lambda_cloud"}
-PROVIDER_SIM = {"runpod": RUNPOD_SIM, "lambdaCloud": LAMBDA_SIM}
-SUPPORTED = ("ssh", "runpod", "lambdaCloud")
+SUPPORTED_PROVISIONERS = ("ssh", "runpod", "lambdaCloud")
 LAMBDA_KEY_NAME = "neobatch-dev"
 DEFAULT_TIME_FACTOR = "0.05"
 

@@ -42,7 +42,7 @@ from neobatch.common.contracts import (
 )
 from neobatch.common.subjects import Namespace
 from neobatch.sim.devstack import Ports, start_stack
-from neobatch.sim.scenario import ConsoleClient, batch_lines, sim_engine_template
+from neobatch.sim.devstack.scenario import ConsoleClient, batch_lines, sim_engine_template
 
 HOPS = {
     "job created → provision requested": ("job.queued", "provision.requested"),
@@ -133,7 +133,9 @@ def report(seen: dict[str, dict[str, float]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m neobatch.sim.bench.control_plane", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument(

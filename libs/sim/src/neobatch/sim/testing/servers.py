@@ -1,6 +1,6 @@
 """Start and stop local backing servers (nats-server, SecantusDB, python modules) as subprocesses.
 
-Used by the pytest plugin and by the local dev stack, so it must not import pytest.
+Used by the pytest plugin, the local dev stack and the benches, so it must not import pytest.
 Each process runs in its own session (process group) so ``stop()`` also reaches any children it
 spawned, and its stdout/stderr go to a log file so a failing test can point at it.
 """
@@ -8,6 +8,7 @@ spawned, and its stdout/stderr go to a log file so a failing test can point at i
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
 import socket
@@ -17,7 +18,20 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from neobatch.sim.procs import signal_group
+
 LOOPBACK = "127.0.0.1"
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and the usual localhost names."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -25,6 +39,21 @@ def free_port(host: str = LOOPBACK) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def port_in_use(port: int, host: str = LOOPBACK) -> bool:
+    """Whether something listens on host:port (or holds it so that we could not listen)."""
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.3):
+        return True
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR so a recently closed connection in TIME_WAIT does not count as busy,
+        # while a listener (also one bound to 0.0.0.0) still makes bind fail.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def wait_port(
@@ -101,21 +130,17 @@ class ManagedProcess:
 
     def stop(self, timeout_seconds: float = 5) -> int | None:
         """SIGTERM the whole process group, then SIGKILL it if it has not exited in time."""
+        # The group id equals the pid because of start_new_session=True.
         if self._popen.poll() is None:
-            self._signal_group(signal.SIGTERM)
+            signal_group(self.pid, signal.SIGTERM)
             try:
                 self._popen.wait(timeout=timeout_seconds)
             except subprocess.TimeoutExpired:
-                self._signal_group(signal.SIGKILL)
+                signal_group(self.pid, signal.SIGKILL)
                 self._popen.wait(timeout=timeout_seconds)
         # The leader may exit while children it forked linger in the group; reap them too.
-        self._signal_group(signal.SIGKILL)
+        signal_group(self.pid, signal.SIGKILL)
         return self._popen.returncode
-
-    def _signal_group(self, sig: signal.Signals) -> None:
-        # The group id equals the pid because of start_new_session=True.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._popen.pid, sig)
 
     def __enter__(self) -> ManagedProcess:
         return self
@@ -151,7 +176,7 @@ def start_nats(
         str(store_dir),
     ]
     process = ManagedProcess(args, log_path, name="nats-server")
-    return _start_and_wait(process, port, timeout_seconds)
+    return wait_listening(process, port, timeout_seconds)
 
 
 def start_mongo(
@@ -176,7 +201,7 @@ def start_mongo(
         storage,
     ]
     process = ManagedProcess(args, log_path, name="secantus")
-    return _start_and_wait(process, port, timeout_seconds)
+    return wait_listening(process, port, timeout_seconds)
 
 
 def start_python_module(
@@ -192,7 +217,8 @@ def start_python_module(
     )
 
 
-def _start_and_wait(process: ManagedProcess, port: int, timeout_seconds: float) -> ManagedProcess:
+def wait_listening(process: ManagedProcess, port: int, timeout_seconds: float) -> ManagedProcess:
+    """Wait until ``process`` listens on loopback ``port``; stop it if it never does."""
     try:
         wait_port(LOOPBACK, port, timeout_seconds, process=process)
     except BaseException:

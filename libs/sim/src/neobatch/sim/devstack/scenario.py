@@ -15,14 +15,32 @@ from typing import Any
 
 import httpx
 
-from neobatch.sim.sample_batch import sample_request
-from neobatch.sim.servers import free_port
+from neobatch.sim.devstack.sample_batch import sample_request
+from neobatch.sim.testing.servers import free_port
 
 TERMINAL = frozenset(
     {"completed", "failed", "expired", "cancelled", "resource_failed", "submit_failed"}
 )
-MODEL = "sim-chat-1b"
+MODEL_NAME = "Sim Chat 1B"
+MODEL = "sim-chat-1b"  # its serving name: what batch lines ask for and the engine answers as
 ENDPOINT = "/v1/chat/completions"
+
+
+def model_id_for(name: str) -> str:
+    """The id the console gives a model: ``model-<slug of name>``."""
+    return "model-" + "-".join(name.lower().split())
+
+
+def engine_command(latency_ms: float = 5) -> list[str]:
+    """The engine simulator's launch command in a template (the agent fills {port} and {model}).
+
+    The SSH host runs on this machine, so the interpreter running this (the project venv) is the
+    one that has the engine simulator.
+    """
+    return [
+        sys.executable, "-m", "neobatch.sim.engine", "--host", "127.0.0.1", "--port", "{port}",
+        "--model", "{model}", "--latency-ms", str(latency_ms),
+    ]  # fmt: skip
 
 
 def sim_engine_template(
@@ -49,8 +67,7 @@ def sim_engine_template(
     makes `failure_rate` transient; see `python -m neobatch.sim.engine --help`).
     """
     command = [
-        sys.executable, "-m", "neobatch.sim.engine", "--host", "127.0.0.1", "--port", "{port}",
-        "--model", "{model}", "--latency-ms", str(latency_ms),
+        *engine_command(latency_ms),
         "--startup-delay-seconds", str(startup_delay_seconds), "--failure-rate", str(failure_rate),
     ]  # fmt: skip
     faults = {
@@ -105,12 +122,12 @@ class ConsoleClient:
             )
         return response.json()
 
-    def ensure_model(self, name: str = "Sim Chat 1B") -> str:
+    def ensure_model(self, name: str = MODEL_NAME) -> str:
         response = self.http.post(
             "/api/v1/models", json={"name": name, "categories": ["LLM"], "serving_name": MODEL}
         )
         if response.status_code == 409:
-            return "model-" + "-".join(name.lower().split())
+            return model_id_for(name)
         return str(self._ok(response)["id"])
 
     def create_template(self, model_id: str, template: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 
 import asyncssh
 
+from neobatch.sim.procs import signal_group
+
 _CHUNK = 64 * 1024
 _HANGUP_GRACE_SECONDS = 2.0
 
@@ -84,7 +86,7 @@ async def _copy_stdin(
                 data = await process.stdin.read(_CHUNK)
             except asyncssh.SignalReceived as exc:
                 # `process.send_signal("TERM")` from the client reaches the whole command.
-                _signal_group(child, _signal_from_name(exc.signal))
+                signal_group(child.pid, _signal_from_name(exc.signal))
                 continue
             except (asyncssh.BreakReceived, asyncssh.TerminalSizeChanged):
                 continue
@@ -120,7 +122,7 @@ def _send_exit(process: asyncssh.SSHServerProcess, returncode: int) -> None:
 
 
 async def _hang_up(child: asyncio.subprocess.Process) -> None:
-    _signal_group(child, signal.SIGHUP)
+    signal_group(child.pid, signal.SIGHUP)
     try:
         await asyncio.wait_for(asyncio.shield(child.wait()), _HANGUP_GRACE_SECONDS)
     except TimeoutError:
@@ -128,11 +130,6 @@ async def _hang_up(child: asyncio.subprocess.Process) -> None:
         with contextlib.suppress(ProcessLookupError):
             child.kill()
         await child.wait()
-
-
-def _signal_group(child: asyncio.subprocess.Process, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(child.pid, sig)
 
 
 def _signal_from_name(name: str) -> int:

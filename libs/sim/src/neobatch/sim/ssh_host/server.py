@@ -4,72 +4,29 @@ Behaves like a locked-down sshd for the SSH provisioner: public-key auth only (k
 authorized_keys file, re-read on every login like sshd, or a fixed list), no password or
 keyboard-interactive auth, ``direct-tcpip`` local forwards only to loopback destinations, no remote
 forwards. SFTP/SCP are served from the local filesystem. Any username is accepted because every
-session runs as the user running this server.
-
-CLI: ``python -m neobatch.sim.ssh_host --host 127.0.0.1 --port P --authorized-keys FILE
---host-key FILE [--workdir DIR]``; a missing host-key file is generated (ed25519, mode 0600).
+session runs as the user running this server. Each session's command runs as a local child
+(``session.run_session``); the command line is in ``__main__``.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import functools
-import ipaddress
 import logging
 import os
-import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
 
-from neobatch.sim.ssh_exec import run_session
+from neobatch.sim.ssh_host.keys import load_or_create_host_key, public_key_line
+from neobatch.sim.ssh_host.session import run_session
+from neobatch.sim.testing.servers import is_loopback
 
 log = logging.getLogger(__name__)
 
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
-
 KeySource = str | os.PathLike[str] | Sequence[str]
 HostKeySource = asyncssh.SSHKey | str | os.PathLike[str] | None
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and the usual localhost names."""
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def public_key_line(key: asyncssh.SSHKey) -> str:
-    """``ssh-ed25519 AAAA...`` without a comment, as used in known_hosts / authorized_keys."""
-    text = key.convert_to_public().export_public_key("openssh").decode()
-    return " ".join(text.split()[:2])
-
-
-def load_or_create_host_key(path: str | os.PathLike[str]) -> asyncssh.SSHKey:
-    """Read a private host key, generating an ed25519 one (mode 0600, plus ``.pub``) if missing."""
-    path = Path(path)
-    if path.exists():
-        return asyncssh.read_private_key(path)
-    key = asyncssh.generate_private_key("ssh-ed25519")
-    write_private_key(key, path)
-    return key
-
-
-def write_private_key(key: asyncssh.SSHKey, path: str | os.PathLike[str]) -> None:
-    """Write an OpenSSH private key created 0600 from the start (never briefly world-readable)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(key.export_private_key("openssh"))
-    os.chmod(path, 0o600)
-    Path(f"{path}.pub").write_text(public_key_line(key) + "\n")
 
 
 class _AuthorizedKeys:
@@ -235,42 +192,3 @@ async def start_ssh_host(
     ssh_host.port = int(acceptor.get_port())
     ssh_host._acceptor = acceptor
     return ssh_host
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m neobatch.sim.ssh_host", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=2222)
-    parser.add_argument("--authorized-keys", required=True, help="authorized_keys file")
-    parser.add_argument("--host-key", required=True, help="private host key (created if absent)")
-    parser.add_argument("--workdir", default=None, help="cwd for commands (default: home)")
-    return parser.parse_args(argv)
-
-
-async def _serve(args: argparse.Namespace) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    ssh_host = await start_ssh_host(
-        args.host,
-        args.port,
-        Path(args.authorized_keys),
-        Path(args.host_key),
-        args.workdir,
-    )
-    print(f"ssh host listening on {ssh_host.host}:{ssh_host.port}", flush=True)
-    print(f"host key: {ssh_host.host_public_key}", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await ssh_host.close()
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=os.environ.get("NEOBATCH_LOG_LEVEL", "INFO"))
-    asyncio.run(_serve(parse_args(argv)))
-
-
-if __name__ == "__main__":
-    main()

@@ -5,12 +5,8 @@ Each created machine becomes a loopback SSH host (``neobatch.sim.ssh_host``) onc
 (scaled by ``time_factor``) has passed, authorized for the public key the client injected.
 State advances lazily on every request, so nothing runs between requests.
 
-Admin API (no auth, under ``/_sim``): ``GET /_sim/state``; ``POST /_sim/faults`` (JSON merged
-into the switches below); ``POST /_sim/capacity`` ``{"gpu", "region", "free"}``;
-``POST /_sim/prices`` ``{"<gpu>": price}``; ``POST /_sim/machines/{id}/delete`` (deleted behind
-the client's back); ``POST /_sim/machines/{id}/state`` ``{"state": "stopped"|"unhealthy"}``;
-``POST /_sim/release-hold``; ``GET /_sim/commands`` (every ``vllm``/``docker`` command the
-machines' tools ran: ``{"commands": [{"machine", "tool", "argv"}]}``).
+Admin API (no auth, under ``/_sim``): see ``admin.py``; ``GET /_sim/commands`` lists every
+``vllm``/``docker`` command the machines' tools ran: ``{"commands": [{"machine", "tool", "argv"}]}``.
 
 GPU machines: each machine's SSH sessions find its ``bin/`` first on ``PATH`` with the tools of
 ``neobatch.sim.machine_tools``: ``vllm`` on every machine (``vllm serve`` runs the engine
@@ -38,7 +34,8 @@ from typing import Any
 from aiohttp import web
 
 from neobatch.sim import machine_tools
-from neobatch.sim.provider_specs import OpenApiDoc
+from neobatch.sim.cloud.admin import admin_routes
+from neobatch.sim.cloud.specs import OpenApiDoc
 from neobatch.sim.ssh_host import SSHHost, start_ssh_host
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -301,19 +298,7 @@ class CloudSim:
     def invalid(self, problems: list[str]) -> web.Response:
         raise NotImplementedError
 
-    # --- admin -----------------------------------------------------------------------------
-
-    def admin_routes(self) -> list[web.RouteDef]:
-        return [
-            web.get("/_sim/state", self._state),
-            web.post("/_sim/faults", self._set_faults),
-            web.post("/_sim/capacity", self._set_capacity),
-            web.post("/_sim/prices", self._set_prices),
-            web.post("/_sim/machines/{id}/delete", self._delete_behind_back),
-            web.post("/_sim/machines/{id}/state", self._set_state),
-            web.post("/_sim/release-hold", self._release_hold),
-            web.get("/_sim/commands", self._commands),
-        ]
+    # --- what the admin API (``admin.py``) reads and switches ----------------------------------
 
     def state(self) -> dict[str, Any]:
         return {
@@ -328,53 +313,10 @@ class CloudSim:
             ],
         }
 
-    async def _state(self, request: web.Request) -> web.Response:
-        await self.advance()
-        return web.json_response(self.state())
-
-    async def _set_faults(self, request: web.Request) -> web.Response:
-        changes = await request.json()
-        for key, value in changes.items():
-            if not hasattr(self.faults, key):
-                return web.json_response({"error": f"unknown fault {key!r}"}, status=400)
-            setattr(self.faults, key, value)
-        return web.json_response(asdict(self.faults))
-
-    async def _set_capacity(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        self.capacity[(body["gpu"], body["region"])] = int(body["free"])
-        return web.json_response(self.state())
-
-    async def _set_prices(self, request: web.Request) -> web.Response:
-        self.prices.update({k: float(v) for k, v in (await request.json()).items()})
-        return web.json_response(self.prices)
-
-    async def _delete_behind_back(self, request: web.Request) -> web.Response:
-        machine = self.machines.get(request.match_info["id"])
-        if machine is None:
-            return web.json_response({"error": "no such machine"}, status=404)
-        await self.terminate(machine)
-        machine.state = "terminated"
-        self.machines.pop(machine.id, None)
-        return web.json_response({"deleted": machine.id})
-
-    async def _set_state(self, request: web.Request) -> web.Response:
-        machine = self.machines.get(request.match_info["id"])
-        if machine is None:
-            return web.json_response({"error": "no such machine"}, status=404)
-        state = (await request.json())["state"]
-        if state in ("stopped", "unhealthy"):
-            await self.stop_ssh(machine)
-        machine.state = state
-        return web.json_response(machine.summary())
-
-    async def _commands(self, request: web.Request) -> web.Response:
-        return web.json_response({"commands": self.commands()})
-
-    async def _release_hold(self, request: web.Request) -> web.Response:
+    def release_hold(self) -> None:
+        """End the ``hold_create`` window: the held create answers, later ones do not wait."""
         self.faults.hold_create = False
         self._hold.set()
-        return web.json_response({"released": True})
 
 
 @dataclass
@@ -396,7 +338,7 @@ class RunningSim:
         return self.root + self.base_path
 
     async def stop(self) -> None:
-        self.sim._hold.set()
+        self.sim._hold.set()  # a create still held must not keep the server from closing
         await self.sim.close()
         await self.runner.cleanup()
 
@@ -405,7 +347,7 @@ async def serve(
     sim: CloudSim, routes: list[web.RouteDef], host: str, port: int, base_path: str
 ) -> RunningSim:
     app = web.Application(middlewares=[sim.middleware])
-    app.add_routes(routes + sim.admin_routes())
+    app.add_routes(routes + admin_routes(sim))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from neobatch.sim.cloud_sim import RunningSim
+from neobatch.sim.cloud.sim import RunningSim
 
 Starter = Callable[..., Awaitable[RunningSim]]
 

@@ -1,0 +1,157 @@
+"""The stack's components, what each is given, and how one is started.
+
+Start order is ``ALL_COMPONENTS``: nats-server, SecantusDB, the SSH host, the cloud simulators
+named in ``PROVISIONER`` (``clouds.py``), then the four services. The SSH host and the
+simulators get only the stack marker, never the service settings: commands they run (engines)
+inherit their environment and must not see the API key or database URLs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from neobatch.sim.devstack.clouds import SIM_MODULES, SimSpec
+from neobatch.sim.devstack.layout import DEV_API_KEY, Ports, RunLayout, current_user
+from neobatch.sim.testing.servers import (
+    LOOPBACK,
+    ManagedProcess,
+    free_port,
+    start_mongo,
+    start_nats,
+    start_python_module,
+    wait_listening,
+)
+
+STACK_MARKER_ENV = "NEOBATCH_STACK_DIR"
+
+NATS = "nats"
+MONGO = "mongo"
+SSH_HOST = "ssh-host"
+SSH_HOST_MODULE = "neobatch.sim.ssh_host"
+SERVICE_MODULES: dict[str, str] = {
+    "console": "neobatch.console",
+    "planner": "neobatch.planner",
+    "resource-manager": "neobatch.resource_manager",
+    "runtime-agent": "neobatch.runtime_agent",
+}
+SERVICES: tuple[str, ...] = tuple(SERVICE_MODULES)
+# Start order; stopping goes the other way so services never outlive their dependencies.
+ALL_COMPONENTS: tuple[str, ...] = (NATS, MONGO, SSH_HOST, *SIM_MODULES, *SERVICES)
+# The services without an HTTP API serve /healthz, /readyz and /metrics on a port of their own.
+HEALTH_SERVICES = ("planner", "resource-manager", "runtime-agent")
+
+
+def health_port_var(name: str) -> str:
+    """The stack env entry holding a service's health port; it gets it as NEOBATCH_HEALTH_PORT."""
+    return f"NEOBATCH_{name.upper().replace('-', '_')}_HEALTH_PORT"
+
+
+def service_env(
+    layout: RunLayout,
+    ports: Ports,
+    nats_url: str,
+    mongo_url: str,
+    extra_env: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment every service gets (see CONTRACTS.md); ``extra_env`` wins."""
+    env = {
+        "NATS_URL": nats_url,
+        "MONGO_URL": mongo_url,
+        "NEOBATCH_CONSOLE_HOST": LOOPBACK,
+        "NEOBATCH_CONSOLE_PORT": str(ports.console),
+        "NEOBATCH_API_KEY": DEV_API_KEY,
+        "PROVISIONER": "ssh",
+        "NEOBATCH_SSH_POOL": f"{current_user()}@{LOOPBACK}:{ports.ssh}",
+        "NEOBATCH_SSH_KEY_FILE": str(layout.client_key),
+        # Log lines reach .run/logs as they happen, not when a buffer fills or the process exits.
+        "PYTHONUNBUFFERED": "1",
+        STACK_MARKER_ENV: str(layout.root),
+        # /healthz, /readyz and /metrics of the services without an HTTP API (ServiceRuntime).
+        **{health_port_var(name): str(free_port()) for name in HEALTH_SERVICES},
+    }
+    if extra_env:
+        env.update(extra_env)
+    return env
+
+
+def ensure_ssh_keys(layout: RunLayout) -> None:
+    """Create the client key pair and the SSH host key once; tighten modes the agent checks."""
+    # Imported here because only `up` needs asyncssh, which is slow to import; `status` stays quick.
+    import asyncssh
+
+    from neobatch.sim.ssh_host.keys import write_private_key
+
+    layout.ssh_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(layout.ssh_dir, 0o700)
+    for private, public in (
+        (layout.client_key, layout.client_public_key),
+        (layout.host_key, layout.host_key.with_name(layout.host_key.name + ".pub")),
+    ):
+        if not private.exists() or not public.exists():
+            # Writes the key created 0600 and its OpenSSH public line next to it as <key>.pub.
+            write_private_key(asyncssh.generate_private_key("ssh-ed25519"), private)
+        # The runtime-agent refuses a key file others can read; fix keys copied or restored loosely.
+        if private.stat().st_mode & 0o077:
+            os.chmod(private, 0o600)
+
+
+def start_component(
+    name: str,
+    layout: RunLayout,
+    ports: Ports,
+    env: Mapping[str, str],
+    timeout_seconds: float,
+    sims: Mapping[str, SimSpec] | None = None,
+) -> ManagedProcess:
+    """Start one component with its log under the run dir; servers are listening on return."""
+    log_path = layout.log_file(name)
+    if sims and name in sims:
+        return _start_sim(sims[name], env, log_path, timeout_seconds)
+    if name == NATS:
+        return start_nats(ports.nats, layout.nats_store, log_path, timeout_seconds)
+    if name == MONGO:
+        # A directory, not :memory:, so models, templates and jobs survive `down`/`up`.
+        return start_mongo(ports.mongo, layout.mongo_storage, log_path, timeout_seconds)
+    if name == SSH_HOST:
+        return _start_ssh_host(layout, ports, env, timeout_seconds)
+    return _start_service(name, env, log_path)
+
+
+def _marker_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The stack marker alone (engines started through this process inherit it), unbuffered."""
+    return {STACK_MARKER_ENV: env[STACK_MARKER_ENV], "PYTHONUNBUFFERED": "1"}
+
+
+def _start_sim(
+    spec: SimSpec, env: Mapping[str, str], log_path: os.PathLike[str], timeout_seconds: float
+) -> ManagedProcess:
+    process = start_python_module(
+        spec.module, spec.args, env={**_marker_env(env), **spec.env}, log_path=log_path
+    )
+    return wait_listening(process, spec.port, timeout_seconds)
+
+
+def _start_ssh_host(
+    layout: RunLayout, ports: Ports, env: Mapping[str, str], timeout_seconds: float
+) -> ManagedProcess:
+    args = [
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(ports.ssh),
+        "--authorized-keys",
+        str(layout.client_public_key),
+        "--host-key",
+        str(layout.host_key),
+    ]
+    process = start_python_module(
+        SSH_HOST_MODULE, args, env=_marker_env(env), log_path=layout.log_file(SSH_HOST)
+    )
+    return wait_listening(process, ports.ssh, timeout_seconds)
+
+
+def _start_service(name: str, env: Mapping[str, str], log_path: os.PathLike[str]) -> ManagedProcess:
+    if health_port_var(name) in env:
+        env = {**env, "NEOBATCH_HEALTH_PORT": env[health_port_var(name)]}
+    return start_python_module(SERVICE_MODULES[name], (), env=env, log_path=log_path)

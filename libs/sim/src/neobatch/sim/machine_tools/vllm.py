@@ -1,0 +1,83 @@
+"""``vllm``: ``vllm serve`` execs the engine simulator with the model and port it was given."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from neobatch.sim.machine_tools.machine import ENGINE_MODULE, record
+
+# vLLM flags that take no value (everything else starting with -- is taken to take one).
+_VLLM_SWITCHES = frozenset(
+    {
+        "--enforce-eager",
+        "--trust-remote-code",
+        "--disable-log-requests",
+        "--disable-log-stats",
+        "--enable-prefix-caching",
+        "--enable-chunked-prefill",
+        "--enable-lora",
+        "--enable-auto-tool-choice",
+        "--disable-custom-all-reduce",
+    }
+)
+
+
+def vllm_options(args: list[str]) -> tuple[dict[str, str], list[str]]:
+    """``--flag value`` / ``--flag=value`` pairs (first value kept) and the positionals."""
+    options: dict[str, str] = {}
+    positional: list[str] = []
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if token.startswith("--") and len(token) > 2:
+            name, eq, value = token.partition("=")
+            if not eq and name not in _VLLM_SWITCHES and i + 1 < len(args):
+                if not args[i + 1].startswith("--"):
+                    value = args[i + 1]
+                    i += 1
+            options.setdefault(name, value)
+        else:
+            positional.append(token)
+        i += 1
+    return options, positional
+
+
+def engine_argv(cfg: dict[str, Any], port: int, vllm_args: list[str]) -> list[str] | str:
+    """The engine simulator's command line for these vLLM arguments, or an error message."""
+    options, positional = vllm_options(vllm_args)
+    model = options.get("--model") or (positional[0] if positional else "")
+    served = options.get("--served-model-name") or model
+    if not served:
+        return "error: the model is required (vllm serve MODEL or --model MODEL)"
+    return [
+        cfg["python"], "-m", ENGINE_MODULE, "--host", "127.0.0.1", "--port", str(port),
+        "--model", served, *cfg.get("engine_args", []),
+    ]  # fmt: skip
+
+
+def vllm(cfg: dict[str, Any], args: list[str]) -> int:
+    record(cfg, "vllm", ["vllm", *args])
+    if args[:1] in (["--version"], ["-v"]):
+        print("0.0.0+neobatch.sim")
+        return 0
+    if args[:1] != ["serve"]:
+        print("usage: vllm serve MODEL [options]", file=sys.stderr)
+        return 2
+    options, _ = vllm_options(args[1:])
+    try:
+        port = int(options.get("--port") or 8000)
+    except ValueError:
+        print(f"error: invalid --port {options['--port']!r}", file=sys.stderr)
+        return 2
+    argv = engine_argv(cfg, port, args[1:])
+    if isinstance(argv, str):
+        print(argv, file=sys.stderr)
+        return 2
+    # Remembered so deleting the machine ends it; pid = the engine's after exec.
+    (Path(cfg["state"]) / "procs" / str(os.getpid())).touch()
+    sys.stdout.flush()
+    os.execv(argv[0], argv)
+    return 0  # not reached
