@@ -1,4 +1,4 @@
-"""HTTP plumbing shared by the cloud providers: timeouts, backoff, error classification.
+"""HTTP plumbing shared by the cloud providers: auth, timeouts, backoff, error classification.
 
 Idempotent calls (GET, DELETE, terminate) are retried on 429, 5xx and transport errors with
 exponential backoff (honouring ``Retry-After``) within ``budget_seconds``; a create is never
@@ -26,22 +26,23 @@ ErrorText = Callable[[httpx.Response], str]
 
 
 class ApiError(ProviderError):
-    """A definite 4xx answer; `status` and the body's text are kept for the caller to classify."""
+    """A definite 4xx answer; the parsed body is kept for the provider to classify."""
 
     code = "ProviderRejected"
 
-    def __init__(self, message: str, status: int, body: Any) -> None:
+    def __init__(self, message: str, body: Any) -> None:
         super().__init__(message)
-        self.status = status
         self.body = body
 
 
 class ApiClient:
+    """One provider's API: bearer-key auth, and `error_text` to read its error bodies."""
+
     def __init__(
         self,
         provider: str,
         base_url: str,
-        headers: dict[str, str],
+        api_key: str,
         error_text: ErrorText,
         *,
         timeout_seconds: float = 15.0,
@@ -50,7 +51,7 @@ class ApiClient:
         self._provider = provider
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
-            headers=headers,
+            headers={"Authorization": f"Bearer {api_key}"},
             timeout=httpx.Timeout(timeout_seconds, connect=5.0),
             trust_env=False,
         )
@@ -95,7 +96,7 @@ class ApiClient:
             body = response.json()
         except ValueError:
             body = None
-        return ApiError(message, response.status_code, body)
+        return ApiError(message, body)
 
 
 def _retry_after(response: httpx.Response) -> float:
