@@ -116,25 +116,16 @@ def is_past_deadline(provision: Provision, now: datetime) -> bool:
 def after_machine(provision: Provision, machine: Machine, now: datetime) -> Decision:
     """Where a starting provision goes once the provider describes its machine."""
     if machine.broken and not machine.ready:
-        return _decided(
+        return _failed(
             provision,
-            Decision(
-                status=ProvisionStatus.FAILED,
-                provider_resource_id=machine.provider_resource_id,
-                error_code="MachineFailed",
-                error_message=f"the machine stopped before it was ready (provider status {machine.status})",
-            ),
+            "MachineFailed",
+            f"the machine stopped before it was ready (provider status {machine.status})",
             now,
+            provider_resource_id=machine.provider_resource_id,
         )
     if machine.gone:
-        return _decided(
-            provision,
-            Decision(
-                status=ProvisionStatus.FAILED,
-                error_code="MachineVanished",
-                error_message="the machine disappeared before it was ready",
-            ),
-            now,
+        return _failed(
+            provision, "MachineVanished", "the machine disappeared before it was ready", now
         )
     status = (
         ProvisionStatus.RUNNING if machine.ready and machine.endpoint else ProvisionStatus.BOOTING
@@ -183,15 +174,12 @@ def after_error(provision: Provision, error: ProviderError, now: datetime) -> De
 
 def deadline_passed(provision: Provision, now: datetime) -> Decision:
     deadline = provision.deadline_at.isoformat() if provision.deadline_at else "the deadline"
-    return _decided(
+    return _failed(
         provision,
-        Decision(
-            status=ProvisionStatus.FAILED,
-            provider_resource_id=provision.provider_resource_id,
-            error_code="ProvisionTimeout",
-            error_message=f"the machine was not ready before {deadline}",
-        ),
+        "ProvisionTimeout",
+        f"the machine was not ready before {deadline}",
         now,
+        provider_resource_id=provision.provider_resource_id,
     )
 
 
@@ -199,13 +187,10 @@ def unknown_provider(provision: Provision, configured: Sequence[str], now: datet
     """A provision for a provider this service does not run: nothing was created."""
     if provision.status is ProvisionStatus.RELEASING:
         return _decided(provision, Decision(status=ProvisionStatus.RELEASED), now)
-    return _decided(
+    return _failed(
         provision,
-        Decision(
-            status=ProvisionStatus.FAILED,
-            error_code="UnknownProvider",
-            error_message=f"provider {provision.provider!r} is not configured (configured: {', '.join(configured)})",
-        ),
+        "UnknownProvider",
+        f"provider {provision.provider!r} is not configured (configured: {', '.join(configured)})",
         now,
     )
 
@@ -227,23 +212,9 @@ def no_offer(
     """No untried offer anywhere: NoGpuType when every provider asked sells no such GPU and
     nothing was tried, else NoCapacity listing every attempt."""
     if no_gpu_type and not provision.attempts and len(no_gpu_type) == providers_asked:
-        return _decided(
-            provision,
-            Decision(
-                status=ProvisionStatus.FAILED,
-                error_code="NoGpuType",
-                error_message="; ".join(no_gpu_type),
-            ),
-            now,
-        )
-    return _decided(
-        provision,
-        Decision(
-            status=ProvisionStatus.FAILED,
-            error_code="NoCapacity",
-            error_message=attempts_message(provision.attempts, provision.request),
-        ),
-        now,
+        return _failed(provision, "NoGpuType", "; ".join(no_gpu_type), now)
+    return _failed(
+        provision, "NoCapacity", attempts_message(provision.attempts, provision.request), now
     )
 
 
@@ -293,6 +264,23 @@ def release_of_unknown(provision_id: str, job_id: str, now: datetime) -> list[Ev
     """A release that arrived before its request: recorded as released, so the request finds
     it settled and no machine is ever made; the job hears its machine is released."""
     return [ProvisionReleased(provision_id=provision_id, job_id=job_id, occurred_at=now)]
+
+
+def _failed(
+    provision: Provision,
+    code: str,
+    message: str,
+    now: datetime,
+    *,
+    provider_resource_id: str | None = None,
+) -> Decision:
+    decision = Decision(
+        status=ProvisionStatus.FAILED,
+        provider_resource_id=provider_resource_id,
+        error_code=code,
+        error_message=message,
+    )
+    return _decided(provision, decision, now)
 
 
 def _decided(provision: Provision, decision: Decision, now: datetime) -> Decision:
