@@ -16,6 +16,7 @@ from neobatch.resource_manager.providers.base import (
     Machine,
     NoCapacity,
     NoGpuType,
+    OwnedMachine,
     ProviderError,
     TransientProviderError,
 )
@@ -255,3 +256,27 @@ def test_provider_errors_are_neobatch_errors_with_stable_codes() -> None:
         "NoGpuType",
         "ProviderUnavailable",
     ]
+
+
+def test_a_serving_machine_is_not_lost() -> None:
+    running = provision(S.RUNNING, provider_resource_id="m1")
+    assert provisions.lost(running, UP, NOW) is None
+    broken = Machine(provider_resource_id="m1", ready=True, broken=True, status="unhealthy")
+    decision = provisions.lost(running, broken, NOW)
+    assert decision is not None and "provider status unhealthy" in decision.error_message
+
+
+def test_orphans_are_the_machines_no_live_provision_owns() -> None:
+    recorded = provision(S.RUNNING, provider_resource_id="m1")
+    creating = provision(S.CREATING, id="prov_2", resource_name="neobatch-2", offer=OFFER)
+    machines = [
+        OwnedMachine(provider_resource_id="m1", name="neobatch-1-0"),  # owned by its id
+        OwnedMachine(provider_resource_id="m2", name="neobatch-2-0"),  # by its attempt's name
+        OwnedMachine(provider_resource_id="m3", name="neobatch-3-0"),  # nobody's
+    ]
+    orphans = provisions.orphans(machines, [recorded, creating], "runpod")
+    assert [m.provider_resource_id for m in orphans] == ["m3"]
+    # Another provider's provision does not own a machine by name here.
+    assert [
+        m.provider_resource_id for m in provisions.orphans(machines, [creating], "lambdaCloud")
+    ] == ["m1", "m2", "m3"]

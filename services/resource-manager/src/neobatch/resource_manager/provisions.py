@@ -27,7 +27,13 @@ from neobatch.common.contracts import (
     ResourceRequest,
 )
 from neobatch.resource_manager.offers import Offer, attempts_message
-from neobatch.resource_manager.providers.base import Attempt, Machine, NoCapacity, ProviderError
+from neobatch.resource_manager.providers.base import (
+    Attempt,
+    Machine,
+    NoCapacity,
+    OwnedMachine,
+    ProviderError,
+)
 
 # Statuses the driver still has work to do in.
 ACTIVE = frozenset(
@@ -244,8 +250,26 @@ def release_failed(
     )
 
 
-def lost(provision: Provision, machine: Machine, now: datetime) -> Decision:
-    """A running provision whose machine is gone or broken (found by the reconciler)."""
+def orphans(
+    machines: Sequence[OwnedMachine], live: Sequence[Provision], provider: str
+) -> list[OwnedMachine]:
+    """The machines of `provider` that no live provision owns, by recorded id or by the name of
+    its current attempt (a machine being created has no id recorded yet)."""
+    names: set[str] = set()
+    ids: set[str] = set()
+    for provision in live:
+        if provision.provider_resource_id:
+            ids.add(provision.provider_resource_id)
+        offer_provider = provision.offer.provider if provision.offer else None
+        if provider in (provision.provider, offer_provider):
+            names.add(attempt_name(provision))
+    return [m for m in machines if m.name not in names and m.provider_resource_id not in ids]
+
+
+def lost(provision: Provision, machine: Machine, now: datetime) -> Decision | None:
+    """A running provision whose machine is gone or broken is lost; None while it serves."""
+    if not (machine.gone or machine.broken):
+        return None
     # Named, so a job that fails for want of machines says which one it lost.
     resource = f"{provision.provider} machine {provision.provider_resource_id}"
     reason = (

@@ -1,8 +1,8 @@
 """The reconciler: no machine without an owner, no owner without its machine (DESIGN rule 5).
 
-On a schedule, for each provider that rents by offer (a crash there can leave a machine that
-no provision records; the ssh pool's hosts are ours by configuration): list every machine under the account whose name has our
-prefix and terminate those that no live provision owns (orphans: a crash between create and
+On a schedule, for each provider that rents by offer (a crash there can leave a machine that no
+provision records; the ssh pool's hosts are ours by configuration): list every machine under the
+account whose name has our prefix and terminate those that no live provision owns (orphans: a crash between create and
 record that nobody resumed, a leftover of a failed or lost provision, a machine made by an
 earlier deployment). Machines are listed *before* provisions are read, and names are recorded
 before any create, so a machine being created right now always has its owner in the read.
@@ -26,7 +26,6 @@ from neobatch.common.contracts import ProvisionStatus
 from neobatch.common.logs import log_fields
 from neobatch.resource_manager import provisions
 from neobatch.resource_manager.providers.base import Attempt, Provider, ProviderError
-from neobatch.resource_manager.provisions import Provision, attempt_name
 from neobatch.resource_manager.store import ProvisionStore
 
 log = logging.getLogger("neobatch.resource_manager")
@@ -37,18 +36,6 @@ NAME_PREFIX = "neobatch-"  # neobatch.common.ids.resource_name
 class Report(msgspec.Struct, kw_only=True):
     orphans_terminated: list[str] = []
     lost: list[str] = []
-
-
-def _owned(live: list[Provision], provider: str) -> tuple[set[str], set[str]]:
-    names: set[str] = set()
-    ids: set[str] = set()
-    for provision in live:
-        if provision.provider_resource_id:
-            ids.add(provision.provider_resource_id)
-        offer_provider = provision.offer.provider if provision.offer else None
-        if provider in (provision.provider, offer_provider):
-            names.add(attempt_name(provision))
-    return names, ids
 
 
 class Reconciler:
@@ -107,10 +94,8 @@ class Reconciler:
 
     async def _orphans(self, name: str, provider: Provider, report: Report) -> None:
         machines = await provider.list_owned(NAME_PREFIX)  # before reading provisions
-        names, ids = _owned(await self._store.live_provisions(), name)
-        for machine in machines:
-            if machine.name in names or machine.provider_resource_id in ids:
-                continue
+        live = await self._store.live_provisions()
+        for machine in provisions.orphans(machines, live, name):
             # No provision owns it: only its name says which attempt made it.
             orphan = Attempt(provision_id="", name=machine.name)
             await provider.terminate(orphan, machine.provider_resource_id)
@@ -132,9 +117,9 @@ class Reconciler:
                 continue
             attempt = provisions.attempt_of(provision)
             machine = await provider.describe(attempt, provision.provider_resource_id)
-            if not (machine.gone or machine.broken):
-                continue
             decision = provisions.lost(provision, machine, self._clock.now())
+            if decision is None:
+                continue
             if await self._store.save_decision(provision, decision, self._clock.now()):
                 self._notify()
                 report.lost.append(provision.id)

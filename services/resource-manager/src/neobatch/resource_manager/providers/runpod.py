@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from neobatch.common.contracts import ResourceRequest, SshEndpoint
+from neobatch.common.logs import redact_text
 from neobatch.resource_manager.offers import Offer, fits
 from neobatch.resource_manager.providers.base import (
     Attempt,
@@ -133,7 +134,8 @@ class RunPodProvider:
                 raise NoCapacity("no capacity (no instances available)") from error
             raise
         if response.status_code == 404:
-            raise ProviderError(f"runpod POST /v2/pods: 404 {problem_text(response)}")
+            # Redacted as http.py does for every other error: the message is stored and shown.
+            raise ProviderError(f"runpod POST /v2/pods: 404 {redact_text(problem_text(response))}")
         return await self._machine(response.json())
 
     async def find(self, attempt: Attempt) -> Machine | None:
