@@ -12,6 +12,7 @@ never makes a second machine.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import msgspec
@@ -68,13 +69,6 @@ class Attempt(msgspec.Struct, frozen=True, kw_only=True):
     fresh: bool = False
 
 
-def recorded_offer(attempt: Attempt) -> Offer:
-    """The offer a provider that rents by offer creates from: recorded before any create."""
-    if attempt.offer is None:
-        raise ProviderError(f"{attempt.name}: create called before an offer was recorded")
-    return attempt.offer
-
-
 class Machine(msgspec.Struct, frozen=True, kw_only=True):
     """What the provider says about the machine behind one attempt."""
 
@@ -86,6 +80,11 @@ class Machine(msgspec.Struct, frozen=True, kw_only=True):
     # Exists but will not serve (RunPod EXITED/ERROR, Lambda unhealthy/preempted): lost if running.
     broken: bool = False
     status: str = ""  # the provider's own word for the machine's state
+
+
+def machine_gone(provider_resource_id: str) -> Machine:
+    """A machine the provider no longer has (or never had for this attempt)."""
+    return Machine(provider_resource_id=provider_resource_id, ready=False, gone=True)
 
 
 class OwnedMachine(msgspec.Struct, frozen=True, kw_only=True):
@@ -130,3 +129,17 @@ class Provider(Protocol):
     async def list_owned(self, prefix: str) -> list[OwnedMachine]:
         """Machines under the account whose name starts with `prefix`."""
         ...
+
+
+async def create_by_name(
+    provider: Provider, attempt: Attempt, launch: Callable[[Attempt, Offer], Awaitable[Machine]]
+) -> Machine:
+    """`create` for a provider that names machines by attempt (DESIGN rule 5): adopt the machine
+    an earlier call made under the attempt's name (unless `fresh`), else launch the offer
+    recorded before any create."""
+    found = None if attempt.fresh else await provider.find(attempt)
+    if found is not None:
+        return found
+    if attempt.offer is None:
+        raise ProviderError(f"{attempt.name}: create called before an offer was recorded")
+    return await launch(attempt, attempt.offer)

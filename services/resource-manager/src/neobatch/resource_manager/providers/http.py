@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -35,23 +35,29 @@ class ApiError(ProviderError):
         self.body = body
 
 
+class Account(Protocol):
+    """Where a provider's API is and the key it takes (RunPodSettings, LambdaCloudSettings)."""
+
+    base_url: str
+    api_key: str
+
+
 class ApiClient:
     """One provider's API: bearer-key auth, and `error_text` to read its error bodies."""
 
     def __init__(
         self,
         provider: str,
-        base_url: str,
-        api_key: str,
+        account: Account,
         error_text: ErrorText,
         *,
+        budget_seconds: float,
         timeout_seconds: float = 15.0,
-        budget_seconds: float = 10.0,
     ) -> None:
         self._provider = provider
         self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            headers={"Authorization": f"Bearer {api_key}"},
+            base_url=account.base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {account.api_key}"},
             timeout=httpx.Timeout(timeout_seconds, connect=5.0),
             trust_env=False,
         )

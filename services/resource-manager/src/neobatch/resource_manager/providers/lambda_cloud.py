@@ -25,7 +25,8 @@ from neobatch.resource_manager.providers.base import (
     NoCapacity,
     NoGpuType,
     OwnedMachine,
-    recorded_offer,
+    create_by_name,
+    machine_gone,
 )
 from neobatch.resource_manager.providers.http import ApiClient, ApiError
 from neobatch.resource_manager.providers.probe import port_open
@@ -59,13 +60,7 @@ class LambdaCloudProvider:
         retry_budget_seconds: float,
         probe_timeout_seconds: float = 2.0,
     ) -> None:
-        self._api = ApiClient(
-            self.name,
-            settings.base_url,
-            settings.api_key,
-            error_text,
-            budget_seconds=retry_budget_seconds,
-        )
+        self._api = ApiClient(self.name, settings, error_text, budget_seconds=retry_budget_seconds)
         self._keys = settings.ssh_key_names
         self._region = settings.region
         self._ssh_port = settings.ssh_port
@@ -116,10 +111,9 @@ class LambdaCloudProvider:
         )
 
     async def create(self, attempt: Attempt, request: ResourceRequest) -> Machine:
-        found = None if attempt.fresh else await self.find(attempt)
-        if found is not None:
-            return found
-        offer = recorded_offer(attempt)
+        return await create_by_name(self, attempt, self._launch)
+
+    async def _launch(self, attempt: Attempt, offer: Offer) -> Machine:
         body = {
             "region_name": offer.region,
             "instance_type_name": offer.gpu_type,
@@ -152,7 +146,7 @@ class LambdaCloudProvider:
     async def describe(self, attempt: Attempt, provider_resource_id: str) -> Machine:
         response = await self._api.call("GET", f"/instances/{provider_resource_id}")
         if response.status_code == 404:
-            return Machine(provider_resource_id=provider_resource_id, ready=False, gone=True)
+            return machine_gone(provider_resource_id)
         return await self._machine(response.json()["data"])
 
     async def terminate(self, attempt: Attempt, provider_resource_id: str) -> bool:

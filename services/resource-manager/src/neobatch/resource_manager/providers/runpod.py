@@ -24,7 +24,8 @@ from neobatch.resource_manager.providers.base import (
     NoGpuType,
     OwnedMachine,
     ProviderError,
-    recorded_offer,
+    create_by_name,
+    machine_gone,
 )
 from neobatch.resource_manager.providers.http import ApiClient, ApiError
 from neobatch.resource_manager.providers.probe import port_open
@@ -60,11 +61,7 @@ class RunPodProvider:
         probe_timeout_seconds: float = 2.0,
     ) -> None:
         self._api = ApiClient(
-            self.name,
-            settings.base_url,
-            settings.api_key,
-            problem_text,
-            budget_seconds=retry_budget_seconds,
+            self.name, settings, problem_text, budget_seconds=retry_budget_seconds
         )
         self._public_key = settings.ssh_public_key
         self._data_centers = settings.data_centers
@@ -113,10 +110,9 @@ class RunPodProvider:
         return self._offers_from(await self._gpus(1), 1)
 
     async def create(self, attempt: Attempt, request: ResourceRequest) -> Machine:
-        found = None if attempt.fresh else await self.find(attempt)
-        if found is not None:
-            return found
-        offer = recorded_offer(attempt)
+        return await create_by_name(self, attempt, self._launch)
+
+    async def _launch(self, attempt: Attempt, offer: Offer) -> Machine:
         body = {
             "name": attempt.name,
             "image": self._image,
@@ -149,7 +145,7 @@ class RunPodProvider:
     async def describe(self, attempt: Attempt, provider_resource_id: str) -> Machine:
         response = await self._api.call("GET", f"/v2/pods/{provider_resource_id}")
         if response.status_code == 404:
-            return Machine(provider_resource_id=provider_resource_id, ready=False, gone=True)
+            return machine_gone(provider_resource_id)
         return await self._machine(response.json())
 
     async def terminate(self, attempt: Attempt, provider_resource_id: str) -> bool:

@@ -18,7 +18,13 @@ from neobatch.common.contracts import ResourceRequest, SshEndpoint
 from neobatch.common.errors import ConfigError
 from neobatch.common.mongo import ensure_indexes
 from neobatch.resource_manager.offers import Offer, gpu_family
-from neobatch.resource_manager.providers.base import Attempt, Machine, NoCapacity, OwnedMachine
+from neobatch.resource_manager.providers.base import (
+    Attempt,
+    Machine,
+    NoCapacity,
+    OwnedMachine,
+    machine_gone,
+)
 from neobatch.resource_manager.providers.probe import port_open
 
 SSH_HOSTS = "ssh_hosts"
@@ -146,7 +152,7 @@ class SshPoolProvider:
             {"_id": provider_resource_id, "leased_by": attempt.provision_id}, projection={"_id": 1}
         )
         if leased is None:
-            return Machine(provider_resource_id=provider_resource_id, ready=False, gone=True)
+            return machine_gone(provider_resource_id)
         return await self._machine(provider_resource_id)
 
     async def terminate(self, attempt: Attempt, provider_resource_id: str) -> bool:
@@ -198,7 +204,7 @@ class SshPoolProvider:
     async def _machine(self, key: str) -> Machine:
         host = self._pool.get(key)
         if host is None:  # leased before the pool was reconfigured without it
-            return Machine(provider_resource_id=key, ready=False, gone=True)
+            return machine_gone(key)
         ready = await port_open(host.host, host.port, self._timeout)
         endpoint = SshEndpoint(host=host.host, port=host.port, username=host.username)
         return Machine(provider_resource_id=key, ready=ready, endpoint=endpoint, region="local")
