@@ -94,7 +94,7 @@ class Reconciler:
 
     async def _orphans(self, name: str, provider: Provider, report: Report) -> None:
         machines = await provider.list_owned(NAME_PREFIX)  # before reading provisions
-        live = await self._store.live_provisions()
+        live = await self._store.list_live()
         for machine in provisions.orphans(machines, live, name):
             # No provision owns it: only its name says which attempt made it.
             orphan = Attempt(provision_id="", name=machine.name)
@@ -108,7 +108,7 @@ class Reconciler:
             )
 
     async def _lost(self, name: str, provider: Provider, report: Report) -> None:
-        for provision in await self._store.live_provisions():
+        for provision in await self._store.list_live():
             if (
                 provision.status is not ProvisionStatus.RUNNING
                 or provision.provider != name

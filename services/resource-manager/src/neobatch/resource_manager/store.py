@@ -303,7 +303,8 @@ class ProvisionStore:
         except DuplicateKeyError:
             return False
 
-    async def live_provisions(self) -> list[Provision]:
+    async def list_live(self) -> list[Provision]:
+        """Provisions that own their machine (active or running): the reconciler's owners."""
         cursor = self._provisions.find({"status": {"$in": [s.value for s in LIVE]}})
         return [provision_from_doc(doc) async for doc in cursor]
 
