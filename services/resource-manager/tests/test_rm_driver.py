@@ -107,7 +107,8 @@ async def test_lease_runs_and_release_frees_the_host(rig: Rig) -> None:
 
 async def test_second_job_waits_for_the_host_then_gets_it(rig: Rig) -> None:
     await rig.handler.on_provision_requested(request("p1"))
-    await rig.drain()  # a batch steps its provisions at once: p1 first, so p1 takes the host
+    # p1 alone first: a batch steps its provisions at once, so either could take the host.
+    await rig.drain()
     await rig.handler.on_provision_requested(request("p2"))
     await rig.drain()
     assert (await rig.status("p1"), await rig.status("p2")) == ("running", "requested")
