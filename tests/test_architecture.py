@@ -26,6 +26,7 @@ PURE_MODULES = [
     "services/planner/src/neobatch/planner/policy.py",
     "services/resource-manager/src/neobatch/resource_manager/provisions.py",
     "services/resource-manager/src/neobatch/resource_manager/offers.py",
+    "services/resource-manager/src/neobatch/resource_manager/providers/base.py",
     "services/runtime-agent/src/neobatch/runtime_agent/batches.py",
     "libs/common/src/neobatch/common/batch_input.py",
 ]

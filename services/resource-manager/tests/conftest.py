@@ -55,11 +55,10 @@ class CloudRig:
         self.clouds = cloud_providers(self.settings)
         self.driver = ProvisionDriver(
             self.store,
-            {},
+            self.clouds,
             self.clock,
             lambda: None,
-            clouds=self.clouds,
-            cloud_order=self.settings.cloud_order,
+            offer_order=self.settings.cloud_order,
         )
         self.handler = ProvisionEventHandler(
             self.store, self.clock, self.settings.provisioners, self.driver.wake, lambda: None
@@ -68,7 +67,7 @@ class CloudRig:
 
     async def close(self) -> None:
         for provider in self.clouds.values():
-            await provider.close()  # type: ignore[attr-defined]
+            await provider.close()  # type: ignore[attr-defined]  # the clouds' HTTP clients
         await self.client.close()
 
     async def request(
@@ -105,7 +104,7 @@ class CloudRig:
 
     async def round(self) -> None:
         self.clock.advance(1)
-        while await self.driver.step_next():
+        while await self.driver.step_batch():
             pass
 
     async def drive_until(

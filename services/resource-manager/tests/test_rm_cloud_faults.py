@@ -16,7 +16,7 @@ from neobatch.sim.pytest_plugin import ProviderSimInfo
 
 async def no_unowned(rig: Any, sim: ProviderSimInfo) -> None:
     await rig.reconciler.reconcile_once()
-    live = {p.provider_resource_id for p in await rig.store.live_provisions()}
+    live = {p.provider_resource_id for p in await rig.store.list_live()}
     leaked = [m for m in sim.live_machines() if m["id"] not in live]
     assert leaked == [], f"machines no live provision owns: {leaked}"
 

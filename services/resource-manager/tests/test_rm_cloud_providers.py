@@ -19,7 +19,7 @@ CHEAPEST_H100 = {"runpod": "NVIDIA H100 PCIe", "lambdaCloud": "gpu_1x_h100_pcie"
 
 
 async def assert_no_unowned(rig: Any, sim: ProviderSimInfo) -> None:
-    live = {p.provider_resource_id for p in await rig.store.live_provisions()}
+    live = {p.provider_resource_id for p in await rig.store.list_live()}
     leaked = [m for m in sim.live_machines() if m["id"] not in live]
     assert leaked == [], f"machines no live provision owns: {leaked}"
 

@@ -18,6 +18,7 @@ from neobatch.common.outbox import OUTBOX
 from neobatch.common.subjects import Namespace
 from neobatch.resource_manager.driver import ProvisionDriver
 from neobatch.resource_manager.handlers import ProvisionEventHandler
+from neobatch.resource_manager.providers.base import Attempt
 from neobatch.resource_manager.providers.ssh_pool import SshPoolProvider, parse_pool
 from neobatch.resource_manager.store import ProvisionStore
 
@@ -50,7 +51,7 @@ class Rig:
         )
 
     async def drain(self) -> None:
-        while await self.driver.step_next():
+        while await self.driver.step_batch():
             pass
 
     async def subjects(self) -> list[str]:
@@ -106,6 +107,8 @@ async def test_lease_runs_and_release_frees_the_host(rig: Rig) -> None:
 
 async def test_second_job_waits_for_the_host_then_gets_it(rig: Rig) -> None:
     await rig.handler.on_provision_requested(request("p1"))
+    # p1 alone first: a batch steps its provisions at once, so either could take the host.
+    await rig.drain()
     await rig.handler.on_provision_requested(request("p2"))
     await rig.drain()
     assert (await rig.status("p1"), await rig.status("p2")) == ("running", "requested")
@@ -167,7 +170,9 @@ async def test_host_that_refuses_connections_is_not_ready(
         db, parse_pool(f"me@127.0.0.1:{closed_port}"), connect_timeout_seconds=0.5
     )
     await pool.sync_pool()
-    machine = await pool.provision("px", "neobatch-px", ResourceRequest(accelerator_type="H100"))
+    machine = await pool.create(
+        Attempt(provision_id="px", name="neobatch-px-0"), ResourceRequest(accelerator_type="H100")
+    )
     assert machine.ready is False and machine.gone is False
     await client.close()
 
@@ -190,14 +195,7 @@ async def handed_rig(
     handler = ProvisionEventHandler(
         store, clock, ("ssh",), driver.wake, lambda: None, driver=driver
     )
-    rig = Rig(db, store, driver, handler, clock)
-
-    async def drain() -> None:
-        while await driver.step_batch():
-            pass
-
-    rig.drain = drain  # type: ignore[method-assign]
-    yield rig, pool
+    yield Rig(db, store, driver, handler, clock), pool
     await client.close()
 
 
@@ -241,7 +239,9 @@ async def test_a_host_leased_before_a_crash_is_the_one_the_provision_keeps(
         deadline_at=None,
         now=rig.clock.now(),
     )
-    first = await pool.provision("p7", "neobatch-p7", ResourceRequest(accelerator_type="H100"))
+    first = await pool.create(
+        Attempt(provision_id="p7", name="neobatch-p7-0"), ResourceRequest(accelerator_type="H100")
+    )
     await rig.drain()  # claimed from the database: not fresh, so it looks for its host first
     doc = await rig.db.provisions.find_one({"_id": "p7"})
     assert doc["status"] == "running" and doc["provider_resource_id"] == first.provider_resource_id

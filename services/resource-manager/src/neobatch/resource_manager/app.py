@@ -5,7 +5,7 @@ from __future__ import annotations
 from neobatch.common.runtime import ServiceRuntime
 from neobatch.resource_manager.driver import ProvisionDriver
 from neobatch.resource_manager.handlers import SERVICE, ProvisionEventHandler, register
-from neobatch.resource_manager.providers.base import CloudProvider, Provider
+from neobatch.resource_manager.providers.base import Provider
 from neobatch.resource_manager.providers.lambda_cloud import LambdaCloudProvider
 from neobatch.resource_manager.providers.runpod import RunPodProvider
 from neobatch.resource_manager.providers.ssh_pool import SshPoolProvider, parse_pool
@@ -14,48 +14,32 @@ from neobatch.resource_manager.settings import ResourceManagerSettings
 from neobatch.resource_manager.store import ProvisionStore
 
 
-def cloud_providers(settings: ResourceManagerSettings) -> dict[str, CloudProvider]:
-    clouds: dict[str, CloudProvider] = {}
+def cloud_providers(settings: ResourceManagerSettings) -> dict[str, Provider]:
+    """The configured providers that rent machines by offer, by the name jobs give them."""
+    budget = settings.retry_budget_seconds
+    clouds: list[Provider] = []
     if settings.runpod is not None:
-        rp = settings.runpod
-        clouds["runpod"] = RunPodProvider(
-            api_key=rp.api_key,
-            ssh_public_key=rp.ssh_public_key,
-            base_url=rp.base_url,
-            data_centers=rp.data_centers,
-            image=rp.image,
-            cloud_type=rp.cloud_type,
-            retry_budget_seconds=settings.retry_budget_seconds,
-        )
+        clouds.append(RunPodProvider(settings.runpod, retry_budget_seconds=budget))
     if settings.lambda_cloud is not None:
-        lc = settings.lambda_cloud
-        clouds["lambdaCloud"] = LambdaCloudProvider(
-            api_key=lc.api_key,
-            ssh_key_names=lc.ssh_key_names,
-            base_url=lc.base_url,
-            region=lc.region,
-            ssh_port=lc.ssh_port,
-            retry_budget_seconds=settings.retry_budget_seconds,
-        )
-    return clouds
+        clouds.append(LambdaCloudProvider(settings.lambda_cloud, retry_budget_seconds=budget))
+    return {cloud.name: cloud for cloud in clouds}
 
 
 def build(settings: ResourceManagerSettings) -> ServiceRuntime:
     runtime = ServiceRuntime(SERVICE, settings.common)
     store = ProvisionStore(runtime.mongo, runtime.db, runtime.ns)
     providers: dict[str, Provider] = {}
-    ssh_pool: SshPoolProvider | None = None
+    pool: SshPoolProvider | None = None
     if "ssh" in settings.provisioners:
-        ssh_pool = SshPoolProvider(runtime.db, parse_pool(settings.ssh_pool))
-        providers["ssh"] = ssh_pool
-    clouds = cloud_providers(settings)
+        pool = SshPoolProvider(runtime.db, parse_pool(settings.ssh_pool))
+        providers[pool.name] = pool
+    providers.update(cloud_providers(settings))
     driver = ProvisionDriver(
         store,
         providers,
         runtime.clock,
         runtime.notify_outbox,
-        clouds=clouds,
-        cloud_order=settings.cloud_order,
+        offer_order=settings.cloud_order,
         lease_seconds=settings.lease_seconds,
     )
     handler = ProvisionEventHandler(
@@ -70,15 +54,16 @@ def build(settings: ResourceManagerSettings) -> ServiceRuntime:
 
     async def prepare() -> None:
         await store.ensure_indexes()
-        if ssh_pool is not None:
-            await ssh_pool.sync_pool()
+        if pool is not None:
+            await pool.sync_pool()
 
     runtime.add_startup(prepare)
     runtime.add_loop("provision-driver", driver.run)
-    if clouds:
+    rented = {name: p for name, p in providers.items() if p.rents_by_offer}
+    if rented:
         reconciler = Reconciler(
             store,
-            clouds,
+            rented,
             runtime.clock,
             runtime.notify_outbox,
             interval_seconds=settings.reconcile_seconds,

@@ -1,4 +1,8 @@
-"""Event handlers of the resource-manager. They record intent; the driver does provider calls."""
+"""Event subscribers of the resource-manager: record the intent each event states.
+
+They make no provider call (the driver does): a request is recorded before anything is made
+(DESIGN rule 5), a release marks the provision releasing.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,11 @@ from faststream.nats import NatsBroker
 
 from neobatch.common.broker import subscribe
 from neobatch.common.clock import Clock
-from neobatch.common.contracts import (
-    ProvisionReleased,
-    ProvisionReleaseRequested,
-    ProvisionRequested,
-)
+from neobatch.common.contracts import ProvisionReleaseRequested, ProvisionRequested
 from neobatch.common.ids import resource_name
 from neobatch.common.logs import log_fields
 from neobatch.common.subjects import Namespace
+from neobatch.resource_manager import provisions
 from neobatch.resource_manager.driver import ProvisionDriver
 from neobatch.resource_manager.store import ProvisionStore
 
@@ -52,8 +53,7 @@ class ProvisionEventHandler:
         return self._driver.owner, now + timedelta(seconds=self._driver.lease_seconds)
 
     async def on_provision_requested(self, event: ProvisionRequested) -> None:
-        # A provider not configured here is still recorded; the driver fails it with a reason.
-        provider = event.resource.provider or self._provisioners[0]
+        provider = provisions.provider_for(event.resource, self._provisioners)
         now = self._clock.now()
         lease_owner, lease_until = self._lease(now)
         recorded = await self._store.insert_requested(
@@ -82,11 +82,9 @@ class ProvisionEventHandler:
         now = self._clock.now()
         provision = await self._store.find_provision(event.provision_id)
         if provision is None:
-            released = ProvisionReleased(
-                provision_id=event.provision_id, job_id=event.job_id, occurred_at=now
-            )
+            events = provisions.release_of_unknown(event.provision_id, event.job_id, now)
             if await self._store.insert_released_tombstone(
-                event.provision_id, event.job_id, [released], now
+                event.provision_id, event.job_id, events, now
             ):
                 self._notify()
             return

@@ -1,7 +1,8 @@
 """The reconciler: no machine without an owner, no owner without its machine (DESIGN rule 5).
 
-On a schedule, for each cloud provider: list every machine under the account whose name has our
-prefix and terminate those that no live provision owns (orphans: a crash between create and
+On a schedule, for each provider that rents by offer (a crash there can leave a machine that no
+provision records; the ssh pool's hosts are ours by configuration): list every machine under the
+account whose name has our prefix and terminate those that no live provision owns (orphans: a crash between create and
 record that nobody resumed, a leftover of a failed or lost provision, a machine made by an
 earlier deployment). Machines are listed *before* provisions are read, and names are recorded
 before any create, so a machine being created right now always has its owner in the read.
@@ -21,10 +22,10 @@ from collections.abc import Callable, Mapping
 import msgspec
 
 from neobatch.common.clock import Clock
-from neobatch.common.contracts import ProvisionLost, ProvisionStatus
+from neobatch.common.contracts import ProvisionStatus
 from neobatch.common.logs import log_fields
-from neobatch.resource_manager.providers.base import CloudProvider, ProviderError
-from neobatch.resource_manager.provisions import Provision, attempt_name
+from neobatch.resource_manager import provisions
+from neobatch.resource_manager.providers.base import Attempt, Provider, ProviderError
 from neobatch.resource_manager.store import ProvisionStore
 
 log = logging.getLogger("neobatch.resource_manager")
@@ -37,23 +38,11 @@ class Report(msgspec.Struct, kw_only=True):
     lost: list[str] = []
 
 
-def _owned(live: list[Provision], provider: str) -> tuple[set[str], set[str]]:
-    names: set[str] = set()
-    ids: set[str] = set()
-    for provision in live:
-        if provision.provider_resource_id:
-            ids.add(provision.provider_resource_id)
-        offer_provider = provision.offer.provider if provision.offer else None
-        if provider in (provision.provider, offer_provider):
-            names.add(attempt_name(provision))
-    return names, ids
-
-
 class Reconciler:
     def __init__(
         self,
         store: ProvisionStore,
-        clouds: Mapping[str, CloudProvider],
+        providers: Mapping[str, Provider],
         clock: Clock,
         notify_outbox: Callable[[], None],
         *,
@@ -61,7 +50,7 @@ class Reconciler:
         catalog_interval_seconds: float = 300.0,
     ) -> None:
         self._store = store
-        self._clouds = dict(clouds)
+        self._providers = dict(providers)
         self._clock = clock
         self._notify = notify_outbox
         self._interval = interval_seconds
@@ -81,7 +70,7 @@ class Reconciler:
             await asyncio.sleep(self._catalog_interval)
 
     async def refresh_catalog(self) -> None:
-        for name, provider in self._clouds.items():
+        for name, provider in self._providers.items():
             try:
                 offers = await provider.catalog()
             except ProviderError as error:
@@ -93,7 +82,7 @@ class Reconciler:
 
     async def reconcile_once(self) -> Report:
         report = Report()
-        for name, provider in self._clouds.items():
+        for name, provider in self._providers.items():
             try:
                 await self._orphans(name, provider, report)
                 await self._lost(name, provider, report)
@@ -103,13 +92,13 @@ class Reconciler:
                 )
         return report
 
-    async def _orphans(self, name: str, provider: CloudProvider, report: Report) -> None:
+    async def _orphans(self, name: str, provider: Provider, report: Report) -> None:
         machines = await provider.list_owned(NAME_PREFIX)  # before reading provisions
-        names, ids = _owned(await self._store.live_provisions(), name)
-        for machine in machines:
-            if machine.name in names or machine.provider_resource_id in ids:
-                continue
-            await provider.terminate(machine.provider_resource_id)
+        live = await self._store.list_live()
+        for machine in provisions.orphans(machines, live, name):
+            # No provision owns it: only its name says which attempt made it.
+            orphan = Attempt(provision_id="", name=machine.name)
+            await provider.terminate(orphan, machine.provider_resource_id)
             report.orphans_terminated.append(machine.provider_resource_id)
             log.warning(
                 "terminated orphan machine",
@@ -118,30 +107,25 @@ class Reconciler:
                 ),
             )
 
-    async def _lost(self, name: str, provider: CloudProvider, report: Report) -> None:
-        for provision in await self._store.live_provisions():
+    async def _lost(self, name: str, provider: Provider, report: Report) -> None:
+        for provision in await self._store.list_live():
             if (
                 provision.status is not ProvisionStatus.RUNNING
                 or provision.provider != name
                 or provision.provider_resource_id is None
             ):
                 continue
-            machine = await provider.describe(provision.provider_resource_id)
-            if not (machine.gone or machine.broken):
+            attempt = provisions.attempt_of(provision)
+            machine = await provider.describe(attempt, provision.provider_resource_id)
+            decision = provisions.lost(provision, machine, self._clock.now())
+            if decision is None:
                 continue
-            # Named, so a job that fails for want of machines says which one it lost.
-            resource = f"{name} machine {provision.provider_resource_id}"
-            reason = (
-                f"{resource} no longer exists at the provider"
-                if machine.gone
-                else f"{resource} stopped serving (provider status {machine.status})"
-            )
-            event = ProvisionLost(provision_id=provision.id, job_id=provision.job_id, reason=reason)
-            if await self._store.mark_lost(provision, reason, [event], self._clock.now()):
+            if await self._store.save_decision(provision, decision, self._clock.now()):
                 self._notify()
                 report.lost.append(provision.id)
                 log.warning(
-                    "provision lost", extra=log_fields(provision_id=provision.id, reason=reason)
+                    "provision lost",
+                    extra=log_fields(provision_id=provision.id, reason=decision.error_message),
                 )
             if not machine.gone:
-                await provider.terminate(provision.provider_resource_id)
+                await provider.terminate(attempt, provision.provider_resource_id)

@@ -13,13 +13,13 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from neobatch.common.contracts import Event, ProvisionStatus, ResourceRequest
-from neobatch.common.leases import claim_many, claim_one
+from neobatch.common.leases import claim_many
 from neobatch.common.mongo import ensure_indexes, transact
 from neobatch.common.outbox import append_events
 from neobatch.common.subjects import Namespace
 from neobatch.common.transitions import compare_and_set, compare_and_set_with_events
 from neobatch.resource_manager.offers import Offer
-from neobatch.resource_manager.provisions import ACTIVE, RELEASABLE, Provision, Step
+from neobatch.resource_manager.provisions import ACTIVE, RELEASABLE, Decision, Provision
 
 PROVISIONS = "provisions"
 OFFERS = "offers"  # the catalog cache the console serves at GET /api/v1/catalog
@@ -44,37 +44,35 @@ class _Conflict(Exception):
     """A batched compare-and-set lost: the batch is undone and saved one by one."""
 
 
-def _step_fields(
-    provision: Provision, step: Step, now: datetime, retry_seconds: float
-) -> dict[str, Any]:
+def _decision_fields(provision: Provision, decision: Decision, now: datetime) -> dict[str, Any]:
     fields: dict[str, Any] = {
-        "status": step.status.value,
+        "status": decision.status.value,
         "updated_at": now,
         "lease_owner": None,
         "lease_until": None,
-        "next_attempt_at": now + timedelta(seconds=retry_seconds)
-        if step.status in ACTIVE
+        "next_attempt_at": now + timedelta(seconds=decision.retry_seconds)
+        if decision.status in ACTIVE
         else None,
     }
-    if step.provider_resource_id:
-        fields["provider_resource_id"] = step.provider_resource_id
-    if step.provider:
-        fields["provider"] = step.provider
-    if step.offer is not None:
-        fields["offer"] = msgspec.to_builtins(step.offer)
-    elif step.clear_offer:
+    if decision.provider_resource_id:
+        fields["provider_resource_id"] = decision.provider_resource_id
+    if decision.provider:
+        fields["provider"] = decision.provider
+    if decision.offer is not None:
+        fields["offer"] = msgspec.to_builtins(decision.offer)
+    elif decision.clear_offer:
         fields["offer"] = None
-    if step.attempts is not None:
-        fields["attempts"] = step.attempts
-    if step.machine is not None:
-        fields["region"] = step.machine.region
-        if step.machine.endpoint is not None:
-            fields["endpoint"] = msgspec.to_builtins(step.machine.endpoint)
-    if step.error_code:
-        fields["error_code"] = step.error_code
-        fields["error_message"] = step.error_message
-    if step.status is not provision.status:
-        fields[f"{step.status.value}_at"] = now
+    if decision.attempts is not None:
+        fields["attempts"] = decision.attempts
+    if decision.machine is not None:
+        fields["region"] = decision.machine.region
+        if decision.machine.endpoint is not None:
+            fields["endpoint"] = msgspec.to_builtins(decision.machine.endpoint)
+    if decision.error_code:
+        fields["error_code"] = decision.error_code
+        fields["error_message"] = decision.error_message
+    if decision.status is not provision.status:
+        fields[f"{decision.status.value}_at"] = now
     return fields
 
 
@@ -170,17 +168,6 @@ class ProvisionStore:
             lease_until=lease_until,
         )
 
-    async def claim_next(self, owner: str, now: datetime, ttl_seconds: float) -> Provision | None:
-        doc = await claim_one(
-            self._provisions,
-            _due(now),
-            owner,
-            now,
-            ttl_seconds,
-            sort=[("created_at", ASCENDING)],
-        )
-        return provision_from_doc(doc) if doc else None
-
     async def claim_due(
         self, claim_token: str, now: datetime, ttl_seconds: float, limit: int
     ) -> list[Provision]:
@@ -196,33 +183,34 @@ class ProvisionStore:
         )
         return [provision_from_doc(doc) for doc in docs]
 
-    async def save_step(
-        self,
-        provision: Provision,
-        step: Step,
-        events: Sequence[Event],
-        now: datetime,
-        retry_seconds: float,
-    ) -> bool:
-        return await self._save(
+    async def save_decision(self, provision: Provision, decision: Decision, now: datetime) -> bool:
+        """Apply `decision` made from `provision` if it has not moved since; events go with it."""
+        expected = {"status": provision.status.value, "version": provision.version}
+        update = {"$set": _decision_fields(provision, decision, now)}
+        if not decision.events:  # one write, no transaction needed
+            return await compare_and_set(self._provisions, provision.id, expected, update)
+        return await compare_and_set_with_events(
+            self._client,
+            self._provisions,
             provision.id,
-            {"status": provision.status.value, "version": provision.version},
-            _step_fields(provision, step, now, retry_seconds),
-            events,
-            now,
+            expected,
+            update,
+            events=decision.events,
+            ns=self._ns,
+            now=now,
         )
 
-    async def save_steps(
-        self, saves: Sequence[tuple[Provision, Step, Sequence[Event], float]], now: datetime
+    async def save_decisions(
+        self, saves: Sequence[tuple[Provision, Decision]], now: datetime
     ) -> list[bool]:
-        """Several `save_step`s in one transaction (three round trips in all) when all win.
+        """Several `save_decision`s in one transaction (three round trips in all) when all win.
 
         Each provision's change and its events still commit together (DESIGN rule 1). If any
         compare-and-set loses, nothing is written and each is saved on its own.
         """
         if len(saves) == 1:
-            provision, step, events, retry = saves[0]
-            return [await self.save_step(provision, step, events, now, retry)]
+            provision, decision = saves[0]
+            return [await self.save_decision(provision, decision, now)]
         ops = [
             UpdateOne(
                 {
@@ -230,11 +218,11 @@ class ProvisionStore:
                     "status": provision.status.value,
                     "version": provision.version,
                 },
-                {"$set": _step_fields(provision, step, now, retry), "$inc": {"version": 1}},
+                {"$set": _decision_fields(provision, decision, now), "$inc": {"version": 1}},
             )
-            for provision, step, _, retry in saves
+            for provision, decision in saves
         ]
-        events = [event for _, _, step_events, _ in saves for event in step_events]
+        events = [event for _, decision in saves for event in decision.events]
 
         async def work(session: AsyncClientSession) -> None:
             written = await self._provisions.bulk_write(ops, ordered=True, session=session)
@@ -245,10 +233,7 @@ class ProvisionStore:
         try:
             await transact(self._client, work)
         except _Conflict:
-            return [
-                await self.save_step(provision, step, step_events, now, retry)
-                for provision, step, step_events, retry in saves
-            ]
+            return [await self.save_decision(p, decision, now) for p, decision in saves]
         return [True] * len(saves)
 
     async def request_release(
@@ -318,43 +303,10 @@ class ProvisionStore:
         except DuplicateKeyError:
             return False
 
-    async def _save(
-        self,
-        provision_id: str,
-        expected: dict[str, Any],
-        fields: dict[str, Any],
-        events: Sequence[Event],
-        now: datetime,
-    ) -> bool:
-        return await compare_and_set_with_events(
-            self._client,
-            self._provisions,
-            provision_id,
-            expected,
-            {"$set": fields},
-            events=events,
-            ns=self._ns,
-            now=now,
-        )
-
-    async def live_provisions(self) -> list[Provision]:
+    async def list_live(self) -> list[Provision]:
+        """Provisions that own their machine (active or running): the reconciler's owners."""
         cursor = self._provisions.find({"status": {"$in": [s.value for s in LIVE]}})
         return [provision_from_doc(doc) async for doc in cursor]
-
-    async def mark_lost(
-        self, provision: Provision, reason: str, events: Sequence[Event], now: datetime
-    ) -> bool:
-        """running/booting → lost, with its event, unless the provision moved on meanwhile."""
-        fields = {
-            "status": ProvisionStatus.LOST.value,
-            "error_code": "MachineLost",
-            "error_message": reason,
-            "lost_at": now,
-            "updated_at": now,
-            "next_attempt_at": None,
-        }
-        expected = {"status": provision.status.value, "version": provision.version}
-        return await self._save(provision.id, expected, fields, events, now)
 
     async def replace_offers(self, provider: str, offers: Sequence[Offer], now: datetime) -> None:
         """Refresh one provider's part of the catalog cache."""

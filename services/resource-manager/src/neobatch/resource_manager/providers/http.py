@@ -1,4 +1,4 @@
-"""HTTP plumbing shared by the cloud providers: timeouts, backoff, error classification.
+"""HTTP plumbing shared by the cloud providers: auth, timeouts, backoff, error classification.
 
 Idempotent calls (GET, DELETE, terminate) are retried on 429, 5xx and transport errors with
 exponential backoff (honouring ``Retry-After``) within ``budget_seconds``; a create is never
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -26,31 +26,38 @@ ErrorText = Callable[[httpx.Response], str]
 
 
 class ApiError(ProviderError):
-    """A definite 4xx answer; `status` and the body's text are kept for the caller to classify."""
+    """A definite 4xx answer; the parsed body is kept for the provider to classify."""
 
     code = "ProviderRejected"
 
-    def __init__(self, message: str, status: int, body: Any) -> None:
+    def __init__(self, message: str, body: Any) -> None:
         super().__init__(message)
-        self.status = status
         self.body = body
 
 
+class Account(Protocol):
+    """Where a provider's API is and the key it takes (RunPodSettings, LambdaCloudSettings)."""
+
+    base_url: str
+    api_key: str
+
+
 class ApiClient:
+    """One provider's API: bearer-key auth, and `error_text` to read its error bodies."""
+
     def __init__(
         self,
         provider: str,
-        base_url: str,
-        headers: dict[str, str],
+        account: Account,
         error_text: ErrorText,
         *,
+        budget_seconds: float,
         timeout_seconds: float = 15.0,
-        budget_seconds: float = 10.0,
     ) -> None:
         self._provider = provider
         self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            headers=headers,
+            base_url=account.base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {account.api_key}"},
             timeout=httpx.Timeout(timeout_seconds, connect=5.0),
             trust_env=False,
         )
@@ -95,7 +102,7 @@ class ApiClient:
             body = response.json()
         except ValueError:
             body = None
-        return ApiError(message, response.status_code, body)
+        return ApiError(message, body)
 
 
 def _retry_after(response: httpx.Response) -> float:

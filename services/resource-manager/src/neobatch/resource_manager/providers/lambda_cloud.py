@@ -19,16 +19,19 @@ import httpx
 from neobatch.common.contracts import ResourceRequest, SshEndpoint
 from neobatch.resource_manager.offers import Offer, fits
 from neobatch.resource_manager.providers.base import (
+    Attempt,
     Machine,
     MissingSSHKey,
     NoCapacity,
     NoGpuType,
     OwnedMachine,
+    create_by_name,
+    machine_gone,
 )
 from neobatch.resource_manager.providers.http import ApiClient, ApiError
 from neobatch.resource_manager.providers.probe import port_open
+from neobatch.resource_manager.settings import LambdaCloudSettings
 
-DEFAULT_BASE_URL = "https://cloud.lambda.ai/api/v1"
 _GONE = {"terminated", "preempted"}
 _BROKEN = {"unhealthy", "preempted", "terminating"}
 
@@ -48,28 +51,19 @@ def _code(error: ApiError) -> str:
 
 class LambdaCloudProvider:
     name = "lambdaCloud"
+    rents_by_offer = True
 
     def __init__(
         self,
+        settings: LambdaCloudSettings,
         *,
-        api_key: str,
-        ssh_key_names: tuple[str, ...],
-        base_url: str = DEFAULT_BASE_URL,
-        region: str = "",
-        ssh_port: int = 22,
+        retry_budget_seconds: float,
         probe_timeout_seconds: float = 2.0,
-        retry_budget_seconds: float = 10.0,
     ) -> None:
-        self._api = ApiClient(
-            self.name,
-            base_url,
-            {"Authorization": f"Bearer {api_key}"},
-            error_text,
-            budget_seconds=retry_budget_seconds,
-        )
-        self._keys = ssh_key_names
-        self._region = region
-        self._ssh_port = ssh_port
+        self._api = ApiClient(self.name, settings, error_text, budget_seconds=retry_budget_seconds)
+        self._keys = settings.ssh_key_names
+        self._region = settings.region
+        self._ssh_port = settings.ssh_port
         self._probe_timeout = probe_timeout_seconds
 
     async def close(self) -> None:
@@ -116,16 +110,16 @@ class LambdaCloudProvider:
             f"none of the SSH keys {', '.join(self._keys)} is registered in the Lambda account"
         )
 
-    async def create(self, name: str, offer: Offer, request: ResourceRequest) -> Machine:
-        found = await self.find(name)
-        if found is not None:
-            return found
+    async def create(self, attempt: Attempt, request: ResourceRequest) -> Machine:
+        return await create_by_name(self, attempt, self._launch)
+
+    async def _launch(self, attempt: Attempt, offer: Offer) -> Machine:
         body = {
             "region_name": offer.region,
             "instance_type_name": offer.gpu_type,
             "ssh_key_names": [await self._key_name()],
-            "name": name,
-            "tags": [{"key": "neobatch-provision", "value": name}],
+            "name": attempt.name,
+            "tags": [{"key": "neobatch-provision", "value": attempt.name}],
         }
         try:
             response = await self._api.call(
@@ -139,27 +133,30 @@ class LambdaCloudProvider:
                 raise NoCapacity(f"no capacity ({_code(error)})") from error
             raise
         instance_id = response.json()["data"]["instance_ids"][0]
-        return await self.describe(instance_id)
+        return await self.describe(attempt, instance_id)
 
-    async def find(self, name: str) -> Machine | None:
+    async def find(self, attempt: Attempt) -> Machine | None:
+        if attempt.offer is None:
+            return None  # no create is ever sent before its offer is recorded
         for instance in await self._instances():
-            if instance.get("name") == name and instance.get("status") not in _GONE:
+            if instance.get("name") == attempt.name and instance.get("status") not in _GONE:
                 return await self._machine(instance)
         return None
 
-    async def describe(self, provider_resource_id: str) -> Machine:
+    async def describe(self, attempt: Attempt, provider_resource_id: str) -> Machine:
         response = await self._api.call("GET", f"/instances/{provider_resource_id}")
         if response.status_code == 404:
-            return Machine(provider_resource_id=provider_resource_id, ready=False, gone=True)
+            return machine_gone(provider_resource_id)
         return await self._machine(response.json()["data"])
 
-    async def terminate(self, provider_resource_id: str) -> None:
+    async def terminate(self, attempt: Attempt, provider_resource_id: str) -> bool:
         body = {"instance_ids": [provider_resource_id]}
         await self._api.call("POST", "/instance-operations/terminate", json=body)  # 404 = gone
+        return (await self.describe(attempt, provider_resource_id)).gone
 
     async def list_owned(self, prefix: str) -> list[OwnedMachine]:
         return [
-            OwnedMachine(provider_resource_id=i["id"], name=i["name"], status=i["status"])
+            OwnedMachine(provider_resource_id=i["id"], name=i["name"])
             for i in await self._instances()
             if str(i.get("name", "")).startswith(prefix)
             and i.get("status") not in _GONE | {"terminating"}
@@ -185,5 +182,4 @@ class LambdaCloudProvider:
             gone=status in _GONE,
             broken=status in _BROKEN,
             status=status,
-            name=str(instance.get("name", "")),
         )

@@ -15,19 +15,22 @@ from typing import Any
 import httpx
 
 from neobatch.common.contracts import ResourceRequest, SshEndpoint
+from neobatch.common.logs import redact_text
 from neobatch.resource_manager.offers import Offer, fits
 from neobatch.resource_manager.providers.base import (
+    Attempt,
     Machine,
     NoCapacity,
     NoGpuType,
     OwnedMachine,
     ProviderError,
+    create_by_name,
+    machine_gone,
 )
 from neobatch.resource_manager.providers.http import ApiClient, ApiError
 from neobatch.resource_manager.providers.probe import port_open
+from neobatch.resource_manager.settings import RunPodSettings
 
-DEFAULT_BASE_URL = "https://api.runpod.io"
-DEFAULT_IMAGE = "vllm/vllm-openai:latest"
 _NO_CAPACITY_WORDS = ("no longer any instances", "no instances currently available")
 _BROKEN = {"EXITED", "ERROR"}
 
@@ -48,30 +51,22 @@ def problem_text(response: httpx.Response) -> str:
 
 class RunPodProvider:
     name = "runpod"
+    rents_by_offer = True
 
     def __init__(
         self,
+        settings: RunPodSettings,
         *,
-        api_key: str,
-        ssh_public_key: str,
-        base_url: str = DEFAULT_BASE_URL,
-        data_centers: tuple[str, ...] = (),
-        image: str = DEFAULT_IMAGE,
-        cloud_type: str = "SECURE",
+        retry_budget_seconds: float,
         probe_timeout_seconds: float = 2.0,
-        retry_budget_seconds: float = 10.0,
     ) -> None:
         self._api = ApiClient(
-            self.name,
-            base_url,
-            {"Authorization": f"Bearer {api_key}"},
-            problem_text,
-            budget_seconds=retry_budget_seconds,
+            self.name, settings, problem_text, budget_seconds=retry_budget_seconds
         )
-        self._public_key = ssh_public_key
-        self._data_centers = data_centers
-        self._image = image
-        self._cloud = cloud_type
+        self._public_key = settings.ssh_public_key
+        self._data_centers = settings.data_centers
+        self._image = settings.image
+        self._cloud = settings.cloud_type
         self._probe_timeout = probe_timeout_seconds
 
     async def close(self) -> None:
@@ -114,12 +109,12 @@ class RunPodProvider:
     async def catalog(self) -> list[Offer]:
         return self._offers_from(await self._gpus(1), 1)
 
-    async def create(self, name: str, offer: Offer, request: ResourceRequest) -> Machine:
-        found = await self.find(name)
-        if found is not None:
-            return found
+    async def create(self, attempt: Attempt, request: ResourceRequest) -> Machine:
+        return await create_by_name(self, attempt, self._launch)
+
+    async def _launch(self, attempt: Attempt, offer: Offer) -> Machine:
         body = {
-            "name": name,
+            "name": attempt.name,
             "image": self._image,
             "cloud": self._cloud,
             "gpu": {"id": offer.gpu_type, "count": offer.gpu_count},
@@ -135,27 +130,31 @@ class RunPodProvider:
                 raise NoCapacity("no capacity (no instances available)") from error
             raise
         if response.status_code == 404:
-            raise ProviderError(f"runpod POST /v2/pods: 404 {problem_text(response)}")
+            # Redacted as http.py does for every other error: the message is stored and shown.
+            raise ProviderError(f"runpod POST /v2/pods: 404 {redact_text(problem_text(response))}")
         return await self._machine(response.json())
 
-    async def find(self, name: str) -> Machine | None:
+    async def find(self, attempt: Attempt) -> Machine | None:
+        if attempt.offer is None:
+            return None  # no create is ever sent before its offer is recorded
         for pod in await self._pods():
-            if pod.get("name") == name and pod.get("status") != "TERMINATED":
+            if pod.get("name") == attempt.name and pod.get("status") != "TERMINATED":
                 return await self._machine(pod)
         return None
 
-    async def describe(self, provider_resource_id: str) -> Machine:
+    async def describe(self, attempt: Attempt, provider_resource_id: str) -> Machine:
         response = await self._api.call("GET", f"/v2/pods/{provider_resource_id}")
         if response.status_code == 404:
-            return Machine(provider_resource_id=provider_resource_id, ready=False, gone=True)
+            return machine_gone(provider_resource_id)
         return await self._machine(response.json())
 
-    async def terminate(self, provider_resource_id: str) -> None:
+    async def terminate(self, attempt: Attempt, provider_resource_id: str) -> bool:
         await self._api.call("DELETE", f"/v2/pods/{provider_resource_id}")  # 404 = already gone
+        return (await self.describe(attempt, provider_resource_id)).gone
 
     async def list_owned(self, prefix: str) -> list[OwnedMachine]:
         return [
-            OwnedMachine(provider_resource_id=p["id"], name=p["name"], status=p.get("status", ""))
+            OwnedMachine(provider_resource_id=p["id"], name=p["name"])
             for p in await self._pods()
             if str(p.get("name", "")).startswith(prefix) and p.get("status") != "TERMINATED"
         ]
@@ -180,7 +179,6 @@ class RunPodProvider:
             gone=status == "TERMINATED",
             broken=status in _BROKEN,
             status=status,
-            name=str(pod.get("name", "")),
         )
 
 

@@ -7,7 +7,6 @@ it. A host is ready once its SSH port accepts a connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from typing import Any
 
@@ -18,8 +17,15 @@ from pymongo.asynchronous.database import AsyncDatabase
 from neobatch.common.contracts import ResourceRequest, SshEndpoint
 from neobatch.common.errors import ConfigError
 from neobatch.common.mongo import ensure_indexes
-from neobatch.resource_manager.offers import gpu_family
-from neobatch.resource_manager.providers.base import Machine, NoCapacity
+from neobatch.resource_manager.offers import Offer, gpu_family
+from neobatch.resource_manager.providers.base import (
+    Attempt,
+    Machine,
+    NoCapacity,
+    OwnedMachine,
+    machine_gone,
+)
+from neobatch.resource_manager.providers.probe import port_open
 
 SSH_HOSTS = "ssh_hosts"
 # Free hosts (`leased_by: null`) and the host a provision holds, each an index lookup.
@@ -68,17 +74,6 @@ def parse_pool(value: str) -> list[PoolHost]:
     return hosts
 
 
-async def _port_open(host: str, port: int, timeout_seconds: float) -> bool:
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_seconds)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
-
-
 class SshPoolProvider:
     """Leases pool hosts, one `ssh_hosts` document per host (`_id` = `user@host:port`).
 
@@ -91,10 +86,9 @@ class SshPoolProvider:
     """
 
     name = "ssh"
-    # `release` itself confirms: once it returns, no host is leased by the provision.
-    release_is_confirmed = True
-    # `provision(..., fresh=True)` skips the look-up of a host the provision already holds.
-    accepts_fresh = True
+    # `create` leases a free host itself: nothing to choose or record first, and a busy pool
+    # is waited out (a host frees when its job ends). Hosts are ours: nothing can be orphaned.
+    rents_by_offer = False
 
     def __init__(
         self,
@@ -129,28 +123,52 @@ class SshPoolProvider:
         await self._hosts.delete_many({"_id": {"$nin": list(self._pool)}, "leased_by": None})
         self._free = None
 
-    async def provision(
-        self,
-        provision_id: str,
-        resource_name: str,
-        request: ResourceRequest,
-        *,
-        fresh: bool = False,
-    ) -> Machine:
-        key: str | None = None
-        if not fresh:  # it may hold a host from an attempt that crashed before recording it
-            doc = await self._hosts.find_one({"leased_by": provision_id}, projection={"_id": 1})
-            key = doc["_id"] if doc is not None else None
+    async def offers(self, request: ResourceRequest) -> list[Offer]:
+        return []  # not rented by offer: `create` leases a host directly
+
+    async def catalog(self) -> list[Offer]:
+        return []  # nothing for sale: the hosts are ours
+
+    async def list_owned(self, prefix: str) -> list[OwnedMachine]:
+        return []  # every host is ours by configuration: none is an orphan
+
+    async def create(self, attempt: Attempt, request: ResourceRequest) -> Machine:
+        # Unless fresh, it may hold a host from an attempt that crashed before recording it.
+        key = None if attempt.fresh else await self._held(attempt.provision_id)
         if key is None:
-            key = await self._lease(provision_id, request)
+            key = await self._lease(attempt.provision_id, request)
         if key is None:
             raise NoCapacity(
                 f"no free host in the ssh pool fits {request.accelerator_type} x{request.accelerator_count}"
             )
-        host = self._pool.get(key)
-        if host is None:  # leased before the pool was reconfigured without it
-            return Machine(provider_resource_id=key, ready=False, gone=True)
-        return await self._machine(key, host)
+        return await self._machine(key)
+
+    async def find(self, attempt: Attempt) -> Machine | None:
+        key = await self._held(attempt.provision_id)
+        return None if key is None else await self._machine(key)
+
+    async def describe(self, attempt: Attempt, provider_resource_id: str) -> Machine:
+        leased = await self._hosts.find_one(
+            {"_id": provider_resource_id, "leased_by": attempt.provision_id}, projection={"_id": 1}
+        )
+        if leased is None:
+            return machine_gone(provider_resource_id)
+        return await self._machine(provider_resource_id)
+
+    async def terminate(self, attempt: Attempt, provider_resource_id: str) -> bool:
+        # Every host the provision holds, recorded or not (a lease before a crash), and only
+        # those: a repeated release never frees a host another provision leased since. Once
+        # this returns no host is leased by the provision, so the release is confirmed.
+        await self._hosts.update_many(
+            {"leased_by": attempt.provision_id}, {"$set": {"leased_by": None}}
+        )
+        if self._free is not None and provider_resource_id in self._pool:
+            self._free.add(provider_resource_id)
+        return True
+
+    async def _held(self, provision_id: str) -> str | None:
+        doc = await self._hosts.find_one({"leased_by": provision_id}, projection={"_id": 1})
+        return doc["_id"] if doc is not None else None
 
     async def _read_free(self) -> set[str]:
         docs = await self._hosts.find({"leased_by": None}, projection={"_id": 1}).to_list()
@@ -183,27 +201,10 @@ class SshPoolProvider:
                     return key
         return None
 
-    async def _machine(self, key: str, host: PoolHost) -> Machine:
-        ready = await _port_open(host.host, host.port, self._timeout)
+    async def _machine(self, key: str) -> Machine:
+        host = self._pool.get(key)
+        if host is None:  # leased before the pool was reconfigured without it
+            return machine_gone(key)
+        ready = await port_open(host.host, host.port, self._timeout)
         endpoint = SshEndpoint(host=host.host, port=host.port, username=host.username)
         return Machine(provider_resource_id=key, ready=ready, endpoint=endpoint, region="local")
-
-    async def get(self, provision_id: str, provider_resource_id: str) -> Machine:
-        host = self._pool.get(provider_resource_id)
-        leased = await self._hosts.find_one(
-            {"_id": provider_resource_id, "leased_by": provision_id}, projection={"_id": 1}
-        )
-        if host is None or leased is None:
-            return Machine(provider_resource_id=provider_resource_id, ready=False, gone=True)
-        return await self._machine(provider_resource_id, host)
-
-    async def release(self, provision_id: str, provider_resource_id: str | None) -> None:
-        # Every host the provision holds, recorded or not (a lease before a crash); the `leased_by`
-        # index makes this a lookup. Once it returns no host is leased by the provision.
-        await self._hosts.update_many({"leased_by": provision_id}, {"$set": {"leased_by": None}})
-        if (
-            self._free is not None
-            and provider_resource_id is not None
-            and provider_resource_id in self._pool
-        ):
-            self._free.add(provider_resource_id)
