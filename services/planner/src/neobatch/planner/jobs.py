@@ -3,6 +3,9 @@
 The planner owns every transition after `queued`. Each decision names the new status (or
 none, for a field-only update), the fields to set and the events to emit; the store writes
 them together, compare-and-set on the status and version the decision was made from.
+
+Long because it is the whole state machine: one small function per event, all in one place,
+so every transition a job can make is read (and reviewed) side by side.
 """
 
 from __future__ import annotations
