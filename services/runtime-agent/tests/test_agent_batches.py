@@ -8,7 +8,7 @@ import pytest
 
 from neobatch.common.contracts import BatchStatus as S
 from neobatch.common.contracts import EngineSpec, SshEndpoint
-from neobatch.runtime_agent.batches import (
+from neobatch.runtime_agent.batch.batches import (
     Batch,
     Step,
     batch_doc_from_event,

@@ -4,51 +4,56 @@ validate → in_progress → SSH, engine, port-forward, health → dispatch what
 checkpointing each result → (finalizing | cancelling) → files → stop engine → terminal.
 A run picked up after another agent died starts again from the batch's stored status and
 skips every request already in `batch_results` (DESIGN rule 3).
+
+Decide, then apply: what to do first and how the batch ends are the pure functions of
+`batches` (`plan_start`, `plan_outcome`, `path_to`, `decide_move`, `decide_end`); this module
+does the I/O around them, and writes each status change with one store call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncssh
-import msgspec
 
-from neobatch.common import filestore
-from neobatch.common.batch_input import (
-    BatchRequest,
-    InputValidator,
-    is_blank,
-    parse_request,
-    strip_bom,
-)
-from neobatch.common.contracts import BatchStatus, BatchStatusReported, BatchTerminal, Usage
+from neobatch.common.batch_input import InputValidator
+from neobatch.common.clock import Clock
+from neobatch.common.contracts import BatchStatus
 from neobatch.common.errors import NotFound
 from neobatch.common.logs import log_fields
-from neobatch.common.metrics import DispatchObserver, timed_dispatch
-from neobatch.runtime_agent.batches import Batch, Step, path_to, plan_outcome, plan_start
-from neobatch.runtime_agent.checkpoints import CheckpointWriter, count_results, finished_indexes
-from neobatch.runtime_agent.dispatch import RequestResult, Tally, dispatch_all
-from neobatch.runtime_agent.engine import EngineClient, EngineNotReady
-from neobatch.runtime_agent.engine_session import EngineSession
-from neobatch.runtime_agent.lease_watch import BatchWatch, Interrupted
-from neobatch.runtime_agent.output_files import write_result_files
-from neobatch.runtime_agent.remote import HostKeyMismatch, HostUnreachable, RemoteError
+from neobatch.runtime_agent.batch.batches import (
+    EXPIRED_BEFORE_START,
+    EXPIRED_MESSAGE,
+    EXPIRED_UNFINISHED,
+    NO_FILES,
+    Batch,
+    Failure,
+    Step,
+    Transition,
+    decide_end,
+    decide_move,
+    input_failure,
+    path_to,
+    plan_outcome,
+    plan_start,
+    status_reported,
+)
+from neobatch.runtime_agent.batch.dispatch_pass import dispatch_pass, pending_requests
+from neobatch.runtime_agent.batch.lease_watch import BatchWatch, Interrupted
+from neobatch.runtime_agent.batch.store import BatchStore
+from neobatch.runtime_agent.dispatch.tally import RequestResult, Tally
+from neobatch.runtime_agent.engine.client import EngineNotReady
+from neobatch.runtime_agent.machine.errors import HostKeyMismatch, HostUnreachable, RemoteError
+from neobatch.runtime_agent.machine.session import EngineSession
 from neobatch.runtime_agent.settings import AgentSettings
-from neobatch.runtime_agent.store import BatchStore
 
-log = logging.getLogger("neobatch.runtime_agent.batch_run")
+log = logging.getLogger("neobatch.runtime_agent.batch.run")
 
 S = BatchStatus
 PROGRESS_INTERVAL_SECONDS = 1.5
-EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 # Reconnects in a row that let no request finish before the connection dropped again.
 RECONNECTS_WITHOUT_PROGRESS = 3
-# How long the first answer into an empty checkpoint buffer waits for others to join it.
-DISPATCH_CHECKPOINT_LINGER_SECONDS = 0.025
 
 
 class RemoteLost(Exception):
@@ -65,6 +70,7 @@ class BatchRun:
         batch: Batch,
         *,
         store: BatchStore,
+        clock: Clock,
         settings: AgentSettings,
         client_key: asyncssh.SSHKey,
         owner: str,
@@ -73,8 +79,7 @@ class BatchRun:
         self.batch = batch
         self.status = batch.status
         self._store = store
-        self._settings = settings
-        self._key = client_key
+        self._clock = clock
         self._owner = owner
         self.watch = watch
         self._session = EngineSession(
@@ -95,7 +100,7 @@ class BatchRun:
     # --- the whole run -----------------------------------------------------------------------
 
     async def execute(self) -> None:
-        step = plan_start(self.batch, self._store.clock.now())
+        step = plan_start(self.batch, self._clock.now())
         log.info("batch claimed", extra=log_fields(**self._ids, step=step.value))
         try:
             if step is Step.NOTHING:
@@ -103,8 +108,7 @@ class BatchRun:
             if step is Step.CANCEL_UNSTARTED:
                 await self._end(S.CANCELLED)
             elif step is Step.EXPIRE_UNSTARTED:
-                message = "the completion window passed before the batch started"
-                await self._end(S.EXPIRED, code="batch_expired", message=message)
+                await self._end(S.EXPIRED, EXPIRED_BEFORE_START)
             elif step is Step.WIND_DOWN:
                 await self._load_counts()
                 await self._wind_down(
@@ -125,7 +129,7 @@ class BatchRun:
             await self._load_counts()
             # Nothing is launched before in_progress, so a validating batch has nothing to stop.
             launched = self.status is not S.VALIDATING
-            await self._end(S.FAILED, code="internal_error", message=message, stop_engine=launched)
+            await self._end(S.FAILED, Failure("internal_error", message), stop_engine=launched)
         finally:
             await self._session.close()
 
@@ -133,21 +137,17 @@ class BatchRun:
         validator = InputValidator(self.batch.endpoint)
         index = 0
         try:
-            async for raw in filestore.iter_lines(self._store.db, self.batch.input_file_id):
+            async for raw in self._store.input_lines(self.batch.input_file_id):
                 validator.feed(index, raw)
                 index += 1
         except NotFound:
-            await self._end(
-                S.FAILED,
-                code="invalid_input_file",
-                message=f"input file {self.batch.input_file_id} not found",
-            )
+            missing = f"input file {self.batch.input_file_id} not found"
+            await self._end(S.FAILED, Failure("invalid_input_file", missing))
             return False
         report = validator.report()
-        if not report.ok:
-            errors = [{"object": "error", **_plain(e)} for e in report.errors]
-            code = "empty_file" if report.invalid_lines == 0 else "invalid_input_file"
-            await self._end(S.FAILED, code=code, message=report.summary(), errors=errors)
+        failure = input_failure(report)
+        if failure is not None:
+            await self._end(S.FAILED, failure)
             return False
         self.tally = Tally(report.total)
         return await self._move(S.IN_PROGRESS)
@@ -171,36 +171,44 @@ class BatchRun:
             await _cancelled(progress)
 
     async def _start_and_dispatch(self, progress: asyncio.Task[None]) -> None:
+        session = self._session
         stalled = 0
         while not self.watch.interrupted.is_set() and self.tally.finished < self.tally.total:
             try:
-                client = await self._session.start()
+                client = await session.start()
             except Interrupted:
                 break
             except HostUnreachable as exc:
                 if self.resumed:
-                    self._session.machine_gone = True
+                    session.machine_gone = True
                     raise RemoteLost(exc.message) from exc
                 await _cancelled(progress)
-                await self._end(S.FAILED, code=exc.code, message=exc.message, stop_engine=False)
+                await self._end(S.FAILED, Failure(exc.code, exc.message))
                 return
             except HostKeyMismatch as exc:
                 # Never retried: the machine we pinned is not the one answering.
                 await _cancelled(progress)
-                await self._end(S.FAILED, code=exc.code, message=exc.message, stop_engine=False)
+                await self._end(S.FAILED, Failure(exc.code, exc.message))
                 return
             except (RemoteError, EngineNotReady) as exc:
                 # Stop only what may have been launched: no connection means nothing started.
-                launched = self._session.connected
+                launched = session.connected
                 await _cancelled(progress)
-                await self._end(S.FAILED, code=exc.code, message=exc.message, stop_engine=launched)
+                await self._end(S.FAILED, Failure(exc.code, exc.message), stop_engine=launched)
                 return
             before = self.tally.finished
             try:
-                await self._dispatch(client)
+                self.dispatch_seconds += await dispatch_pass(
+                    self._store,
+                    self.batch,
+                    client,
+                    self.tally,
+                    interrupted=self.watch.interrupted.is_set,
+                    tunnel_down=lambda: session.is_closed,
+                )
             finally:
                 await client.close()
-            if self.watch.lost or not self._session.is_closed:
+            if self.watch.lost or not session.is_closed:
                 break
             await self._load_counts()
             stalled = 0 if self.tally.finished > before else stalled + 1
@@ -219,7 +227,7 @@ class BatchRun:
             return
         await self._load_counts()
         ending_anyway = self.watch.cancel_requested or self.watch.expired
-        if self._session.is_closed and self.tally.finished < self.tally.total and not ending_anyway:
+        if session.is_closed and self.tally.finished < self.tally.total and not ending_anyway:
             raise RemoteLost(f"ssh connection to {self.batch.target.host} dropped")
         outcome = plan_outcome(
             status=self.status,
@@ -229,76 +237,6 @@ class BatchRun:
         )
         await _cancelled(progress)
         await self._wind_down(outcome)
-
-    # --- engine and dispatch -------------------------------------------------------------------
-
-    async def _pending(self, done: set[int]) -> AsyncIterator[BatchRequest]:
-        index = -1
-        async for raw in filestore.iter_lines(self._store.db, self.batch.input_file_id):
-            index += 1
-            raw = strip_bom(raw, index)
-            if index not in done and not is_blank(raw):
-                yield parse_request(raw, index)
-
-    async def _dispatch(self, client: EngineClient) -> None:
-        session = self._session
-        done = await finished_indexes(self._store.results, self.batch.id)
-        started, sent_before = time.monotonic(), self.tally.finished
-
-        async def record(result: RequestResult) -> None:
-            if result.status_code is None and session.is_closed:
-                return  # The tunnel died, not the request: leave it for the resumed run.
-            # The slot frees on the answer; `add` pauses this slot (no new send) while more
-            # than `concurrency` answers wait to be stored, so a crash re-sends at most
-            # 2 x concurrency requests, none of them recorded (CheckpointWriter).
-            await writer.add(result)
-
-        def stored(completed: int, failed: int) -> None:
-            # Counted once stored: progress never reports a result a crash could lose.
-            self.tally.completed += completed
-            self.tally.failed += failed
-
-        observer = DispatchObserver()
-        async with CheckpointWriter(
-            self._store.results,
-            self.batch.id,
-            self._store.clock,
-            max_pending=client.controller.maximum,
-            on_stored=stored,
-            # Nothing waits on the linger now (slots free on the answer): a longer one makes
-            # fewer, larger writes (the database's cost per document falls up to ~30 a write).
-            flush_interval_seconds=DISPATCH_CHECKPOINT_LINGER_SECONDS,
-        ) as writer:
-            try:
-                summary = await dispatch_all(
-                    self._pending(done),
-                    timed_dispatch(client.send, observer),
-                    record,
-                    controller=client.controller,
-                    should_stop=lambda: self.watch.interrupted.is_set() or session.is_closed,
-                )
-            except BaseException:
-                await writer.abort()
-                raise
-            finally:
-                observer.flush()
-        elapsed = time.monotonic() - started
-        self.dispatch_seconds += elapsed
-        finished = self.tally.finished - sent_before
-        log.info(
-            "dispatch ended",
-            extra=log_fields(
-                **self._ids,
-                sent=summary.sent,
-                stopped=summary.stopped,
-                seconds=round(elapsed, 3),
-                requests_per_second=round(finished / elapsed, 1) if elapsed > 0 else None,
-                concurrency_limit=client.controller.limit,
-                checkpoint_writes=writer.writes,
-                # Times dispatch paused because `concurrency` answers waited to be stored.
-                checkpoint_pauses=writer.paused,
-            ),
-        )
 
     async def _report_progress(self) -> None:
         """`request_counts` and a `batch.status` event every PROGRESS_INTERVAL_SECONDS.
@@ -310,7 +248,7 @@ class BatchRun:
         while True:
             await asyncio.sleep(PROGRESS_INTERVAL_SECONDS)
             counts = self.tally.counts()
-            event = self._status_event(S.IN_PROGRESS)
+            event = status_reported(self.batch, S.IN_PROGRESS, counts)
             try:
                 won = await self._store.save_progress(
                     self.batch.id, self._owner, S.IN_PROGRESS, {"request_counts": counts}, [event]
@@ -330,19 +268,17 @@ class BatchRun:
         for status in path_to(self.status, outcome)[:-1]:
             if not await self._move(status):
                 return
+        failure = None
         if outcome is S.EXPIRED:
             await self._expire_unfinished()
-        code = "batch_expired" if outcome is S.EXPIRED else ""
-        message = "the completion window passed before every request finished" if code else ""
-        await self._end(outcome, code=code, message=message, stop_engine=True)
+            failure = EXPIRED_UNFINISHED
+        await self._end(outcome, failure, stop_engine=True)
 
     async def _expire_unfinished(self) -> None:
         """OpenAI writes every request the window cut off to the error file as `batch_expired`."""
-        done = await finished_indexes(self._store.results, self.batch.id)
-        async with CheckpointWriter(
-            self._store.results, self.batch.id, self._store.clock
-        ) as writer:
-            async for request in self._pending(done):
+        done = await self._store.finished_lines(self.batch.id)
+        async with self._store.checkpoint_writer(self.batch.id) as writer:
+            async for request in pending_requests(self._store, self.batch.input_file_id, done):
                 await writer.add(
                     RequestResult(
                         line_index=request.line_index,
@@ -354,84 +290,44 @@ class BatchRun:
         await self._load_counts()
 
     async def _end(
-        self,
-        outcome: BatchStatus,
-        *,
-        code: str = "",
-        message: str = "",
-        errors: list[dict[str, Any]] | None = None,
-        stop_engine: bool = False,
+        self, outcome: BatchStatus, failure: Failure | None = None, *, stop_engine: bool = False
     ) -> None:
-        fields: dict[str, Any] = {"request_counts": self.tally.counts()}
-        output_id = error_id = None
-        usage = Usage()
+        """Write the result files and stop the engine (when asked), then the terminal decision."""
+        files = NO_FILES
         if self.tally.finished:
-            output_id, error_id, usage = await write_result_files(
-                self._store.db,
-                self._store.results,
-                self.batch.id,
-                owner=self.batch.owner,
-                completed=self.tally.completed,
-                failed=self.tally.failed,
+            files = await self._store.write_result_files(
+                self.batch, completed=self.tally.completed, failed=self.tally.failed
             )
         if stop_engine:
             await self._session.stop()
-        fields.update(
-            output_file_id=output_id, error_file_id=error_id, usage=msgspec.to_builtins(usage)
+        ending = decide_end(
+            self.batch,
+            outcome,
+            self.tally.counts(),
+            files=files,
+            failure=failure,
+            dispatch_seconds=self.dispatch_seconds,
         )
-        if code:
-            fields.update(error_code=code, error_message=message)
-        if errors is not None:
-            fields["errors"] = errors
-        event = BatchTerminal(
-            batch_id=self.batch.id,
-            job_id=self.batch.job_id,
-            status=outcome,
-            request_counts=self.tally.counts(),
-            output_file_id=output_id,
-            error_file_id=error_id,
-            error_code=code,
-            error_message=message,
-            usage=usage,
-        )
-        if await self._move(outcome, fields=fields, event=event):
+        if await self._save(ending):
+            code = failure.code if failure is not None else ""
             log.info(
                 "batch ended",
                 extra=log_fields(**self._ids, status=outcome.value, error_code=code),
             )
 
-    async def _move(
-        self,
-        new: BatchStatus,
-        *,
-        fields: dict[str, Any] | None = None,
-        event: BatchTerminal | None = None,
-    ) -> bool:
-        fields = {"request_counts": self.tally.counts(), **(fields or {})}
-        won = await self._store.save_transition(
-            self.batch.id,
-            self._owner,
-            self.status,
-            new,
-            fields=fields,
-            events=[event or self._status_event(new)],
-        )
+    async def _move(self, status: BatchStatus) -> bool:
+        return await self._save(decide_move(self.batch, status, self.tally.counts()))
+
+    async def _save(self, transition: Transition) -> bool:
+        won = await self._store.save_transition(self.batch.id, self._owner, self.status, transition)
         if won:
-            self.status = new
+            self.status = transition.status
         else:
             self.watch.mark_lost()
         return won
 
-    def _status_event(self, status: BatchStatus) -> BatchStatusReported:
-        return BatchStatusReported(
-            batch_id=self.batch.id,
-            job_id=self.batch.job_id,
-            status=status,
-            request_counts=self.tally.counts(),
-        )
-
     async def _load_counts(self) -> None:
-        completed, failed = await count_results(self._store.results, self.batch.id)
+        completed, failed = await self._store.count_results(self.batch.id)
         self.tally = Tally(self.tally.total, completed, failed)
 
 
@@ -439,7 +335,3 @@ async def _cancelled(task: asyncio.Task[None]) -> None:
     """Cancel `task` and wait until it has stopped (idempotent)."""
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-
-
-def _plain(struct: Any) -> dict[str, Any]:
-    return {f: getattr(struct, f) for f in struct.__struct_fields__}
