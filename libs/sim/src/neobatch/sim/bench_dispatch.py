@@ -305,8 +305,7 @@ async def run_agent_job(job: AgentJob) -> dict[str, Any]:
     from neobatch.common.contracts import BatchRequested, ClientSpec, EngineSpec, SshEndpoint
     from neobatch.common.settings import CommonSettings
     from neobatch.runtime_agent.app import build_agent
-    from neobatch.runtime_agent.batches import is_terminal
-    from neobatch.runtime_agent.checkpoints import count_stored
+    from neobatch.runtime_agent.batch.batches import is_terminal
     from neobatch.runtime_agent.settings import AgentSettings
 
     common = CommonSettings(
@@ -372,9 +371,7 @@ async def run_agent_job(job: AgentJob) -> dict[str, Any]:
             await asyncio.sleep(0.1)
         total = time.perf_counter() - started
         cpu = time.process_time() - cpu_started
-        run = agent.runner.finished_runs.get(batch_id)
-        dispatch_seconds = run.dispatch_seconds if run is not None else 0.0
-        stored = await count_stored(agent.store.results, batch_id)
+        stored = len(await agent.store.finished_lines(batch_id))
         return {
             "batch_id": batch_id,
             "status": batch.status.value,
@@ -383,7 +380,7 @@ async def run_agent_job(job: AgentJob) -> dict[str, Any]:
             "failed": batch.request_counts.failed,
             "stored_results": stored,
             "output_file_id": batch.output_file_id,
-            "dispatch_seconds": dispatch_seconds,
+            "dispatch_seconds": batch.dispatch_seconds,
             "total_seconds": total,
             "cpu_seconds": cpu,
             "dispatch_cpu_seconds": cpu_dispatch[1] - cpu_dispatch[0],
@@ -459,7 +456,7 @@ def run_child(job: AgentJob, log_path: Path, profile: Path | None = None) -> dic
         if line.startswith("BENCH-RESULT "):
             figures: dict[str, Any] = json.loads(line.removeprefix("BENCH-RESULT "))
             # The engine's directory on the "machine" (this one): its pid file and log.
-            from neobatch.runtime_agent.remote import workdir
+            from neobatch.runtime_agent.machine.launch import workdir
 
             shutil.rmtree(workdir(figures["batch_id"]), ignore_errors=True)
             return figures
@@ -609,7 +606,7 @@ async def _upload(mongo_url: str, db_name: str, requests: int, pad: int) -> tupl
 
 async def engine_client_rate(base_url: str, requests: int, concurrency: int) -> Rate:
     """For scale: the same requests straight to nginx with the agent's HTTP client alone."""
-    from neobatch.runtime_agent.engine_http import EngineHTTP
+    from neobatch.runtime_agent.engine.http import EngineHTTP
 
     bodies = request_bodies(requests)
     http = EngineHTTP(base_url, max_connections=concurrency)
@@ -636,7 +633,7 @@ async def tunnel_rate(stack: Stack, engine_port: int, requests: int, concurrency
     import getpass
 
     from neobatch.common.contracts import SshEndpoint
-    from neobatch.runtime_agent import remote
+    from neobatch.runtime_agent.machine import remote
 
     target = SshEndpoint(host="127.0.0.1", port=stack.ssh_port, username=getpass.getuser())
     key = remote.load_client_key(str(stack.key_file))
