@@ -85,6 +85,16 @@ def _client(url: str, *, timeout: float = 5.0, retries: int = 3, **kw: object) -
     )
 
 
+async def _timed_send(client: EngineClient, index: int) -> tuple[RequestResult, float]:
+    """Send request `index` once (retries included), then close: (result, seconds it took)."""
+    try:
+        started = time.monotonic()
+        result = await client.send(_request(index))
+        return result, time.monotonic() - started
+    finally:
+        await client.close()
+
+
 async def test_a_429_is_retried_after_the_servers_retry_after(tmp_path: Path) -> None:
     log = tmp_path / "requests.jsonl"
     rate = 0.5
@@ -93,13 +103,7 @@ async def test_a_429_is_retried_after_the_servers_retry_after(tmp_path: Path) ->
     async with running_engine(
         failure_mode="attempt", status_429_rate=rate, retry_after_seconds=0.4, request_log=str(log)
     ) as engine:
-        client = _client(engine.url, controller=controller)
-        try:
-            started = time.monotonic()
-            result = await client.send(_request(index))
-            elapsed = time.monotonic() - started
-        finally:
-            await client.close()
+        result, elapsed = await _timed_send(_client(engine.url, controller=controller), index)
     assert result.ok and result.attempts == 2
     # The server's 0.4 s, not the policy's at most 0.05 s backoff.
     assert 0.4 <= elapsed < 2.0
@@ -118,12 +122,7 @@ async def test_a_request_hanging_past_the_timeout_is_retried() -> None:
     controller = AimdController(initial=8, maximum=8)
     async with running_engine(failure_mode="attempt", hang_rate=rate, hang_seconds=1) as engine:
         client = _client(engine.url, timeout=0.3, controller=controller)
-        try:
-            started = time.monotonic()
-            result = await client.send(_request(index))
-            elapsed = time.monotonic() - started
-        finally:
-            await client.close()
+        result, elapsed = await _timed_send(client, index)
     assert result.ok and result.attempts == 2 and result.status_code == 200
     assert 0.3 <= elapsed < 1.0
     # A timeout is a capacity signal.
