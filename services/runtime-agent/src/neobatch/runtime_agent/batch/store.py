@@ -36,6 +36,7 @@ from neobatch.runtime_agent.batch.batches import (
     Transition,
     batch_from_doc,
     can_transition,
+    is_terminal,
 )
 from neobatch.runtime_agent.results import output_files, reading
 from neobatch.runtime_agent.results.pages import (
@@ -275,7 +276,7 @@ class BatchStore:
             "updated_at": now,
             **_builtins(transition.fields),
         }
-        if new in TERMINAL_BATCH_STATUSES:
+        if is_terminal(new):
             # Done for good: nobody should claim it again.
             values.update(lease_owner=None, lease_until=None)
         return await self._write(
