@@ -34,6 +34,7 @@ from neobatch.runtime_agent.batch.batches import (
     decide_end,
     decide_move,
     input_failure,
+    is_terminal,
     path_to,
     plan_outcome,
     plan_start,
@@ -43,7 +44,7 @@ from neobatch.runtime_agent.batch.dispatch_pass import dispatch_pass, pending_re
 from neobatch.runtime_agent.batch.lease_watch import BatchWatch, Interrupted
 from neobatch.runtime_agent.batch.store import BatchStore
 from neobatch.runtime_agent.dispatch.tally import RequestResult, Tally
-from neobatch.runtime_agent.engine.client import EngineNotReady
+from neobatch.runtime_agent.engine.client import EngineClient, EngineNotReady
 from neobatch.runtime_agent.machine.errors import HostKeyMismatch, HostUnreachable, RemoteError
 from neobatch.runtime_agent.machine.session import EngineSession
 from neobatch.runtime_agent.settings import AgentSettings
@@ -174,28 +175,9 @@ class BatchRun:
         session = self._session
         stalled = 0
         while not self.watch.interrupted.is_set() and self.tally.finished < self.tally.total:
-            try:
-                client = await session.start()
-            except Interrupted:
+            client = await self._start_engine(progress)
+            if client is None:
                 break
-            except HostUnreachable as exc:
-                if self.resumed:
-                    session.machine_gone = True
-                    raise RemoteLost(exc.message) from exc
-                await _cancelled(progress)
-                await self._end(S.FAILED, Failure(exc.code, exc.message))
-                return
-            except HostKeyMismatch as exc:
-                # Never retried: the machine we pinned is not the one answering.
-                await _cancelled(progress)
-                await self._end(S.FAILED, Failure(exc.code, exc.message))
-                return
-            except (RemoteError, EngineNotReady) as exc:
-                # Stop only what may have been launched: no connection means nothing started.
-                launched = session.connected
-                await _cancelled(progress)
-                await self._end(S.FAILED, Failure(exc.code, exc.message), stop_engine=launched)
-                return
             before = self.tally.finished
             try:
                 self.dispatch_seconds += await dispatch_pass(
@@ -220,6 +202,8 @@ class BatchRun:
                 "ssh connection dropped mid-dispatch; reconnecting in place",
                 extra=log_fields(**self._ids, finished=self.tally.finished),
             )
+        if is_terminal(self.status):
+            return  # starting the engine failed the batch
         if self.watch.lost:
             log.warning(
                 "lease lost; leaving the batch to its new owner", extra=log_fields(**self._ids)
@@ -237,6 +221,29 @@ class BatchRun:
         )
         await _cancelled(progress)
         await self._wind_down(outcome)
+
+    async def _start_engine(self, progress: asyncio.Task[None]) -> EngineClient | None:
+        """The engine, ready to take requests; None when interrupted or when starting it failed
+        the batch (then it has ended)."""
+        session = self._session
+        try:
+            return await session.start()
+        except Interrupted:
+            return None
+        except HostUnreachable as exc:
+            if self.resumed:
+                session.machine_gone = True
+                raise RemoteLost(exc.message) from exc
+            failure, launched = Failure(exc.code, exc.message), False
+        except HostKeyMismatch as exc:
+            # Never retried: the machine we pinned is not the one answering.
+            failure, launched = Failure(exc.code, exc.message), False
+        except (RemoteError, EngineNotReady) as exc:
+            # Stop only what may have been launched: no connection means nothing started.
+            failure, launched = Failure(exc.code, exc.message), session.connected
+        await _cancelled(progress)
+        await self._end(S.FAILED, failure, stop_engine=launched)
+        return None
 
     async def _report_progress(self) -> None:
         """`request_counts` and a `batch.status` event every PROGRESS_INTERVAL_SECONDS.
