@@ -27,7 +27,12 @@ PURE_MODULES = [
     "services/resource-manager/src/neobatch/resource_manager/provisions.py",
     "services/resource-manager/src/neobatch/resource_manager/offers.py",
     "services/resource-manager/src/neobatch/resource_manager/providers/base.py",
-    "services/runtime-agent/src/neobatch/runtime_agent/batches.py",
+    "services/runtime-agent/src/neobatch/runtime_agent/batch/batches.py",
+    "services/runtime-agent/src/neobatch/runtime_agent/dispatch/concurrency.py",
+    "services/runtime-agent/src/neobatch/runtime_agent/dispatch/policy.py",
+    "services/runtime-agent/src/neobatch/runtime_agent/dispatch/tally.py",
+    "services/runtime-agent/src/neobatch/runtime_agent/machine/errors.py",
+    "services/runtime-agent/src/neobatch/runtime_agent/machine/launch.py",
     "libs/common/src/neobatch/common/batch_input.py",
 ]
 IO_PACKAGES = {

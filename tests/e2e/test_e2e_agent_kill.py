@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
-from neobatch.runtime_agent.checkpoints import LINES_ONLY, page_lines
+from neobatch.runtime_agent.results.pages import unpack_lines
 from neobatch.sim.devstack import Ports, Stack, start_stack
 from neobatch.sim.devstack.scenario import ConsoleClient, batch_lines, sim_engine_template
 
@@ -80,7 +80,8 @@ def test_agent_killed_half_way_resends_nothing_finished(stack: Stack, tmp_path: 
         batch_id = job["batch_id"]
 
         def recorded_lines() -> set[int]:
-            return page_lines(results.find({"batch_id": batch_id}, LINES_ONLY))
+            pages = results.find({"batch_id": batch_id}, {"lines": 1})
+            return {line for page in pages for line in unpack_lines(page["lines"])}
 
         def half_done() -> bool:
             return len(recorded_lines()) >= REQUESTS // 2

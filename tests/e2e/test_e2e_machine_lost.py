@@ -17,7 +17,7 @@ import httpx
 import pytest
 from pymongo import MongoClient
 
-from neobatch.runtime_agent.checkpoints import LINES_ONLY, page_lines
+from neobatch.runtime_agent.results.pages import unpack_lines
 from neobatch.sim.devstack import Ports, Stack, start_stack
 from neobatch.sim.devstack.scenario import ConsoleClient
 from neobatch.sim.testing.servers import free_port
@@ -55,7 +55,8 @@ class LostMachineStack:
         return self.console.job(job_id)
 
     def finished_lines(self, batch_id: str) -> int:
-        return len(page_lines(self.db.batch_results.find({"batch_id": batch_id}, LINES_ONLY)))
+        pages = self.db.batch_results.find({"batch_id": batch_id}, {"lines": 1})
+        return len({line for page in pages for line in unpack_lines(page["lines"])})
 
     def provisions(self, job_id: str) -> list[dict[str, Any]]:
         return list(self.db.provisions.find({"job_id": job_id}).sort("_id", 1))

@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pymongo import MongoClient
 
-from neobatch.runtime_agent.checkpoints import LINES_ONLY, page_lines
+from neobatch.runtime_agent.results.pages import unpack_lines
 from neobatch.sim.devstack import SERVICE_MODULES, Ports, Stack, start_stack
 from neobatch.sim.devstack.scenario import ConsoleClient, batch_lines, sim_engine_template
 from neobatch.sim.testing.servers import (
@@ -182,7 +182,11 @@ def check_results(db: Any, jobs: list[str]) -> None:
     batch_ids = [j["batch_id"] for j in db["jobs"].find({"_id": {"$in": jobs}}, {"batch_id": 1})]
     assert len(batch_ids) == JOBS
     stored = {
-        batch_id: page_lines(db["batch_results"].find({"batch_id": batch_id}, LINES_ONLY))
+        batch_id: {
+            line
+            for page in db["batch_results"].find({"batch_id": batch_id}, {"lines": 1})
+            for line in unpack_lines(page["lines"])
+        }
         for batch_id in batch_ids
     }
     assert stored == {batch_id: set(range(REQUESTS)) for batch_id in batch_ids}

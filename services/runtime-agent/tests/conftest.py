@@ -34,11 +34,12 @@ from neobatch.common.contracts import (
 )
 from neobatch.common.settings import CommonSettings
 from neobatch.runtime_agent.app import Agent, build_agent
-from neobatch.runtime_agent.batches import Batch, is_terminal
-from neobatch.runtime_agent.checkpoints import count_stored, store_results
-from neobatch.runtime_agent.dispatch import DispatchDefaults, RequestResult
+from neobatch.runtime_agent.batch.batches import Batch
+from neobatch.runtime_agent.batch.store import BatchStore
+from neobatch.runtime_agent.dispatch.policy import DispatchDefaults
+from neobatch.runtime_agent.dispatch.tally import RequestResult
+from neobatch.runtime_agent.results.pages import RESULTS, store_results
 from neobatch.runtime_agent.settings import AgentSettings
-from neobatch.runtime_agent.store import BatchStore
 from neobatch.sim.devstack.sample_batch import sample_request
 from neobatch.sim.engine import expected_body
 from neobatch.sim.procs import live_pids
@@ -131,11 +132,11 @@ class Harness:
             )
             for i in done
         ]
-        await store_results(self.store.results, batch_id, results, utcnow())
+        await store_results(self.db[RESULTS], batch_id, results, utcnow())
 
     @property
     def db(self) -> Any:
-        return self.agent.store.db
+        return self.agent.runtime.db
 
     @property
     def ns(self) -> str:
@@ -177,7 +178,7 @@ class Harness:
     async def wait_terminal(self, batch_id: str, within_seconds: float = 60) -> Batch:
         async def terminal() -> Batch | None:
             batch = await self.store.find_batch(batch_id)
-            return batch if batch is not None and is_terminal(batch.status) else None
+            return batch if batch is not None and batch.status.is_terminal else None
 
         return await wait_until(terminal, within_seconds, message=f"{batch_id} to end")
 
@@ -185,7 +186,7 @@ class Harness:
         """Until at least `at_least` results of the batch are checkpointed."""
 
         async def enough() -> bool:
-            return await count_stored(self.store.results, batch_id) >= at_least
+            return len(await self.store.finished_lines(batch_id)) >= at_least
 
         await wait_until(enough, within_seconds, message=f"{at_least} results of {batch_id}")
 

@@ -11,16 +11,10 @@ import pytest
 from neobatch.common.batch_input import BatchRequest
 from neobatch.common.contracts import ClientSpec, RetryPolicySpec
 from neobatch.common.errors import ConfigError
-from neobatch.runtime_agent.dispatch import (
-    AimdController,
-    DispatchConfig,
-    DispatchDefaults,
-    FixedLimit,
-    Outcome,
-    RequestResult,
-    RetryPolicy,
-    dispatch_all,
-)
+from neobatch.runtime_agent.dispatch.concurrency import AimdController, FixedLimit, Outcome
+from neobatch.runtime_agent.dispatch.policy import DispatchConfig, DispatchDefaults, RetryPolicy
+from neobatch.runtime_agent.dispatch.pool import dispatch_all
+from neobatch.runtime_agent.dispatch.tally import RequestResult
 from neobatch.runtime_agent.settings import read_settings
 
 OK = Outcome(200, 0.1)

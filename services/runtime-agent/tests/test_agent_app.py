@@ -67,11 +67,11 @@ async def test_service_consumes_batch_requested_and_publishes_terminal(
         assert terminal.request_counts.completed == 20
 
         async def outbox_sent() -> bool:
-            pending = await service.store.db["outbox"].count_documents({"published_at": None})
+            pending = await service.runtime.db["outbox"].count_documents({"published_at": None})
             return pending == 0
 
         await wait_until(outbox_sent, 10)
-        assert await service.store.batches.count_documents({"_id": event.batch_id}) == 1
+        assert await service.runtime.db["batches"].count_documents({"_id": event.batch_id}) == 1
     finally:
         await nc.close()
         await service.runtime.stop()

@@ -6,16 +6,29 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from neobatch.common.batch_input import validate_lines
 from neobatch.common.contracts import BatchStatus as S
-from neobatch.common.contracts import EngineSpec, SshEndpoint
-from neobatch.runtime_agent.batches import (
+from neobatch.common.contracts import (
+    BatchStatusReported,
+    BatchTerminal,
+    EngineSpec,
+    RequestCounts,
+    SshEndpoint,
+    Usage,
+)
+from neobatch.runtime_agent.batch.batches import (
+    EXPIRED_UNFINISHED,
     Batch,
+    Failure,
+    ResultFiles,
     Step,
     batch_doc_from_event,
     batch_from_doc,
     can_request_cancel,
     can_transition,
-    is_terminal,
+    decide_end,
+    decide_move,
+    input_failure,
     path_to,
     plan_outcome,
     plan_start,
@@ -70,7 +83,7 @@ def test_transitions(old: S, new: S, allowed: bool) -> None:
 
 @pytest.mark.parametrize("status", list(S))
 def test_terminal_and_cancel(status: S) -> None:
-    assert is_terminal(status) is (status in TERMINAL)
+    assert status.is_terminal is (status in TERMINAL)
     assert can_request_cancel(status) is (status not in TERMINAL)
 
 
@@ -162,3 +175,92 @@ def test_document_round_trip() -> None:
     assert batch.id == "batch_x" and batch.target == event.target and batch.engine == event.engine
     assert batch.host_public_key == "ssh-ed25519 AAAA"
     assert batch.status is S.VALIDATING and batch.expires_at == event.expires_at
+
+
+COUNTS = RequestCounts(total=10, completed=7, failed=3)
+FILES = ResultFiles("file_1_output", "file_1_error", Usage(5, 7, 12))
+
+
+def test_decide_move_reports_the_status_with_its_counts() -> None:
+    move = decide_move(make_batch(S.VALIDATING), S.IN_PROGRESS, COUNTS)
+    assert move.status is S.IN_PROGRESS and move.fields == {"request_counts": COUNTS}
+    assert move.event == BatchStatusReported(
+        batch_id="batch_1",
+        job_id="job_1",
+        status=S.IN_PROGRESS,
+        request_counts=COUNTS,
+        event_id=move.event.event_id,
+        occurred_at=move.event.occurred_at,
+    )
+    with pytest.raises(ValueError, match="decide_end"):
+        decide_move(make_batch(S.IN_PROGRESS), S.FAILED, COUNTS)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "failure", "error_fields"),
+    [
+        (S.COMPLETED, None, {}),
+        (S.CANCELLED, None, {}),
+        (S.EXPIRED, EXPIRED_UNFINISHED, {"error_code": "batch_expired"}),
+        (S.FAILED, Failure("ssh_unreachable", "down"), {"error_code": "ssh_unreachable"}),
+        (
+            S.FAILED,
+            Failure("invalid_input_file", "bad", [{"object": "error", "line": 2}]),
+            {"error_code": "invalid_input_file", "errors": [{"object": "error", "line": 2}]},
+        ),
+    ],
+)
+def test_decide_end_records_files_counts_and_failure_with_its_event(
+    outcome: S, failure: Failure | None, error_fields: dict
+) -> None:
+    end = decide_end(
+        make_batch(S.IN_PROGRESS), outcome, COUNTS, files=FILES, failure=failure, dispatch_seconds=2
+    )
+    assert end.status is outcome
+    expected = {
+        "request_counts": COUNTS,
+        "output_file_id": "file_1_output",
+        "error_file_id": "file_1_error",
+        "usage": Usage(5, 7, 12),
+        "dispatch_seconds": 2,
+    }
+    if failure is not None:
+        expected["error_message"] = failure.message
+    assert end.fields == {**expected, **error_fields}
+    event = end.event
+    assert isinstance(event, BatchTerminal)
+    assert (event.batch_id, event.job_id, event.status) == ("batch_1", "job_1", outcome)
+    assert (event.output_file_id, event.error_file_id) == ("file_1_output", "file_1_error")
+    assert (event.request_counts, event.usage) == (COUNTS, Usage(5, 7, 12))
+    assert event.error_code == error_fields.get("error_code", "")
+    assert event.error_message == (failure.message if failure else "")
+
+
+def test_decide_end_without_files_and_only_for_terminal_statuses() -> None:
+    end = decide_end(make_batch(S.VALIDATING), S.CANCELLED, RequestCounts())
+    assert (end.fields["output_file_id"], end.fields["error_file_id"]) == (None, None)
+    assert end.fields["usage"] == Usage() and "error_code" not in end.fields
+    with pytest.raises(ValueError, match="does not end"):
+        decide_end(make_batch(S.IN_PROGRESS), S.FINALIZING, RequestCounts())
+
+
+@pytest.mark.parametrize(
+    ("lines", "code"),
+    [
+        (
+            [b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {}}'],
+            None,
+        ),
+        ([], "empty_file"),
+        ([b"not json"], "invalid_input_file"),
+    ],
+)
+def test_input_failure(lines: list[bytes], code: str | None) -> None:
+    _, report = validate_lines(lines, "/v1/chat/completions")
+    failure = input_failure(report)
+    if code is None:
+        assert failure is None
+        return
+    assert failure is not None and failure.code == code and failure.message == report.summary()
+    assert failure.errors and all(e["object"] == "error" for e in failure.errors)
+    assert failure.errors[0]["message"] == report.errors[0].message

@@ -7,20 +7,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 from neobatch.common.clock import SystemClock
-from neobatch.runtime_agent.checkpoints import (
+from neobatch.runtime_agent.dispatch.tally import RequestResult
+from neobatch.runtime_agent.results.pages import (
     RESULT_INDEXES,
-    CheckpointWriter,
     build_pages,
-    count_results,
-    count_stored,
-    finished_indexes,
     insert_results,
-    iter_results,
     store_results,
     unpack_lines,
     upgrade_legacy_results,
 )
-from neobatch.runtime_agent.dispatch import RequestResult
+from neobatch.runtime_agent.results.reading import (
+    count_results,
+    finished_indexes,
+    iter_results,
+)
+from neobatch.runtime_agent.results.writer import CheckpointWriter
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -66,7 +67,7 @@ async def test_a_replayed_page_with_the_same_id_is_stored_once(mongo_db) -> None
     await insert_results(collection, pages[1:2])
 
     assert await collection.count_documents({"batch_id": batch_id}) == 3
-    assert await count_stored(collection, batch_id) == 30
+    assert len(await finished_indexes(collection, batch_id)) == 30
     assert await count_results(collection, batch_id) == (30, 0)
     assert [r.line_index for r in await _all(collection, batch_id, ok=True)] == list(range(30))
 
@@ -78,7 +79,7 @@ async def test_the_same_line_in_two_pages_counts_once_and_the_first_page_wins(mo
     await store_results(collection, batch_id, [_failed(5, "late copy"), _ok(6), _ok(7)], NOW)
     await store_results(collection, batch_id, [_ok(i, b"early") for i in range(6)], NOW)
 
-    assert await count_stored(collection, batch_id) == 8
+    assert len(await finished_indexes(collection, batch_id)) == 8
     assert await finished_indexes(collection, batch_id) == set(range(8))
     assert await count_results(collection, batch_id) == (8, 0)
     ok = await _all(collection, batch_id, ok=True)
@@ -96,7 +97,7 @@ async def test_between_pages_with_the_same_first_line_the_lower_id_wins(mongo_db
     await insert_results(collection, a + b)
     first_is_a = a[0]["_id"] < b[0]["_id"]
 
-    assert await count_stored(collection, batch_id) == 2
+    assert len(await finished_indexes(collection, batch_id)) == 2
     assert await count_results(collection, batch_id) == ((2, 0) if first_is_a else (1, 1))
     ok = [r.line_index for r in await _all(collection, batch_id, ok=True)]
     failed = [r.line_index for r in await _all(collection, batch_id, ok=False)]
@@ -182,7 +183,7 @@ async def test_the_writer_stores_one_page_per_write(mongo_db) -> None:
     assert writer.written == 300 and writer.pages == writer.writes
     assert await collection.count_documents({"batch_id": batch_id}) == writer.pages
     assert writer.pages <= 3, writer.pages
-    assert await count_stored(collection, batch_id) == 300
+    assert len(await finished_indexes(collection, batch_id)) == 300
 
 
 class _CountingFinds:

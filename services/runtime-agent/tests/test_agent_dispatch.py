@@ -8,12 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from neobatch.common.batch_input import BatchRequest
-from neobatch.runtime_agent.dispatch import (
-    RequestResult,
-    RetryPolicy,
-    Tally,
-    dispatch_all,
-)
+from neobatch.runtime_agent.dispatch.policy import RetryPolicy
+from neobatch.runtime_agent.dispatch.pool import dispatch_all
+from neobatch.runtime_agent.dispatch.tally import RequestResult, Tally
 
 
 @pytest.mark.parametrize(
@@ -132,7 +129,7 @@ def test_a_raw_body_naming_the_served_model_is_sent_as_written() -> None:
     import msgspec
 
     from neobatch.common.batch_input import parse_request
-    from neobatch.runtime_agent.engine import encode_body
+    from neobatch.runtime_agent.engine.client import encode_body
 
     line = b'{"custom_id": "a", "method": "POST", "url": "/v1/x/", "body": {"model": "m", "n": 1}}'
     request = parse_request(line, 0)
@@ -161,6 +158,6 @@ def test_a_raw_body_naming_the_served_model_is_sent_as_written() -> None:
     ],
 )
 def test_replies_are_checked_to_be_json_without_building_them(raw: bytes, valid: bool) -> None:
-    from neobatch.runtime_agent.engine import is_json
+    from neobatch.runtime_agent.engine.client import is_json
 
     assert is_json(raw) is valid

@@ -6,8 +6,7 @@ from pathlib import Path
 
 from neobatch.common.batch_input import MAX_REQUESTS
 from neobatch.common.contracts import BatchStatus
-from neobatch.runtime_agent.checkpoints import count_stored
-from neobatch.runtime_agent.remote import workdir
+from neobatch.runtime_agent.machine.launch import workdir
 
 
 async def test_a_batch_of_50001_requests_fails_and_reaches_no_machine(make_harness, agent):
@@ -22,7 +21,7 @@ async def test_a_batch_of_50001_requests_fails_and_reaches_no_machine(make_harne
     ]
     assert f"line {MAX_REQUESTS + 2}" in batch.error_message
     assert not Path(workdir(event.batch_id)).exists()
-    assert await count_stored(harness.store.results, event.batch_id) == 0
+    assert await harness.store.finished_lines(event.batch_id) == set()
 
 
 def _line(i: int) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import logging
 import sys
 from datetime import timedelta
 
@@ -10,8 +11,9 @@ import asyncssh
 
 from neobatch.common.clock import utcnow
 from neobatch.common.contracts import BatchStatus, SshEndpoint
-from neobatch.runtime_agent.batches import batch_doc_from_event
-from neobatch.runtime_agent.remote import connect, engine_argv, load_client_key
+from neobatch.runtime_agent.batch.batches import batch_doc_from_event
+from neobatch.runtime_agent.machine.launch import plan_launch
+from neobatch.runtime_agent.machine.remote import connect, load_client_key
 from neobatch.sim.ssh_host import start_ssh_host
 from neobatch.sim.testing.waiting import wait_until
 
@@ -25,7 +27,8 @@ def placeholder_engine(agent, port: int):
     return type(spec)(**{**fields, "command": [sys.executable, "-c", _SLEEP, "--port", str(port)]})
 
 
-async def test_two_agents_send_each_request_once(make_harness, agent, engine_sim):
+async def test_two_agents_send_each_request_once(make_harness, agent, engine_sim, caplog):
+    caplog.set_level(logging.INFO, logger="neobatch.runtime_agent")
     first = await make_harness(dispatch={"concurrency": 8})
     second = await make_harness(dispatch={"concurrency": 8})
     lines = agent.chat_lines(300)
@@ -36,8 +39,14 @@ async def test_two_agents_send_each_request_once(make_harness, agent, engine_sim
 
     assert batch.status is BatchStatus.COMPLETED and batch.request_counts.completed == 300
     assert await agent.engine_request_count(engine_sim.url) == 300
-    ran = [h for h in (first, second) if event.batch_id in h.agent.runner.finished_runs]
-    assert len(ran) == 1
+    # One agent took the lease and ran the batch; the other never claimed it. A run logs its
+    # claim before it does anything, so the log is complete once the batch has ended.
+    claims = [
+        r
+        for r in caplog.records
+        if r.getMessage() == "batch claimed" and r.fields["batch_id"] == event.batch_id
+    ]
+    assert len(claims) == 1
 
 
 async def test_batch_of_a_dead_agent_is_taken_over(make_harness, agent, engine_sim, ssh_keypair):
@@ -54,7 +63,7 @@ async def test_batch_of_a_dead_agent_is_taken_over(make_harness, agent, engine_s
     key = load_client_key(str(ssh_keypair.private_key_path))
     host = await connect(event.target, key, event.target.host_public_key, connect_timeout_seconds=5)
     try:
-        await host.start_engine(event.batch_id, engine_argv(spec))
+        await host.launch(plan_launch("ssh", event.batch_id, spec))
     finally:
         await host.close()
     # The launch returns before `sh -c` has exec'd the engine; wait for it to show up.

@@ -1,4 +1,4 @@
-"""remote.py against the real loopback SSH host: launch, port-forward, health, stop, pinning."""
+"""machine.remote against the real loopback SSH host: launch, port-forward, health, stop, pinning."""
 
 from __future__ import annotations
 
@@ -11,15 +11,11 @@ import msgspec
 import pytest
 
 from neobatch.common.batch_input import BatchRequest
-from neobatch.runtime_agent.dispatch import RetryPolicy
-from neobatch.runtime_agent.engine import EngineClient
-from neobatch.runtime_agent.remote import (
-    HostKeyMismatch,
-    connect,
-    engine_argv,
-    load_client_key,
-    workdir,
-)
+from neobatch.runtime_agent.dispatch.policy import RetryPolicy
+from neobatch.runtime_agent.engine.client import EngineClient
+from neobatch.runtime_agent.machine.errors import HostKeyMismatch
+from neobatch.runtime_agent.machine.launch import EngineLaunch, plan_launch, workdir
+from neobatch.runtime_agent.machine.remote import connect, load_client_key
 from neobatch.sim.engine import expected_body
 from neobatch.sim.procs import is_running
 from neobatch.sim.testing.waiting import wait_until
@@ -41,12 +37,13 @@ async def test_engine_launch_forward_health_and_stop(ssh_host, client_key, agent
         connect_timeout_seconds=10,
         tunnel="asyncssh",
     )
+    launch = plan_launch("ssh", batch_id, spec)
     client = None
     try:
-        pid = await host.start_engine(batch_id, engine_argv(spec))
-        assert is_running(pid)
+        pid, reused = await host.launch(launch)
+        assert is_running(pid) and not reused
         # Relaunching finds the running engine through its pid file instead of a second one.
-        assert await host.start_engine(batch_id, engine_argv(spec)) == pid
+        assert await host.launch(launch) == (pid, True)
         base_url = await host.forward(spec.port)
         assert base_url.startswith("http://127.0.0.1:")
         assert base_url != f"http://127.0.0.1:{spec.port}"
@@ -68,11 +65,11 @@ async def test_engine_launch_forward_health_and_stop(ssh_host, client_key, agent
         assert msgspec.json.decode(result.body) == expected_body(request.url, body)
         assert result.request_id == f"{batch_id}-0"
 
-        await host.stop_engine(batch_id, grace_seconds=5)
+        await host.stop(launch, grace_seconds=5)
         assert not is_running(pid)
-        assert not await host.engine_running(batch_id)
+        assert not await host.is_running(launch)
         assert not Path(workdir(batch_id), "pid").exists()
-        await host.stop_engine(batch_id, grace_seconds=5)  # Stopping twice is harmless.
+        await host.stop(launch, grace_seconds=5)  # Stopping twice is harmless.
     finally:
         if client is not None:
             await client.close()
@@ -85,18 +82,18 @@ async def test_arguments_are_shell_quoted(ssh_host, client_key, agent, tmp_path)
     out = tmp_path / "argv.json"
     script = "import json, sys; open(sys.argv[1], 'w').write(json.dumps(sys.argv[2:]))"
     argv = [sys.executable, "-c", script, str(out), *nasty]
-    batch_id = agent.new_batch_id()
+    launch = EngineLaunch(agent.new_batch_id(), argv, port=0)
     host = await connect(
         agent.target_for(ssh_host), client_key, ssh_host.host_public_key, connect_timeout_seconds=10
     )
     try:
-        await host.start_engine(batch_id, argv)
+        await host.launch(launch)
         await wait_until(out.exists, 10, message="the command to write its arguments")
         await wait_until(lambda: out.read_text().endswith("]"), 5)
         assert msgspec.json.decode(out.read_bytes()) == nasty
         assert not pwned.exists()
     finally:
-        await host.stop_engine(batch_id, grace_seconds=2)
+        await host.stop(launch, grace_seconds=2)
         await host.close()
 
 

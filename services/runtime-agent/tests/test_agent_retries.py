@@ -20,15 +20,13 @@ import pytest
 from neobatch.common.batch_input import BatchRequest
 from neobatch.common.clock import SystemClock
 from neobatch.common.contracts import BatchStatus
-from neobatch.runtime_agent.checkpoints import CheckpointWriter, finished_indexes, iter_results
-from neobatch.runtime_agent.dispatch import (
-    AimdController,
-    RequestResult,
-    RetryPolicy,
-    parse_retry_after,
-)
-from neobatch.runtime_agent.engine import EngineClient
-from neobatch.runtime_agent.output_files import render_line
+from neobatch.runtime_agent.dispatch.concurrency import AimdController
+from neobatch.runtime_agent.dispatch.policy import RetryPolicy, parse_retry_after
+from neobatch.runtime_agent.dispatch.tally import RequestResult
+from neobatch.runtime_agent.engine.client import EngineClient
+from neobatch.runtime_agent.results.output_files import render_line
+from neobatch.runtime_agent.results.reading import finished_indexes, iter_results
+from neobatch.runtime_agent.results.writer import CheckpointWriter
 from neobatch.sim.engine import running_engine
 from neobatch.sim.engine.app import attempt_draw
 from neobatch.sim.testing.servers import free_port
@@ -87,6 +85,16 @@ def _client(url: str, *, timeout: float = 5.0, retries: int = 3, **kw: object) -
     )
 
 
+async def _timed_send(client: EngineClient, index: int) -> tuple[RequestResult, float]:
+    """Send request `index` once (retries included), then close: (result, seconds it took)."""
+    try:
+        started = time.monotonic()
+        result = await client.send(_request(index))
+        return result, time.monotonic() - started
+    finally:
+        await client.close()
+
+
 async def test_a_429_is_retried_after_the_servers_retry_after(tmp_path: Path) -> None:
     log = tmp_path / "requests.jsonl"
     rate = 0.5
@@ -95,13 +103,7 @@ async def test_a_429_is_retried_after_the_servers_retry_after(tmp_path: Path) ->
     async with running_engine(
         failure_mode="attempt", status_429_rate=rate, retry_after_seconds=0.4, request_log=str(log)
     ) as engine:
-        client = _client(engine.url, controller=controller)
-        try:
-            started = time.monotonic()
-            result = await client.send(_request(index))
-            elapsed = time.monotonic() - started
-        finally:
-            await client.close()
+        result, elapsed = await _timed_send(_client(engine.url, controller=controller), index)
     assert result.ok and result.attempts == 2
     # The server's 0.4 s, not the policy's at most 0.05 s backoff.
     assert 0.4 <= elapsed < 2.0
@@ -120,12 +122,7 @@ async def test_a_request_hanging_past_the_timeout_is_retried() -> None:
     controller = AimdController(initial=8, maximum=8)
     async with running_engine(failure_mode="attempt", hang_rate=rate, hang_seconds=1) as engine:
         client = _client(engine.url, timeout=0.3, controller=controller)
-        try:
-            started = time.monotonic()
-            result = await client.send(_request(index))
-            elapsed = time.monotonic() - started
-        finally:
-            await client.close()
+        result, elapsed = await _timed_send(client, index)
     assert result.ok and result.attempts == 2 and result.status_code == 200
     assert 0.3 <= elapsed < 1.0
     # A timeout is a capacity signal.
@@ -219,20 +216,14 @@ def test_the_simulators_dice_are_per_request_and_attempt(seed: int) -> None:
     assert attempt_draw(seed, "x", 1) == attempt_draw(seed, "x", 1)
 
 
-async def test_record_returns_once_the_result_is_stored_and_writes_are_grouped(mongo_db) -> None:
+async def test_results_finishing_together_share_writes(mongo_db) -> None:
     collection = mongo_db["batch_results"]
     batch_id = f"batch_writer_{time.time_ns()}"
     async with CheckpointWriter(collection, batch_id, SystemClock()) as writer:
-
-        async def one(index: int) -> None:
-            result = RequestResult(line_index=index, custom_id=f"c{index}", status_code=200)
-            await writer.record(result)
-            # Stored by the time record returns: what a crash now would find.
-            assert index in await finished_indexes(collection, batch_id)
-
-        await asyncio.gather(*(one(i) for i in range(300)))
-        # Results finishing together share writes (group commit), far fewer than one each.
-        assert writer.written == 300 and writer.writes <= 30, writer.writes
+        await asyncio.gather(*(writer.add(_result(i)) for i in range(300)))
+    # Group commit: far fewer writes than results, and every result stored by close().
+    assert writer.written == 300 and writer.writes <= 30, writer.writes
+    assert await finished_indexes(collection, batch_id) == set(range(300))
 
 
 async def test_add_pauses_while_more_than_max_pending_wait_to_be_stored(mongo_db) -> None:
@@ -309,20 +300,31 @@ class _Gated:
         await self.real.insert_many(docs, ordered=ordered)
 
 
-async def test_record_raises_when_the_write_fails(mongo_db) -> None:
+async def test_a_failed_write_is_raised_by_the_next_add_and_by_close(mongo_db) -> None:
     collection = mongo_db["batch_results"]
     batch_id = f"batch_writer_{time.time_ns()}"
     writer = CheckpointWriter(collection, batch_id, SystemClock())
+    bad = RequestResult(line_index=0, custom_id="c0", status_code=200)
+    original = writer._collection
+    writer._collection = _Refusing(original)  # type: ignore[assignment]
     async with writer:
-        bad = RequestResult(line_index=0, custom_id="c0", status_code=200)
-        original = writer._collection
-        writer._collection = _Refusing(original)  # type: ignore[assignment]
-        with pytest.raises(RuntimeError, match="refused"):
-            await writer.record(bad)
-        writer._collection = original
+        await writer.add(bad)  # buffered: the write fails in the background
+
+        async def next_add_raises() -> bool:
+            try:
+                await writer.add(bad)
+            except RuntimeError as exc:
+                assert "refused" in str(exc)
+                return True
+            return False
+
+        await wait_until(next_add_raises, 5, message="an add to raise the failed write")
+        writer._collection = original  # a healed database does not hide the lost results
         with pytest.raises(RuntimeError, match="refused"):
             await writer.add(bad)
-        await writer.abort()
+        with pytest.raises(RuntimeError, match="refused"):
+            await writer.close()
+    assert await finished_indexes(collection, batch_id) == set()
 
 
 class _Refusing:

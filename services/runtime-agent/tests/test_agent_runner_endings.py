@@ -16,9 +16,8 @@ from neobatch.common.contracts import (
     BatchStatus,
     SshEndpoint,
 )
-from neobatch.runtime_agent.batches import batch_doc_from_event
-from neobatch.runtime_agent.checkpoints import count_stored
-from neobatch.runtime_agent.remote import workdir
+from neobatch.runtime_agent.batch.batches import batch_doc_from_event
+from neobatch.runtime_agent.machine.launch import workdir
 from neobatch.sim.testing.servers import free_port
 
 _SLEEP = "import time; time.sleep(3600)"
@@ -47,7 +46,7 @@ async def test_invalid_input_fails_with_line_numbers_and_dispatches_nothing(make
     ]
     assert "3 invalid lines" in batch.error_message
     assert not Path(workdir(event.batch_id)).exists()  # Never reached the machine.
-    assert await count_stored(harness.store.results, event.batch_id) == 0
+    assert await harness.store.finished_lines(event.batch_id) == set()
     [_accepted, (subject, terminal)] = await harness.events(event.batch_id)
     assert subject == "batch.terminal" and terminal.error_code == "invalid_input_file"
 
@@ -169,7 +168,7 @@ async def test_duplicate_request_is_accepted_once(make_harness, agent):
     )
     await harness.agent.handlers.on_batch_requested(event)
     await harness.agent.handlers.on_batch_requested(event)
-    assert await harness.store.batches.count_documents({"_id": event.batch_id}) == 1
+    assert await harness.db["batches"].count_documents({"_id": event.batch_id}) == 1
     batch = await harness.wait_terminal(event.batch_id)
     assert batch.status is BatchStatus.FAILED and batch.error_code == "invalid_input_file"
 

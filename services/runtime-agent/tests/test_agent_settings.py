@@ -10,7 +10,7 @@ import asyncssh
 import pytest
 
 from neobatch.common.errors import ConfigError
-from neobatch.runtime_agent.remote import load_client_key
+from neobatch.runtime_agent.machine.remote import load_client_key
 from neobatch.runtime_agent.settings import read_settings
 
 

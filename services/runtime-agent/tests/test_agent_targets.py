@@ -7,10 +7,9 @@ import shlex
 import pytest
 
 from neobatch.common.contracts import EngineSpec
-from neobatch.runtime_agent.remote import (
+from neobatch.runtime_agent.machine.errors import EngineLaunchFailed, EngineStartFailed
+from neobatch.runtime_agent.machine.launch import (
     DEFAULT_IMAGE,
-    EngineLaunchFailed,
-    EngineStartFailed,
     container_name,
     docker_check_script,
     docker_launch_script,

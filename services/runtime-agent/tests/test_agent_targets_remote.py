@@ -29,14 +29,9 @@ from neobatch.common.contracts import (
     EngineSpec,
     SshEndpoint,
 )
-from neobatch.runtime_agent.checkpoints import count_stored
-from neobatch.runtime_agent.remote import (
-    EngineLaunchFailed,
-    RemoteHost,
-    connect,
-    load_client_key,
-    plan_launch,
-)
+from neobatch.runtime_agent.machine.errors import EngineLaunchFailed
+from neobatch.runtime_agent.machine.launch import plan_launch
+from neobatch.runtime_agent.machine.remote import RemoteHost, connect, load_client_key
 from neobatch.sim import machine_tools
 from neobatch.sim.procs import live_pids
 from neobatch.sim.ssh_host import SSHHost, start_ssh_host
@@ -322,7 +317,7 @@ async def test_dropped_connection_is_reestablished_in_place_without_relaunch(
     assert len(tunnels) == (1 if ssh_tunnel == "openssh" else 0)
     # A blip: sshd keeps listening; the control connection (and ssh's, if any) drop.
     assert sim_loop.run(machine.ssh.drop_connections()) >= len(tunnels) + 1
-    done_at_drop = await count_stored(harness.store.results, event.batch_id)
+    done_at_drop = len(await harness.store.finished_lines(event.batch_id))
     batch = await harness.wait_terminal(event.batch_id, within_seconds=60)
 
     assert batch.status is BatchStatus.COMPLETED, (batch.error_code, batch.error_message)
@@ -338,7 +333,8 @@ async def test_dropped_connection_is_reestablished_in_place_without_relaunch(
     assert "machine unreachable; will resume" not in messages  # not the re-claim path
     assert batch.crash_count == 0
     assert agent.engine_pids(spec.port) == []  # stopped at the end
-    assert ssh_tunnel_pids(spec.port) == []  # every tunnel closed and reaped
+    # Every tunnel closed and reaped: the run closes its session just after the terminal write.
+    await wait_until(lambda: ssh_tunnel_pids(spec.port) == [], 10, message="tunnels to close")
 
 
 @pytest.mark.parametrize("ssh_tunnel", [pytest.param("openssh", marks=NEEDS_SSH)])
@@ -360,7 +356,8 @@ async def test_a_dead_tunnel_process_is_replaced_in_place(
     assert messages.count("ssh tunnel ready") == 2  # the first one and its replacement
     assert len(machine.serves()) == 1  # the engine was reused, not relaunched
     assert batch.crash_count == 0
-    assert ssh_tunnel_pids(spec.port) == []
+    # The run closes its session (and tunnel) just after the terminal write.
+    await wait_until(lambda: ssh_tunnel_pids(spec.port) == [], 10, message="tunnels to close")
     assert not Path(f"/proc/{killed}").exists()  # reaped, no zombie
 
 

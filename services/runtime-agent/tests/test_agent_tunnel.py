@@ -24,15 +24,10 @@ from aiohttp import web
 
 from neobatch.common.contracts import SshEndpoint
 from neobatch.common.errors import ConfigError
-from neobatch.runtime_agent import tunnel
-from neobatch.runtime_agent.engine_http import EngineHTTP
-from neobatch.runtime_agent.remote import (
-    HostKeyMismatch,
-    HostUnreachable,
-    RemoteHost,
-    connect,
-    load_client_key,
-)
+from neobatch.runtime_agent.engine.http import EngineHTTP
+from neobatch.runtime_agent.machine import tunnel
+from neobatch.runtime_agent.machine.errors import HostKeyMismatch, HostUnreachable
+from neobatch.runtime_agent.machine.remote import RemoteHost, connect, load_client_key
 from neobatch.runtime_agent.settings import read_settings
 from neobatch.sim.procs import is_running
 from neobatch.sim.ssh_host import public_key_line, start_ssh_host, write_private_key
@@ -450,9 +445,9 @@ async def test_close_kills_an_ssh_that_does_not_end_on_sigterm(
 _TUNNEL_OWNER = """
 import asyncio, sys
 from neobatch.common.contracts import SshEndpoint
-from neobatch.runtime_agent import tunnel
-from neobatch.runtime_agent.engine_http import EngineHTTP
-from neobatch.runtime_agent.remote import load_client_key
+from neobatch.runtime_agent.machine import tunnel
+from neobatch.runtime_agent.engine.http import EngineHTTP
+from neobatch.runtime_agent.machine.remote import load_client_key
 
 async def main(host, port, user, host_key, key_file, remote_port):
     opened = await tunnel.open_tunnel(

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from neobatch.common.contracts import Usage
-from neobatch.runtime_agent.output_files import UsageSum
+from neobatch.runtime_agent.results.output_files import UsageSum
 
 
 def reply(prompt: int, completion: int, total: int | None = None) -> bytes:

@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from neobatch.runtime_agent.engine_http import EngineConnectionError, EngineHTTP, Origin
+from neobatch.runtime_agent.engine.http import EngineConnectionError, EngineHTTP, Origin
 
 # A handler gets the request head and body and writes whatever bytes it likes.
 Handler = Callable[[bytes, bytes, asyncio.StreamWriter], Awaitable[bool]]

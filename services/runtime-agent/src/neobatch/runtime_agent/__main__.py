@@ -8,7 +8,7 @@ import sys
 from neobatch.common.errors import ConfigError
 from neobatch.common.logs import configure_logging
 from neobatch.runtime_agent.app import SERVICE, run_agent
-from neobatch.runtime_agent.remote import load_client_key
+from neobatch.runtime_agent.machine.remote import load_client_key
 from neobatch.runtime_agent.settings import read_settings
 
 

@@ -8,11 +8,11 @@ from neobatch.common.broker import subscribe
 from neobatch.common.clock import Clock
 from neobatch.common.contracts import BatchCancelRequested, BatchRequested
 from neobatch.common.runtime import ServiceRuntime
+from neobatch.runtime_agent.batch.runner import Runner
+from neobatch.runtime_agent.batch.store import BatchStore
 from neobatch.runtime_agent.handlers import BatchHandlers
-from neobatch.runtime_agent.remote import load_client_key
-from neobatch.runtime_agent.runner import Runner
+from neobatch.runtime_agent.machine.remote import load_client_key
 from neobatch.runtime_agent.settings import AgentSettings
-from neobatch.runtime_agent.store import BatchStore
 
 SERVICE = "runtime-agent"
 
@@ -34,8 +34,8 @@ def build_agent(
     runtime = ServiceRuntime(SERVICE, settings.common, clock)
     store = BatchStore.from_runtime(runtime)
     key = load_client_key(settings.ssh_key_file)
-    runner = Runner(store, settings, key, owner=owner)
-    handlers = BatchHandlers(store, runner.wake)
+    runner = Runner(store, runtime.clock, settings, key, owner=owner)
+    handlers = BatchHandlers(store, runtime.clock, runner.wake)
     subscribe(runtime.broker, runtime.ns, SERVICE, BatchRequested, handlers.on_batch_requested)
     subscribe(
         runtime.broker,

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from faststream.exceptions import NackMessage
 
+from neobatch.common.clock import Clock
 from neobatch.common.contracts import (
     BatchCancelRequested,
     BatchRequested,
@@ -19,8 +20,8 @@ from neobatch.common.contracts import (
     BatchStatusReported,
 )
 from neobatch.common.logs import log_fields
-from neobatch.runtime_agent.batches import batch_doc_from_event, can_request_cancel
-from neobatch.runtime_agent.store import BatchStore
+from neobatch.runtime_agent.batch.batches import batch_doc_from_event, can_request_cancel
+from neobatch.runtime_agent.batch.store import BatchStore
 
 log = logging.getLogger("neobatch.runtime_agent.handlers")
 
@@ -29,12 +30,13 @@ CANCEL_BEFORE_BATCH_RETRY_SECONDS = 2.0
 
 
 class BatchHandlers:
-    def __init__(self, store: BatchStore, wake: Callable[[str | None], None]) -> None:
+    def __init__(self, store: BatchStore, clock: Clock, wake: Callable[[str | None], None]) -> None:
         self._store = store
+        self._clock = clock
         self._wake = wake
 
     async def on_batch_requested(self, event: BatchRequested) -> None:
-        doc = batch_doc_from_event(event, self._store.clock.now())
+        doc = batch_doc_from_event(event, self._clock.now())
         # Reported at once so the job shows the batch as created (AIBrix's batch_created).
         accepted = BatchStatusReported(
             batch_id=event.batch_id, job_id=event.job_id, status=BatchStatus.VALIDATING
@@ -54,7 +56,7 @@ class BatchHandlers:
 
     async def on_batch_cancel_requested(self, event: BatchCancelRequested) -> None:
         fields = log_fields(batch_id=event.batch_id, job_id=event.job_id)
-        if await self._store.request_cancel(event.batch_id, self._store.clock.now()):
+        if await self._store.request_cancel(event.batch_id, self._clock.now()):
             log.info("batch cancel requested", extra=fields)
             self._wake(event.batch_id)
             return

@@ -15,8 +15,8 @@ from typing import Annotated
 
 from neobatch.common.errors import ConfigError
 from neobatch.common.settings import CommonSettings, Env, EnvFields, Settings, read_env
-from neobatch.runtime_agent.dispatch import DispatchDefaults
-from neobatch.runtime_agent.tunnel import MODES, ssh_binary
+from neobatch.runtime_agent.dispatch.policy import DispatchDefaults
+from neobatch.runtime_agent.machine.tunnel import MODES, ssh_binary
 
 SSH_KEY_FILE_ENV = "NEOBATCH_SSH_KEY_FILE"
 SSH_TUNNEL_ENV = "NEOBATCH_SSH_TUNNEL"

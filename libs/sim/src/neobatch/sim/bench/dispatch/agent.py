@@ -36,7 +36,6 @@ async def run_agent_job(job: AgentJob) -> dict[str, Any]:
     import uuid
 
     from neobatch.runtime_agent.app import build_agent
-    from neobatch.runtime_agent.checkpoints import count_stored
 
     agent = build_agent(_agent_settings(job))
     await agent.store.ensure_indexes()
@@ -51,9 +50,7 @@ async def run_agent_job(job: AgentJob) -> dict[str, Any]:
         )
         total = time.perf_counter() - started
         cpu = time.process_time() - cpu_started
-        run = agent.runner.finished_runs.get(batch_id)
-        dispatch_seconds = run.dispatch_seconds if run is not None else 0.0
-        stored = await count_stored(agent.store.results, batch_id)
+        stored = len(await agent.store.finished_lines(batch_id))
         return {
             "batch_id": batch_id,
             "status": batch.status.value,
@@ -62,7 +59,7 @@ async def run_agent_job(job: AgentJob) -> dict[str, Any]:
             "failed": batch.request_counts.failed,
             "stored_results": stored,
             "output_file_id": batch.output_file_id,
-            "dispatch_seconds": dispatch_seconds,
+            "dispatch_seconds": batch.dispatch_seconds,
             "total_seconds": total,
             "cpu_seconds": cpu,
             "dispatch_cpu_seconds": dispatch_cpu,
@@ -78,7 +75,7 @@ def _agent_settings(job: AgentJob) -> Any:
     import uuid
 
     from neobatch.common.settings import CommonSettings
-    from neobatch.runtime_agent.dispatch import DispatchDefaults
+    from neobatch.runtime_agent.dispatch.policy import DispatchDefaults
     from neobatch.runtime_agent.settings import AgentSettings
 
     common = CommonSettings(
@@ -127,7 +124,6 @@ async def _watch_batch(
 ) -> tuple[Any, dict[str, float], float]:
     """Poll the batch until it is terminal: (the batch, the largest RSS sampled in each status,
     the process CPU between first seeing it in_progress and first seeing it past that)."""
-    from neobatch.runtime_agent.batches import is_terminal
 
     deadline = time.monotonic() + timeout_seconds
     rss_by_status: dict[str, float] = {}
@@ -141,7 +137,7 @@ async def _watch_batch(
                 cpu_dispatch[0] = cpu_dispatch[0] or time.process_time()
             elif cpu_dispatch[0] and not cpu_dispatch[1]:
                 cpu_dispatch[1] = time.process_time()
-        if batch is not None and is_terminal(batch.status):
+        if batch is not None and batch.status.is_terminal:
             return batch, rss_by_status, cpu_dispatch[1] - cpu_dispatch[0]
         if time.monotonic() > deadline:
             raise TimeoutError(f"batch not finished after {timeout_seconds}s")
@@ -202,7 +198,7 @@ def run_child(job: AgentJob, log_path: Path, profile: Path | None = None) -> dic
         if line.startswith("BENCH-RESULT "):
             figures: dict[str, Any] = json.loads(line.removeprefix("BENCH-RESULT "))
             # The engine's directory on the "machine" (this one): its pid file and log.
-            from neobatch.runtime_agent.remote import workdir
+            from neobatch.runtime_agent.machine.launch import workdir
 
             shutil.rmtree(workdir(figures["batch_id"]), ignore_errors=True)
             return figures

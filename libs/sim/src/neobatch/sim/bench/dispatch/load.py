@@ -123,7 +123,7 @@ async def direct_rate(base_url: str, requests: int, concurrency: int, pad: int =
 
 async def engine_client_rate(base_url: str, requests: int, concurrency: int) -> Rate:
     """For scale: the same requests straight to nginx with the agent's HTTP client alone."""
-    from neobatch.runtime_agent.engine_http import EngineHTTP
+    from neobatch.runtime_agent.engine.http import EngineHTTP
 
     bodies = request_bodies(requests)
     http = EngineHTTP(base_url, max_connections=concurrency)
@@ -150,7 +150,7 @@ async def tunnel_rate(rig: BenchRig, engine_port: int, requests: int, concurrenc
     import getpass
 
     from neobatch.common.contracts import SshEndpoint
-    from neobatch.runtime_agent import remote
+    from neobatch.runtime_agent.machine import remote
 
     target = SshEndpoint(host="127.0.0.1", port=rig.ssh_port, username=getpass.getuser())
     key = remote.load_client_key(str(rig.key_file))

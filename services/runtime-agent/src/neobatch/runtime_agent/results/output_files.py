@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 from pymongo.asynchronous.collection import AsyncCollection
@@ -18,8 +18,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from neobatch.common import filestore
 from neobatch.common.contracts import Usage
-from neobatch.runtime_agent.checkpoints import iter_results
-from neobatch.runtime_agent.dispatch import RequestResult
+from neobatch.runtime_agent.batch.batches import ResultFiles
+from neobatch.runtime_agent.dispatch.tally import RequestResult
+from neobatch.runtime_agent.results.reading import iter_results
 
 CHUNK_BYTES = 256 * 1024
 OUTPUT_PURPOSE = "batch_output"
@@ -86,12 +87,6 @@ class UsageSum:
             output_tokens=self.output_tokens,
             total_tokens=self.total_tokens,
         )
-
-
-class ResultFiles(NamedTuple):
-    output_file_id: str | None
-    error_file_id: str | None
-    usage: Usage
 
 
 def file_ids(batch_id: str) -> tuple[str, str]:

@@ -1,14 +1,16 @@
-"""The `batches` collection: accept, lease, transition. The only module writing batch documents.
+"""BatchStore: the runtime-agent's only MongoDB access. Accept, lease, transition, and what a
+run reads and writes besides (its input file, its checkpoints, its result files).
 
 Every status change is a compare-and-set on (status, lease owner) with its outbox events
 appended in the same transaction (DESIGN rule 1); an agent that lost its lease matches nothing
-and so can never move a batch another agent now owns. `batch_results` is written by
-`checkpoints`, which owns that collection.
+and so can never move a batch another agent now owns. The page format of `batch_results` is
+`results.pages`; this store hands a run those modules bound to its collections, never the
+collections themselves.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,7 +21,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from neobatch.common import leases
+from neobatch.common import filestore, leases
 from neobatch.common.clock import Clock
 from neobatch.common.contracts import TERMINAL_BATCH_STATUSES, BatchStatus, Event
 from neobatch.common.mongo import ensure_indexes, transact
@@ -27,13 +29,21 @@ from neobatch.common.outbox import append_events
 from neobatch.common.runtime import ServiceRuntime
 from neobatch.common.subjects import Namespace
 from neobatch.common.transitions import compare_and_set_with_events
-from neobatch.runtime_agent.batches import (
+from neobatch.runtime_agent.batch.batches import (
     TIMESTAMP_FIELD,
     Batch,
+    ResultFiles,
+    Transition,
     batch_from_doc,
     can_transition,
 )
-from neobatch.runtime_agent.checkpoints import RESULT_INDEXES, RESULTS, upgrade_legacy_results
+from neobatch.runtime_agent.results import output_files, reading
+from neobatch.runtime_agent.results.pages import (
+    RESULT_INDEXES,
+    RESULTS,
+    upgrade_legacy_results,
+)
+from neobatch.runtime_agent.results.writer import CheckpointWriter
 
 BATCHES = "batches"
 BATCH_INDEXES = [
@@ -54,22 +64,22 @@ class BatchStore:
         clock: Clock,
         notify_outbox: Callable[[], None],
     ) -> None:
-        self.db = db
+        self._db = db
         self._mongo = mongo
         self._ns = ns
-        self.clock = clock
+        self._clock = clock
         self._notify = notify_outbox
-        self.batches: AsyncCollection[Document] = db[BATCHES]
-        self.results: AsyncCollection[Document] = db[RESULTS]
+        self._batches: AsyncCollection[Document] = db[BATCHES]
+        self._results: AsyncCollection[Document] = db[RESULTS]
 
     @classmethod
     def from_runtime(cls, runtime: ServiceRuntime) -> BatchStore:
         return cls(runtime.db, runtime.mongo, runtime.ns, runtime.clock, runtime.notify_outbox)
 
     async def ensure_indexes(self) -> None:
-        await ensure_indexes(self.batches, BATCH_INDEXES)
-        await ensure_indexes(self.results, RESULT_INDEXES)
-        await upgrade_legacy_results(self.results, self.clock.now())
+        await ensure_indexes(self._batches, BATCH_INDEXES)
+        await ensure_indexes(self._results, RESULT_INDEXES)
+        await upgrade_legacy_results(self._results, self._clock.now())
 
     # --- accepting -----------------------------------------------------------------------
 
@@ -77,8 +87,8 @@ class BatchStore:
         """Insert a new batch with its `accepted` event; False when it already exists."""
 
         async def work(session: AsyncClientSession) -> None:
-            await self.batches.insert_one(doc, session=session)
-            await append_events(self.db, self._ns, [accepted], session, self.clock.now())
+            await self._batches.insert_one(doc, session=session)
+            await append_events(self._db, self._ns, [accepted], session, self._clock.now())
 
         try:
             await transact(self._mongo, work)
@@ -89,14 +99,14 @@ class BatchStore:
 
     async def request_cancel(self, batch_id: str, now: datetime) -> bool:
         """Record a cancel request on a live batch; False if unknown, terminal or already asked."""
-        result = await self.batches.update_one(
+        result = await self._batches.update_one(
             {"_id": batch_id, "status": {"$nin": _TERMINAL}, "cancel_requested_at": None},
             {"$set": {"cancel_requested_at": now}, "$inc": {"version": 1}},
         )
         return result.matched_count == 1
 
     async def find_batch(self, batch_id: str) -> Batch | None:
-        doc = await self.batches.find_one({"_id": batch_id})
+        doc = await self._batches.find_one({"_id": batch_id})
         return batch_from_doc(doc) if doc else None
 
     # --- leases --------------------------------------------------------------------------
@@ -104,20 +114,20 @@ class BatchStore:
     async def claim_batch(self, owner: str, ttl_seconds: float) -> Batch | None:
         """Take one live batch nobody holds (new, or left by a dead agent), oldest first."""
         doc = await leases.claim_one(
-            self.batches,
+            self._batches,
             {"status": {"$nin": _TERMINAL}},
             owner,
-            self.clock.now(),
+            self._clock.now(),
             ttl_seconds,
             sort=[("created_at", ASCENDING)],
         )
         return batch_from_doc(doc) if doc else None
 
     async def renew_lease(self, batch_id: str, owner: str, ttl_seconds: float) -> bool:
-        return await leases.renew(self.batches, batch_id, owner, self.clock.now(), ttl_seconds)
+        return await leases.renew(self._batches, batch_id, owner, self._clock.now(), ttl_seconds)
 
     async def release_lease(self, batch_id: str, owner: str) -> None:
-        await leases.release(self.batches, batch_id, owner)
+        await leases.release(self._batches, batch_id, owner)
 
     async def record_crash(self, batch_id: str, owner: str, retry_in_seconds: float) -> None:
         """Count a run that died of an unexpected error and hold the batch back a while.
@@ -125,16 +135,16 @@ class BatchStore:
         The lease is set free but dated in the future, so no agent (this one included)
         retries at once in a tight loop.
         """
-        until = self.clock.now() + timedelta(seconds=retry_in_seconds)
-        await self.batches.update_one(
+        until = self._clock.now() + timedelta(seconds=retry_in_seconds)
+        await self._batches.update_one(
             {"_id": batch_id, "lease_owner": owner},
             {"$inc": {"crash_count": 1}, "$set": {"lease_owner": None, "lease_until": until}},
         )
 
     async def hold_back(self, batch_id: str, owner: str, seconds: float) -> None:
         """Let the lease go, dated `seconds` ahead, without counting a crash."""
-        until = self.clock.now() + timedelta(seconds=seconds)
-        await self.batches.update_one(
+        until = self._clock.now() + timedelta(seconds=seconds)
+        await self._batches.update_one(
             {"_id": batch_id, "lease_owner": owner},
             {"$set": {"lease_owner": None, "lease_until": until}},
         )
@@ -146,7 +156,7 @@ class BatchStore:
         once when its own agent claims the batch again, else at its next renewal) and stops;
         whichever agent claims the batch next resumes it on the new machine from checkpoints.
         """
-        result = await self.batches.update_one(
+        result = await self._batches.update_one(
             {
                 "_id": event_doc["_id"],
                 "status": {"$nin": _TERMINAL},
@@ -169,20 +179,63 @@ class BatchStore:
         return result.modified_count == 1
 
     async def cancel_requested(self, batch_id: str) -> bool:
-        doc = await self.batches.find_one({"_id": batch_id}, {"cancel_requested_at": 1})
+        doc = await self._batches.find_one({"_id": batch_id}, {"cancel_requested_at": 1})
         return bool(doc and doc.get("cancel_requested_at"))
 
     async def pin_host_key(self, batch_id: str, owner: str, key_line: str) -> str | None:
         """Pin `key_line` unless a key is pinned already; returns the key pinned now."""
-        doc = await self.batches.find_one_and_update(
+        doc = await self._batches.find_one_and_update(
             {"_id": batch_id, "lease_owner": owner, "host_public_key": None},
             {"$set": {"host_public_key": key_line}},
             projection={"host_public_key": 1},
             return_document=ReturnDocument.AFTER,
         )
         if doc is None:
-            doc = await self.batches.find_one({"_id": batch_id}, {"host_public_key": 1})
+            doc = await self._batches.find_one({"_id": batch_id}, {"host_public_key": 1})
         return doc.get("host_public_key") if doc else None
+
+    # --- what a run reads and writes besides its document ---------------------------------
+
+    def input_lines(self, file_id: str) -> AsyncIterator[bytes]:
+        """The lines of an input file, in order (NotFound when it does not exist)."""
+        return filestore.iter_lines(self._db, file_id)
+
+    async def finished_lines(self, batch_id: str) -> set[int]:
+        """Line indexes with a stored result: a resumed run skips them."""
+        return await reading.finished_indexes(self._results, batch_id)
+
+    async def count_results(self, batch_id: str) -> tuple[int, int]:
+        """(completed, failed) among the stored results, each line counted once."""
+        return await reading.count_results(self._results, batch_id)
+
+    def checkpoint_writer(
+        self,
+        batch_id: str,
+        *,
+        max_pending: int = 10_000,
+        flush_interval_seconds: float = 0.005,
+        on_stored: Callable[[int, int], None] | None = None,
+    ) -> CheckpointWriter:
+        """A writer storing the batch's results in groups (use it as `async with`)."""
+        return CheckpointWriter(
+            self._results,
+            batch_id,
+            self._clock,
+            max_pending=max_pending,
+            flush_interval_seconds=flush_interval_seconds,
+            on_stored=on_stored,
+        )
+
+    async def write_result_files(self, batch: Batch, *, completed: int, failed: int) -> ResultFiles:
+        """The batch's output and error files from its checkpoints (rewritten if they exist)."""
+        return await output_files.write_result_files(
+            self._db,
+            self._results,
+            batch.id,
+            owner=batch.owner,
+            completed=completed,
+            failed=failed,
+        )
 
     # --- transitions ---------------------------------------------------------------------
 
@@ -195,43 +248,41 @@ class BatchStore:
     ) -> bool:
         won = await compare_and_set_with_events(
             self._mongo,
-            self.batches,
+            self._batches,
             batch_id,
             expected,
             update,
             events=events,
             ns=self._ns,
-            now=self.clock.now(),
+            now=self._clock.now(),
         )
         if won and events:
             self._notify()
         return won
 
     async def save_transition(
-        self,
-        batch_id: str,
-        owner: str,
-        old: BatchStatus,
-        new: BatchStatus,
-        *,
-        fields: Document | None = None,
-        events: Sequence[Event] = (),
+        self, batch_id: str, owner: str, old: BatchStatus, transition: Transition
     ) -> bool:
-        """Move `old` → `new` if we still hold the lease; a terminal status releases it."""
+        """Write `transition` from `old` if we still hold the lease, its event in the same
+        transaction; a terminal status releases the lease. False: the lease was lost."""
+        new = transition.status
         if not can_transition(old, new):
             raise ValueError(f"batch cannot go from {old} to {new}")
-        now = self.clock.now()
+        now = self._clock.now()
         values: Document = {
             "status": new.value,
             TIMESTAMP_FIELD[new]: now,
             "updated_at": now,
-            **_builtins(fields or {}),
+            **_builtins(transition.fields),
         }
-        if new in TERMINAL_BATCH_STATUSES:
+        if new.is_terminal:
             # Done for good: nobody should claim it again.
             values.update(lease_owner=None, lease_until=None)
         return await self._write(
-            batch_id, {"status": old.value, "lease_owner": owner}, {"$set": values}, events
+            batch_id,
+            {"status": old.value, "lease_owner": owner},
+            {"$set": values},
+            [transition.event],
         )
 
     async def save_progress(
@@ -243,7 +294,7 @@ class BatchStore:
         events: Sequence[Event] = (),
     ) -> bool:
         """Update counts (and emit progress) without a status change; False = lease lost."""
-        values = {**_builtins(fields), "updated_at": self.clock.now()}
+        values = {**_builtins(fields), "updated_at": self._clock.now()}
         return await self._write(
             batch_id, {"status": status.value, "lease_owner": owner}, {"$set": values}, events
         )

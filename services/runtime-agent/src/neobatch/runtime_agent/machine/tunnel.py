@@ -39,9 +39,9 @@ import asyncssh
 from neobatch.common.contracts import SshEndpoint
 from neobatch.common.errors import ConfigError
 from neobatch.common.logs import log_fields, redact_text
-from neobatch.runtime_agent.remote import HostKeyMismatch, RemoteError
+from neobatch.runtime_agent.machine.errors import TunnelFailed, TunnelHostKeyMismatch
 
-log = logging.getLogger("neobatch.runtime_agent.tunnel")
+log = logging.getLogger("neobatch.runtime_agent.machine.tunnel")
 
 MODES = ("auto", "openssh", "asyncssh")
 # AEAD ciphers, cheapest first: AES-GCM is one OpenSSL call with AES-NI.
@@ -59,18 +59,6 @@ _HOST_KEY_FAILURES = (
     "REMOTE HOST IDENTIFICATION HAS CHANGED",
     "no matching host key type found",
 )
-
-
-class TunnelFailed(RemoteError):
-    """ssh could not start the forward, or exited before it was ready."""
-
-    code = "ssh_tunnel_failed"
-
-
-class TunnelHostKeyMismatch(TunnelFailed, HostKeyMismatch):
-    """The machine presented a host key other than the pinned one."""
-
-    code = "host_key_mismatch"
 
 
 def ssh_binary() -> str | None:

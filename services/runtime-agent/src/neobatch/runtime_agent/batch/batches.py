@@ -6,25 +6,30 @@
         └──► failed | expired | cancelled           (nothing was started yet)
 
 The runner asks `plan_start` what to do with a batch it has just claimed (a fresh one, or one
-another agent left half-done) and `plan_outcome` how to end it once dispatch stops.
+another agent left half-done) and `plan_outcome` how to end it once dispatch stops. Every
+status change is a `Transition` decided here (`decide_move`, `decide_end`) and written by one
+store call, `BatchStore.save_transition`: the compare-and-set and its event together.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
+from neobatch.common.batch_input import ValidationReport
 from neobatch.common.contracts import (
-    TERMINAL_BATCH_STATUSES,
     BatchRequested,
     BatchStatus,
+    BatchStatusReported,
+    BatchTerminal,
     ClientSpec,
     EngineSpec,
     RequestCounts,
     SshEndpoint,
+    Usage,
 )
 
 S = BatchStatus
@@ -71,6 +76,9 @@ class Batch(msgspec.Struct, kw_only=True):
     error_message: str = ""
     # Runs that ended in an unexpected error; past a bound the batch fails (no endless retry).
     crash_count: int = 0
+    # Time the run that ended the batch spent dispatching (sending and checkpointing; engine
+    # start-up excluded): the dispatch benchmark's rate is requests / this.
+    dispatch_seconds: float = 0.0
     lease_owner: str | None = None
     lease_until: datetime | None = None
     version: int = 0
@@ -112,16 +120,12 @@ def batch_doc_from_event(event: BatchRequested, now: datetime) -> dict[str, Any]
     }
 
 
-def is_terminal(status: BatchStatus) -> bool:
-    return status in TERMINAL_BATCH_STATUSES
-
-
 def can_transition(old: BatchStatus, new: BatchStatus) -> bool:
     return new in TRANSITIONS.get(old, frozenset())
 
 
 def can_request_cancel(status: BatchStatus) -> bool:
-    return not is_terminal(status)
+    return not status.is_terminal
 
 
 def is_expired(expires_at: datetime | None, now: datetime) -> bool:
@@ -141,7 +145,7 @@ class Step(StrEnum):
 
 def plan_start(batch: Batch, now: datetime) -> Step:
     status = batch.status
-    if is_terminal(status):
+    if status.is_terminal:
         return Step.NOTHING
     if status is S.VALIDATING:
         # Nothing runs on the machine before in_progress, so there is nothing to stop.
@@ -195,3 +199,115 @@ def path_to(current: BatchStatus, outcome: BatchStatus) -> list[BatchStatus]:
             raise ValueError(f"batch cannot go from {state} to {step}")
         state = step
     return path
+
+
+# --- transitions ---------------------------------------------------------------------------------
+
+EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
+
+
+class Failure(msgspec.Struct, frozen=True):
+    """Why a batch ended badly: its `error_code`, `error_message` and, for input, line `errors`."""
+
+    code: str
+    message: str
+    errors: list[dict[str, Any]] | None = None
+
+
+EXPIRED_BEFORE_START = Failure(
+    "batch_expired", "the completion window passed before the batch started"
+)
+EXPIRED_UNFINISHED = Failure(
+    "batch_expired", "the completion window passed before every request finished"
+)
+
+
+def input_failure(report: ValidationReport) -> Failure | None:
+    """Why the input file fails validation, with OpenAI's `errors` list; None when it passes."""
+    if report.ok:
+        return None
+    errors = [{"object": "error", **msgspec.structs.asdict(e)} for e in report.errors]
+    code = "empty_file" if report.invalid_lines == 0 else "invalid_input_file"
+    return Failure(code, report.summary(), errors)
+
+
+class ResultFiles(NamedTuple):
+    """The files a batch ends with: None for a file without lines (OpenAI leaves it unset)."""
+
+    output_file_id: str | None
+    error_file_id: str | None
+    usage: Usage
+
+
+NO_FILES = ResultFiles(None, None, Usage())
+
+
+class Transition(msgspec.Struct, frozen=True, kw_only=True):
+    """One status change as the store writes it: the new status, the fields set with it, and
+    the event that goes to the outbox in the same transaction."""
+
+    status: BatchStatus
+    fields: dict[str, Any]
+    event: BatchStatusReported | BatchTerminal
+
+
+def status_reported(
+    batch: Batch, status: BatchStatus, counts: RequestCounts
+) -> BatchStatusReported:
+    return BatchStatusReported(
+        batch_id=batch.id, job_id=batch.job_id, status=status, request_counts=counts
+    )
+
+
+def decide_move(batch: Batch, status: BatchStatus, counts: RequestCounts) -> Transition:
+    """A move to a non-terminal status (in_progress, finalizing, cancelling)."""
+    if status.is_terminal:
+        raise ValueError(f"{status} ends the batch: use decide_end")
+    return Transition(
+        status=status,
+        fields={"request_counts": counts},
+        event=status_reported(batch, status, counts),
+    )
+
+
+def decide_end(
+    batch: Batch,
+    outcome: BatchStatus,
+    counts: RequestCounts,
+    *,
+    files: ResultFiles = NO_FILES,
+    failure: Failure | None = None,
+    dispatch_seconds: float = 0.0,
+) -> Transition:
+    """The terminal record of a batch and its `batch.terminal` event.
+
+    The files are written (and the engine stopped) before this is decided: the record names
+    the files, and the usage is summed while the output file is written.
+    """
+    if not outcome.is_terminal:
+        raise ValueError(f"{outcome} does not end a batch")
+    fields: dict[str, Any] = {
+        "request_counts": counts,
+        "output_file_id": files.output_file_id,
+        "error_file_id": files.error_file_id,
+        "usage": files.usage,
+        "dispatch_seconds": dispatch_seconds,
+    }
+    code = message = ""
+    if failure is not None:
+        code, message = failure.code, failure.message
+        fields.update(error_code=code, error_message=message)
+        if failure.errors is not None:
+            fields["errors"] = failure.errors
+    event = BatchTerminal(
+        batch_id=batch.id,
+        job_id=batch.job_id,
+        status=outcome,
+        request_counts=counts,
+        output_file_id=files.output_file_id,
+        error_file_id=files.error_file_id,
+        error_code=code,
+        error_message=message,
+        usage=files.usage,
+    )
+    return Transition(status=outcome, fields=fields, event=event)

@@ -1,6 +1,6 @@
 """The inference engine's client: readiness, and one request with retries.
 
-HTTP goes through `engine_http.EngineHTTP`, a lean keep-alive client (not httpx, not aiohttp:
+HTTP goes through `engine.http.EngineHTTP`, a lean keep-alive client (not httpx, not aiohttp:
 on the dispatch hot path they cost about 30 and 5 times its CPU per request; see that module).
 Every response is translated into a `RequestResult` here; nothing above sees HTTP.
 """
@@ -18,20 +18,18 @@ import msgspec
 
 from neobatch.common.batch_input import BatchRequest
 from neobatch.common.errors import NeobatchError
-from neobatch.runtime_agent.dispatch import (
+from neobatch.runtime_agent.dispatch.concurrency import ConcurrencyLimit, FixedLimit, Outcome
+from neobatch.runtime_agent.dispatch.policy import (
     RETRY_AFTER_STATUSES,
-    ConcurrencyLimit,
     DispatchConfig,
-    FixedLimit,
-    Outcome,
-    RequestResult,
     RetryPolicy,
     parse_retry_after,
 )
-from neobatch.runtime_agent.engine_http import EngineConnectionError, EngineHTTP
+from neobatch.runtime_agent.dispatch.tally import RequestResult
+from neobatch.runtime_agent.engine.http import EngineConnectionError, EngineHTTP
 
 if TYPE_CHECKING:
-    from neobatch.runtime_agent.batches import Batch
+    from neobatch.runtime_agent.batch.batches import Batch
     from neobatch.runtime_agent.settings import AgentSettings
 
 # Error bodies that are not JSON are kept, truncated, inside an OpenAI-style error envelope.

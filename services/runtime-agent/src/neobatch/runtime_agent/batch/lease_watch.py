@@ -16,11 +16,12 @@ from datetime import datetime
 from typing import TypeVar
 
 from neobatch.common.aio import wait_for_event
+from neobatch.common.clock import Clock
 from neobatch.common.logs import log_fields
-from neobatch.runtime_agent.batches import is_expired
-from neobatch.runtime_agent.store import BatchStore
+from neobatch.runtime_agent.batch.batches import is_expired
+from neobatch.runtime_agent.batch.store import BatchStore
 
-log = logging.getLogger("neobatch.runtime_agent.lease_watch")
+log = logging.getLogger("neobatch.runtime_agent.batch.lease_watch")
 
 TICK_SECONDS = 1.0
 T = TypeVar("T")
@@ -34,6 +35,7 @@ class BatchWatch:
     def __init__(
         self,
         store: BatchStore,
+        clock: Clock,
         batch_id: str,
         owner: str,
         *,
@@ -42,6 +44,7 @@ class BatchWatch:
         cancel_requested: bool,
     ) -> None:
         self._store = store
+        self._clock = clock
         self._batch_id = batch_id
         self._owner = owner
         self._ttl = ttl_seconds
@@ -58,7 +61,7 @@ class BatchWatch:
         self._poke.set()
 
     def _update_expired(self) -> None:
-        if not self.expired and is_expired(self._expires_at, self._store.clock.now()):
+        if not self.expired and is_expired(self._expires_at, self._clock.now()):
             self.expired = True
         if self.lost or self.cancel_requested or self.expired:
             self.interrupted.set()

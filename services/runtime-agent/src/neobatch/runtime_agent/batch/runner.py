@@ -16,15 +16,16 @@ import socket
 import asyncssh
 
 from neobatch.common.aio import wait_for_event
+from neobatch.common.clock import Clock
 from neobatch.common.ids import new_id
 from neobatch.common.logs import log_fields
-from neobatch.runtime_agent.batch_run import BatchRun, RemoteLost
-from neobatch.runtime_agent.batches import Batch
-from neobatch.runtime_agent.lease_watch import BatchWatch
+from neobatch.runtime_agent.batch.batches import Batch
+from neobatch.runtime_agent.batch.lease_watch import BatchWatch
+from neobatch.runtime_agent.batch.run import BatchRun, RemoteLost
+from neobatch.runtime_agent.batch.store import BatchStore
 from neobatch.runtime_agent.settings import AgentSettings
-from neobatch.runtime_agent.store import BatchStore
 
-log = logging.getLogger("neobatch.runtime_agent.runner")
+log = logging.getLogger("neobatch.runtime_agent.batch.runner")
 
 MAX_CRASHES = 5
 MAX_CRASH_PAUSE_SECONDS = 60.0
@@ -41,20 +42,20 @@ class Runner:
     def __init__(
         self,
         store: BatchStore,
+        clock: Clock,
         settings: AgentSettings,
         client_key: asyncssh.SSHKey,
         *,
         owner: str | None = None,
     ) -> None:
         self._store = store
+        self._clock = clock
         self._settings = settings
         self._key = client_key
         self.owner = owner or agent_owner_id()
         self._wake = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._watches: dict[str, BatchWatch] = {}
-        # The last finished run per batch: tests and logs read its dispatch timing.
-        self.finished_runs: dict[str, BatchRun] = {}
 
     def wake(self, batch_id: str | None = None) -> None:
         """A batch arrived, moved or was cancelled: look now instead of at the next poll."""
@@ -113,6 +114,7 @@ class Runner:
     async def _run_one(self, batch: Batch, owner: str) -> None:
         watch = BatchWatch(
             self._store,
+            self._clock,
             batch.id,
             owner,
             ttl_seconds=self._settings.lease_seconds,
@@ -122,6 +124,7 @@ class Runner:
         run = BatchRun(
             batch,
             store=self._store,
+            clock=self._clock,
             settings=self._settings,
             client_key=self._key,
             owner=owner,
@@ -160,6 +163,3 @@ class Runner:
             watch_task.cancel()
             await asyncio.gather(watch_task, return_exceptions=True)
             self._watches.pop(batch.id, None)
-            self.finished_runs[batch.id] = run
-            while len(self.finished_runs) > 100:
-                del self.finished_runs[next(iter(self.finished_runs))]

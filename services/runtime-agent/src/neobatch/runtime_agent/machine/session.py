@@ -1,7 +1,7 @@
 """A batch's engine on its machine: connect (pinning the host key), launch, forward, stop.
 
-Used by `batch_run`; everything here belongs to the one batch whose lease we hold. The launch
-follows the batch's runtime target (`remote.plan_launch`). `start` is idempotent: after a dropped
+Used by `batch.run`; everything here belongs to the one batch whose lease we hold. The launch
+follows the batch's runtime target (`launch.plan_launch`). `start` is idempotent: after a dropped
 connection it reconnects (same pinned host key), finds the engine still running (`reused`, not
 relaunched), and restores the port-forward.
 
@@ -18,14 +18,16 @@ import logging
 import asyncssh
 
 from neobatch.common.logs import log_fields
-from neobatch.runtime_agent import remote
-from neobatch.runtime_agent.batches import Batch
-from neobatch.runtime_agent.engine import EngineClient, EngineNotReady
-from neobatch.runtime_agent.lease_watch import BatchWatch
+from neobatch.runtime_agent.batch.batches import Batch
+from neobatch.runtime_agent.batch.lease_watch import BatchWatch
+from neobatch.runtime_agent.batch.store import BatchStore
+from neobatch.runtime_agent.engine.client import EngineClient, EngineNotReady
+from neobatch.runtime_agent.machine import remote
+from neobatch.runtime_agent.machine.errors import HostKeyMismatch, HostUnreachable, RemoteError
+from neobatch.runtime_agent.machine.launch import EngineLaunch, plan_launch
 from neobatch.runtime_agent.settings import AgentSettings
-from neobatch.runtime_agent.store import BatchStore
 
-log = logging.getLogger("neobatch.runtime_agent.engine_session")
+log = logging.getLogger("neobatch.runtime_agent.machine.session")
 
 STOP_ATTEMPTS = 3
 
@@ -55,9 +57,9 @@ class EngineSession:
         # stop could not connect): there is no engine left to stop that we could reach.
         self.machine_gone = False
 
-    def _launch(self) -> remote.EngineLaunch:
+    def _launch(self) -> EngineLaunch:
         # Read the batch each time: a replacement machine may come with another runtime.
-        return remote.plan_launch(self._batch.runtime, self._batch.id, self._batch.engine)
+        return plan_launch(self._batch.runtime, self._batch.id, self._batch.engine)
 
     async def _still_this_machine(self) -> bool:
         """False once the planner moved the batch to a replacement machine (retarget)."""
@@ -105,7 +107,7 @@ class EngineSession:
                 self._batch.id, self._owner, host.host_public_key
             )
             if stored != host.host_public_key:
-                raise remote.HostKeyMismatch("host key changed while it was being pinned")
+                raise HostKeyMismatch("host key changed while it was being pinned")
             self._batch.host_public_key = stored
         return host
 
@@ -163,7 +165,7 @@ class EngineSession:
         """
         try:
             launch = self._launch()
-        except remote.RemoteError:
+        except RemoteError:
             return  # nothing this agent knows how to launch was ever started
         if self.machine_gone:
             log.info("machine unreachable; not stopping its engine", extra=log_fields(**self._ids))
@@ -173,7 +175,7 @@ class EngineSession:
                 host = await self._connect(10.0 * attempt, interruptible=False)
                 await host.stop(launch, self._settings.engine_stop_grace_seconds)
                 return
-            except remote.HostUnreachable as exc:
+            except HostUnreachable as exc:
                 # Nobody answers SSH: the machine is gone or going, and the planner releases
                 # it whole. Retrying here only held a cancelled batch up for a minute.
                 log.warning(
@@ -182,7 +184,7 @@ class EngineSession:
                 )
                 self.machine_gone = True
                 return
-            except (remote.RemoteError, OSError, asyncssh.Error) as exc:
+            except (RemoteError, OSError, asyncssh.Error) as exc:
                 log.warning(
                     "could not stop the engine",
                     extra=log_fields(**self._ids, attempt=attempt, error=str(exc)),

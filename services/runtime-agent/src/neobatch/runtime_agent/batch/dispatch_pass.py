@@ -1,0 +1,110 @@
+"""One dispatch pass of a batch: every request without a stored result, sent and checkpointed.
+
+A pass ends when the input runs out, when the run is interrupted (cancel, expiry, lost lease)
+or when the SSH connection or tunnel drops; the run then decides what comes next. Counts grow
+only as results are stored (`CheckpointWriter.on_stored`), so progress never reports a result
+that a crash could still lose.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+from neobatch.common.batch_input import BatchRequest, is_blank, parse_request, strip_bom
+from neobatch.common.logs import log_fields
+from neobatch.common.metrics import DispatchObserver, timed_dispatch
+from neobatch.runtime_agent.batch.batches import Batch
+from neobatch.runtime_agent.batch.store import BatchStore
+from neobatch.runtime_agent.dispatch.pool import dispatch_all
+from neobatch.runtime_agent.dispatch.tally import RequestResult, Tally
+from neobatch.runtime_agent.engine.client import EngineClient
+
+log = logging.getLogger("neobatch.runtime_agent.batch.dispatch_pass")
+
+# How long the first answer into an empty checkpoint buffer waits for others to join it.
+DISPATCH_CHECKPOINT_LINGER_SECONDS = 0.025
+
+
+async def pending_requests(
+    store: BatchStore, input_file_id: str, done: set[int]
+) -> AsyncIterator[BatchRequest]:
+    """The requests of the input file, in order, except the lines in `done` and blank lines."""
+    index = -1
+    async for raw in store.input_lines(input_file_id):
+        index += 1
+        raw = strip_bom(raw, index)
+        if index not in done and not is_blank(raw):
+            yield parse_request(raw, index)
+
+
+async def dispatch_pass(
+    store: BatchStore,
+    batch: Batch,
+    client: EngineClient,
+    tally: Tally,
+    *,
+    interrupted: Callable[[], bool],
+    tunnel_down: Callable[[], bool],
+) -> float:
+    """Send what has no stored result yet, adding each stored result to `tally`.
+
+    Returns the seconds the pass took (sending and checkpointing).
+    """
+    done = await store.finished_lines(batch.id)
+    started, finished_before = time.monotonic(), tally.finished
+
+    async def record(result: RequestResult) -> None:
+        if result.status_code is None and tunnel_down():
+            return  # The tunnel died, not the request: leave it for the resumed run.
+        # The slot frees on the answer; `add` pauses this slot (no new send) while more
+        # than `concurrency` answers wait to be stored, so a crash re-sends at most
+        # 2 x concurrency requests, none of them recorded (CheckpointWriter).
+        await writer.add(result)
+
+    def stored(completed: int, failed: int) -> None:
+        tally.completed += completed
+        tally.failed += failed
+
+    observer = DispatchObserver()
+    writer = store.checkpoint_writer(
+        batch.id,
+        max_pending=client.controller.maximum,
+        on_stored=stored,
+        # Nothing waits on the linger now (slots free on the answer): a longer one makes
+        # fewer, larger writes (the database's cost per document falls up to ~30 a write).
+        flush_interval_seconds=DISPATCH_CHECKPOINT_LINGER_SECONDS,
+    )
+    async with writer:
+        try:
+            summary = await dispatch_all(
+                pending_requests(store, batch.input_file_id, done),
+                timed_dispatch(client.send, observer),
+                record,
+                controller=client.controller,
+                should_stop=lambda: interrupted() or tunnel_down(),
+            )
+        except BaseException:
+            await writer.abort()
+            raise
+        finally:
+            observer.flush()
+    elapsed = time.monotonic() - started
+    finished = tally.finished - finished_before
+    log.info(
+        "dispatch ended",
+        extra=log_fields(
+            batch_id=batch.id,
+            job_id=batch.job_id,
+            sent=summary.sent,
+            stopped=summary.stopped,
+            seconds=round(elapsed, 3),
+            requests_per_second=round(finished / elapsed, 1) if elapsed > 0 else None,
+            concurrency_limit=client.controller.limit,
+            checkpoint_writes=writer.writes,
+            # Times dispatch paused because `concurrency` answers waited to be stored.
+            checkpoint_pauses=writer.paused,
+        ),
+    )
+    return elapsed

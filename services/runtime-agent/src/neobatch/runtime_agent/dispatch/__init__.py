@@ -1,0 +1,1 @@
+"""How a batch's requests are sent: retry and concurrency policy, the pool, the tally."""
