@@ -449,3 +449,11 @@ def test_machine_lost_for_good_names_it_and_keeps_the_files_written_later() -> N
     assert attached.fields["output_dataset"] == "file-out"
     assert attached.fields["error_dataset"] == "file-err"
     assert decide(job(S.FAILED, batch_id="batch_other"), late, NOW) is None
+
+
+def test_a_completed_job_keeps_no_error_from_an_earlier_attempt() -> None:
+    """issue 13 finding 9: a completed job showed a stale error_message of an earlier attempt."""
+    decision = decide(job(S.IN_PROGRESS), terminal(BatchStatus.COMPLETED), NOW)
+    assert decision is not None and decision.status is S.COMPLETED
+    assert decision.fields["error_code"] is None
+    assert decision.fields["error_message"] is None

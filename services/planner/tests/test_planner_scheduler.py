@@ -35,11 +35,12 @@ class Rig:
     ) -> None:
         self.db, self.store, self.planner, self.clock = db, store, planner, clock
 
-    async def add_job(self, n: int) -> str:
+    async def add_job(self, n: int, project: str = "default") -> str:
         job_id = f"job_{n:03d}"
         await self.db.jobs.insert_one(
             {
                 "_id": job_id,
+                "project": project,
                 "batch_id": f"batch_{n:03d}",
                 "status": "queued",
                 "version": 0,
@@ -122,7 +123,7 @@ async def test_provisioning_that_never_answers_ends_resource_failed_and_frees_th
 
 async def test_a_batch_whose_job_moved_writes_nothing_and_is_planned_one_by_one(rig: Rig) -> None:
     ids = [await rig.add_job(n) for n in range(3)]
-    queued = await rig.store.list_queued(10)
+    queued = (await rig.store.list_queued(["default"], 10))["default"]
     assert [job.id for job in queued] == ids
     # Someone else moves the second job after we read it: its compare-and-set must fail.
     await rig.db.jobs.update_one({"_id": ids[1]}, {"$inc": {"version": 1}})
@@ -192,3 +193,41 @@ async def test_a_job_moved_by_another_writer_is_read_again_not_decided_from_our_
         ProvisionRunning(provision_id="prov_x_2", job_id=ids[1], provider="ssh", endpoint=endpoint),
     )
     assert (await rig.statuses())[ids[1]] == "submitting"
+
+
+async def test_one_projects_many_jobs_do_not_hold_back_another_projects_first(rig: Rig) -> None:
+    """Project A queues 40 jobs, then project B one: B's job takes the next free slot."""
+    many = [await rig.add_job(n, project="A") for n in range(40)]
+    late = await rig.add_job(100, project="B")
+    await rig.planner.plan_waiting()
+    statuses = await rig.statuses()
+    # Two slots: A's oldest and B's only job, not A's two oldest.
+    assert statuses[many[0]] == "resource_preparing"
+    assert statuses[late] == "resource_preparing"
+    assert [statuses[j] for j in many[1:]] == ["queued"] * 39
+
+
+async def test_a_project_at_its_machine_quota_waits_queued(mongo_url: str, mongo_db) -> None:
+    client = create_mongo_client(mongo_url)
+    db = client.get_database(mongo_db.name)
+    clock = FixedClock(utcnow())
+    store = JobStore(client, db, Namespace(f"t{uuid.uuid4().hex[:8]}"))
+    await store.prepare(max_concurrent_provisioning=4)
+    planner = Planner(store, clock, lambda: None, Limits(max_machines_per_project=1))
+    rig = Rig(db, store, planner, clock)
+    try:
+        a = [await rig.add_job(n, project="A") for n in range(3)]
+        await rig.planner.plan_waiting()
+        statuses = await rig.statuses()
+        assert [statuses[j] for j in a] == ["resource_preparing", "queued", "queued"]
+        # Still waiting, not failed, on the next pass too.
+        await rig.planner.plan_waiting()
+        assert (await rig.statuses())[a[1]] == "queued"
+        # The first job ends: the next one of A may start.
+        await db.jobs.update_one({"_id": a[0]}, {"$set": {"status": "completed"}})
+        await db.planner_slots.update_many({}, {"$set": {"job_id": None}})
+        await rig.planner.plan_waiting()
+        statuses = await rig.statuses()
+        assert [statuses[j] for j in a] == ["completed", "resource_preparing", "queued"]
+    finally:
+        await client.close()

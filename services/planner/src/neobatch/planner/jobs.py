@@ -88,6 +88,9 @@ class Job(msgspec.Struct, kw_only=True):
     client: dict[str, Any] | None = None
     completion_window_seconds: float = 24 * 3600.0
     expires_at: datetime | None = None
+    # Whose job it is and when it was accepted: the fair queue takes turns by project.
+    project: str = ""
+    created_at: datetime | None = None
 
 
 class DeadlinePassed(msgspec.Struct, frozen=True):
@@ -328,9 +331,9 @@ def _on_batch_terminal(job: Job, event: BatchTerminal, now: datetime) -> Decisio
         "output_dataset": event.output_file_id,
         "error_dataset": event.error_file_id,
     }
-    if event.error_message:
-        fields["error_code"] = event.error_code
-        fields["error_message"] = event.error_message
+    # An error from an earlier attempt never outlives a batch that ended without one.
+    fields["error_code"] = event.error_code if event.error_message else None
+    fields["error_message"] = event.error_message or None
     reason = event.error_message or f"batch {event.status.value}"
     return _move(
         job, status, now, reason, fields=fields, events=_release(job, now, f"job {status.value}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -104,3 +106,80 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     cancel_seconds: float = 300.0
     # Machines a job may use in all: a lost machine is replaced until this many were tried.
     max_provision_attempts: int = 3
+    # Machines one project may hold at once (0: no limit); its further jobs wait queued.
+    max_machines_per_project: int = 0
+
+
+# --- the fair queue ------------------------------------------------------------------------
+# Which queued job provisions next is decided by project, not by global age: the project
+# holding the fewest machines goes first, and among equals the one whose oldest job waited
+# longest. A project's own jobs keep their queue order. So one project's 500 queued jobs hold
+# back another project's first job by at most one provisioning slot, and a project at its
+# machine quota waits (its jobs stay queued) while the others go on.
+
+
+class Queued(Protocol):
+    @property
+    def created_at(self) -> datetime | None: ...
+    @property
+    def replicas(self) -> int: ...
+
+
+J = TypeVar("J", bound=Queued)
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+def projects_to_consider(
+    heads: Mapping[str, datetime | None], in_use: Mapping[str, int], limit: int
+) -> list[str]:
+    """The `limit` projects (of those with queued jobs, each with its oldest job's time) whose
+    jobs a pass looks at: fewest machines held first, then the longest waiting."""
+    order = sorted(heads, key=lambda p: (in_use.get(p, 0), _aware(heads[p]), p))
+    return order[:limit]
+
+
+def choose_next(
+    queued_by_project: Mapping[str, Sequence[J]],
+    in_use: Mapping[str, int],
+    limit: int,
+    *,
+    max_machines: int = 0,
+    quotas: Mapping[str, int] | None = None,
+) -> list[J]:
+    """Up to `limit` queued jobs in the order they should take provisioning slots.
+
+    `queued_by_project` holds each project's queued jobs, oldest first; `in_use` the machines
+    each project holds (or is being given). `max_machines` (0: none) caps any project's
+    machines, `quotas` overrides it per project. Every prefix of the answer is fair, so the
+    caller may start only as many as it has slots for.
+    """
+    held = dict(in_use)
+    next_index = dict.fromkeys(queued_by_project, 0)
+    chosen: list[J] = []
+    while len(chosen) < limit:
+        best: tuple[Any, ...] | None = None
+        for project, jobs in queued_by_project.items():
+            i = next_index[project]
+            if i >= len(jobs):
+                continue
+            job = jobs[i]
+            cap = (quotas or {}).get(project, max_machines)
+            if cap > 0 and held.get(project, 0) + job.replicas > cap:
+                continue  # at its quota: waits queued, and its later jobs wait behind it
+            rank = (held.get(project, 0), _aware(job.created_at), project)
+            if best is None or rank < best[0]:
+                best = (rank, project, job)
+        if best is None:
+            break
+        _, project, job = best
+        chosen.append(job)
+        next_index[project] += 1
+        held[project] = held.get(project, 0) + job.replicas
+    return chosen
+
+
+def _aware(at: datetime | None) -> datetime:
+    """Comparable times: a missing one sorts first, naive ones (from BSON) are UTC."""
+    if at is None:
+        return _NEVER
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)

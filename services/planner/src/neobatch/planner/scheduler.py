@@ -16,7 +16,7 @@ from neobatch.common.clock import Clock
 from neobatch.common.contracts import Event, JobQueued, JobStatus
 from neobatch.common.errors import NotFound
 from neobatch.common.logs import log_fields
-from neobatch.planner import jobs
+from neobatch.planner import jobs, policy
 from neobatch.planner.jobs import DeadLettered, DeadlinePassed, Decision, Job
 from neobatch.planner.policy import Limits
 from neobatch.planner.store import BatchConflict, JobStore, NoSlotFree, written_job
@@ -84,7 +84,8 @@ class Planner:
                 self._remember(written_job(job, decision))
                 if decision.events:
                     self._notify()
-                if decision.release_slot:
+                if decision.release_slot or (decision.status and decision.status.is_terminal):
+                    # A freed slot, or machines a project no longer holds (its quota).
                     self._slot_freed.set()
                 self._log_transition(job_id, job.status, decision)
                 return True
@@ -93,7 +94,8 @@ class Planner:
         )
 
     async def plan_waiting(self) -> None:
-        """Start provisioning for queued jobs, oldest first, while slots are free.
+        """Start provisioning for queued jobs while slots are free, taking turns by project
+        (the fair queue, `policy.choose_next`); a project at its machine quota waits.
 
         When a pass is already running in this process, it is asked to look again and this
         call returns at once (the queue loop retries any pass that fails).
@@ -109,9 +111,28 @@ class Planner:
         finally:
             self._planning = False
 
+    async def _next_queued(self) -> tuple[list[Job], bool]:
+        """The next queued jobs to start, fairly across projects (policy.choose_next), and
+        whether more jobs are queued than were looked at."""
+        heads = await self._store.list_queued_heads()
+        if not heads:
+            return [], False
+        in_use = await self._store.list_machines_in_use()
+        projects = policy.projects_to_consider(heads, in_use, PLAN_BATCH)
+        queued = await self._store.list_queued(projects, PLAN_BATCH)
+        quotas = await self._store.list_machine_quotas(projects)
+        chosen = policy.choose_next(
+            queued,
+            in_use,
+            PLAN_BATCH,
+            max_machines=self._limits.max_machines_per_project,
+            quotas=quotas,
+        )
+        return chosen, len(chosen) == PLAN_BATCH
+
     async def _plan_pass(self) -> None:
         while True:
-            queued = await self._store.list_queued(PLAN_BATCH)
+            queued, more = await self._next_queued()
             if not queued:
                 return
             now = self._clock.now()
@@ -133,8 +154,8 @@ class Planner:
                 for job, decision in batch[:written]:
                     self._remember(written_job(job, decision))
                     self._log_transition(job.id, job.status, decision)
-            if not written or slots_ran_out or len(queued) < PLAN_BATCH:
-                return  # no slot: the next freed slot wakes us
+            if not written or slots_ran_out or not more:
+                return  # no slot (the next freed slot wakes us), or none left we may start
 
     def _remember(self, job: Job) -> None:
         if job.status.is_terminal:

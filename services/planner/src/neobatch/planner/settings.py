@@ -37,6 +37,12 @@ class PlannerSettings(Settings, frozen=True, kw_only=True):
                 "Time after the completion window before the planner expires a batch the "
                 "agent never reported expired",
             ),
+            max_machines_per_project=Env(
+                "NEOBATCH_PROJECT_MAX_MACHINES",
+                "Machines one project may hold at once; its further jobs wait queued "
+                "(0 = no limit; `project_quotas` overrides per project)",
+                minimum=0,
+            ),
         ),
     ] = Limits()
     # AIBrix provisions one job at a time; we default to four in parallel.

@@ -26,8 +26,28 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 JOBS = "jobs"
 SLOTS = "planner_slots"
+# Statuses in which a job holds a machine or is being given one: what a project's machine
+# quota counts.
+MACHINE_STATUSES = [
+    s.value
+    for s in (
+        JobStatus.RESOURCE_PREPARING,
+        JobStatus.SUBMITTING,
+        JobStatus.BATCH_CREATED,
+        JobStatus.IN_PROGRESS,
+        JobStatus.FINALIZING,
+        JobStatus.CANCELLING,
+    )
+]
+# Per-project overrides of the quotas (written by operators through the console; read here).
+PROJECT_QUOTAS = "project_quotas"
 INDEXES = [
-    IndexModel([("status", ASCENDING), ("created_at", ASCENDING)], name="status_created"),
+    # The fair queue: each project's queued jobs oldest first, and the projects that have any
+    # (a distinct scan), both read from this index without touching other jobs.
+    IndexModel(
+        [("status", ASCENDING), ("project", ASCENDING), ("created_at", ASCENDING), ("_id", 1)],
+        name="status_project_created",
+    ),
     IndexModel([("deadline_at", ASCENDING)], name="deadline", sparse=True),
     IndexModel([("batch_id", ASCENDING)], name="batch"),
 ]
@@ -56,6 +76,8 @@ JOB_FIELDS = {
         "client",
         "completion_window_seconds",
         "expires_at",
+        "project",
+        "created_at",
     )
 }
 
@@ -79,7 +101,14 @@ def job_from_doc(doc: dict[str, Any]) -> Job:
         client=doc.get("client") or None,
         completion_window_seconds=float(doc.get("completion_window_seconds") or 24 * 3600),
         expires_at=doc.get("expires_at"),
+        project=doc.get("project") or "",
+        created_at=doc.get("created_at"),
     )
+
+
+def _of_project(project: str) -> dict[str, Any]:
+    """Jobs of `project`; "" also stands for documents written before jobs had one."""
+    return {"project": project} if project else {"project": {"$in": [None, ""]}}
 
 
 def written_job(job: Job, decision: Decision) -> Job:
@@ -139,15 +168,70 @@ class JobStore:
         await self._slots.update_many({"_id": {"$nin": wanted}}, {"$set": {"active": False}})
         await self._slots.delete_many({"_id": {"$nin": wanted}, "job_id": None})
 
-    async def list_queued(self, limit: int) -> list[Job]:
-        """The `limit` oldest queued jobs, in queue order, in one round trip."""
-        cursor = self._jobs.find(
-            {"status": JobStatus.QUEUED.value},
-            JOB_FIELDS,
-            sort=[("created_at", ASCENDING), ("_id", ASCENDING)],
-            limit=limit,
+    async def list_queued_heads(self) -> dict[str, datetime | None]:
+        """Each project with queued jobs, with the time of its oldest one: one round trip that
+        MongoDB answers by a distinct scan of `status_project_created` (one key per project)."""
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"status": JobStatus.QUEUED.value}},
+            {"$sort": {"status": 1, "project": 1, "created_at": 1, "_id": 1}},
+            {"$group": {"_id": "$project", "oldest": {"$first": "$created_at"}}},
+        ]
+        heads: dict[str, datetime | None] = {}
+        async for doc in await self._jobs.aggregate(pipeline):
+            project = doc["_id"] or ""
+            oldest = doc.get("oldest")
+            known = heads.get(project, oldest)
+            # None and "" are the same (unnamed) project: keep its older head.
+            heads[project] = None if None in (known, oldest) else min(known, oldest)
+        return heads
+
+    async def list_queued(self, projects: Sequence[str], per_project: int) -> dict[str, list[Job]]:
+        """The `per_project` oldest queued jobs of each project, in queue order, in one round
+        trip (one indexed, limited read per project)."""
+        if not projects:
+            return {}
+
+        def oldest_of(project: str) -> list[dict[str, Any]]:
+            return [
+                {"$match": {"status": JobStatus.QUEUED.value, **_of_project(project)}},
+                {"$sort": {"created_at": 1, "_id": 1}},
+                {"$limit": per_project},
+                {"$project": JOB_FIELDS},
+            ]
+
+        pipeline = oldest_of(projects[0])
+        for project in projects[1:]:
+            pipeline.append({"$unionWith": {"coll": JOBS, "pipeline": oldest_of(project)}})
+        queued: dict[str, list[Job]] = {project: [] for project in projects}
+        async for doc in await self._jobs.aggregate(pipeline):
+            job = job_from_doc(doc)
+            queued[job.project].append(job)
+        return queued
+
+    async def list_machines_in_use(self) -> dict[str, int]:
+        """Machines each project holds or is being given (jobs past `queued`, not ended)."""
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"status": {"$in": MACHINE_STATUSES}}},
+            {
+                "$group": {
+                    "_id": "$project",
+                    "machines": {"$sum": {"$ifNull": ["$resource_request.replicas", 1]}},
+                }
+            },
+        ]
+        in_use: dict[str, int] = {}
+        async for doc in await self._jobs.aggregate(pipeline):
+            project = doc["_id"] or ""
+            in_use[project] = in_use.get(project, 0) + int(doc["machines"] or 0)
+        return in_use
+
+    async def list_machine_quotas(self, projects: Sequence[str]) -> dict[str, int]:
+        """Per-project overrides of the machine quota, for `projects` (most have none)."""
+        cursor = self._db[PROJECT_QUOTAS].find(
+            {"_id": {"$in": list(projects)}, "max_machines": {"$type": "number"}},
+            {"max_machines": 1},
         )
-        return [job_from_doc(doc) async for doc in cursor]
+        return {doc["_id"]: int(doc["max_machines"]) async for doc in cursor}
 
     async def list_overdue(self, now: datetime, limit: int = 100) -> list[Job]:
         cursor = self._jobs.find(
