@@ -24,10 +24,11 @@ from neobatch.console.jobs.batch_routes import BatchController
 from neobatch.console.jobs.routes import JobController, job_capabilities
 from neobatch.console.jobs.service import JobService
 from neobatch.console.jobs.store import JobStore
-from neobatch.console.keys.auth import DEV_KEY_ID, key_doc, require_api_key
+from neobatch.console.keys.auth import DEV_KEY_ID, key_doc, rate_limited, require_api_key
 from neobatch.console.keys.ratelimit import RateLimiter
 from neobatch.console.keys.store import KeyStore
-from neobatch.console.settings import DEV_PROJECT, ConsoleSettings
+from neobatch.console.quotas import QuotaStore
+from neobatch.console.settings import DEV_PROJECT, ConsoleSettings, configured_providers
 
 SERVICE = "console"
 SECURITY = [{"bearer": []}]
@@ -38,7 +39,7 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
     """The console app; connections are made in its lifespan, not here (no import effects)."""
     aibrix = Router(
         path="/api/v1",
-        guards=[require_api_key],
+        guards=[require_api_key, rate_limited],
         security=SECURITY,
         tags=["aibrix"],
         route_handlers=[
@@ -55,7 +56,7 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
     )
     openai = Router(
         path="/v1",
-        guards=[require_api_key],
+        guards=[require_api_key, rate_limited],
         security=SECURITY,
         tags=["openai"],
         route_handlers=[
@@ -122,6 +123,9 @@ def _lifespan(settings: ConsoleSettings, clock: Clock | None) -> Lifespan:
                 catalog,
                 default_template=settings.default_template,
                 min_window_seconds=settings.min_completion_window_seconds,
+                providers=configured_providers(settings.provisioner),
+                quotas=QuotaStore(runtime.db),
+                max_queued_jobs=settings.max_queued_jobs_per_project,
             )
             yield
         finally:

@@ -52,6 +52,12 @@ class RateLimited(NeobatchError):
         self.retry_after = retry_after
 
 
+class QuotaExceeded(RateLimited):
+    """A project quota (queued jobs) is used up: 429 with Retry-After, like the rate limit."""
+
+    code = "quota_exceeded"
+
+
 # Most specific first: TooLarge and Unprocessable are InvalidInput too.
 _NEOBATCH_STATUS: tuple[tuple[type[NeobatchError], int], ...] = (
     (NotFound, 404),

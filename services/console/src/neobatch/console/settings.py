@@ -51,23 +51,39 @@ class ConsoleSettings(Settings, frozen=True, kw_only=True):
     max_upload_bytes: Annotated[
         int, Env("NEOBATCH_MAX_UPLOAD_BYTES", "Largest accepted file upload (200 MiB)", minimum=1)
     ] = 200 * 1024 * 1024
-    # Creates (jobs, batches, uploads) each API key may make per minute.
+    # Every request under /api/v1 and /v1 counts, reads too (a token bucket per key).
     rate_limit_per_minute: Annotated[
         int,
         Env(
             "NEOBATCH_RATE_LIMIT_PER_MINUTE",
-            "Requests per minute per API key (0 = no limit)",
+            "Requests per minute per API key, on every API route (0 = no limit)",
             minimum=0,
         ),
     ] = 600
+    # A project past it gets 429 `quota_exceeded` on create; `project_quotas` overrides it.
+    max_queued_jobs_per_project: Annotated[
+        int,
+        Env(
+            "NEOBATCH_PROJECT_MAX_QUEUED_JOBS",
+            "Queued jobs one project may have; further creates are 429 `quota_exceeded` "
+            "(0 = no limit; `project_quotas` overrides per project)",
+            minimum=0,
+        ),
+    ] = 1000
     # Shown by /api/v1/config/job-capabilities.
     provisioner: Annotated[
         str,
         Env(
             "PROVISIONER",
-            "The provider(s) jobs lease from by default, reported in the job capabilities",
+            "The provider(s) jobs lease from (the first by default), reported in the job "
+            "capabilities; a job naming another is refused (400 `unknown_provider`)",
         ),
     ] = "ssh"
+
+
+def configured_providers(provisioner: str) -> tuple[str, ...]:
+    """`PROVISIONER` ("ssh" or an ordered list "runpod,lambdaCloud") as provider names."""
+    return tuple(p.strip() for p in provisioner.split(",") if p.strip())
 
 
 def read_settings(env: Mapping[str, str] | None = None) -> ConsoleSettings:

@@ -24,7 +24,7 @@ from neobatch.common.filestore import FileInfo, new_file_id
 from neobatch.console.files.schemas import FileDeleted, FileList, FileOut, UploadForm
 from neobatch.console.files.store import FileStore
 from neobatch.console.files.uploads import check_filename, checked_chunks
-from neobatch.console.keys.auth import Caller, rate_limited
+from neobatch.console.keys.auth import Caller
 from neobatch.console.settings import ConsoleSettings
 from neobatch.console.wire import unix_seconds
 
@@ -167,7 +167,7 @@ def file_router(
         path="/",
         route_handlers=[
             FileController,
-            post(upload_path, status_code=200, guards=[rate_limited])(upload_file),
+            post(upload_path, status_code=200)(upload_file),
         ],
         dependencies={"page_limit": Provide(page_limit, sync_to_thread=False)},
         request_max_body_size=max_upload_bytes + MULTIPART_OVERHEAD_BYTES,

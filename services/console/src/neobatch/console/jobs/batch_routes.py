@@ -22,7 +22,7 @@ from neobatch.console.jobs.batch_view import batch_view
 from neobatch.console.jobs.schemas import BatchList, BatchOut, CreateBatch, CreateJob
 from neobatch.console.jobs.service import JobService
 from neobatch.console.jobs.store import JobStore
-from neobatch.console.keys.auth import Caller, rate_limited
+from neobatch.console.keys.auth import Caller
 
 TEMPLATE_NAME_KEY = "neobatch.template_name"
 TEMPLATE_VERSION_KEY = "neobatch.template_version"
@@ -47,7 +47,7 @@ def job_request(data: CreateBatch) -> CreateJob:
 class BatchController(Controller):
     path = "/batches"
 
-    @post("/", status_code=200, guards=[rate_limited])
+    @post("/", status_code=200)
     async def create_batch(
         self,
         data: JSONBody[CreateBatch],

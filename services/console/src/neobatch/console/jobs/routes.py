@@ -24,7 +24,7 @@ from neobatch.console.jobs.schemas import (
 )
 from neobatch.console.jobs.service import JobService
 from neobatch.console.jobs.store import JobStore
-from neobatch.console.keys.auth import Caller, rate_limited
+from neobatch.console.keys.auth import Caller
 from neobatch.console.settings import ConsoleSettings
 
 
@@ -35,7 +35,7 @@ async def _view(jobs: JobStore, job: dict[str, Any], caller: Caller) -> JobOut:
 class JobController(Controller):
     path = "/jobs"
 
-    @post("/", status_code=200, guards=[rate_limited])
+    @post("/", status_code=200)
     async def create_job(
         self,
         data: JSONBody[CreateJob],

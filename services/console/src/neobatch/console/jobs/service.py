@@ -16,13 +16,18 @@ from neobatch.common.batch_input import InputValidator, ValidationReport
 from neobatch.common.errors import InvalidInput
 from neobatch.common.ids import new_id
 from neobatch.console.catalog.store import CatalogStore
-from neobatch.console.errors import Unprocessable
+from neobatch.console.errors import QuotaExceeded, Unprocessable
 from neobatch.console.files.store import FileStore
 from neobatch.console.jobs import rules
 from neobatch.console.jobs.schemas import CreateJob
 from neobatch.console.jobs.store import JobStore
 from neobatch.console.jobs.window import check_minimum_window, parse_completion_window
 from neobatch.console.keys.auth import Caller
+from neobatch.console.quotas import QuotaStore
+
+# What a client told it is over its queued-jobs quota should wait before trying again: jobs
+# leave the queue as machines free, in minutes rather than seconds.
+QUOTA_RETRY_SECONDS = 60
 
 Document = dict[str, Any]
 
@@ -38,10 +43,17 @@ class JobService:
         *,
         default_template: str,
         min_window_seconds: int = 60,
+        providers: tuple[str, ...] = ("ssh",),
+        quotas: QuotaStore | None = None,
+        max_queued_jobs: int = 0,
     ) -> None:
         self._jobs = jobs
         self._files = files
         self._catalog = catalog
+        # The providers `PROVISIONER` configures; a job naming another is refused at create.
+        self._providers = providers
+        self._quotas = quotas
+        self._max_queued_jobs = max_queued_jobs
         # Template used when a request names none (DEFAULT_BATCH_MODEL_DEPLOYMENT_TEMPLATE).
         self._default_template = default_template
         self._min_window_seconds = min_window_seconds
@@ -53,6 +65,13 @@ class JobService:
             check_minimum_window(parse_completion_window(window), self._min_window_seconds, window)
         except ValueError as error:
             raise InvalidInput(str(error)) from None
+        if request.provider is not None and request.provider not in self._providers:
+            raise InvalidInput(
+                f"provider: {request.provider!r} is not configured; "
+                f"choose one of {', '.join(self._providers)}",
+                code="unknown_provider",
+            )
+        await self._check_queued_quota(caller.project)
         await _check_input_file(self._files, request.input_dataset, caller)
         template = await _resolve_template(self._catalog, request, self._default_template)
         endpoint = request.endpoint
@@ -76,6 +95,23 @@ class JobService:
         )
         await self._jobs.insert_job(job, rules.creation_events(job, now), now)
         return job
+
+    async def _check_queued_quota(self, project: str) -> None:
+        """429 `quota_exceeded` when the project already has its quota of queued jobs.
+
+        A check before the insert, not a reservation: creates racing at the limit may pass it
+        together (bounded by the rate limit); the queue stays bounded all the same.
+        """
+        override = await self._quotas.find_max_queued_jobs(project) if self._quotas else None
+        limit = self._max_queued_jobs if override is None else override
+        if limit <= 0:
+            return
+        if await self._jobs.count_queued(project, limit) >= limit:
+            raise QuotaExceeded(
+                f"project {project!r} already has {limit} queued jobs (its quota); "
+                "retry when some have started",
+                retry_after=QUOTA_RETRY_SECONDS,
+            )
 
     async def request_cancel(self, job: Document, caller: Caller, now: datetime) -> Document:
         """Record a cancel request (owner only; no-op on a terminal job); returns the job as

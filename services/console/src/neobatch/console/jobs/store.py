@@ -11,7 +11,7 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
-from neobatch.common.contracts import TERMINAL_JOB_STATUSES, Event
+from neobatch.common.contracts import TERMINAL_JOB_STATUSES, Event, JobStatus
 from neobatch.common.errors import NotFound
 from neobatch.common.mongo import ensure_indexes, transact
 from neobatch.common.outbox import append_events
@@ -29,6 +29,12 @@ INDEXES = [
         name="project_newest_first",
     ),
     IndexModel([("batch_id", ASCENDING)], name="batch_id", unique=True),
+    # A project's queued jobs (the queued-jobs quota); the planner's fair queue reads the same
+    # index, which it declares too.
+    IndexModel(
+        [("status", ASCENDING), ("project", ASCENDING), ("created_at", ASCENDING), ("_id", 1)],
+        name="status_project_created",
+    ),
 ]
 _TERMINAL = sorted(status.value for status in TERMINAL_JOB_STATUSES)
 
@@ -73,6 +79,11 @@ class JobStore:
         if doc is None:
             raise NotFound(f"batch {batch_id!r} not found", code="batch_not_found")
         return doc
+
+    async def count_queued(self, project: str, up_to: int) -> int:
+        """How many of `project`'s jobs are queued, counting no further than `up_to`."""
+        query = {"status": JobStatus.QUEUED.value, "project": project}
+        return await self._db[JOBS].count_documents(query, limit=up_to)
 
     async def list_jobs(
         self, project: str, limit: int, after_job_id: str | None

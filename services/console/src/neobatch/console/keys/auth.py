@@ -1,4 +1,4 @@
-"""API keys: bearer authentication, the caller's project, and the per-key create limit.
+"""API keys: bearer authentication, the caller's project, and the per-key request limit.
 
 Keys are stored only as their SHA-256 (`api_keys` collection); a presented key is hashed and
 looked up, so neither the key nor its hash is ever compared, logged or returned. Every key
@@ -82,12 +82,13 @@ async def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: Any
 
 
 def rate_limited(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Guard for create endpoints: past the per-key limit the answer is 429."""
+    """Guard on every API route, after `require_api_key`: past the per-key limit the answer
+    is 429 `rate_limited` with Retry-After."""
     caller: Caller = connection.state.caller
     limiter: RateLimiter = connection.app.state.limiter
     wait = limiter.allow(caller.key_id, time.monotonic())
     if wait > 0:
         raise RateLimited(
-            f"too many create requests for this API key; retry in {math.ceil(wait)} s",
+            f"too many requests for this API key; retry in {math.ceil(wait)} s",
             retry_after=math.ceil(wait),
         )

@@ -1,4 +1,4 @@
-"""A token bucket per API key for create endpoints (429 past the limit). Pure: time is passed in."""
+"""A token bucket per API key for every API request (429 past the limit). Pure: time is passed in."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class _Bucket:
 
 @dataclass
 class RateLimiter:
-    """`per_minute` creates a minute per key, with bursts up to `per_minute`; 0 = unlimited."""
+    """`per_minute` requests a minute per key, with bursts up to `per_minute`; 0 = unlimited."""
 
     per_minute: int
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
