@@ -207,5 +207,5 @@ async def test_creates_past_the_rate_limit_are_429(api: Any) -> None:
             codes.append(r.status_code)
         assert codes == [200, 200, 429]
         assert r.json()["code"] == "rate_limited" and int(r.headers["retry-after"]) >= 1
-        # Reads are not limited.
-        assert (await client.get("/v1/files", headers=api.auth)).status_code == 200
+        # Every request counts, reads too (docs/configuration.md: requests per minute per key).
+        assert (await client.get("/v1/files", headers=api.auth)).status_code == 429

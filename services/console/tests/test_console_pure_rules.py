@@ -210,3 +210,20 @@ def test_latest_version_wins_over_creation_order_and_ties_go_to_the_newest() -> 
     ]
     assert latest_version(rows)["_id"] == "c"  # type: ignore[index]
     assert latest_version([]) is None
+
+
+@pytest.mark.parametrize("status", ["completed", "in_progress", "cancelled"])
+def test_a_job_past_provisioning_shows_no_stale_placement_error(status: str) -> None:
+    """issue 13 finding 9: a completed job showed the error of an earlier placement attempt
+    (the provision keeps the message of a retried offer; a release retry writes one too)."""
+    provision = {
+        "_id": "prov_1",
+        "provider": "runpod",
+        "status": "released",
+        "error_message": "offer gpu-1 had no capacity; trying the next",
+    }
+    view = job_view(job(status=status, provision_id="prov_1"), provision, caller="key:owner")
+    assert view.error_message is None
+    assert all("no capacity" not in (e.message or "") for e in view.events)
+    # Its provision block still says what happened to the machine.
+    assert view.provision is not None and "no capacity" in view.provision.error_message

@@ -50,7 +50,7 @@ def bucket(db: AsyncDatabase[dict[str, Any]]) -> AsyncGridFSBucket:
     return AsyncGridFSBucket(db, bucket_name=BUCKET, chunk_size_bytes=CHUNK_BYTES)
 
 
-def _info(doc: dict[str, Any]) -> FileInfo:
+def file_info(doc: dict[str, Any]) -> FileInfo:
     meta = doc.get("metadata") or {}
     return FileInfo(
         id=doc["_id"],
@@ -64,7 +64,7 @@ def _info(doc: dict[str, Any]) -> FileInfo:
 
 async def find_file(db: AsyncDatabase[dict[str, Any]], file_id: str) -> FileInfo | None:
     doc = await db[f"{BUCKET}.files"].find_one({"_id": file_id})
-    return _info(doc) if doc else None
+    return file_info(doc) if doc else None
 
 
 async def get_file(db: AsyncDatabase[dict[str, Any]], file_id: str) -> FileInfo:

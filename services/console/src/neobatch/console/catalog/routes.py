@@ -28,6 +28,7 @@ from neobatch.console.catalog.schemas import (
     TemplateOut,
 )
 from neobatch.console.catalog.store import CatalogStore
+from neobatch.console.paging import PageLimit, page_ends
 
 
 class ModelController(Controller):
@@ -52,10 +53,16 @@ class ModelController(Controller):
         catalog_store: NamedDependency[CatalogStore],
         search: FromQuery[str] = "",
         category: FromQuery[str] = "",
+        limit: PageLimit = 20,
+        after: FromQuery[str | None] = None,
     ) -> ModelList:
-        """Newest first; `search` matches the name, `category` one of the categories."""
-        docs = await catalog_store.list_models(search=search, category=category)
-        return ModelList(data=[rules.model_out(doc) for doc in docs])
+        """Newest first, a page at a time; `search` matches the name, `category` one of the
+        categories."""
+        docs, has_more = await catalog_store.list_models(
+            search=search, category=category, limit=limit, after=after
+        )
+        data = [rules.model_out(doc) for doc in docs]
+        return ModelList(data=data, has_more=has_more, **page_ends(data))
 
     @get("/{model_id:str}")
     async def get_model(
@@ -88,10 +95,15 @@ class ModelController(Controller):
         catalog_store: NamedDependency[CatalogStore],
         name: FromQuery[str] = "",
         status: FromQuery[str] = "",
+        limit: PageLimit = 20,
+        after: FromQuery[str | None] = None,
     ) -> TemplateList:
         await catalog_store.get_model(model_id)
-        docs = await catalog_store.list_templates(model_id, name=name, status=status)
-        return TemplateList(data=[rules.template_out(doc) for doc in docs])
+        docs, has_more = await catalog_store.list_templates(
+            model_id, name=name, status=status, limit=limit, after=after
+        )
+        data = [rules.template_out(doc) for doc in docs]
+        return TemplateList(data=data, has_more=has_more, **page_ends(data))
 
     @get("/{model_id:str}/deployment-templates/{template_id:str}")
     async def get_template(

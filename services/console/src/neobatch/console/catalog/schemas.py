@@ -46,6 +46,10 @@ class ModelOut(msgspec.Struct, kw_only=True):
 class ModelList(msgspec.Struct, kw_only=True):
     object: str = "list"
     data: list[ModelOut]
+    # A bounded page, newest first: pass `last_id` as `after` for the next one.
+    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None
 
 
 # --- deployment templates (aibrix-reference §1.9) --------------------------------------------
@@ -132,6 +136,10 @@ class TemplateOut(msgspec.Struct, kw_only=True):
 class TemplateList(msgspec.Struct, kw_only=True):
     object: str = "list"
     data: list[TemplateOut]
+    # A bounded page, newest first: pass `last_id` as `after` for the next one.
+    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None
 
 
 # --- GPU offers (the resource-manager's `offers` cache) ----------------------------------------

@@ -13,12 +13,17 @@ from pymongo.errors import DuplicateKeyError
 from neobatch.common.errors import NotFound
 from neobatch.common.mongo import ensure_indexes
 from neobatch.console.catalog.rules import latest_version
+from neobatch.console.page_store import find_page
 
 Document = dict[str, Any]
 
 MODELS = "models"
 TEMPLATES = "templates"
 OFFERS = "offers"
+# Model lists page newest first (page_store.find_page).
+MODEL_INDEXES = [
+    IndexModel([("created_at", DESCENDING), ("_id", DESCENDING)], name="newest_first"),
+]
 TEMPLATE_INDEXES = [
     # Backs the 409 on a duplicate template: the check and the insert cannot race.
     IndexModel(
@@ -30,6 +35,10 @@ TEMPLATE_INDEXES = [
         [("name", ASCENDING), ("status", ASCENDING), ("created_at", DESCENDING)],
         name="resolve",
     ),
+    IndexModel(
+        [("model_id", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+        name="model_newest_first",
+    ),
 ]
 
 
@@ -38,6 +47,7 @@ class CatalogStore:
         self._db = db
 
     async def ensure_indexes(self) -> None:
+        await ensure_indexes(self._db[MODELS], MODEL_INDEXES)
         await ensure_indexes(self._db[TEMPLATES], TEMPLATE_INDEXES)
 
     # --- models ------------------------------------------------------------------------------
@@ -55,14 +65,18 @@ class CatalogStore:
             raise NotFound(f"model {model_id!r} not found", code="model_not_found")
         return doc
 
-    async def list_models(self, search: str = "", category: str = "") -> list[Document]:
-        """Newest first; `search` matches the name, `category` one of the categories."""
+    async def list_models(
+        self, *, search: str = "", category: str = "", limit: int, after: str | None = None
+    ) -> tuple[list[Document], bool]:
+        """A page, newest first, after the model `after`; `search` matches the name,
+        `category` one of the categories. Whether more follow."""
         query: Document = {}
         if search:
             query["name"] = {"$regex": re.escape(search), "$options": "i"}
         if category:
             query["categories"] = {"$regex": f"^{re.escape(category)}$", "$options": "i"}
-        return await self._db[MODELS].find(query).sort([("created_at", DESCENDING)]).to_list(None)
+        cursor = {"_id": after} if after else None
+        return await find_page(self._db[MODELS], query, after=cursor, limit=limit)
 
     # --- deployment templates ----------------------------------------------------------------
 
@@ -71,15 +85,22 @@ class CatalogStore:
         return await self._insert_new(TEMPLATES, doc)
 
     async def list_templates(
-        self, model_id: str, *, name: str = "", status: str = ""
-    ) -> list[Document]:
+        self,
+        model_id: str,
+        *,
+        name: str = "",
+        status: str = "",
+        limit: int,
+        after: str | None = None,
+    ) -> tuple[list[Document], bool]:
+        """A page of the model's templates, newest first, after the template `after`."""
         query: Document = {"model_id": model_id}
         if name:
             query["name"] = name
         if status:
             query["status"] = status
-        cursor = self._db[TEMPLATES].find(query)
-        return await cursor.sort([("created_at", DESCENDING)]).to_list(None)
+        cursor = {"_id": after} if after else None
+        return await find_page(self._db[TEMPLATES], query, after=cursor, limit=limit)
 
     async def get_template(self, model_id: str, template_id: str) -> Document:
         doc = await self._db[TEMPLATES].find_one({"_id": template_id, "model_id": model_id})

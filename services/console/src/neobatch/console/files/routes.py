@@ -2,7 +2,7 @@
 
 One set of handlers serves both. The surfaces differ in two things only, given by
 `file_router`: where an upload is posted (`/files/upload` on AIBrix, `/files` on OpenAI) and
-the list's page size (AIBrix pages by 20, up to 100; OpenAI lists up to 10,000 at once).
+the list's page size (AIBrix pages by 20, up to 100; OpenAI by 100, up to 10,000).
 Files live in the shared file store, scoped to the caller's project: another project's file
 answers 404 exactly like a missing one.
 """
@@ -25,6 +25,7 @@ from neobatch.console.files.schemas import FileDeleted, FileList, FileOut, Uploa
 from neobatch.console.files.store import FileStore
 from neobatch.console.files.uploads import check_filename, checked_chunks
 from neobatch.console.keys.auth import Caller
+from neobatch.console.paging import page_ends
 from neobatch.console.settings import ConsoleSettings
 from neobatch.console.wire import unix_seconds
 
@@ -97,12 +98,7 @@ class FileController(Controller):
             ascending=order == "asc",
         )
         data = [file_out(i) for i in infos]
-        return FileList(
-            data=data,
-            has_more=has_more,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-        )
+        return FileList(data=data, has_more=has_more, **page_ends(data))
 
     @get("/{file_id:str}")
     async def get_file(
@@ -154,7 +150,8 @@ def aibrix_page_limit(limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20) 
     return limit
 
 
-def openai_page_limit(limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 10_000) -> int:
+# OpenAI allows pages up to 10,000; by default a page is 100 (the SDK follows `has_more`).
+def openai_page_limit(limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 100) -> int:
     return limit
 
 

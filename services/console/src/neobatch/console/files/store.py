@@ -12,14 +12,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from neobatch.common import filestore
 from neobatch.common.errors import NotFound
 from neobatch.common.filestore import FileInfo
 from neobatch.console.keys.store import KeyStore
-from neobatch.console.paging import rows_after
+from neobatch.console.page_store import find_page
 
 Document = dict[str, Any]
 
@@ -78,30 +77,27 @@ class FileStore:
     async def list_files(
         self, project: str, *, purpose: str, limit: int, after: str | None, ascending: bool
     ) -> tuple[list[FileInfo], bool]:
-        """A page of `project`'s files by upload time, after the file `after` (an unknown one
-        gives an empty page); and whether more follow."""
+        """A page of `project`'s files by upload time, after the file `after` (an unknown one,
+        or another project's, gives an empty page); and whether more follow. The page is one
+        query whatever its size: the rows are the file documents themselves."""
         keys = await self._keys.list_key_ids(project)
-        query: Document = {
+        scope: Document = {
             "$or": [
                 {"metadata.project": project},
                 {"metadata.project": None, "metadata.owner": {"$in": keys}},
             ]
         }
         if purpose:
-            query["metadata.purpose"] = purpose
-        if after:
-            cursor_doc = await self._db[FILES].find_one({"_id": after}, {"uploadDate": 1})
-            if cursor_doc is None:
-                return [], False
-            page_start = rows_after(
-                cursor_doc["uploadDate"], after, "uploadDate", ascending=ascending
-            )
-            query = {"$and": [query, page_start]}
-        order = ASCENDING if ascending else DESCENDING
-        cursor = self._db[FILES].find(query).sort([("uploadDate", order), ("_id", order)])
-        docs = await cursor.limit(limit + 1).to_list(limit + 1)
-        infos = [await filestore.find_file(self._db, d["_id"]) for d in docs[:limit]]
-        return [i for i in infos if i is not None], len(docs) > limit
+            scope["metadata.purpose"] = purpose
+        docs, has_more = await find_page(
+            self._db[FILES],
+            scope,
+            after={"_id": after} if after else None,
+            limit=limit,
+            field="uploadDate",
+            ascending=ascending,
+        )
+        return [filestore.file_info(doc) for doc in docs], has_more
 
     async def delete_file(self, file_id: str) -> bool:
         return await filestore.delete_file(self._db, file_id)

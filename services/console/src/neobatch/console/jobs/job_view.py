@@ -21,6 +21,8 @@ from neobatch.console.jobs.schemas import (
 )
 from neobatch.console.wire import unix_seconds_or_none
 
+# Where a provision's error is the job's news (AIBrix §1.6): before the machine is running.
+_WAITING_FOR_A_MACHINE = frozenset({"queued", "resource_preparing", "resource_failed"})
 # The job's own extra timestamps the planner writes, shown when present.
 _EXTRA_TIMESTAMPS = ("expires_at", "updated_at")
 
@@ -180,7 +182,9 @@ def job_view(job: dict[str, Any], provision: dict[str, Any] | None, *, caller: s
     """The response body of every /api/v1/jobs route."""
     # Error text may quote a provider's or engine's reply; mask anything key-like in it.
     error_message = redact_text(job.get("error_message") or "")
-    if not error_message and provision:
+    if not error_message and provision and job.get("status") in _WAITING_FOR_A_MACHINE:
+        # The provision's error explains a job still waiting for its machine or failed for
+        # want of one; past that it is history (a retried offer, a release retry).
         error_message = redact_text(provision.get("error_message") or "")
     times = {
         field: unix_seconds_or_none(job.get(field))

@@ -17,7 +17,7 @@ from neobatch.common.mongo import ensure_indexes, transact
 from neobatch.common.outbox import append_events
 from neobatch.common.subjects import Namespace
 from neobatch.common.transitions import compare_and_set
-from neobatch.console.paging import rows_after
+from neobatch.console.page_store import find_page
 
 Document = dict[str, Any]
 
@@ -102,22 +102,8 @@ class JobStore:
         self, project: str, limit: int, after: Document | None
     ) -> tuple[list[Document], bool]:
         """A page of `project`'s jobs, newest first, after the job `after` selects (an unknown
-        one gives an empty page); and whether more follow."""
-        query: Document = {"project": project}
-        if after:
-            cursor_doc = await self._db[JOBS].find_one(
-                {**after, "project": project}, {"created_at": 1}
-            )
-            if cursor_doc is None:
-                return [], False
-            query.update(
-                rows_after(
-                    cursor_doc["created_at"], cursor_doc["_id"], "created_at", ascending=False
-                )
-            )
-        cursor = self._db[JOBS].find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)])
-        docs = await cursor.limit(limit + 1).to_list(limit + 1)
-        return docs[:limit], len(docs) > limit
+        one, or another project's, gives an empty page); and whether more follow."""
+        return await find_page(self._db[JOBS], {"project": project}, after=after, limit=limit)
 
     async def save_cancel_request(
         self, job_id: str, events: Sequence[Event], now: datetime
