@@ -62,6 +62,9 @@ def service_env(
         "NEOBATCH_CONSOLE_PORT": str(ports.console),
         "NEOBATCH_API_KEY": DEV_API_KEY,
         "PROVISIONER": "ssh",
+        # The rate limit counts every request (reads too); tests and demos poll one job many
+        # times a second with the one dev key, so the local stack allows far more.
+        "NEOBATCH_RATE_LIMIT_PER_MINUTE": "60000",
         "NEOBATCH_SSH_POOL": f"{current_user()}@{LOOPBACK}:{ports.ssh}",
         "NEOBATCH_SSH_KEY_FILE": str(layout.client_key),
         # Log lines reach .run/logs as they happen, not when a buffer fills or the process exits.
