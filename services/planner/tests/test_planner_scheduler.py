@@ -231,3 +231,12 @@ async def test_a_project_at_its_machine_quota_waits_queued(mongo_url: str, mongo
         assert [statuses[j] for j in a] == ["completed", "resource_preparing", "queued"]
     finally:
         await client.close()
+
+
+async def test_jobs_written_before_projects_existed_still_start(rig: Rig) -> None:
+    old = await rig.add_job(1)
+    await rig.db.jobs.update_one({"_id": old}, {"$unset": {"project": ""}})
+    new = await rig.add_job(2, project="")
+    await rig.planner.plan_waiting()
+    statuses = await rig.statuses()
+    assert statuses[old] == statuses[new] == "resource_preparing"
