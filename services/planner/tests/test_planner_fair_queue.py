@@ -68,3 +68,9 @@ def test_projects_to_consider_prefers_fewest_machines_then_the_oldest_waiting() 
     heads = {"A": T0, "B": T0 + timedelta(seconds=5), "C": T0 + timedelta(seconds=1)}
     assert projects_to_consider(heads, {"A": 4}, 2) == ["C", "B"]
     assert projects_to_consider(heads, {}, 5) == ["A", "C", "B"]
+
+
+def test_a_per_project_quota_overrides_the_default() -> None:
+    queued = {"A": queue("A", 3), "B": queue("B", 3, start=10)}
+    chosen = choose_next(queued, {}, 6, max_machines=1, quotas={"B": 2})
+    assert [job.id for job in chosen] == ["A0", "B0", "B1"]
