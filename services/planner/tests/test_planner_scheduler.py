@@ -243,7 +243,7 @@ async def test_jobs_written_before_projects_existed_still_start(rig: Rig) -> Non
 
 
 async def test_a_project_quota_override_is_read_from_project_quotas(rig: Rig) -> None:
-    rig.planner._limits = Limits(max_machines_per_project=2)
+    rig.planner = Planner(rig.store, rig.clock, lambda: None, Limits(max_machines_per_project=2))
     await rig.db.project_quotas.insert_one({"_id": "A", "max_machines": 1})
     a = [await rig.add_job(n, project="A") for n in range(2)]
     await rig.planner.plan_waiting()
