@@ -136,7 +136,7 @@ class CommonSettings(Settings, frozen=True, kw_only=True):
         Env(
             "NEOBATCH_HEALTH_HOST",
             "Address of `/healthz`, `/readyz`, `/metrics` for planner, resource-manager, "
-            "runtime-agent (images set `0.0.0.0`)",
+            "runtime-agent and the console's `NEOBATCH_METRICS_PORT` (images set `0.0.0.0`)",
         ),
     ] = "127.0.0.1"
     health_port: Annotated[
