@@ -129,3 +129,35 @@ def test_cli_down_stops_everything_including_detached_commands(tmp_path: Path) -
         assert not marked_pids(stack.run_dir)
     finally:
         stack.stop()
+
+
+def test_run_files_are_private_to_the_user(tmp_path: Path) -> None:
+    """stack.env holds the dev key and .run/mongo every tenant's data: no other user reads them.
+
+    Started under the usual umask 022, over a run dir an earlier version left world-readable.
+    """
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o755)
+    os.chmod(run_dir, 0o755)
+    old_umask = os.umask(0o022)
+    try:
+        stack = start_stack(run_dir, Ports.free(), services=())
+    finally:
+        os.umask(old_umask)
+    try:
+        layout = stack.layout
+
+        def mode(path: Path) -> int:
+            return stat.S_IMODE(path.stat().st_mode)
+
+        assert mode(layout.root) == 0o700
+        assert mode(layout.stack_env) == 0o600
+        assert DEV_API_KEY in layout.stack_env.read_text()
+        assert mode(layout.mongo_storage) == 0o700
+        assert mode(layout.nats_store) == 0o700
+        for directory in (layout.pids, layout.logs, layout.ssh_dir):
+            assert mode(directory) == 0o700, directory
+        for name in INFRA:
+            assert mode(layout.pid_file(name)) & 0o077 == 0, name
+    finally:
+        stack.stop()

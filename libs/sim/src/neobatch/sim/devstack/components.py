@@ -12,7 +12,13 @@ import os
 from collections.abc import Mapping
 
 from neobatch.sim.devstack.clouds import SIM_MODULES, SimSpec
-from neobatch.sim.devstack.layout import DEV_API_KEY, Ports, RunLayout, current_user
+from neobatch.sim.devstack.layout import (
+    DEV_API_KEY,
+    Ports,
+    RunLayout,
+    current_user,
+    private_dir,
+)
 from neobatch.sim.testing.servers import (
     LOOPBACK,
     ManagedProcess,
@@ -82,8 +88,7 @@ def ensure_ssh_keys(layout: RunLayout) -> None:
 
     from neobatch.sim.ssh_host.keys import write_private_key
 
-    layout.ssh_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(layout.ssh_dir, 0o700)
+    private_dir(layout.ssh_dir)
     for private, public in (
         (layout.client_key, layout.client_public_key),
         (layout.host_key, layout.host_key.with_name(layout.host_key.name + ".pub")),
