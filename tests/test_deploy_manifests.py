@@ -14,10 +14,20 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import nats
+import nats.errors
 import pytest
 import yaml
 
+from neobatch.common.settings import nats_servers
 from neobatch.console.settings import ConsoleSettings
+from neobatch.sim.testing.servers import (
+    LOOPBACK,
+    ManagedProcess,
+    free_port,
+    nats_server_binary,
+    wait_port,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
@@ -326,3 +336,50 @@ def test_compose_publishes_only_the_console_and_keeps_nats_and_mongo_internal() 
         "${NEOBATCH_CONSOLE_PUBLISH:-127.0.0.1:8080}:8080"
     ]
     assert doc["services"]["console"]["environment"]["NEOBATCH_METRICS_PORT"] == "9090"
+
+
+# --- the NATS configs, run by a real nats-server -----------------------------------------
+
+
+def nats_servers_as_shipped() -> dict[str, tuple[str, list[str]]]:
+    """(nats.conf, nats-server arguments) of the k8s StatefulSet and of compose's nats-1."""
+    k8s_args = pod_spec("nats")["containers"][0]["args"]
+    k8s = (config_map("nats-config")["nats.conf"], k8s_args)
+    service = compose()["services"]["nats-1"]
+    # Compose writes `$$` for a literal `$` (its interpolation escape).
+    conf = compose()["configs"]["nats_conf"]["content"].replace("$$", "$")
+    return {"k8s": k8s, "compose": (conf, service["command"])}
+
+
+@pytest.mark.parametrize("where", ["k8s", "compose"])
+async def test_nats_config_refuses_a_client_without_the_login(where: str, tmp_path: Path) -> None:
+    """The shipped config and arguments on loopback ports: without the login (or with a wrong
+    one) the server refuses the client; the services' URL form, login inside, works."""
+    client, monitor, cluster = free_port(), free_port(), free_port()
+    conf, args = nats_servers_as_shipped()[where]
+    conf = (
+        conf.replace("0.0.0.0:4222", f"{LOOPBACK}:{client}")
+        .replace("0.0.0.0:8222", f"{LOOPBACK}:{monitor}")
+        .replace("0.0.0.0:6222", f"{LOOPBACK}:{cluster}")
+        .replace("store_dir: /data", f"store_dir: {tmp_path / 'js'}")
+    )
+    (tmp_path / "nats.conf").write_text(conf)
+    args = [str(tmp_path / "nats.conf") if arg == "/etc/nats/nats.conf" else arg for arg in args]
+    # The peers' routes point at a loopback port nobody listens on (the server keeps trying).
+    args = [re.sub(r"nats-\d:6222", f"{LOOPBACK}:{free_port()}", arg) for arg in args]
+    password = "p0a1b2c3d4e5f6"
+    env = {"POD_NAME": "nats-0", "NATS_USER": "neobatch", "NATS_PASSWORD": password}
+    server = ManagedProcess([str(nats_server_binary()), *args], tmp_path / "nats.log", env=env)
+    with server:
+        wait_port(LOOPBACK, client, 15, process=server)
+        for url in (f"nats://{LOOPBACK}:{client}", f"nats://neobatch:wrong@{LOOPBACK}:{client}"):
+            with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+                await nats.connect(url, allow_reconnect=False, connect_timeout=5)
+        url = f"nats://neobatch:{password}@{LOOPBACK}:{client}"
+        connection = await nats.connect(nats_servers(url), allow_reconnect=False)
+        try:
+            await connection.publish("neobatch.check", b"ok")
+            await connection.flush(timeout=5)
+            assert connection.is_connected
+        finally:
+            await connection.close()
