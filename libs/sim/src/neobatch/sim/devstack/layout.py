@@ -114,6 +114,14 @@ class RunLayout:
         return self.ssh_dir / "host_key"
 
     @property
+    def nats_password(self) -> Path:
+        return self.root / "nats-password"
+
+    @property
+    def nats_config(self) -> Path:
+        return self.root / "nats.conf"
+
+    @property
     def stack_env(self) -> Path:
         return self.root / "stack.env"
 
