@@ -93,6 +93,8 @@ class Service:
     url: str
     env: dict[str, str]
     healthcheck: list[str] | None
+    # Where /metrics is served: the health port, or the console's NEOBATCH_METRICS_PORT.
+    metrics_url: str
 
 
 @pytest.fixture(scope="module")
@@ -128,10 +130,19 @@ def services(stack: Stack) -> Iterator[dict[str, Service]]:
                 "NEOBATCH_CONSOLE_HOST": LOOPBACK,
                 "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
             }
+            metrics_port = port
+            if "NEOBATCH_METRICS_PORT" in image.env:  # the console's own metrics listener
+                metrics_port = free_port()
+                env["NEOBATCH_METRICS_PORT"] = str(metrics_port)
             log = stack.run_dir / "logs" / f"image-{name}.log"
             process = ManagedProcess(image.cmd, log, env=env, name=name)
             running[name] = Service(
-                name, process, f"http://{LOOPBACK}:{port}", env, image.healthcheck
+                name,
+                process,
+                f"http://{LOOPBACK}:{port}",
+                env,
+                image.healthcheck,
+                f"http://{LOOPBACK}:{metrics_port}/metrics",
             )
         for service in running.values():
             wait_port(LOOPBACK, int(service.url.rsplit(":", 1)[1]), 60, process=service.process)
@@ -193,8 +204,10 @@ def test_metrics_parse_and_count_the_jobs_run(stack: Stack, services: dict[str, 
         assert job["status"] == "completed", job
     console.close()
 
+    # The console image serves /metrics on its metrics port only, not on the API port.
+    assert status(services["console"].url + "/metrics") == 404
     for name, service in services.items():
-        response = httpx.get(service.url + "/metrics", timeout=10, trust_env=False)
+        response = httpx.get(service.metrics_url, timeout=10, trust_env=False)
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/plain")
         got = samples(response.text)  # raises on anything that is not Prometheus text
@@ -213,13 +226,13 @@ def test_metrics_parse_and_count_the_jobs_run(stack: Stack, services: dict[str, 
         assert got[("neobatch_leased_machines", frozenset({("provider", "ssh")}))] == 0
         assert got[("neobatch_state_up", frozenset({("source", "nats")}))] == 1
         assert ("neobatch_outbox_lag_seconds", frozenset()) in got
-    agent = samples(httpx.get(services["runtime-agent"].url + "/metrics", trust_env=False).text)
+    agent = samples(httpx.get(services["runtime-agent"].metrics_url, trust_env=False).text)
     assert (
         agent[("neobatch_dispatch_requests_total", frozenset({("outcome", "ok")}))]
         == JOBS * REQUESTS
     )
     assert agent[("neobatch_request_latency_seconds_count", frozenset())] == JOBS * REQUESTS
-    planner = samples(httpx.get(services["planner"].url + "/metrics", trust_env=False).text)
+    planner = samples(httpx.get(services["planner"].metrics_url, trust_env=False).text)
     terminal = frozenset({("service", "planner"), ("subject", "batch.terminal")})
     assert planner[("neobatch_events_handled_total", terminal)] == JOBS
 

@@ -37,3 +37,35 @@ def test_redact_keeps_ordinary_values() -> None:
         "items": ["a", "b"],
     }
     assert redact("token=abc123 rest") == "token=[redacted] rest"
+
+
+def test_credentials_in_connection_urls_are_masked() -> None:
+    """NATS_URL and MONGO_URL carry the broker's and the database's passwords (deploy/)."""
+    nats_url = (
+        "nats://neobatch:n4tsPw-x1@nats-0.nats:4222,nats://neobatch:n4tsPw-x1@nats-1.nats:4222"
+    )
+    mongo_url = "mongodb://neobatch:m0ngo%2FPw@mongo-0.mongo:27017/?replicaSet=rs0&authSource=admin"
+    line = format_record(
+        f"could not connect to {nats_url} or {mongo_url}",
+        nats_url=nats_url,
+        servers=[mongo_url],
+        error=f"ServerSelectionTimeoutError: {mongo_url}",
+    )
+    text = json.dumps(line)
+    assert "n4tsPw-x1" not in text
+    assert "m0ngo" not in text
+    # What is left still says where it tried to connect.
+    assert "nats-0.nats:4222" in line["message"]
+    assert "mongo-0.mongo:27017" in line["message"]
+    assert redact("mongodb://127.0.0.1:27017") == "mongodb://127.0.0.1:27017"
+    assert redact("nats://tok3n@nats:4222") == "nats://[redacted]@nats:4222"
+
+
+def test_connection_urls_are_secret_settings() -> None:
+    from neobatch.common.settings import CommonSettings
+
+    settings = CommonSettings(
+        nats_url="nats://u:n4tsPw-x1@nats:4222", mongo_url="mongodb://u:m0ngoPw@mongo:27017"
+    )
+    assert "n4tsPw" not in repr(settings)
+    assert "m0ngoPw" not in repr(settings)

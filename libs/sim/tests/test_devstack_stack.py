@@ -75,7 +75,8 @@ def test_start_records_pids_keys_and_urls(infra: Stack) -> None:
     recorded = read_env_file(layout.stack_env)
     assert recorded["NEOBATCH_CONSOLE_URL"] == f"http://127.0.0.1:{infra.ports.console}"
     assert recorded["NEOBATCH_API_KEY"] == DEV_API_KEY
-    assert recorded["NATS_URL"] == f"nats://127.0.0.1:{infra.ports.nats}"
+    assert recorded["NATS_URL"] == infra.nats_url
+    assert infra.nats_url.endswith(f"@127.0.0.1:{infra.ports.nats}")
     assert recorded["MONGO_URL"] == f"mongodb://127.0.0.1:{infra.ports.mongo}"
     assert recorded["NEOBATCH_SSH_POOL"] == f"{current_user()}@127.0.0.1:{infra.ports.ssh}"
     assert recorded["NEOBATCH_SSH_KEY_FILE"] == str(layout.client_key)
@@ -129,3 +130,62 @@ def test_cli_down_stops_everything_including_detached_commands(tmp_path: Path) -
         assert not marked_pids(stack.run_dir)
     finally:
         stack.stop()
+
+
+def test_run_files_are_private_to_the_user(tmp_path: Path) -> None:
+    """stack.env holds the dev key and .run/mongo every tenant's data: no other user reads them.
+
+    Started under the usual umask 022, over a run dir an earlier version left world-readable.
+    """
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o755)
+    os.chmod(run_dir, 0o755)
+    old_umask = os.umask(0o022)
+    try:
+        stack = start_stack(run_dir, Ports.free(), services=())
+    finally:
+        os.umask(old_umask)
+    try:
+        layout = stack.layout
+
+        def mode(path: Path) -> int:
+            return stat.S_IMODE(path.stat().st_mode)
+
+        assert mode(layout.root) == 0o700
+        assert mode(layout.stack_env) == 0o600
+        assert DEV_API_KEY in layout.stack_env.read_text()
+        assert mode(layout.mongo_storage) == 0o700
+        assert mode(layout.nats_store) == 0o700
+        for directory in (layout.pids, layout.logs, layout.ssh_dir):
+            assert mode(directory) == 0o700, directory
+        for name in INFRA:
+            assert mode(layout.pid_file(name)) & 0o077 == 0, name
+    finally:
+        stack.stop()
+
+
+def test_local_nats_requires_the_stack_login(infra: Stack) -> None:
+    """Another local user (or process) without .run/ cannot use the stack's NATS."""
+    import nats
+    import nats.errors
+
+    async def check() -> None:
+        bare = f"nats://127.0.0.1:{infra.ports.nats}"
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await nats.connect(bare, allow_reconnect=False, connect_timeout=5)
+        connection = await nats.connect(infra.nats_url, allow_reconnect=False)
+        try:
+            await connection.jetstream().account_info()
+        finally:
+            await connection.close()
+
+    asyncio.run(check())
+    password = infra.nats_url.split("@")[0].rsplit(":", 1)[1]
+    for path in (infra.layout.nats_password, infra.layout.nats_config):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    # Not on nats-server's command line, which every local user can read in `ps`.
+    assert password not in " ".join(_cmdline(infra.processes["nats"].pid))
+
+
+def _cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")

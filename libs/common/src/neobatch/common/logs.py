@@ -29,6 +29,10 @@ _SECRET_TEXT = [
     re.compile(
         r"(?i)(?P<keep>(?:api[_-]?key|token|password|secret)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"
     ),
+    # Credentials in a connection URL (NATS_URL, MONGO_URL): the password of `user:pass@`,
+    # then a lone token (`nats://token@host`); the host stays readable.
+    re.compile(r"(?i)(?P<keep>\b[a-z][a-z0-9+.-]*://[^\s/@:,'\"]*:)[^\s/@,'\"]+(?=@)"),
+    re.compile(r"(?i)(?P<keep>\b[a-z][a-z0-9+.-]*://)[^\s/@:,'\"]+(?=@)"),
 ]
 
 

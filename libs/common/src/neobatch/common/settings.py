@@ -98,7 +98,9 @@ class CommonSettings(Settings, frozen=True, kw_only=True):
         Env(
             "NATS_URL",
             "NATS server; a cluster's seeds may be listed comma-separated "
-            "(`nats://a:4222,nats://b:4222`)",
+            "(`nats://a:4222,nats://b:4222`); each may hold credentials "
+            "(`nats://user:password@a:4222`): keep it in a Secret",
+            secret=True,
         ),
     ] = "nats://127.0.0.1:4222"
     mongo_url: Annotated[
@@ -107,6 +109,7 @@ class CommonSettings(Settings, frozen=True, kw_only=True):
             "MONGO_URL",
             "MongoDB connection string (replica set: `...?replicaSet=rs0`); may hold "
             "credentials: keep it in a Secret",
+            secret=True,
         ),
     ] = "mongodb://127.0.0.1:27017"
     db_name: Annotated[str, Env("NEOBATCH_DB", "The one database all services share")] = "neobatch"
@@ -136,7 +139,7 @@ class CommonSettings(Settings, frozen=True, kw_only=True):
         Env(
             "NEOBATCH_HEALTH_HOST",
             "Address of `/healthz`, `/readyz`, `/metrics` for planner, resource-manager, "
-            "runtime-agent (images set `0.0.0.0`)",
+            "runtime-agent and the console's `NEOBATCH_METRICS_PORT` (images set `0.0.0.0`)",
         ),
     ] = "127.0.0.1"
     health_port: Annotated[

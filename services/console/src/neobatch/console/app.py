@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+import msgspec
 from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
@@ -68,8 +69,10 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
             ),
         ],
     )
+    # With a metrics port, /metrics is served there only (by the runtime's HealthServer).
+    probes = [healthz, readyz] if settings.metrics_port else [healthz, readyz, metrics]
     return Litestar(
-        route_handlers=[healthz, readyz, metrics, aibrix, openai],
+        route_handlers=[*probes, aibrix, openai],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[_lifespan(settings, clock)],
@@ -90,12 +93,21 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
     )
 
 
+def _runtime(settings: ConsoleSettings, clock: Clock | None) -> ServiceRuntime:
+    """The console serves its probes on the API port; `/metrics` too unless it has a port of
+    its own, which the runtime's HealthServer then serves (with the probes, as elsewhere)."""
+    if not settings.metrics_port:
+        return ServiceRuntime(SERVICE, settings.common, clock=clock, health_server=False)
+    common = msgspec.structs.replace(settings.common, health_port=settings.metrics_port)
+    return ServiceRuntime(SERVICE, common, clock=clock)
+
+
 def _lifespan(settings: ConsoleSettings, clock: Clock | None) -> Lifespan:
     """Connect, build the stores (their indexes and the dev key are start-up steps), serve."""
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        runtime = ServiceRuntime(SERVICE, settings.common, clock=clock, health_server=False)
+        runtime = _runtime(settings, clock)
         keys = KeyStore(runtime.db)
         files = FileStore(runtime.db, keys)
         catalog = CatalogStore(runtime.db)

@@ -20,10 +20,22 @@ class ConsoleSettings(Settings, frozen=True, kw_only=True):
         int,
         Env(
             "NEOBATCH_CONSOLE_PORT",
-            "Listen port of the API and of `/healthz`, `/readyz`, `/metrics`",
+            "Listen port of the API and of `/healthz`, `/readyz` (and `/metrics` unless "
+            "`NEOBATCH_METRICS_PORT` is set)",
             minimum=0,
         ),
     ] = 8080
+    # The API port faces every tenant; metrics are for the operator's scraper (deploy/).
+    metrics_port: Annotated[
+        int,
+        Env(
+            "NEOBATCH_METRICS_PORT",
+            "Console: a second listener on `NEOBATCH_HEALTH_HOST` serving `/metrics`, `/healthz`, "
+            "`/readyz`, and `/metrics` is then not on the API port; `0`: `/metrics` on the API "
+            "port (the image sets `9090`)",
+            minimum=0,
+        ),
+    ] = 0
     # Seeded into `api_keys` (project `default`) at start. Empty: no dev key; only keys made
     # with `python -m neobatch.console.keys create` are accepted.
     api_key: Annotated[

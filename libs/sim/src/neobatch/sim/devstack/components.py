@@ -9,10 +9,18 @@ inherit their environment and must not see the API key or database URLs.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 
 from neobatch.sim.devstack.clouds import SIM_MODULES, SimSpec
-from neobatch.sim.devstack.layout import DEV_API_KEY, Ports, RunLayout, current_user
+from neobatch.sim.devstack.layout import (
+    DEV_API_KEY,
+    Ports,
+    RunLayout,
+    atomic_write,
+    current_user,
+    private_dir,
+)
 from neobatch.sim.testing.servers import (
     LOOPBACK,
     ManagedProcess,
@@ -24,6 +32,8 @@ from neobatch.sim.testing.servers import (
 )
 
 STACK_MARKER_ENV = "NEOBATCH_STACK_DIR"
+# The user the local nats-server requires (password: ensure_nats_login).
+NATS_USER = "neobatch"
 
 NATS = "nats"
 MONGO = "mongo"
@@ -85,8 +95,7 @@ def ensure_ssh_keys(layout: RunLayout) -> None:
 
     from neobatch.sim.ssh_host.keys import write_private_key
 
-    layout.ssh_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(layout.ssh_dir, 0o700)
+    private_dir(layout.ssh_dir)
     for private, public in (
         (layout.client_key, layout.client_public_key),
         (layout.host_key, layout.host_key.with_name(layout.host_key.name + ".pub")),
@@ -97,6 +106,24 @@ def ensure_ssh_keys(layout: RunLayout) -> None:
         # The runtime-agent refuses a key file others can read; fix keys copied or restored loosely.
         if private.stat().st_mode & 0o077:
             os.chmod(private, 0o600)
+
+
+def ensure_nats_login(layout: RunLayout) -> str:
+    """The local nats-server's password, made once per run dir; returns it.
+
+    It is kept 0600 in the run dir and reaches nats-server through a 0600 config file (never
+    its command line, which `ps` shows every local user); the services get it in NATS_URL.
+    """
+    if not layout.nats_password.exists():
+        atomic_write(layout.nats_password, secrets.token_hex(24) + "\n")
+    password = layout.nats_password.read_text(encoding="utf-8").strip()
+    login = f'authorization {{\n  user: "{NATS_USER}"\n  password: "{password}"\n}}\n'
+    atomic_write(layout.nats_config, login)
+    return password
+
+
+def local_nats_url(layout: RunLayout, ports: Ports) -> str:
+    return f"nats://{NATS_USER}:{ensure_nats_login(layout)}@{LOOPBACK}:{ports.nats}"
 
 
 def start_component(
@@ -112,7 +139,10 @@ def start_component(
     if sims and name in sims:
         return _start_sim(sims[name], env, log_path, timeout_seconds)
     if name == NATS:
-        return start_nats(ports.nats, layout.nats_store, log_path, timeout_seconds)
+        ensure_nats_login(layout)
+        return start_nats(
+            ports.nats, layout.nats_store, log_path, timeout_seconds, config=layout.nats_config
+        )
     if name == MONGO:
         # A directory, not :memory:, so models, templates and jobs survive `down`/`up`.
         return start_mongo(ports.mongo, layout.mongo_storage, log_path, timeout_seconds)

@@ -114,6 +114,14 @@ class RunLayout:
         return self.ssh_dir / "host_key"
 
     @property
+    def nats_password(self) -> Path:
+        return self.root / "nats-password"
+
+    @property
+    def nats_config(self) -> Path:
+        return self.root / "nats.conf"
+
+    @property
     def stack_env(self) -> Path:
         return self.root / "stack.env"
 
@@ -128,8 +136,9 @@ class RunLayout:
         return self.logs / f"{name}.log"
 
     def make_dirs(self) -> None:
-        for directory in (self.root, self.pids, self.logs):
-            directory.mkdir(parents=True, exist_ok=True)
+        """The run dir and its state: 0700 (it holds the dev key and every project's data)."""
+        for directory in (self.root, self.pids, self.logs, self.nats_store, self.mongo_storage):
+            private_dir(directory)
 
 
 def find_run_dir(cwd: Path | None = None, environ: Mapping[str, str] = os.environ) -> Path:
@@ -150,7 +159,7 @@ def find_run_dir(cwd: Path | None = None, environ: Mapping[str, str] = os.enviro
 @contextlib.contextmanager
 def stack_lock(layout: RunLayout) -> Iterator[None]:
     """Serialise up/down on one run dir; two concurrent `up`s would start everything twice."""
-    layout.root.mkdir(parents=True, exist_ok=True)
+    private_dir(layout.root)
     with open(layout.lock_file, "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -190,7 +199,15 @@ def write_env_file(path: Path, values: Mapping[str, str]) -> None:
     atomic_write(path, "\n".join(lines) + "\n")
 
 
-def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+def private_dir(path: Path) -> None:
+    """Create `path` (and missing parents) 0700, and tighten it if it exists looser."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write `path` whole or not at all; 0600 by default (stack.env holds the dev key)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)

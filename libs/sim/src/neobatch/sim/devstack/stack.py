@@ -26,6 +26,7 @@ from neobatch.sim.devstack.components import (
     SSH_HOST,
     ensure_ssh_keys,
     health_port_var,
+    local_nats_url,
     service_env,
     start_component,
 )
@@ -211,7 +212,7 @@ def plan_stack(
     env = service_env(
         layout,
         ports,
-        nats_url or f"nats://{LOOPBACK}:{ports.nats}",
+        nats_url or local_nats_url(layout, ports),
         mongo_url or f"mongodb://{LOOPBACK}:{ports.mongo}",
         extra_env,
     )

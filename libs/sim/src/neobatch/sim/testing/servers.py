@@ -162,11 +162,16 @@ def start_nats(
     store_dir: str | os.PathLike[str],
     log_path: str | os.PathLike[str],
     timeout_seconds: float = 15,
+    config: str | os.PathLike[str] | None = None,
 ) -> ManagedProcess:
-    """Start a JetStream-enabled nats-server on 127.0.0.1:``port`` and wait until it listens."""
+    """Start a JetStream-enabled nats-server on 127.0.0.1:``port`` and wait until it listens.
+
+    ``config``: a nats.conf read first (the dev stack's login); the flags below override it.
+    """
     Path(store_dir).mkdir(parents=True, exist_ok=True)
     args = [
         str(nats_server_binary()),
+        *(["--config", str(config)] if config is not None else []),
         "-js",
         "-a",
         LOOPBACK,
