@@ -24,7 +24,13 @@ from neobatch.console.jobs.batch_routes import BatchController
 from neobatch.console.jobs.routes import JobController, job_capabilities
 from neobatch.console.jobs.service import JobService
 from neobatch.console.jobs.store import JobStore
-from neobatch.console.keys.auth import DEV_KEY_ID, key_doc, require_api_key
+from neobatch.console.keys.auth import (
+    DEV_KEY_ID,
+    OPERATOR_KEY_ID,
+    OPERATOR_ROLE,
+    key_doc,
+    require_api_key,
+)
 from neobatch.console.keys.ratelimit import RateLimiter
 from neobatch.console.keys.store import KeyStore
 from neobatch.console.settings import DEV_PROJECT, ConsoleSettings
@@ -101,14 +107,25 @@ def _lifespan(settings: ConsoleSettings, clock: Clock | None) -> Lifespan:
         jobs = JobStore(runtime.mongo, runtime.db, runtime.ns, runtime.notify_outbox)
         for store in (keys, catalog, jobs):
             runtime.add_startup(store.ensure_indexes)
-        if settings.api_key:
+        if settings.api_key or settings.operator_api_key:
 
-            async def seed_dev_key() -> None:
+            async def seed_dev_keys() -> None:
                 now = runtime.clock.now()
-                dev_key = key_doc(DEV_KEY_ID, settings.api_key, DEV_PROJECT, "dev key", now)
-                await keys.seed_key(dev_key)
+                if settings.api_key:
+                    dev = key_doc(DEV_KEY_ID, settings.api_key, DEV_PROJECT, "dev key", now)
+                    await keys.seed_key(dev)
+                if settings.operator_api_key:
+                    operator = key_doc(
+                        OPERATOR_KEY_ID,
+                        settings.operator_api_key,
+                        DEV_PROJECT,
+                        "operator key",
+                        now,
+                        role=OPERATOR_ROLE,
+                    )
+                    await keys.seed_key(operator)
 
-            runtime.add_startup(seed_dev_key)
+            runtime.add_startup(seed_dev_keys)
         try:
             await runtime.start()
             app.state.runtime = runtime

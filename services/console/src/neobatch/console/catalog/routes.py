@@ -28,13 +28,14 @@ from neobatch.console.catalog.schemas import (
     TemplateOut,
 )
 from neobatch.console.catalog.store import CatalogStore
+from neobatch.console.keys.auth import require_operator
 
 
 class ModelController(Controller):
     path = "/models"
 
     # 200 rather than 201 on create: AIBrix (grpc-gateway) answers 200 and clients check it.
-    @post("/", status_code=200)
+    @post("/", status_code=200, guards=[require_operator])
     async def create_model(
         self,
         data: JSONBody[CreateModel],
@@ -63,7 +64,7 @@ class ModelController(Controller):
     ) -> ModelOut:
         return rules.model_out(await catalog_store.get_model(model_id))
 
-    @post("/{model_id:str}/deployment-templates", status_code=200)
+    @post("/{model_id:str}/deployment-templates", status_code=200, guards=[require_operator])
     async def create_template(
         self,
         model_id: FromPath[str],

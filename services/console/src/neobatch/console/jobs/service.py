@@ -78,12 +78,12 @@ class JobService:
         return job
 
     async def request_cancel(self, job: Document, caller: Caller, now: datetime) -> Document:
-        """Record a cancel request (owner only; no-op on a terminal job); returns the job as
-        stored."""
-        events = rules.cancel_events(job, caller.owner, now)
+        """Record a cancel request (any key of the job's project, or an operator; a no-op on a
+        terminal job); returns the job as stored."""
+        events = rules.cancel_events(job, caller.scope, now)
         # Recorded once; a repeated cancel or a job that just ended changes nothing.
         if events and await self._jobs.save_cancel_request(job["_id"], events, now):
-            return await self._jobs.get_job(job["_id"], caller.project)
+            return await self._jobs.get_job(job["_id"], caller.scope)
         return job
 
 
