@@ -17,13 +17,17 @@ Name = Annotated[str, Meta(min_length=1, max_length=256)]
 Positive = Annotated[int, Meta(ge=1)]
 # What reaches a machine's command line: quoted there, and refused here when it holds a NUL or
 # a line break (no shell line of ours can carry one) or, as a first word, starts an option.
-Arg = Annotated[str, Meta(max_length=1024, pattern=r"^[^\x00\r\n]*$")]
-Word = Annotated[str, Meta(min_length=1, max_length=512, pattern=r"^[^\x00\r\n-][^\x00\r\n]*$")]
+# `$` would let one trailing newline through (Python's regex): END is the string's true end.
+END = r"(?![\s\S])"
+Arg = Annotated[str, Meta(max_length=1024, pattern=r"^[^\x00\r\n]*" + END)]
+Word = Annotated[
+    str, Meta(min_length=1, max_length=512, pattern=r"^[^\x00\r\n-][^\x00\r\n]*" + END)
+]
 Command = Annotated[list[Arg], Meta(min_length=1, max_length=64)]
 ServeArgs = Annotated[list[Arg], Meta(max_length=64)]
 # A Docker image reference; never an option (`--privileged`) to `docker run`.
-Image = Annotated[str, Meta(max_length=256, pattern=r"^([A-Za-z0-9][A-Za-z0-9._/:@-]*)?$")]
-ArgKey = Annotated[str, Meta(max_length=128, pattern=r"^-{0,2}[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+Image = Annotated[str, Meta(max_length=256, pattern=r"^([A-Za-z0-9][A-Za-z0-9._/:@-]*)?" + END)]
+ArgKey = Annotated[str, Meta(max_length=128, pattern=r"^-{0,2}[A-Za-z0-9][A-Za-z0-9_.-]*" + END)]
 EngineArg = Arg | int | float | bool
 
 
