@@ -36,13 +36,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         headers = {"Authorization": f"Bearer {started.api_key}"}
         with httpx.Client(base_url=started.console_url, headers=headers, timeout=30) as http:
-            demo = Demo(http, started.console_url, started.api_key, out=lambda _line: None)
+            demo = Demo(
+                http,
+                started.console_url,
+                started.api_key,
+                out=lambda _line: None,
+                operator_key=started.operator_key,
+            )
             model_id = demo.ensure_model()
             demo.ensure_template(model_id)
             slow = template_body(model_id, free_port())
             slow["name"] = SLOW_TEMPLATE
             slow["spec"]["engine"]["command"] = [*engine_command(), "--latency-ms", "500"]
-            created = http.post(f"/api/v1/models/{model_id}/deployment-templates", json=slow)
+            created = http.post(
+                f"/api/v1/models/{model_id}/deployment-templates", json=slow, headers=demo.operator
+            )
             assert created.status_code == 200, created.text
         yield started
     finally:

@@ -12,7 +12,13 @@ import os
 from collections.abc import Mapping
 
 from neobatch.sim.devstack.clouds import SIM_MODULES, SimSpec
-from neobatch.sim.devstack.layout import DEV_API_KEY, Ports, RunLayout, current_user
+from neobatch.sim.devstack.layout import (
+    DEV_API_KEY,
+    DEV_OPERATOR_KEY,
+    Ports,
+    RunLayout,
+    current_user,
+)
 from neobatch.sim.testing.servers import (
     LOOPBACK,
     ManagedProcess,
@@ -61,6 +67,7 @@ def service_env(
         "NEOBATCH_CONSOLE_HOST": LOOPBACK,
         "NEOBATCH_CONSOLE_PORT": str(ports.console),
         "NEOBATCH_API_KEY": DEV_API_KEY,
+        "NEOBATCH_OPERATOR_API_KEY": DEV_OPERATOR_KEY,
         "PROVISIONER": "ssh",
         "NEOBATCH_SSH_POOL": f"{current_user()}@{LOOPBACK}:{ports.ssh}",
         "NEOBATCH_SSH_KEY_FILE": str(layout.client_key),
