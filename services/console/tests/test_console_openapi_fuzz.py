@@ -43,6 +43,9 @@ EXPECTED_ROUTES = {
     ("get", "/api/v1/models/{model_id}/deployment-templates"),
     ("get", "/api/v1/models/{model_id}/deployment-templates/{template_id}"),
     ("get", "/api/v1/models/{model_id}/deployment-templates/by-name/{name}"),
+    ("put", "/api/v1/models/{model_id}"),
+    ("put", "/api/v1/models/{model_id}/deployment-templates/{template_id}"),
+    ("delete", "/api/v1/models/{model_id}/deployment-templates/{template_id}"),
 }
 
 JSON = st.recursive(
