@@ -6,8 +6,11 @@ import io
 import re
 from typing import Any
 
+import msgspec
 import pytest
 
+from neobatch.common.errors import ConfigError
+from neobatch.console.app import create_app
 from neobatch.console.keys.cli import run
 
 CHAT = "/v1/chat/completions"
@@ -105,3 +108,9 @@ async def test_cancel_after_the_creators_key_is_revoked(api: Any) -> None:
     # The operator reads any project's job by id.
     got = await api.get(f"/api/v1/jobs/{jobs[0]}", headers=api.operator)
     assert got.status_code == 200 and got.json()["id"] == jobs[0]
+
+
+def test_the_dev_key_and_the_operator_key_must_differ(console_settings: Any) -> None:
+    same = msgspec.structs.replace(console_settings, operator_api_key=console_settings.api_key)
+    with pytest.raises(ConfigError, match="must differ"):
+        create_app(same)

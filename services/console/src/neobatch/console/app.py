@@ -12,6 +12,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from neobatch.common.clock import Clock
+from neobatch.common.errors import ConfigError
 from neobatch.common.runtime import ServiceRuntime
 from neobatch.console.catalog.routes import ModelController, list_offers
 from neobatch.console.catalog.store import CatalogStore
@@ -42,6 +43,8 @@ Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
 
 def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Litestar:
     """The console app; connections are made in its lifespan, not here (no import effects)."""
+    if settings.api_key and settings.api_key == settings.operator_api_key:
+        raise ConfigError("NEOBATCH_API_KEY and NEOBATCH_OPERATOR_API_KEY must differ")
     aibrix = Router(
         path="/api/v1",
         guards=[require_api_key],
