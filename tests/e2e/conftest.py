@@ -13,7 +13,7 @@ from neobatch.sim.devstack.scenario import ConsoleClient
 
 @pytest.fixture(scope="module")
 def console(stack: Stack) -> Iterator[ConsoleClient]:
-    client = ConsoleClient(stack.console_url, stack.api_key)
+    client = ConsoleClient.for_stack(stack)
     yield client
     client.close()
 

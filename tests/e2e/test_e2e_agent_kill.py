@@ -62,7 +62,7 @@ def _wait(predicate: Any, timeout_seconds: float, what: str) -> Any:
 
 
 def test_agent_killed_half_way_resends_nothing_finished(stack: Stack, tmp_path: Path) -> None:
-    console = ConsoleClient(stack.console_url, stack.api_key)
+    console = ConsoleClient.for_stack(stack)
     mongo: MongoClient[dict[str, Any]] = MongoClient(stack.mongo_url)
     results = mongo[stack.env["NEOBATCH_DB"]]["batch_results"]
     request_log = tmp_path / "engine-requests.jsonl"

@@ -90,7 +90,7 @@ def test_jobs_survive_random_crashes_and_restarts(stack: Stack) -> None:
     print(f"\nchaos seed: {seed} (replay with NEOBATCH_CHAOS_SEED={seed})")
     rng = random.Random(seed)
 
-    console = ConsoleClient(stack.console_url, stack.api_key)
+    console = ConsoleClient.for_stack(stack)
     model_id = console.ensure_model()
     jobs = []
     for i in range(JOBS):

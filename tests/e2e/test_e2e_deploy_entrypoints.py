@@ -192,7 +192,7 @@ def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 def test_metrics_parse_and_count_the_jobs_run(stack: Stack, services: dict[str, Service]) -> None:
     wait_all(services, "/readyz", 200, 60)
-    console = ConsoleClient(stack.console_url, stack.api_key)
+    console = ConsoleClient.for_stack(stack)
     model_id = console.ensure_model()
     jobs = []
     for i in range(JOBS):

@@ -67,7 +67,7 @@ def _first_attempt(batch_id: str, index: int) -> str:
 def test_faults_are_retried_as_configured_and_permanent_ones_land_in_the_error_file(
     stack: Stack, tmp_path: Path
 ) -> None:
-    console = ConsoleClient(stack.console_url, stack.api_key)
+    console = ConsoleClient.for_stack(stack)
     model_id = console.ensure_model()
     lines = batch_lines(REQUESTS)
     file_id = console.upload(lines)

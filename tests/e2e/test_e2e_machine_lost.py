@@ -32,7 +32,7 @@ class LostMachineStack:
     def __init__(self, stack: Stack, sim_port: int) -> None:
         self.stack = stack
         self.admin = f"http://127.0.0.1:{sim_port}/_sim"
-        self.console = ConsoleClient(stack.console_url, stack.api_key)
+        self.console = ConsoleClient.for_stack(stack)
         self.model_id = self.console.ensure_model()
         self.mongo: MongoClient[dict[str, Any]] = MongoClient(stack.mongo_url)
         self.db = self.mongo[stack.env["NEOBATCH_DB"]]

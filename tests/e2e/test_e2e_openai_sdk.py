@@ -1,7 +1,9 @@
 """The real `openai` SDK against the whole local stack: what code written for OpenAI does.
 
 One stack for the module. The SDK is built with `_strict_response_validation=True`, so every
-response must match the SDK's own models. Batches run on the engine simulator over SSH.
+response must match the SDK's own models. Batches run on the engine simulator over SSH. No
+default template is configured: a batch without metadata runs on the template of the model its
+lines name (two are published for it here, and the model marks `sim-chat-demo` its default).
 """
 
 from __future__ import annotations
@@ -31,19 +33,30 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = {"NEOBATCH_DB": "e2e_openai", "DEFAULT_BATCH_MODEL_DEPLOYMENT_TEMPLATE": TEMPLATE_NAME}
+    env = {"NEOBATCH_DB": "e2e_openai"}
     started = start_stack(tmp_path_factory.mktemp("stack"), Ports.free(), env)
     try:
         headers = {"Authorization": f"Bearer {started.api_key}"}
         with httpx.Client(base_url=started.console_url, headers=headers, timeout=30) as http:
-            demo = Demo(http, started.console_url, started.api_key, out=lambda _line: None)
+            demo = Demo(
+                http,
+                started.console_url,
+                started.api_key,
+                out=lambda _line: None,
+                operator_key=started.operator_key,
+            )
             model_id = demo.ensure_model()
             demo.ensure_template(model_id)
             slow = template_body(model_id, free_port())
             slow["name"] = SLOW_TEMPLATE
             slow["spec"]["engine"]["command"] = [*engine_command(), "--latency-ms", "500"]
-            created = http.post(f"/api/v1/models/{model_id}/deployment-templates", json=slow)
+            created = http.post(
+                f"/api/v1/models/{model_id}/deployment-templates", json=slow, headers=demo.operator
+            )
             assert created.status_code == 200, created.text
+            default = {"default_template": TEMPLATE_NAME}
+            marked = http.put(f"/api/v1/models/{model_id}", json=default, headers=demo.operator)
+            assert marked.status_code == 200, marked.text
         yield started
     finally:
         started.stop()
@@ -118,6 +131,36 @@ async def test_upload_create_poll_and_download(client: openai.OpenAI, tmp_path: 
     assert errors[0]["response"]["status_code"] == 400
     meta = client.files.retrieve(batch.output_file_id)
     assert meta.purpose == "batch_output"
+
+
+def job_of(stack: Stack, batch_id: str) -> dict[str, Any]:
+    """The AIBrix view of a batch: it names the template the batch ran on."""
+    headers = {"Authorization": f"Bearer {stack.api_key}"}
+    jobs = httpx.get(f"{stack.console_url}/api/v1/jobs", headers=headers, timeout=30).json()
+    [job] = [j for j in jobs["jobs"] if j["batch_id"] == batch_id]
+    return dict(job)
+
+
+async def test_a_plain_sdk_batch_needs_no_metadata(
+    client: openai.OpenAI, stack: Stack, tmp_path: Path
+) -> None:
+    """Issue 13: code written for OpenAI names only `body.model`; that picks the template."""
+    uploaded = upload(client, write_lines(tmp_path / "plain.jsonl", requests(3)))
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+    batch = await finished(client, batch.id, timeout_seconds=120)
+    assert batch.status == "completed", batch.errors
+    assert batch.request_counts is not None and batch.request_counts.completed == 3
+    job = job_of(stack, batch.id)
+    assert (job["model_template_name"], job["model"]) == (TEMPLATE_NAME, MODEL)
+
+    # Lines naming two models: a 400 naming them, and no batch.
+    other = {**requests(1)[0], "custom_id": "other"}
+    other["body"] = {**other["body"], "model": "another-model"}
+    mixed = upload(client, write_lines(tmp_path / "mixed.jsonl", [*requests(1), other]))
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.batches.create(input_file_id=mixed.id, endpoint=CHAT, completion_window="24h")
+    assert refused.value.response.json()["code"] == "multiple_models"
+    assert "another-model" in refused.value.response.json()["message"]
 
 
 async def test_broken_input_is_a_failed_batch_with_line_numbers(

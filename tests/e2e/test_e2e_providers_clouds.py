@@ -37,12 +37,20 @@ class CloudStack:
             headers={"Authorization": f"Bearer {stack.api_key}"},
             timeout=30,
         )
-        self.demo = Demo(self.http, stack.console_url, stack.api_key, out=lambda _line: None)
+        self.demo = Demo(
+            self.http,
+            stack.console_url,
+            stack.api_key,
+            out=lambda _line: None,
+            operator_key=stack.operator_key,
+        )
         self.model_id = self.demo.ensure_model()
         template = template_body(self.model_id, free_port())
         template["name"] = "cloud-template"
         created = self.http.post(
-            f"/api/v1/models/{self.model_id}/deployment-templates", json=template
+            f"/api/v1/models/{self.model_id}/deployment-templates",
+            json=template,
+            headers=self.demo.operator,
         )
         assert created.status_code == 200, created.text
 

@@ -76,7 +76,7 @@ def clouds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clouds]:
         "NEOBATCH_LAMBDA_SSH_PORT": str(free_port()),
     }
     stack = start_stack(tmp_path_factory.mktemp("stack-targets"), Ports.free(), env)
-    console = ConsoleClient(stack.console_url, stack.api_key)
+    console = ConsoleClient.for_stack(stack)
     try:
         yield Clouds(console, sim_ports)
     finally:

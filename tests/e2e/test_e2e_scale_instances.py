@@ -113,7 +113,7 @@ def counter(url: str, name: str, **labels: str) -> float:
 def test_fifty_jobs_complete_once_with_two_instances_of_each_service(
     stack: Stack, instances: dict[str, list[str]]
 ) -> None:
-    console = ConsoleClient(stack.console_url, stack.api_key)
+    console = ConsoleClient.for_stack(stack)
     model_id = console.ensure_model()
     file_id = console.upload(batch_lines(REQUESTS))
     jobs = []

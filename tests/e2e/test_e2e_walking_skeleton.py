@@ -55,12 +55,20 @@ def wait_for_job(client: httpx.Client, job_id: str, timeout_seconds: float) -> d
 def test_batch_runs_to_completed_and_the_machine_is_released(
     stack: Stack, client: httpx.Client, tmp_path: Path
 ) -> None:
-    demo = Demo(client, stack.console_url, stack.api_key, out=lambda _line: None)
+    demo = Demo(
+        client,
+        stack.console_url,
+        stack.api_key,
+        out=lambda _line: None,
+        operator_key=stack.operator_key,
+    )
     model_id = demo.ensure_model()
     engine_port = free_port()
     template = template_body(model_id, engine_port)
     template["name"] = "e2e-template"
-    created = client.post(f"/api/v1/models/{model_id}/deployment-templates", json=template)
+    created = client.post(
+        f"/api/v1/models/{model_id}/deployment-templates", json=template, headers=demo.operator
+    )
     assert created.status_code == 200, created.text
 
     batch = tmp_path / "input.jsonl"

@@ -13,6 +13,7 @@ import pytest
 
 from neobatch.sim.devstack.layout import (
     DEV_API_KEY,
+    DEV_OPERATOR_KEY,
     Ports,
     RunLayout,
     StackError,
@@ -75,6 +76,7 @@ def test_start_records_pids_keys_and_urls(infra: Stack) -> None:
     recorded = read_env_file(layout.stack_env)
     assert recorded["NEOBATCH_CONSOLE_URL"] == f"http://127.0.0.1:{infra.ports.console}"
     assert recorded["NEOBATCH_API_KEY"] == DEV_API_KEY
+    assert recorded["NEOBATCH_OPERATOR_KEY"] == DEV_OPERATOR_KEY
     assert recorded["NATS_URL"] == infra.nats_url
     assert infra.nats_url.endswith(f"@127.0.0.1:{infra.ports.nats}")
     assert recorded["MONGO_URL"] == f"mongodb://127.0.0.1:{infra.ports.mongo}"

@@ -105,7 +105,8 @@ def test_format_status_ends_with_two_machine_readable_lines() -> None:
     assert lines[0].split() == ["COMPONENT", "PID", "ALIVE", "PORT"]
     assert lines[1].split() == ["nats", "101", "yes", "4222"]
     assert lines[2].split() == ["planner", "-", "no", "-"]
-    assert lines[-2:] == [
+    assert lines[-3:] == [
+        "NEOBATCH_OPERATOR_KEY=nb-dev-local-operator-key",
         "NEOBATCH_CONSOLE_URL=http://127.0.0.1:8080",
         "NEOBATCH_API_KEY=nb-dev-local-key",
     ]
@@ -148,7 +149,8 @@ def test_cli_status_output(tmp_path: Path) -> None:
         env=env,
         check=True,
     ).stdout
-    assert out.splitlines()[-2:] == [
+    assert out.splitlines()[-3:] == [
+        "NEOBATCH_OPERATOR_KEY=nb-dev-local-operator-key",
         "NEOBATCH_CONSOLE_URL=http://127.0.0.1:18082",
         "NEOBATCH_API_KEY=nb-dev-local-key",
     ]

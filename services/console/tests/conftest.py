@@ -15,15 +15,21 @@ from litestar.testing import AsyncTestClient
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from pymongo.asynchronous.database import AsyncDatabase
 
+from neobatch.common.clock import utcnow
 from neobatch.common.contracts import Event, decode_event
+from neobatch.common.ids import new_id
 from neobatch.common.settings import CommonSettings
 from neobatch.common.subjects import Namespace
 from neobatch.console.app import create_app
+from neobatch.console.keys.auth import OPERATOR_ROLE, PROJECT_ROLE, key_doc, new_api_key
 from neobatch.console.settings import ConsoleSettings
 from neobatch.sim.testing.waiting import wait_until
 
 API_KEY = "nb-test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+# The seeded operator key (NEOBATCH_OPERATOR_API_KEY): models and templates are created with it.
+OPERATOR_KEY = "nb-test-operator-0123456789"
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_KEY}"}
 MODEL_NAME = "Qwen2.5 7B Instruct"
 MODEL_ID = "model-qwen2-5-7b-instruct"
 TEMPLATE_NAME = "qwen-sim"
@@ -70,6 +76,7 @@ class ConsoleApi:
     template_body = staticmethod(template_body)
     sample_jsonl = SAMPLE_JSONL
     auth = AUTH
+    operator = OPERATOR
 
     def __init__(
         self, client: AsyncTestClient[Any], db: AsyncDatabase[Any], settings: ConsoleSettings
@@ -85,30 +92,52 @@ class ConsoleApi:
             kwargs["json"] = body
         return await self.client.post(path, **kwargs)
 
+    async def post_operator(self, path: str, body: Any = None) -> httpx.Response:
+        """A POST with the operator key (catalog writes)."""
+        return await self.post(path, body, headers=OPERATOR)
+
     async def get(self, path: str, body: Any = None, **kwargs: Any) -> httpx.Response:
         kwargs.setdefault("headers", AUTH)
         return await self.client.get(path, **kwargs)
 
+    async def new_key(self, project: str, *, operator: bool = False) -> tuple[str, dict[str, str]]:
+        """A new key of `project` stored as the admin CLI stores it: (key id, auth headers)."""
+        key_id, api_key = new_id("key"), new_api_key()
+        role = OPERATOR_ROLE if operator else PROJECT_ROLE
+        doc = key_doc(key_id, api_key, project, f"{project} key", utcnow(), role=role)
+        await self.db["api_keys"].insert_one(doc)
+        return key_id, {"Authorization": f"Bearer {api_key}"}
+
     async def upload(
-        self, content: bytes, filename: str = "batch.jsonl", purpose: str = "batch"
+        self,
+        content: bytes,
+        filename: str = "batch.jsonl",
+        purpose: str = "batch",
+        headers: dict[str, str] = AUTH,
     ) -> httpx.Response:
         return await self.client.post(
             "/api/v1/files/upload",
-            headers=AUTH,
+            headers=headers,
             data={"purpose": purpose},
             files={"file": (filename, content, "application/octet-stream")},
         )
 
     async def ready_template(self) -> str:
-        """A model and an active template; returns the model id."""
-        r = await self.post("/api/v1/models", {"name": MODEL_NAME, "serving_name": "qwen-7b"})
+        """A model and an active published template (made by the operator); the model id."""
+        r = await self.post(
+            "/api/v1/models", {"name": MODEL_NAME, "serving_name": "qwen-7b"}, headers=OPERATOR
+        )
         assert r.status_code == 200, r.text
-        r = await self.post(f"/api/v1/models/{MODEL_ID}/deployment-templates", template_body())
+        r = await self.post(
+            f"/api/v1/models/{MODEL_ID}/deployment-templates", template_body(), headers=OPERATOR
+        )
         assert r.status_code == 200, r.text
         return MODEL_ID
 
-    async def uploaded_file(self) -> str:
-        r = await self.upload(SAMPLE_JSONL)
+    async def uploaded_file(
+        self, content: bytes = SAMPLE_JSONL, headers: dict[str, str] = AUTH
+    ) -> str:
+        r = await self.upload(content, headers=headers)
         assert r.status_code == 200, r.text
         return str(r.json()["id"])
 
@@ -165,6 +194,7 @@ def console_settings(
             namespace=f"t{uuid.uuid4().hex[:12]}",
         ),
         api_key=API_KEY,
+        operator_api_key=OPERATOR_KEY,
     )
 
 

@@ -62,10 +62,17 @@ async def test_unknown_route_is_404_json(api: Any) -> None:
 
 
 async def test_keys_are_stored_hashed_and_the_dev_key_belongs_to_default(api: Any) -> None:
-    [doc] = await api.db["api_keys"].find().to_list(None)
-    assert doc["_id"] == "key_dev" and doc["project"] == "default"
-    assert doc["hash"] == hash_key(api.settings.api_key) and doc["revoked_at"] is None
-    assert api.settings.api_key not in str(doc)
+    docs = await api.db["api_keys"].find().sort("_id").to_list(None)
+    dev, operator = sorted(docs, key=lambda d: d["_id"] != "key_dev")
+    assert dev["_id"] == "key_dev" and dev["project"] == "default"
+    assert dev["role"] == "project"
+    assert dev["hash"] == hash_key(api.settings.api_key) and dev["revoked_at"] is None
+    assert (operator["_id"], operator["project"]) == ("key_operator", "default")
+    assert operator["role"] == "operator"
+    assert operator["hash"] == hash_key(api.settings.operator_api_key)
+    for doc in docs:
+        assert api.settings.api_key not in str(doc)
+        assert api.settings.operator_api_key not in str(doc)
 
 
 def test_new_keys_are_random_and_hashes_are_sha256() -> None:
@@ -77,6 +84,7 @@ def test_new_keys_are_random_and_hashes_are_sha256() -> None:
 def test_settings_from_environment_hide_the_key() -> None:
     env = {
         "NEOBATCH_API_KEY": "nb-secret-value-123",
+        "NEOBATCH_OPERATOR_API_KEY": "nb-operator-value-456",
         "NEOBATCH_CONSOLE_PORT": "9090",
         "DEFAULT_BATCH_MODEL_DEPLOYMENT_TEMPLATE": "qwen-sim",
         "NATS_URL": "nats://127.0.0.1:1",
@@ -94,3 +102,5 @@ def test_settings_from_environment_hide_the_key() -> None:
     assert settings.max_upload_bytes == 200 * 1024 * 1024
     assert settings.rate_limit_per_minute == 600
     assert "nb-secret-value-123" not in repr(settings)
+    assert settings.operator_api_key == "nb-operator-value-456"
+    assert "nb-operator-value-456" not in repr(settings)

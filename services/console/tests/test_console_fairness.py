@@ -112,7 +112,7 @@ async def test_an_unknown_provider_is_refused_at_create(api: Any) -> None:
 
 async def test_model_and_template_lists_are_bounded_pages(api: Any) -> None:
     for n in range(25):
-        r = await api.post("/api/v1/models", {"name": f"model {n:02d}"})
+        r = await api.post_operator("/api/v1/models", {"name": f"model {n:02d}"})
         assert r.status_code == 200
     first = (await api.get("/api/v1/models")).json()
     assert len(first["data"]) == 20 and first["has_more"] is True
@@ -126,7 +126,7 @@ async def test_model_and_template_lists_are_bounded_pages(api: Any) -> None:
     await api.ready_template()
     for n in range(3):
         body = api.template_body(version=f"v2.0.{n}")
-        r = await api.post(f"/api/v1/models/{api.model_id}/deployment-templates", body)
+        r = await api.post_operator(f"/api/v1/models/{api.model_id}/deployment-templates", body)
         assert r.status_code == 200
     path = f"/api/v1/models/{api.model_id}/deployment-templates"
     page = (await api.get(path, params={"limit": 2})).json()

@@ -47,12 +47,18 @@ async def test_default_template_and_latest_active_version_are_used(api: Any) -> 
     await api.ready_template()
     newer = api.template_body(version="v1.10.0")
     newer["spec"]["accelerator"]["count"] = 2
-    assert (await api.post(f"/api/v1/models/{api.model_id}/deployment-templates", newer)).is_success
+    assert (
+        await api.post_operator(f"/api/v1/models/{api.model_id}/deployment-templates", newer)
+    ).is_success
     # "Latest" is the highest version in AIBrix's numeric order, whatever was created last.
     older = api.template_body(version="v1.9.0")
-    assert (await api.post(f"/api/v1/models/{api.model_id}/deployment-templates", older)).is_success
+    assert (
+        await api.post_operator(f"/api/v1/models/{api.model_id}/deployment-templates", older)
+    ).is_success
     draft = api.template_body(version="v3.0.0", status="draft")
-    assert (await api.post(f"/api/v1/models/{api.model_id}/deployment-templates", draft)).is_success
+    assert (
+        await api.post_operator(f"/api/v1/models/{api.model_id}/deployment-templates", draft)
+    ).is_success
 
     body = await api.job_request(model_template_version="")
     view = (await api.post("/api/v1/jobs", body)).json()
@@ -299,15 +305,6 @@ async def test_cancel_of_a_terminal_job_changes_nothing(api: Any) -> None:
     assert r.json()["status"] == "completed" and r.json()["cancel_requested_at"] is None
     assert await api.db["jobs"].find_one({"_id": job_id}) == before
     assert await api.count(OUTBOX) == outbox_before
-
-
-async def test_only_the_owner_may_cancel(api: Any) -> None:
-    await api.ready_template()
-    job_id = (await api.post("/api/v1/jobs", await api.job_request())).json()["id"]
-    await api.db["jobs"].update_one({"_id": job_id}, {"$set": {"created_by": "key:someone"}})
-    r = await api.post(f"/api/v1/jobs/{job_id}/cancel", {})
-    assert r.status_code == 403 and r.json()["code"] == "forbidden"
-    assert (await api.db["jobs"].find_one({"_id": job_id}))["cancel_requested_at"] is None
 
 
 async def test_input_file_of_another_project_reads_as_missing(api: Any) -> None:

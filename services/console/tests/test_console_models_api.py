@@ -21,12 +21,12 @@ def template(**spec_overrides: Any) -> dict[str, Any]:
 
 async def test_model_is_created_with_a_slug_id_and_a_duplicate_is_409(api: Any) -> None:
     body = {"name": "Qwen2.5 7B Instruct", "categories": ["LLM"], "serving_name": "Qwen/Q"}
-    created = await api.post("/api/v1/models", body)
+    created = await api.post_operator("/api/v1/models", body)
     assert created.status_code == 200, created.text
     assert created.json()["id"] == MODEL_ID
     assert created.json()["serving_name"] == "Qwen/Q"
 
-    again = await api.post("/api/v1/models", body)
+    again = await api.post_operator("/api/v1/models", body)
     assert again.status_code == 409
     assert again.json()["code"] == "model_exists"
     assert MODEL_ID in again.json()["message"]
@@ -45,8 +45,8 @@ async def test_unknown_model_is_404_json(api: Any) -> None:
 
 
 async def test_template_gets_defaults_and_duplicate_version_is_409(api: Any) -> None:
-    await api.post("/api/v1/models", {"name": "Qwen2.5 7B Instruct"})
-    created = await api.post(f"/api/v1/models/{MODEL_ID}/deployment-templates", template())
+    await api.post_operator("/api/v1/models", {"name": "Qwen2.5 7B Instruct"})
+    created = await api.post_operator(f"/api/v1/models/{MODEL_ID}/deployment-templates", template())
     assert created.status_code == 200, created.text
     out = created.json()
     assert out["id"].startswith("tmpl_")
@@ -54,10 +54,10 @@ async def test_template_gets_defaults_and_duplicate_version_is_409(api: Any) -> 
     assert out["spec"]["engine"]["port"] == 8000
     assert out["spec"]["accelerator"]["count"] == 1
 
-    dup = await api.post(f"/api/v1/models/{MODEL_ID}/deployment-templates", template())
+    dup = await api.post_operator(f"/api/v1/models/{MODEL_ID}/deployment-templates", template())
     assert dup.status_code == 409 and dup.json()["code"] == "template_exists"
 
-    newer = await api.post(
+    newer = await api.post_operator(
         f"/api/v1/models/{MODEL_ID}/deployment-templates", {**template(), "version": "v1.1.0"}
     )
     assert newer.status_code == 200
@@ -67,7 +67,7 @@ async def test_template_gets_defaults_and_duplicate_version_is_409(api: Any) -> 
 
 
 async def test_template_for_unknown_model_is_404(api: Any) -> None:
-    r = await api.post("/api/v1/models/model-ghost/deployment-templates", template())
+    r = await api.post_operator("/api/v1/models/model-ghost/deployment-templates", template())
     assert r.status_code == 404 and r.json()["code"] == "model_not_found"
 
 
@@ -88,8 +88,8 @@ async def test_template_for_unknown_model_is_404(api: Any) -> None:
 async def test_invalid_template_is_400_naming_the_field(
     api: Any, body: dict[str, Any], field: str
 ) -> None:
-    await api.post("/api/v1/models", {"name": "Qwen2.5 7B Instruct"})
-    r = await api.post(f"/api/v1/models/{MODEL_ID}/deployment-templates", body)
+    await api.post_operator("/api/v1/models", {"name": "Qwen2.5 7B Instruct"})
+    r = await api.post_operator(f"/api/v1/models/{MODEL_ID}/deployment-templates", body)
     assert r.status_code == 400, r.text
     assert r.json()["code"] == "invalid_request"
     assert field in r.json()["message"]

@@ -174,7 +174,8 @@ async def test_error_paths_have_stable_codes_and_create_nothing(api: Any) -> Non
         ("get", "/v1/batches/batch_nope", None, 404, "batch_not_found"),
         ("post", "/v1/batches/batch_nope/cancel", None, 404, "batch_not_found"),
         ("get", "/v1/files/file_nope", None, 404, "file_not_found"),
-        ("post", "/api/v1/models", {"name": "Qwen2.5 7B Instruct"}, 409, "model_exists"),
+        ("post_operator", "/api/v1/models", {"name": "Qwen2.5 7B Instruct"}, 409, "model_exists"),
+        ("post", "/api/v1/models", {"name": "Other"}, 403, "operator_only"),
     ]
     for method, path, body, status, code in cases:
         r = await getattr(api, method)(path, body)

@@ -16,6 +16,8 @@ from neobatch.console.app import create_app
 from neobatch.console.settings import ConsoleSettings
 
 AUTH = {"Authorization": "Bearer nb-test-key-0123456789"}
+# The conftest's operator key: catalog writes answer 403 to a project key before their body is read.
+OPERATOR = {"Authorization": "Bearer nb-test-operator-0123456789"}
 EXPECTED_ROUTES = {
     ("post", "/v1/files"),
     ("get", "/v1/files"),
@@ -41,6 +43,9 @@ EXPECTED_ROUTES = {
     ("get", "/api/v1/models/{model_id}/deployment-templates"),
     ("get", "/api/v1/models/{model_id}/deployment-templates/{template_id}"),
     ("get", "/api/v1/models/{model_id}/deployment-templates/by-name/{name}"),
+    ("put", "/api/v1/models/{model_id}"),
+    ("put", "/api/v1/models/{model_id}/deployment-templates/{template_id}"),
+    ("delete", "/api/v1/models/{model_id}/deployment-templates/{template_id}"),
 }
 
 JSON = st.recursive(
@@ -125,7 +130,8 @@ def test_fuzzing_every_operation_finds_no_5xx(client: TestClient[Any]) -> None:
     @st.composite
     def request(draw: st.DrawFn) -> tuple[str, str, dict[str, Any]]:
         method, path, op = draw(st.sampled_from(ops))
-        kwargs: dict[str, Any] = {"headers": dict(AUTH), "params": {}}
+        headers = draw(st.sampled_from([AUTH, OPERATOR]))
+        kwargs: dict[str, Any] = {"headers": dict(headers), "params": {}}
         for param in op.get("parameters") or []:
             value = draw(from_schema(param.get("schema") or {}, components))
             if param["in"] == "path":

@@ -79,6 +79,22 @@ def test_a_template_command_wins_on_every_runtime(runtime: str) -> None:
     assert launch.argv == ["python", "-m", "engine", "--port", "8123", "--model", "llama-8b"]
 
 
+@pytest.mark.parametrize(
+    ("runtime", "overrides"),
+    [
+        ("lambdaCloud", {"image": "--privileged"}),
+        ("runpod", {"model_uri": "--trust-remote-code"}),
+        ("lambdaCloud", {"serve_args": ["--x", "a\x00b"]}),
+        ("ssh", {"command": ["python", "-c", "\x00"]}),
+    ],
+)
+def test_option_shaped_images_and_models_and_nul_bytes_are_refused(
+    runtime: str, overrides: dict[str, object]
+) -> None:
+    with pytest.raises(EngineLaunchFailed):
+        plan_launch(runtime, "batch_1", spec(**overrides))
+
+
 def test_unknown_runtime_and_engine_without_launch_are_refused() -> None:
     with pytest.raises(EngineLaunchFailed) as caught:
         plan_launch("gcp", "batch_1", spec())

@@ -13,6 +13,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from neobatch.common.clock import Clock
+from neobatch.common.errors import ConfigError
 from neobatch.common.runtime import ServiceRuntime
 from neobatch.console.catalog.routes import ModelController, list_offers
 from neobatch.console.catalog.store import CatalogStore
@@ -25,7 +26,14 @@ from neobatch.console.jobs.batch_routes import BatchController
 from neobatch.console.jobs.routes import JobController, job_capabilities
 from neobatch.console.jobs.service import JobService
 from neobatch.console.jobs.store import JobStore
-from neobatch.console.keys.auth import DEV_KEY_ID, key_doc, rate_limited, require_api_key
+from neobatch.console.keys.auth import (
+    DEV_KEY_ID,
+    OPERATOR_KEY_ID,
+    OPERATOR_ROLE,
+    key_doc,
+    rate_limited,
+    require_api_key,
+)
 from neobatch.console.keys.ratelimit import RateLimiter
 from neobatch.console.keys.store import KeyStore
 from neobatch.console.quotas import QuotaStore
@@ -38,6 +46,8 @@ Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
 
 def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Litestar:
     """The console app; connections are made in its lifespan, not here (no import effects)."""
+    if settings.api_key and settings.api_key == settings.operator_api_key:
+        raise ConfigError("NEOBATCH_API_KEY and NEOBATCH_OPERATOR_API_KEY must differ")
     aibrix = Router(
         path="/api/v1",
         guards=[require_api_key, rate_limited],
@@ -114,14 +124,25 @@ def _lifespan(settings: ConsoleSettings, clock: Clock | None) -> Lifespan:
         jobs = JobStore(runtime.mongo, runtime.db, runtime.ns, runtime.notify_outbox)
         for store in (keys, catalog, jobs):
             runtime.add_startup(store.ensure_indexes)
-        if settings.api_key:
+        if settings.api_key or settings.operator_api_key:
 
-            async def seed_dev_key() -> None:
+            async def seed_dev_keys() -> None:
                 now = runtime.clock.now()
-                dev_key = key_doc(DEV_KEY_ID, settings.api_key, DEV_PROJECT, "dev key", now)
-                await keys.seed_key(dev_key)
+                if settings.api_key:
+                    dev = key_doc(DEV_KEY_ID, settings.api_key, DEV_PROJECT, "dev key", now)
+                    await keys.seed_key(dev)
+                if settings.operator_api_key:
+                    operator = key_doc(
+                        OPERATOR_KEY_ID,
+                        settings.operator_api_key,
+                        DEV_PROJECT,
+                        "operator key",
+                        now,
+                        role=OPERATOR_ROLE,
+                    )
+                    await keys.seed_key(operator)
 
-            runtime.add_startup(seed_dev_key)
+            runtime.add_startup(seed_dev_keys)
         try:
             await runtime.start()
             app.state.runtime = runtime

@@ -46,6 +46,25 @@ class ConsoleSettings(Settings, frozen=True, kw_only=True):
             secret=True,
         ),
     ] = ""
+    # Seeded like the dev key, as an operator key of project `default`.
+    operator_api_key: Annotated[
+        str,
+        Env(
+            "NEOBATCH_OPERATOR_API_KEY",
+            "Bootstrap operator key (models, templates, every project's jobs), stored hashed; "
+            "empty: none",
+            secret=True,
+        ),
+    ] = ""
+    # Off by default: only operators publish templates, for every project.
+    private_template_projects: Annotated[
+        tuple[str, ...],
+        Env(
+            "NEOBATCH_PRIVATE_TEMPLATE_PROJECTS",
+            "Projects whose keys may own private deployment templates (comma-separated, `*`: "
+            "every project); never a launch command, image or raw serve args",
+        ),
+    ] = ()
     # AIBrix's name for it.
     default_template: Annotated[
         str,

@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(run_dir), ports, env, services=("console", "planner", "resource-manager")
         )
         try:
-            console = ConsoleClient(stack.console_url, stack.api_key)
+            console = ConsoleClient.for_stack(stack)
             model_id = console.ensure_model()
             console.create_template(model_id, sim_engine_template("bench", model_id))
             file_id = console.upload(batch_lines(1))

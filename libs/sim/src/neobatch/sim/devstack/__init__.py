@@ -19,12 +19,19 @@ No pytest imports here: the CLI and the tests share this package.
 """
 
 from neobatch.sim.devstack.components import SERVICE_MODULES
-from neobatch.sim.devstack.layout import DEV_API_KEY, Ports, RunLayout, StackError
+from neobatch.sim.devstack.layout import (
+    DEV_API_KEY,
+    DEV_OPERATOR_KEY,
+    Ports,
+    RunLayout,
+    StackError,
+)
 from neobatch.sim.devstack.processes import marked_pids
 from neobatch.sim.devstack.stack import Stack, start_stack
 
 __all__ = [
     "DEV_API_KEY",
+    "DEV_OPERATOR_KEY",
     "SERVICE_MODULES",
     "Ports",
     "RunLayout",

@@ -42,7 +42,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
             report=_say,
         )
     _say(
-        f"stack is up; console {stack.console_url} (API key {stack.api_key}); "
+        f"stack is up; console {stack.console_url} (API key {stack.api_key}, operator key "
+        f"{stack.operator_key}); "
         f"logs in {layout.logs}; stop it with ./task down"
     )
     return 0

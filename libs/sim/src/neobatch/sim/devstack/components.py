@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from neobatch.sim.devstack.clouds import SIM_MODULES, SimSpec
 from neobatch.sim.devstack.layout import (
     DEV_API_KEY,
+    DEV_OPERATOR_KEY,
     Ports,
     RunLayout,
     atomic_write,
@@ -71,6 +72,7 @@ def service_env(
         "NEOBATCH_CONSOLE_HOST": LOOPBACK,
         "NEOBATCH_CONSOLE_PORT": str(ports.console),
         "NEOBATCH_API_KEY": DEV_API_KEY,
+        "NEOBATCH_OPERATOR_API_KEY": DEV_OPERATOR_KEY,
         "PROVISIONER": "ssh",
         # The rate limit counts every request (reads too); tests and demos poll one job many
         # times a second with the one dev key, so the local stack allows far more.

@@ -4,7 +4,8 @@ Creates (or reuses) the model ``Sim Chat 1B`` and its deployment template ``sim-
 v1.0.0, whose engine is the engine simulator launched over SSH; uploads a sample batch; creates a
 job and follows it until it ends. The console URL and API key come from ``NEOBATCH_CONSOLE_URL`` /
 ``NEOBATCH_API_KEY`` when set, else from ``.run/stack.env`` written by ``devstack up``
-(``demo_cli.py``, behind ``python -m neobatch.sim.demo``).
+(``demo_cli.py``, behind ``python -m neobatch.sim.demo``); the model and template are made with
+the operator key (``NEOBATCH_OPERATOR_KEY``), the batch with the project key.
 """
 
 from __future__ import annotations
@@ -116,16 +117,20 @@ class Demo:
         console_url: str,
         api_key: str,
         out: Callable[[str], None] = print,
+        operator_key: str = "",
     ) -> None:
         self.client = client
         self.console_url = console_url
         self.api_key = api_key
         self.out = out
+        # Models and templates need an operator key; without one the client's own key is tried.
+        self.operator = {"Authorization": f"Bearer {operator_key}"} if operator_key else {}
 
     def ensure_model(self) -> str:
         response = self.client.post(
             "/api/v1/models",
             json={"name": MODEL_NAME, "categories": ["LLM"], "serving_name": MODEL},
+            headers=self.operator,
         )
         if response.status_code == 409:
             model = _check(self.client.get(f"/api/v1/models/{MODEL_ID}"), "read existing model")
@@ -137,7 +142,9 @@ class Demo:
 
     def ensure_template(self, model_id: str) -> dict[str, Any]:
         base = f"/api/v1/models/{model_id}/deployment-templates"
-        response = self.client.post(base, json=template_body(model_id, free_port()))
+        response = self.client.post(
+            base, json=template_body(model_id, free_port()), headers=self.operator
+        )
         if response.status_code == 409:
             # The plain list (filtered by name where the console supports it) works on every
             # console; `by-name/{name}` is an AIBrix route ours need not have.

@@ -27,6 +27,8 @@ from neobatch.sim.testing.servers import is_loopback
 class Connection:
     console_url: str
     api_key: str
+    # Models and templates are made with it; empty: the API key is tried (a 403 says why).
+    operator_key: str = ""
 
 
 def load_connection(
@@ -35,6 +37,7 @@ def load_connection(
     """Explicit environment first, so the demo can target any console; else the local stack."""
     url = environ.get("NEOBATCH_CONSOLE_URL", "").strip()
     key = environ.get("NEOBATCH_API_KEY", "").strip()
+    operator = environ.get("NEOBATCH_OPERATOR_KEY", "").strip()
     if not (url and key):
         try:
             stack_env = RunLayout(run_dir_finder()).stack_env
@@ -43,12 +46,13 @@ def load_connection(
         recorded = read_env_file(stack_env)
         url = url or recorded.get("NEOBATCH_CONSOLE_URL", "")
         key = key or recorded.get("NEOBATCH_API_KEY", "")
+        operator = operator or recorded.get("NEOBATCH_OPERATOR_KEY", "")
         if not (url and key):
             raise DemoError(
                 f"no console URL/API key: {stack_env} is missing or incomplete. Start the stack "
                 "with `./task up`, or set NEOBATCH_CONSOLE_URL and NEOBATCH_API_KEY"
             )
-    return Connection(url.rstrip("/"), key)
+    return Connection(url.rstrip("/"), key, operator)
 
 
 def make_client(connection: Connection) -> httpx.Client:
@@ -89,7 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         connection = load_connection(os.environ)
         with _input_dir() as input_dir, make_client(connection) as client:
-            demo = Demo(client, connection.console_url, connection.api_key)
+            demo = Demo(
+                client,
+                connection.console_url,
+                connection.api_key,
+                operator_key=connection.operator_key,
+            )
             return demo.run(args.requests, args.timeout, input_dir / "batch_input.jsonl")
     except DemoError as error:
         print(f"demo: {error}", file=sys.stderr)

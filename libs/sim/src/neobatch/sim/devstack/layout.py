@@ -13,7 +13,10 @@ from pathlib import Path
 
 from neobatch.sim.testing.servers import free_port
 
+# The local stack's two keys (loopback only): a project key of project `default`, and an
+# operator key (models, templates) the console seeds from NEOBATCH_OPERATOR_API_KEY.
 DEV_API_KEY = "nb-dev-local-key"
+DEV_OPERATOR_KEY = "nb-dev-local-operator-key"
 
 
 class StackError(RuntimeError):

@@ -105,11 +105,28 @@ def batch_lines(n: int, model: str = MODEL) -> list[dict[str, Any]]:
 
 
 class ConsoleClient:
-    def __init__(self, console_url: str, api_key: str, timeout_seconds: float = 30) -> None:
+    """A project key for files and jobs; the operator key, when given, for models and templates."""
+
+    def __init__(
+        self,
+        console_url: str,
+        api_key: str,
+        timeout_seconds: float = 30,
+        *,
+        operator_key: str = "",
+    ) -> None:
         self.http = httpx.Client(
             base_url=console_url,
             headers={"Authorization": f"Bearer {api_key}"},
             timeout=timeout_seconds,
+        )
+        self.operator = {"Authorization": f"Bearer {operator_key or api_key}"}
+
+    @classmethod
+    def for_stack(cls, stack: Any, timeout_seconds: float = 30) -> ConsoleClient:
+        """A client for a started `devstack.Stack`, with both of its keys."""
+        return cls(
+            stack.console_url, stack.api_key, timeout_seconds, operator_key=stack.operator_key
         )
 
     def close(self) -> None:
@@ -124,7 +141,9 @@ class ConsoleClient:
 
     def ensure_model(self, name: str = MODEL_NAME) -> str:
         response = self.http.post(
-            "/api/v1/models", json={"name": name, "categories": ["LLM"], "serving_name": MODEL}
+            "/api/v1/models",
+            json={"name": name, "categories": ["LLM"], "serving_name": MODEL},
+            headers=self.operator,
         )
         if response.status_code == 409:
             return model_id_for(name)
@@ -132,7 +151,11 @@ class ConsoleClient:
 
     def create_template(self, model_id: str, template: dict[str, Any]) -> dict[str, Any]:
         return self._ok(
-            self.http.post(f"/api/v1/models/{model_id}/deployment-templates", json=template)
+            self.http.post(
+                f"/api/v1/models/{model_id}/deployment-templates",
+                json=template,
+                headers=self.operator,
+            )
         )
 
     def upload(self, lines: Iterable[dict[str, Any]], filename: str = "batch.jsonl") -> str:

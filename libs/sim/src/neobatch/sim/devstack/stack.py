@@ -88,6 +88,11 @@ class Stack:
         return self.env["NEOBATCH_API_KEY"]
 
     @property
+    def operator_key(self) -> str:
+        """The operator key (models, templates): NEOBATCH_OPERATOR_API_KEY of the console."""
+        return self.env["NEOBATCH_OPERATOR_API_KEY"]
+
+    @property
     def nats_url(self) -> str:
         return self.env["NATS_URL"]
 
@@ -137,6 +142,7 @@ class Stack:
         return {
             "NEOBATCH_CONSOLE_URL": self.console_url,
             "NEOBATCH_API_KEY": self.api_key,
+            "NEOBATCH_OPERATOR_KEY": self.operator_key,
             "NATS_URL": self.nats_url,
             "MONGO_URL": self.mongo_url,
             "NEOBATCH_SSH_POOL": self.env.get("NEOBATCH_SSH_POOL", ""),

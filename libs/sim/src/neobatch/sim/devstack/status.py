@@ -8,7 +8,13 @@ from pathlib import Path
 
 from neobatch.sim import procs
 from neobatch.sim.devstack.components import ALL_COMPONENTS
-from neobatch.sim.devstack.layout import DEV_API_KEY, Ports, RunLayout, read_env_file
+from neobatch.sim.devstack.layout import (
+    DEV_API_KEY,
+    DEV_OPERATOR_KEY,
+    Ports,
+    RunLayout,
+    read_env_file,
+)
 from neobatch.sim.devstack.processes import read_pid, runs_component
 from neobatch.sim.testing.servers import LOOPBACK
 
@@ -39,7 +45,12 @@ def collect_status(run_dir: Path, ports: Ports | None = None) -> tuple[list[Stat
     return rows, console_url
 
 
-def format_status(rows: Sequence[StatusRow], console_url: str, api_key: str = DEV_API_KEY) -> str:
+def format_status(
+    rows: Sequence[StatusRow],
+    console_url: str,
+    api_key: str = DEV_API_KEY,
+    operator_key: str = DEV_OPERATOR_KEY,
+) -> str:
     header = ("COMPONENT", "PID", "ALIVE", "PORT")
     table = [header] + [
         (
@@ -54,6 +65,8 @@ def format_status(rows: Sequence[StatusRow], console_url: str, api_key: str = DE
     lines = [
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip() for line in table
     ]
+    # The operator key (models, templates) before them, for `grep NEOBATCH_OPERATOR_KEY`.
+    lines.append(f"NEOBATCH_OPERATOR_KEY={operator_key}")
     # The last two lines are for scripts: `eval "$(./task status | tail -n 2)"` or grep.
     lines.append(f"NEOBATCH_CONSOLE_URL={console_url}")
     lines.append(f"NEOBATCH_API_KEY={api_key}")

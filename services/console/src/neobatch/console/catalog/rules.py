@@ -17,6 +17,7 @@ from neobatch.console.catalog.schemas import (
     ModelOut,
     OfferOut,
     TemplateOut,
+    UpdateModel,
 )
 from neobatch.console.wire import unix_seconds
 
@@ -63,6 +64,11 @@ def model_doc(request: CreateModel, now: datetime) -> dict[str, Any]:
     return doc
 
 
+def model_update(request: UpdateModel) -> dict[str, Any]:
+    """The `$set` of a partial model update: only the fields the request names."""
+    return {k: v for k, v in msgspec.to_builtins(request).items() if v is not None}
+
+
 def model_out(doc: dict[str, Any]) -> ModelOut:
     return ModelOut(
         id=doc["_id"],
@@ -72,16 +78,23 @@ def model_out(doc: dict[str, Any]) -> ModelOut:
         description=doc.get("description") or "",
         tags=list(doc.get("tags") or []),
         context_length=doc.get("context_length"),
+        default_template=doc.get("default_template") or "",
         created_at=unix_seconds(doc["created_at"]),
     )
 
 
 def template_doc(
-    template_id: str, model_id: str, request: CreateTemplate, now: datetime
+    template_id: str,
+    model_id: str,
+    request: CreateTemplate,
+    now: datetime,
+    project: str | None = None,
 ) -> dict[str, Any]:
     return {
         "_id": template_id,
         "model_id": model_id,
+        # None: published by an operator, for every project.
+        "project": project,
         "name": request.name,
         "version": request.version,
         "status": request.status,
@@ -99,6 +112,7 @@ def template_out(doc: dict[str, Any]) -> TemplateOut:
         version=doc["version"],
         status=doc["status"],
         spec=doc["spec"],
+        project=doc.get("project"),
         created_at=unix_seconds(doc["created_at"]),
     )
 

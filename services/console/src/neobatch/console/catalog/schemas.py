@@ -15,7 +15,20 @@ from neobatch.console.wire import Endpoint, Label, Text
 
 Name = Annotated[str, Meta(min_length=1, max_length=256)]
 Positive = Annotated[int, Meta(ge=1)]
-EngineArg = str | int | float | bool
+# What reaches a machine's command line: quoted there, and refused here when it holds a NUL or
+# a line break (no shell line of ours can carry one) or, as a first word, starts an option.
+# `$` would let one trailing newline through (Python's regex): END is the string's true end.
+END = r"(?![\s\S])"
+Arg = Annotated[str, Meta(max_length=1024, pattern=r"^[^\x00\r\n]*" + END)]
+Word = Annotated[
+    str, Meta(min_length=1, max_length=512, pattern=r"^[^\x00\r\n-][^\x00\r\n]*" + END)
+]
+Command = Annotated[list[Arg], Meta(min_length=1, max_length=64)]
+ServeArgs = Annotated[list[Arg], Meta(max_length=64)]
+# A Docker image reference; never an option (`--privileged`) to `docker run`.
+Image = Annotated[str, Meta(max_length=256, pattern=r"^([A-Za-z0-9][A-Za-z0-9._/:@-]*)?" + END)]
+ArgKey = Annotated[str, Meta(max_length=128, pattern=r"^-{0,2}[A-Za-z0-9][A-Za-z0-9_.-]*" + END)]
+EngineArg = Arg | int | float | bool
 
 
 # --- models ----------------------------------------------------------------------------------
@@ -29,6 +42,18 @@ class CreateModel(msgspec.Struct, kw_only=True):
     description: Annotated[str, Meta(max_length=4096)] = ""
     tags: list[Label] = []
     context_length: Annotated[int, Meta(ge=0)] | None = None
+    # The template name a batch naming this model runs on when several are published for it.
+    default_template: Label = ""
+
+
+class UpdateModel(msgspec.Struct, kw_only=True):
+    """A partial update (PUT, as AIBrix): a field left out keeps its value."""
+
+    serving_name: Text | None = None
+    description: Annotated[str, Meta(max_length=4096)] | None = None
+    tags: list[Label] | None = None
+    categories: list[Label] | None = None
+    default_template: Label | None = None
 
 
 class ModelOut(msgspec.Struct, kw_only=True):
@@ -40,6 +65,7 @@ class ModelOut(msgspec.Struct, kw_only=True):
     description: str
     tags: list[str]
     context_length: int | None
+    default_template: str
     created_at: int
 
 
@@ -58,21 +84,21 @@ class ModelList(msgspec.Struct, kw_only=True):
 class TemplateEngine(msgspec.Struct, kw_only=True):
     type: Label = "vllm"
     version: Label = ""
-    image: Text = ""
+    image: Image = ""
     invocation: Label = ""
-    serve_args: list[Text] = []
+    serve_args: ServeArgs = []
     health_endpoint: Label = "/health"
     ready_timeout_seconds: Positive = 1800
     metrics_endpoint: Label = ""
     # Our extension (CONTRACTS.md): launch command overriding `vllm serve`, with {port} and
     # {model} substituted, and the engine's port on the host.
-    command: list[Text] | None = None
+    command: Command | None = None
     port: Annotated[int, Meta(ge=1, le=65535)] = 8000
 
 
 class ModelSource(msgspec.Struct, kw_only=True):
     type: Label = "huggingface"
-    uri: Annotated[str, Meta(min_length=1, max_length=512)]
+    uri: Word
     revision: Label = ""
     tokenizer_path: Text = ""
     chat_template_path: Text = ""
@@ -108,18 +134,31 @@ class TemplateSpec(msgspec.Struct, kw_only=True):
     model_source: ModelSource
     accelerator: Accelerator
     parallelism: Parallelism = msgspec.field(default_factory=Parallelism)
-    engine_args: dict[Label, EngineArg] = {}
+    engine_args: Annotated[dict[ArgKey, EngineArg], Meta(max_length=64)] = {}
     quantization: Quantization | None = None
     # Empty: the endpoints every engine serves (jobs.rules.DEFAULT_ENDPOINTS).
     supported_endpoints: list[Endpoint] = []
     deployment_mode: Label = "dedicated"
 
 
+TemplateStatus = Literal["active", "deprecated", "draft"]
+
+
 class CreateTemplate(msgspec.Struct, kw_only=True):
     name: Annotated[str, Meta(min_length=1, max_length=128)]
     version: Annotated[str, Meta(min_length=1, max_length=64)] = "v1.0.0"
-    status: Literal["active", "deprecated", "draft"] = "active"
+    # `deprecated` and `draft` versions are never chosen by default, only by exact version.
+    status: TemplateStatus = "active"
     spec: TemplateSpec
+    # Only with a project key, where the operator allows it: the caller's project's own
+    # template, which no other project sees. An operator's template is published to all.
+    private: bool = False
+
+
+class UpdateTemplate(msgspec.Struct, kw_only=True):
+    """What an operator may change on a stored template version: its status."""
+
+    status: TemplateStatus
 
 
 class TemplateOut(msgspec.Struct, kw_only=True):
@@ -130,7 +169,15 @@ class TemplateOut(msgspec.Struct, kw_only=True):
     version: str
     status: str
     spec: dict[str, Any]
+    # The owning project of a private template; null for a published one.
+    project: str | None
     created_at: int
+
+
+class TemplateDeleted(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "model_deployment_template"
+    deleted: bool
 
 
 class TemplateList(msgspec.Struct, kw_only=True):

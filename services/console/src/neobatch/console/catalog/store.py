@@ -3,16 +3,16 @@ offers cache (`offers`)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from neobatch.common.errors import NotFound
 from neobatch.common.mongo import ensure_indexes
-from neobatch.console.catalog.rules import latest_version
 from neobatch.console.page_store import find_page
 
 Document = dict[str, Any]
@@ -24,12 +24,16 @@ OFFERS = "offers"
 MODEL_INDEXES = [
     IndexModel([("created_at", DESCENDING), ("_id", DESCENDING)], name="newest_first"),
 ]
+# The unique index before templates had owners: a project's private (model, name, version)
+# must not collide with another project's, so it is replaced by the one below.
+_OLD_UNIQUE = "model_name_version"
 TEMPLATE_INDEXES = [
-    # Backs the 409 on a duplicate template: the check and the insert cannot race.
+    # Backs the 409 on a duplicate template: the check and the insert cannot race. A published
+    # template has project None (or, stored before owners, no project: indexed as null).
     IndexModel(
-        [("model_id", ASCENDING), ("name", ASCENDING), ("version", ASCENDING)],
+        [("model_id", ASCENDING), ("name", ASCENDING), ("version", ASCENDING), ("project", 1)],
         unique=True,
-        name="model_name_version",
+        name="model_name_version_project",
     ),
     IndexModel(
         [("name", ASCENDING), ("status", ASCENDING), ("created_at", DESCENDING)],
@@ -42,12 +46,21 @@ TEMPLATE_INDEXES = [
 ]
 
 
+def _visible(query: Document, project: str | None) -> Document:
+    """`query` narrowed to the published templates and `project`'s own (None: no narrowing)."""
+    if project is None:
+        return query
+    return {**query, "project": {"$in": [None, project]}}
+
+
 class CatalogStore:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self._db = db
 
     async def ensure_indexes(self) -> None:
         await ensure_indexes(self._db[MODELS], MODEL_INDEXES)
+        with contextlib.suppress(OperationFailure):  # absent: a new database, or done before
+            await self._db[TEMPLATES].drop_index(_OLD_UNIQUE)
         await ensure_indexes(self._db[TEMPLATES], TEMPLATE_INDEXES)
 
     # --- models ------------------------------------------------------------------------------
@@ -64,6 +77,20 @@ class CatalogStore:
         if doc is None:
             raise NotFound(f"model {model_id!r} not found", code="model_not_found")
         return doc
+
+    async def save_model_update(self, model_id: str, fields: Document) -> Document:
+        """Set `fields` on the model; the model as stored after, or 404."""
+        if fields:
+            await self._db[MODELS].update_one({"_id": model_id}, {"$set": fields})
+        return await self.get_model(model_id)
+
+    async def list_models_serving(self, served: str) -> list[Document]:
+        """The models whose serving name is `served`."""
+        return await self._db[MODELS].find({"serving_name": served}).to_list(None)
+
+    async def list_models_by_id(self, model_ids: list[str]) -> dict[str, Document]:
+        docs = await self._db[MODELS].find({"_id": {"$in": sorted(set(model_ids))}}).to_list(None)
+        return {doc["_id"]: doc for doc in docs}
 
     async def list_models(
         self, *, search: str = "", category: str = "", limit: int, after: str | None = None
@@ -87,14 +114,16 @@ class CatalogStore:
     async def list_templates(
         self,
         model_id: str,
+        project: str | None,
         *,
         name: str = "",
         status: str = "",
         limit: int,
         after: str | None = None,
     ) -> tuple[list[Document], bool]:
-        """A page of the model's templates, newest first, after the template `after`."""
-        query: Document = {"model_id": model_id}
+        """A page of the model's templates `project` may see (its own and the published ones;
+        None: every template, for operators), newest first, after the template `after`."""
+        query = _visible({"model_id": model_id}, project)
         if name:
             query["name"] = name
         if status:
@@ -102,8 +131,10 @@ class CatalogStore:
         cursor = {"_id": after} if after else None
         return await find_page(self._db[TEMPLATES], query, after=cursor, limit=limit)
 
-    async def get_template(self, model_id: str, template_id: str) -> Document:
-        doc = await self._db[TEMPLATES].find_one({"_id": template_id, "model_id": model_id})
+    async def get_template(self, model_id: str, template_id: str, project: str | None) -> Document:
+        """The template, if `project` may see it (None: any); another project's is as missing."""
+        query = _visible({"_id": template_id, "model_id": model_id}, project)
+        doc = await self._db[TEMPLATES].find_one(query)
         if doc is None:
             raise NotFound(
                 f"template {template_id!r} not found for model {model_id!r}",
@@ -111,22 +142,47 @@ class CatalogStore:
             )
         return doc
 
-    async def find_template(self, name: str, version: str, model_id: str) -> Document | None:
-        """An exact (name, version), or with no version the highest active version of `name`.
-
-        `model_id` narrows the search when given (AIBrix: templates are named per model).
-        """
-        query: Document = {"name": name}
+    async def list_named_templates(
+        self, name: str, version: str, model_id: str, project: str
+    ) -> list[Document]:
+        """The templates named `name` that `project` may see, narrowed to a model and an exact
+        version when given (catalog.access.choose_by_name picks one)."""
+        query = _visible({"name": name}, project)
         if model_id:
             query["model_id"] = model_id
         if version:
             query["version"] = version
-            cursor = self._db[TEMPLATES].find(query).sort([("created_at", DESCENDING)]).limit(1)
-            found = await cursor.to_list(1)
-            return found[0] if found else None
-        query["status"] = "active"
-        # A name has a handful of versions: ordering them in Python keeps AIBrix's numeric order.
-        return latest_version(await self._db[TEMPLATES].find(query).to_list(None))
+        # A name has a handful of versions: access.choose_by_name orders them in Python.
+        return await self._db[TEMPLATES].find(query).to_list(None)
+
+    async def list_serving_templates(self, served: str, project: str) -> list[Document]:
+        """The active templates `project` may see whose model serves `served`, or, for models
+        without a serving name, whose model_source.uri is `served` (access.serves decides)."""
+        model_ids = [doc["_id"] for doc in await self.list_models_serving(served)]
+        query = _visible({"status": "active", "model_id": {"$in": model_ids}}, project)
+        by_model = await self._db[TEMPLATES].find(query).to_list(None)
+        query = _visible({"status": "active", "spec.model_source.uri": served}, project)
+        by_uri = await self._db[TEMPLATES].find(query).to_list(None)
+        unique = {doc["_id"]: doc for doc in [*by_model, *by_uri]}
+        return list(unique.values())
+
+    async def find_template_named(self, name: str, *, published: bool) -> Document | None:
+        """A published template named `name` (`published`), else a private one of any project:
+        the two never share a name."""
+        owner: Document = {"project": None} if published else {"project": {"$ne": None}}
+        return await self._db[TEMPLATES].find_one({"name": name, **owner})
+
+    async def save_template_status(self, model_id: str, template_id: str, status: str) -> Document:
+        """Set the version's status (active, deprecated, draft); the template after, or 404."""
+        await self._db[TEMPLATES].update_one(
+            {"_id": template_id, "model_id": model_id}, {"$set": {"status": status}}
+        )
+        return await self.get_template(model_id, template_id, None)
+
+    async def delete_template(self, model_id: str, template_id: str) -> bool:
+        """Remove the version; False if there was none. Jobs keep their spec inline."""
+        result = await self._db[TEMPLATES].delete_one({"_id": template_id, "model_id": model_id})
+        return result.deleted_count == 1
 
     async def _insert_new(self, collection: str, doc: Document) -> bool:
         # A unique index decides, so two creates of the same thing cannot both win.

@@ -81,7 +81,7 @@ class BatchController(Controller):
         job_store: NamedDependency[JobStore],
         caller: NamedDependency[Caller],
     ) -> BatchOut:
-        return batch_view(await job_store.get_batch(batch_id, caller.project))
+        return batch_view(await job_store.get_batch(batch_id, caller.scope))
 
     @post("/{batch_id:str}/cancel", status_code=200)
     async def cancel_batch(
@@ -92,7 +92,7 @@ class BatchController(Controller):
         now: NamedDependency[datetime],
         caller: NamedDependency[Caller],
     ) -> BatchOut:
-        job = await job_store.get_batch(batch_id, caller.project)
+        job = await job_store.get_batch(batch_id, caller.scope)
         if JobStatus(job["status"]).is_terminal:
             raise Conflict(
                 f"cannot cancel batch {batch_id!r}: it is already {batch_view(job).status}",

@@ -74,7 +74,7 @@ class JobController(Controller):
         job_store: NamedDependency[JobStore],
         caller: NamedDependency[Caller],
     ) -> JobOut:
-        return await _view(job_store, await job_store.get_job(job_id, caller.project), caller)
+        return await _view(job_store, await job_store.get_job(job_id, caller.scope), caller)
 
     @post("/{job_id:str}/cancel", status_code=200)
     async def cancel_job(
@@ -85,7 +85,7 @@ class JobController(Controller):
         now: NamedDependency[datetime],
         caller: NamedDependency[Caller],
     ) -> JobOut:
-        job = await job_store.get_job(job_id, caller.project)
+        job = await job_store.get_job(job_id, caller.scope)
         job = await job_service.request_cancel(job, caller, now)
         return await _view(job_store, job, caller)
 

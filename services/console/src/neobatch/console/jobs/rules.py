@@ -151,11 +151,12 @@ def creation_events(job: dict[str, Any], now: datetime) -> list[Event]:
     return events
 
 
-def cancel_events(job: dict[str, Any], caller_owner: str, now: datetime) -> list[Event]:
+def cancel_events(job: dict[str, Any], scope: str | None, now: datetime) -> list[Event]:
     """What a cancel request emits: nothing on a job that already ended (a no-op, not an
-    error); only the job's owner may ask."""
-    if job.get("created_by") and job["created_by"] != caller_owner:
-        raise Forbidden(f"only the owner of job {job['_id']!r} can cancel it")
+    error). Any key of the job's project may ask (`scope` its project), or an operator (`scope`
+    None): a job outlives the key that created it."""
+    if scope is not None and job.get("project") != scope:
+        raise Forbidden(f"job {job['_id']!r} belongs to another project", code="forbidden")
     if JobStatus(job["status"]).is_terminal:
         return []
     return [JobCancelRequested(job_id=job["_id"], occurred_at=now)]

@@ -5,6 +5,11 @@ Everything a job needs is checked before anything is written, so a rejected requ
 no job and no event behind. The input file's lines are validated here, streaming, so a broken
 file gives a `failed` job at once (OpenAI shows it as a failed batch with line-numbered
 errors) and nothing is provisioned for it.
+
+The template (catalog/access.py decides): the one the request names (the caller's project's,
+else the published one); with none named, the one active template of the model every input
+line names in `body.model` (so the plain OpenAI SDK needs no metadata); else the configured
+default template.
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import msgspec
+
 from neobatch.common.batch_input import InputValidator, ValidationReport
 from neobatch.common.errors import InvalidInput
 from neobatch.common.ids import new_id
+from neobatch.console.catalog import access
 from neobatch.console.catalog.store import CatalogStore
 from neobatch.console.errors import QuotaExceeded, Unprocessable
 from neobatch.console.files.store import FileStore
@@ -30,6 +38,11 @@ from neobatch.console.quotas import QuotaStore
 QUOTA_RETRY_SECONDS = 60
 
 Document = dict[str, Any]
+# How many of the models an input names an error lists.
+MAX_MODELS_SHOWN = 8
+# What a job whose input failed validation records when no template could be chosen: it never
+# runs, so nothing is leased for it.
+NO_TEMPLATE: Document = {"_id": None, "model_id": "", "name": "", "version": "", "spec": {}}
 
 
 class JobService:
@@ -73,8 +86,16 @@ class JobService:
             )
         await self._check_queued_quota(caller.project)
         await _check_input_file(self._files, request.input_dataset, caller)
-        template = await _resolve_template(self._catalog, request, self._default_template)
         endpoint = request.endpoint
+        report: ValidationReport | None = None
+        if request.model_template_name:
+            template = await _named_template(self._catalog, request, caller.project)
+        else:
+            # The lines say which model they are for: read them first.
+            report, served = await _validate_lines(self._files, request.input_dataset, endpoint)
+            template = await _template_for_lines(
+                self._catalog, request, caller.project, served, self._default_template, report
+            )
         supported = template["spec"].get("supported_endpoints") or []
         if not rules.supports_endpoint(supported, endpoint):
             raise Unprocessable(
@@ -90,7 +111,8 @@ class JobService:
             request=request,
             template=template,
             model=await self._catalog.find_model(template["model_id"]),
-            report=await _validate_lines(self._files, request.input_dataset, endpoint),
+            report=report
+            or (await _validate_lines(self._files, request.input_dataset, endpoint))[0],
             now=now,
         )
         await self._jobs.insert_job(job, rules.creation_events(job, now), now)
@@ -114,12 +136,12 @@ class JobService:
             )
 
     async def request_cancel(self, job: Document, caller: Caller, now: datetime) -> Document:
-        """Record a cancel request (owner only; no-op on a terminal job); returns the job as
-        stored."""
-        events = rules.cancel_events(job, caller.owner, now)
+        """Record a cancel request (any key of the job's project, or an operator; a no-op on a
+        terminal job); returns the job as stored."""
+        events = rules.cancel_events(job, caller.scope, now)
         # Recorded once; a repeated cancel or a job that just ended changes nothing.
         if events and await self._jobs.save_cancel_request(job["_id"], events, now):
-            return await self._jobs.get_job(job["_id"], caller.project)
+            return await self._jobs.get_job(job["_id"], caller.scope)
         return job
 
 
@@ -135,32 +157,82 @@ async def _check_input_file(files: FileStore, file_id: str, caller: Caller) -> N
         )
 
 
-async def _resolve_template(catalog: CatalogStore, request: CreateJob, default: str) -> Document:
-    name = request.model_template_name or default
-    version = request.model_template_version
-    model_id = request.model_id
-    if not name:
-        raise InvalidInput(
-            "model_template_name is required (no default template is configured)",
-            code="template_not_found",
-        )
+def _not_found(message: str) -> InvalidInput:
+    return InvalidInput(message, code="template_not_found")
+
+
+async def _named_template(catalog: CatalogStore, request: CreateJob, project: str) -> Document:
+    """The template the request names, as `project` sees it."""
+    name, version, model_id = (
+        request.model_template_name,
+        request.model_template_version,
+        request.model_id,
+    )
     if model_id and await catalog.find_model(model_id) is None:
         raise InvalidInput(f"model_id: model {model_id!r} not found", code="model_not_found")
-    template = await catalog.find_template(name, version, model_id)
+    candidates = await catalog.list_named_templates(name, version, model_id, project)
+    template = access.choose_by_name(candidates, version, project)
     if template is None:
         scope = f" for model {model_id!r}" if model_id else ""
-        raise InvalidInput(
+        raise _not_found(
             f"model_template_name: template {name!r} ({version or 'latest active'}){scope} "
-            "not found",
-            code="template_not_found",
+            "not found"
         )
     return template
 
 
-async def _validate_lines(files: FileStore, file_id: str, endpoint: str) -> ValidationReport:
+async def _template_for_lines(
+    catalog: CatalogStore,
+    request: CreateJob,
+    project: str,
+    served: list[str],
+    default: str,
+    report: ValidationReport,
+) -> Document:
+    """No template named: the one for the model the lines name, else the configured default.
+
+    A file whose lines fail validation still gives a (failed) job: its template is then only
+    a label, so the default one or none at all will do.
+    """
+    if len(served) > 1:
+        shown = ", ".join(repr(name) for name in served[:MAX_MODELS_SHOWN])
+        raise InvalidInput(
+            f"the input lines name several models ({shown}); a batch runs one model",
+            code="multiple_models",
+        )
+    if served:
+        templates = await catalog.list_serving_templates(served[0], project)
+        models = await catalog.list_models_by_id([t["model_id"] for t in templates])
+        templates = [t for t in templates if access.serves(models.get(t["model_id"]), t, served[0])]
+        template = access.choose_by_model(served[0], templates, models, project)
+        if template is not None:
+            return template
+    if default:
+        defaulted = msgspec.structs.replace(request, model_template_name=default)
+        return await _named_template(catalog, defaulted, project)
+    if not report.ok:
+        return NO_TEMPLATE
+    if served:
+        raise _not_found(
+            f"no active deployment template serves model {served[0]!r}; set metadata "
+            "neobatch.template_name (or model_template_name)"
+        )
+    raise _not_found("model_template_name is required (no default template is configured)")
+
+
+async def _validate_lines(
+    files: FileStore, file_id: str, endpoint: str
+) -> tuple[ValidationReport, list[str]]:
+    """The validation report and the models the valid lines name (`body.model`, first seen
+    first, at most MAX_MODELS_SHOWN + 1)."""
     validator = InputValidator(endpoint)
+    served: list[str] = []
     index = 0
     async for raw in files.iter_lines(file_id):
-        validator.feed(index, raw)
+        request = validator.feed(index, raw)
         index += 1
-    return validator.report()
+        if request is not None and len(served) <= MAX_MODELS_SHOWN:
+            model = request.body.get("model") if isinstance(request.body, dict) else None
+            if isinstance(model, str) and model and model not in served:
+                served.append(model)
+    return validator.report(), served

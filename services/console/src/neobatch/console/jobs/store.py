@@ -39,6 +39,10 @@ INDEXES = [
 _TERMINAL = sorted(status.value for status in TERMINAL_JOB_STATUSES)
 
 
+def _scoped(query: Document, project: str | None) -> Document:
+    return query if project is None else {**query, "project": project}
+
+
 class JobStore:
     def __init__(
         self,
@@ -66,16 +70,17 @@ class JobStore:
         await transact(self._client, work)
         self._notify_outbox()
 
-    async def get_job(self, job_id: str, project: str) -> Document:
-        """The job with this id in `project`; another project's job is as missing (404)."""
-        doc = await self._db[JOBS].find_one({"_id": job_id, "project": project})
+    async def get_job(self, job_id: str, project: str | None) -> Document:
+        """The job with this id in `project` (None: any project, for operators); another
+        project's job is as missing (404)."""
+        doc = await self._db[JOBS].find_one(_scoped({"_id": job_id}, project))
         if doc is None:
             raise NotFound(f"job {job_id!r} not found", code="job_not_found")
         return doc
 
-    async def get_batch(self, batch_id: str, project: str) -> Document:
-        """The job whose OpenAI batch id is `batch_id`, in `project`."""
-        doc = await self._db[JOBS].find_one({"batch_id": batch_id, "project": project})
+    async def get_batch(self, batch_id: str, project: str | None) -> Document:
+        """The job whose OpenAI batch id is `batch_id`, in `project` (None: any project)."""
+        doc = await self._db[JOBS].find_one(_scoped({"batch_id": batch_id}, project))
         if doc is None:
             raise NotFound(f"batch {batch_id!r} not found", code="batch_not_found")
         return doc

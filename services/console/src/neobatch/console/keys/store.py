@@ -47,7 +47,7 @@ class KeyStore:
 
     async def seed_key(self, doc: Document) -> None:
         """Create or re-point the key with this id (the dev key), keeping a revocation."""
-        fixed = {k: doc[k] for k in ("hash", "project", "name")}
+        fixed = {k: doc[k] for k in ("hash", "project", "role", "name")}
         await self._db[API_KEYS].update_one(
             {"_id": doc["_id"]},
             {"$set": fixed, "$setOnInsert": {"created_at": doc["created_at"], "revoked_at": None}},

@@ -139,12 +139,27 @@ def plan_launch(runtime: str, batch_id: str, engine: EngineSpec) -> EngineLaunch
     if runtime not in RUNTIMES:
         raise EngineLaunchFailed(f"unknown runtime target {runtime!r}; expected one of {RUNTIMES}")
     if engine.command or runtime != "lambdaCloud":
-        return EngineLaunch(batch_id, engine_argv(engine), engine.port)
+        return _checked(EngineLaunch(batch_id, engine_argv(engine), engine.port), engine)
     _require_vllm(engine)
     argv = ["--model", engine.model_uri, "--served-model-name", engine.serving_name]
     argv += ["--host", "0.0.0.0", "--port", str(CONTAINER_PORT), *vllm_options(engine)]
     pull = max(MIN_PULL_SECONDS, engine.ready_timeout_seconds)
-    return EngineLaunch(batch_id, argv, engine.port, engine.image or DEFAULT_IMAGE, pull)
+    launch = EngineLaunch(batch_id, argv, engine.port, engine.image or DEFAULT_IMAGE, pull)
+    return _checked(launch, engine)
+
+
+def _checked(launch: EngineLaunch, engine: EngineSpec) -> EngineLaunch:
+    """Refuse what quoting cannot make harmless (the console validates templates; this holds
+    for a job document written any other way): a NUL byte, which no shell word can carry, and
+    an image or a `vllm serve` model that would be read as an option (`--privileged`)."""
+    words = [*launch.argv, *([launch.image] if launch.image else [])]
+    if any("\x00" in word for word in words):
+        raise EngineLaunchFailed("the engine's command line holds a NUL byte")
+    if launch.image is not None and launch.image.startswith("-"):
+        raise EngineLaunchFailed(f"engine image {launch.image!r} is not an image name")
+    if not engine.command and engine.model_uri.startswith("-"):
+        raise EngineLaunchFailed(f"model {engine.model_uri!r} is not a model name")
+    return launch
 
 
 # A process group counts as alive while it has a non-zombie member: a dead engine whose
