@@ -10,6 +10,13 @@ chunked bodies, keep-alive rules, malformed input) to httptools, the llhttp bind
 uses. A connection that timed out, was cancelled or answered `Connection: close` is closed,
 never reused: a late answer must not be read as the next request's.
 
+Every response is bounded (the engine is not trusted to be small): the status line and headers
+to `MAX_HEAD_BYTES`, the body to the client's `max_body_bytes`. A `Content-Length` above it is
+refused before a byte of the body is read; a chunked or close-delimited body is cut off as soon
+as it passes it. Either way the connection is closed (what is left of the body is never read)
+and the request raises `EngineResponseTooLarge`, so memory per request is bounded by the cap
+whatever the engine sends.
+
 The origin is `http://host:port` or `unix:/path/to.sock` (the OpenSSH tunnel's local end).
 """
 
@@ -22,16 +29,33 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from neobatch.runtime_agent.dispatch.policy import DEFAULT_MAX_RESPONSE_BYTES
+
 # Response headers kept per response; an engine sends a handful.
 Header = tuple[bytes, bytes]
 # A connection idle longer than this is closed instead of reused. vLLM's server (uvicorn) closes
 # keep-alive connections idle for 5 s; reusing one just as it does would lose the request's
 # attempt to a reset that says nothing about the engine.
 IDLE_REUSE_SECONDS = 2.0
+# The status line and headers of one response (vLLM sends a few hundred bytes).
+MAX_HEAD_BYTES = 64 * 1024
 
 
 class EngineConnectionError(Exception):
     """No complete HTTP response: connect refused, connection reset or closed, bad response."""
+
+
+class EngineResponseTooLarge(Exception):
+    """The engine's response is larger than the client accepts; its body was not kept."""
+
+    def __init__(self, message: str, status: int | None) -> None:
+        super().__init__(message)
+        # The response's status code, as far as it was read.
+        self.status = status
+
+
+class _Stop(Exception):
+    """Raised from a parser callback to stop parsing a response that was refused."""
 
 
 class EngineResponse:
@@ -114,6 +138,8 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        # The largest body accepted for the request on the wire (set by `roundtrip`).
+        self.max_body = 0
         self.closed = False
         self.reusable = False
         # Loop time when it went back to the pool.
@@ -123,6 +149,9 @@ class _Connection(asyncio.Protocol):
         self._headers: list[Header] = []
         self._body: list[bytes] = []
         self._headers_done = False
+        # Bytes of the current response read so far: the head until it is complete, then the body.
+        self._head_size = 0
+        self._body_size = 0
         # A body with neither Content-Length nor chunked encoding ends when the server closes.
         self._until_close = False
 
@@ -137,11 +166,17 @@ class _Connection(asyncio.Protocol):
             # Bytes nobody asked for (a late answer, garbage): this connection is unusable.
             self.discard()
             return
+        if not self._headers_done:
+            self._head_size += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            # A refused response (_Stop from a callback) has failed its waiter already.
             self._fail(EngineConnectionError(f"malformed response from the engine: {exc}"))
             self.discard()
+            return
+        if not self._headers_done and self._head_size > MAX_HEAD_BYTES:
+            self._refuse(f"response headers over {MAX_HEAD_BYTES} bytes", None)
 
     def eof_received(self) -> bool:
         return False  # close our side too; connection_lost follows
@@ -165,11 +200,26 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
-        self._until_close = not any(
-            k.lower() in (b"content-length", b"transfer-encoding") for k, _ in self._headers
-        )
+        self._body_size = 0
+        length: bytes | None = None
+        chunked = False
+        for key, value in self._headers:
+            name = key.lower()
+            if name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                chunked = True
+        self._until_close = length is None and not chunked
+        # llhttp has checked the header's syntax (digits only, one value) by now.
+        if length is not None and not chunked and int(length) > self.max_body:
+            self._refuse(f"Content-Length {int(length)}", self._parser.get_status_code())
+            raise _Stop
 
     def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self.max_body:
+            self._refuse("body cut off", self._parser.get_status_code())
+            raise _Stop
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -193,7 +243,21 @@ class _Connection(asyncio.Protocol):
         self._headers = []
         self._body = []
         self._headers_done = False
+        self._head_size = 0
+        self._body_size = 0
         self._until_close = False
+
+    def _refuse(self, detail: str, status: int | None) -> None:
+        """Fail the request as too large and close the connection (callbacks then raise _Stop:
+        the rest of what was received is not parsed)."""
+        self._body = []
+        self._fail(
+            EngineResponseTooLarge(
+                f"the engine's response is over the {self.max_body}-byte limit ({detail})",
+                status,
+            )
+        )
+        self.discard()
 
     def _fail(self, error: Exception) -> None:
         waiter, self._waiter = self._waiter, None
@@ -206,11 +270,12 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.close()
 
-    def roundtrip(self, head: bytes, body: bytes) -> asyncio.Future[EngineResponse]:
+    def roundtrip(self, head: bytes, body: bytes, max_body: int) -> asyncio.Future[EngineResponse]:
         if self.closed or self.transport is None:
             raise EngineConnectionError("connection closed")
         self.reusable = False
         self._reset()
+        self.max_body = max_body
         self._waiter = asyncio.get_running_loop().create_future()
         if body:
             self.transport.writelines((head, body))
@@ -227,12 +292,14 @@ class EngineHTTP:
         base_url: str,
         *,
         max_connections: int,
+        max_body_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         connect_timeout_seconds: float = 10.0,
         idle_reuse_seconds: float = IDLE_REUSE_SECONDS,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be >= 1")
         self.origin = Origin.parse(base_url)
+        self.max_body_bytes = max_body_bytes
         self._connect_timeout = connect_timeout_seconds
         self._idle_reuse = idle_reuse_seconds
         self._slots = asyncio.Semaphore(max_connections)
@@ -254,7 +321,9 @@ class EngineHTTP:
     ) -> EngineResponse:
         """Send one request and read its whole response within `timeout_seconds` (TimeoutError).
 
-        Raises EngineConnectionError when no complete response came back.
+        Raises EngineConnectionError when no complete response came back, and
+        EngineResponseTooLarge when the response passed `max_body_bytes` (or its head
+        `MAX_HEAD_BYTES`): its connection is closed at once and the rest of it never read.
         """
         origin = self.origin
         lines = [f"{method} {_check_header_text(origin.prefix + path)} HTTP/1.1"]
@@ -267,7 +336,7 @@ class EngineHTTP:
         async with asyncio.timeout(timeout_seconds), self._slots:
             conn = await self._connection()
             try:
-                response = await conn.roundtrip(head, body)
+                response = await conn.roundtrip(head, body, self.max_body_bytes)
             finally:
                 # Reused only after a complete answer that allows it; a timeout or a cancel
                 # lands here with the answer still owed, and that connection is closed.
