@@ -94,3 +94,25 @@ async def test_the_job_may_lower_the_cap_but_not_raise_it(make_harness, agent):
     errors = await harness.read_file(batch.error_file_id)
     assert {line["custom_id"] for line in errors} == oversize
     assert all("2048-byte limit" in line["error"]["message"] for line in errors)
+
+
+def test_a_checkpoint_page_stays_under_the_document_limit_whatever_the_results():
+    """The backstop behind the cap: 20 MB bodies (past any cap) and many 3 MB ones."""
+    from datetime import UTC, datetime
+
+    import bson
+
+    from neobatch.runtime_agent.dispatch.tally import RequestResult
+    from neobatch.runtime_agent.results.pages import RESULTS_DECODER, build_pages
+
+    def result(i: int, size: int) -> RequestResult:
+        body = b'"' + b"x" * (size - 2) + b'"'
+        return RequestResult(line_index=i, custom_id=f"r{i}", status_code=200, body=body)
+
+    results = [result(0, 20 * 1024 * 1024), *(result(i, 3 * 1024 * 1024) for i in range(1, 12))]
+    pages = build_pages("batch_x", results, datetime.now(UTC))
+    assert all(len(bson.encode(page)) < 16 * 1024 * 1024 for page in pages)
+    stored = [r for page in pages for r in RESULTS_DECODER.decode(page["results"])]
+    assert [r.line_index for r in stored] == list(range(12))
+    assert stored[0].error_code == "response_too_large" and stored[0].body is None
+    assert all(r.ok and len(r.body or b"") == 3 * 1024 * 1024 for r in stored[1:])
