@@ -163,3 +163,30 @@ async def test_endless_headers_are_refused() -> None:
         await asyncio.wait_for(server.closed_early.wait(), 10)
         await http.close()
     assert server.sent < 100 * MAX_HEAD_BYTES
+
+
+async def test_many_large_bodies_at_once_all_arrive_whole() -> None:
+    """Past SMALL_BODY_BYTES responses take turns (LARGE_READS at a time): none is lost or
+    stuck, and every place is given back."""
+    from neobatch.runtime_agent.engine import http as engine_http
+
+    size = engine_http.SMALL_BODY_BYTES * 3
+    body = b'"' + b"z" * (size - 2) + b'"'
+
+    async def write(writer: asyncio.StreamWriter, _: bytes) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for start in range(0, size, 64 * 1024):
+            part = body[start : start + 64 * 1024]
+            writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async with serving(HugeServer(write)) as base:
+        http = EngineHTTP(base, max_connections=24, max_body_bytes=size)
+        answers = await asyncio.gather(
+            *(http.request("POST", "/x", body=b"{}", timeout_seconds=30) for _ in range(24))
+        )
+        assert all(a.body == body for a in answers)
+        assert not http._large_reads.holders and not http._large_reads.waiting
+        await http.close()
