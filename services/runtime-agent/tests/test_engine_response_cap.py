@@ -15,11 +15,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from neobatch.runtime_agent.engine.http import (
-    MAX_HEAD_BYTES,
-    EngineHTTP,
-    EngineResponseTooLarge,
-)
+from neobatch.runtime_agent.engine.http import EngineHTTP
+from neobatch.runtime_agent.engine.limits import MAX_HEAD_BYTES, EngineResponseTooLarge
 
 CAP = 64 * 1024
 HUGE = 50 * 1024 * 1024
@@ -168,9 +165,9 @@ async def test_endless_headers_are_refused() -> None:
 async def test_many_large_bodies_at_once_all_arrive_whole() -> None:
     """Past SMALL_BODY_BYTES responses take turns (LARGE_READS at a time): none is lost or
     stuck, and every place is given back."""
-    from neobatch.runtime_agent.engine import http as engine_http
+    from neobatch.runtime_agent.engine.limits import SMALL_BODY_BYTES
 
-    size = engine_http.SMALL_BODY_BYTES * 3
+    size = SMALL_BODY_BYTES * 3
     body = b'"' + b"z" * (size - 2) + b'"'
 
     async def write(writer: asyncio.StreamWriter, _: bytes) -> None:

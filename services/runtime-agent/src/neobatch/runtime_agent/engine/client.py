@@ -27,11 +27,8 @@ from neobatch.runtime_agent.dispatch.policy import (
     parse_retry_after,
 )
 from neobatch.runtime_agent.dispatch.tally import RequestResult
-from neobatch.runtime_agent.engine.http import (
-    EngineConnectionError,
-    EngineHTTP,
-    EngineResponseTooLarge,
-)
+from neobatch.runtime_agent.engine.http import EngineConnectionError, EngineHTTP
+from neobatch.runtime_agent.engine.limits import EngineResponseTooLarge
 
 if TYPE_CHECKING:
     from neobatch.runtime_agent.batch.batches import Batch

@@ -10,29 +10,16 @@ chunked bodies, keep-alive rules, malformed input) to httptools, the llhttp bind
 uses. A connection that timed out, was cancelled or answered `Connection: close` is closed,
 never reused: a late answer must not be read as the next request's.
 
-Every response is bounded (the engine is not trusted to be small): the status line and headers
-to `MAX_HEAD_BYTES`, the body to the client's `max_body_bytes`. A `Content-Length` above it is
-refused before a byte of the body is read; a chunked or close-delimited body is cut off as soon
-as it passes it. Either way the connection is closed (what is left of the body is never read)
-and the request raises `EngineResponseTooLarge`, so memory per request is bounded by the cap
-whatever the engine sends. And bounded across requests: past `SMALL_BODY_BYTES` a response
-reads on only while it holds one of `LARGE_READS` places of its client; the others pause
-reading (TCP holds the rest on the engine's side) until a place frees. So a client holds at most
-about connections x SMALL_BODY_BYTES + LARGE_READS x max_body_bytes of bodies being read
-(measured: an engine answering 50 MB chunked bodies to 10% of requests at concurrency 256 took
-the agent from 95 to 219 MB with the per-response cap alone, to the same 95 MB with this).
+Every response is bounded (the engine is not trusted to be small): its head, its body, and
+the bodies one client reads at once; how, and why, is in `engine.limits`. A response over a
+bound raises `EngineResponseTooLarge` and its connection is closed, the rest never read.
 
 The origin is `http://host:port` or `unix:/path/to.sock` (the OpenSSH tunnel's local end).
-
-One module over 400 lines on purpose: the connection's parser callbacks, its bounds and the pool
-that shares the large-read places are one piece of wire logic, read together.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections import deque
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,6 +27,14 @@ from urllib.parse import urlsplit
 import httptools
 
 from neobatch.runtime_agent.dispatch.policy import DEFAULT_MAX_RESPONSE_BYTES
+from neobatch.runtime_agent.engine.limits import (
+    LARGE_READS,
+    MAX_HEAD_BYTES,
+    SMALL_BODY_BYTES,
+    EngineResponseTooLarge,
+    LargeReads,
+    Stop,
+)
 
 # Response headers kept per response; an engine sends a handful.
 Header = tuple[bytes, bytes]
@@ -47,57 +42,10 @@ Header = tuple[bytes, bytes]
 # keep-alive connections idle for 5 s; reusing one just as it does would lose the request's
 # attempt to a reset that says nothing about the engine.
 IDLE_REUSE_SECONDS = 2.0
-# The status line and headers of one response (vLLM sends a few hundred bytes).
-MAX_HEAD_BYTES = 64 * 1024
-# Bodies up to this size are read at once; past it, a response needs one of LARGE_READS places.
-SMALL_BODY_BYTES = 256 * 1024
-LARGE_READS = 4
 
 
 class EngineConnectionError(Exception):
     """No complete HTTP response: connect refused, connection reset or closed, bad response."""
-
-
-class EngineResponseTooLarge(Exception):
-    """The engine's response is larger than the client accepts; its body was not kept."""
-
-    def __init__(self, message: str, status: int | None) -> None:
-        super().__init__(message)
-        # The response's status code, as far as it was read.
-        self.status = status
-
-
-class _Stop(Exception):
-    """Raised from a parser callback to stop parsing a response that was refused."""
-
-
-class _LargeReads:
-    """The places of one client for reading bodies past SMALL_BODY_BYTES; a connection that
-    finds none pauses reading and waits its turn (first come, first served)."""
-
-    def __init__(self, places: int) -> None:
-        self.places = places
-        self.holders: set[_Connection] = set()
-        self.waiting: deque[_Connection] = deque()
-
-    def acquire(self, conn: _Connection) -> bool:
-        if len(self.holders) < self.places:
-            self.holders.add(conn)
-            return True
-        self.waiting.append(conn)
-        return False
-
-    def release(self, conn: _Connection) -> None:
-        if conn not in self.holders:
-            with contextlib.suppress(ValueError):
-                self.waiting.remove(conn)
-            return
-        self.holders.discard(conn)
-        while self.waiting and len(self.holders) < self.places:
-            turn = self.waiting.popleft()
-            if not turn.closed:
-                self.holders.add(turn)
-                turn.resume()
 
 
 class EngineResponse:
@@ -178,9 +126,9 @@ def _check_header_text(value: str) -> str:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; one request on it at a time."""
 
-    def __init__(self, large_reads: _LargeReads | None = None) -> None:
+    def __init__(self, large_reads: LargeReads | None = None) -> None:
         self.transport: asyncio.Transport | None = None
-        self._large_reads = large_reads or _LargeReads(LARGE_READS)
+        self._large_reads = large_reads or LargeReads(LARGE_READS)
         # 0: reading freely; 1: holds a large-read place; 2: paused, waiting for one.
         self._large = 0
         # The largest body accepted for the request on the wire (set by `roundtrip`).
@@ -216,7 +164,7 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            # A refused response (_Stop from a callback) has failed its waiter already.
+            # A refused response (Stop from a callback) has failed its waiter already.
             self._fail(EngineConnectionError(f"malformed response from the engine: {exc}"))
             self.discard()
             return
@@ -259,13 +207,13 @@ class _Connection(asyncio.Protocol):
         # llhttp has checked the header's syntax (digits only, one value) by now.
         if length is not None and not chunked and int(length) > self.max_body:
             self._refuse(f"Content-Length {int(length)}", self._parser.get_status_code())
-            raise _Stop
+            raise Stop
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
         if self._body_size > self.max_body:
             self._refuse("body cut off", self._parser.get_status_code())
-            raise _Stop
+            raise Stop
         self._body.append(body)
         if self._body_size > SMALL_BODY_BYTES and not self._large:
             if self._large_reads.acquire(self):
@@ -275,7 +223,7 @@ class _Connection(asyncio.Protocol):
                 self.transport.pause_reading()
 
     def resume(self) -> None:
-        """Our turn to read a large body (`_LargeReads`)."""
+        """Our turn to read a large body (`LargeReads`)."""
         self._large = 1
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
@@ -315,7 +263,7 @@ class _Connection(asyncio.Protocol):
         self._until_close = False
 
     def _refuse(self, detail: str, status: int | None) -> None:
-        """Fail the request as too large and close the connection (callbacks then raise _Stop:
+        """Fail the request as too large and close the connection (callbacks then raise Stop:
         the rest of what was received is not parsed)."""
         self._body = []
         self._fail(
@@ -371,7 +319,7 @@ class EngineHTTP:
         self._connect_timeout = connect_timeout_seconds
         self._idle_reuse = idle_reuse_seconds
         self._slots = asyncio.Semaphore(max_connections)
-        self._large_reads = _LargeReads(LARGE_READS)
+        self._large_reads = LargeReads(LARGE_READS)
         self._idle: list[_Connection] = []
         self._closed = False
 
