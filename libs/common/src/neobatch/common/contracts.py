@@ -167,6 +167,9 @@ class ClientSpec(
     adaptive_healthy_window: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
     adaptive_additive_increase: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
     retry_policy: RetryPolicySpec | None = None
+    # neobatch's own: the largest engine response body kept, in bytes; it can only lower the
+    # agent's `NEOBATCH_MAX_RESPONSE_BYTES` (a larger value is the operator's cap).
+    max_response_bytes: Annotated[int, msgspec.Meta(ge=1024, le=16 * 1024 * 1024)] | None = None
 
 
 class JobQueued(Event, frozen=True, kw_only=True):

@@ -15,7 +15,7 @@ from typing import Annotated
 
 from neobatch.common.errors import ConfigError
 from neobatch.common.settings import CommonSettings, Env, EnvFields, Settings, read_env
-from neobatch.runtime_agent.dispatch.policy import DispatchDefaults
+from neobatch.runtime_agent.dispatch.policy import MAX_RESPONSE_BYTES_LIMIT, DispatchDefaults
 from neobatch.runtime_agent.machine.tunnel import MODES, ssh_binary
 
 SSH_KEY_FILE_ENV = "NEOBATCH_SSH_KEY_FILE"
@@ -40,6 +40,14 @@ def check_key_file(path: str) -> None:
         )
     if not os.access(path, os.R_OK):
         raise ConfigError(f"{SSH_KEY_FILE_ENV}: {path} is not readable by this user")
+
+
+def check_response_cap(value: int) -> None:
+    if value > MAX_RESPONSE_BYTES_LIMIT:
+        raise ConfigError(
+            f"NEOBATCH_MAX_RESPONSE_BYTES: {value} is over {MAX_RESPONSE_BYTES_LIMIT} (one "
+            "response is stored whole in one MongoDB document, at most 16 MiB)"
+        )
 
 
 def require_openssh_client(mode: str) -> None:
@@ -102,6 +110,14 @@ class AgentSettings(Settings, frozen=True, kw_only=True):
                 "Step of an increase (25% of the limit while still probing, before the "
                 "first back-off)",
                 minimum=1,
+            ),
+            max_response_bytes=Env(
+                "NEOBATCH_MAX_RESPONSE_BYTES",
+                "Largest engine response body kept, in bytes (at most 15 MiB); a larger answer "
+                "is cut off and becomes that line's error `response_too_large`, not retried (a "
+                "job's `client.max_response_bytes` may only lower it)",
+                minimum=1024,
+                check=check_response_cap,
             ),
         ),
     ] = DispatchDefaults()

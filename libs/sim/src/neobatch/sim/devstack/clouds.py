@@ -9,7 +9,9 @@ key (RunPod: ``RUNPOD_SSH_PUBLIC_KEY``; Lambda: registered in the simulator unde
 ``NEOBATCH_SIM_TIME_FACTOR`` (default 0.05: RunPod boots in 1.5 s, Lambda in 12 s).
 
 Ports (``NEOBATCH_RUNPOD_SIM_PORT`` 8180, ``NEOBATCH_LAMBDA_SIM_PORT`` 8181,
-``NEOBATCH_LAMBDA_SSH_PORT`` 2200) are overridable like the stack's other ports.
+``NEOBATCH_LAMBDA_SSH_PORT`` 2200) are the stack's ``Ports``, read from the environment like
+its other ports, checked free and recorded in stack.env (``start_stack``'s ``extra_env`` may
+name them too).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from neobatch.sim.devstack.layout import Ports
 
 RUNPOD_SIM = "runpod-sim"
 LAMBDA_SIM = "lambda-sim"
@@ -41,18 +45,13 @@ def provisioners(env: Mapping[str, str]) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
 
-def _port(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    return int(raw) if raw else default
-
-
 def _api_key(run_dir: Path, provider: str) -> str:
     # Stable per run dir, so a restarted resource-manager and the simulator keep agreeing.
     return "sim_" + hashlib.sha256(f"{run_dir}:{provider}".encode()).hexdigest()[:32]
 
 
 def cloud_sims(
-    env: Mapping[str, str], run_dir: Path, public_key_path: Path
+    env: Mapping[str, str], ports: Ports, run_dir: Path, public_key_path: Path
 ) -> tuple[list[SimSpec], dict[str, str]]:
     """The simulators to start and the resource-manager settings that point at them."""
     factor = env.get("NEOBATCH_SIM_TIME_FACTOR", "").strip() or DEFAULT_TIME_FACTOR
@@ -60,7 +59,7 @@ def cloud_sims(
     settings: dict[str, str] = {}
     chosen = provisioners(env)
     if "runpod" in chosen:
-        port = _port(env, "NEOBATCH_RUNPOD_SIM_PORT", 8180)
+        port = ports.runpod_sim
         key = _api_key(run_dir, "runpod")
         args = ["--port", str(port), "--time-factor", factor]
         sims.append(SimSpec(RUNPOD_SIM, SIM_MODULES[RUNPOD_SIM], port, args, {"SIM_API_KEY": key}))
@@ -70,8 +69,8 @@ def cloud_sims(
             "RUNPOD_BASE_URL": f"http://127.0.0.1:{port}",
         }
     if "lambdaCloud" in chosen:
-        port = _port(env, "NEOBATCH_LAMBDA_SIM_PORT", 8181)
-        ssh_port = _port(env, "NEOBATCH_LAMBDA_SSH_PORT", 2200)
+        port = ports.lambda_sim
+        ssh_port = ports.lambda_ssh
         key = _api_key(run_dir, "lambdaCloud")
         args = ["--port", str(port), "--time-factor", factor, "--ssh-port", str(ssh_port)]
         args += ["--ssh-key", f"{LAMBDA_KEY_NAME}={public_key_path}"]

@@ -8,7 +8,7 @@ import getpass
 import os
 import shlex
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from neobatch.sim.testing.servers import free_port
@@ -29,21 +29,40 @@ class Ports:
     mongo: int = 27017
     ssh: int = 2222
     console: int = 8080
+    # The cloud simulators (`clouds.py`), started when PROVISIONER names their cloud, and the
+    # SSH port of the Lambda simulator's machines.
+    runpod_sim: int = 8180
+    lambda_sim: int = 8181
+    lambda_ssh: int = 2200
 
     ENV_NAMES = {
         "nats": "NEOBATCH_NATS_PORT",
         "mongo": "NEOBATCH_MONGO_PORT",
         "ssh": "NEOBATCH_SSH_PORT",
         "console": "NEOBATCH_CONSOLE_PORT",
+        "runpod_sim": "NEOBATCH_RUNPOD_SIM_PORT",
+        "lambda_sim": "NEOBATCH_LAMBDA_SIM_PORT",
+        "lambda_ssh": "NEOBATCH_LAMBDA_SSH_PORT",
     }
-    # The component that listens on each port (the names of components.py).
-    COMPONENTS = {"nats": "nats", "mongo": "mongo", "ssh": "ssh-host", "console": "console"}
+    # The component that listens on each port (the names of components.py and clouds.py).
+    COMPONENTS = {
+        "nats": "nats",
+        "mongo": "mongo",
+        "ssh": "ssh-host",
+        "console": "console",
+        "runpod_sim": "runpod-sim",
+        "lambda_sim": "lambda-sim",
+    }
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Ports:
         """Fixed defaults, each overridable by ``NEOBATCH_<NAME>_PORT``."""
+        return cls().overridden(environ)
+
+    def overridden(self, environ: Mapping[str, str]) -> Ports:
+        """These ports, with those that ``environ`` names (``NEOBATCH_<NAME>_PORT``) replaced."""
         values: dict[str, int] = {}
-        for attr, env_name in cls.ENV_NAMES.items():
+        for attr, env_name in self.ENV_NAMES.items():
             raw = environ.get(env_name, "").strip()
             if not raw:
                 continue
@@ -54,13 +73,13 @@ class Ports:
             if not 0 < port < 65536:
                 raise StackError(f"{env_name}={port} is outside 1..65535")
             values[attr] = port
-        return cls(**values)
+        return replace(self, **values)
 
     @classmethod
     def free(cls) -> Ports:
-        """Four distinct ports that are free right now (for tests running stacks side by side)."""
+        """Distinct ports that are free right now (for tests running stacks side by side)."""
         chosen: list[int] = []
-        while len(chosen) < 4:
+        while len(chosen) < len(cls.ENV_NAMES):
             port = free_port()
             if port not in chosen:
                 chosen.append(port)

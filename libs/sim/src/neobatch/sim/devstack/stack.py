@@ -179,6 +179,9 @@ def start_stack(
     """
     layout = RunLayout(Path(run_dir).resolve())
     layout.make_dirs()
+    # Ports named in extra_env (a test's NEOBATCH_RUNPOD_SIM_PORT) are the stack's ports too:
+    # checked free, recorded in stack.env, what the simulators listen on.
+    ports = ports.overridden(extra_env or {})
     plan = plan_stack(layout, ports, extra_env, services, nats_url, mongo_url)
     adopted = _adopt(layout, plan.components, ports) if adopt_running else {}
     _check_ports_free(ports, [name for name in plan.components if name not in adopted])
@@ -225,7 +228,7 @@ def plan_stack(
     # Cloud providers named in PROVISIONER run against their simulators (clouds.py), which
     # authorize the stack's client key.
     ensure_ssh_keys(layout)
-    sim_specs, cloud_env = cloud_sims(env, layout.root, layout.client_public_key)
+    sim_specs, cloud_env = cloud_sims(env, ports, layout.root, layout.client_public_key)
     sims = {spec.name: spec for spec in sim_specs}
     components = [
         *([NATS] if nats_url is None else []),
@@ -260,8 +263,17 @@ def _adopt(layout: RunLayout, components: Sequence[str], ports: Ports) -> dict[s
 
 def _check_ports_free(ports: Ports, components: Sequence[str]) -> None:
     busy = []
+    owners: dict[int, str] = {}
     for name in components:
         port = ports.for_component(name)
+        if port is not None and port in owners:
+            # Two of our own components on one port (a console moved to a simulator's port).
+            busy.append(
+                f"port {port} is asked for both {owners[port]} ({ports.env_name_for(owners[port])})"
+                f" and {name} ({ports.env_name_for(name)}); give one of them another port"
+            )
+        elif port is not None:
+            owners[port] = name
         if port is not None and port_in_use(port):
             busy.append(
                 f"port {port} for {name} is in use by a process this stack did not start; "

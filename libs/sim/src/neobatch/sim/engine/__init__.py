@@ -11,6 +11,7 @@ from neobatch.sim.engine.app import (
     running_engine,
     start_engine,
 )
+from neobatch.sim.engine.oversize import is_oversize
 from neobatch.sim.engine.replies import (
     DEFAULT_MODEL,
     SimResponse,
@@ -28,6 +29,7 @@ __all__ = [
     "compute_response",
     "embedding_vector",
     "expected_body",
+    "is_oversize",
     "run_engine",
     "running_engine",
     "start_engine",

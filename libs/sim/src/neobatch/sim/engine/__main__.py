@@ -7,6 +7,7 @@ import asyncio
 import signal
 
 from neobatch.sim.engine.app import FAILURE_MODES, EngineConfig, running_engine
+from neobatch.sim.engine.oversize import TRANSFERS
 from neobatch.sim.engine.replies import DEFAULT_MODEL
 
 
@@ -33,8 +34,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--request-log", default=None, help="append one JSON line per answered API request"
     )
+    parser.add_argument(
+        "--oversize-rate",
+        type=float,
+        default=0.0,
+        help="share of requests (decided by the request, as failure-mode request) answered "
+        "with an --oversize-bytes body",
+    )
+    parser.add_argument("--oversize-bytes", type=int, default=50 * 1024 * 1024)
+    parser.add_argument("--oversize-transfer", choices=TRANSFERS, default="length")
     args = parser.parse_args(argv)
-    for flag in ("failure_rate", "status_429_rate", "hang_rate"):
+    for flag in ("failure_rate", "status_429_rate", "hang_rate", "oversize_rate"):
         if not 0.0 <= getattr(args, flag) <= 1.0:
             parser.error(f"--{flag.replace('_', '-')} must be between 0 and 1")
     if args.failure_rate + args.status_429_rate + args.hang_rate > 1.0 and (
@@ -57,6 +67,9 @@ async def _serve(args: argparse.Namespace) -> None:
         hang_rate=args.hang_rate,
         hang_seconds=args.hang_seconds,
         request_log=args.request_log,
+        oversize_rate=args.oversize_rate,
+        oversize_bytes=args.oversize_bytes,
+        oversize_transfer=args.oversize_transfer,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

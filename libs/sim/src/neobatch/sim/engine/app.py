@@ -18,6 +18,7 @@ from typing import IO, Any
 import msgspec
 from aiohttp import web
 
+from neobatch.sim.engine.oversize import is_oversize, send_oversize
 from neobatch.sim.engine.replies import (
     API_PATHS,
     DEFAULT_MODEL,
@@ -48,6 +49,12 @@ class EngineConfig:
     hang_seconds: float = 30.0
     # One JSON line per answered API request, written (and flushed) once the response is sent.
     request_log: str | None = None
+    # Share of requests (chosen by a seeded hash of the request: `oversize.is_oversize`) that
+    # a 200 answers with a body of `oversize_bytes`, sent with a Content-Length ("length") or
+    # chunked ("chunked"): the response-size cap's attack.
+    oversize_rate: float = 0.0
+    oversize_bytes: int = 50 * 1024 * 1024
+    oversize_transfer: str = "length"
 
 
 FAILURE_MODES = ("request", "attempt")
@@ -158,6 +165,10 @@ async def _api(request: web.Request) -> web.StreamResponse:
         finally:
             state.in_flight -= 1
     _record(state, path, response)
+    if response.status == 200 and is_oversize(path, body, config.oversize_rate, config.seed):
+        return await send_oversize(
+            request, config.model, config.oversize_bytes, config.oversize_transfer
+        )
     reply = _json_response(response.status, response.body)
     return await _answer(request, state, reply, request_id, attempt)
 

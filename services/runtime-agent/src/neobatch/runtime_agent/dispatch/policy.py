@@ -29,6 +29,14 @@ RETRY_AFTER_CAP_SECONDS = 60.0
 
 _T = TypeVar("_T")
 
+# The largest engine response kept, by default: generous for LLM output (a 32k-token completion
+# with logprobs is well under it). An answer over the cap becomes that line's error
+# `response_too_large` and is not retried (the same request would generate as much again).
+DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+# No setting may go above this: one result is stored whole in one checkpoint page, and a
+# MongoDB document holds at most 16 MiB.
+MAX_RESPONSE_BYTES_LIMIT = 15 * 1024 * 1024
+
 
 class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
     max_retries: int = 5
@@ -101,6 +109,9 @@ class DispatchDefaults(msgspec.Struct, frozen=True, kw_only=True):
     adaptive: bool = True
     healthy_window: int = 8
     additive_increase: int = 1
+    # The operator's cap on one response body; a job's `client.max_response_bytes` may only
+    # lower it.
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
 
 class DispatchConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -113,6 +124,7 @@ class DispatchConfig(msgspec.Struct, frozen=True, kw_only=True):
     additive_increase: int
     request_timeout_seconds: float
     retry: RetryPolicy
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
     @classmethod
     def resolve(cls, client: ClientSpec, defaults: DispatchDefaults) -> DispatchConfig:
@@ -140,6 +152,7 @@ class DispatchConfig(msgspec.Struct, frozen=True, kw_only=True):
                 client.request_timeout_seconds, defaults.request_timeout_seconds
             ),
             retry=retry,
+            max_response_bytes=_lower(client.max_response_bytes, defaults.max_response_bytes),
         )
 
     def controller(self) -> ConcurrencyLimit:
@@ -151,6 +164,11 @@ class DispatchConfig(msgspec.Struct, frozen=True, kw_only=True):
             healthy_window=self.healthy_window,
             additive_increase=self.additive_increase,
         )
+
+
+def _lower(value: int | None, cap: int) -> int:
+    # A job may ask for less than the operator allows, never more.
+    return cap if value is None else min(value, cap)
 
 
 def _pick(value: _T | None, default: _T) -> _T:

@@ -20,6 +20,7 @@ from neobatch.common.batch_input import BatchRequest
 from neobatch.common.errors import NeobatchError
 from neobatch.runtime_agent.dispatch.concurrency import ConcurrencyLimit, FixedLimit, Outcome
 from neobatch.runtime_agent.dispatch.policy import (
+    DEFAULT_MAX_RESPONSE_BYTES,
     RETRY_AFTER_STATUSES,
     DispatchConfig,
     RetryPolicy,
@@ -27,6 +28,7 @@ from neobatch.runtime_agent.dispatch.policy import (
 )
 from neobatch.runtime_agent.dispatch.tally import RequestResult
 from neobatch.runtime_agent.engine.http import EngineConnectionError, EngineHTTP
+from neobatch.runtime_agent.engine.limits import EngineResponseTooLarge
 
 if TYPE_CHECKING:
     from neobatch.runtime_agent.batch.batches import Batch
@@ -102,6 +104,7 @@ class EngineClient:
         request_timeout_seconds: float,
         retry: RetryPolicy,
         controller: ConcurrencyLimit | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self._batch_id = batch_id
         self._model = served_model
@@ -113,7 +116,10 @@ class EngineClient:
         # transport error is not retried against a forward that no longer exists.
         self.tunnel_down: Callable[[], bool] = lambda: False
         # One connection per concurrent request, kept alive: no connect per request.
-        self._http = EngineHTTP(base_url, max_connections=concurrency)
+        # Each response is cut off past `max_response_bytes`: memory per request stays bounded.
+        self._http = EngineHTTP(
+            base_url, max_connections=concurrency, max_body_bytes=max_response_bytes
+        )
 
     @classmethod
     def for_batch(cls, base_url: str, batch: Batch, settings: AgentSettings) -> EngineClient:
@@ -127,6 +133,7 @@ class EngineClient:
             request_timeout_seconds=config.request_timeout_seconds,
             retry=config.retry,
             controller=config.controller(),
+            max_response_bytes=config.max_response_bytes,
         )
 
     async def close(self) -> None:
@@ -193,6 +200,19 @@ class EngineClient:
             except TimeoutError:
                 timed_out = True
                 error = f"no answer within {timeout:g}s"
+            except EngineResponseTooLarge as exc:
+                # Not retried: the same request would generate as much again. The line fails
+                # alone; the connection was closed without reading the rest.
+                self.controller.record(Outcome(exc.status, time.monotonic() - started, False))
+                return RequestResult(
+                    line_index=request.line_index,
+                    custom_id=request.custom_id,
+                    request_id=request_id,
+                    status_code=exc.status,
+                    error_code="response_too_large",
+                    error_message=str(exc),
+                    attempts=attempts,
+                )
             except EngineConnectionError as exc:
                 error = str(exc)
             self.controller.record(Outcome(status, time.monotonic() - started, timed_out))

@@ -10,6 +10,10 @@ chunked bodies, keep-alive rules, malformed input) to httptools, the llhttp bind
 uses. A connection that timed out, was cancelled or answered `Connection: close` is closed,
 never reused: a late answer must not be read as the next request's.
 
+Every response is bounded (the engine is not trusted to be small): its head, its body, and
+the bodies one client reads at once; how, and why, is in `engine.limits`. A response over a
+bound raises `EngineResponseTooLarge` and its connection is closed, the rest never read.
+
 The origin is `http://host:port` or `unix:/path/to.sock` (the OpenSSH tunnel's local end).
 """
 
@@ -21,6 +25,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
+
+from neobatch.runtime_agent.dispatch.policy import DEFAULT_MAX_RESPONSE_BYTES
+from neobatch.runtime_agent.engine.limits import (
+    LARGE_READS,
+    MAX_HEAD_BYTES,
+    SMALL_BODY_BYTES,
+    EngineResponseTooLarge,
+    LargeReads,
+    Stop,
+)
 
 # Response headers kept per response; an engine sends a handful.
 Header = tuple[bytes, bytes]
@@ -112,8 +126,13 @@ def _check_header_text(value: str) -> str:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; one request on it at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, large_reads: LargeReads | None = None) -> None:
         self.transport: asyncio.Transport | None = None
+        self._large_reads = large_reads or LargeReads(LARGE_READS)
+        # 0: reading freely; 1: holds a large-read place; 2: paused, waiting for one.
+        self._large = 0
+        # The largest body accepted for the request on the wire (set by `roundtrip`).
+        self.max_body = 0
         self.closed = False
         self.reusable = False
         # Loop time when it went back to the pool.
@@ -123,6 +142,9 @@ class _Connection(asyncio.Protocol):
         self._headers: list[Header] = []
         self._body: list[bytes] = []
         self._headers_done = False
+        # Bytes of the current response read so far: the head until it is complete, then the body.
+        self._head_size = 0
+        self._body_size = 0
         # A body with neither Content-Length nor chunked encoding ends when the server closes.
         self._until_close = False
 
@@ -137,11 +159,17 @@ class _Connection(asyncio.Protocol):
             # Bytes nobody asked for (a late answer, garbage): this connection is unusable.
             self.discard()
             return
+        if not self._headers_done:
+            self._head_size += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            # A refused response (Stop from a callback) has failed its waiter already.
             self._fail(EngineConnectionError(f"malformed response from the engine: {exc}"))
             self.discard()
+            return
+        if not self._headers_done and self._head_size > MAX_HEAD_BYTES:
+            self._refuse(f"response headers over {MAX_HEAD_BYTES} bytes", None)
 
     def eof_received(self) -> bool:
         return False  # close our side too; connection_lost follows
@@ -149,6 +177,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.reusable = False
+        self._leave_large_reads()
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
@@ -165,12 +194,47 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
-        self._until_close = not any(
-            k.lower() in (b"content-length", b"transfer-encoding") for k, _ in self._headers
-        )
+        self._body_size = 0
+        length: bytes | None = None
+        chunked = False
+        for key, value in self._headers:
+            name = key.lower()
+            if name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                chunked = True
+        self._until_close = length is None and not chunked
+        # llhttp has checked the header's syntax (digits only, one value) by now.
+        if length is not None and not chunked and int(length) > self.max_body:
+            self._refuse(f"Content-Length {int(length)}", self._parser.get_status_code())
+            raise Stop
 
     def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self.max_body:
+            self._refuse("body cut off", self._parser.get_status_code())
+            raise Stop
         self._body.append(body)
+        if self._body_size > SMALL_BODY_BYTES and not self._large:
+            if self._large_reads.acquire(self):
+                self._large = 1
+            elif self.transport is not None:
+                self._large = 2
+                self.transport.pause_reading()
+
+    def resume(self) -> None:
+        """Our turn to read a large body (`LargeReads`)."""
+        self._large = 1
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def _leave_large_reads(self) -> None:
+        if not self._large:
+            return
+        paused, self._large = self._large == 2, 0
+        self._large_reads.release(self)
+        if paused and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
 
     def on_message_complete(self) -> None:
         waiter, self._waiter = self._waiter, None
@@ -190,10 +254,25 @@ class _Connection(asyncio.Protocol):
     # --- ours ---
 
     def _reset(self) -> None:
+        self._leave_large_reads()
         self._headers = []
         self._body = []
         self._headers_done = False
+        self._head_size = 0
+        self._body_size = 0
         self._until_close = False
+
+    def _refuse(self, detail: str, status: int | None) -> None:
+        """Fail the request as too large and close the connection (callbacks then raise Stop:
+        the rest of what was received is not parsed)."""
+        self._body = []
+        self._fail(
+            EngineResponseTooLarge(
+                f"the engine's response is over the {self.max_body}-byte limit ({detail})",
+                status,
+            )
+        )
+        self.discard()
 
     def _fail(self, error: Exception) -> None:
         waiter, self._waiter = self._waiter, None
@@ -203,14 +282,16 @@ class _Connection(asyncio.Protocol):
 
     def discard(self) -> None:
         self.reusable = False
+        self._leave_large_reads()
         if self.transport is not None and not self.closed:
             self.transport.close()
 
-    def roundtrip(self, head: bytes, body: bytes) -> asyncio.Future[EngineResponse]:
+    def roundtrip(self, head: bytes, body: bytes, max_body: int) -> asyncio.Future[EngineResponse]:
         if self.closed or self.transport is None:
             raise EngineConnectionError("connection closed")
         self.reusable = False
         self._reset()
+        self.max_body = max_body
         self._waiter = asyncio.get_running_loop().create_future()
         if body:
             self.transport.writelines((head, body))
@@ -227,15 +308,18 @@ class EngineHTTP:
         base_url: str,
         *,
         max_connections: int,
+        max_body_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         connect_timeout_seconds: float = 10.0,
         idle_reuse_seconds: float = IDLE_REUSE_SECONDS,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be >= 1")
         self.origin = Origin.parse(base_url)
+        self.max_body_bytes = max_body_bytes
         self._connect_timeout = connect_timeout_seconds
         self._idle_reuse = idle_reuse_seconds
         self._slots = asyncio.Semaphore(max_connections)
+        self._large_reads = LargeReads(LARGE_READS)
         self._idle: list[_Connection] = []
         self._closed = False
 
@@ -254,7 +338,9 @@ class EngineHTTP:
     ) -> EngineResponse:
         """Send one request and read its whole response within `timeout_seconds` (TimeoutError).
 
-        Raises EngineConnectionError when no complete response came back.
+        Raises EngineConnectionError when no complete response came back, and
+        EngineResponseTooLarge when the response passed `max_body_bytes` (or its head
+        `MAX_HEAD_BYTES`): its connection is closed at once and the rest of it never read.
         """
         origin = self.origin
         lines = [f"{method} {_check_header_text(origin.prefix + path)} HTTP/1.1"]
@@ -267,7 +353,7 @@ class EngineHTTP:
         async with asyncio.timeout(timeout_seconds), self._slots:
             conn = await self._connection()
             try:
-                response = await conn.roundtrip(head, body)
+                response = await conn.roundtrip(head, body, self.max_body_bytes)
             finally:
                 # Reused only after a complete answer that allows it; a timeout or a cancel
                 # lands here with the answer still owed, and that connection is closed.
@@ -291,7 +377,7 @@ class EngineHTTP:
                 conn.discard()
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, conn = await self.origin.connect(_Connection)
+                _, conn = await self.origin.connect(lambda: _Connection(self._large_reads))
         except TimeoutError:
             raise EngineConnectionError(
                 f"no connection to the engine within {self._connect_timeout:g}s"

@@ -18,7 +18,8 @@ engine runs; `plan_launch` picks one of two launch modes:
 
 Either way the engine is only reachable on the machine's loopback, through our port-forward.
 `start_command`, `status_command`, `stop_command` and `log_command` pick the script of either
-mode; `remote.RemoteHost` runs them.
+mode, `cleanup_command` removes the batch's work directory after the stop (SSH-pool machines
+are reused: without it every batch left its directory behind); `remote.RemoteHost` runs them.
 """
 
 from __future__ import annotations
@@ -212,6 +213,25 @@ def stop_script(batch_id: str, grace_seconds: float) -> str:
     )
 
 
+def cleanup_script(batch_id: str) -> str:
+    """Remove the batch's work directory once its engine is gone (a pool machine is reused).
+
+    Only our own directory: the path is built from the checked batch id and quoted, and it is
+    removed only when it is a real directory (not a symlink someone planted in /tmp) owned by
+    the SSH user. A directory whose engine still runs is kept (its pid file is how a later stop
+    finds it). Prints `removed`, `none`, `kept <why>` or `failed`; always exits 0.
+    """
+    d = shlex.quote(workdir(batch_id))
+    return (
+        _ALIVE_FN
+        + f"d={d}\n"
+        + '[ -e "$d" ] || [ -L "$d" ] || { echo none; exit 0; }\n'
+        + 'if [ -L "$d" ] || [ ! -d "$d" ] || [ ! -O "$d" ]; then echo "kept not-ours"; exit 0; fi\n'
+        + 'if [ -s "$d/pid" ] && alive "$(cat "$d/pid")"; then echo "kept running"; exit 0; fi\n'
+        + 'cd / && rm -rf -- "$d" && echo removed || echo failed\n'
+    )
+
+
 def status_script(batch_id: str) -> str:
     d = shlex.quote(workdir(batch_id))
     return (
@@ -309,6 +329,11 @@ def stop_command(launch: EngineLaunch, grace_seconds: float) -> str:
     if launch.in_docker:
         return docker_stop_script(launch, grace_seconds)
     return stop_script(launch.batch_id, grace_seconds)
+
+
+def cleanup_command(launch: EngineLaunch) -> str:
+    """Remove the batch's work directory (a container's launch never made one: `none`)."""
+    return cleanup_script(launch.batch_id)
 
 
 def log_command(launch: EngineLaunch, max_bytes: int) -> str:

@@ -39,6 +39,7 @@ from neobatch.runtime_agent.machine.errors import (
 from neobatch.runtime_agent.machine.launch import (
     COMMAND_TIMEOUT_SECONDS,
     EngineLaunch,
+    cleanup_command,
     docker_check_script,
     log_command,
     parse_launched,
@@ -63,6 +64,9 @@ ENCRYPTION_PREFERENCE = [
     "aes128-ctr",
 ]
 
+
+# Removing a batch's work directory (its engine log and pid file; a few files).
+CLEANUP_TIMEOUT_SECONDS = 15.0
 
 # Tries to open the OpenSSH tunnel while the control connection stays up (ssh can lose a race
 # with a machine that is still settling after a reconnect).
@@ -206,6 +210,12 @@ class RemoteHost:
         except RemoteError as exc:
             raise EngineStopFailed(f"engine did not stop: {exc.message}") from None
         log.info("engine stopped", extra=log_fields(batch_id=launch.batch_id, result=out.strip()))
+
+    async def remove_workdir(self, launch: EngineLaunch) -> str:
+        """Remove the batch's work directory (after `stop`); returns what the script printed:
+        `removed`, `none`, `kept <why>` or `failed`. Raises RemoteError (timeout included)."""
+        out = await self.run(cleanup_command(launch), timeout_seconds=CLEANUP_TIMEOUT_SECONDS)
+        return out.strip()
 
     async def forward(self, remote_port: int) -> str:
         """Forward to the engine's loopback port there; returns the base URL to reach it here.

@@ -158,7 +158,8 @@ class EngineSession:
         return client
 
     async def stop(self) -> None:
-        """Stop the engine, a few tries, reconnecting if needed; never raises.
+        """Stop the engine and remove the batch's work directory, a few tries, reconnecting
+        if needed; never raises.
 
         Best effort by design: the planner releases the whole machine after the terminal
         event, so a host that vanished must not keep the batch from ending.
@@ -174,6 +175,7 @@ class EngineSession:
             try:
                 host = await self._connect(10.0 * attempt, interruptible=False)
                 await host.stop(launch, self._settings.engine_stop_grace_seconds)
+                await self._remove_workdir(host, launch)
                 return
             except HostUnreachable as exc:
                 # Nobody answers SSH: the machine is gone or going, and the planner releases
@@ -190,6 +192,18 @@ class EngineSession:
                     extra=log_fields(**self._ids, attempt=attempt, error=str(exc)),
                 )
                 await self.close()
+
+    async def _remove_workdir(self, host: remote.RemoteHost, launch: EngineLaunch) -> None:
+        """Leave nothing of the batch on the machine (pool machines are reused); never raises:
+        a directory left behind is logged, it must not fail a batch that has ended."""
+        try:
+            result = await host.remove_workdir(launch)
+        except (RemoteError, OSError, asyncssh.Error) as exc:
+            result = f"error: {exc}"
+        if result in ("removed", "none"):
+            log.info("work directory removed", extra=log_fields(**self._ids, result=result))
+        else:
+            log.warning("work directory not removed", extra=log_fields(**self._ids, result=result))
 
     async def close(self) -> None:
         """Close the connection (the engine keeps running)."""

@@ -49,13 +49,22 @@ RESULT_INDEXES = [
 ]
 DUPLICATE_KEY = 11000
 # Results per page, and a bound on a page's result bytes (bodies can be large; a document
-# must stay under 16 MB). A write larger than either is split into several pages.
+# must stay under 16 MB). A write larger than either is split into several pages; a single
+# result larger than PAGE_BYTES gets a page of its own.
 PAGE_ITEMS = 500
 PAGE_BYTES = 4 * 1024 * 1024
+# The most one result may weigh in a page: whatever the engine or the input held, a page stays
+# under MongoDB's 16 MiB document limit (the HTTP client already cuts bodies off at
+# NEOBATCH_MAX_RESPONSE_BYTES, at most 15 MiB: this is the backstop). A result over it is
+# stored as its line's `response_too_large` error, without the body.
+MAX_RESULT_BYTES = 15 * 1024 * 1024 + 64 * 1024
+# A custom_id kept whole up to this; beyond, only where the result would not fit otherwise.
+_CUSTOM_ID_KEPT = 1024
 # Documents per cursor round trip when reading pages or legacy results.
 FIND_BATCH_SIZE = 200
 # Typecode of the packed line arrays: 4-byte unsigned, stored little-endian.
 _LINE_TYPE = "I"
+LINE_BYTES = array(_LINE_TYPE).itemsize
 _ENCODER = msgspec.msgpack.Encoder()
 # Decodes a page's `results` blob (`reading` reads pages back with it).
 RESULTS_DECODER = msgspec.msgpack.Decoder(list[RequestResult])
@@ -83,6 +92,22 @@ def _size(result: RequestResult) -> int:
     return 48 + body + len(result.custom_id) + len(result.request_id) + len(result.error_message)
 
 
+def bounded(result: RequestResult) -> RequestResult:
+    """`result`, or its `response_too_large` error when it would not fit in a page."""
+    if _size(result) <= MAX_RESULT_BYTES:
+        return result
+    custom_id = result.custom_id
+    if len(custom_id) > MAX_RESULT_BYTES // 2:
+        custom_id = custom_id[:_CUSTOM_ID_KEPT]  # only an input without a line bound gets here
+    return msgspec.structs.replace(
+        result,
+        custom_id=custom_id,
+        body=None,
+        error_code="response_too_large",
+        error_message=f"the result is over the {MAX_RESULT_BYTES}-byte limit of one stored result",
+    )
+
+
 def build_pages(
     batch_id: str,
     results: Sequence[RequestResult],
@@ -93,9 +118,10 @@ def build_pages(
 ) -> list[Document]:
     """The page documents storing `results` (sorted by line; split at `max_items`/`max_bytes`).
 
-    Ids are drawn here, once: an insert of these documents retried is a duplicate, not a copy.
+    Each page holds at most `max_bytes` of results, or one result (`bounded`): under MongoDB's
+    16 MiB document limit whatever the results are. Ids are drawn here, once: an insert of these documents retried is a duplicate, not a copy.
     """
-    ordered = sorted(results, key=lambda r: r.line_index)
+    ordered = sorted(map(bounded, results), key=lambda r: r.line_index)
     pages: list[Document] = []
     start = 0
     while start < len(ordered):

@@ -15,7 +15,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from neobatch.common.clock import Clock
 from neobatch.runtime_agent.dispatch.tally import RequestResult
-from neobatch.runtime_agent.results.pages import build_pages, insert_results
+from neobatch.runtime_agent.results.pages import LINE_BYTES, build_pages, insert_results
 
 # Checkpoint writes on the wire at once (see CheckpointWriter._run).
 WRITES_IN_FLIGHT = 2
@@ -187,8 +187,9 @@ class CheckpointWriter:
         self.writes += 1
         self.pages += len(pages)
         if self._on_stored is not None:
-            completed = sum(1 for r in results if r.ok)
-            self._on_stored(completed, len(results) - completed)
+            # Counted from the pages: a result too large to store went in as a failure.
+            failed = sum(len(page["failed"]) for page in pages) // LINE_BYTES
+            self._on_stored(len(results) - failed, failed)
         self._drained.set()
 
 

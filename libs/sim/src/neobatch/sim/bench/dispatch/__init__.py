@@ -25,12 +25,17 @@ per request, so what is measured is the client side.
    request is printed beside it (steadier than the rates).
 2. Memory — peak RSS (VmHWM) of the agent process for a 50,000-request ~200 MB input vs a
    1,000-request input with the same line size.
+   Then oversize answers: the engine simulator answering 10% of 1,000 requests with 50 MB
+   bodies (`--oversize-rate`), by Content-Length and chunked, beside the same batch answered
+   normally: the agent's peak RSS must stay flat (the response cap, NEOBATCH_MAX_RESPONSE_BYTES,
+   refuses or cuts them off) and exactly those lines end as `response_too_large`.
 
 Modules: ``nginx`` (the engine), ``load`` (input and the load generators), ``agent`` (a batch
 through a real agent in a child process), ``rig`` (database and SSH host), ``measure`` and
 ``report``; ``__main__`` ties them together.
 
     python -m neobatch.sim.bench.dispatch [--only throughput|memory] [--requests N]
+        [--oversize-requests N] [--oversize-rate R]
         [--rounds R] [--ssh auto|sim|openssh] [--profile FILE (py-spy)] [--keep]
 """
 

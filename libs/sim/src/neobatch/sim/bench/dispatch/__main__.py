@@ -8,9 +8,14 @@ import tempfile
 from pathlib import Path
 
 from neobatch.sim.bench.dispatch.agent import child_main
-from neobatch.sim.bench.dispatch.measure import CONCURRENCY, measure_memory, measure_throughput
+from neobatch.sim.bench.dispatch.measure import (
+    CONCURRENCY,
+    measure_memory,
+    measure_oversize,
+    measure_throughput,
+)
 from neobatch.sim.bench.dispatch.nginx import ensure_nginx
-from neobatch.sim.bench.dispatch.report import print_memory, print_throughput
+from neobatch.sim.bench.dispatch.report import print_memory, print_oversize, print_throughput
 from neobatch.sim.bench.dispatch.rig import BenchRig, find_sshd
 
 
@@ -21,6 +26,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory-requests", type=int, default=50_000)
     parser.add_argument("--memory-small", type=int, default=1_000)
     parser.add_argument("--line-bytes", type=int, default=4_000, help="memory input line size")
+    parser.add_argument(
+        "--oversize-requests", type=int, default=1_000, help="memory: oversize-answers batch"
+    )
+    parser.add_argument(
+        "--oversize-rate", type=float, default=0.1, help="share of lines answered with 50 MB"
+    )
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (median wins)")
     parser.add_argument(
@@ -65,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "memory"):
             m = measure_memory(rig, args.memory_requests, args.memory_small, args.line_bytes)
             print_memory(m)
+            print_oversize(measure_oversize(rig, args.oversize_requests, args.oversize_rate))
     finally:
         rig.stop()
         if args.keep:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +17,13 @@ from neobatch.sim.bench.dispatch.load import (
     tunnel_rate,
     upload_to,
 )
-from neobatch.sim.bench.dispatch.nginx import DirectEngine, Nginx
+from neobatch.sim.bench.dispatch.nginx import CHAT, DirectEngine, Nginx
 from neobatch.sim.bench.dispatch.rig import BenchRig
 from neobatch.sim.procs import cpu_seconds
 
 CONCURRENCY = 256
+# The oversize engine's answers: what drove the agent to 1.81 GB before the response cap.
+OVERSIZE_BYTES = 50 * 1024 * 1024
 
 
 def measure_throughput(
@@ -84,6 +89,54 @@ def measure_memory(rig: BenchRig, large: int, small: int, line_bytes: int) -> di
         _check(figures, n)
         rows.append({"requests": n, "input_mb": size / 1e6, **figures})
     return {"rows": rows, "delta_mb": rows[1]["peak_rss_mb"] - rows[0]["peak_rss_mb"]}
+
+
+def measure_oversize(rig: BenchRig, requests: int, rate: float) -> dict[str, Any]:
+    """Peak RSS of the agent whose engine (the simulator) answers a share of requests with
+    50 MB bodies, by Content-Length and chunked, beside the same batch answered normally.
+
+    Each oversize line must end as its `response_too_large` error, every other line complete.
+    """
+    from neobatch.sim.engine import is_oversize
+
+    db = "bench_oversize"
+    file_id, size = asyncio.run(upload_to(rig.mongo_url, db, requests, 0))
+    bodies = (json.loads(request_line(i))["body"] for i in range(requests))
+    oversize = sum(is_oversize(CHAT, body, rate) for body in bodies)
+    rows = []
+    for label, flags in (
+        ("normal answers", []),
+        ("50 MB answers, Content-Length", ["--oversize-transfer", "length"]),
+        ("50 MB answers, chunked", ["--oversize-transfer", "chunked"]),
+    ):
+        command = [sys.executable, "-m", "neobatch.sim.engine", "--port", "{port}"]
+        command += ["--model", "{model}"]
+        if flags:
+            command += ["--oversize-rate", str(rate), "--oversize-bytes", str(OVERSIZE_BYTES)]
+        job = replace(
+            rig.job(db, file_id, CONCURRENCY, timeout=600), engine_command=command + flags
+        )
+        slug = label.split(",")[-1].strip().split()[0].lower()
+        figures = run_child(job, rig.workdir / f"logs/agent-oversize-{slug}.log")
+        expected_failed = oversize if flags else 0
+        if (
+            figures["status"] != "completed"
+            or figures["failed"] != expected_failed
+            or figures["completed"] != requests - expected_failed
+        ):
+            raise RuntimeError(
+                f"{label}: batch ended {figures['status']} with {figures['completed']} completed "
+                f"and {figures['failed']} failed; expected {expected_failed} failed "
+                f"({figures['error']})"
+            )
+        rows.append({"label": label, "oversize": expected_failed, **figures})
+    normal = rows[0]["peak_rss_mb"]
+    return {
+        "requests": requests,
+        "input_mb": size / 1e6,
+        "rows": rows,
+        "delta_mb": max(r["peak_rss_mb"] for r in rows) - normal,
+    }
 
 
 def _check(figures: dict[str, Any], requests: int) -> None:

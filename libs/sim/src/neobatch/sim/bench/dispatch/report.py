@@ -65,3 +65,24 @@ def print_memory(m: dict[str, Any]) -> None:
         f"difference: {m['delta_mb']:+.1f} MB; targets < 250 MB and within 50 MB: "
         f"{'met' if ok else 'NOT met'}"
     )
+
+
+def print_oversize(m: dict[str, Any]) -> None:
+    from neobatch.sim.bench.dispatch.measure import OVERSIZE_BYTES
+
+    print(
+        f"\nMemory, oversize answers: peak RSS (VmHWM) of the agent, {m['requests']} requests, "
+        f"engine answering {OVERSIZE_BYTES // 2**20} MB bodies to some (engine simulator)"
+    )
+    print(f"{'engine':<32} {'too large':>9} {'peak RSS MB':>12} {'at start MB':>12} {'batch s':>8}")
+    for r in m["rows"]:
+        print(
+            f"{r['label']:<32} {r['oversize']:>9} {r['peak_rss_mb']:>12.1f} "
+            f"{r['startup_rss_mb']:>12.1f} {r['total_seconds']:>8.1f}"
+        )
+    flat = m["delta_mb"] <= 50
+    print(
+        f"largest difference from normal answers: {m['delta_mb']:+.1f} MB; each oversize line "
+        f"ended as response_too_large, the rest completed; within 50 MB: "
+        f"{'met' if flat else 'NOT met'}"
+    )
