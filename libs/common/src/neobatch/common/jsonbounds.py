@@ -1,0 +1,2 @@
+"""placeholder"""
+MAX_JSON_DEPTH = 128
