@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 
 from neobatch.common.batch_input import (
@@ -39,7 +40,7 @@ def test_valid_file_gives_requests_in_order() -> None:
     requests, report = validate_lines(lines, CHAT)
     assert report.ok and report.total == 3
     assert [(r.line_index, r.custom_id) for r in requests] == [(0, "a"), (2, "b"), (4, "c")]
-    assert requests[0].body["model"] == "m"
+    assert msgspec.json.decode(requests[0].body)["model"] == "m"
     assert requests[2].url == CHAT  # Sent to the endpoint, whatever trailing slash it had.
 
 

@@ -90,7 +90,8 @@ async def test_deeply_nested_json_body_is_a_400(api: Any, path: str, depth: int)
     await api.ready_template()
     before = await _stored(api)
     nested = b"[" * depth + b"]" * depth
-    for body in (nested, b'{"name": ' + nested + b"}", b'{"a": ' + b'{"a": ' * depth + b"1"):
+    unclosed = [b'{"a": ' * depth + b"1"] if depth >= 1000 else []  # decoder-deep, not parsed
+    for body in [nested, b'{"name": ' + nested + b"}", *unclosed]:
         r = await _post_raw(api, path, body)
         assert r.status_code == 400, r.text
         assert r.json()["code"] == "json_too_deep", r.text

@@ -3,6 +3,7 @@ feature → the Litestar app with the AIBrix (`/api/v1`) and OpenAI (`/v1`) surf
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -13,6 +14,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from neobatch.common.clock import Clock
 from neobatch.common.runtime import ServiceRuntime
+from neobatch.console.bodies import check_json_body
 from neobatch.console.catalog.routes import ModelController, list_offers
 from neobatch.console.catalog.store import CatalogStore
 from neobatch.console.deps import DEPENDENCIES
@@ -71,6 +73,7 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
         route_handlers=[healthz, readyz, metrics, aibrix, openai],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
+        before_request=check_json_body,
         lifespan=[_lifespan(settings, clock)],
         # Settings and the rate limiter are in state from the start: guards read them.
         state=State({"settings": settings, "limiter": RateLimiter(settings.rate_limit_per_minute)}),
@@ -109,6 +112,12 @@ def _lifespan(settings: ConsoleSettings, clock: Clock | None) -> Lifespan:
                 await keys.seed_key(dev_key)
 
             runtime.add_startup(seed_dev_key)
+        # Litestar spools uploads with `tempfile`, which takes no directory: set the
+        # process's temporary directory while the app runs (the console is one app per
+        # process; tests restore it).
+        previous_tempdir = tempfile.tempdir
+        if settings.spool_dir:
+            tempfile.tempdir = settings.spool_dir
         try:
             await runtime.start()
             app.state.runtime = runtime
@@ -122,9 +131,11 @@ def _lifespan(settings: ConsoleSettings, clock: Clock | None) -> Lifespan:
                 catalog,
                 default_template=settings.default_template,
                 min_window_seconds=settings.min_completion_window_seconds,
+                max_line_bytes=settings.common.max_input_line_bytes,
             )
             yield
         finally:
+            tempfile.tempdir = previous_tempdir
             await runtime.stop()
 
     return lifespan

@@ -1,6 +1,8 @@
 """Models, deployment templates and GPU offers: request and response bodies.
 
 Unknown keys are ignored, as AIBrix does (clients written for it send extra fields).
+Every number, string, list and map has an upper bound (issue 13): a value past int64 cannot
+be stored (BSON) and was a 500; now it is a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from neobatch.console.wire import Endpoint, Label, Text
+from neobatch.console.wire import Endpoint, Int64, Label, Text
 
 Name = Annotated[str, Meta(min_length=1, max_length=256)]
-Positive = Annotated[int, Meta(ge=1)]
-EngineArg = str | int | float | bool
+# GPUs, replicas, parallel ranks: far above any machine, far below int64.
+Count = Annotated[int, Meta(ge=1, le=1024)]
+EngineArg = Annotated[str, Meta(max_length=4096)] | Int64 | float | bool
+Labels = Annotated[list[Label], Meta(max_length=64)]
+Args = Annotated[list[Text], Meta(max_length=256)]
 
 
 # --- models ----------------------------------------------------------------------------------
@@ -23,12 +28,12 @@ EngineArg = str | int | float | bool
 
 class CreateModel(msgspec.Struct, kw_only=True):
     name: Name
-    categories: list[Label] = []
+    categories: Labels = []
     # What batch requests put in `body.model`; falls back to the template's model_source.uri.
     serving_name: Text = ""
     description: Annotated[str, Meta(max_length=4096)] = ""
-    tags: list[Label] = []
-    context_length: Annotated[int, Meta(ge=0)] | None = None
+    tags: Labels = []
+    context_length: Annotated[int, Meta(ge=0, le=100_000_000)] | None = None
 
 
 class ModelOut(msgspec.Struct, kw_only=True):
@@ -56,13 +61,13 @@ class TemplateEngine(msgspec.Struct, kw_only=True):
     version: Label = ""
     image: Text = ""
     invocation: Label = ""
-    serve_args: list[Text] = []
+    serve_args: Args = []
     health_endpoint: Label = "/health"
-    ready_timeout_seconds: Positive = 1800
+    ready_timeout_seconds: Annotated[int, Meta(ge=1, le=7 * 86400)] = 1800
     metrics_endpoint: Label = ""
     # Our extension (CONTRACTS.md): launch command overriding `vllm serve`, with {port} and
     # {model} substituted, and the engine's port on the host.
-    command: list[Text] | None = None
+    command: Args | None = None
     port: Annotated[int, Meta(ge=1, le=65535)] = 8000
 
 
@@ -78,19 +83,19 @@ class ModelSource(msgspec.Struct, kw_only=True):
 
 class Accelerator(msgspec.Struct, kw_only=True):
     type: Annotated[str, Meta(min_length=1, max_length=128)]
-    count: Positive = 1
-    vram_gb: Annotated[int, Meta(ge=0)] | None = None
+    count: Count = 1
+    vram_gb: Annotated[int, Meta(ge=0, le=100_000)] | None = None
     interconnect: Label = ""
     sku_hint: Label = ""
 
 
 class Parallelism(msgspec.Struct, kw_only=True):
-    tp: Positive = 1
-    pp: Positive = 1
-    dp: Positive = 1
-    ep: Positive = 1
-    sp: Positive = 1
-    cp: Positive = 1
+    tp: Count = 1
+    pp: Count = 1
+    dp: Count = 1
+    ep: Count = 1
+    sp: Count = 1
+    cp: Count = 1
 
 
 class Quantization(msgspec.Struct, kw_only=True):
@@ -104,10 +109,10 @@ class TemplateSpec(msgspec.Struct, kw_only=True):
     model_source: ModelSource
     accelerator: Accelerator
     parallelism: Parallelism = msgspec.field(default_factory=Parallelism)
-    engine_args: dict[Label, EngineArg] = {}
+    engine_args: Annotated[dict[Label, EngineArg], Meta(max_length=256)] = {}
     quantization: Quantization | None = None
     # Empty: the endpoints every engine serves (jobs.rules.DEFAULT_ENDPOINTS).
-    supported_endpoints: list[Endpoint] = []
+    supported_endpoints: Annotated[list[Endpoint], Meta(max_length=32)] = []
     deployment_mode: Label = "dedicated"
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from neobatch.common.batch_input import InputValidator, ValidationReport
+from neobatch.common.batch_input import MAX_LINE_BYTES, InputValidator, ValidationReport
 from neobatch.common.errors import InvalidInput
 from neobatch.common.ids import new_id
 from neobatch.console.catalog.store import CatalogStore
@@ -38,6 +38,7 @@ class JobService:
         *,
         default_template: str,
         min_window_seconds: int = 60,
+        max_line_bytes: int = MAX_LINE_BYTES,
     ) -> None:
         self._jobs = jobs
         self._files = files
@@ -45,6 +46,7 @@ class JobService:
         # Template used when a request names none (DEFAULT_BATCH_MODEL_DEPLOYMENT_TEMPLATE).
         self._default_template = default_template
         self._min_window_seconds = min_window_seconds
+        self._max_line_bytes = max_line_bytes
 
     async def create_job(self, request: CreateJob, caller: Caller, now: datetime) -> Document:
         """Validate `request`, store the job with its events, return the stored document."""
@@ -71,7 +73,9 @@ class JobService:
             request=request,
             template=template,
             model=await self._catalog.find_model(template["model_id"]),
-            report=await _validate_lines(self._files, request.input_dataset, endpoint),
+            report=await _validate_lines(
+                self._files, request.input_dataset, endpoint, self._max_line_bytes
+            ),
             now=now,
         )
         await self._jobs.insert_job(job, rules.creation_events(job, now), now)
@@ -121,10 +125,13 @@ async def _resolve_template(catalog: CatalogStore, request: CreateJob, default: 
     return template
 
 
-async def _validate_lines(files: FileStore, file_id: str, endpoint: str) -> ValidationReport:
-    validator = InputValidator(endpoint)
+async def _validate_lines(
+    files: FileStore, file_id: str, endpoint: str, max_line_bytes: int
+) -> ValidationReport:
+    """Stream the file once; the work per line is bounded (`batch_input`), whatever it holds."""
+    validator = InputValidator(endpoint, max_line_bytes=max_line_bytes)
     index = 0
-    async for raw in files.iter_lines(file_id):
+    async for raw in files.iter_lines(file_id, max_line_bytes):
         validator.feed(index, raw)
         index += 1
     return validator.report()
