@@ -101,7 +101,13 @@ async def test_deeply_nested_json_body_is_a_400(api: Any, path: str, depth: int)
 @pytest.mark.parametrize("path", JSON_ROUTES)
 @pytest.mark.parametrize(
     "body",
-    [b'{"name": "\xff"}', b'{"\xff": 1}', b"\xff", b'{"name": "a\xc3"}', b'{"name": "\xed\xa0\x80"}'],
+    [
+        b'{"name": "\xff"}',
+        b'{"\xff": 1}',
+        b"\xff",
+        b'{"name": "a\xc3"}',
+        b'{"name": "\xed\xa0\x80"}',
+    ],
 )
 async def test_json_body_that_is_not_utf8_is_a_400(api: Any, path: str, body: bytes) -> None:
     await api.ready_template()
@@ -208,7 +214,10 @@ async def test_upload_whose_first_line_is_nested_too_deep_is_a_400(api: Any) -> 
         (b'{"custom_id":"\xff","method":"POST"}\n', "invalid_json_line"),
         (b"\xff\xfe\n", "invalid_json_line"),
         (_line("b", b"[" * 5000 + b"]" * 5000), "json_too_deep"),
-        (_line("b", b'{"a":' * (MAX_JSON_DEPTH + 1) + b"1" + b"}" * (MAX_JSON_DEPTH + 1)), "json_too_deep"),
+        (
+            _line("b", b'{"a":' * (MAX_JSON_DEPTH + 1) + b"1" + b"}" * (MAX_JSON_DEPTH + 1)),
+            "json_too_deep",
+        ),
     ],
 )
 async def test_a_hostile_later_line_fails_the_batch_at_that_line(
