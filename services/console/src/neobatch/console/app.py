@@ -29,6 +29,7 @@ from neobatch.console.jobs.store import JobStore
 from neobatch.console.keys.auth import DEV_KEY_ID, key_doc, require_api_key
 from neobatch.console.keys.ratelimit import RateLimiter
 from neobatch.console.keys.store import KeyStore
+from neobatch.console.openapi import document_errors
 from neobatch.console.settings import DEV_PROJECT, ConsoleSettings
 
 SERVICE = "console"
@@ -69,7 +70,7 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
             ),
         ],
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[healthz, readyz, metrics, aibrix, openai],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
@@ -90,6 +91,8 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
             ),
         ),
     )
+    document_errors(app)
+    return app
 
 
 def _lifespan(settings: ConsoleSettings, clock: Clock | None) -> Lifespan:
