@@ -229,7 +229,7 @@ async def split_lines(
             continue
         pending += memoryview(chunk)[start:]
         if cap is not None and len(pending) > cap:
-            yield bytes(pending[: cap + 1])
+            yield bytes(memoryview(pending)[: cap + 1])
             pending.clear()
             skipping = True
     if pending:
