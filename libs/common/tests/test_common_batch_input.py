@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 
 from neobatch.common.batch_input import (
@@ -39,7 +40,7 @@ def test_valid_file_gives_requests_in_order() -> None:
     requests, report = validate_lines(lines, CHAT)
     assert report.ok and report.total == 3
     assert [(r.line_index, r.custom_id) for r in requests] == [(0, "a"), (2, "b"), (4, "c")]
-    assert requests[0].body["model"] == "m"
+    assert msgspec.json.decode(requests[0].body)["model"] == "m"
     assert requests[2].url == CHAT  # Sent to the endpoint, whatever trailing slash it had.
 
 
@@ -145,3 +146,29 @@ def test_input_over_the_byte_limit_fails_at_the_line_that_crosses_it() -> None:
     assert (error.code, error.line) == ("file_too_large", 7)
     assert MAX_INPUT_BYTES == 200 * 1024 * 1024
     assert f"{limit:,} bytes" in error.message
+
+
+@pytest.mark.parametrize(
+    ("bad", "code"),
+    [
+        (line(custom_id="\udcff").replace(b"\\udcff", b"\xff"), "invalid_json_line"),
+        (b"\xff\xfe", "invalid_json_line"),
+        (
+            line(body={"a": [[[[[[]]]]]]}).replace(b"[[[[[[]]]]]]", b"[" * 129 + b"]" * 129),
+            "json_too_deep",
+        ),
+        (line(body={"a": "x" * 2000}), "line_too_long"),
+    ],
+)
+def test_hostile_line_is_its_own_error_and_not_decoded(bad: bytes, code: str) -> None:
+    validator = InputValidator(CHAT, max_line_bytes=1024)
+    validator.feed(0, line("a"))
+    assert validator.feed(1, bad) is None
+    report = validator.report()
+    assert [(e.code, e.line) for e in report.errors] == [(code, 2)]
+
+
+def test_a_valid_line_keeps_its_body_as_raw_json() -> None:
+    [request], report = validate_lines([line("a", body={"a": [{}] * 1000})], CHAT)
+    assert report.ok and isinstance(request.body, msgspec.Raw)
+    assert msgspec.json.decode(request.body) == {"a": [{}] * 1000}

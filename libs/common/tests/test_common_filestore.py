@@ -98,3 +98,12 @@ async def test_files_are_readable_by_gridfs_itself(mongo_db) -> None:
     )
     assert await filestore.delete_file(mongo_db, file_id)
     assert await mongo_db[f"{filestore.BUCKET}.chunks"].count_documents({"files_id": file_id}) == 0
+
+
+async def test_split_lines_cuts_an_over_long_line_and_skips_the_rest() -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for piece in (b'{"a":1}\n{"b":', b"x" * 50, b"y" * 50 + b'}\n{"c"', b":3}"):
+            yield piece
+
+    lines = [line async for line in filestore.split_lines(chunks(), max_line_bytes=10)]
+    assert lines == [b'{"a":1}', b'{"b":' + b"x" * 6, b'{"c":3}']

@@ -1,5 +1,10 @@
-"""The served OpenAPI document describes every route, and fuzzing every operation from it
-(hypothesis: schema-shaped and arbitrary JSON, odd path and query values) finds no 5xx."""
+"""The served OpenAPI document describes every route and is true to the wire: fuzzing every
+operation from it (hypothesis: schema-shaped and arbitrary JSON, hostile bodies, odd path and
+query values, methods a path does not serve) finds no 5xx, no status the operation does not
+document, no body that does not match the documented schema, and `Allow` on every 405.
+
+Schemathesis found those on the local stack (issue 13); this is the same check in process,
+with bounded examples, as part of `./task test`."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from urllib.parse import quote
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
 from litestar.testing import TestClient
 
 from neobatch.console.app import create_app
@@ -86,7 +92,7 @@ def from_schema(schema: dict[str, Any], components: dict[str, Any], depth: int =
     if kind == "array":
         return st.lists(from_schema(schema.get("items") or {}, components, depth + 1), max_size=3)
     if kind == "integer":
-        return st.integers(min_value=-(2**40), max_value=2**40)
+        return st.integers(min_value=-(2**40), max_value=2**40) | st.sampled_from([2**63, 2**70])
     if kind == "number":
         return st.floats(allow_nan=False, allow_infinity=False)
     if kind == "boolean":
@@ -120,16 +126,52 @@ def test_openapi_document_describes_every_route(client: TestClient[Any]) -> None
     assert "bearer" in doc["components"]["securitySchemes"]
 
 
-def test_fuzzing_every_operation_finds_no_5xx(client: TestClient[Any]) -> None:
+# Bodies no schema describes: nesting past any decoder, bytes that are not UTF-8, huge numbers.
+HOSTILE_BODIES = st.sampled_from(
+    [
+        b"[" * 5000 + b"]" * 5000,
+        b'{"name": ' + b"[" * 200 + b"]" * 200 + b"}",
+        b'{"name": "\xff"}',
+        b"\xff\xfe",
+        b'{"name": "m", "context_length": 1' + b"0" * 30 + b"}",
+        b"",
+    ]
+)
+
+
+class Conformance:
+    """The documented statuses and response schemas of each operation, checked on a response."""
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self._components = doc.get("components", {})
+
+    def check(self, op: dict[str, Any], call: Any, response: Any) -> None:
+        status = str(response.status_code)
+        documented = op.get("responses") or {}
+        assert status in documented, (call, response.status_code, response.text)
+        content = documented[status].get("content") or {}
+        if "application/json" not in content:
+            return
+        schema = content["application/json"].get("schema") or {}
+        validator = Draft202012Validator({**schema, "components": self._components})
+        errors = [e.message for e in validator.iter_errors(response.json())]
+        assert not errors, (call, response.status_code, response.text, errors)
+
+
+def test_fuzzing_every_operation_conforms_to_the_document(client: TestClient[Any]) -> None:
     doc = client.get("/schema/openapi.json").json()
     components = doc.get("components", {}).get("schemas", {})
     ops = [op for op in operations(doc) if op[1].startswith(("/v1", "/api"))]
+    by_key = {(method, path): op for method, path, op in ops}
+    served = {path: {m for m, p, _ in ops if p == path} for _, path, _ in ops}
+    conformance = Conformance(doc)
     segment = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)
     segment = segment | st.sampled_from(["file_x", "job_x", "batch_x", "model-x", "..", "%00"])
 
     @st.composite
-    def request(draw: st.DrawFn) -> tuple[str, str, dict[str, Any]]:
-        method, path, op = draw(st.sampled_from(ops))
+    def request(draw: st.DrawFn) -> tuple[str, str, str, dict[str, Any]]:
+        method, template, op = draw(st.sampled_from(ops))
+        path = template
         headers = draw(st.sampled_from([AUTH, OPERATOR]))
         kwargs: dict[str, Any] = {"headers": dict(headers), "params": {}}
         for param in op.get("parameters") or []:
@@ -142,27 +184,44 @@ def test_fuzzing_every_operation_finds_no_5xx(client: TestClient[Any]) -> None:
                 )
         content = (op.get("requestBody") or {}).get("content") or {}
         if "multipart/form-data" in content:
+            first = draw(st.sampled_from([b"", b"\xff\n", b"[" * 3000 + b"\n"]))
             kwargs["files"] = {
-                "file": (draw(st.sampled_from(["a.jsonl", "b.txt"])), draw(st.binary(max_size=64)))
+                "file": (
+                    draw(st.sampled_from(["a.jsonl", "b.txt"])),
+                    first + draw(st.binary(max_size=64)),
+                )
             }
             kwargs["data"] = {"purpose": draw(st.sampled_from(["batch", "x"]))}
         elif "application/json" in content:
             schema = content["application/json"].get("schema") or {}
-            kwargs["json"] = draw(from_schema(schema, components) | JSON)
-        return method, path, kwargs
+            if draw(st.integers(0, 4)) == 0:
+                kwargs["content"] = draw(HOSTILE_BODIES)
+                kwargs["headers"]["content-type"] = "application/json"
+            else:
+                kwargs["json"] = draw(from_schema(schema, components) | JSON)
+        return method, template, path, kwargs
 
     @settings(
-        max_examples=300,
+        max_examples=400,
         deadline=None,
         database=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
     @given(request())
-    def no_server_error(call: tuple[str, str, dict[str, Any]]) -> None:
-        method, path, kwargs = call
+    def conforms(call: tuple[str, str, str, dict[str, Any]]) -> None:
+        method, template, path, kwargs = call
         response = client.request(method.upper(), path, **kwargs)
         assert response.status_code < 500, (method, path, kwargs, response.text)
-        if response.status_code >= 400:
-            assert set(response.json()) == {"code", "message"}, response.text
+        conformance.check(by_key[(method, template)], call, response)
 
-    no_server_error()
+    conforms()
+
+    # A method a path does not serve: 405 with `Allow` naming what it does.
+    for path, methods in served.items():
+        concrete = path.replace("{", "x").replace("}", "")
+        for method in {"put", "patch", "delete", "post", "get"} - methods:
+            response = client.request(method.upper(), concrete, headers=AUTH)
+            assert response.status_code == 405, (method, path, response.text)
+            allowed = {m.strip().lower() for m in response.headers["allow"].split(",")}
+            assert methods <= allowed, (method, path, response.headers["allow"])
+            assert response.json()["code"] == "method_not_allowed"

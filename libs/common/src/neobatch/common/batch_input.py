@@ -12,6 +12,13 @@ OpenAI's per-batch limits hold here, for the console (at job creation) and the a
 dispatch) alike: at most 50,000 requests (`too_many_requests`, reported at the line of the
 50,001st) and 200 MB of input (`file_too_large`, at the line that crosses it). The validator
 keeps only the custom ids it has seen and its counters, never a request body.
+
+Work per line is bounded whatever the line holds (issue 13: a line of 30 million `{}` cost the
+console 2.4 GB): a line longer than `max_line_bytes` (`line_too_long`) is refused before it is
+decoded (the reader hands over only its first `max_line_bytes + 1` bytes); a line that is not
+UTF-8 is `invalid_json_line`; nesting past `MAX_JSON_DEPTH` is `json_too_deep`; and a line is
+decoded only to its top-level keys, the body staying raw JSON text (`msgspec.Raw`), so no
+line ever becomes millions of Python objects.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from typing import Any
 
 import msgspec
 
+from neobatch.common.jsonbounds import MAX_JSON_DEPTH, is_utf8, too_deep
+
 # Errors stored on the batch are capped so a broken 50,000-line file cannot bloat the document;
 # the message still says how many lines were bad.
 MAX_REPORTED_ERRORS = 100
@@ -27,6 +36,9 @@ REQUIRED_FIELDS = ("custom_id", "method", "url", "body")
 # OpenAI Batch API limits per input file; the byte limit matches the console's upload limit.
 MAX_REQUESTS = 50_000
 MAX_INPUT_BYTES = 200 * 1024 * 1024
+# A request line's default size limit (NEOBATCH_MAX_INPUT_LINE_BYTES): room for a chat
+# request carrying a few base64 images; OpenAI states only the 200 MB per file.
+MAX_LINE_BYTES = 16 * 1024 * 1024
 
 
 class BatchRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,8 +46,8 @@ class BatchRequest(msgspec.Struct, frozen=True, kw_only=True):
     custom_id: str
     method: str
     url: str
-    # The validator (and tests) give the decoded object; the dispatch pass (`parse_request`)
-    # the body's JSON text as it is in the file, so a request is not decoded and re-encoded.
+    # The validator and the dispatch pass (`parse_request`) give the body's JSON text as it is
+    # in the file, so a request is not decoded and re-encoded; tests may give an object.
     body: dict[str, Any] | msgspec.Raw
 
 
@@ -48,6 +60,9 @@ class _DispatchLine(msgspec.Struct):
 
 
 _DISPATCH_LINE = msgspec.json.Decoder(_DispatchLine)
+# What the validator decodes of a line: its top-level keys, each value as raw JSON text.
+_TOP_LEVEL = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_STR = msgspec.json.Decoder(str)
 
 
 class LineError(msgspec.Struct, frozen=True, kw_only=True):
@@ -95,29 +110,53 @@ def strip_bom(raw: bytes, line_index: int) -> bytes:
     return raw.removeprefix(b"\xef\xbb\xbf") if line_index == 0 else raw
 
 
-def _check_object(obj: Any, endpoint: str) -> tuple[str, str, str | None] | None:
-    """The (code, message, param) of the first problem with a decoded line, or None."""
-    if not isinstance(obj, dict):
-        return ("invalid_request", "line must be a JSON object", None)
+def _text(value: msgspec.Raw) -> str | None:
+    """A raw JSON value as a string, or None when it is not one (decoded only if it is)."""
+    if _first(value) != b'"':
+        return None
+    return _STR.decode(value)
+
+
+def _first(value: msgspec.Raw) -> bytes:
+    return bytes(memoryview(value)[:1])
+
+
+def _is_null(value: msgspec.Raw) -> bool:
+    view = memoryview(value)
+    return view.nbytes == 4 and bytes(view) == b"null"
+
+
+def _check_object(
+    fields: dict[str, msgspec.Raw], endpoint: str
+) -> tuple[str, str, str | None] | None:
+    """The (code, message, param) of the first problem with a line's top-level fields."""
     for name in REQUIRED_FIELDS:
-        if name not in obj or obj[name] is None:
+        if name not in fields or _is_null(fields[name]):
             return ("missing_required_parameter", f"missing required parameter '{name}'", name)
-    custom_id = obj["custom_id"]
-    if not isinstance(custom_id, str) or not custom_id:
+    custom_id = _text(fields["custom_id"])
+    if not custom_id:
         return ("invalid_type", "'custom_id' must be a non-empty string", "custom_id")
-    method = obj["method"]
-    if not isinstance(method, str) or method.upper() != "POST":
-        return ("invalid_method", f"'method' must be POST, got {method!r}", "method")
-    url = obj["url"]
-    if not isinstance(url, str) or normalize_path(url) != normalize_path(endpoint):
+    method = _text(fields["method"])
+    if method is None or method.upper() != "POST":
+        shown = method if method is not None else _shown(fields["method"])
+        return ("invalid_method", f"'method' must be POST, got {shown!r}", "method")
+    url = _text(fields["url"])
+    if url is None or normalize_path(url) != normalize_path(endpoint):
+        shown = url if url is not None else _shown(fields["url"])
         return (
             "mismatched_endpoint",
-            f"'url' {url!r} does not match the batch endpoint {endpoint!r}",
+            f"'url' {shown!r} does not match the batch endpoint {endpoint!r}",
             "url",
         )
-    if not isinstance(obj["body"], dict):
+    if _first(fields["body"]) != b"{":
         return ("invalid_type", "'body' must be a JSON object", "body")
     return None
+
+
+def _shown(value: msgspec.Raw) -> str:
+    """A non-string value as the error shows it: its JSON text, cut short."""
+    text = bytes(memoryview(value)[:41]).decode("utf-8", "replace")
+    return text if len(text) <= 40 else text[:40] + "…"
 
 
 def parse_request(raw: bytes, line_index: int) -> BatchRequest:
@@ -145,10 +184,12 @@ class InputValidator:
         *,
         max_requests: int = MAX_REQUESTS,
         max_bytes: int = MAX_INPUT_BYTES,
+        max_line_bytes: int = MAX_LINE_BYTES,
     ) -> None:
         self._endpoint = endpoint
         self._max_requests = max_requests
         self._max_bytes = max_bytes
+        self._max_line_bytes = max_line_bytes
         self._seen: set[str] = set()
         self._errors: list[LineError] = []
         self._invalid_lines = 0
@@ -173,19 +214,14 @@ class InputValidator:
                 f"the input file is larger than {_mb(self._max_bytes)}, the limit per batch",
                 None,
             )
-        raw = strip_bom(raw, line_index)
-        if is_blank(raw):
+        fields = self._top_level(line, strip_bom(raw, line_index))
+        if fields is None:
             return None
-        try:
-            obj = msgspec.json.decode(raw)
-        except msgspec.DecodeError:
-            self._reject(line, "invalid_json_line", "line is not valid JSON", None)
-            return None
-        problem = _check_object(obj, self._endpoint)
+        problem = _check_object(fields, self._endpoint)
         if problem is not None:
             self._reject(line, *problem)
             return None
-        custom_id = obj["custom_id"]
+        custom_id = _STR.decode(fields["custom_id"])
         if custom_id in self._seen:
             self._reject(
                 line,
@@ -210,9 +246,37 @@ class InputValidator:
             line_index=line_index,
             custom_id=custom_id,
             method="POST",
-            url=normalize_path(obj["url"]),
-            body=obj["body"],
+            url=normalize_path(_STR.decode(fields["url"])),
+            body=fields["body"],
         )
+
+    def _top_level(self, line: int, raw: bytes) -> dict[str, msgspec.Raw] | None:
+        """A line's top-level fields, raw; None (with the line rejected) if it has none."""
+        if len(raw) > self._max_line_bytes:
+            self._reject(
+                line,
+                "line_too_long",
+                f"line is longer than {self._max_line_bytes:,} bytes, the limit per request",
+                None,
+            )
+            return None
+        if is_blank(raw):
+            return None
+        if not is_utf8(raw):
+            self._reject(line, "invalid_json_line", "line is not valid UTF-8", None)
+            return None
+        if too_deep(raw):
+            self._reject(
+                line, "json_too_deep", f"line nests deeper than {MAX_JSON_DEPTH} levels", None
+            )
+            return None
+        try:
+            return _TOP_LEVEL.decode(raw)
+        except msgspec.ValidationError:
+            self._reject(line, "invalid_request", "line must be a JSON object", None)
+        except (msgspec.DecodeError, RecursionError):
+            self._reject(line, "invalid_json_line", "line is not valid JSON", None)
+        return None
 
     def report(self) -> ValidationReport:
         errors = list(self._errors)

@@ -190,16 +190,54 @@ async def iter_file(db: AsyncDatabase[dict[str, Any]], file_id: str) -> AsyncIte
         raise CorruptFile(f"file {file_id!r}: chunk {n} is missing")
 
 
-async def iter_lines(db: AsyncDatabase[dict[str, Any]], file_id: str) -> AsyncIterator[bytes]:
+async def iter_lines(
+    db: AsyncDatabase[dict[str, Any]], file_id: str, max_line_bytes: int | None = None
+) -> AsyncIterator[bytes]:
     """Yield each line of `file_id` without its trailing newline (the last may lack one)."""
-    pending = b""
-    async for chunk in iter_file(db, file_id):
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            yield line
+    async for line in split_lines(iter_file(db, file_id), max_line_bytes):
+        yield line
+
+
+async def split_lines(
+    chunks: AsyncIterator[bytes], max_line_bytes: int | None = None
+) -> AsyncIterator[bytes]:
+    """The lines of a stream of chunks, each without its newline, holding at most one line
+    and one chunk.
+
+    A line longer than `max_line_bytes` is yielded as its first `max_line_bytes + 1` bytes
+    (enough for a reader to see it is too long) and the rest of it is skipped as it streams
+    by, so a hostile file cannot make a reader hold a 200 MB line. The buffer is a bytearray
+    cut in place: appending to a bytes object copied the whole pending line per chunk,
+    quadratic in a long line.
+    """
+    cap = max_line_bytes
+    pending = bytearray()
+    skipping = False  # inside an over-long line whose head was already yielded
+    async for chunk in chunks:
+        start = 0
+        while (newline := chunk.find(b"\n", start)) >= 0:
+            if skipping:
+                skipping = False
+            elif not pending:
+                yield _capped(chunk[start:newline], cap)
+            else:
+                pending += memoryview(chunk)[start:newline]
+                yield _capped(bytes(pending), cap)
+                pending.clear()
+            start = newline + 1
+        if skipping or start == len(chunk):
+            continue
+        pending += memoryview(chunk)[start:]
+        if cap is not None and len(pending) > cap:
+            yield bytes(memoryview(pending)[: cap + 1])
+            pending.clear()
+            skipping = True
     if pending:
-        yield pending
+        yield _capped(bytes(pending), cap)
+
+
+def _capped(line: bytes, cap: int | None) -> bytes:
+    return line if cap is None or len(line) <= cap else line[: cap + 1]
 
 
 async def delete_file(db: AsyncDatabase[dict[str, Any]], file_id: str) -> bool:

@@ -167,6 +167,17 @@ class CommonSettings(Settings, frozen=True, kw_only=True):
             minimum=1,
         ),
     ] = 300.0
+    # Read by the console (at batch creation) and the runtime-agent (before dispatch) alike,
+    # so a line one accepts the other does too.
+    max_input_line_bytes: Annotated[
+        int,
+        Env(
+            "NEOBATCH_MAX_INPUT_LINE_BYTES",
+            "Longest line of a batch input file (one request); a longer line is that line's "
+            "`line_too_long` error, refused before it is decoded (16 MiB)",
+            minimum=1024,
+        ),
+    ] = 16 * 1024 * 1024
 
 
 def nats_servers(url: str) -> list[str]:

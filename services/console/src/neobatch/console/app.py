@@ -3,6 +3,7 @@ feature → the Litestar app with the AIBrix (`/api/v1`) and OpenAI (`/v1`) surf
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -15,6 +16,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from neobatch.common.clock import Clock
 from neobatch.common.errors import ConfigError
 from neobatch.common.runtime import ServiceRuntime
+from neobatch.console.bodies import check_json_body
 from neobatch.console.catalog.routes import ModelController, list_offers
 from neobatch.console.catalog.store import CatalogStore
 from neobatch.console.deps import DEPENDENCIES
@@ -36,6 +38,7 @@ from neobatch.console.keys.auth import (
 )
 from neobatch.console.keys.ratelimit import RateLimiter
 from neobatch.console.keys.store import KeyStore
+from neobatch.console.openapi import document_errors
 from neobatch.console.quotas import QuotaStore
 from neobatch.console.settings import DEV_PROJECT, ConsoleSettings, configured_providers
 
@@ -81,10 +84,11 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
     )
     # With a metrics port, /metrics is served there only (by the runtime's HealthServer).
     probes = [healthz, readyz] if settings.metrics_port else [healthz, readyz, metrics]
-    return Litestar(
+    app = Litestar(
         route_handlers=[*probes, aibrix, openai],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
+        before_request=check_json_body,
         lifespan=[_lifespan(settings, clock)],
         # Settings and the rate limiter are in state from the start: guards read them.
         state=State({"settings": settings, "limiter": RateLimiter(settings.rate_limit_per_minute)}),
@@ -101,6 +105,8 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
             ),
         ),
     )
+    document_errors(app)
+    return app
 
 
 def _runtime(settings: ConsoleSettings, clock: Clock | None) -> ServiceRuntime:
@@ -143,6 +149,12 @@ def _lifespan(settings: ConsoleSettings, clock: Clock | None) -> Lifespan:
                     await keys.seed_key(operator)
 
             runtime.add_startup(seed_dev_keys)
+        # Litestar spools uploads with `tempfile`, which takes no directory: set the
+        # process's temporary directory while the app runs (the console is one app per
+        # process; tests restore it).
+        previous_tempdir = tempfile.tempdir
+        if settings.spool_dir:
+            tempfile.tempdir = settings.spool_dir
         try:
             await runtime.start()
             app.state.runtime = runtime
@@ -159,9 +171,11 @@ def _lifespan(settings: ConsoleSettings, clock: Clock | None) -> Lifespan:
                 providers=configured_providers(settings.provisioner),
                 quotas=QuotaStore(runtime.db),
                 max_queued_jobs=settings.max_queued_jobs_per_project,
+                max_line_bytes=settings.common.max_input_line_bytes,
             )
             yield
         finally:
+            tempfile.tempdir = previous_tempdir
             await runtime.stop()
 
     return lifespan

@@ -6,6 +6,7 @@ the problem, with anything secret-looking masked.
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 from typing import Any
@@ -81,6 +82,8 @@ _HTTP_CODES = {
     429: "rate_limited",
     503: "unavailable",
 }
+# A write that failed because the disk (the upload spool, NEOBATCH_SPOOL_DIR) is full.
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `(?P<path>.*)`)?$", re.S)
 _MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`$")
 
@@ -148,16 +151,42 @@ def on_neobatch_error(request: Request[Any, Any, Any], exc: NeobatchError) -> Re
 
 
 def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+    response = _http_error(request, exc)
+    # Litestar's own headers go through: `Allow` on a 405, `Retry-After` where it sets one.
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
     status = exc.status_code
     if status == 400 and isinstance(exc, ClientException):
         code, message = _describe_client_error(exc)
         return error_response(400, code, message)
     if status == 404 and exc.detail in ("", "Not Found"):
         return error_response(404, "not_found", f"no route for {request.method} {request.url.path}")
+    if status == 405:
+        return error_response(
+            405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}"
+        )
     if status >= 500:
         log.error("request failed", exc_info=exc, extra=log_fields(path=request.url.path))
         return error_response(status, "internal_error", "internal error; see the console log")
     return error_response(status, _HTTP_CODES.get(status, "error"), str(exc.detail))
+
+
+def on_os_error(request: Request[Any, Any, Any], exc: OSError) -> Response[ErrorBody]:
+    """A full disk under an upload's spool is the server's to fix, and the client's to retry:
+    507 with a stable code. Any other OSError is unexpected."""
+    if exc.errno not in _DISK_FULL:
+        return on_unexpected_error(request, exc)
+    log.error(
+        "upload spool is full; mount a volume sized to the upload limit at NEOBATCH_SPOOL_DIR",
+        extra=log_fields(path=request.url.path, error=str(exc)),
+    )
+    return error_response(
+        507, "spool_full", "the server has no room to receive this upload now; retry later"
+    )
 
 
 def on_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
@@ -169,5 +198,6 @@ def on_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Resp
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     NeobatchError: on_neobatch_error,
     HTTPException: on_http_exception,
+    OSError: on_os_error,
     Exception: on_unexpected_error,
 }

@@ -82,6 +82,17 @@ class ConsoleSettings(Settings, frozen=True, kw_only=True):
     max_upload_bytes: Annotated[
         int, Env("NEOBATCH_MAX_UPLOAD_BYTES", "Largest accepted file upload (200 MiB)", minimum=1)
     ] = 200 * 1024 * 1024
+    # Litestar keeps an upload's first MiB in memory and spools the rest to a file here. In
+    # k8s mount a disk volume (emptyDir on disk, not `medium: Memory`) at least the upload
+    # limit times the concurrent uploads; a full spool answers 507 `spool_full`.
+    spool_dir: Annotated[
+        str,
+        Env(
+            "NEOBATCH_SPOOL_DIR",
+            "Directory uploads are spooled to while they stream in (empty: the system "
+            "temporary directory); size it to the upload limit, on disk",
+        ),
+    ] = ""
     # Every request under /api/v1 and /v1 counts, reads too (a token bucket per key).
     rate_limit_per_minute: Annotated[
         int,

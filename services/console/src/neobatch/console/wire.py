@@ -11,9 +11,15 @@ from typing import Annotated
 
 from msgspec import Meta
 
+from neobatch.common.jsonbounds import INT64_MAX, INT64_MIN
+
 Text = Annotated[str, Meta(max_length=512)]
 Label = Annotated[str, Meta(max_length=128)]
 Endpoint = Annotated[str, Meta(pattern=r"^/v1/[A-Za-z0-9_./-]+$", max_length=128)]
+# Any integer a client may send is stored in MongoDB: BSON holds 64-bit integers.
+Int64 = Annotated[int, Meta(ge=INT64_MIN, le=INT64_MAX)]
+# A free-form JSON field (`provider_config`): at most this much as JSON.
+MAX_FREE_FORM_BYTES = 16 * 1024
 
 
 def unix_seconds(at: datetime) -> int:

@@ -1,6 +1,8 @@
 """Models, deployment templates and GPU offers: request and response bodies.
 
 Unknown keys are ignored, as AIBrix does (clients written for it send extra fields).
+Every number, string, list and map has an upper bound (issue 13): a value past int64 cannot
+be stored (BSON) and was a 500; now it is a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from neobatch.console.wire import Endpoint, Label, Text
+from neobatch.console.wire import Endpoint, Int64, Label, Text
 
 Name = Annotated[str, Meta(min_length=1, max_length=256)]
+# GPUs, replicas, parallel ranks: far above any machine, far below int64.
+Count = Annotated[int, Meta(ge=1, le=1024)]
+Labels = Annotated[list[Label], Meta(max_length=64)]
 Positive = Annotated[int, Meta(ge=1)]
 # What reaches a machine's command line: quoted there, and refused here when it holds a NUL or
 # a line break (no shell line of ours can carry one) or, as a first word, starts an option.
@@ -28,7 +33,7 @@ ServeArgs = Annotated[list[Arg], Meta(max_length=64)]
 # A Docker image reference; never an option (`--privileged`) to `docker run`.
 Image = Annotated[str, Meta(max_length=256, pattern=r"^([A-Za-z0-9][A-Za-z0-9._/:@-]*)?" + END)]
 ArgKey = Annotated[str, Meta(max_length=128, pattern=r"^-{0,2}[A-Za-z0-9][A-Za-z0-9_.-]*" + END)]
-EngineArg = Arg | int | float | bool
+EngineArg = Arg | Int64 | float | bool
 
 
 # --- models ----------------------------------------------------------------------------------
@@ -36,12 +41,12 @@ EngineArg = Arg | int | float | bool
 
 class CreateModel(msgspec.Struct, kw_only=True):
     name: Name
-    categories: list[Label] = []
+    categories: Labels = []
     # What batch requests put in `body.model`; falls back to the template's model_source.uri.
     serving_name: Text = ""
     description: Annotated[str, Meta(max_length=4096)] = ""
-    tags: list[Label] = []
-    context_length: Annotated[int, Meta(ge=0)] | None = None
+    tags: Labels = []
+    context_length: Annotated[int, Meta(ge=0, le=100_000_000)] | None = None
     # The template name a batch naming this model runs on when several are published for it.
     default_template: Label = ""
 
@@ -51,8 +56,8 @@ class UpdateModel(msgspec.Struct, kw_only=True):
 
     serving_name: Text | None = None
     description: Annotated[str, Meta(max_length=4096)] | None = None
-    tags: list[Label] | None = None
-    categories: list[Label] | None = None
+    tags: Labels | None = None
+    categories: Labels | None = None
     default_template: Label | None = None
 
 
@@ -88,7 +93,7 @@ class TemplateEngine(msgspec.Struct, kw_only=True):
     invocation: Label = ""
     serve_args: ServeArgs = []
     health_endpoint: Label = "/health"
-    ready_timeout_seconds: Positive = 1800
+    ready_timeout_seconds: Annotated[int, Meta(ge=1, le=7 * 86400)] = 1800
     metrics_endpoint: Label = ""
     # Our extension (CONTRACTS.md): launch command overriding `vllm serve`, with {port} and
     # {model} substituted, and the engine's port on the host.
@@ -108,19 +113,19 @@ class ModelSource(msgspec.Struct, kw_only=True):
 
 class Accelerator(msgspec.Struct, kw_only=True):
     type: Annotated[str, Meta(min_length=1, max_length=128)]
-    count: Positive = 1
-    vram_gb: Annotated[int, Meta(ge=0)] | None = None
+    count: Count = 1
+    vram_gb: Annotated[int, Meta(ge=0, le=100_000)] | None = None
     interconnect: Label = ""
     sku_hint: Label = ""
 
 
 class Parallelism(msgspec.Struct, kw_only=True):
-    tp: Positive = 1
-    pp: Positive = 1
-    dp: Positive = 1
-    ep: Positive = 1
-    sp: Positive = 1
-    cp: Positive = 1
+    tp: Count = 1
+    pp: Count = 1
+    dp: Count = 1
+    ep: Count = 1
+    sp: Count = 1
+    cp: Count = 1
 
 
 class Quantization(msgspec.Struct, kw_only=True):
@@ -137,7 +142,7 @@ class TemplateSpec(msgspec.Struct, kw_only=True):
     engine_args: Annotated[dict[ArgKey, EngineArg], Meta(max_length=64)] = {}
     quantization: Quantization | None = None
     # Empty: the endpoints every engine serves (jobs.rules.DEFAULT_ENDPOINTS).
-    supported_endpoints: list[Endpoint] = []
+    supported_endpoints: Annotated[list[Endpoint], Meta(max_length=32)] = []
     deployment_mode: Label = "dedicated"
 
 

@@ -65,7 +65,7 @@ async def upload_file(
         info = await file_store.upload_file(
             new_file_id(),
             filename,
-            checked_chunks(upload, settings.max_upload_bytes),
+            checked_chunks(upload, settings.max_upload_bytes, settings.common.max_input_line_bytes),
             purpose=data.purpose,
             owner=caller.owner,
             project=caller.project,

@@ -102,8 +102,8 @@ class FileStore:
     async def delete_file(self, file_id: str) -> bool:
         return await filestore.delete_file(self._db, file_id)
 
-    def iter_lines(self, file_id: str) -> AsyncIterator[bytes]:
-        return filestore.iter_lines(self._db, file_id)
+    def iter_lines(self, file_id: str, max_line_bytes: int | None = None) -> AsyncIterator[bytes]:
+        return filestore.iter_lines(self._db, file_id, max_line_bytes)
 
     def iter_content(self, file_id: str) -> AsyncIterator[bytes]:
         return filestore.iter_file(self._db, file_id)

@@ -14,8 +14,9 @@ import msgspec
 from msgspec import Meta
 
 from neobatch.common.contracts import ClientSpec
+from neobatch.common.jsonbounds import check_stored_value
 from neobatch.console.jobs.window import parse_completion_window
-from neobatch.console.wire import Endpoint, Label, Text
+from neobatch.console.wire import MAX_FREE_FORM_BYTES, Endpoint, Label, Text
 
 # AIBrix caps a job at this many replicas (shown by /api/v1/config/job-capabilities).
 MAX_REPLICAS = 1024
@@ -31,8 +32,15 @@ Metadata = Annotated[dict[MetadataKey, MetadataValue], Meta(max_length=16)]
 class ResourceRequestIn(msgspec.Struct, kw_only=True):
     # 0 or absent means one replica (AIBrix).
     replicas: Annotated[int, Meta(ge=0, le=MAX_REPLICAS)] = 0
-    # Opaque, stored for provider extensions (AIBrix provider_config).
+    # Opaque, stored for provider extensions (AIBrix provider_config): bounded in size, and
+    # every integer in it must fit int64 (it is stored in MongoDB).
     provider_config: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.provider_config is not None:
+            check_stored_value(
+                self.provider_config, max_bytes=MAX_FREE_FORM_BYTES, what="provider_config"
+            )
 
 
 class CreateJob(msgspec.Struct, kw_only=True):

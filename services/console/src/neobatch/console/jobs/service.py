@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from neobatch.common.batch_input import InputValidator, ValidationReport
+from neobatch.common.batch_input import MAX_LINE_BYTES, InputValidator, ValidationReport
 from neobatch.common.errors import InvalidInput
 from neobatch.common.ids import new_id
 from neobatch.console.catalog import access
@@ -59,6 +59,7 @@ class JobService:
         providers: tuple[str, ...] = ("ssh",),
         quotas: QuotaStore | None = None,
         max_queued_jobs: int = 0,
+        max_line_bytes: int = MAX_LINE_BYTES,
     ) -> None:
         self._jobs = jobs
         self._files = files
@@ -70,6 +71,7 @@ class JobService:
         # Template used when a request names none (DEFAULT_BATCH_MODEL_DEPLOYMENT_TEMPLATE).
         self._default_template = default_template
         self._min_window_seconds = min_window_seconds
+        self._max_line_bytes = max_line_bytes
 
     async def create_job(self, request: CreateJob, caller: Caller, now: datetime) -> Document:
         """Validate `request`, store the job with its events, return the stored document."""
@@ -92,7 +94,9 @@ class JobService:
             template = await _named_template(self._catalog, request, caller.project)
         else:
             # The lines say which model they are for: read them first.
-            report, served = await _validate_lines(self._files, request.input_dataset, endpoint)
+            report, served = await _validate_lines(
+                self._files, request.input_dataset, endpoint, self._max_line_bytes
+            )
             template = await _template_for_lines(
                 self._catalog, request, caller.project, served, self._default_template, report
             )
@@ -112,7 +116,11 @@ class JobService:
             template=template,
             model=await self._catalog.find_model(template["model_id"]),
             report=report
-            or (await _validate_lines(self._files, request.input_dataset, endpoint))[0],
+            or (
+                await _validate_lines(
+                    self._files, request.input_dataset, endpoint, self._max_line_bytes
+                )
+            )[0],
             now=now,
         )
         await self._jobs.insert_job(job, rules.creation_events(job, now), now)
@@ -220,19 +228,40 @@ async def _template_for_lines(
     raise _not_found("model_template_name is required (no default template is configured)")
 
 
+class _ServedModel(msgspec.Struct):
+    """The one field of a request body template resolution reads (the rest is skipped)."""
+
+    model: str | None = None
+
+
+_SERVED_MODEL = msgspec.json.Decoder(_ServedModel)
+
+
+def served_model(body: dict[str, Any] | msgspec.Raw) -> str | None:
+    """`body.model` of a line the validator accepted (its body is raw JSON text)."""
+    if isinstance(body, dict):
+        model = body.get("model")
+        return model if isinstance(model, str) else None
+    try:
+        return _SERVED_MODEL.decode(body).model
+    except msgspec.ValidationError:
+        return None  # not a string: the engine answers that line with its own 400
+
+
 async def _validate_lines(
-    files: FileStore, file_id: str, endpoint: str
+    files: FileStore, file_id: str, endpoint: str, max_line_bytes: int
 ) -> tuple[ValidationReport, list[str]]:
-    """The validation report and the models the valid lines name (`body.model`, first seen
-    first, at most MAX_MODELS_SHOWN + 1)."""
-    validator = InputValidator(endpoint)
+    """Stream the file once, the work per line bounded (`batch_input`): the validation report
+    and the models the valid lines name (`body.model`, first seen first, at most
+    MAX_MODELS_SHOWN + 1)."""
+    validator = InputValidator(endpoint, max_line_bytes=max_line_bytes)
     served: list[str] = []
     index = 0
-    async for raw in files.iter_lines(file_id):
+    async for raw in files.iter_lines(file_id, max_line_bytes):
         request = validator.feed(index, raw)
         index += 1
         if request is not None and len(served) <= MAX_MODELS_SHOWN:
-            model = request.body.get("model") if isinstance(request.body, dict) else None
-            if isinstance(model, str) and model and model not in served:
+            model = served_model(request.body)
+            if model and model not in served:
                 served.append(model)
     return validator.report(), served

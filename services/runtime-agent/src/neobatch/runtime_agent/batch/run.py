@@ -81,6 +81,7 @@ class BatchRun:
         self._store = store
         self._clock = clock
         self._owner = owner
+        self._max_line_bytes = settings.common.max_input_line_bytes
         self.watch = watch
         self._session = EngineSession(
             batch,
@@ -134,10 +135,11 @@ class BatchRun:
             await self._session.close()
 
     async def _validate(self) -> bool:
-        validator = InputValidator(self.batch.endpoint)
+        validator = InputValidator(self.batch.endpoint, max_line_bytes=self._max_line_bytes)
         index = 0
         try:
-            async for raw in self._store.input_lines(self.batch.input_file_id):
+            lines = self._store.input_lines(self.batch.input_file_id, self._max_line_bytes)
+            async for raw in lines:
                 validator.feed(index, raw)
                 index += 1
         except NotFound:

@@ -196,9 +196,10 @@ class BatchStore:
 
     # --- what a run reads and writes besides its document ---------------------------------
 
-    def input_lines(self, file_id: str) -> AsyncIterator[bytes]:
-        """The lines of an input file, in order (NotFound when it does not exist)."""
-        return filestore.iter_lines(self._db, file_id)
+    def input_lines(self, file_id: str, max_line_bytes: int | None = None) -> AsyncIterator[bytes]:
+        """The lines of an input file, in order (NotFound when it does not exist); a line
+        longer than `max_line_bytes` comes cut to one byte more than that."""
+        return filestore.iter_lines(self._db, file_id, max_line_bytes)
 
     async def finished_lines(self, batch_id: str) -> set[int]:
         """Line indexes with a stored result: a resumed run skips them."""
