@@ -23,6 +23,9 @@ TEMPLATES_PATH = "/api/v1/models/model-qwen2-5-7b-instruct/deployment-templates"
 MODEL_ITEM = "/api/v1/models/model-qwen2-5-7b-instruct"
 # The body is refused before the template is looked up: any id will do.
 TEMPLATE_ITEM = TEMPLATES_PATH + "/tmpl_0"
+QUOTAS_PATH = "/api/v1/projects/default/quotas"
+KEYS_PATH = "/api/v1/keys"
+OPERATOR_PATHS = (MODEL_PATH, QUOTAS_PATH, KEYS_PATH)
 
 # Every operation that takes a JSON body; `test_every_json_route_is_covered` keeps this whole.
 JSON_ROUTES = [
@@ -32,6 +35,8 @@ JSON_ROUTES = [
     ("POST", "/v1/batches"),
     ("PUT", MODEL_ITEM),
     ("PUT", TEMPLATE_ITEM),
+    ("PUT", QUOTAS_PATH),
+    ("POST", KEYS_PATH),
 ]
 
 
@@ -75,8 +80,8 @@ def _int64_cases(api: Any, file_id: str) -> list[tuple[str, dict[str, Any], str]
 
 
 def _key(api: Any, path: str) -> dict[str, str]:
-    """Catalog writes take an operator key; everything else the project key."""
-    return dict(api.operator if path.startswith(MODEL_PATH) else api.auth)
+    """Catalog, quota and key writes take an operator key; everything else the project key."""
+    return dict(api.operator if path.startswith(OPERATOR_PATHS) else api.auth)
 
 
 async def _send_raw(api: Any, route: tuple[str, str], content: bytes) -> Any:
@@ -90,7 +95,8 @@ async def _post(api: Any, path: str, body: Any) -> Any:
 
 
 async def _stored(api: Any) -> int:
-    return sum([await api.count(c) for c in ("models", "templates", "jobs", "outbox")])
+    collections = ("models", "templates", "jobs", "outbox", "project_quotas", "api_keys")
+    return sum([await api.count(c) for c in collections])
 
 
 async def test_every_json_route_is_covered(api: Any) -> None:
@@ -103,7 +109,9 @@ async def test_every_json_route_is_covered(api: Any) -> None:
         and "application/json" in ((op.get("requestBody") or {}).get("content") or {})
     }
     routes = {
-        path.replace("model-qwen2-5-7b-instruct", "{model_id}").replace("tmpl_0", "{template_id}")
+        path.replace("model-qwen2-5-7b-instruct", "{model_id}")
+        .replace("tmpl_0", "{template_id}")
+        .replace("/projects/default/", "/projects/{project}/")
         for _, path in JSON_ROUTES
     }
     assert with_json == routes

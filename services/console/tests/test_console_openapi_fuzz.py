@@ -52,6 +52,11 @@ EXPECTED_ROUTES = {
     ("put", "/api/v1/models/{model_id}"),
     ("put", "/api/v1/models/{model_id}/deployment-templates/{template_id}"),
     ("delete", "/api/v1/models/{model_id}/deployment-templates/{template_id}"),
+    ("get", "/api/v1/projects/{project}/quotas"),
+    ("put", "/api/v1/projects/{project}/quotas"),
+    ("post", "/api/v1/keys"),
+    ("get", "/api/v1/keys"),
+    ("delete", "/api/v1/keys/{key_id}"),
 }
 
 JSON = st.recursive(

@@ -16,6 +16,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from neobatch.common.clock import Clock
 from neobatch.common.errors import ConfigError
 from neobatch.common.runtime import ServiceRuntime
+from neobatch.console.admin.routes import KeyController, QuotaController
 from neobatch.console.bodies import check_json_body
 from neobatch.console.catalog.routes import ModelController, list_offers
 from neobatch.console.catalog.store import CatalogStore
@@ -59,6 +60,8 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
         route_handlers=[
             ModelController,
             JobController,
+            QuotaController,
+            KeyController,
             job_capabilities,
             list_offers,
             file_router(
@@ -162,6 +165,7 @@ def _lifespan(settings: ConsoleSettings, clock: Clock | None) -> Lifespan:
             app.state.file_store = files
             app.state.catalog_store = catalog
             app.state.job_store = jobs
+            app.state.quota_store = QuotaStore(runtime.db)
             app.state.job_service = JobService(
                 jobs,
                 files,
@@ -169,7 +173,7 @@ def _lifespan(settings: ConsoleSettings, clock: Clock | None) -> Lifespan:
                 default_template=settings.default_template,
                 min_window_seconds=settings.min_completion_window_seconds,
                 providers=configured_providers(settings.provisioner),
-                quotas=QuotaStore(runtime.db),
+                quotas=app.state.quota_store,
                 max_queued_jobs=settings.max_queued_jobs_per_project,
                 max_line_bytes=settings.common.max_input_line_bytes,
             )

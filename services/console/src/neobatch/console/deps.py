@@ -19,6 +19,8 @@ from neobatch.console.files.store import FileStore
 from neobatch.console.jobs.service import JobService
 from neobatch.console.jobs.store import JobStore
 from neobatch.console.keys.auth import Caller
+from neobatch.console.keys.store import KeyStore
+from neobatch.console.quotas import QuotaStore
 from neobatch.console.settings import ConsoleSettings
 
 
@@ -32,6 +34,14 @@ def provide_file_store(state: State) -> FileStore:
 
 def provide_catalog_store(state: State) -> CatalogStore:
     return state.catalog_store
+
+
+def provide_key_store(state: State) -> KeyStore:
+    return state.key_store
+
+
+def provide_quota_store(state: State) -> QuotaStore:
+    return state.quota_store
 
 
 def provide_job_service(state: State) -> JobService:
@@ -57,6 +67,8 @@ DEPENDENCIES = {
     "job_store": Provide(provide_job_store, sync_to_thread=False),
     "file_store": Provide(provide_file_store, sync_to_thread=False),
     "catalog_store": Provide(provide_catalog_store, sync_to_thread=False),
+    "key_store": Provide(provide_key_store, sync_to_thread=False),
+    "quota_store": Provide(provide_quota_store, sync_to_thread=False),
     "job_service": Provide(provide_job_service, sync_to_thread=False),
     "settings": Provide(provide_settings, sync_to_thread=False),
     "now": Provide(provide_now, sync_to_thread=False),

@@ -26,6 +26,9 @@ GUARDED = {
     "401": "Missing or unknown API key",
     "403": "The key may not do this",
     "404": "No such object in the caller's project, or no such route",
+    # A path parameter holding `/` (e.g. `%2F`) can land on the collection's path, which may not
+    # serve this method.
+    "405": "The path reached does not serve this method; `Allow` names what it does",
     "429": "Rate limited; `Retry-After` says when to retry",
 }
 # Routes that take a body: what it conflicts with, its size, what it names.

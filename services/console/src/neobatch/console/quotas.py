@@ -15,6 +15,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 Document = dict[str, Any]
 
 PROJECT_QUOTAS = "project_quotas"
+QUOTA_FIELDS = ("max_queued_jobs", "max_machines")
 
 
 class QuotaStore:
@@ -28,3 +29,19 @@ class QuotaStore:
         return (
             int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
         )
+
+    async def find_quotas(self, project: str) -> Document:
+        """The project's overrides (`max_queued_jobs`, `max_machines`); {} when it has none."""
+        doc = await self._db[PROJECT_QUOTAS].find_one({"_id": project})
+        return {k: v for k, v in (doc or {}).items() if k in QUOTA_FIELDS}
+
+    async def save_quotas(self, project: str, quotas: Document) -> None:
+        """Replace the project's overrides: a field set to None is removed (the setting
+        applies again). A whole-document write, last writer wins (operators only)."""
+        unset = {k: "" for k in QUOTA_FIELDS if quotas.get(k) is None}
+        update: Document = {"$set": {k: v for k, v in quotas.items() if v is not None}}
+        if unset:
+            update["$unset"] = unset
+        if not update["$set"]:
+            del update["$set"]
+        await self._db[PROJECT_QUOTAS].update_one({"_id": project}, update, upsert=True)

@@ -4,7 +4,7 @@ One set of handlers serves both. The surfaces differ in two things only, given b
 `file_router`: where an upload is posted (`/files/upload` on AIBrix, `/files` on OpenAI) and
 the list's page size (AIBrix pages by 20, up to 100; OpenAI by 100, up to 10,000).
 Files live in the shared file store, scoped to the caller's project: another project's file
-answers 404 exactly like a missing one.
+answers 404 exactly like a missing one. An operator key reads and lists every project's files.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class FileController(Controller):
         order: FromQuery[Order] = "desc",
     ) -> FileList:
         infos, has_more = await file_store.list_files(
-            caller.project,
+            caller.scope,
             purpose=purpose or "",
             limit=page_limit,
             after=after,
@@ -107,7 +107,7 @@ class FileController(Controller):
         file_store: NamedDependency[FileStore],
         caller: NamedDependency[Caller],
     ) -> FileOut:
-        return file_out(await file_store.get_file(file_id, caller.project))
+        return file_out(await file_store.get_file(file_id, caller.scope))
 
     @get("/{file_id:str}/content")
     async def get_file_content(
@@ -116,7 +116,7 @@ class FileController(Controller):
         file_store: NamedDependency[FileStore],
         caller: NamedDependency[Caller],
     ) -> Stream:
-        info = await file_store.get_file(file_id, caller.project)
+        info = await file_store.get_file(file_id, caller.scope)
         media_type = (
             "application/jsonl"
             if info.filename.lower().endswith(".jsonl")

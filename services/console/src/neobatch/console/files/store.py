@@ -54,11 +54,14 @@ class FileStore:
         await self._db[FILES].update_one({"_id": file_id}, {"$set": {"metadata.project": project}})
         return info
 
-    async def find_file(self, file_id: str, project: str) -> FileInfo | None:
-        """The file if it belongs to `project`, else None (another project's file is as missing)."""
+    async def find_file(self, file_id: str, project: str | None) -> FileInfo | None:
+        """The file if it belongs to `project` (None: any project, for operators), else None
+        (another project's file is as missing)."""
         doc = await self._db[FILES].find_one({"_id": file_id})
         if doc is None:
             return None
+        if project is None:
+            return await filestore.find_file(self._db, file_id)
         meta = doc.get("metadata") or {}
         owner_project = meta.get("project")
         if owner_project is None and meta.get("owner"):
@@ -68,25 +71,26 @@ class FileStore:
             return None
         return await filestore.find_file(self._db, file_id)
 
-    async def get_file(self, file_id: str, project: str) -> FileInfo:
+    async def get_file(self, file_id: str, project: str | None) -> FileInfo:
         info = await self.find_file(file_id, project)
         if info is None:
             raise NotFound(f"file {file_id!r} not found", code="file_not_found")
         return info
 
     async def list_files(
-        self, project: str, *, purpose: str, limit: int, after: str | None, ascending: bool
+        self, project: str | None, *, purpose: str, limit: int, after: str | None, ascending: bool
     ) -> tuple[list[FileInfo], bool]:
-        """A page of `project`'s files by upload time, after the file `after` (an unknown one,
-        or another project's, gives an empty page); and whether more follow. The page is one
-        query whatever its size: the rows are the file documents themselves."""
-        keys = await self._keys.list_key_ids(project)
-        scope: Document = {
-            "$or": [
+        """A page of `project`'s files (None: every project's, for operators) by upload time,
+        after the file `after` (an unknown one, or one outside the scope, gives an empty page);
+        and whether more follow. The page is one query whatever its size: the rows are the
+        file documents themselves."""
+        scope: Document = {}
+        if project is not None:
+            keys = await self._keys.list_key_ids(project)
+            scope["$or"] = [
                 {"metadata.project": project},
                 {"metadata.project": None, "metadata.owner": {"$in": keys}},
             ]
-        }
         if purpose:
             scope["metadata.purpose"] = purpose
         docs, has_more = await find_page(

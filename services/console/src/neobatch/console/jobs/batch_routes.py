@@ -65,7 +65,7 @@ class BatchController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
         after: FromQuery[str | None] = None,
     ) -> BatchList:
-        jobs, has_more = await job_store.list_batches(caller.project, limit, after)
+        jobs, has_more = await job_store.list_batches(caller.scope, limit, after)
         data = [batch_view(job) for job in jobs]
         return BatchList(
             data=data,

@@ -54,7 +54,7 @@ class JobController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
         after: FromQuery[str | None] = None,
     ) -> JobList:
-        jobs, has_more = await job_store.list_jobs(caller.project, limit, after)
+        jobs, has_more = await job_store.list_jobs(caller.scope, limit, after)
         provisions = await job_store.list_provisions([job.get("provision_id") for job in jobs])
         views = [
             job_view(job, provisions.get(job.get("provision_id") or ""), caller=caller.owner)

@@ -91,24 +91,25 @@ class JobStore:
         return await self._db[JOBS].count_documents(query, limit=up_to)
 
     async def list_jobs(
-        self, project: str, limit: int, after_job_id: str | None
+        self, project: str | None, limit: int, after_job_id: str | None
     ) -> tuple[list[Document], bool]:
         """Newest first; `after_job_id` is the last job of the previous page."""
         return await self._page(project, limit, {"_id": after_job_id} if after_job_id else None)
 
     async def list_batches(
-        self, project: str, limit: int, after_batch_id: str | None
+        self, project: str | None, limit: int, after_batch_id: str | None
     ) -> tuple[list[Document], bool]:
         """`list_jobs`, paged by batch id."""
         after = {"batch_id": after_batch_id} if after_batch_id else None
         return await self._page(project, limit, after)
 
     async def _page(
-        self, project: str, limit: int, after: Document | None
+        self, project: str | None, limit: int, after: Document | None
     ) -> tuple[list[Document], bool]:
-        """A page of `project`'s jobs, newest first, after the job `after` selects (an unknown
-        one, or another project's, gives an empty page); and whether more follow."""
-        return await find_page(self._db[JOBS], {"project": project}, after=after, limit=limit)
+        """A page of `project`'s jobs (None: every project's, for operators), newest first,
+        after the job `after` selects (an unknown one, or one outside the scope, gives an
+        empty page); and whether more follow."""
+        return await find_page(self._db[JOBS], _scoped({}, project), after=after, limit=limit)
 
     async def save_cancel_request(
         self, job_id: str, events: Sequence[Event], now: datetime

@@ -7,8 +7,9 @@ that created it.
 
 A key has a role. A `project` key (every key stored without a role, and the dev key) works
 with its project's files, batches and jobs and reads the catalog. An `operator` key also
-manages models, templates and keys and reads or cancels any project's job by id; the
-`require_operator` guard stands on every catalog write.
+manages models, templates, keys and quotas, lists and reads every project's jobs, batches and
+files, and cancels any project's job by id; the `require_operator` guard stands on every
+catalog, key and quota route.
 """
 
 from __future__ import annotations
