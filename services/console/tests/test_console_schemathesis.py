@@ -116,3 +116,17 @@ def test_schemathesis_finds_no_failure_on_any_operation(client: TestClient[Any])
         f"{len(operations)} operations in {elapsed:.1f}s"
     )
     assert {label for label, _ in counts} == {op.label for op in operations}
+
+
+def test_an_id_holding_an_encoded_slash_is_not_found_not_another_routes_405(
+    client: TestClient[Any],
+) -> None:
+    # Routed on the decoded path, ".../deployment-templates/%2F" is ".../deployment-templates//",
+    # the template list, which has no DELETE: a 405 its operation does not document.
+    path = "/api/v1/models/0/deployment-templates/%2F"
+    response = client.delete(path, headers=OPERATOR)
+    assert response.status_code == 404, response.text
+    assert response.json()["code"] == "not_found"
+    doc = client.get("/schema/openapi.json").json()
+    responses = doc["paths"]["/api/v1/models/{model_id}/deployment-templates/{template_id}"]
+    assert "404" in responses["delete"]["responses"]
