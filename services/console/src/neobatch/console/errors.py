@@ -151,6 +151,10 @@ def on_neobatch_error(request: Request[Any, Any, Any], exc: NeobatchError) -> Re
 
 
 def on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+    if exc.status_code == 405 and b"%2f" in request.scope.get("raw_path", b"").lower():
+        # An id holding an encoded "/" is routed on the decoded path and can land on another
+        # route's methods; no resource has such an id: 404, not that route's 405.
+        return error_response(404, "not_found", f"no route for {request.method} {request.url.path}")
     response = _http_error(request, exc)
     # Litestar's own headers go through: `Allow` on a 405, `Retry-After` where it sets one.
     for name, value in (exc.headers or {}).items():
