@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from neobatch.runtime_agent.engine.http import EngineConnectionError, EngineHTTP, Origin
+from neobatch.sim.testing.http_wire import read_request
 
 # A handler gets the request head and body and writes whatever bytes it likes.
 Handler = Callable[[bytes, bytes, asyncio.StreamWriter], Awaitable[bool]]
@@ -44,15 +45,10 @@ class ScriptedServer:
         self.idle.clear()
         try:
             while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
+                request = await read_request(reader)
+                if request is None:
                     return
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                body = await reader.readexactly(length) if length else b""
+                head, body = request
                 self.requests.append(head + body)
                 if not await self.handler(head, body, writer):
                     return

@@ -17,6 +17,7 @@ import pytest
 
 from neobatch.runtime_agent.engine.http import EngineHTTP
 from neobatch.runtime_agent.engine.limits import MAX_HEAD_BYTES, EngineResponseTooLarge
+from neobatch.sim.testing.http_wire import read_request
 
 CAP = 64 * 1024
 HUGE = 50 * 1024 * 1024
@@ -54,15 +55,10 @@ class HugeServer:
         self.connections += 1
         try:
             while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
+                request = await read_request(reader)
+                if request is None:
                     return
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                body = await reader.readexactly(length) if length else b""
+                _head, body = request
                 await self.write(writer, body)
                 if writer.is_closing():
                     return
