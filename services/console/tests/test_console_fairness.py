@@ -3,18 +3,25 @@ route, bounded pages with project-scoped cursors, one query per file page, known
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import re
+import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
+import uvicorn
 from litestar.testing import AsyncTestClient
 from pymongo import AsyncMongoClient, monitoring
 
 from neobatch.common import runtime as runtime_module
 from neobatch.console.app import create_app
 from neobatch.console.keys.cli import run
+from neobatch.sim.testing.waiting import wait_until
 
 CHAT = "/v1/chat/completions"
 
@@ -82,6 +89,49 @@ async def test_an_operator_override_raises_one_projects_queued_quota(api: Any) -
         await api.db.project_quotas.insert_one({"_id": "default", "max_queued_jobs": 2})
         codes = [(await api.post("/api/v1/jobs", body)).status_code for _ in range(3)]
         assert codes == [200, 200, 429]
+
+
+@contextlib.asynccontextmanager
+async def served(app: Any) -> AsyncIterator[str]:
+    """`app` behind a real HTTP server on this event loop: requests run concurrently, which
+    the Litestar test client (one request at a time, on its own thread) never does."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            await wait_until(lambda: server.started, 20, message="console serving")
+            yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        finally:
+            server.should_exit = True
+            await task
+
+
+async def test_concurrent_creates_never_pass_the_queued_jobs_quota(api: Any) -> None:
+    """The quota was a read before the insert: creates racing at the limit all passed it.
+    Eight at once against a quota of 3, on both job APIs: exactly 3 are accepted."""
+    await api.ready_template()
+    body = await api.job_request()
+    batch = {
+        "input_file_id": body["input_dataset"],
+        "endpoint": CHAT,
+        "metadata": {"neobatch.template_name": api.template_name},
+    }
+    settings = msgspec.structs.replace(api.settings, max_queued_jobs_per_project=3)
+    async with (
+        served(create_app(settings)) as url,
+        httpx.AsyncClient(base_url=url, headers=api.auth, timeout=60) as client,
+    ):
+        responses = await asyncio.gather(
+            *(client.post("/api/v1/jobs", json=body) for _ in range(4)),
+            *(client.post("/v1/batches", json=batch) for _ in range(4)),
+        )
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [200] * 3 + [429] * 5, [r.text for r in responses]
+    assert {r.json()["code"] for r in responses if r.status_code == 429} == {"quota_exceeded"}
+    assert await api.count("jobs", {"status": "queued"}) == 3
+    assert await api.count("jobs") == 3
 
 
 # --- unknown providers are refused at create -------------------------------------------------

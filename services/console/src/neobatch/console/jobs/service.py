@@ -86,7 +86,12 @@ class JobService:
                 f"choose one of {', '.join(self._providers)}",
                 code="unknown_provider",
             )
-        await self._check_queued_quota(caller.project)
+        queued_limit = await self._queued_limit(caller.project)
+        if queued_limit and await self._jobs.count_queued(caller.project, queued_limit) >= (
+            queued_limit
+        ):
+            # Before reading the file: a project at its quota costs one count.
+            raise _quota_exceeded(caller.project, queued_limit)
         await _check_input_file(self._files, request.input_dataset, caller)
         endpoint = request.endpoint
         report: ValidationReport | None = None
@@ -123,25 +128,17 @@ class JobService:
             )[0],
             now=now,
         )
-        await self._jobs.insert_job(job, rules.creation_events(job, now), now)
+        events = rules.creation_events(job, now)
+        # The quota is checked again where it is exact: in the insert's transaction.
+        if not await self._jobs.insert_job(job, events, now, queued_limit=queued_limit):
+            raise _quota_exceeded(caller.project, queued_limit)
         return job
 
-    async def _check_queued_quota(self, project: str) -> None:
-        """429 `quota_exceeded` when the project already has its quota of queued jobs.
-
-        A check before the insert, not a reservation: creates racing at the limit may pass it
-        together (bounded by the rate limit); the queue stays bounded all the same.
-        """
+    async def _queued_limit(self, project: str) -> int:
+        """The project's queued-jobs quota (its override, else the setting); 0: none."""
         override = await self._quotas.find_max_queued_jobs(project) if self._quotas else None
         limit = self._max_queued_jobs if override is None else override
-        if limit <= 0:
-            return
-        if await self._jobs.count_queued(project, limit) >= limit:
-            raise QuotaExceeded(
-                f"project {project!r} already has {limit} queued jobs (its quota); "
-                "retry when some have started",
-                retry_after=QUOTA_RETRY_SECONDS,
-            )
+        return max(limit, 0)
 
     async def request_cancel(self, job: Document, caller: Caller, now: datetime) -> Document:
         """Record a cancel request (any key of the job's project, or an operator; a no-op on a
@@ -151,6 +148,15 @@ class JobService:
         if events and await self._jobs.save_cancel_request(job["_id"], events, now):
             return await self._jobs.get_job(job["_id"], caller.scope)
         return job
+
+
+def _quota_exceeded(project: str, limit: int) -> QuotaExceeded:
+    """429 `quota_exceeded`: the project already has its quota of queued jobs."""
+    return QuotaExceeded(
+        f"project {project!r} already has {limit} queued jobs (its quota); "
+        "retry when some have started",
+        retry_after=QUOTA_RETRY_SECONDS,
+    )
 
 
 async def _check_input_file(files: FileStore, file_id: str, caller: Caller) -> None:

@@ -23,6 +23,9 @@ Document = dict[str, Any]
 
 JOBS = "jobs"
 PROVISIONS = "provisions"
+# One document per project that every job create under a queued-jobs quota writes (`insert_job`):
+# two creates counting the same project's queue conflict on it, so one of them counts again.
+QUEUE_GATES = "project_queue_gates"
 INDEXES = [
     IndexModel(
         [("project", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
@@ -59,16 +62,39 @@ class JobStore:
     async def ensure_indexes(self) -> None:
         await ensure_indexes(self._db[JOBS], INDEXES)
 
-    async def insert_job(self, job: Document, events: Sequence[Event], now: datetime) -> None:
+    async def insert_job(
+        self, job: Document, events: Sequence[Event], now: datetime, *, queued_limit: int = 0
+    ) -> bool:
         """Insert the job and its events in one transaction (DESIGN rule 1), then wake the
-        relay. An insert, not a compare-and-set: the job's ids are new, so it cannot lose."""
+        relay. An insert, not a compare-and-set: the job's ids are new, so it cannot lose.
 
-        async def work(session: AsyncClientSession) -> None:
+        With `queued_limit` > 0 a queued job is inserted only while its project has fewer
+        queued jobs (False: nothing written). Exact under concurrency: the count and the insert
+        share the transaction, which also writes the project's gate document, so of two creates
+        that counted the same queue one hits a write conflict and is retried (counting again).
+        """
+        project = job.get("project")
+        gated = queued_limit > 0 and job["status"] == JobStatus.QUEUED.value
+
+        async def work(session: AsyncClientSession) -> bool:
+            if gated:
+                queued = {"status": JobStatus.QUEUED.value, "project": project}
+                count = await self._db[JOBS].count_documents(
+                    queued, limit=queued_limit, session=session
+                )
+                if count >= queued_limit:
+                    return False
+                await self._db[QUEUE_GATES].update_one(
+                    {"_id": project}, {"$inc": {"creates": 1}}, upsert=True, session=session
+                )
             await self._db[JOBS].insert_one(job, session=session)
             await append_events(self._db, self._ns, events, session, now)
+            return True
 
-        await transact(self._client, work)
-        self._notify_outbox()
+        inserted = await transact(self._client, work)
+        if inserted:
+            self._notify_outbox()
+        return inserted
 
     async def get_job(self, job_id: str, project: str | None) -> Document:
         """The job with this id in `project` (None: any project, for operators); another
