@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
-from neobatch.planner.policy import choose_next, projects_to_consider
+from neobatch.planner.policy import choose_next, projects_to_consider, quota_prefix
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -74,3 +74,11 @@ def test_a_per_project_quota_overrides_the_default() -> None:
     queued = {"A": queue("A", 3), "B": queue("B", 3, start=10)}
     chosen = choose_next(queued, {}, 6, max_machines=1, quotas={"B": 2})
     assert [job.id for job in chosen] == ["A0", "B0", "B1"]
+
+
+def test_quota_prefix_stops_at_the_first_placement_without_room() -> None:
+    placing = [("A", 1), ("B", 0), ("A", 1), ("B", 2), ("A", 1)]
+    assert quota_prefix(placing, {"A": 1}, max_machines=3) == 4  # A's third machine: none left
+    assert quota_prefix(placing, {"A": 1}, max_machines=3, quotas={"A": 5}) == 5
+    assert quota_prefix(placing, {"A": 2}, max_machines=2) == 0
+    assert quota_prefix(placing, {"A": 9}) == 5  # no quota

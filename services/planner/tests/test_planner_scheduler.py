@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -249,3 +250,40 @@ async def test_a_project_quota_override_is_read_from_project_quotas(rig: Rig) ->
     await rig.planner.plan_waiting()
     statuses = await rig.statuses()
     assert [statuses[j] for j in a] == ["resource_preparing", "queued"]
+
+
+async def test_two_planners_never_pass_a_projects_machine_quota(mongo_url: str, mongo_db) -> None:
+    """The machine quota was read before the placement was written: a second planner replica
+    whose read of the machines in use predates the first one's placements started more."""
+    clients = [create_mongo_client(mongo_url) for _ in range(2)]
+    ns = Namespace(f"t{uuid.uuid4().hex[:8]}")
+    stores = [JobStore(client, client.get_database(mongo_db.name), ns) for client in clients]
+    await stores[0].prepare(max_concurrent_provisioning=8)
+    clock = FixedClock(utcnow())
+    limits = Limits(max_machines_per_project=2)
+    first, second = (Planner(store, clock, lambda: None, limits) for store in stores)
+    rig = Rig(stores[0]._db, stores[0], first, clock)
+    try:
+        a = [await rig.add_job(n, project="A") for n in range(6)]
+        # The second replica read the machines in use before the first started any.
+        stale = await stores[1].list_machines_in_use()
+
+        async def stale_read() -> dict[str, int]:
+            return stale
+
+        stores[1].list_machines_in_use = stale_read  # type: ignore[method-assign]
+        await first.plan_waiting()
+        await second.plan_waiting()
+        # The fallback path (a batch that lost a race is applied job by job) is held too.
+        await second.apply(a[5], JobQueued(job_id=a[5]))
+        statuses = await rig.statuses()
+        assert [statuses[j] for j in a] == ["resource_preparing"] * 2 + ["queued"] * 4
+        assert await rig.db.planner_slots.count_documents({"job_id": {"$ne": None}}) == 2
+        # Both at once, from a clean start: still two machines.
+        await rig.db.jobs.update_many({}, {"$set": {"status": "queued", "version": 9}})
+        await rig.db.planner_slots.update_many({}, {"$set": {"job_id": None}})
+        await asyncio.gather(first.plan_waiting(), second.plan_waiting())
+        assert list((await rig.statuses()).values()).count("resource_preparing") == 2
+    finally:
+        for client in clients:
+            await client.close()

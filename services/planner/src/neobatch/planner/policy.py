@@ -163,8 +163,7 @@ def choose_next(
             if i >= len(jobs):
                 continue
             job = jobs[i]
-            cap = (quotas or {}).get(project, max_machines)
-            if cap > 0 and held.get(project, 0) + job.replicas > cap:
+            if _over(project, held.get(project, 0) + job.replicas, max_machines, quotas):
                 continue  # at its quota: waits queued, and its later jobs wait behind it
             rank = (held.get(project, 0), _aware(job.created_at), project)
             if best is None or rank < best[0]:
@@ -176,6 +175,31 @@ def choose_next(
         next_index[project] += 1
         held[project] = held.get(project, 0) + job.replicas
     return chosen
+
+
+def quota_prefix(
+    placing: Sequence[tuple[str, int]],
+    in_use: Mapping[str, int],
+    *,
+    max_machines: int = 0,
+    quotas: Mapping[str, int] | None = None,
+) -> int:
+    """How many of `placing` (each a project and the machines it is about to be given, 0 for
+    one given none), in order, fit their projects' machine quotas: the planner's check at the
+    moment of writing, against the machines `in_use` as that write's transaction reads them."""
+    held = dict(in_use)
+    for i, (project, machines) in enumerate(placing):
+        if machines and _over(project, held.get(project, 0) + machines, max_machines, quotas):
+            return i
+        held[project] = held.get(project, 0) + machines
+    return len(placing)
+
+
+def _over(project: str, machines: int, default: int, quotas: Mapping[str, int] | None) -> bool:
+    """Whether holding `machines` puts `project` over its quota (its override, else the
+    default; 0: no limit)."""
+    cap = (quotas or {}).get(project, default)
+    return cap > 0 and machines > cap
 
 
 def _aware(at: datetime | None) -> datetime:

@@ -19,7 +19,13 @@ from neobatch.common.logs import log_fields
 from neobatch.planner import jobs, policy
 from neobatch.planner.jobs import DeadLettered, DeadlinePassed, Decision, Job
 from neobatch.planner.policy import Limits
-from neobatch.planner.store import BatchConflict, JobStore, NoSlotFree, written_job
+from neobatch.planner.store import (
+    AtMachineQuota,
+    BatchConflict,
+    JobStore,
+    NoSlotFree,
+    written_job,
+)
 
 log = logging.getLogger("neobatch.planner")
 
@@ -56,7 +62,8 @@ class Planner:
         self._written: dict[str, Job] = {}
 
     async def apply(self, job_id: str, event: Event | DeadlinePassed | DeadLettered) -> bool:
-        """Apply `event` to the job; False only when it needed a provisioning slot and none was free."""
+        """Apply `event` to the job; False only when it needed a provisioning slot and none was
+        free, or machines its project's quota has no room for."""
         for _ in range(MAX_CAS_ATTEMPTS):
             now = self._clock.now()
             job = self._written.pop(job_id, None)
@@ -77,8 +84,10 @@ class Planner:
                     self._remember(job)
                     return True
             try:
-                won = await self._store.save_decision(job, decision, now)
-            except NoSlotFree:
+                won = await self._store.save_decision(
+                    job, decision, now, max_machines=self._limits.max_machines_per_project
+                )
+            except (NoSlotFree, AtMachineQuota):
                 return False
             if won:
                 self._remember(written_job(job, decision))
@@ -142,7 +151,9 @@ class Planner:
                 if decision is not None:
                     batch.append((job, decision))
             try:
-                written, slots_ran_out = await self._store.save_queued_batch(batch, now)
+                written, slots_ran_out = await self._store.save_queued_batch(
+                    batch, now, max_machines=self._limits.max_machines_per_project
+                )
             except BatchConflict:
                 # Someone else moved one of them (a cancel, another planner): one by one.
                 for job, _ in batch:

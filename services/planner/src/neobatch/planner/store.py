@@ -17,6 +17,7 @@ from neobatch.common.mongo import ensure_indexes, transact
 from neobatch.common.outbox import append_events
 from neobatch.common.subjects import Namespace
 from neobatch.common.transitions import compare_and_set
+from neobatch.planner import policy
 from neobatch.planner.jobs import Decision, Job
 
 # The oldest a deadline can be: a lower bound makes the overdue query a bounded range, which
@@ -41,6 +42,9 @@ MACHINE_STATUSES = [
 ]
 # Per-project overrides of the quotas (written by operators through the console; read here).
 PROJECT_QUOTAS = "project_quotas"
+# One document per project that every placement under a machine quota writes: two planners
+# placing the same project's jobs conflict on it, so one counts its machines again.
+PROJECT_GATES = "planner_project_gates"
 INDEXES = [
     # The fair queue: each project's queued jobs oldest first, and the projects that have any
     # (a distinct scan), both read from this index without touching other jobs.
@@ -124,6 +128,16 @@ def written_job(job: Job, decision: Decision) -> Job:
 
 class NoSlotFree(Exception):
     """Every provisioning slot is taken; the job stays queued until one frees."""
+
+
+class AtMachineQuota(Exception):
+    """The job's project holds its quota of machines; the job stays queued."""
+
+
+def _machines_given(job: Job, decision: Decision) -> int:
+    """The machines `decision` gives `job` (0 unless it leaves `queued` for a machine)."""
+    entering = decision.status is not None and decision.status.value in MACHINE_STATUSES
+    return job.replicas if entering and job.status.value not in MACHINE_STATUSES else 0
 
 
 class BatchConflict(Exception):
@@ -210,8 +224,16 @@ class JobStore:
 
     async def list_machines_in_use(self) -> dict[str, int]:
         """Machines each project holds or is being given (jobs past `queued`, not ended)."""
+        return await self._machines_in_use(None, None)
+
+    async def _machines_in_use(
+        self, projects: Sequence[str] | None, session: AsyncClientSession | None
+    ) -> dict[str, int]:
+        match: dict[str, Any] = {"status": {"$in": MACHINE_STATUSES}}
+        if projects is not None:
+            match["project"] = {"$in": [*projects, *([None] if "" in projects else [])]}
         pipeline: list[dict[str, Any]] = [
-            {"$match": {"status": {"$in": MACHINE_STATUSES}}},
+            {"$match": match},
             {
                 "$group": {
                     "_id": "$project",
@@ -220,18 +242,41 @@ class JobStore:
             },
         ]
         in_use: dict[str, int] = {}
-        async for doc in await self._jobs.aggregate(pipeline):
+        async for doc in await self._jobs.aggregate(pipeline, session=session):
             project = doc["_id"] or ""
             in_use[project] = in_use.get(project, 0) + int(doc["machines"] or 0)
         return in_use
 
-    async def list_machine_quotas(self, projects: Sequence[str]) -> dict[str, int]:
+    async def list_machine_quotas(
+        self, projects: Sequence[str], session: AsyncClientSession | None = None
+    ) -> dict[str, int]:
         """Per-project overrides of the machine quota, for `projects` (most have none)."""
         cursor = self._db[PROJECT_QUOTAS].find(
             {"_id": {"$in": list(projects)}, "max_machines": {"$type": "number"}},
             {"max_machines": 1},
+            session=session,
         )
         return {doc["_id"]: int(doc["max_machines"]) async for doc in cursor}
+
+    async def _fitting_quota(
+        self, placing: list[tuple[str, int]], max_machines: int, session: AsyncClientSession
+    ) -> int:
+        """How many of `placing` (project, machines given), in order, fit the machine quotas,
+        read inside the placement's transaction: exact across planner replicas, because the
+        transaction also writes each placing project's gate document, so of two placements
+        that counted the same project's machines one hits a write conflict and is retried."""
+        projects = sorted({project for project, machines in placing if machines})
+        if not projects:
+            return len(placing)
+        quotas = await self.list_machine_quotas(projects, session)
+        if max_machines <= 0 and not any(quotas.get(p, 0) > 0 for p in projects):
+            return len(placing)  # no quota applies: nothing to count
+        in_use = await self._machines_in_use(projects, session)
+        await self._db[PROJECT_GATES].bulk_write(
+            [UpdateOne({"_id": p}, {"$inc": {"placements": 1}}, upsert=True) for p in projects],
+            session=session,
+        )
+        return policy.quota_prefix(placing, in_use, max_machines=max_machines, quotas=quotas)
 
     async def list_overdue(self, now: datetime, limit: int = 100) -> list[Job]:
         cursor = self._jobs.find(
@@ -262,15 +307,23 @@ class JobStore:
             raise NotFound(f"job {job_id!r} not found", code="job_not_found")
         return job_from_doc(doc)
 
-    async def save_decision(self, job: Job, decision: Decision, now: datetime) -> bool:
-        """Apply `decision` made from `job` if the job has not moved since; events go with it."""
+    async def save_decision(
+        self, job: Job, decision: Decision, now: datetime, *, max_machines: int = 0
+    ) -> bool:
+        """Apply `decision` made from `job` if the job has not moved since; events go with it.
+        One that gives the job machines its project's quota has no room for raises
+        `AtMachineQuota` and writes nothing (`max_machines`: the default quota, 0 none)."""
         update = _job_update(decision, now)
         expected = {"status": job.status.value, "version": job.version}
         if not (decision.events or decision.release_slot or decision.acquire_slot):
             # A field-only change (progress counts): one write, no transaction needed.
             return await compare_and_set(self._jobs, job.id, expected, update)
 
+        placing = [(job.project, _machines_given(job, decision))]
+
         async def work(session: AsyncClientSession) -> bool:
+            if not await self._fitting_quota(placing, max_machines, session):
+                raise AtMachineQuota
             won = await compare_and_set(self._jobs, job.id, expected, update, session=session)
             if not won:
                 return False
@@ -286,7 +339,7 @@ class JobStore:
         return await transact(self._client, work)
 
     async def save_queued_batch(
-        self, batch: Sequence[tuple[Job, Decision]], now: datetime
+        self, batch: Sequence[tuple[Job, Decision]], now: datetime, *, max_machines: int = 0
     ) -> tuple[int, bool]:
         """Start several queued jobs in one transaction, in queue order, as slots allow.
 
@@ -299,8 +352,13 @@ class JobStore:
         applies those jobs one by one.
         """
 
+        placing = [(job.project, _machines_given(job, decision)) for job, decision in batch]
+
         async def work(session: AsyncClientSession) -> tuple[int, bool]:
-            wanting = [job.id for job, decision in batch if decision.acquire_slot]
+            # Only the jobs up to the first one its project's machine quota has no room for
+            # (another planner placed some since this batch was chosen): the rest wait.
+            fitting = batch[: await self._fitting_quota(placing, max_machines, session)]
+            wanting = [job.id for job, decision in fitting if decision.acquire_slot]
             slots = 0
             if wanting:
                 taken = await self._slots.bulk_write(
@@ -311,7 +369,7 @@ class JobStore:
             job_ops: list[UpdateOne] = []
             events = []
             slots_ran_out = False
-            for job, decision in batch:
+            for job, decision in fitting:
                 if decision.acquire_slot:
                     if slots == 0:
                         slots_ran_out = True
