@@ -195,3 +195,31 @@ async def test_operator_creates_lists_and_revokes_keys(api: Any) -> None:
     for bad in ({"project": ""}, {"project": "a b"}, {"project": "x", "operator": "yes"}, {}):
         r = await api.client.post("/api/v1/keys", json=bad, headers=api.operator)
         assert r.status_code == 400, r.text
+
+
+async def test_the_key_list_is_a_bounded_page(api: Any) -> None:
+    """`GET /api/v1/keys` answered every key ever made in one body."""
+    made = []
+    for n in range(23):
+        r = await api.client.post(
+            "/api/v1/keys", json={"project": "paged", "name": f"k{n:02d}"}, headers=api.operator
+        )
+        made.append(r.json()["id"])
+    total = await api.count("api_keys")
+    first = (await api.client.get("/api/v1/keys", headers=api.operator)).json()
+    assert len(first["data"]) == 20 and first["has_more"] is True
+    assert first["object"] == "list" and first["last_id"] == first["data"][-1]["id"]
+    r = await api.client.get(
+        "/api/v1/keys", params={"after": first["last_id"]}, headers=api.operator
+    )
+    rest = r.json()
+    assert len(rest["data"]) == total - 20 and rest["has_more"] is False
+    listed = [k["id"] for k in first["data"] + rest["data"]]
+    assert len(set(listed)) == total and set(made) <= set(listed)  # every key once
+    assert listed.index(made[-1]) < listed.index(made[0])  # newest first, like every list
+    small = await api.client.get("/api/v1/keys", params={"limit": 2}, headers=api.operator)
+    assert [k["id"] for k in small.json()["data"]] == listed[:2]
+    r = await api.client.get("/api/v1/keys", params={"limit": 101}, headers=api.operator)
+    assert r.status_code == 400, r.text
+    r = await api.client.get("/api/v1/keys", params={"after": "key_nope"}, headers=api.operator)
+    assert (r.status_code, r.json()["data"], r.json()["has_more"]) == (200, [], False)

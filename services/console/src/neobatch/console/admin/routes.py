@@ -3,7 +3,7 @@
 Every route here stands behind `require_operator` (403 `operator_only` for a project key).
 `PUT /projects/{project}/quotas` replaces the project's `project_quotas` document (null clears
 an override); `POST /keys` answers the new key once (only its SHA-256 is stored); `GET /keys`
-lists keys without any secret or hash; `DELETE /keys/{key_id}` revokes one.
+lists keys (a bounded page, newest first) without any secret or hash; `DELETE /keys/{key_id}` revokes one.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from litestar import Controller, delete, get, post, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from neobatch.common.errors import InvalidInput, NotFound
 from neobatch.common.ids import new_id
@@ -35,6 +35,7 @@ from neobatch.console.keys.auth import (
     require_operator,
 )
 from neobatch.console.keys.store import KeyStore
+from neobatch.console.paging import PageLimit, page_ends
 from neobatch.console.quotas import QuotaStore
 from neobatch.console.wire import unix_seconds, unix_seconds_or_none
 
@@ -107,8 +108,17 @@ class KeyController(Controller):
         )
 
     @get("/")
-    async def list_keys(self, key_store: NamedDependency[KeyStore]) -> KeyList:
-        return KeyList(data=[key_out(doc) for doc in await key_store.list_keys()])
+    async def list_keys(
+        self,
+        key_store: NamedDependency[KeyStore],
+        limit: PageLimit = 20,
+        after: FromQuery[str | None] = None,
+    ) -> KeyList:
+        """Every project's keys, newest first, a page at a time (`after`: the last id of the
+        previous page)."""
+        docs, has_more = await key_store.list_key_page(limit, after)
+        data = [key_out(doc) for doc in docs]
+        return KeyList(data=data, has_more=has_more, **page_ends(data))
 
     @delete("/{key_id:str}", status_code=200)
     async def revoke_key(

@@ -55,7 +55,12 @@ class KeyCreated(msgspec.Struct, kw_only=True):
 
 
 class KeyList(msgspec.Struct, kw_only=True):
+    object: str = "list"
     data: list[KeyOut]
+    # A bounded page, newest first: pass `last_id` as `after` for the next one.
+    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None
 
 
 class KeyRevoked(msgspec.Struct, kw_only=True):

@@ -5,15 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel
+from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
 from neobatch.common.mongo import ensure_indexes
+from neobatch.console.page_store import find_page
 
 Document = dict[str, Any]
 
 API_KEYS = "api_keys"
-INDEXES = [IndexModel([("hash", ASCENDING)], name="hash", unique=True)]
+INDEXES = [
+    IndexModel([("hash", ASCENDING)], name="hash", unique=True),
+    # The key list's pages (`list_key_page`), newest first.
+    IndexModel([("created_at", DESCENDING), ("_id", DESCENDING)], name="newest_first"),
+]
 
 
 class KeyStore:
@@ -31,8 +36,18 @@ class KeyStore:
         """The key with this id, revoked or not, without its hash."""
         return await self._db[API_KEYS].find_one({"_id": key_id}, {"hash": 0})
 
+    async def list_key_page(
+        self, limit: int, after: str | None = None
+    ) -> tuple[list[Document], bool]:
+        """A page of keys (every project's), newest first, after the key `after`, without
+        their hashes; and whether more follow. One query (plus one to find `after`)."""
+        cursor = {"_id": after} if after else None
+        return await find_page(
+            self._db[API_KEYS], {}, after=cursor, limit=limit, projection={"hash": 0}
+        )
+
     async def list_keys(self) -> list[Document]:
-        """Every key, oldest first, without its hash."""
+        """Every key, oldest first, without its hash (the local admin CLI's listing)."""
         cursor = self._db[API_KEYS].find({}, {"hash": 0}).sort([("created_at", ASCENDING)])
         return await cursor.to_list(None)
 
