@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any
+
+import bson
 
 from neobatch.common.clock import SystemClock
 from neobatch.runtime_agent.dispatch.tally import RequestResult
@@ -22,6 +25,7 @@ from neobatch.runtime_agent.results.reading import (
     iter_results,
 )
 from neobatch.runtime_agent.results.writer import CheckpointWriter
+from neobatch.sim.testing.waiting import wait_until
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -240,3 +244,55 @@ async def test_results_stored_per_request_before_pages_are_upgraded_in_place(mon
     assert [r.line_index for r in failed] == list(range(0, 1200, 4))
     # Idempotent: nothing left to move.
     assert await upgrade_legacy_results(collection, NOW) == 0
+
+
+class _HeldWrites:
+    """The real collection, whose inserts wait until `release` (a slow database), recording
+    the pages each write stored."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.open = asyncio.Event()
+        self.pages: list[dict[str, Any]] = []
+
+    async def insert_many(self, docs: list[dict[str, Any]], **kwargs: Any) -> Any:
+        await self.open.wait()
+        self.pages.extend(docs)
+        return await self.real.insert_many(docs, **kwargs)
+
+
+async def test_answers_awaiting_their_checkpoint_are_bounded_in_bytes(mongo_db) -> None:
+    """The wait was bounded by count only: 64 answers of 1 MiB each piled up, unstored,
+    while the database was slow. Past the byte bound `add` pauses dispatch instead."""
+    collection = _HeldWrites(mongo_db["batch_results"])
+    batch_id = _batch()
+    mib = 1024 * 1024
+    bound = 8 * mib
+    body = b'"' + b"x" * (mib - 2) + b'"'
+    added: list[int] = []
+    writer = CheckpointWriter(
+        collection, batch_id, SystemClock(), max_pending=256, max_pending_bytes=bound
+    )
+
+    async def burst() -> None:
+        for i in range(64):
+            await writer.add(_ok(i, body))
+            added.append(i)
+
+    async with writer:
+        adding = asyncio.create_task(burst())
+        try:
+            # The database holds every write: dispatch runs until the writer makes it wait.
+            await wait_until(lambda: adding.done() or writer.paused, 10, message="add paused")
+            stored = sum(len(unpack_lines(p["lines"])) for p in collection.pages)
+            unstored_bytes = (len(added) - stored) * len(body)
+        finally:
+            collection.open.set()
+        await adding
+    assert unstored_bytes <= bound + len(body), f"{len(added)} answers of 1 MiB were unstored"
+    # Every line recorded exactly once, in pages under MongoDB's document limit.
+    assert writer.written == 64
+    assert sorted(i for p in collection.pages for i in unpack_lines(p["lines"])) == list(range(64))
+    assert max(len(bson.encode(p)) for p in collection.pages) < 16 * mib
+    assert await count_results(mongo_db["batch_results"], batch_id) == (64, 0)
+    assert writer.peak_unstored_bytes <= bound + len(body)

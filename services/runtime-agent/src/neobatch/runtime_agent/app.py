@@ -32,7 +32,9 @@ def build_agent(
     owner: str | None = None,
 ) -> Agent:
     runtime = ServiceRuntime(SERVICE, settings.common, clock)
-    store = BatchStore.from_runtime(runtime)
+    store = BatchStore.from_runtime(
+        runtime, checkpoint_max_pending_bytes=settings.checkpoint_max_pending_bytes
+    )
     key = load_client_key(settings.ssh_key_file)
     runner = Runner(store, runtime.clock, settings, key, owner=owner)
     handlers = BatchHandlers(store, runtime.clock, runner.wake)

@@ -17,6 +17,7 @@ from neobatch.common.errors import ConfigError
 from neobatch.common.settings import CommonSettings, Env, EnvFields, Settings, read_env
 from neobatch.runtime_agent.dispatch.policy import MAX_RESPONSE_BYTES_LIMIT, DispatchDefaults
 from neobatch.runtime_agent.machine.tunnel import MODES, ssh_binary
+from neobatch.runtime_agent.results.writer import MAX_PENDING_BYTES
 
 SSH_KEY_FILE_ENV = "NEOBATCH_SSH_KEY_FILE"
 SSH_TUNNEL_ENV = "NEOBATCH_SSH_TUNNEL"
@@ -121,6 +122,15 @@ class AgentSettings(Settings, frozen=True, kw_only=True):
             ),
         ),
     ] = DispatchDefaults()
+    checkpoint_max_pending_bytes: Annotated[
+        int,
+        Env(
+            "NEOBATCH_CHECKPOINT_MAX_PENDING_BYTES",
+            "Bytes of answers one batch holds awaiting their checkpoint before dispatch pauses "
+            "(besides the count bound, its concurrency)",
+            minimum=1024 * 1024,
+        ),
+    ] = MAX_PENDING_BYTES
     # Each batch on its own machine.
     max_batches: Annotated[
         int, Env("NEOBATCH_MAX_BATCHES", "Batches one agent runs at once", minimum=1)

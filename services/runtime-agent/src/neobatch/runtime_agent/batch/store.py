@@ -43,7 +43,7 @@ from neobatch.runtime_agent.results.pages import (
     RESULTS,
     upgrade_legacy_results,
 )
-from neobatch.runtime_agent.results.writer import CheckpointWriter
+from neobatch.runtime_agent.results.writer import MAX_PENDING_BYTES, CheckpointWriter
 
 BATCHES = "batches"
 BATCH_INDEXES = [
@@ -63,8 +63,11 @@ class BatchStore:
         ns: Namespace,
         clock: Clock,
         notify_outbox: Callable[[], None],
+        *,
+        checkpoint_max_pending_bytes: int = MAX_PENDING_BYTES,
     ) -> None:
         self._db = db
+        self._checkpoint_max_pending_bytes = checkpoint_max_pending_bytes
         self._mongo = mongo
         self._ns = ns
         self._clock = clock
@@ -73,8 +76,17 @@ class BatchStore:
         self._results: AsyncCollection[Document] = db[RESULTS]
 
     @classmethod
-    def from_runtime(cls, runtime: ServiceRuntime) -> BatchStore:
-        return cls(runtime.db, runtime.mongo, runtime.ns, runtime.clock, runtime.notify_outbox)
+    def from_runtime(
+        cls, runtime: ServiceRuntime, *, checkpoint_max_pending_bytes: int = MAX_PENDING_BYTES
+    ) -> BatchStore:
+        return cls(
+            runtime.db,
+            runtime.mongo,
+            runtime.ns,
+            runtime.clock,
+            runtime.notify_outbox,
+            checkpoint_max_pending_bytes=checkpoint_max_pending_bytes,
+        )
 
     async def ensure_indexes(self) -> None:
         await ensure_indexes(self._batches, BATCH_INDEXES)
@@ -223,6 +235,7 @@ class BatchStore:
             batch_id,
             self._clock,
             max_pending=max_pending,
+            max_pending_bytes=self._checkpoint_max_pending_bytes,
             flush_interval_seconds=flush_interval_seconds,
             on_stored=on_stored,
         )

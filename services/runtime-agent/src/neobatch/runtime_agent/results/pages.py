@@ -87,14 +87,15 @@ def unpack_lines(data: bytes) -> array[int]:
     return unpacked
 
 
-def _size(result: RequestResult) -> int:
+def result_size(result: RequestResult) -> int:
+    """About the bytes `result` weighs in memory and in a page."""
     body = len(result.body) if result.body is not None else 0
     return 48 + body + len(result.custom_id) + len(result.request_id) + len(result.error_message)
 
 
 def bounded(result: RequestResult) -> RequestResult:
     """`result`, or its `response_too_large` error when it would not fit in a page."""
-    if _size(result) <= MAX_RESULT_BYTES:
+    if result_size(result) <= MAX_RESULT_BYTES:
         return result
     custom_id = result.custom_id
     if len(custom_id) > MAX_RESULT_BYTES // 2:
@@ -127,7 +128,7 @@ def build_pages(
     while start < len(ordered):
         end, size = start, 0
         while end < len(ordered) and end - start < max(1, max_items):
-            size += _size(ordered[end])
+            size += result_size(ordered[end])
             if end > start and size > max_bytes:
                 break
             end += 1

@@ -15,10 +15,18 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from neobatch.common.clock import Clock
 from neobatch.runtime_agent.dispatch.tally import RequestResult
-from neobatch.runtime_agent.results.pages import LINE_BYTES, build_pages, insert_results
+from neobatch.runtime_agent.results.pages import (
+    LINE_BYTES,
+    build_pages,
+    insert_results,
+    result_size,
+)
 
 # Checkpoint writes on the wire at once (see CheckpointWriter._run).
 WRITES_IN_FLIGHT = 2
+# Bytes of answers one batch holds unstored (buffered or on the wire) before `add` waits: the
+# count bound (`max_pending`, the concurrency) let 256 answers of 4 MiB pile up to 1 GiB.
+MAX_PENDING_BYTES = 32 * 1024 * 1024
 Document = dict[str, Any]
 
 
@@ -34,8 +42,11 @@ class CheckpointWriter:
     results or `PAGE_BYTES`), built when the write starts, with one `finished_at` and page ids
     fixed for every retry of it.
 
-    `add` returns at once unless more than `max_pending` results are unstored (buffered or
-    on the wire): then it waits until a write brings them back under. Dispatch frees a
+    `add` returns at once unless more than `max_pending` results, or more than
+    `max_pending_bytes` of them, are unstored (buffered or on the wire): then it waits until a
+    write brings them back under (the linger also ends once half of `max_pending_bytes` is
+    buffered). So large answers hold at most about `max_pending_bytes` (plus the answer just
+    added) here, whatever the concurrency. Dispatch frees a
     request's concurrency slot when its answer arrives and calls `add` from that slot, so
     with `max_pending` = the concurrency no new request is sent while more than that many
     answers wait to be stored: a crash loses (and the resumed run re-sends) at most
@@ -55,6 +66,7 @@ class CheckpointWriter:
         flush_interval_seconds: float = 0.005,
         max_items: int = 500,
         max_pending: int = 10_000,
+        max_pending_bytes: int = MAX_PENDING_BYTES,
         on_stored: Callable[[int, int], None] | None = None,
     ) -> None:
         self._collection = collection
@@ -65,13 +77,18 @@ class CheckpointWriter:
         self._max_pending = max(1, max_pending)
         # Buffered results that end the linger at once.
         self._flush_at = max(1, min(max_items, self._max_pending // 2))
+        self._max_pending_bytes = max(1, max_pending_bytes)
+        self._flush_bytes = max(1, self._max_pending_bytes // 2)
+        self._buffer_bytes = 0
         self._full = asyncio.Event()
         # A write that failed for good: every later add raises it.
         self._failed: BaseException | None = None
         self._on_stored = on_stored
         self._buffer: list[RequestResult] = []
-        # Results buffered or being written.
+        # Results buffered or being written, and their bytes (`result_size`).
         self._unstored = 0
+        self._unstored_bytes = 0
+        self.peak_unstored_bytes = 0
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
         self._closing = False
@@ -105,19 +122,26 @@ class CheckpointWriter:
     async def add(self, result: RequestResult) -> None:
         """Buffer `result`; it is written with the next batch (waits while too many are)."""
         self._check()
+        size = result_size(result)
         self._buffer.append(result)
+        self._buffer_bytes += size
         self._unstored += 1
+        self._unstored_bytes += size
+        self.peak_unstored_bytes = max(self.peak_unstored_bytes, self._unstored_bytes)
         self._wake.set()
-        if len(self._buffer) >= self._flush_at:
+        if len(self._buffer) >= self._flush_at or self._buffer_bytes >= self._flush_bytes:
             self._full.set()
-        if self._unstored > self._max_pending:
+        if self._over_bound():
             self.paused += 1
-            while self._unstored > self._max_pending:
+            while self._over_bound():
                 self._drained.clear()
                 await self._drained.wait()
                 self._check()
                 if self._task is None or self._task.done():
                     raise RuntimeError("checkpoint writer stopped")
+
+    def _over_bound(self) -> bool:
+        return self._unstored > self._max_pending or self._unstored_bytes > self._max_pending_bytes
 
     async def close(self) -> None:
         """Write everything buffered, then stop the writer task."""
@@ -145,7 +169,12 @@ class CheckpointWriter:
                     await self._wake.wait()
                 self._wake.clear()
                 _reap(writing)  # a failed write stops the writer here
-                if self._buffer and len(self._buffer) < self._flush_at and not self._closing:
+                if (
+                    self._buffer
+                    and len(self._buffer) < self._flush_at
+                    and self._buffer_bytes < self._flush_bytes
+                    and not self._closing
+                ):
                     # Let the results finishing now join, unless enough are here already.
                     self._full.clear()
                     with contextlib.suppress(TimeoutError):
@@ -157,10 +186,11 @@ class CheckpointWriter:
                         await asyncio.wait(writing, return_when=asyncio.FIRST_COMPLETED)
                         _reap(writing)
                     results, self._buffer = self._buffer, []
+                    size, self._buffer_bytes = self._buffer_bytes, 0
                     pages = build_pages(
                         self._batch_id, results, self._clock.now(), max_items=self._max_items
                     )
-                    writing.add(asyncio.create_task(self._write(results, pages)))
+                    writing.add(asyncio.create_task(self._write(results, pages, size)))
                 elif self._closing:
                     if writing:
                         await asyncio.wait(writing)
@@ -174,7 +204,7 @@ class CheckpointWriter:
             # Wake anyone blocked in add() so they see the failure (or the end).
             self._drained.set()
 
-    async def _write(self, results: list[RequestResult], pages: list[Document]) -> None:
+    async def _write(self, results: list[RequestResult], pages: list[Document], size: int) -> None:
         try:
             await insert_results(self._collection, pages)
         except BaseException as exc:
@@ -183,6 +213,7 @@ class CheckpointWriter:
             self._wake.set()  # the writer loop reaps this task and stops
             raise
         self._unstored -= len(results)
+        self._unstored_bytes -= size
         self.written += len(results)
         self.writes += 1
         self.pages += len(pages)
