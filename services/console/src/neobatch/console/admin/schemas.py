@@ -8,6 +8,8 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from neobatch.console.paging import PageEnds
+
 # A quota: a bound, not a wish (past 1,000,000 queued jobs or machines is a typo).
 Quota = Annotated[int, Meta(ge=0, le=1_000_000)]
 Project = Annotated[
@@ -54,13 +56,9 @@ class KeyCreated(msgspec.Struct, kw_only=True):
     api_key: str
 
 
-class KeyList(msgspec.Struct, kw_only=True):
+class KeyList(PageEnds, kw_only=True):
     object: str = "list"
     data: list[KeyOut]
-    # A bounded page, newest first: pass `last_id` as `after` for the next one.
-    has_more: bool = False
-    first_id: str | None = None
-    last_id: str | None = None
 
 
 class KeyRevoked(msgspec.Struct, kw_only=True):

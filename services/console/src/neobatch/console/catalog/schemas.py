@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from neobatch.console.paging import PageEnds
 from neobatch.console.wire import Endpoint, Int64, Label, Text
 
 Name = Annotated[str, Meta(min_length=1, max_length=256)]
@@ -74,13 +75,9 @@ class ModelOut(msgspec.Struct, kw_only=True):
     created_at: int
 
 
-class ModelList(msgspec.Struct, kw_only=True):
+class ModelList(PageEnds, kw_only=True):
     object: str = "list"
     data: list[ModelOut]
-    # A bounded page, newest first: pass `last_id` as `after` for the next one.
-    has_more: bool = False
-    first_id: str | None = None
-    last_id: str | None = None
 
 
 # --- deployment templates (aibrix-reference §1.9) --------------------------------------------
@@ -185,13 +182,9 @@ class TemplateDeleted(msgspec.Struct, kw_only=True):
     deleted: bool
 
 
-class TemplateList(msgspec.Struct, kw_only=True):
+class TemplateList(PageEnds, kw_only=True):
     object: str = "list"
     data: list[TemplateOut]
-    # A bounded page, newest first: pass `last_id` as `after` for the next one.
-    has_more: bool = False
-    first_id: str | None = None
-    last_id: str | None = None
 
 
 # --- GPU offers (the resource-manager's `offers` cache) ----------------------------------------

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import msgspec
 from litestar.datastructures import UploadFile
 
+from neobatch.console.paging import PageEnds
+
 
 @dataclass
 class UploadForm:
@@ -27,12 +29,9 @@ class FileOut(msgspec.Struct, kw_only=True):
     status: str = "processed"
 
 
-class FileList(msgspec.Struct, kw_only=True):
+class FileList(PageEnds, kw_only=True):
     object: str = "list"
     data: list[FileOut]
-    has_more: bool
-    first_id: str | None
-    last_id: str | None
 
 
 class FileDeleted(msgspec.Struct, kw_only=True):

@@ -10,11 +10,10 @@ leased from `metadata["neobatch.provider"]` when given; `aibrix.client` (AIBrix'
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
 
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from neobatch.common.contracts import JobStatus
 from neobatch.common.errors import Conflict
@@ -23,6 +22,7 @@ from neobatch.console.jobs.schemas import BatchList, BatchOut, CreateBatch, Crea
 from neobatch.console.jobs.service import JobService
 from neobatch.console.jobs.store import JobStore
 from neobatch.console.keys.auth import Caller
+from neobatch.console.paging import PageLimit, page_ends
 
 TEMPLATE_NAME_KEY = "neobatch.template_name"
 TEMPLATE_VERSION_KEY = "neobatch.template_version"
@@ -62,17 +62,12 @@ class BatchController(Controller):
         self,
         job_store: NamedDependency[JobStore],
         caller: NamedDependency[Caller],
-        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+        limit: PageLimit = 20,
         after: FromQuery[str | None] = None,
     ) -> BatchList:
         jobs, has_more = await job_store.list_batches(caller.scope, limit, after)
         data = [batch_view(job) for job in jobs]
-        return BatchList(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=has_more,
-        )
+        return BatchList(data=data, has_more=has_more, **page_ends(data))
 
     @get("/{batch_id:str}")
     async def retrieve_batch(

@@ -7,11 +7,11 @@ transition. Jobs are scoped to the caller's project: another project's job answe
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from neobatch.console.jobs.job_view import job_view
 from neobatch.console.jobs.schemas import (
@@ -25,6 +25,7 @@ from neobatch.console.jobs.schemas import (
 from neobatch.console.jobs.service import JobService
 from neobatch.console.jobs.store import JobStore
 from neobatch.console.keys.auth import Caller
+from neobatch.console.paging import PageLimit, page_ends
 from neobatch.console.settings import ConsoleSettings
 
 
@@ -51,7 +52,7 @@ class JobController(Controller):
         self,
         job_store: NamedDependency[JobStore],
         caller: NamedDependency[Caller],
-        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+        limit: PageLimit = 20,
         after: FromQuery[str | None] = None,
     ) -> JobList:
         jobs, has_more = await job_store.list_jobs(caller.scope, limit, after)
@@ -60,12 +61,7 @@ class JobController(Controller):
             job_view(job, provisions.get(job.get("provision_id") or ""), caller=caller.owner)
             for job in jobs
         ]
-        return JobList(
-            jobs=views,
-            has_more=has_more,
-            first_id=views[0].id if views else None,
-            last_id=views[-1].id if views else None,
-        )
+        return JobList(jobs=views, has_more=has_more, **page_ends(views))
 
     @get("/{job_id:str}")
     async def get_job(

@@ -16,6 +16,7 @@ from msgspec import Meta
 from neobatch.common.contracts import ClientSpec
 from neobatch.common.jsonbounds import check_stored_value
 from neobatch.console.jobs.window import parse_completion_window
+from neobatch.console.paging import PageEnds
 from neobatch.console.wire import MAX_FREE_FORM_BYTES, Endpoint, Label, Text
 
 # AIBrix caps a job at this many replicas (shown by /api/v1/config/job-capabilities).
@@ -192,11 +193,8 @@ class JobOut(msgspec.Struct, kw_only=True):
     updated_at: int | None
 
 
-class JobList(msgspec.Struct, kw_only=True):
+class JobList(PageEnds, kw_only=True):
     jobs: list[JobOut]
-    has_more: bool
-    first_id: str | None
-    last_id: str | None
 
 
 class ReplicaRange(msgspec.Struct, kw_only=True):
@@ -269,9 +267,6 @@ class BatchOut(msgspec.Struct, kw_only=True):
     cancelled_at: int | None
 
 
-class BatchList(msgspec.Struct, kw_only=True):
+class BatchList(PageEnds, kw_only=True):
     object: str = "list"
     data: list[BatchOut]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
