@@ -46,8 +46,8 @@ class CheckpointWriter:
     `max_pending_bytes` of them, are unstored (buffered or on the wire): then it waits until a
     write brings them back under (the linger also ends once half of `max_pending_bytes` is
     buffered). So large answers hold at most about `max_pending_bytes` (plus the answer just
-    added) here, whatever the concurrency. Dispatch frees a
-    request's concurrency slot when its answer arrives and calls `add` from that slot, so
+    added) here, whatever the concurrency. Dispatch frees a request's concurrency slot when
+    its answer arrives and calls `add` from that slot, so
     with `max_pending` = the concurrency no new request is sent while more than that many
     answers wait to be stored: a crash loses (and the resumed run re-sends) at most
     2 x concurrency requests, those in flight plus those answered but not yet stored.
