@@ -107,3 +107,23 @@ async def test_split_lines_cuts_an_over_long_line_and_skips_the_rest() -> None:
 
     lines = [line async for line in filestore.split_lines(chunks(), max_line_bytes=10)]
     assert lines == [b'{"a":1}', b'{"b":' + b"x" * 6, b'{"c":3}']
+
+
+async def test_an_over_long_line_is_cut_as_it_streams_not_after_it_is_held_whole() -> None:
+    # A hostile 100 MB line must not be held: its head is yielded once the cap is passed,
+    # while the rest of the line is still unread (the reader's memory is one cap + one chunk).
+    chunk = b"x" * 1024
+    read = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal read
+        for _ in range(1000):
+            read += 1
+            yield chunk
+        yield b"\n{}\n"
+
+    lines = filestore.split_lines(chunks(), max_line_bytes=4096)
+    head = await anext(lines)
+    assert head == b"x" * 4097
+    assert read <= 5, f"{read} chunks of the line were buffered before its head came out"
+    assert [line async for line in lines] == [b"{}"]
