@@ -27,7 +27,6 @@ after them up to `buffer_bytes`, yielded when the file ends.
 
 from __future__ import annotations
 
-import hashlib
 from array import array
 from dataclasses import dataclass
 from typing import Any
@@ -118,15 +117,12 @@ def leading_text(body: bytes) -> str:
 
 
 def key_of_text(text: str) -> PrefixKey:
-    """One hash per level: of the text's first `LEVEL_CHARS[i]` characters."""
-    digest = hashlib.blake2b(digest_size=8)
-    key: list[int] = []
-    start = 0
-    for cut in LEVEL_CHARS:
-        digest.update(text[start:cut].encode("utf-8", "surrogatepass"))
-        start = cut
-        key.append(int.from_bytes(digest.digest(), "big"))
-    return tuple(key)
+    """One hash per level: of the text's first `LEVEL_CHARS[i]` characters.
+
+    Python's own string hash (SipHash, 64 bits): ~3x faster than hashlib here, and a plan lives
+    in one process (it is never stored), so a per-process hash seed changes nothing.
+    """
+    return tuple(hash(text[:cut]) for cut in LEVEL_CHARS)
 
 
 def prefix_key(body: bytes) -> PrefixKey:
