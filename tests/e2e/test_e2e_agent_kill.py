@@ -9,12 +9,15 @@ finished. After a restart the batch completes, and:
     more than `concurrency` answers wait to be stored; so at the kill up to `concurrency`
     requests were in flight and up to `concurrency` more answered but not yet checkpointed.
     Those are at-least-once (the resumed run sends them again); recorded ones never are,
-  * the output file holds each custom_id exactly once.
+  * the output file holds each custom_id exactly once, in input order.
+The batch's requests carry one of 8 system prompts, shuffled: they are sent grouped by prompt
+(prefix-aware order), so the kill lands mid-way through a reordered dispatch.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -72,7 +75,7 @@ def test_agent_killed_half_way_resends_nothing_finished(stack: Stack, tmp_path: 
             "kill-half", model_id, latency_ms=LATENCY_MS, request_log=str(request_log)
         )
         console.create_template(model_id, template)
-        lines = batch_lines(REQUESTS)
+        lines = _with_system_prompts(batch_lines(REQUESTS))
         file_id = console.upload(lines)
         client = {"max_concurrency": CONCURRENCY, "adaptive_concurrency": False}
         job_id = console.create_job(file_id, model_id, "kill-half", client=client)["id"]
@@ -113,6 +116,14 @@ def test_agent_killed_half_way_resends_nothing_finished(stack: Stack, tmp_path: 
     finally:
         console.close()
         mongo.close()
+
+
+def _with_system_prompts(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rng = random.Random(3)
+    for line in lines:
+        prompt = f"system prompt {rng.randrange(8)}: answer briefly and precisely. " * 4
+        line["body"]["messages"].insert(0, {"role": "system", "content": prompt})
+    return lines
 
 
 def _answered(log: Path, batch_id: str) -> list[int]:

@@ -127,3 +127,56 @@ async def test_latency_and_models(engine_sim_factory) -> None:
         status, reply = await _post(session, engine.base_url + "/chat/completions", body)
     assert [m["id"] for m in models["data"]] == ["llama-sim"]
     assert status == 200 and reply == expected_body("/v1/chat/completions", body)
+
+
+def _chat(system: str, question: str) -> dict:
+    return {
+        "model": "sim-model",
+        "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": question},
+        ],
+    }
+
+
+async def test_prefix_cache_reports_cached_tokens_like_vllm() -> None:
+    system = " ".join(f"rule{i}" for i in range(40))  # 40 words: two full 16-word blocks
+    url = "/v1/chat/completions"
+    async with (
+        running_engine(prefix_caching=True, prompt_tokens_details=True) as engine,
+        aiohttp.ClientSession() as session,
+    ):
+        _, first = await _post(session, engine.url + url, _chat(system, "what now"))
+        _, second = await _post(session, engine.url + url, _chat(system, "and then what"))
+        _, other = await _post(session, engine.url + url, _chat("a different prompt " * 8, "x"))
+        # The same prompt again: everything but the last token could be cached; whole blocks.
+        _, same = await _post(session, engine.url + url, _chat("w " * 31, "end"))
+        _, again = await _post(session, engine.url + url, _chat("w " * 31, "end"))
+    assert first["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+    assert second["usage"]["prompt_tokens_details"] == {"cached_tokens": 32}
+    assert second["usage"]["prompt_tokens"] == 43
+    assert other["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+    assert same["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+    assert again["usage"]["prompt_tokens_details"] == {"cached_tokens": 16}  # 32 = all tokens
+    # Without the switch the body is exactly the deterministic one (no details).
+    async with running_engine() as plain, aiohttp.ClientSession() as session:
+        _, body = await _post(session, plain.url + url, _chat(system, "what now"))
+    assert body == expected_body(url, _chat(system, "what now"))
+    assert "prompt_tokens_details" not in body["usage"]
+
+
+def test_the_vllm_shim_passes_the_cache_switches_to_the_simulator() -> None:
+    from neobatch.sim.machine_tools.vllm import engine_argv
+
+    cfg = {"python": "py"}
+    argv = engine_argv(
+        cfg,
+        9000,
+        ["org/m", "--enable-prefix-caching", "--enable-prompt-tokens-details", "--port", "9000"],
+    )
+    assert isinstance(argv, list)
+    assert argv[argv.index("--model") :] == [
+        "--model", "org/m", "--enable-prefix-caching", "--enable-prompt-tokens-details",
+    ]  # fmt: skip
+    plain = engine_argv(cfg, 9000, ["org/m", "--no-enable-prefix-caching", "--port", "9000"])
+    assert isinstance(plain, list) and plain[plain.index("--model") :] == ["--model", "org/m"]

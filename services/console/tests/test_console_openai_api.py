@@ -13,6 +13,7 @@ from neobatch.common.contracts import JobQueued, JobStatusChanged
 from neobatch.common.outbox import OUTBOX
 from neobatch.console.app import create_app
 from neobatch.console.jobs.batch_view import batch_status, batch_view
+from neobatch.console.jobs.job_view import job_view
 
 CHAT = "/v1/chat/completions"
 
@@ -210,3 +211,31 @@ async def test_creates_past_the_rate_limit_are_429(api: Any) -> None:
         assert r.json()["code"] == "rate_limited" and int(r.headers["retry-after"]) >= 1
         # Every request counts, reads too (docs/configuration.md: requests per minute per key).
         assert (await client.get("/v1/files", headers=api.auth)).status_code == 429
+
+
+def test_cached_tokens_show_on_the_batch_and_the_job_as_openai_nests_them() -> None:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    job = {
+        "_id": "job_1",
+        "batch_id": "batch_1",
+        "status": "completed",
+        "created_at": at,
+        "usage": {
+            "input_tokens": 900,
+            "output_tokens": 96,
+            "total_tokens": 996,
+            "cached_tokens": 512,
+        },
+    }
+    expected = {
+        "input_tokens": 900,
+        "input_tokens_details": {"cached_tokens": 512},
+        "output_tokens": 96,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 996,
+    }
+    assert msgspec.to_builtins(batch_view(job))["usage"] == expected
+    assert msgspec.to_builtins(job_view(job, None, caller="key:a"))["usage"] == expected
+    # A job stored before cached tokens were counted reads 0.
+    del job["usage"]["cached_tokens"]
+    assert batch_view(job).usage.input_tokens_details.cached_tokens == 0

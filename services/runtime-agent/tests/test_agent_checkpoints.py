@@ -296,3 +296,23 @@ async def test_answers_awaiting_their_checkpoint_are_bounded_in_bytes(mongo_db) 
     assert max(len(bson.encode(p)) for p in collection.pages) < 16 * mib
     assert await count_results(mongo_db["batch_results"], batch_id) == (64, 0)
     assert writer.peak_unstored_bytes <= bound + len(body)
+async def test_results_sent_by_prefix_group_read_back_in_input_order_in_bounded_reads(
+    mongo_db,
+) -> None:
+    """Pages written in prefix-group order hold lines spread over the whole input: reading them
+    back in input order costs a bounded number of page fetches, not one per line."""
+    collection = mongo_db["batch_results"]
+    batch_id = _batch()
+    groups, lines = 40, 1000
+    body = b"x" * 1000
+    # A shuffled batch sent grouped: group g holds lines g, g+40, ...; one page per write.
+    for group in range(groups):
+        chunk = [_ok(i, body) for i in range(group, lines, groups)]
+        await store_results(collection, batch_id, chunk, NOW)
+    budget = 200_000  # about 8 of the 40 pages
+    counting = _CountingFinds(collection)
+    ok = await _all(counting, batch_id, ok=True, cache_bytes=budget)
+    assert [r.line_index for r in ok] == list(range(lines))
+    assert all(r.body == body for r in ok)
+    ranges = -(-lines * (len(body) + 60) // budget)
+    assert counting.fetches <= (ranges + 1) * groups, counting.fetches  # LRU: ~one per line

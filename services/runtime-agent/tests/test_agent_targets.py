@@ -46,6 +46,7 @@ def test_runpod_runs_vllm_serve_on_loopback_with_every_flag() -> None:
         "--max-model-len", "4096",
         "--gpu-memory-utilization", "0.9", "--enforce-eager",
         "--tensor-parallel-size", "2", "--data-parallel-size", "3",
+        "--enable-prefix-caching", "--enable-prompt-tokens-details",
     ]  # fmt: skip
     assert launch.port == 8123
 
@@ -54,6 +55,32 @@ def test_parallelism_already_in_the_args_is_not_repeated() -> None:
     argv = engine_argv(spec(serve_args=["--tensor-parallel-size", "4"], engine_args={}))
     assert argv.count("--tensor-parallel-size") == 1
     assert argv[argv.index("--tensor-parallel-size") + 1] == "4"
+
+
+PREFIX, DETAILS = "--enable-prefix-caching", "--enable-prompt-tokens-details"
+
+
+@pytest.mark.parametrize(
+    ("serve_args", "engine_args", "expected"),
+    [
+        ([], {}, [PREFIX, DETAILS]),
+        # The template's own word, either way and in any spelling, is not repeated.
+        ([PREFIX], {}, [PREFIX, DETAILS]),
+        (["--no-enable-prefix-caching"], {}, ["--no-enable-prefix-caching", DETAILS]),
+        ([DETAILS + "=false"], {}, [DETAILS + "=false", PREFIX]),
+        ([], {"enable_prefix_caching": True}, [PREFIX, DETAILS]),
+        ([], {"enable_prefix_caching": False}, [DETAILS]),
+        ([], {"enable-prompt-tokens-details": False}, [PREFIX]),
+    ],
+)
+def test_cache_switches_are_added_once_unless_the_template_sets_them(
+    serve_args: list[str], engine_args: dict[str, object], expected: list[str]
+) -> None:
+    for runtime in ("runpod", "lambdaCloud"):
+        engine = spec(serve_args=serve_args, engine_args=engine_args)
+        argv = plan_launch(runtime, "batch_1", engine).argv
+        said = [word for word in argv if "prefix-caching" in word or "tokens-details" in word]
+        assert said == expected, (runtime, argv)
 
 
 def test_lambda_runs_the_image_in_docker_on_port_8000() -> None:
@@ -65,6 +92,7 @@ def test_lambda_runs_the_image_in_docker_on_port_8000() -> None:
         "--host", "0.0.0.0", "--port", "8000",
         "--max-model-len", "4096", "--gpu-memory-utilization", "0.9", "--enforce-eager",
         "--tensor-parallel-size", "2", "--data-parallel-size", "3",
+        "--enable-prefix-caching", "--enable-prompt-tokens-details",
     ]  # fmt: skip
     # A first run pulls the image: the launch may take longer than a plain command.
     assert launch.launch_timeout_seconds >= 600

@@ -104,6 +104,9 @@ class Usage(msgspec.Struct, frozen=True):
     input_tokens: int = 0
     output_tokens: int = 0
     total_tokens: int = 0
+    # Of input_tokens, those the engine's prefix cache served (vLLM's
+    # `usage.prompt_tokens_details.cached_tokens`; OpenAI's `input_tokens_details`).
+    cached_tokens: int = 0
 
 
 class ResourceRequest(msgspec.Struct, frozen=True, kw_only=True):

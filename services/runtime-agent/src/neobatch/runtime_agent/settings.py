@@ -131,6 +131,15 @@ class AgentSettings(Settings, frozen=True, kw_only=True):
             minimum=1024 * 1024,
         ),
     ] = MAX_PENDING_BYTES
+    prefix_order: Annotated[
+        bool,
+        Env(
+            "NEOBATCH_DISPATCH_PREFIX_ORDER",
+            "Send requests that share a prompt prefix (system prompt, few-shot block) together "
+            "so the engine's prefix cache hits; `false` = input order. Output files are in "
+            "input order either way",
+        ),
+    ] = True
     # Each batch on its own machine.
     max_batches: Annotated[
         int, Env("NEOBATCH_MAX_BATCHES", "Batches one agent runs at once", minimum=1)

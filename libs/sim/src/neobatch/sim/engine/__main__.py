@@ -43,6 +43,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--oversize-bytes", type=int, default=50 * 1024 * 1024)
     parser.add_argument("--oversize-transfer", choices=TRANSFERS, default="length")
+    parser.add_argument("--enable-prefix-caching", action="store_true")
+    parser.add_argument(
+        "--enable-prompt-tokens-details",
+        action="store_true",
+        help="report usage.prompt_tokens_details.cached_tokens, as vLLM does",
+    )
+    parser.add_argument("--block-size", type=int, default=16, help="prefix cache block (words)")
+    parser.add_argument("--cache-blocks", type=int, default=4096, help="prefix cache capacity")
     args = parser.parse_args(argv)
     for flag in ("failure_rate", "status_429_rate", "hang_rate", "oversize_rate"):
         if not 0.0 <= getattr(args, flag) <= 1.0:
@@ -70,6 +78,10 @@ async def _serve(args: argparse.Namespace) -> None:
         oversize_rate=args.oversize_rate,
         oversize_bytes=args.oversize_bytes,
         oversize_transfer=args.oversize_transfer,
+        prefix_caching=args.enable_prefix_caching,
+        prompt_tokens_details=args.enable_prompt_tokens_details,
+        block_size=args.block_size,
+        cache_blocks=args.cache_blocks,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -19,6 +19,12 @@ import msgspec
 from aiohttp import web
 
 from neobatch.sim.engine.oversize import is_oversize, send_oversize
+from neobatch.sim.engine.prefix_cache import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_CAPACITY_BLOCKS,
+    PrefixCache,
+    prompt_words,
+)
 from neobatch.sim.engine.replies import (
     API_PATHS,
     DEFAULT_MODEL,
@@ -55,6 +61,12 @@ class EngineConfig:
     oversize_rate: float = 0.0
     oversize_bytes: int = 50 * 1024 * 1024
     oversize_transfer: str = "length"
+    # vLLM's `--enable-prefix-caching` and `--enable-prompt-tokens-details`: a simulated prefix
+    # cache (`prefix_cache`), its hits reported as `usage.prompt_tokens_details.cached_tokens`.
+    prefix_caching: bool = False
+    prompt_tokens_details: bool = False
+    block_size: int = DEFAULT_BLOCK_SIZE
+    cache_blocks: int = DEFAULT_CAPACITY_BLOCKS
 
 
 FAILURE_MODES = ("request", "attempt")
@@ -72,6 +84,7 @@ class _EngineState:
     # Attempts seen per request (X-Request-Id, else the body's hash).
     attempts: Counter[str] = field(default_factory=Counter)
     log_file: IO[str] | None = None
+    cache: PrefixCache | None = None
 
     def ready(self) -> bool:
         return time.monotonic() - self.started_at >= self.config.startup_delay_seconds
@@ -154,6 +167,8 @@ async def _api(request: web.Request) -> web.StreamResponse:
             response = SimResponse(
                 500, error_body("simulated engine failure", "InternalServerError", 500)
             )
+        if response.status == 200:
+            _report_cached(state, body, response.body)
     # Client errors are rejected before "inference", so only 200/500 pay the latency.
     delay = config.latency_ms / 1000 if response.status in (200, 500) else 0.0
     if hang:
@@ -200,6 +215,18 @@ async def _answer(
     state.log_file.write(msgspec.json.encode(line).decode() + "\n")
     state.log_file.flush()  # the line is the OS's now: it survives any client's death
     return reply
+
+
+def _report_cached(state: _EngineState, body: Any, reply: dict[str, Any]) -> None:
+    """Look the prompt up in the prefix cache (when on) and report its hits like vLLM."""
+    usage = reply.get("usage")
+    if not isinstance(usage, dict) or "completion_tokens" not in usage:
+        return  # embeddings: no prefix cache
+    cached = 0
+    if state.cache is not None and isinstance(body, dict):
+        cached = state.cache.lookup_and_insert(prompt_words(body), usage["prompt_tokens"])
+    if state.config.prompt_tokens_details:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
 
 
 def _record(state: _EngineState, path: str, response: SimResponse) -> None:
@@ -256,6 +283,8 @@ def render_metrics(state: _EngineState) -> str:
 def build_app(config: EngineConfig | None = None) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     state = _EngineState(config or EngineConfig())
+    if state.config.prefix_caching:
+        state.cache = PrefixCache(state.config.block_size, state.config.cache_blocks)
     app[_STATE] = state
 
     async def _mark_started(_: web.Application) -> None:

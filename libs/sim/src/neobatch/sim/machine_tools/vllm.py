@@ -17,12 +17,18 @@ _VLLM_SWITCHES = frozenset(
         "--disable-log-requests",
         "--disable-log-stats",
         "--enable-prefix-caching",
+        "--no-enable-prefix-caching",
+        "--enable-prompt-tokens-details",
+        "--no-enable-prompt-tokens-details",
         "--enable-chunked-prefill",
         "--enable-lora",
         "--enable-auto-tool-choice",
         "--disable-custom-all-reduce",
     }
 )
+
+
+_CACHE_FLAGS = ("--enable-prefix-caching", "--enable-prompt-tokens-details")
 
 
 def vllm_options(args: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -52,9 +58,13 @@ def engine_argv(cfg: dict[str, Any], port: int, vllm_args: list[str]) -> list[st
     served = options.get("--served-model-name") or model
     if not served:
         return "error: the model is required (vllm serve MODEL or --model MODEL)"
+    # The prefix cache switches reach the simulator (vLLM's own --block-size with them).
+    passed = [flag for flag in _CACHE_FLAGS if options.get(flag, "no") in ("", "true", "True")]
+    if "--block-size" in options:
+        passed += ["--block-size", options["--block-size"]]
     return [
         cfg["python"], "-m", ENGINE_MODULE, "--host", "127.0.0.1", "--port", str(port),
-        "--model", served, *cfg.get("engine_args", []),
+        "--model", served, *passed, *cfg.get("engine_args", []),
     ]  # fmt: skip
 
 

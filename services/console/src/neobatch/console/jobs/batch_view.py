@@ -12,8 +12,8 @@ from typing import Any
 
 from neobatch.common.contracts import JobStatus
 from neobatch.common.logs import redact_text
-from neobatch.console.jobs.job_view import request_counts
-from neobatch.console.jobs.schemas import BatchError, BatchErrors, BatchOut, Usage
+from neobatch.console.jobs.job_view import request_counts, usage_view
+from neobatch.console.jobs.schemas import BatchError, BatchErrors, BatchOut
 from neobatch.console.wire import unix_seconds_or_none
 
 J = JobStatus
@@ -73,15 +73,6 @@ def _expires_at(job: dict[str, Any]) -> int | None:
     return None
 
 
-def _usage(job: dict[str, Any]) -> Usage:
-    usage = job.get("usage") or {}
-    return Usage(
-        input_tokens=int(usage.get("input_tokens") or 0),
-        output_tokens=int(usage.get("output_tokens") or 0),
-        total_tokens=int(usage.get("total_tokens") or 0),
-    )
-
-
 def _failed_at(job: dict[str, Any]) -> int | None:
     if JobStatus(job["status"]) not in _FAILED:
         return None
@@ -111,7 +102,7 @@ def batch_view(job: dict[str, Any]) -> BatchOut:
         request_counts=request_counts(job),
         metadata=job.get("metadata") or {},
         model=job.get("serving_name") or None,
-        usage=_usage(job),
+        usage=usage_view(job),
         in_progress_at=unix_seconds_or_none(job.get("in_progress_at")),
         finalizing_at=unix_seconds_or_none(job.get("finalizing_at")),
         completed_at=unix_seconds_or_none(job.get("completed_at")),

@@ -12,12 +12,14 @@ from typing import Any, NamedTuple
 from neobatch.common.logs import redact_text
 from neobatch.console.jobs.rules import JOB_TIMESTAMPS
 from neobatch.console.jobs.schemas import (
+    InputTokensDetails,
     JobEvent,
     JobOut,
     ProvisionOut,
     ReplicasOut,
     RequestCounts,
     SshEndpoint,
+    Usage,
 )
 from neobatch.console.wire import unix_seconds_or_none
 
@@ -153,6 +155,17 @@ def request_counts(job: dict[str, Any]) -> RequestCounts:
     )
 
 
+def usage_view(job: dict[str, Any]) -> Usage:
+    """The job's token usage, OpenAI's shape (cached input tokens under input_tokens_details)."""
+    usage = job.get("usage") or {}
+    return Usage(
+        input_tokens=int(usage.get("input_tokens") or 0),
+        input_tokens_details=InputTokensDetails(cached_tokens=int(usage.get("cached_tokens") or 0)),
+        output_tokens=int(usage.get("output_tokens") or 0),
+        total_tokens=int(usage.get("total_tokens") or 0),
+    )
+
+
 def provision_view(provision: dict[str, Any], *, include_endpoint: bool) -> ProvisionOut:
     """The provision block. Only identifiers and state: never credentials or raw provider data."""
     endpoint = provision.get("endpoint") or None
@@ -212,6 +225,7 @@ def job_view(job: dict[str, Any], provision: dict[str, Any] | None, *, caller: s
         error_dataset=job.get("error_dataset"),
         completion_window=job.get("completion_window") or "",
         request_counts=request_counts(job),
+        usage=usage_view(job),
         error_code=job.get("error_code"),
         error_message=error_message or None,
         metadata=job.get("metadata") or {},

@@ -167,6 +167,8 @@ class JobOut(msgspec.Struct, kw_only=True):
     error_dataset: str | None
     completion_window: str
     request_counts: RequestCounts
+    # Summed when the batch ends (output files written), as AIBrix and OpenAI report it.
+    usage: Usage
     error_code: str | None
     error_message: str | None
     metadata: dict[str, str]

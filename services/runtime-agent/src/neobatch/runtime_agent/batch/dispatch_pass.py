@@ -17,6 +17,7 @@ from neobatch.common.logs import log_fields
 from neobatch.common.metrics import DispatchObserver, timed_dispatch
 from neobatch.runtime_agent.batch.batches import Batch
 from neobatch.runtime_agent.batch.store import BatchStore
+from neobatch.runtime_agent.dispatch.order import NO_LEAF, OrderPlanner, prefix_key
 from neobatch.runtime_agent.dispatch.pool import dispatch_all
 from neobatch.runtime_agent.dispatch.tally import RequestResult, Tally
 from neobatch.runtime_agent.engine.client import EngineClient
@@ -25,6 +26,9 @@ log = logging.getLogger("neobatch.runtime_agent.batch.dispatch_pass")
 
 # How long the first answer into an empty checkpoint buffer waits for others to join it.
 DISPATCH_CHECKPOINT_LINGER_SECONDS = 0.025
+# Raw input lines one read of the input file may hold for the prefix groups it yields after
+# that read (`order.Sweep`): a batch whose shuffled groups weigh more reads the file again.
+ORDER_BUFFER_BYTES = 32 * 1024 * 1024
 
 
 async def pending_requests(
@@ -39,6 +43,56 @@ async def pending_requests(
             yield parse_request(raw, index)
 
 
+async def ordered_requests(
+    store: BatchStore,
+    input_file_id: str,
+    done: set[int],
+    *,
+    log_ids: dict[str, str] | None = None,
+    buffer_bytes: int = ORDER_BUFFER_BYTES,
+) -> AsyncIterator[BatchRequest]:
+    """`pending_requests` in prefix-aware order (`dispatch.order`): one read of the input to
+    plan, then one read per sweep of the plan (one for most batches). Each pending line is
+    yielded exactly once; no body is held but the buffered ones of the current sweep."""
+    started = time.monotonic()
+    planner = OrderPlanner()
+    index = -1
+    async for raw in store.input_lines(input_file_id):
+        index += 1
+        raw = strip_bom(raw, index)
+        if index in done or is_blank(raw):
+            planner.skip()
+        else:
+            planner.add(prefix_key(parse_request(raw, index).body), len(raw))
+    plan = planner.plan(buffer_bytes)
+    log.info(
+        "dispatch order planned",
+        extra=log_fields(
+            **(log_ids or {}),
+            prefix_groups=plan.leaves,
+            input_reads=len(plan.sweeps),
+            seconds=round(time.monotonic() - started, 3),
+        ),
+    )
+    sweep_of, streamed = plan.sweep_of()
+    for number, sweep in enumerate(plan.sweeps):
+        held: dict[int, list[tuple[int, bytes]]] = {leaf: [] for leaf in sweep.buffered}
+        index = -1
+        async for raw in store.input_lines(input_file_id):
+            index += 1
+            leaf = plan.leaf_of[index] if index < plan.lines else NO_LEAF
+            if leaf == NO_LEAF or sweep_of[leaf] != number:
+                continue
+            raw = strip_bom(raw, index)
+            if streamed[leaf]:
+                yield parse_request(raw, index)
+            else:
+                held[leaf].append((index, raw))
+        for leaf in sweep.buffered:
+            for line, raw in held.pop(leaf):
+                yield parse_request(raw, line)
+
+
 async def dispatch_pass(
     store: BatchStore,
     batch: Batch,
@@ -47,6 +101,7 @@ async def dispatch_pass(
     *,
     interrupted: Callable[[], bool],
     tunnel_down: Callable[[], bool],
+    prefix_order: bool = True,
 ) -> float:
     """Send what has no stored result yet, adding each stored result to `tally`.
 
@@ -78,8 +133,14 @@ async def dispatch_pass(
     )
     async with writer:
         try:
+            ids = {"batch_id": batch.id, "job_id": batch.job_id}
+            requests = (
+                ordered_requests(store, batch.input_file_id, done, log_ids=ids)
+                if prefix_order
+                else pending_requests(store, batch.input_file_id, done)
+            )
             summary = await dispatch_all(
-                pending_requests(store, batch.input_file_id, done),
+                requests,
                 timed_dispatch(client.send, observer),
                 record,
                 controller=client.controller,
@@ -102,6 +163,7 @@ async def dispatch_pass(
             seconds=round(elapsed, 3),
             requests_per_second=round(finished / elapsed, 1) if elapsed > 0 else None,
             concurrency_limit=client.controller.limit,
+            order="prefix" if prefix_order else "input",
             checkpoint_writes=writer.writes,
             # Times dispatch paused because `concurrency` answers waited to be stored.
             checkpoint_pauses=writer.paused,

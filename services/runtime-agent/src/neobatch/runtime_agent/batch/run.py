@@ -82,6 +82,7 @@ class BatchRun:
         self._clock = clock
         self._owner = owner
         self._max_line_bytes = settings.common.max_input_line_bytes
+        self._prefix_order = settings.prefix_order
         self.watch = watch
         self._session = EngineSession(
             batch,
@@ -188,6 +189,7 @@ class BatchRun:
                     self.tally,
                     interrupted=self.watch.interrupted.is_set,
                     tunnel_down=lambda: session.is_closed,
+                    prefix_order=self._prefix_order,
                 )
             finally:
                 await client.close()

@@ -53,8 +53,22 @@ def _flag(key: str) -> str:
     return key if key.startswith("-") else "--" + key.replace("_", "-")
 
 
+# Added to every vLLM launch unless the template says either way itself (the flag, `=value`,
+# its `--no-` form, or the `engine_args` key, false included): prefix caching, and each
+# response's `usage.prompt_tokens_details.cached_tokens`, which the batch's usage sums.
+DEFAULT_VLLM_SWITCHES = ("--enable-prefix-caching", "--enable-prompt-tokens-details")
+
+
+def _says(argv: list[str], engine: EngineSpec, flag: str) -> bool:
+    names = {flag, "--no-" + flag.removeprefix("--")}
+    return any(word.partition("=")[0] in names for word in argv) or any(
+        _flag(key) in names for key in engine.engine_args
+    )
+
+
 def vllm_options(engine: EngineSpec) -> list[str]:
-    """`serve_args`, then `engine_args` as `--flags`, then parallelism sizes above 1."""
+    """`serve_args`, then `engine_args` as `--flags`, then parallelism sizes above 1, then the
+    `DEFAULT_VLLM_SWITCHES` the template did not set."""
     argv = list(engine.serve_args)
     for key, value in engine.engine_args.items():
         if value is None or value is False:
@@ -71,6 +85,7 @@ def vllm_options(engine: EngineSpec) -> list[str]:
         size = engine.parallelism.get(short)
         if isinstance(size, int) and size > 1 and flag not in argv:
             argv += [flag, str(size)]
+    argv += [flag for flag in DEFAULT_VLLM_SWITCHES if not _says(argv, engine, flag)]
     return argv
 
 

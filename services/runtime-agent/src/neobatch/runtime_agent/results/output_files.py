@@ -45,10 +45,16 @@ class _Line(msgspec.Struct):
     error: _Error | None
 
 
+class _PromptDetails(msgspec.Struct):
+    cached_tokens: int | None = 0
+
+
 class _EngineUsage(msgspec.Struct):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    # vLLM sends it (null unless started with --enable-prompt-tokens-details).
+    prompt_tokens_details: _PromptDetails | None = None
 
 
 class _UsageOnly(msgspec.Struct):
@@ -67,6 +73,7 @@ class UsageSum:
         self.input_tokens = 0
         self.output_tokens = 0
         self.total_tokens = 0
+        self.cached_tokens = 0
 
     def add(self, body: bytes | None) -> None:
         if not body:
@@ -80,12 +87,15 @@ class UsageSum:
         self.input_tokens += usage.prompt_tokens
         self.output_tokens += usage.completion_tokens
         self.total_tokens += usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
+        if usage.prompt_tokens_details is not None:
+            self.cached_tokens += usage.prompt_tokens_details.cached_tokens or 0
 
     def usage(self) -> Usage:
         return Usage(
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,
             total_tokens=self.total_tokens,
+            cached_tokens=self.cached_tokens,
         )
 
 

@@ -134,6 +134,7 @@ def build_pages(
             end += 1
         chunk = ordered[start:end]
         first = chunk[0].line_index
+        blob = _ENCODER.encode(chunk)
         pages.append(
             {
                 "_id": f"{batch_id}:{first:09d}:{secrets.token_hex(6)}",
@@ -141,7 +142,9 @@ def build_pages(
                 "first_line": first,
                 "lines": pack_lines(r.line_index for r in chunk),
                 "failed": pack_lines(r.line_index for r in chunk if not r.ok),
-                "results": _ENCODER.encode(chunk),
+                "results": blob,
+                # What reading it back costs: readers size their ranges by it (`reading`).
+                "bytes": len(blob),
                 "finished_at": now,
             }
         )

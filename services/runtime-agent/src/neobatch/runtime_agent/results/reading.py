@@ -1,17 +1,19 @@
 """Reading checkpoint pages back (their format: `pages`), the first stored copy of a line winning.
 
-Reading back is two passes so memory stays bounded by a cache, not by the batch: the first
-reads only the small `lines`/`failed` arrays and maps each line to its winning page; the
-second walks the lines in input order, fetching page blobs by `_id` into an LRU bounded by
-bytes, each dropped once its last line is yielded (pages are nearly in line order, so almost
-every lookup hits; a straggler, a retried request stored in a much later page, costs one
-extra fetch at most).
+Reading back is two passes so memory stays bounded by a budget, not by the batch: the first
+reads only the small `lines`/`failed`/`bytes` fields and maps each line to its winning page;
+the second walks the lines in input order in ranges whose results weigh about the budget, each
+range fetching once every page that holds one of its lines and keeping only the range's
+results. Pages are written in dispatch order: in input order (prefix order off, or no shared
+prefixes) a page belongs to one or two ranges and is fetched about once; a shuffled batch sent
+by prefix group spreads every page over the whole input, and each range fetches them again, so
+the reads grow with (results / budget) x results, never with the number of lines, and never
+holding more than the budget and one page.
 """
 
 from __future__ import annotations
 
 from array import array
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,12 +21,19 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
 from neobatch.runtime_agent.dispatch.tally import RequestResult
-from neobatch.runtime_agent.results.pages import FIND_BATCH_SIZE, RESULTS_DECODER, unpack_lines
+from neobatch.runtime_agent.results.pages import (
+    FIND_BATCH_SIZE,
+    PAGE_BYTES,
+    RESULTS_DECODER,
+    unpack_lines,
+)
 
 # Bytes of page blobs the second read pass keeps decoded (a few pages).
 READ_CACHE_BYTES = 16 * 1024 * 1024
 _ORDER = [("first_line", ASCENDING), ("_id", ASCENDING)]
-_LINES_FIELDS = {"lines": 1, "failed": 1}
+_LINES_FIELDS = {"lines": 1, "failed": 1, "bytes": 1}
+# What a page stored before pages recorded their size counts as: a full one.
+_UNKNOWN_PAGE_BYTES = PAGE_BYTES
 _LINES_ONLY = {"lines": 1, "_id": 0}
 Document = dict[str, Any]
 
@@ -41,10 +50,13 @@ class _Winners:
         self.page_ids: list[str] = []
         self.page = array("i")
         self.failed = bytearray()
+        # Per page: the bytes one of its results weighs, on average.
+        self.line_bytes = array("d")
 
-    def add(self, page_id: str, lines: array[int], failed: array[int]) -> None:
+    def add(self, page_id: str, lines: array[int], failed: array[int], size: int) -> None:
         number = len(self.page_ids)
         self.page_ids.append(page_id)
+        self.line_bytes.append(size / max(1, len(lines)))
         if not lines:
             return
         top = max(lines)
@@ -74,7 +86,8 @@ async def _winners(collection: AsyncCollection[Document], batch_id: str) -> _Win
         .batch_size(FIND_BATCH_SIZE)
     )
     async for doc in cursor:
-        winners.add(doc["_id"], unpack_lines(doc["lines"]), unpack_lines(doc["failed"]))
+        size = int(doc.get("bytes") or _UNKNOWN_PAGE_BYTES)
+        winners.add(doc["_id"], unpack_lines(doc["lines"]), unpack_lines(doc["failed"]), size)
     return winners
 
 
@@ -101,41 +114,35 @@ async def iter_results(
 ) -> AsyncIterator[RequestResult]:
     """Stored results of one kind, in input order (the winning copy of each line).
 
-    Holds the line -> page map (pass 1) and at most `cache_bytes` of page blobs, decoded
-    (at least the page in use), however large the batch.
+    Holds the line -> page map (pass 1), the results of one range of lines (about
+    `cache_bytes`, at least one line) and the page being read, however large the batch.
     """
     winners = await _winners(collection, batch_id)
     want = 0 if ok else 1
-    # page number -> (its results of the wanted kind by line, the page blob's size)
-    cache: OrderedDict[int, tuple[dict[int, RequestResult], int]] = OrderedDict()
-    held = 0
-    page_of, failed = winners.page, winners.failed
-    # Lines each page has still to yield: a page is dropped once it has none left, so the
-    # cache normally holds one or two pages and only stragglers' pages wait in it.
-    left = [0] * len(winners.page_ids)
-    for line, number in enumerate(page_of):
-        if number >= 0 and failed[line] == want:
-            left[number] += 1
-    for line in range(len(page_of)):
-        number = page_of[line]
-        if number < 0 or failed[line] != want:
-            continue
-        entry = cache.get(number)
-        if entry is None:
-            entry = await _fetch_page(collection, winners.page_ids[number], ok)
-            cache[number] = entry
-            held += entry[1]
-            while held > cache_bytes and len(cache) > 1:
-                _, (_, size) = cache.popitem(last=False)
-                held -= size
-        else:
-            cache.move_to_end(number)
-        result = entry[0][line]
-        left[number] -= 1
-        if not left[number]:
-            del cache[number]
-            held -= entry[1]
-        yield result
+    page_of, failed, line_bytes = winners.page, winners.failed, winners.line_bytes
+    lines = len(page_of)
+    start = 0
+    while start < lines:
+        end, weight = start, 0.0
+        pages: set[int] = set()
+        while end < lines:
+            number = page_of[end]
+            if number >= 0 and failed[end] == want:
+                if pages and weight + line_bytes[number] > cache_bytes:
+                    break
+                weight += line_bytes[number]
+                pages.add(number)
+            end += 1
+        found: dict[int, RequestResult] = {}
+        for number in sorted(pages):
+            by_line, _ = await _fetch_page(collection, winners.page_ids[number], ok)
+            for line, result in by_line.items():
+                if start <= line < end and page_of[line] == number:
+                    found[line] = result
+        for line in range(start, end):
+            if page_of[line] >= 0 and failed[line] == want:
+                yield found.pop(line)
+        start = end
 
 
 async def _fetch_page(
