@@ -18,7 +18,7 @@ import logging
 import asyncssh
 
 from neobatch.common.logs import log_fields
-from neobatch.runtime_agent.batch.batches import Batch
+from neobatch.runtime_agent.batch.batches import Batch, machine_left_behind
 from neobatch.runtime_agent.batch.lease_watch import BatchWatch
 from neobatch.runtime_agent.batch.store import BatchStore
 from neobatch.runtime_agent.engine.client import EngineClient, EngineNotReady
@@ -219,6 +219,20 @@ class EngineSession:
                     extra=log_fields(**self._ids, attempt=attempt, error=str(exc)),
                 )
                 await self.close()
+
+    async def stop_if_left_behind(self) -> None:
+        """After the lease was lost: stop the engine and remove the work directory when no one
+        else will (`machine_left_behind`: the batch ended or moved to another machine); leave
+        them to the new owner otherwise, or when the database cannot say. Never raises."""
+        if not self.connected:
+            return  # never got onto the machine: nothing of ours is there
+        try:
+            current = await self._store.find_batch(self._batch.id)
+        except Exception:
+            return
+        if machine_left_behind(self._batch, current):
+            log.info("lease lost; stopping the engine left behind", extra=log_fields(**self._ids))
+            await self.stop()
 
     async def _remove_workdir(self, host: remote.RemoteHost, launch: EngineLaunch) -> None:
         """Leave nothing of the batch on the machine (pool machines are reused); never raises:
