@@ -71,6 +71,7 @@ def test_cancel_while_the_engine_starts(console: ConsoleClient, model_id: str) -
     ended = console.wait_settled(job["id"], 30)
     assert ended["status"] == "cancelled"
     assert ended["request_counts"]["completed"] == 0
+    assert not (WORK_ROOT / ended["batch_id"]).exists()  # the engine's directory went too
 
 
 def test_cancel_mid_run_keeps_finished_lines(console: ConsoleClient, model_id: str) -> None:
@@ -84,6 +85,7 @@ def test_cancel_mid_run_keeps_finished_lines(console: ConsoleClient, model_id: s
     assert ended["status"] == "cancelled"
     done = ended["request_counts"]["completed"]
     assert 16 <= done < requests
+    assert not (WORK_ROOT / ended["batch_id"]).exists()
     output = console.file_lines(ended["output_dataset"])
     ids = [line["custom_id"] for line in output]
     assert len(ids) == len(set(ids)) == done
@@ -109,6 +111,7 @@ def test_expiry_keeps_finished_lines_and_marks_the_rest_expired(
     assert expired
     ids = [line["custom_id"] for line in output + errors]
     assert sorted(ids) == sorted(f"request-{i}" for i in range(1, requests + 1))
+    assert not (WORK_ROOT / ended["batch_id"]).exists()
 
 
 def test_cancel_while_submitting_with_the_agent_down(
