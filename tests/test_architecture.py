@@ -33,6 +33,7 @@ PURE_MODULES = [
     "services/runtime-agent/src/neobatch/runtime_agent/dispatch/policy.py",
     "services/runtime-agent/src/neobatch/runtime_agent/dispatch/tally.py",
     "services/runtime-agent/src/neobatch/runtime_agent/dispatch/order.py",
+    "services/runtime-agent/src/neobatch/runtime_agent/machine/engine_log.py",
     "services/runtime-agent/src/neobatch/runtime_agent/machine/errors.py",
     "services/runtime-agent/src/neobatch/runtime_agent/machine/launch.py",
     "libs/common/src/neobatch/common/batch_input.py",

@@ -7,11 +7,17 @@ requests had finished must be in its output.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from neobatch.sim.devstack import Ports, Stack, start_stack
 from neobatch.sim.devstack.scenario import ConsoleClient, batch_lines, sim_engine_template
+
+# Where the runtime-agent keeps a batch's engine (its log, its pid) on the machine: the pool's
+# "machines" are this host, so the directory is visible here.
+WORK_ROOT = Path("/tmp/neobatch")
 
 POOL_HOSTS = 4
 
@@ -65,6 +71,7 @@ def test_cancel_while_the_engine_starts(console: ConsoleClient, model_id: str) -
     ended = console.wait_settled(job["id"], 30)
     assert ended["status"] == "cancelled"
     assert ended["request_counts"]["completed"] == 0
+    assert not (WORK_ROOT / ended["batch_id"]).exists()  # the engine's directory went too
 
 
 def test_cancel_mid_run_keeps_finished_lines(console: ConsoleClient, model_id: str) -> None:
@@ -78,6 +85,7 @@ def test_cancel_mid_run_keeps_finished_lines(console: ConsoleClient, model_id: s
     assert ended["status"] == "cancelled"
     done = ended["request_counts"]["completed"]
     assert 16 <= done < requests
+    assert not (WORK_ROOT / ended["batch_id"]).exists()
     output = console.file_lines(ended["output_dataset"])
     ids = [line["custom_id"] for line in output]
     assert len(ids) == len(set(ids)) == done
@@ -103,6 +111,7 @@ def test_expiry_keeps_finished_lines_and_marks_the_rest_expired(
     assert expired
     ids = [line["custom_id"] for line in output + errors]
     assert sorted(ids) == sorted(f"request-{i}" for i in range(1, requests + 1))
+    assert not (WORK_ROOT / ended["batch_id"]).exists()
 
 
 def test_cancel_while_submitting_with_the_agent_down(
@@ -119,3 +128,31 @@ def test_cancel_while_submitting_with_the_agent_down(
         stack.restart("runtime-agent")
     ended = console.wait_settled(job["id"], 60)
     assert ended["status"] == "cancelled"
+
+
+def test_an_engine_that_dies_at_start_says_why(console: ConsoleClient, model_id: str) -> None:
+    """The job's error is the engine's own last error line, in the AIBrix job view and in the
+    OpenAI batch's `errors`; nothing of the batch is left on the machine (issue 14)."""
+    reason = (
+        "ValueError: Available memory on node 0 (9.4/13.59 GiB) on startup is less than "
+        "desired CPU memory utilization (0.92, 12.5 GiB)"
+    )
+
+    def failing(template: dict[str, Any]) -> None:
+        template["spec"]["engine"]["command"] += ["--fail-at-start", reason]
+
+    job = console.sim_job(model_id, "dies-at-start", 3, edit_template=failing)
+    ended = console.wait_settled(job["id"], 90)
+    # AIBrix: an engine that never ran is a submit failure, not a failed batch.
+    assert ended["status"] == "submit_failed"
+    assert ended["error_code"] == "engine_not_ready"
+    assert ended["error_message"].startswith(reason), ended["error_message"]
+    assert len(ended["error_message"]) <= 400
+
+    batch = console.http.get(f"/v1/batches/{ended['batch_id']}").json()
+    assert batch["status"] == "failed"
+    [error] = batch["errors"]["data"]
+    assert error["code"] == "engine_not_ready" and error["message"].startswith(reason)
+
+    # The engine's log went with its work directory once the batch was terminal.
+    assert not (WORK_ROOT / ended["batch_id"]).exists()

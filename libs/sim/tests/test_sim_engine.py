@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import aiohttp
 import pytest
 
@@ -180,3 +183,16 @@ def test_the_vllm_shim_passes_the_cache_switches_to_the_simulator() -> None:
     ]  # fmt: skip
     plain = engine_argv(cfg, 9000, ["org/m", "--no-enable-prefix-caching", "--port", "9000"])
     assert isinstance(plain, list) and plain[plain.index("--model") :] == ["--model", "org/m"]
+def test_fail_at_start_prints_a_vllm_start_up_failure_and_exits_1() -> None:
+    reason = "ValueError: Available memory on node 0 (9.4/13.59 GiB) is too little"
+    done = subprocess.run(
+        [sys.executable, "-m", "neobatch.sim.engine", "--port", "1", "--fail-at-start", reason],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert any(line.endswith(f"] {reason}") for line in lines)  # logged as vLLM ERROR lines
+    assert any(line.endswith(f") {reason}") for line in lines)  # and the engine core's traceback
+    assert "See root cause above" in lines[-1]  # the API server's wrapper comes last, as in vLLM

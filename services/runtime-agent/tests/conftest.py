@@ -7,12 +7,17 @@ fixtures; the backing servers and simulators come from `neobatch.sim.pytest_plug
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import shutil
+import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -38,6 +43,7 @@ from neobatch.runtime_agent.batch.batches import Batch
 from neobatch.runtime_agent.batch.store import BatchStore
 from neobatch.runtime_agent.dispatch.policy import DispatchDefaults
 from neobatch.runtime_agent.dispatch.tally import RequestResult
+from neobatch.runtime_agent.machine.launch import workdir
 from neobatch.runtime_agent.results.pages import RESULTS, store_results
 from neobatch.runtime_agent.settings import AgentSettings
 from neobatch.sim.devstack.sample_batch import sample_request
@@ -52,8 +58,33 @@ CHAT = "/v1/chat/completions"
 TEST_DISPATCH = DispatchDefaults(concurrency=32, request_timeout_seconds=30.0, max_retries=1)
 
 
+# The batch ids this test handed out: what `_leave_no_work_directory` removes after it.
+_ISSUED: list[str] = []
+
+
 def new_batch_id() -> str:
-    return f"batch_{uuid.uuid4().hex}"
+    batch_id = f"batch_{uuid.uuid4().hex}"
+    _ISSUED.append(batch_id)
+    return batch_id
+
+
+@pytest.fixture(autouse=True)
+def _leave_no_work_directory() -> Iterator[None]:
+    """After each test, nothing of its batches on this machine (the loopback SSH host's
+    `/tmp/neobatch/<batch>`): a test that ends mid-batch, or drives `RemoteHost` directly,
+    leaves the engine running or its directory behind, and hundreds of them piled up here.
+    Only this test's own batch ids: other test runs share the directory."""
+    _ISSUED.clear()
+    yield
+    for batch_id in _ISSUED:
+        path = Path(workdir(batch_id))
+        with contextlib.suppress(OSError, ValueError):
+            pgid = int((path / "pid").read_text().strip())
+            # Only the engine started there (it runs in its directory), never a reused pid.
+            if os.readlink(f"/proc/{pgid}/cwd") == str(path):
+                os.killpg(pgid, signal.SIGKILL)
+        shutil.rmtree(path, ignore_errors=True)
+    _ISSUED.clear()
 
 
 def sim_engine_spec(

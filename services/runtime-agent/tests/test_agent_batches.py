@@ -29,6 +29,7 @@ from neobatch.runtime_agent.batch.batches import (
     decide_end,
     decide_move,
     input_failure,
+    machine_left_behind,
     path_to,
     plan_outcome,
     plan_start,
@@ -264,3 +265,23 @@ def test_input_failure(lines: list[bytes], code: str | None) -> None:
     assert failure is not None and failure.code == code and failure.message == report.summary()
     assert failure.errors and all(e["object"] == "error" for e in failure.errors)
     assert failure.errors[0]["message"] == report.errors[0].message
+
+
+@pytest.mark.parametrize(
+    "status,target,expected",
+    [
+        (S.IN_PROGRESS, None, False),  # a new owner on the same machine reuses the engine
+        (S.FINALIZING, None, False),
+        (S.IN_PROGRESS, ("10.0.0.9", 22, "root"), True),  # moved to a replacement machine
+        (S.IN_PROGRESS, ("127.0.0.1", 22, "u1"), True),  # another pool user: another machine
+        *[(status, None, True) for status in TERMINAL],  # ended: nobody comes back
+    ],
+)
+def test_machine_left_behind(status, target, expected):
+    mine = make_batch(S.IN_PROGRESS)
+    current = make_batch(status)
+    if target is not None:
+        host, port, user = target
+        current.target = SshEndpoint(host=host, port=port, username=user)
+    assert machine_left_behind(mine, current) is expected
+    assert machine_left_behind(mine, None) is True  # the batch is gone

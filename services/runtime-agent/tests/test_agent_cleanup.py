@@ -7,6 +7,7 @@ work directory removed; removal touches only our own directory and never fails t
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -14,12 +15,15 @@ import sys
 import uuid
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from neobatch.common.contracts import BatchStatus
+from neobatch.common.contracts import BatchStatus, SshEndpoint
 from neobatch.runtime_agent.machine.errors import RemoteError
 from neobatch.runtime_agent.machine.launch import WORK_ROOT, cleanup_script, workdir
 from neobatch.runtime_agent.machine.remote import RemoteHost
+from neobatch.sim.testing.servers import free_port
+from neobatch.sim.testing.waiting import wait_until
 
 
 @pytest.mark.parametrize("ending", ["completed", "failed"])
@@ -40,6 +44,48 @@ async def test_the_work_directory_is_gone_after_a_batch(make_harness, agent, end
     assert batch.status.value == ending, (batch.error_code, batch.error_message)
     assert not Path(workdir(event.batch_id)).exists()
     assert agent.engine_pids(spec.port) == []
+
+
+async def test_a_batch_moved_to_another_machine_leaves_nothing_on_the_old_one(make_harness, agent):
+    """The lease is lost because the batch moved to a replacement machine: no later run will
+    come back here, so the run that lost it stops the engine and removes the directory."""
+    harness = await make_harness(ssh_ready_timeout_seconds=5.0)
+    spec = agent.sim_engine_spec(extra_args=["--latency-ms", "200"])
+    event = await harness.submit(agent.chat_lines(2000), spec)
+    await harness.wait_results(event.batch_id, 5)
+    assert Path(workdir(event.batch_id)).is_dir() and agent.engine_pids(spec.port)
+
+    elsewhere = SshEndpoint(host="127.0.0.1", port=free_port(), username="replacement")
+    moved = msgspec.structs.replace(event, provision_id="prov_replacement_2", target=elsewhere)
+    await harness.agent.handlers.on_batch_requested(moved)
+
+    def cleaned() -> bool:
+        return not Path(workdir(event.batch_id)).exists() and not agent.engine_pids(spec.port)
+
+    await wait_until(cleaned, 30, message="the old machine's engine and directory removed")
+    batch = await harness.store.find_batch(event.batch_id)
+    assert batch is not None and not batch.status.is_terminal  # it lives on, elsewhere
+
+
+async def test_a_batch_taken_over_on_the_same_machine_keeps_its_engine(make_harness, agent, caplog):
+    """The lease is lost but the batch stays on this machine: the new owner reuses the
+    running engine (no relaunch), and the directory goes only when the batch ends."""
+    caplog.set_level(logging.INFO, logger="neobatch.runtime_agent.machine.remote")
+    harness = await make_harness()
+    spec = agent.sim_engine_spec(extra_args=["--latency-ms", "100"])
+    event = await harness.submit(agent.chat_lines(300), spec)
+    await harness.wait_results(event.batch_id, 5)
+    # Another run claims it (as after a lease expiry): ours loses the lease.
+    await harness.db.batches.update_one(
+        {"_id": event.batch_id}, {"$set": {"lease_owner": None, "lease_until": None}}
+    )
+    harness.agent.runner.wake()
+    batch = await harness.wait_terminal(event.batch_id, within_seconds=90)
+    assert batch.status is BatchStatus.COMPLETED and batch.request_counts.completed == 300
+    assert agent.engine_pids(spec.port) == []
+    assert not Path(workdir(event.batch_id)).exists()
+    launches = [r.fields["how"] for r in caplog.records if r.getMessage() == "engine launched"]
+    assert launches == ["started", "reused"]  # the new owner found the engine running
 
 
 async def test_a_failed_cleanup_does_not_fail_the_batch(make_harness, agent, monkeypatch, caplog):

@@ -18,6 +18,7 @@ PURE = [
     "dispatch/policy.py",
     "dispatch/pool.py",
     "dispatch/tally.py",
+    "machine/engine_log.py",
     "machine/errors.py",
     "machine/launch.py",
 ]

@@ -60,6 +60,7 @@ async def test_engine_never_healthy_fails_and_is_stopped(make_harness, agent):
     assert batch.status is BatchStatus.FAILED and batch.error_code == "engine_not_ready"
     assert "within 2s" in batch.error_message
     assert agent.engine_pids(spec.port) == []
+    assert not Path(workdir(event.batch_id)).exists()
     statuses = [(s, e.status) for s, e in await harness.events(event.batch_id)]
     # Heartbeats repeat in_progress while the engine is awaited; the transitions are these.
     statuses = [x for i, x in enumerate(statuses) if i == 0 or x != statuses[i - 1]]
@@ -112,6 +113,7 @@ async def test_cancel_mid_run_keeps_partial_output(make_harness, agent, engine_s
     assert len(output) == counts.completed
     assert len({line["custom_id"] for line in output}) == counts.completed
     assert agent.engine_pids(engine.port) == []
+    assert not Path(workdir(event.batch_id)).exists()  # nothing of the batch left there
     statuses = [e.status for _, e in await harness.events(event.batch_id)]
     assert statuses[-2:] == [BatchStatus.CANCELLING, BatchStatus.CANCELLED]
 
@@ -156,6 +158,7 @@ async def test_expiry_writes_batch_expired_lines(make_harness, agent, engine_sim
     ids = [line["custom_id"] for line in output + errors]
     assert sorted(ids) == sorted(x["custom_id"] for x in lines)
     assert agent.engine_pids(engine.port) == []
+    assert not Path(workdir(event.batch_id)).exists()
 
 
 async def test_duplicate_request_is_accepted_once(make_harness, agent):

@@ -168,7 +168,8 @@ def test_docker_status_stop_logs_and_check_scripts() -> None:
     assert "docker rm -f neobatch-batch_s" in stop
     # Confirmed gone: a container still inspectable after rm fails the stop.
     assert stop.strip().endswith("echo stopped") and "exit 1" in stop
-    assert "docker logs --tail 40 neobatch-batch_s" in docker_logs_script(launch)
+    logs = docker_logs_script(launch, 65536)
+    assert "docker logs --tail 2000 neobatch-batch_s 2>&1 | tail -c 65536" in logs
     check = docker_check_script()
     assert "sudo -n docker info --format '{{json .Runtimes}}'" in check
     for word in ("no-docker", "no-nvidia", "docker-error", "ok"):

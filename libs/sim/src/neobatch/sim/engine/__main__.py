@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import sys
 
 from neobatch.sim.engine.app import FAILURE_MODES, EngineConfig, running_engine
 from neobatch.sim.engine.oversize import TRANSFERS
 from neobatch.sim.engine.replies import DEFAULT_MODEL
+from neobatch.sim.engine.startup import start_failure_log
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,6 +53,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--block-size", type=int, default=16, help="prefix cache block (words)")
     parser.add_argument("--cache-blocks", type=int, default=4096, help="prefix cache capacity")
+    parser.add_argument(
+        "--fail-at-start",
+        default=None,
+        metavar="ERROR",
+        help="never serve: print vLLM's start-up failure ending in ERROR (e.g. 'ValueError: "
+        "...') to stderr and exit 1",
+    )
     args = parser.parse_args(argv)
     for flag in ("failure_rate", "status_429_rate", "hang_rate", "oversize_rate"):
         if not 0.0 <= getattr(args, flag) <= 1.0:
@@ -94,7 +103,12 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    asyncio.run(_serve(parse_args(argv)))
+    args = parse_args(argv)
+    if args.fail_at_start is not None:
+        sys.stderr.write(start_failure_log(args.fail_at_start))
+        sys.stderr.flush()
+        raise SystemExit(1)
+    asyncio.run(_serve(args))
 
 
 if __name__ == "__main__":

@@ -201,6 +201,19 @@ def path_to(current: BatchStatus, outcome: BatchStatus) -> list[BatchStatus]:
     return path
 
 
+def machine_left_behind(mine: Batch, current: Batch | None) -> bool:
+    """After our lease was lost: is the engine we ran (on `mine.target`) nobody's any more?
+
+    Yes when the batch has ended, is gone, or moved to another machine (a replacement): then
+    no later run will stop it or remove its work directory, so we do. No while it is live on
+    the same machine: its new owner reuses the running engine and cleans up when it ends.
+    """
+    if current is None or current.status.is_terminal:
+        return True
+    here, there = mine.target, current.target
+    return (here.host, here.port, here.username) != (there.host, there.port, there.username)
+
+
 # --- transitions ---------------------------------------------------------------------------------
 
 EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."

@@ -208,9 +208,7 @@ class BatchRun:
         if self.status.is_terminal:
             return  # starting the engine failed the batch
         if self.watch.lost:
-            log.warning(
-                "lease lost; leaving the batch to its new owner", extra=log_fields(**self._ids)
-            )
+            await self._lease_lost()
             return
         await self._load_counts()
         ending_anyway = self.watch.cancel_requested or self.watch.expired
@@ -277,12 +275,19 @@ class BatchRun:
         """Pass through finalizing/cancelling, write the files, stop the engine, end."""
         for status in path_to(self.status, outcome)[:-1]:
             if not await self._move(status):
+                await self._lease_lost()
                 return
         failure = None
         if outcome is S.EXPIRED:
             await self._expire_unfinished()
             failure = EXPIRED_UNFINISHED
         await self._end(outcome, failure, stop_engine=True)
+
+    async def _lease_lost(self) -> None:
+        log.warning("lease lost; leaving the batch to its new owner", extra=log_fields(**self._ids))
+        # The engine and work directory stay for a new owner on this machine; a batch that
+        # ended or moved to a replacement machine has none here, so they go now.
+        await self._session.stop_if_left_behind()
 
     async def _expire_unfinished(self) -> None:
         """OpenAI writes every request the window cut off to the error file as `batch_expired`."""

@@ -318,9 +318,10 @@ def docker_stop_script(launch: EngineLaunch, grace_seconds: float) -> str:
     )
 
 
-def docker_logs_script(launch: EngineLaunch, lines: int = 40) -> str:
+def docker_logs_script(launch: EngineLaunch, max_bytes: int, lines: int = 2000) -> str:
+    """The container's last `lines` lines of output, cut to the last `max_bytes`."""
     c = shlex.quote(launch.container)
-    return f"{_DOCKER} logs --tail {int(lines)} {c} 2>&1; true\n"
+    return f"{_DOCKER} logs --tail {int(lines)} {c} 2>&1 | tail -c {int(max_bytes)}; true\n"
 
 
 # --- either launch mode -------------------------------------------------------------------------
@@ -354,7 +355,7 @@ def cleanup_command(launch: EngineLaunch) -> str:
 def log_command(launch: EngineLaunch, max_bytes: int) -> str:
     """The end of the engine's output (its log file, or the container's logs)."""
     if launch.in_docker:
-        return docker_logs_script(launch)
+        return docker_logs_script(launch, max_bytes)
     d = shlex.quote(workdir(launch.batch_id))
     return f"tail -c {int(max_bytes)} {d}/engine.log 2>/dev/null; true"
 

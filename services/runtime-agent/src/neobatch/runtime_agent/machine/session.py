@@ -18,11 +18,12 @@ import logging
 import asyncssh
 
 from neobatch.common.logs import log_fields
-from neobatch.runtime_agent.batch.batches import Batch
+from neobatch.runtime_agent.batch.batches import Batch, machine_left_behind
 from neobatch.runtime_agent.batch.lease_watch import BatchWatch
 from neobatch.runtime_agent.batch.store import BatchStore
 from neobatch.runtime_agent.engine.client import EngineClient, EngineNotReady
 from neobatch.runtime_agent.machine import remote
+from neobatch.runtime_agent.machine.engine_log import last_error_line
 from neobatch.runtime_agent.machine.errors import HostKeyMismatch, HostUnreachable, RemoteError
 from neobatch.runtime_agent.machine.launch import EngineLaunch, plan_launch
 from neobatch.runtime_agent.settings import AgentSettings
@@ -30,6 +31,11 @@ from neobatch.runtime_agent.settings import AgentSettings
 log = logging.getLogger("neobatch.runtime_agent.machine.session")
 
 STOP_ATTEMPTS = 3
+# How much of the end of the engine's log is searched for its last error line: vLLM's root
+# cause sits about 10 KB above the end (the wrappers' tracebacks follow it).
+ENGINE_LOG_SCAN_BYTES = 64 * 1024
+# How much of it goes to the agent's log when the engine fails to start.
+LOG_TAIL_BYTES = 2000
 
 
 class EngineSession:
@@ -136,12 +142,9 @@ class EngineSession:
                     still_starting=lambda: host.is_running(launch),
                 )
             )
-        except EngineNotReady:
+        except EngineNotReady as exc:
             await client.close()
-            tail = await host.log_tail(launch)
-            # The engine's log goes to the agent's log (redacted), never into the batch error.
-            log.warning("engine not ready", extra=log_fields(**self._ids, log_tail=tail))
-            raise
+            raise await self._explained(host, launch, exc) from None
         except BaseException:
             await client.close()
             raise
@@ -156,6 +159,30 @@ class EngineSession:
             ),
         )
         return client
+
+    async def _explained(
+        self, host: remote.RemoteHost, launch: EngineLaunch, exc: EngineNotReady
+    ) -> EngineNotReady:
+        """`exc` led by the engine's own last error line, read from its log before the batch
+        ends (ending removes the work directory and the log with it).
+
+        The line (scrubbed, bounded) goes into the batch's error; the log's last
+        `LOG_TAIL_BYTES` (redacted) into the agent's log; reading it is bounded and never
+        replaces the failure with another."""
+        try:
+            tail = await host.log_tail(launch, ENGINE_LOG_SCAN_BYTES)
+        except (RemoteError, OSError, asyncssh.Error) as read_error:
+            log.warning(
+                "engine not ready; its log could not be read",
+                extra=log_fields(**self._ids, error=str(read_error)),
+            )
+            return exc
+        line = last_error_line(tail)
+        log.warning(
+            "engine not ready",
+            extra=log_fields(**self._ids, engine_error=line, log_tail=tail[-LOG_TAIL_BYTES:]),
+        )
+        return EngineNotReady(f"{line} ({exc.message})") if line else exc
 
     async def stop(self) -> None:
         """Stop the engine and remove the batch's work directory, a few tries, reconnecting
@@ -192,6 +219,20 @@ class EngineSession:
                     extra=log_fields(**self._ids, attempt=attempt, error=str(exc)),
                 )
                 await self.close()
+
+    async def stop_if_left_behind(self) -> None:
+        """After the lease was lost: stop the engine and remove the work directory when no one
+        else will (`machine_left_behind`: the batch ended or moved to another machine); leave
+        them to the new owner otherwise, or when the database cannot say. Never raises."""
+        if not self.connected:
+            return  # never got onto the machine: nothing of ours is there
+        try:
+            current = await self._store.find_batch(self._batch.id)
+        except Exception:
+            return
+        if machine_left_behind(self._batch, current):
+            log.info("lease lost; stopping the engine left behind", extra=log_fields(**self._ids))
+            await self.stop()
 
     async def _remove_workdir(self, host: remote.RemoteHost, launch: EngineLaunch) -> None:
         """Leave nothing of the batch on the machine (pool machines are reused); never raises:

@@ -1,0 +1,40 @@
+"""What vLLM prints when it dies at start-up, for `--fail-at-start ERROR`.
+
+Shaped like vLLM 0.32's own output (process prefixes, its log format, the engine core's
+traceback logged as ERROR lines, then the API server's wrapper `RuntimeError` pointing at the
+root cause above), so the agent's picker is tested against what a real engine writes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def start_failure_log(error: str) -> str:
+    """The log of an engine that failed at start with `error` (`ValueError: ...`)."""
+    stamp = time.strftime("%m-%d %H:%M:%S")
+    core = f"(EngineCore pid={os.getpid()}) "
+    api = f"(APIServer pid={os.getppid()}) "
+    frames = [
+        "Traceback (most recent call last):",
+        '  File "/opt/vllm/v1/engine/core.py", line 1128, in run_engine_core',
+        "    engine_core = EngineCoreProc(*args, engine_index=dp_rank, **kwargs)",
+        '  File "/opt/vllm/v1/worker/cpu_worker.py", line 96, in init_device',
+        "    raise ValueError(",
+        error,
+    ]
+    lines = [
+        f"{api}INFO {stamp} [api_utils.py:286] non-default args: {{'port': 8000}}",
+        f"{core}INFO {stamp} [core.py:133] Initializing a V1 LLM engine (v0.32.0)",
+        f"{core}ERROR {stamp} [core.py:1137] EngineCore failed to start.",
+        *(f"{core}ERROR {stamp} [core.py:1137] {frame}" for frame in frames),
+        f"{core}Process EngineCore:",
+        *(f"{core}{frame}" for frame in frames),
+        f"{api}Traceback (most recent call last):",
+        f'{api}  File "/opt/vllm/entrypoints/openai/api_server.py", line 712, in run_server',
+        f"{api}    async with build_async_engine_client(args) as engine_client:",
+        f"{api}RuntimeError: Engine core initialization failed. See root cause above. "
+        "Failed core proc(s): {}",
+    ]
+    return "\n".join(lines) + "\n"
