@@ -183,6 +183,8 @@ def test_the_vllm_shim_passes_the_cache_switches_to_the_simulator() -> None:
     ]  # fmt: skip
     plain = engine_argv(cfg, 9000, ["org/m", "--no-enable-prefix-caching", "--port", "9000"])
     assert isinstance(plain, list) and plain[plain.index("--model") :] == ["--model", "org/m"]
+
+
 def test_fail_at_start_prints_a_vllm_start_up_failure_and_exits_1() -> None:
     reason = "ValueError: Available memory on node 0 (9.4/13.59 GiB) is too little"
     done = subprocess.run(

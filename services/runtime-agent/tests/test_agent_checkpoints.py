@@ -296,6 +296,8 @@ async def test_answers_awaiting_their_checkpoint_are_bounded_in_bytes(mongo_db) 
     assert max(len(bson.encode(p)) for p in collection.pages) < 16 * mib
     assert await count_results(mongo_db["batch_results"], batch_id) == (64, 0)
     assert writer.peak_unstored_bytes <= bound + len(body)
+
+
 async def test_results_sent_by_prefix_group_read_back_in_input_order_in_bounded_reads(
     mongo_db,
 ) -> None:
