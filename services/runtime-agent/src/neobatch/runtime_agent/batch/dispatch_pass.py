@@ -68,40 +68,46 @@ async def dispatch_pass(
         tally.failed += failed
 
     observer = DispatchObserver()
-    writer = store.checkpoint_writer(
-        batch.id,
-        max_pending=client.controller.maximum,
-        on_stored=stored,
-        # Nothing waits on the linger now (slots free on the answer): a longer one makes
-        # fewer, larger writes (the database's cost per document falls up to ~30 a write).
-        flush_interval_seconds=DISPATCH_CHECKPOINT_LINGER_SECONDS,
-    )
-    async with writer:
-        try:
-            summary = await dispatch_all(
-                pending_requests(store, batch.input_file_id, done),
-                timed_dispatch(client.send, observer),
-                record,
-                controller=client.controller,
-                should_stop=lambda: interrupted() or tunnel_down(),
-            )
-        except BaseException:
-            await writer.abort()
-            raise
-        finally:
-            observer.flush()
+    ids = {"batch_id": batch.id, "job_id": batch.job_id}
+    # Picks the controller (the engine's load gauges, else AIMD) and feeds it while this runs.
+    async with client.watching_load(ids):
+        writer = store.checkpoint_writer(
+            batch.id,
+            max_pending=client.controller.maximum,
+            on_stored=stored,
+            # Nothing waits on the linger now (slots free on the answer): a longer one makes
+            # fewer, larger writes (the database's cost per document falls up to ~30 a write).
+            flush_interval_seconds=DISPATCH_CHECKPOINT_LINGER_SECONDS,
+        )
+        async with writer:
+            try:
+                summary = await dispatch_all(
+                    pending_requests(store, batch.input_file_id, done),
+                    timed_dispatch(client.send, observer),
+                    record,
+                    controller=client.controller,
+                    should_stop=lambda: interrupted() or tunnel_down(),
+                )
+            except BaseException:
+                await writer.abort()
+                raise
+            finally:
+                observer.flush()
     elapsed = time.monotonic() - started
     finished = tally.finished - finished_before
     log.info(
         "dispatch ended",
         extra=log_fields(
-            batch_id=batch.id,
-            job_id=batch.job_id,
+            **ids,
             sent=summary.sent,
             stopped=summary.stopped,
             seconds=round(elapsed, 3),
             requests_per_second=round(finished / elapsed, 1) if elapsed > 0 else None,
+            # Which concurrency controller ran (engine_load, aimd, fixed), where it ended, and
+            # the highest limit it reached.
+            controller=client.controller.name,
             concurrency_limit=client.controller.limit,
+            concurrency_peak=client.controller.peak,
             checkpoint_writes=writer.writes,
             # Times dispatch paused because `concurrency` answers waited to be stored.
             checkpoint_pauses=writer.paused,
