@@ -43,6 +43,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--oversize-bytes", type=int, default=50 * 1024 * 1024)
     parser.add_argument("--oversize-transfer", choices=TRANSFERS, default="length")
+    parser.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=None,
+        help="vLLM-shaped capacity: at most N requests run at once, the rest wait; /metrics "
+        "then reports vLLM's running/waiting/KV-cache gauges",
+    )
     args = parser.parse_args(argv)
     for flag in ("failure_rate", "status_429_rate", "hang_rate", "oversize_rate"):
         if not 0.0 <= getattr(args, flag) <= 1.0:
@@ -51,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.failure_mode == "attempt"
     ):
         parser.error("the per-attempt fault rates add up to more than 1")
+    if args.max_num_seqs is not None and args.max_num_seqs < 1:
+        parser.error("--max-num-seqs must be at least 1")
     return args
 
 
@@ -70,6 +79,7 @@ async def _serve(args: argparse.Namespace) -> None:
         oversize_rate=args.oversize_rate,
         oversize_bytes=args.oversize_bytes,
         oversize_transfer=args.oversize_transfer,
+        max_num_seqs=args.max_num_seqs,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -21,13 +21,18 @@ import msgspec
 
 from neobatch.runtime_agent.dispatch.concurrency import AimdController, Outcome
 
-# vLLM's default `--max-num-seqs` for its OpenAI server on most GPUs (vLLM 0.10+; on a CPU
-# build it is lower, which only lowers what the engine reports as running).
+# vLLM's default `--max-num-seqs` for its OpenAI server on most GPUs (vLLM 0.32's
+# `get_batch_defaults`: 256; 1024 on GPUs with 70 GiB or more but A100s; 128 x world size
+# on its CPU build). vLLM's /metrics does not report it, so without a `--max-num-seqs` in the
+# launch this is where the controller starts; it then learns what the engine really runs
+# (what runs while requests wait).
 VLLM_DEFAULT_MAX_NUM_SEQS = 256
 # The default most requests in flight: this many times the engine's max sequences, so a full
 # batch, the requests queued at the engine and those on the wire all fit.
 ENGINE_MAXIMUM_FACTOR = 2
-# ClientSpec's own bound on `max_concurrency`.
+# ClientSpec's own bound on `max_concurrency`; also the maximum when the engine's max
+# sequences are unknown (it may be a 1024-sequence GPU): the queue target, not this, then
+# holds the limit near what the engine runs.
 ENGINE_MAXIMUM_CAP = 1024
 # KV-cache use (0..1) from which preemptions count as overload.
 KV_CACHE_FULL = 0.98
@@ -61,8 +66,9 @@ def max_num_seqs_from_args(argv: Sequence[str]) -> int | None:
 
 def engine_maximum(max_num_seqs: int | None) -> int:
     """The default most requests in flight for an engine running `max_num_seqs` sequences."""
-    seqs = max_num_seqs or VLLM_DEFAULT_MAX_NUM_SEQS
-    return max(1, min(ENGINE_MAXIMUM_CAP, ENGINE_MAXIMUM_FACTOR * seqs))
+    if max_num_seqs is None:
+        return ENGINE_MAXIMUM_CAP
+    return max(1, min(ENGINE_MAXIMUM_CAP, ENGINE_MAXIMUM_FACTOR * max_num_seqs))
 
 
 # --- the engine's /metrics ---------------------------------------------------------------------
