@@ -34,6 +34,10 @@ ENGINE_MAXIMUM_FACTOR = 2
 # sequences are unknown (it may be a 1024-sequence GPU): the queue target, not this, then
 # holds the limit near what the engine runs.
 ENGINE_MAXIMUM_CAP = 1024
+# Where the limit starts when the engine's max sequences are unknown (then it probes up).
+UNKNOWN_CAPACITY_INITIAL = 64
+# The growth per sample while nothing waits at the engine: this share of the limit.
+PROBE_STEP = 0.25
 # KV-cache use (0..1) from which preemptions count as overload.
 KV_CACHE_FULL = 0.98
 
@@ -144,10 +148,11 @@ def _sample(line: str) -> tuple[str | None, float | None]:
 class EngineLoadController:
     """Concurrency steered by the engine's queue (see the module doc). Pure: no clock.
 
-    Starts at `capacity + target_waiting` (the engine's batch full at once, not AIMD's 8).
-    Each `observe` moves the limit by `gain` x (target_waiting - waiting): up while the queue
-    at the engine runs dry, down while it grows past the target (the engine admits fewer than
-    we thought: its KV cache, not max_num_seqs, is the bound). It never grows past what the
+    Starts at `initial`, by default `capacity + target_waiting` (the engine's batch full at
+    once, not AIMD's 8). Each `observe` moves the limit by `gain` x (target_waiting - waiting):
+    up while the queue at the engine runs dry (by at least a quarter of the limit while
+    nothing waits), down while it grows past the target (the engine admits fewer than we
+    thought: its KV cache, not max_num_seqs, is the bound). It never grows past what the
     engine holds plus `capacity` (a limit nobody fills is not raised), nor past `maximum`.
     A capacity error (429/503/504/408, a timeout) or a full KV cache with preemptions growing
     multiplies it by `backoff` (once per round of in-flight requests, as AIMD) and holds it
@@ -161,6 +166,7 @@ class EngineLoadController:
         capacity: int,
         maximum: int,
         target_waiting: int | None = None,
+        initial: int | None = None,
         gain: float = 0.5,
         backoff: float = 0.7,
         hold_samples: int = 2,
@@ -174,7 +180,8 @@ class EngineLoadController:
         self.gain = gain
         self.backoff = backoff
         self.hold_samples = hold_samples
-        self._limit = max(1, min(maximum, capacity + self.target_waiting))
+        start = capacity + self.target_waiting if initial is None else initial
+        self._limit = max(1, min(maximum, start))
         self.peak = self._limit
         self.decreases = 0
         self.samples = 0
@@ -231,8 +238,12 @@ class EngineLoadController:
             return
         error = self.target_waiting - load.waiting
         if error > 0:
+            step = math.ceil(self.gain * error)
+            if load.waiting < 1:
+                # Nothing waits: the engine has room. Probe by a quarter, as AIMD does.
+                step = max(step, math.ceil(self._limit * PROBE_STEP))
             ceiling = max(self._limit, math.ceil(load.running + load.waiting) + self.capacity)
-            self._set(min(ceiling, self._limit + math.ceil(self.gain * error)))
+            self._set(min(ceiling, self._limit + step))
         elif error < 0:
             self._set(self._limit - math.floor(self.gain * -error))
 

@@ -18,6 +18,7 @@ from neobatch.runtime_agent.dispatch.concurrency import (
     FixedLimit,
 )
 from neobatch.runtime_agent.dispatch.engine_load import (
+    UNKNOWN_CAPACITY_INITIAL,
     VLLM_DEFAULT_MAX_NUM_SEQS,
     EngineLoadController,
     engine_maximum,
@@ -140,6 +141,8 @@ class DispatchConfig(msgspec.Struct, frozen=True, kw_only=True):
     engine_maximum: int = 1
     # The engine's max sequences: its launch's `--max-num-seqs`, else vLLM's default.
     engine_capacity: int = VLLM_DEFAULT_MAX_NUM_SEQS
+    # Whether `engine_capacity` came from the launch (else it is a guess to learn from).
+    engine_capacity_known: bool = False
 
     @classmethod
     def resolve(
@@ -174,6 +177,7 @@ class DispatchConfig(msgspec.Struct, frozen=True, kw_only=True):
             engine_aware=adaptive and defaults.engine_metrics,
             engine_maximum=engine_maximum(max_num_seqs) if job_maximum is None else job_maximum,
             engine_capacity=max_num_seqs or VLLM_DEFAULT_MAX_NUM_SEQS,
+            engine_capacity_known=max_num_seqs is not None,
         )
 
     @property
@@ -191,6 +195,8 @@ class DispatchConfig(msgspec.Struct, frozen=True, kw_only=True):
             return EngineLoadController(
                 capacity=min(self.engine_capacity, self.engine_maximum),
                 maximum=self.engine_maximum,
+                # Unknown max sequences: start lower and probe up rather than flood the queue.
+                initial=None if self.engine_capacity_known else UNKNOWN_CAPACITY_INITIAL,
             )
         return AimdController(
             initial=self.initial_concurrency,
