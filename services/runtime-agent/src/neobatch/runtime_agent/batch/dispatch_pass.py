@@ -20,6 +20,7 @@ from neobatch.runtime_agent.batch.store import BatchStore
 from neobatch.runtime_agent.dispatch.pool import dispatch_all
 from neobatch.runtime_agent.dispatch.tally import RequestResult, Tally
 from neobatch.runtime_agent.engine.client import EngineClient
+from neobatch.runtime_agent.results.writer import pending_limit
 
 log = logging.getLogger("neobatch.runtime_agent.batch.dispatch_pass")
 
@@ -59,8 +60,8 @@ async def dispatch_pass(
         if result.status_code is None and tunnel_down():
             return  # The tunnel died, not the request: leave it for the resumed run.
         # The slot frees on the answer; `add` pauses this slot (no new send) while more
-        # than `concurrency` answers wait to be stored, so a crash re-sends at most
-        # 2 x concurrency requests, none of them recorded (CheckpointWriter).
+        # than `pending_limit` answers (or MAX_PENDING_BYTES) wait to be stored, so a crash
+        # re-sends at most concurrency + that many requests, none recorded (CheckpointWriter).
         await writer.add(result)
 
     def stored(completed: int, failed: int) -> None:
@@ -73,7 +74,7 @@ async def dispatch_pass(
     async with client.watching_load(ids):
         writer = store.checkpoint_writer(
             batch.id,
-            max_pending=client.controller.maximum,
+            max_pending=pending_limit(client.controller.maximum),
             on_stored=stored,
             # Nothing waits on the linger now (slots free on the answer): a longer one makes
             # fewer, larger writes (the database's cost per document falls up to ~30 a write).

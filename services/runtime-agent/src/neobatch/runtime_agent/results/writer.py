@@ -19,6 +19,22 @@ from neobatch.runtime_agent.results.pages import LINE_BYTES, build_pages, insert
 
 # Checkpoint writes on the wire at once (see CheckpointWriter._run).
 WRITES_IN_FLIGHT = 2
+# Answers that may wait to be stored before dispatch pauses, at least (`pending_limit`): a
+# real engine answers in waves (a whole step's finished sequences at once), ~500 a second on
+# the CPU vLLM with 256 in flight, and a database sharing the machine can take half a second
+# a write; with the limit at the concurrency (256) that paused dispatch for 173 of 4,000
+# requests. Memory stays bounded by `MAX_PENDING_BYTES` whatever the count.
+MIN_PENDING = 2048
+# Bytes of answers waiting to be stored before dispatch pauses (large answers: a 15 MiB cap
+# x 2,048 would be 30 GiB).
+MAX_PENDING_BYTES = 64 * 1024 * 1024
+
+
+def pending_limit(concurrency: int) -> int:
+    """`max_pending` for a dispatch with at most `concurrency` requests in flight."""
+    return max(concurrency, MIN_PENDING)
+
+
 Document = dict[str, Any]
 
 
@@ -34,12 +50,13 @@ class CheckpointWriter:
     results or `PAGE_BYTES`), built when the write starts, with one `finished_at` and page ids
     fixed for every retry of it.
 
-    `add` returns at once unless more than `max_pending` results are unstored (buffered or
-    on the wire): then it waits until a write brings them back under. Dispatch frees a
-    request's concurrency slot when its answer arrives and calls `add` from that slot, so
-    with `max_pending` = the concurrency no new request is sent while more than that many
-    answers wait to be stored: a crash loses (and the resumed run re-sends) at most
-    2 x concurrency requests, those in flight plus those answered but not yet stored.
+    `add` returns at once unless more than `max_pending` results, or more than
+    `max_pending_bytes` of response bodies, are unstored (buffered or on the wire): then it
+    waits until a write brings them back under. Dispatch frees a request's concurrency slot
+    when its answer arrives and calls `add` from that slot, so no new request is sent while
+    more than that many answers wait to be stored: a crash loses (and the resumed run
+    re-sends) at most concurrency + max_pending requests, those in flight plus those answered
+    but not yet stored.
     `on_stored(completed, failed)` is called after each write with what it stored, so counts
     never include unstored results. `close` writes what is left. A write that fails for good
     is raised from the next `add` or from `close`, so the run stops instead of silently
@@ -55,6 +72,7 @@ class CheckpointWriter:
         flush_interval_seconds: float = 0.005,
         max_items: int = 500,
         max_pending: int = 10_000,
+        max_pending_bytes: int = MAX_PENDING_BYTES,
         on_stored: Callable[[int, int], None] | None = None,
     ) -> None:
         self._collection = collection
@@ -63,6 +81,7 @@ class CheckpointWriter:
         self._interval = flush_interval_seconds
         self._max_items = max_items
         self._max_pending = max(1, max_pending)
+        self._max_bytes = max(1, max_pending_bytes)
         # Buffered results that end the linger at once.
         self._flush_at = max(1, min(max_items, self._max_pending // 2))
         self._full = asyncio.Event()
@@ -70,8 +89,9 @@ class CheckpointWriter:
         self._failed: BaseException | None = None
         self._on_stored = on_stored
         self._buffer: list[RequestResult] = []
-        # Results buffered or being written.
+        # Results buffered or being written, and the bytes of their bodies.
         self._unstored = 0
+        self._unstored_bytes = 0
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
         self._closing = False
@@ -107,17 +127,24 @@ class CheckpointWriter:
         self._check()
         self._buffer.append(result)
         self._unstored += 1
+        self._unstored_bytes += len(result.body or b"")
         self._wake.set()
         if len(self._buffer) >= self._flush_at:
             self._full.set()
-        if self._unstored > self._max_pending:
+        if self._over():
             self.paused += 1
-            while self._unstored > self._max_pending:
+            while self._over():
                 self._drained.clear()
                 await self._drained.wait()
                 self._check()
                 if self._task is None or self._task.done():
                     raise RuntimeError("checkpoint writer stopped")
+
+    def _over(self) -> bool:
+        # One result alone never waits on the byte bound (it is below it: 15 MiB at most).
+        return self._unstored > self._max_pending or (
+            self._unstored_bytes > self._max_bytes and self._unstored > 1
+        )
 
     async def close(self) -> None:
         """Write everything buffered, then stop the writer task."""
@@ -183,6 +210,7 @@ class CheckpointWriter:
             self._wake.set()  # the writer loop reaps this task and stops
             raise
         self._unstored -= len(results)
+        self._unstored_bytes -= sum(len(r.body or b"") for r in results)
         self.written += len(results)
         self.writes += 1
         self.pages += len(pages)
