@@ -30,6 +30,7 @@ PURE_MODULES = [
     "services/resource-manager/src/neobatch/resource_manager/providers/base.py",
     "services/runtime-agent/src/neobatch/runtime_agent/batch/batches.py",
     "services/runtime-agent/src/neobatch/runtime_agent/dispatch/concurrency.py",
+    "services/runtime-agent/src/neobatch/runtime_agent/dispatch/engine_load.py",
     "services/runtime-agent/src/neobatch/runtime_agent/dispatch/policy.py",
     "services/runtime-agent/src/neobatch/runtime_agent/dispatch/tally.py",
     "services/runtime-agent/src/neobatch/runtime_agent/dispatch/order.py",

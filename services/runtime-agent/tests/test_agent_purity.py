@@ -15,6 +15,7 @@ PACKAGE = "neobatch.runtime_agent"
 PURE = [
     "batch/batches.py",
     "dispatch/concurrency.py",
+    "dispatch/engine_load.py",
     "dispatch/policy.py",
     "dispatch/pool.py",
     "dispatch/tally.py",

@@ -73,8 +73,16 @@ class AgentSettings(Settings, frozen=True, kw_only=True):
         EnvFields(
             concurrency=Env(
                 "NEOBATCH_DISPATCH_CONCURRENCY",
-                "Most requests in flight per batch (a job's `client.max_concurrency` wins)",
+                "Most requests in flight per batch on an engine without load metrics (AIMD or "
+                "fixed); a vLLM reporting its load gets 2 x its `--max-num-seqs` (1024 when "
+                "the launch does not set it); a job's `client.max_concurrency` wins",
                 minimum=1,
+            ),
+            engine_metrics=Env(
+                "NEOBATCH_DISPATCH_ENGINE_METRICS",
+                "Read the engine's Prometheus `/metrics` (vLLM's running/waiting/KV-cache "
+                "gauges) and keep a small queue at the engine instead of AIMD; `false` = AIMD "
+                "(or fixed) always. Engines without those gauges get AIMD either way",
             ),
             request_timeout_seconds=Env(
                 "NEOBATCH_REQUEST_TIMEOUT_SECONDS",
@@ -98,8 +106,10 @@ class AgentSettings(Settings, frozen=True, kw_only=True):
             ),
             adaptive=Env(
                 "NEOBATCH_ADAPTIVE_CONCURRENCY",
-                "AIMD concurrency: start at 8, grow while latency holds, back off on "
-                "408/429/503/504, timeouts and latency spikes; `false` = fixed at the maximum",
+                "Adaptive concurrency: steered by the engine's queue when it reports its load "
+                "(see NEOBATCH_DISPATCH_ENGINE_METRICS), else AIMD (start at 8, grow while "
+                "latency holds, back off on 408/429/503/504, timeouts and latency spikes); "
+                "`false` = fixed at the maximum",
             ),
             healthy_window=Env(
                 "NEOBATCH_ADAPTIVE_HEALTHY_WINDOW",

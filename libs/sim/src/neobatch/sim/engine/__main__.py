@@ -60,6 +60,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="never serve: print vLLM's start-up failure ending in ERROR (e.g. 'ValueError: "
         "...') to stderr and exit 1",
     )
+    parser.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=None,
+        help="vLLM-shaped capacity: at most N requests run at once, the rest wait; /metrics "
+        "then reports vLLM's running/waiting/KV-cache gauges",
+    )
     args = parser.parse_args(argv)
     for flag in ("failure_rate", "status_429_rate", "hang_rate", "oversize_rate"):
         if not 0.0 <= getattr(args, flag) <= 1.0:
@@ -68,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.failure_mode == "attempt"
     ):
         parser.error("the per-attempt fault rates add up to more than 1")
+    if args.max_num_seqs is not None and args.max_num_seqs < 1:
+        parser.error("--max-num-seqs must be at least 1")
     return args
 
 
@@ -91,6 +100,7 @@ async def _serve(args: argparse.Namespace) -> None:
         prompt_tokens_details=args.enable_prompt_tokens_details,
         block_size=args.block_size,
         cache_blocks=args.cache_blocks,
+        max_num_seqs=args.max_num_seqs,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

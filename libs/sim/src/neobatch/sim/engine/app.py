@@ -18,6 +18,7 @@ from typing import IO, Any
 import msgspec
 from aiohttp import web
 
+from neobatch.sim.engine.metrics import render_metrics
 from neobatch.sim.engine.oversize import is_oversize, send_oversize
 from neobatch.sim.engine.prefix_cache import (
     DEFAULT_BLOCK_SIZE,
@@ -67,6 +68,11 @@ class EngineConfig:
     prompt_tokens_details: bool = False
     block_size: int = DEFAULT_BLOCK_SIZE
     cache_blocks: int = DEFAULT_CAPACITY_BLOCKS
+    # vLLM-shaped capacity: at most this many requests "run" (pay `latency_ms`) at once, the
+    # rest wait their turn in arrival order; /metrics then reports vLLM's load gauges
+    # (running, waiting, KV-cache use, preemptions), as a real vLLM does. None: no limit and
+    # no vLLM gauges (an OpenAI server that does not report its load).
+    max_num_seqs: int | None = None
 
 
 FAILURE_MODES = ("request", "attempt")
@@ -79,6 +85,11 @@ class _EngineState:
     responses: Counter[tuple[str, int]] = field(default_factory=Counter)
     injected_failures: int = 0
     in_flight: int = 0
+    # With max_num_seqs: requests running (holding a sequence slot) and waiting for one.
+    running: int = 0
+    waiting: int = 0
+    peak_waiting: int = 0
+    slots: asyncio.Semaphore | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     # Attempts seen per request (X-Request-Id, else the body's hash).
@@ -176,7 +187,10 @@ async def _api(request: web.Request) -> web.StreamResponse:
     if delay > 0:
         state.in_flight += 1
         try:
-            await asyncio.sleep(delay)
+            if state.slots is None:
+                await asyncio.sleep(delay)
+            else:
+                await _run_in_slot(state, delay)
         finally:
             state.in_flight -= 1
     _record(state, path, response)
@@ -186,6 +200,24 @@ async def _api(request: web.Request) -> web.StreamResponse:
         )
     reply = _json_response(response.status, response.body)
     return await _answer(request, state, reply, request_id, attempt)
+
+
+async def _run_in_slot(state: _EngineState, delay: float) -> None:
+    """Wait for one of `max_num_seqs` slots (counted as waiting), then run `delay` in it: the
+    time per request stays fixed whatever the load; what waits is queued, as in vLLM."""
+    assert state.slots is not None
+    state.waiting += 1
+    state.peak_waiting = max(state.peak_waiting, state.waiting)
+    try:
+        await state.slots.acquire()
+    finally:
+        state.waiting -= 1
+    state.running += 1
+    try:
+        await asyncio.sleep(delay)
+    finally:
+        state.running -= 1
+        state.slots.release()
 
 
 async def _answer(
@@ -243,43 +275,6 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(text=render_metrics(request.app[_STATE]), content_type="text/plain")
 
 
-def render_metrics(state: _EngineState) -> str:
-    """Prometheus text format; a few vLLM-named series so scrapers written for vLLM work too."""
-    served = sum(n for (_, status), n in state.responses.items() if status == 200)
-    failed = sum(n for (_, status), n in state.responses.items() if status != 200)
-    lines = [
-        "# HELP neobatch_sim_requests_total Requests answered, by path and HTTP status.",
-        "# TYPE neobatch_sim_requests_total counter",
-    ]
-    for (path, status), count in sorted(state.responses.items()):
-        lines.append(f'neobatch_sim_requests_total{{path="{path}",status="{status}"}} {count}')
-    lines += [
-        "# HELP neobatch_sim_requests_served_total Requests answered with 200.",
-        "# TYPE neobatch_sim_requests_served_total counter",
-        f"neobatch_sim_requests_served_total {served}",
-        "# HELP neobatch_sim_requests_failed_total Requests answered with a non-200 status.",
-        "# TYPE neobatch_sim_requests_failed_total counter",
-        f"neobatch_sim_requests_failed_total {failed}",
-        "# HELP neobatch_sim_injected_failures_total Requests failed by failure injection.",
-        "# TYPE neobatch_sim_injected_failures_total counter",
-        f"neobatch_sim_injected_failures_total {state.injected_failures}",
-        "# HELP vllm:num_requests_running Requests currently being processed.",
-        "# TYPE vllm:num_requests_running gauge",
-        f'vllm:num_requests_running{{model_name="{state.config.model}"}} {state.in_flight}',
-        "# HELP vllm:num_requests_waiting Requests waiting to be processed.",
-        "# TYPE vllm:num_requests_waiting gauge",
-        f'vllm:num_requests_waiting{{model_name="{state.config.model}"}} 0',
-        "# HELP vllm:prompt_tokens_total Prompt tokens processed.",
-        "# TYPE vllm:prompt_tokens_total counter",
-        f'vllm:prompt_tokens_total{{model_name="{state.config.model}"}} {state.prompt_tokens}',
-        "# HELP vllm:generation_tokens_total Generation tokens produced.",
-        "# TYPE vllm:generation_tokens_total counter",
-        f'vllm:generation_tokens_total{{model_name="{state.config.model}"}} '
-        f"{state.completion_tokens}",
-    ]
-    return "\n".join(lines) + "\n"
-
-
 def build_app(config: EngineConfig | None = None) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     state = _EngineState(config or EngineConfig())
@@ -290,6 +285,8 @@ def build_app(config: EngineConfig | None = None) -> web.Application:
     async def _mark_started(_: web.Application) -> None:
         # Count the startup delay from when the server starts, not from when the app was built.
         state.started_at = time.monotonic()
+        if state.config.max_num_seqs is not None:
+            state.slots = asyncio.Semaphore(state.config.max_num_seqs)
 
     app.on_startup.append(_mark_started)
     if state.config.request_log:

@@ -21,6 +21,7 @@ from neobatch.runtime_agent.dispatch.order import NO_LEAF, OrderPlanner, prefix_
 from neobatch.runtime_agent.dispatch.pool import dispatch_all
 from neobatch.runtime_agent.dispatch.tally import RequestResult, Tally
 from neobatch.runtime_agent.engine.client import EngineClient
+from neobatch.runtime_agent.results.writer import pending_limit
 
 log = logging.getLogger("neobatch.runtime_agent.batch.dispatch_pass")
 
@@ -114,8 +115,8 @@ async def dispatch_pass(
         if result.status_code is None and tunnel_down():
             return  # The tunnel died, not the request: leave it for the resumed run.
         # The slot frees on the answer; `add` pauses this slot (no new send) while more
-        # than `concurrency` answers wait to be stored, so a crash re-sends at most
-        # 2 x concurrency requests, none of them recorded (CheckpointWriter).
+        # than `pending_limit` answers (or MAX_PENDING_BYTES) wait to be stored, so a crash
+        # re-sends at most concurrency + that many requests, none recorded (CheckpointWriter).
         await writer.add(result)
 
     def stored(completed: int, failed: int) -> None:
@@ -123,49 +124,54 @@ async def dispatch_pass(
         tally.failed += failed
 
     observer = DispatchObserver()
-    writer = store.checkpoint_writer(
-        batch.id,
-        max_pending=client.controller.maximum,
-        on_stored=stored,
-        # Nothing waits on the linger now (slots free on the answer): a longer one makes
-        # fewer, larger writes (the database's cost per document falls up to ~30 a write).
-        flush_interval_seconds=DISPATCH_CHECKPOINT_LINGER_SECONDS,
-    )
-    async with writer:
-        try:
-            ids = {"batch_id": batch.id, "job_id": batch.job_id}
-            requests = (
-                ordered_requests(store, batch.input_file_id, done, log_ids=ids)
-                if prefix_order
-                else pending_requests(store, batch.input_file_id, done)
-            )
-            summary = await dispatch_all(
-                requests,
-                timed_dispatch(client.send, observer),
-                record,
-                controller=client.controller,
-                should_stop=lambda: interrupted() or tunnel_down(),
-            )
-        except BaseException:
-            await writer.abort()
-            raise
-        finally:
-            observer.flush()
+    ids = {"batch_id": batch.id, "job_id": batch.job_id}
+    # Picks the controller (the engine's load gauges, else AIMD) and feeds it while this runs.
+    async with client.watching_load(ids):
+        writer = store.checkpoint_writer(
+            batch.id,
+            max_pending=pending_limit(client.controller.maximum),
+            on_stored=stored,
+            # Nothing waits on the linger now (slots free on the answer): a longer one makes
+            # fewer, larger writes (the database's cost per document falls up to ~30 a write).
+            flush_interval_seconds=DISPATCH_CHECKPOINT_LINGER_SECONDS,
+        )
+        async with writer:
+            try:
+                requests = (
+                    ordered_requests(store, batch.input_file_id, done, log_ids=ids)
+                    if prefix_order
+                    else pending_requests(store, batch.input_file_id, done)
+                )
+                summary = await dispatch_all(
+                    requests,
+                    timed_dispatch(client.send, observer),
+                    record,
+                    controller=client.controller,
+                    should_stop=lambda: interrupted() or tunnel_down(),
+                )
+            except BaseException:
+                await writer.abort()
+                raise
+            finally:
+                observer.flush()
     elapsed = time.monotonic() - started
     finished = tally.finished - finished_before
     log.info(
         "dispatch ended",
         extra=log_fields(
-            batch_id=batch.id,
-            job_id=batch.job_id,
+            **ids,
             sent=summary.sent,
             stopped=summary.stopped,
             seconds=round(elapsed, 3),
             requests_per_second=round(finished / elapsed, 1) if elapsed > 0 else None,
+            # Which concurrency controller ran (engine_load, aimd, fixed), where it ended, and
+            # the highest limit it reached.
+            controller=client.controller.name,
             concurrency_limit=client.controller.limit,
             order="prefix" if prefix_order else "input",
+            concurrency_peak=client.controller.peak,
             checkpoint_writes=writer.writes,
-            # Times dispatch paused because `concurrency` answers waited to be stored.
+            # Times dispatch paused because too many answers waited to be stored.
             checkpoint_pauses=writer.paused,
         ),
     )

@@ -38,14 +38,23 @@ class ConcurrencyLimit(Protocol):
     @property
     def maximum(self) -> int: ...
 
+    # What the "dispatch ended" log names: which controller, and the highest limit it reached.
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def peak(self) -> int: ...
+
     def record(self, outcome: Outcome) -> None: ...
 
 
 class FixedLimit:
+    name = "fixed"
+
     def __init__(self, limit: int) -> None:
         if limit < 1:
             raise ValueError("concurrency must be >= 1")
-        self.limit = self.maximum = limit
+        self.limit = self.maximum = self.peak = limit
 
     def record(self, outcome: Outcome) -> None:
         pass
@@ -64,6 +73,8 @@ class AimdController:
     fifty. Pure: no clock, fed one `Outcome` per attempt.
     """
 
+    name = "aimd"
+
     def __init__(
         self,
         *,
@@ -81,6 +92,7 @@ class AimdController:
             raise ValueError("maximum, healthy_window and additive_increase must be >= 1")
         self.maximum = maximum
         self.limit = max(1, min(initial, maximum))
+        self.peak = self.limit
         self.healthy_window = healthy_window
         self.additive_increase = additive_increase
         self.backoff = backoff
@@ -115,6 +127,7 @@ class AimdController:
             if self.probing:
                 step = max(step, math.ceil(self.limit * 0.25))
             self.limit = min(self.maximum, self.limit + step)
+            self.peak = max(self.peak, self.limit)
 
     def _observe_latency(self, latency: float) -> bool:
         ewma = self.ewma

@@ -17,6 +17,12 @@ from neobatch.runtime_agent.dispatch.concurrency import (
     ConcurrencyLimit,
     FixedLimit,
 )
+from neobatch.runtime_agent.dispatch.engine_load import (
+    UNKNOWN_CAPACITY_INITIAL,
+    VLLM_DEFAULT_MAX_NUM_SEQS,
+    EngineLoadController,
+    engine_maximum,
+)
 
 # AIBrix's retry set (reference §4.9): overload and transient upstream errors. Other 4xx are
 # the request's own fault and would fail the same way again.
@@ -99,7 +105,11 @@ ADAPTIVE_INITIAL = 8
 class DispatchDefaults(msgspec.Struct, frozen=True, kw_only=True):
     """The agent's configured defaults, used for whatever the job's client block leaves unset."""
 
+    # The most in flight for an engine without load metrics (AIMD or fixed); one that reports
+    # vLLM's gauges gets ENGINE_MAXIMUM_FACTOR x its max sequences instead.
     concurrency: int = 64
+    # Read the engine's /metrics and steer its queue (EngineLoadController) when it has them.
+    engine_metrics: bool = True
     # Per request; generations can be long (AIBrix's fixed 30 s read timeout retried them).
     request_timeout_seconds: float = 600.0
     max_retries: int = 5
@@ -125,17 +135,28 @@ class DispatchConfig(msgspec.Struct, frozen=True, kw_only=True):
     request_timeout_seconds: float
     retry: RetryPolicy
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    # Adaptive and allowed to read the engine's load: EngineLoadController if it reports it.
+    engine_aware: bool = False
+    # The most in flight under EngineLoadController (the job's max, else from the engine).
+    engine_maximum: int = 1
+    # The engine's max sequences: its launch's `--max-num-seqs`, else vLLM's default.
+    engine_capacity: int = VLLM_DEFAULT_MAX_NUM_SEQS
+    # Whether `engine_capacity` came from the launch (else it is a guess to learn from).
+    engine_capacity_known: bool = False
 
     @classmethod
-    def resolve(cls, client: ClientSpec, defaults: DispatchDefaults) -> DispatchConfig:
+    def resolve(
+        cls, client: ClientSpec, defaults: DispatchDefaults, max_num_seqs: int | None = None
+    ) -> DispatchConfig:
+        """`max_num_seqs`: the engine's `--max-num-seqs` when its launch sets one."""
         adaptive = _pick(client.adaptive_concurrency, defaults.adaptive)
+        job_maximum: int | None = None
         if client.max_concurrency is not None:
-            maximum = client.max_concurrency
+            job_maximum = client.max_concurrency
         elif client.adaptive_max_factor is not None and adaptive:
             # AIBrix: without an explicit max, the ceiling is the start limit times the factor.
-            maximum = min(1024, math.ceil(ADAPTIVE_INITIAL * client.adaptive_max_factor))
-        else:
-            maximum = defaults.concurrency
+            job_maximum = min(1024, math.ceil(ADAPTIVE_INITIAL * client.adaptive_max_factor))
+        maximum = defaults.concurrency if job_maximum is None else job_maximum
         spec = client.retry_policy
         retry = RetryPolicy(
             max_retries=_pick(spec and spec.max_retries, defaults.max_retries),
@@ -153,11 +174,30 @@ class DispatchConfig(msgspec.Struct, frozen=True, kw_only=True):
             ),
             retry=retry,
             max_response_bytes=_lower(client.max_response_bytes, defaults.max_response_bytes),
+            engine_aware=adaptive and defaults.engine_metrics,
+            engine_maximum=engine_maximum(max_num_seqs) if job_maximum is None else job_maximum,
+            engine_capacity=max_num_seqs or VLLM_DEFAULT_MAX_NUM_SEQS,
+            engine_capacity_known=max_num_seqs is not None,
         )
 
-    def controller(self) -> ConcurrencyLimit:
+    @property
+    def connections(self) -> int:
+        """The most requests any controller this config may pick can have in flight."""
+        if self.engine_aware:
+            return max(self.max_concurrency, self.engine_maximum)
+        return self.max_concurrency
+
+    def controller(self, engine_load: bool = False) -> ConcurrencyLimit:
+        """`engine_load`: the engine reports its load (vLLM's /metrics answered)."""
         if not self.adaptive:
             return FixedLimit(self.max_concurrency)
+        if engine_load and self.engine_aware:
+            return EngineLoadController(
+                capacity=min(self.engine_capacity, self.engine_maximum),
+                maximum=self.engine_maximum,
+                # Unknown max sequences: start lower and probe up rather than flood the queue.
+                initial=None if self.engine_capacity_known else UNKNOWN_CAPACITY_INITIAL,
+            )
         return AimdController(
             initial=self.initial_concurrency,
             maximum=self.max_concurrency,

@@ -79,8 +79,13 @@ async def dispatch_all(
             finally:
                 async with slots:
                     in_flight -= 1
-                    # The limit may have grown (a success) or the input ended: re-check all.
-                    slots.notify_all()
+                    if exhausted or stopped:
+                        slots.notify_all()  # every waiting worker ends now
+                    else:
+                        # Wake as many as there are free slots (the limit may have grown),
+                        # not all: with a maximum of 512 and 256 in flight, waking every
+                        # idle worker on each answer cost more CPU than the request.
+                        slots.notify(max(0, limit.limit - in_flight))
 
     async with asyncio.TaskGroup() as group:
         for n in range(controller.maximum):

@@ -8,9 +8,11 @@ Every response is translated into a `RequestResult` here; nothing above sees HTT
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +20,12 @@ import msgspec
 
 from neobatch.common.batch_input import BatchRequest
 from neobatch.common.errors import NeobatchError
+from neobatch.common.logs import log_fields
 from neobatch.runtime_agent.dispatch.concurrency import ConcurrencyLimit, FixedLimit, Outcome
+from neobatch.runtime_agent.dispatch.engine_load import (
+    EngineLoadController,
+    max_num_seqs_from_args,
+)
 from neobatch.runtime_agent.dispatch.policy import (
     DEFAULT_MAX_RESPONSE_BYTES,
     RETRY_AFTER_STATUSES,
@@ -29,10 +36,14 @@ from neobatch.runtime_agent.dispatch.policy import (
 from neobatch.runtime_agent.dispatch.tally import RequestResult
 from neobatch.runtime_agent.engine.http import EngineConnectionError, EngineHTTP
 from neobatch.runtime_agent.engine.limits import EngineResponseTooLarge
+from neobatch.runtime_agent.engine.metrics import EngineMetrics
+from neobatch.runtime_agent.machine.launch import vllm_options
 
 if TYPE_CHECKING:
     from neobatch.runtime_agent.batch.batches import Batch
     from neobatch.runtime_agent.settings import AgentSettings
+
+log = logging.getLogger("neobatch.runtime_agent.engine.client")
 
 # Error bodies that are not JSON are kept, truncated, inside an OpenAI-style error envelope.
 _MAX_ERROR_TEXT = 1000
@@ -105,7 +116,12 @@ class EngineClient:
         retry: RetryPolicy,
         controller: ConcurrencyLimit | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        config: DispatchConfig | None = None,
     ) -> None:
+        self._base_url = base_url
+        # Set: the controller is picked once the engine is up (`watching_load`).
+        self._config = config
+        self._metrics: EngineMetrics | None = None
         self._batch_id = batch_id
         self._model = served_model
         self._retry = retry
@@ -124,20 +140,66 @@ class EngineClient:
     @classmethod
     def for_batch(cls, base_url: str, batch: Batch, settings: AgentSettings) -> EngineClient:
         """A client driven by the job's `client` block, the agent's settings filling the gaps."""
-        config = DispatchConfig.resolve(batch.client, settings.dispatch)
+        engine = batch.engine
+        seqs = (
+            max_num_seqs_from_args(vllm_options(engine)) if engine.engine_type == "vllm" else None
+        )
+        config = DispatchConfig.resolve(batch.client, settings.dispatch, seqs)
         return cls(
             base_url,
             batch_id=batch.id,
-            served_model=batch.engine.serving_name,
-            concurrency=config.max_concurrency,
+            served_model=engine.serving_name,
+            concurrency=config.connections,
             request_timeout_seconds=config.request_timeout_seconds,
             retry=config.retry,
             controller=config.controller(),
             max_response_bytes=config.max_response_bytes,
+            config=config,
         )
 
     async def close(self) -> None:
         await self._http.close()
+        if self._metrics is not None:
+            await self._metrics.close()
+
+    @contextlib.asynccontextmanager
+    async def watching_load(self, ids: dict[str, str] | None = None) -> AsyncIterator[None]:
+        """Around one dispatch pass: the controller fed with the engine's load.
+
+        The first time, `/metrics` is probed once to pick the controller (the job's `client`
+        block and the agent's settings allowing): the engine's own load gauges, or AIMD when
+        it has none. Then, while the pass runs, it is sampled into an `EngineLoadController`.
+        """
+        config = self._config
+        if config is None or not config.engine_aware:
+            yield
+            return
+        if self._metrics is None:
+            self._metrics = EngineMetrics(self._base_url)
+            load = await self._metrics.read()
+            self.controller = config.controller(engine_load=load is not None)
+            if isinstance(self.controller, EngineLoadController) and load is not None:
+                self.controller.observe(load)
+            log.info(
+                "concurrency controller chosen",
+                extra=log_fields(
+                    **(ids or {}),
+                    controller=self.controller.name,
+                    engine_metrics=load is not None,
+                    limit=self.controller.limit,
+                    maximum=self.controller.maximum,
+                ),
+            )
+        controller = self.controller
+        if not isinstance(controller, EngineLoadController) or controller.name != "engine_load":
+            yield
+            return
+        feeding = asyncio.create_task(self._metrics.feed(controller, ids=ids), name="engine-load")
+        try:
+            yield
+        finally:
+            feeding.cancel()
+            await asyncio.gather(feeding, return_exceptions=True)
 
     async def wait_ready(
         self,
