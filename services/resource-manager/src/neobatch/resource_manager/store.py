@@ -60,6 +60,8 @@ def _decision_fields(provision: Provision, decision: Decision, now: datetime) ->
         fields["provider"] = decision.provider
     if decision.offer is not None:
         fields["offer"] = msgspec.to_builtins(decision.offer)
+        if decision.placement is not None:
+            fields["placement"] = msgspec.to_builtins(decision.placement)
     elif decision.clear_offer:
         fields["offer"] = None
     if decision.attempts is not None:
