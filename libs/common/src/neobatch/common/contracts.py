@@ -294,6 +294,9 @@ class BatchTerminal(Event, frozen=True, kw_only=True):
     error_file_id: str | None = None
     error_code: str = ""
     error_message: str = ""
+    # Seconds this run spent sending requests (the resource-manager learns throughput from
+    # usage.output_tokens / dispatch_seconds); 0 when nothing was sent.
+    dispatch_seconds: float = 0.0
 
 
 ALL_EVENTS: tuple[type[Event], ...] = (

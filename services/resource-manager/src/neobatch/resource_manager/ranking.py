@@ -124,3 +124,48 @@ def choose(
             expected_cost_usd=round(expected_cost(best, estimate) or 0.0, 6),
         )
     return best, placement
+
+
+# --- learning: what finished batches teach -------------------------------------------------
+
+# A batch shorter than this measures start-up noise, not throughput.
+MIN_SAMPLE_SECONDS = 1.0
+# Recent batches per (template, family) that make the learned figure.
+LEARNED_WINDOW = 20
+
+
+class Sample(msgspec.Struct, frozen=True, kw_only=True):
+    """One finished batch: output tokens over the seconds spent sending requests."""
+
+    batch_id: str
+    template_key: str
+    family: str
+    output_tokens: int
+    dispatch_seconds: float
+
+
+def sample_of(
+    batch_id: str, template_key: str, offer: Offer | None, output_tokens: int, seconds: float
+) -> Sample | None:
+    """What a terminal batch teaches, if anything: only a batch run on a recorded offer of a
+    known template that produced output over a measurable time."""
+    if offer is None or not template_key or output_tokens <= 0 or seconds < MIN_SAMPLE_SECONDS:
+        return None
+    return Sample(
+        batch_id=batch_id,
+        template_key=template_key,
+        family=offer.family,
+        output_tokens=output_tokens,
+        dispatch_seconds=seconds,
+    )
+
+
+def learned_throughput(samples: Sequence[Sample]) -> dict[str, float]:
+    """GPU family → tokens/s over its samples (total tokens ÷ total seconds, so a long batch
+    weighs more than a short one)."""
+    tokens: dict[str, int] = {}
+    seconds: dict[str, float] = {}
+    for sample in samples:
+        tokens[sample.family] = tokens.get(sample.family, 0) + sample.output_tokens
+        seconds[sample.family] = seconds.get(sample.family, 0.0) + sample.dispatch_seconds
+    return {family: tokens[family] / seconds[family] for family in tokens if seconds[family] > 0}

@@ -117,6 +117,14 @@ class ProvisionStore:
         doc = await self._provisions.find_one({"_id": provision_id})
         return provision_from_doc(doc) if doc else None
 
+    async def find_ran_job(self, job_id: str) -> Provision | None:
+        """The job's latest provision that reached running on a recorded offer, if any."""
+        doc = await self._provisions.find_one(
+            {"job_id": job_id, "offer": {"$ne": None}, "running_at": {"$ne": None}},
+            sort=[("running_at", -1)],
+        )
+        return provision_from_doc(doc) if doc else None
+
     async def insert_requested(
         self,
         *,
