@@ -131,9 +131,10 @@ def test_ties_are_deterministic(estimate: Estimate) -> None:
         offer("NVIDIA H100 80GB HBM3", 2.9, region="US-2"),
         offer("NVIDIA H100 80GB HBM3", 2.9, provider="lambdaCloud", region="US-1"),
         offer("NVIDIA H100 80GB HBM3", 2.9, region="EU-1"),
+        offer("NVIDIA H100 80GB HBM3", 2.9, provider="lambdaCloud", region="EU-1"),
     ]
     picks = {choose(order, set(), estimate)[0].key for order in (same, same[::-1])}  # type: ignore[index]
-    assert picks == {"runpod:NVIDIA H100 80GB HBM3@EU-1"}
+    assert picks == {"lambdaCloud:NVIDIA H100 80GB HBM3@EU-1"}
 
 
 def test_tried_and_unavailable_offers_are_skipped() -> None:

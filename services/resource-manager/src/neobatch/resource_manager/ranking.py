@@ -14,7 +14,7 @@ the job's output is estimated (`cost_per_job`); otherwise all of them by price p
 before (`price_per_hour`). Mixing the two would compare dollars per job with dollars per hour,
 and guessing a figure for an unmeasured GPU could send a job to the slowest machine; an operator
 who wants cost ranking across several GPU types declares a throughput for each (or lets one job
-per type teach it). Ties are broken by price per hour, then GPU type, then region.
+per type teach it). Ties: price per hour, GPU type, region, provider.
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ def expected_cost(offer: Offer, estimate: Estimate) -> float | None:
     return offer.price_per_hour * hours
 
 
-def _per_hour_key(offer: Offer) -> tuple[float, str, str]:
-    return (offer.price_per_hour, offer.gpu_type, offer.region)
+def _per_hour_key(offer: Offer) -> tuple[float, str, str, str]:
+    return (offer.price_per_hour, offer.gpu_type, offer.region, offer.provider)
 
 
 def rank(offers: Sequence[Offer], estimate: Estimate) -> tuple[list[Offer], str]:
