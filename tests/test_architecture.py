@@ -27,6 +27,7 @@ PURE_MODULES = [
     "services/planner/src/neobatch/planner/policy.py",
     "services/resource-manager/src/neobatch/resource_manager/provisions.py",
     "services/resource-manager/src/neobatch/resource_manager/offers.py",
+    "services/resource-manager/src/neobatch/resource_manager/ranking.py",
     "services/resource-manager/src/neobatch/resource_manager/providers/base.py",
     "services/runtime-agent/src/neobatch/runtime_agent/batch/batches.py",
     "services/runtime-agent/src/neobatch/runtime_agent/dispatch/concurrency.py",

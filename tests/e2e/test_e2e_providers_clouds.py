@@ -17,6 +17,7 @@ from pymongo import MongoClient
 from neobatch.sim.devstack import Ports, Stack, start_stack
 from neobatch.sim.devstack.demo import Demo, template_body
 from neobatch.sim.devstack.sample_batch import write_sample_batch
+from neobatch.sim.devstack.scenario import engine_command
 from neobatch.sim.testing.servers import free_port
 
 TERMINAL = {"completed", "failed", "expired", "cancelled", "resource_failed", "submit_failed"}
@@ -60,7 +61,20 @@ class CloudStack:
     def faults(self, **switches: Any) -> None:
         httpx.post(f"{self.admin}/faults", json=switches, timeout=10).raise_for_status()
 
-    def submit(self, tmp_path: Path) -> str:
+    def add_template(self, name: str, latency_ms: float | None = None, **spec: Any) -> None:
+        template = template_body(self.model_id, free_port())
+        template["name"] = name
+        template["spec"].update(spec)
+        if latency_ms is not None:
+            template["spec"]["engine"]["command"] = engine_command(latency_ms=latency_ms)
+        created = self.http.post(
+            f"/api/v1/models/{self.model_id}/deployment-templates",
+            json=template,
+            headers=self.demo.operator,
+        )
+        assert created.status_code == 200, created.text
+
+    def submit(self, tmp_path: Path, template: str = "cloud-template") -> str:
         batch = tmp_path / "input.jsonl"
         write_sample_batch(batch, REQUESTS, model="sim-chat-1b")
         job = self.http.post(
@@ -69,7 +83,7 @@ class CloudStack:
                 "input_dataset": self.demo.upload(batch),
                 "endpoint": "/v1/chat/completions",
                 "model_id": self.model_id,
-                "model_template_name": "cloud-template",
+                "model_template_name": template,
             },
         ).json()
         return str(job["id"])
@@ -171,3 +185,49 @@ def test_catalog_serves_the_providers_live_offers(cloud: CloudStack) -> None:
     assert all(o["family"] == "H100" for o in offers)
     prices = [o["price_per_hour"] for o in offers]
     assert prices == sorted(prices) and prices[0] > 0
+
+
+def test_the_per_hour_cheaper_gpu_loses_on_cost_per_job(cloud: CloudStack, tmp_path: Path) -> None:
+    """Issue 16: both simulators sell an A100 cheaper per hour than an H100. A template that
+    accepts both and declares AIBrix's study figures runs on the H100; one that declares
+    nothing keeps price per hour (the A100). The finished batch teaches its throughput."""
+    accepts = {"accelerator": {"type": "H100", "count": 1, "alternatives": ["A100"]}}
+    cloud.add_template("blind-template", **accepts)
+    cloud.add_template(
+        "ranked-template",
+        # 1.2 s per request: the batch lasts past the second a throughput sample needs.
+        latency_ms=1200,
+        **accepts,
+        placement={
+            "throughput": {"H100": 10300, "A100": 2400},
+            "output_tokens_per_request": 500_000,
+        },
+    )
+    blind = cloud.wait_settled(cloud.submit(tmp_path, "blind-template"))
+    assert blind["status"] == "completed", blind.get("error_message")
+    assert blind["placement"]["rule"] == "price_per_hour"
+    assert blind["placement"]["gpu_family"] == "A100"
+
+    ranked = cloud.wait_settled(cloud.submit(tmp_path, "ranked-template"))
+    assert ranked["status"] == "completed", ranked.get("error_message")
+    placement = ranked["placement"]
+    assert placement["rule"] == "cost_per_job"
+    assert placement["gpu_family"] == "H100"
+    assert placement["throughput_source"] == "declared"
+    assert placement["expected_output_tokens"] == REQUESTS * 500_000
+    assert placement["expected_cost_usd"] > 0
+    doc = cloud.provision_doc(ranked["id"])
+    assert (
+        doc["placement"]["offer"]
+        == f"{cloud.provider}:{doc['offer']['gpu_type']}@{doc['offer']['region']}"
+    )
+    with MongoClient(cloud.stack.mongo_url) as client:
+        db = client[cloud.stack.env["NEOBATCH_DB"]]
+        template_id = db.jobs.find_one({"_id": ranked["id"]})["model_template_id"]
+        deadline = time.monotonic() + 30  # the resource-manager learns from batch.terminal
+        while (sample := db.throughput_samples.find_one({"template_key": template_id})) is None:
+            assert time.monotonic() < deadline, "the finished batch taught nothing"
+            time.sleep(0.2)
+    assert sample["family"] == "H100"
+    assert sample["output_tokens"] == ranked["usage"]["output_tokens"] > 0
+    assert sample["dispatch_seconds"] >= 1.0

@@ -94,3 +94,48 @@ async def test_invalid_template_is_400_naming_the_field(
     assert r.json()["code"] == "invalid_request"
     assert field in r.json()["message"]
     assert await api.count("templates") == 0
+
+
+async def test_template_may_accept_several_gpu_types_and_declare_throughput(api: Any) -> None:
+    """Issue 16: offers of any accepted GPU type are ranked by cost per job."""
+    await api.post_operator("/api/v1/models", {"name": "Qwen2.5 7B Instruct"})
+    body = template(
+        accelerator={"type": "H100", "count": 1, "alternatives": ["A100"]},
+        placement={
+            "throughput": {"H100": 10300, "A100": 2400},
+            "startup_seconds": 240,
+            "output_tokens_per_request": 512,
+        },
+    )
+    created = await api.post_operator(f"/api/v1/models/{MODEL_ID}/deployment-templates", body)
+    assert created.status_code == 200, created.text
+    spec = created.json()["spec"]
+    assert spec["accelerator"]["alternatives"] == ["A100"]
+    assert spec["placement"] == {
+        "throughput": {"H100": 10300.0, "A100": 2400.0},
+        "startup_seconds": 240.0,
+        "output_tokens_per_request": 512,
+    }
+
+
+@pytest.mark.parametrize(
+    ("placement", "field"),
+    [
+        ({"throughput": {"H100": 0}}, "spec.placement.throughput"),
+        ({"throughput": {"H100": -5}}, "spec.placement.throughput"),
+        ({"throughput": {"H100": "fast"}}, "spec.placement.throughput"),
+        ({"startup_seconds": -1}, "spec.placement.startup_seconds"),
+        ({"output_tokens_per_request": 0}, "spec.placement.output_tokens_per_request"),
+    ],
+)
+async def test_bad_placement_hints_are_400_naming_the_field(
+    api: Any, placement: dict[str, Any], field: str
+) -> None:
+    await api.post_operator("/api/v1/models", {"name": "Qwen2.5 7B Instruct"})
+    r = await api.post_operator(
+        f"/api/v1/models/{MODEL_ID}/deployment-templates", template(placement=placement)
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == "invalid_request"
+    assert field in r.json()["message"]
+    assert await api.count("templates") == 0

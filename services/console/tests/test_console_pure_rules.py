@@ -227,3 +227,45 @@ def test_a_job_past_provisioning_shows_no_stale_placement_error(status: str) -> 
     assert all("no capacity" not in (e.message or "") for e in view.events)
     # Its provision block still says what happened to the machine.
     assert view.provision is not None and "no capacity" in view.provision.error_message
+
+
+@pytest.mark.parametrize("rule", ["cost_per_job", "price_per_hour"])
+def test_the_job_view_says_which_rule_chose_its_offer(rule: str) -> None:
+    """Issue 16: the placement the resource-manager records on the provision, as it writes it."""
+    from neobatch.resource_manager.offers import Offer
+    from neobatch.resource_manager.ranking import Estimate, choose
+
+    offers = [
+        Offer(
+            provider="runpod",
+            gpu_type=gpu,
+            gpu_description=gpu,
+            gpu_count=1,
+            region="EU-1",
+            price_per_hour=price,
+        )
+        for gpu, price in (("NVIDIA A100 80GB PCIe", 1.2), ("NVIDIA H100 80GB HBM3", 2.9))
+    ]
+    known = {"H100": 10300.0, "A100": 2400.0} if rule == "cost_per_job" else {}
+    chosen = choose(offers, set(), Estimate(expected_output_tokens=10_000_000, declared=known))
+    assert chosen is not None
+    provision = {
+        "_id": "prov_1",
+        "provider": "runpod",
+        "status": "running",
+        "placement": msgspec.to_builtins(chosen[1]),
+    }
+    view = msgspec.to_builtins(job_view(job(provision_id="prov_1"), provision, caller="key:x"))
+    placement = view["placement"]
+    assert placement["rule"] == rule
+    assert placement["expected_output_tokens"] == 10_000_000
+    if rule == "cost_per_job":
+        assert placement["gpu_family"] == "H100"
+        assert placement["throughput_tokens_per_second"] == 10300.0
+        assert placement["expected_cost_usd"] == pytest.approx(1.0236, abs=1e-3)
+    else:
+        assert placement["gpu_family"] == "A100"
+        assert placement["expected_cost_usd"] is None
+    # Before an offer is chosen (or on the ssh pool) there is none.
+    assert job_view(job(), None, caller="key:x").placement is None
+    assert job_view(job(), {"_id": "p", "placement": {"rule": 3}}, caller="key:x").placement is None

@@ -457,3 +457,31 @@ def test_a_completed_job_keeps_no_error_from_an_earlier_attempt() -> None:
     assert decision is not None and decision.status is S.COMPLETED
     assert decision.fields["error_code"] is None
     assert decision.fields["error_message"] is None
+
+
+def test_provisioning_request_carries_what_offer_ranking_needs() -> None:
+    """Issue 16: accepted GPU types, declared throughput and start-up, the expected output."""
+    spec = {
+        **SPEC,
+        "accelerator": {"type": "H100", "count": 1, "alternatives": ["A100"]},
+        "placement": {
+            "throughput": {"H100": 10300, "A100": 2400},
+            "startup_seconds": 240,
+            "output_tokens_per_request": 512,
+        },
+    }
+    queued = job(S.QUEUED, template_spec=spec, template_id="tmpl_1", request_count=1000)
+    decision = decide(queued, JobQueued(job_id="job_1"), NOW, Limits(provisioning_seconds=600))
+    assert decision is not None
+    resource = decision.events[0].resource  # type: ignore[attr-defined]
+    assert resource.accelerator_alternatives == ["A100"]
+    assert resource.template_key == "tmpl_1"
+    assert resource.throughput == {"H100": 10300.0, "A100": 2400.0}
+    assert resource.startup_seconds == 240.0
+    assert resource.expected_output_tokens == 512_000
+    # A template that declares nothing: the default per request, no figures, default start-up.
+    plain = decide(job(S.QUEUED, request_count=10), JobQueued(job_id="job_1"), NOW, Limits())
+    assert plain is not None
+    resource = plain.events[0].resource  # type: ignore[attr-defined]
+    assert resource.expected_output_tokens == 10 * 256
+    assert (resource.throughput, resource.startup_seconds) == ({}, None)

@@ -26,6 +26,7 @@ from neobatch.resource_manager.handlers import ProvisionEventHandler
 from neobatch.resource_manager.reconciler import Reconciler
 from neobatch.resource_manager.settings import read_settings
 from neobatch.resource_manager.store import ProvisionStore
+from neobatch.resource_manager.throughput_store import ThroughputStore
 from neobatch.sim.pytest_plugin import ProviderSimInfo, SSHKeyPair
 from neobatch.sim.testing.waiting import wait_until
 
@@ -53,12 +54,14 @@ class CloudRig:
         self.clock = FixedClock(utcnow())
         self.store = ProvisionStore(self.client, self.db, Namespace(f"t{uuid.uuid4().hex[:8]}"))
         self.clouds = cloud_providers(self.settings)
+        self.samples = ThroughputStore(self.db)
         self.driver = ProvisionDriver(
             self.store,
             self.clouds,
             self.clock,
             lambda: None,
             offer_order=self.settings.cloud_order,
+            learned=self.samples.list_learned,
         )
         self.handler = ProvisionEventHandler(
             self.store, self.clock, self.settings.provisioners, self.driver.wake, lambda: None
@@ -77,14 +80,19 @@ class CloudRig:
         *,
         provider: str | None = None,
         deadline_seconds: float = 600,
+        **ranking: Any,
     ) -> str:
+        """`ranking`: the ResourceRequest's offer-ranking fields (alternatives, throughput...)."""
         provision_id = f"prov_{uuid.uuid4().hex}"
         await self.handler.on_provision_requested(
             ProvisionRequested(
                 provision_id=provision_id,
                 job_id=f"job_{uuid.uuid4().hex}",
                 resource=ResourceRequest(
-                    accelerator_type=accelerator, accelerator_count=count, provider=provider
+                    accelerator_type=accelerator,
+                    accelerator_count=count,
+                    provider=provider,
+                    **ranking,
                 ),
                 deadline_at=self.clock.now() + timedelta(seconds=deadline_seconds),
             )
@@ -152,5 +160,6 @@ async def rig(
     }
     built = CloudRig(mongo_url, mongo_db.name, env)
     await built.store.ensure_indexes()
+    await built.samples.ensure_indexes()
     yield built
     await built.close()

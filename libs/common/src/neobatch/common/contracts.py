@@ -116,6 +116,16 @@ class ResourceRequest(msgspec.Struct, frozen=True, kw_only=True):
     accelerator_count: int = 1
     replicas: int = 1
     provider: str | None = None  # a job may name its provider; None = configured default
+    # Offer ranking (resource_manager/ranking.py). Other GPU types the template runs on (same
+    # count): offers of any of these families are candidates.
+    accelerator_alternatives: list[str] = []
+    # Whose throughput figures apply (the template's name) and what the template declares:
+    # GPU family → output tokens/s per machine, start-up seconds (None: the default).
+    template_key: str = ""
+    throughput: dict[str, float] = {}
+    startup_seconds: float | None = None
+    # The job's expected output tokens (documented approximation, planner/policy.py); 0: unknown.
+    expected_output_tokens: int = 0
 
 
 class SshEndpoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -284,6 +294,9 @@ class BatchTerminal(Event, frozen=True, kw_only=True):
     error_file_id: str | None = None
     error_code: str = ""
     error_message: str = ""
+    # Seconds this run spent sending requests (the resource-manager learns throughput from
+    # usage.output_tokens / dispatch_seconds); 0 when nothing was sent.
+    dispatch_seconds: float = 0.0
 
 
 ALL_EVENTS: tuple[type[Event], ...] = (

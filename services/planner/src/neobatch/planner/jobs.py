@@ -91,6 +91,9 @@ class Job(msgspec.Struct, kw_only=True):
     # Whose job it is and when it was accepted: the fair queue takes turns by project.
     project: str = ""
     created_at: datetime | None = None
+    # For ranking offers by cost per job: whose throughput applies, how many requests.
+    template_id: str = ""
+    request_count: int = 0
 
 
 class DeadlinePassed(msgspec.Struct, frozen=True):
@@ -379,7 +382,13 @@ def _provision_request(
     return ProvisionRequested(
         provision_id=provision_id,
         job_id=job.id,
-        resource=policy.resource_request(job.template_spec, job.replicas, job.provider),
+        resource=policy.resource_request(
+            job.template_spec,
+            job.replicas,
+            job.provider,
+            template_key=job.template_id,
+            request_count=job.request_count,
+        ),
         deadline_at=now + timedelta(seconds=limits.provisioning_seconds),
         occurred_at=now,
     )

@@ -29,15 +29,40 @@ SUBMIT_FAILURE_CODES = frozenset(
 )
 
 
+# Output tokens a request is expected to produce when the template declares none
+# (`placement.output_tokens_per_request`). A documented approximation for ranking offers: what
+# reaches the planner is the validated request count, not each line's `max_tokens`.
+DEFAULT_OUTPUT_TOKENS_PER_REQUEST = 256
+
+
+def expected_output_tokens(template_spec: dict[str, Any], request_count: int) -> int:
+    """The job's expected output: request count times the template's per-request figure."""
+    hints = template_spec.get("placement") or {}
+    per_request = hints.get("output_tokens_per_request") or DEFAULT_OUTPUT_TOKENS_PER_REQUEST
+    return max(0, request_count) * int(per_request)
+
+
 def resource_request(
-    template_spec: dict[str, Any], replicas: int, provider: str | None
+    template_spec: dict[str, Any],
+    replicas: int,
+    provider: str | None,
+    *,
+    template_key: str = "",
+    request_count: int = 0,
 ) -> ResourceRequest:
     accelerator = template_spec.get("accelerator") or {}
+    hints = template_spec.get("placement") or {}
+    startup = hints.get("startup_seconds")
     return ResourceRequest(
         accelerator_type=str(accelerator.get("type", "")),
         accelerator_count=int(accelerator.get("count", 1) or 1),
         replicas=max(1, replicas),
         provider=provider or None,
+        accelerator_alternatives=[str(a) for a in accelerator.get("alternatives") or []],
+        template_key=template_key,
+        throughput={str(k): float(v) for k, v in (hints.get("throughput") or {}).items()},
+        startup_seconds=None if startup is None else float(startup),
+        expected_output_tokens=expected_output_tokens(template_spec, request_count),
     )
 
 

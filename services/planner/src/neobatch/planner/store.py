@@ -82,6 +82,8 @@ JOB_FIELDS = {
         "expires_at",
         "project",
         "created_at",
+        "model_template_id",
+        "request_counts",
     )
 }
 
@@ -107,6 +109,8 @@ def job_from_doc(doc: dict[str, Any]) -> Job:
         expires_at=doc.get("expires_at"),
         project=doc.get("project") or "",
         created_at=doc.get("created_at"),
+        template_id=str(doc.get("model_template_id") or ""),
+        request_count=int((doc.get("request_counts") or {}).get("total") or 0),
     )
 
 

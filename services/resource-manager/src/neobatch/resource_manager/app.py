@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from neobatch.common.runtime import ServiceRuntime
 from neobatch.resource_manager.driver import ProvisionDriver
-from neobatch.resource_manager.handlers import SERVICE, ProvisionEventHandler, register
+from neobatch.resource_manager.handlers import (
+    SERVICE,
+    ProvisionEventHandler,
+    ThroughputLearner,
+    register,
+)
 from neobatch.resource_manager.providers.base import Provider
 from neobatch.resource_manager.providers.lambda_cloud import LambdaCloudProvider
 from neobatch.resource_manager.providers.runpod import RunPodProvider
@@ -12,6 +17,7 @@ from neobatch.resource_manager.providers.ssh_pool import SshPoolProvider, parse_
 from neobatch.resource_manager.reconciler import Reconciler
 from neobatch.resource_manager.settings import ResourceManagerSettings
 from neobatch.resource_manager.store import ProvisionStore
+from neobatch.resource_manager.throughput_store import ThroughputStore
 
 
 def cloud_providers(settings: ResourceManagerSettings) -> dict[str, Provider]:
@@ -28,6 +34,7 @@ def cloud_providers(settings: ResourceManagerSettings) -> dict[str, Provider]:
 def build(settings: ResourceManagerSettings) -> ServiceRuntime:
     runtime = ServiceRuntime(SERVICE, settings.common)
     store = ProvisionStore(runtime.mongo, runtime.db, runtime.ns)
+    samples = ThroughputStore(runtime.db)
     providers: dict[str, Provider] = {}
     pool: SshPoolProvider | None = None
     if "ssh" in settings.provisioners:
@@ -41,6 +48,7 @@ def build(settings: ResourceManagerSettings) -> ServiceRuntime:
         runtime.notify_outbox,
         offer_order=settings.cloud_order,
         lease_seconds=settings.lease_seconds,
+        learned=samples.list_learned,
     )
     handler = ProvisionEventHandler(
         store,
@@ -50,10 +58,11 @@ def build(settings: ResourceManagerSettings) -> ServiceRuntime:
         runtime.notify_outbox,
         driver=driver,
     )
-    register(runtime.broker, runtime.ns, handler)
+    register(runtime.broker, runtime.ns, handler, ThroughputLearner(store, samples, runtime.clock))
 
     async def prepare() -> None:
         await store.ensure_indexes()
+        await samples.ensure_indexes()
         if pool is not None:
             await pool.sync_pool()
 

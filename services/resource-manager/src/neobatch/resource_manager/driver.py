@@ -22,7 +22,7 @@ from neobatch.common.logs import log_fields
 from neobatch.resource_manager import provisions
 from neobatch.resource_manager.providers.base import Provider
 from neobatch.resource_manager.provisions import Decision, Provision
-from neobatch.resource_manager.steps import step
+from neobatch.resource_manager.steps import Learned, step
 from neobatch.resource_manager.store import ProvisionStore
 
 log = logging.getLogger("neobatch.resource_manager")
@@ -46,8 +46,11 @@ class ProvisionDriver:
         *,
         offer_order: Sequence[str] = (),
         lease_seconds: float = LEASE_SECONDS,
+        learned: Learned | None = None,
     ) -> None:
         self._store = store
+        # Throughput learned from finished batches, for ranking offers by cost per job.
+        self._learned = learned
         self._providers = dict(providers)
         # Providers that rent by offer are failed over in this order (a job naming none).
         self._offer_order = tuple(offer_order)
@@ -135,7 +138,9 @@ class ProvisionDriver:
     async def _advance(self, provision: Provision) -> None:
         if provision.status not in provisions.ACTIVE:
             return  # settled meanwhile: nothing to do (the stored copy says so)
-        decision = await step(provision, self._providers, self._offer_order, self._clock)
+        decision = await step(
+            provision, self._providers, self._offer_order, self._clock, self._learned
+        )
         if await self._save(provision, decision):
             if decision.events:
                 self._notify()

@@ -14,13 +14,19 @@ from faststream.nats import NatsBroker
 
 from neobatch.common.broker import subscribe
 from neobatch.common.clock import Clock
-from neobatch.common.contracts import ProvisionReleaseRequested, ProvisionRequested
+from neobatch.common.contracts import (
+    BatchTerminal,
+    ProvisionReleaseRequested,
+    ProvisionRequested,
+)
 from neobatch.common.ids import resource_name
 from neobatch.common.logs import log_fields
 from neobatch.common.subjects import Namespace
 from neobatch.resource_manager import provisions
 from neobatch.resource_manager.driver import ProvisionDriver
+from neobatch.resource_manager.ranking import sample_of
 from neobatch.resource_manager.store import ProvisionStore
+from neobatch.resource_manager.throughput_store import ThroughputStore
 
 log = logging.getLogger("neobatch.resource_manager")
 
@@ -102,8 +108,47 @@ class ProvisionEventHandler:
             self._wake()
 
 
-def register(broker: NatsBroker, ns: Namespace, handler: ProvisionEventHandler) -> None:
+class ThroughputLearner:
+    """`batch.terminal` → one throughput sample for the (template, GPU family) it ran on."""
+
+    def __init__(
+        self, provisions_store: ProvisionStore, samples: ThroughputStore, clock: Clock
+    ) -> None:
+        self._provisions = provisions_store
+        self._samples = samples
+        self._clock = clock
+
+    async def on_batch_terminal(self, event: BatchTerminal) -> None:
+        provision = await self._provisions.find_ran_job(event.job_id)
+        if provision is None:
+            return  # never ran on an offer (ssh pool, failed before running)
+        sample = sample_of(
+            event.batch_id,
+            provision.request.template_key,
+            provision.offer,
+            event.usage.output_tokens,
+            event.dispatch_seconds,
+        )
+        if sample is not None and await self._samples.save_sample(sample, self._clock.now()):
+            log.info(
+                "throughput learned",
+                extra=log_fields(
+                    job_id=event.job_id,
+                    family=sample.family,
+                    tokens_per_second=round(sample.output_tokens / sample.dispatch_seconds, 1),
+                ),
+            )
+
+
+def register(
+    broker: NatsBroker,
+    ns: Namespace,
+    handler: ProvisionEventHandler,
+    learner: ThroughputLearner | None = None,
+) -> None:
     subscribe(broker, ns, SERVICE, ProvisionRequested, handler.on_provision_requested)
     subscribe(
         broker, ns, SERVICE, ProvisionReleaseRequested, handler.on_provision_release_requested
     )
+    if learner is not None:
+        subscribe(broker, ns, SERVICE, BatchTerminal, learner.on_batch_terminal)

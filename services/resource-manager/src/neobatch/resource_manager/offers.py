@@ -41,21 +41,23 @@ class Offer(msgspec.Struct, frozen=True, kw_only=True):
         return gpu_family(self.gpu_description or self.gpu_type)
 
 
+def accepted_families(request: ResourceRequest) -> list[str]:
+    """The request's GPU type first, then the template's alternatives (each family once)."""
+    families: list[str] = []
+    for name in (request.accelerator_type, *request.accelerator_alternatives):
+        family = gpu_family(name)
+        if family and family not in families:
+            families.append(family)
+    return families
+
+
 def fits(offer: Offer, request: ResourceRequest, *, exact_count: bool = False) -> bool:
-    """Same GPU family and enough GPUs (Lambda: exactly as many, as AIBrix selects)."""
-    if offer.family != gpu_family(request.accelerator_type):
+    """An accepted GPU family and enough GPUs (Lambda: exactly as many, as AIBrix selects)."""
+    if offer.family not in accepted_families(request):
         return False
     if exact_count:
         return offer.gpu_count == request.accelerator_count
     return offer.gpu_count >= request.accelerator_count
-
-
-def choose(offers: list[Offer], tried: set[str]) -> Offer | None:
-    """The cheapest available offer not tried yet (ties: provider order, then region name)."""
-    candidates = [o for o in offers if o.available and o.key not in tried]
-    if not candidates:
-        return None
-    return min(candidates, key=lambda o: (o.price_per_hour, o.gpu_type, o.region))
 
 
 def attempts_message(attempts: list[dict[str, str]], request: ResourceRequest) -> str:

@@ -34,6 +34,7 @@ from neobatch.resource_manager.providers.base import (
     OwnedMachine,
     ProviderError,
 )
+from neobatch.resource_manager.ranking import Placement
 
 # Statuses the driver still has work to do in.
 ACTIVE = frozenset(
@@ -89,6 +90,7 @@ class Decision(msgspec.Struct, kw_only=True):
     error_message: str = ""
     provider: str | None = None  # switch provider (failover)
     offer: Offer | None = None  # record the offer about to be tried
+    placement: Placement | None = None  # why that offer (ranking.py), recorded with it
     clear_offer: bool = False
     attempts: list[dict[str, str]] | None = None
     retry_seconds: float = RETRY_SECONDS  # when an active provision is looked at again
@@ -201,12 +203,19 @@ def unknown_provider(provision: Provision, configured: Sequence[str], now: datet
     )
 
 
-def offer_chosen(provision: Provision, offer: Offer, now: datetime) -> Decision:
-    """Record the offer before any create call, so a restart retries the same name there."""
+def offer_chosen(
+    provision: Provision, offer: Offer, now: datetime, placement: Placement | None = None
+) -> Decision:
+    """Record the offer before any create call, so a restart retries the same name there;
+    with it, the rule that chose it and its figures (the job view shows them)."""
     return _decided(
         provision,
         Decision(
-            status=ProvisionStatus.CREATING, provider=offer.provider, offer=offer, retry_seconds=0
+            status=ProvisionStatus.CREATING,
+            provider=offer.provider,
+            offer=offer,
+            placement=placement,
+            retry_seconds=0,
         ),
         now,
     )

@@ -17,14 +17,15 @@ Every provider is stepped the same way, through the verbs of providers/base.py; 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from neobatch.common.clock import Clock
 from neobatch.common.contracts import ProvisionStatus
 from neobatch.resource_manager import provisions
-from neobatch.resource_manager.offers import choose
+from neobatch.resource_manager.offers import accepted_families
 from neobatch.resource_manager.providers.base import NoGpuType, Provider, ProviderError
 from neobatch.resource_manager.provisions import Decision, Provision
+from neobatch.resource_manager.ranking import DEFAULT_STARTUP_SECONDS, Estimate, choose
 
 
 async def step(
@@ -32,6 +33,7 @@ async def step(
     providers: Mapping[str, Provider],
     offer_order: Sequence[str],
     clock: Clock,
+    learned: Learned | None = None,
 ) -> Decision:
     provider = providers.get(provision.provider)
     if provider is None:
@@ -46,7 +48,7 @@ async def step(
                 provisions.attempt_of(provision), provision.provider_resource_id
             )
         elif provider.rents_by_offer and provision.offer is None:
-            return await _choose_offer(provision, providers, offer_order, clock)
+            return await _choose_offer(provision, providers, offer_order, clock, learned)
         else:
             machine = await provider.create(provisions.attempt_of(provision), provision.request)
     except ProviderError as error:
@@ -64,7 +66,9 @@ async def _choose_offer(
     providers: Mapping[str, Provider],
     offer_order: Sequence[str],
     clock: Clock,
+    learned: Learned | None = None,
 ) -> Decision:
+    estimate = await _estimate(provision, learned)
     tried = {attempt["offer"] for attempt in provision.attempts}
     asked = [name for name in candidate_providers(provision, offer_order) if name in providers]
     no_gpu_type: list[str] = []
@@ -74,10 +78,29 @@ async def _choose_offer(
         except NoGpuType as error:
             no_gpu_type.append(error.message)
             continue
-        chosen = choose(offers, tried)
+        chosen = choose(offers, tried, estimate)
         if chosen is not None:
-            return provisions.offer_chosen(provision, chosen, clock.now())
+            offer, placement = chosen
+            return provisions.offer_chosen(provision, offer, clock.now(), placement)
     return provisions.no_offer(provision, no_gpu_type, len(asked), clock.now())
+
+
+# (template key, GPU families) → GPU family → output tokens/s per machine learned so far.
+Learned = Callable[[str, Sequence[str]], Awaitable[dict[str, float]]]
+
+
+async def _estimate(provision: Provision, learned: Learned | None) -> Estimate:
+    request = provision.request
+    figures: dict[str, float] = {}
+    if learned is not None and request.template_key and request.expected_output_tokens > 0:
+        figures = await learned(request.template_key, accepted_families(request))
+    startup = request.startup_seconds
+    return Estimate(
+        expected_output_tokens=request.expected_output_tokens,
+        startup_seconds=DEFAULT_STARTUP_SECONDS if startup is None else startup,
+        declared=request.throughput,
+        learned=figures,
+    )
 
 
 async def _release(provider: Provider, provision: Provision, clock: Clock) -> Decision:

@@ -60,6 +60,8 @@ def _decision_fields(provision: Provision, decision: Decision, now: datetime) ->
         fields["provider"] = decision.provider
     if decision.offer is not None:
         fields["offer"] = msgspec.to_builtins(decision.offer)
+        if decision.placement is not None:
+            fields["placement"] = msgspec.to_builtins(decision.placement)
     elif decision.clear_offer:
         fields["offer"] = None
     if decision.attempts is not None:
@@ -113,6 +115,14 @@ class ProvisionStore:
 
     async def find_provision(self, provision_id: str) -> Provision | None:
         doc = await self._provisions.find_one({"_id": provision_id})
+        return provision_from_doc(doc) if doc else None
+
+    async def find_ran_job(self, job_id: str) -> Provision | None:
+        """The job's latest provision that reached running on a recorded offer, if any."""
+        doc = await self._provisions.find_one(
+            {"job_id": job_id, "offer": {"$ne": None}, "running_at": {"$ne": None}},
+            sort=[("running_at", -1)],
+        )
         return provision_from_doc(doc) if doc else None
 
     async def insert_requested(

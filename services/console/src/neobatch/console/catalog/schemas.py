@@ -108,9 +108,15 @@ class ModelSource(msgspec.Struct, kw_only=True):
     auth_secret_ref: Label = ""
 
 
+GpuName = Annotated[str, Meta(min_length=1, max_length=128)]
+
+
 class Accelerator(msgspec.Struct, kw_only=True):
-    type: Annotated[str, Meta(min_length=1, max_length=128)]
+    type: GpuName
     count: Count = 1
+    # Our extension: other GPU types this template also runs on, with the same count (offers of
+    # any of these families are candidates, ranked by cost per job: CONTRACTS.md).
+    alternatives: Annotated[list[GpuName], Meta(max_length=8)] = []
     vram_gb: Annotated[int, Meta(ge=0, le=100_000)] | None = None
     interconnect: Label = ""
     sku_hint: Label = ""
@@ -131,6 +137,22 @@ class Quantization(msgspec.Struct, kw_only=True):
     weights_artifact_uri: Text = ""
 
 
+class PlacementHints(msgspec.Struct, kw_only=True):
+    """Our extension: figures for ranking offers by cost per job before any job has run here.
+
+    `throughput`: GPU type → output tokens per second one machine (of `accelerator.count` such
+    GPUs) reaches with this template; learned figures from finished jobs take precedence.
+    """
+
+    throughput: Annotated[
+        dict[GpuName, Annotated[float, Meta(gt=0, le=10_000_000)]], Meta(max_length=16)
+    ] = {}
+    # Lease → engine healthy; None: the resource-manager's default (300 s).
+    startup_seconds: Annotated[float, Meta(ge=0, le=86_400)] | None = None
+    # Output tokens one request is expected to produce; None: the planner's default (256).
+    output_tokens_per_request: Annotated[int, Meta(ge=1, le=10_000_000)] | None = None
+
+
 class TemplateSpec(msgspec.Struct, kw_only=True):
     engine: TemplateEngine
     model_source: ModelSource
@@ -141,6 +163,7 @@ class TemplateSpec(msgspec.Struct, kw_only=True):
     # Empty: the endpoints every engine serves (jobs.rules.DEFAULT_ENDPOINTS).
     supported_endpoints: Annotated[list[Endpoint], Meta(max_length=32)] = []
     deployment_mode: Label = "dedicated"
+    placement: PlacementHints | None = None
 
 
 TemplateStatus = Literal["active", "deprecated", "draft"]

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import msgspec
+
 from neobatch.common.logs import redact_text
 from neobatch.console.jobs.rules import JOB_TIMESTAMPS
 from neobatch.console.jobs.schemas import (
     InputTokensDetails,
     JobEvent,
     JobOut,
+    PlacementOut,
     ProvisionOut,
     ReplicasOut,
     RequestCounts,
@@ -191,6 +194,17 @@ def provision_view(provision: dict[str, Any], *, include_endpoint: bool) -> Prov
     )
 
 
+def placement_view(provision: dict[str, Any] | None) -> PlacementOut | None:
+    """The rule that chose the provision's offer; None if none was chosen (or unreadable)."""
+    recorded = (provision or {}).get("placement")
+    if not recorded:
+        return None
+    try:
+        return msgspec.convert(recorded, PlacementOut)
+    except msgspec.ValidationError:
+        return None  # written by another version: not worth failing the job view for
+
+
 def job_view(job: dict[str, Any], provision: dict[str, Any] | None, *, caller: str) -> JobOut:
     """The response body of every /api/v1/jobs route."""
     # Error text may quote a provider's or engine's reply; mask anything key-like in it.
@@ -235,4 +249,5 @@ def job_view(job: dict[str, Any], provision: dict[str, Any] | None, *, caller: s
         ),
         created_by=job.get("created_by") or "",
         **times,
+        placement=placement_view(provision),
     )

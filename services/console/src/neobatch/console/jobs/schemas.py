@@ -142,6 +142,24 @@ class ProvisionOut(msgspec.Struct, kw_only=True):
     endpoint: SshEndpoint | None
 
 
+class PlacementOut(msgspec.Struct, kw_only=True):
+    """Which rule chose the job's offer and the figures it used (resource_manager/ranking.py):
+    `cost_per_job` (expected cost of the whole job) or `price_per_hour` (the fallback when a
+    candidate's throughput or the job's output estimate is unknown)."""
+
+    rule: str
+    offer: str
+    gpu_family: str
+    price_per_hour: float
+    candidates: int
+    expected_output_tokens: int
+    # Only with `cost_per_job`: tokens/s per machine ("learned" | "declared"), start-up, cost.
+    throughput_tokens_per_second: float | None = None
+    throughput_source: str = ""
+    startup_seconds: float | None = None
+    expected_cost_usd: float | None = None
+
+
 class ReplicasOut(msgspec.Struct, kw_only=True):
     replicas: int
 
@@ -193,6 +211,8 @@ class JobOut(msgspec.Struct, kw_only=True):
     submit_failed_at: int | None
     expires_at: int | None
     updated_at: int | None
+    # How the machine's offer was chosen (clouds that rent by offer); None before that.
+    placement: PlacementOut | None = None
 
 
 class JobList(PageEnds, kw_only=True):

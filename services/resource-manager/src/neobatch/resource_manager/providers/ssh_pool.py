@@ -17,7 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from neobatch.common.contracts import ResourceRequest, SshEndpoint
 from neobatch.common.errors import ConfigError
 from neobatch.common.mongo import ensure_indexes
-from neobatch.resource_manager.offers import Offer, gpu_family
+from neobatch.resource_manager.offers import Offer, accepted_families, gpu_family
 from neobatch.resource_manager.providers.base import (
     Attempt,
     Machine,
@@ -50,7 +50,7 @@ class PoolHost(msgspec.Struct, frozen=True, kw_only=True):
         if self.gpu_type is None:  # an undescribed host takes any job (local stack)
             return True
         return (
-            gpu_family(self.gpu_type) == gpu_family(request.accelerator_type)
+            gpu_family(self.gpu_type) in accepted_families(request)
             and self.gpu_count >= request.accelerator_count
         )
 

@@ -317,6 +317,7 @@ def decide_end(
         job_id=batch.job_id,
         status=outcome,
         request_counts=counts,
+        dispatch_seconds=dispatch_seconds,
         output_file_id=files.output_file_id,
         error_file_id=files.error_file_id,
         error_code=code,
