@@ -23,6 +23,7 @@ from neobatch.sim import procs
 from neobatch.sim.devstack import Ports, Stack, start_stack
 from neobatch.sim.devstack.scenario import ENDPOINT, MODEL, ConsoleClient
 from neobatch.sim.real_engine import MAX_MODEL_LEN, SERVER_MODULE, START_SECONDS, RealEngine
+from neobatch.sim.real_engine import template as real_engine_template
 from neobatch.sim.testing.servers import free_port
 
 pytestmark = pytest.mark.real_engine
@@ -31,6 +32,9 @@ REQUESTS = 120
 MAX_TOKENS = 8
 # Engine start-up (up to START_SECONDS on a loaded machine), the pod's boot, 121 requests.
 SETTLE_SECONDS = START_SECONDS + 120
+# No torch.compile warm-up: it cost 80 s of a 160 s start on a loaded 2-core machine (1.8 s
+# eager); 121 short requests do not need the compiled speed.
+EAGER = ("--enforce-eager",)
 
 
 @pytest.fixture(scope="module")
@@ -77,24 +81,7 @@ def test_a_batch_runs_on_the_real_vllm_server(
     model_id = console.ensure_model()
     port = free_port()
     console.create_template(
-        model_id,
-        {
-            "name": "real-vllm-cpu",
-            "version": "v1.0.0",
-            "spec": {
-                "engine": {
-                    "type": "vllm",
-                    "port": port,
-                    "ready_timeout_seconds": int(START_SECONDS),
-                    "serve_args": ["--max-model-len", str(MAX_MODEL_LEN), "--dtype", "bfloat16"],
-                },
-                # The machine's own memory share on CPU (0.92 by default is refused here).
-                "engine_args": {"gpu_memory_utilization": 0.15},
-                "model_source": {"type": "huggingface", "uri": str(real_engine.model)},
-                "accelerator": {"type": "H100", "count": 1},
-                "supported_endpoints": [ENDPOINT],
-            },
-        },
+        model_id, real_engine_template("real-vllm-cpu", real_engine.model, port, *EAGER)
     )
     lines = [_line(i) for i in range(REQUESTS)]
     too_long = _line(REQUESTS, max_tokens=MAX_MODEL_LEN + 100)
@@ -138,7 +125,7 @@ def test_a_batch_runs_on_the_real_vllm_server(
         [
             "vllm", "serve", str(real_engine.model), "--host", "127.0.0.1", "--port", str(port),
             "--served-model-name", MODEL, "--max-model-len", str(MAX_MODEL_LEN),
-            "--dtype", "bfloat16", "--gpu-memory-utilization", "0.15",
+            "--dtype", "bfloat16", *EAGER, "--gpu-memory-utilization", "0.15",
         ]
     ]  # fmt: skip
     # The machine is released and the real server is gone with it (its engine core, titled

@@ -19,6 +19,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -102,6 +103,30 @@ class RealEngine:
             "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port),
             *SERVE_FLAGS, *extra,
         ]  # fmt: skip
+
+
+def template(name: str, model: Path, port: int, *serve_args: str) -> dict[str, Any]:
+    """A deployment template whose engine is launched the RunPod way (`vllm serve <uri>`, no
+    `command`) on the tiny model: the flags this machine needs as `serve_args`/`engine_args`."""
+    return {
+        "name": name,
+        "version": "v1.0.0",
+        "spec": {
+            "engine": {
+                "type": "vllm",
+                "port": port,
+                "ready_timeout_seconds": int(START_SECONDS),
+                "serve_args": [
+                    "--max-model-len", str(MAX_MODEL_LEN), "--dtype", "bfloat16", *serve_args
+                ],
+            },
+            # On CPU the share of the machine's memory vLLM reserves (0.92 is refused here).
+            "engine_args": {"gpu_memory_utilization": 0.15},
+            "model_source": {"type": "huggingface", "uri": str(model)},
+            "accelerator": {"type": "H100", "count": 1},
+            "supported_endpoints": ["/v1/chat/completions"],
+        },
+    }  # fmt: skip
 
 
 def find() -> RealEngine | None:
