@@ -26,7 +26,8 @@ from neobatch.sim.real_engine import MAX_MODEL_LEN, SERVER_MODULE, START_SECONDS
 from neobatch.sim.real_engine import template as real_engine_template
 from neobatch.sim.testing.servers import free_port
 
-pytestmark = pytest.mark.real_engine
+# pytest-timeout's 300 s is shorter than a loaded machine's engine start-up plus the batch.
+pytestmark = [pytest.mark.real_engine, pytest.mark.timeout(START_SECONDS + 300)]
 
 REQUESTS = 120
 MAX_TOKENS = 8

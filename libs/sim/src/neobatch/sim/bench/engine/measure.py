@@ -173,7 +173,7 @@ def run_batch_vs_job(
 ) -> dict[str, Any]:
     """vLLM's run_batch on the input, then the same input as a whole neobatch job."""
     from neobatch.sim.devstack import Ports, start_stack
-    from neobatch.sim.devstack.scenario import ConsoleClient
+    from neobatch.sim.devstack.scenario import TERMINAL, ConsoleClient
 
     lines = workload.chat_lines(requests, max_tokens)
     src = workload.write_jsonl(lines, workdir / "run_batch-in.jsonl")
@@ -212,7 +212,7 @@ def run_batch_vs_job(
         job = console.create_job(file_id, model_id, "bench-engine", provider="runpod")
         job = console.wait_job(
             job["id"],
-            lambda j: j["status"] in ("completed", "failed", "cancelled", "expired"),
+            lambda j: j["status"] in TERMINAL,
             real_engine.START_SECONDS + requests / 2,
         )
         figures["job_seconds"] = time.perf_counter() - started
