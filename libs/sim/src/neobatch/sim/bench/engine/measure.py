@@ -19,6 +19,9 @@ from neobatch.sim.testing import servers
 
 PREFIX_FLAGS = ("--enable-prefix-caching", "--enable-prompt-tokens-details")
 PREFIX_CONCURRENCY = 256
+_LOG_BASICS = frozenset(
+    {"at", "level", "logger", "message", "batch_id", "job_id", "requests_per_second", "sent"}
+)
 
 
 @dataclass
@@ -126,11 +129,8 @@ class Served:
                 else 0.0
             )
             label = "neobatch, " + (json.dumps(client) if client else "defaults (no client block)")
-            note = ", ".join(
-                f"{k}={ended[k]}"
-                for k in ("concurrency_limit", "controller", "checkpoint_pauses", "seconds")
-                if k in ended
-            )
+            # Whatever else the agent's line reports (limit, controller, checkpoint pauses...).
+            note = ", ".join(f"{k}={v}" for k, v in ended.items() if k not in _LOG_BASICS)
             rows.append(Row(label, float(rps), note or f"{figures['completed']} completed"))
         return rows
 
