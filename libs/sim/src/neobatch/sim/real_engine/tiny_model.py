@@ -28,7 +28,8 @@ CHAT_TEMPLATE = (
     "{{ message['role'] }}: {{ message['content'] }}\n"
     "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
 )
-_WORDS = (
+# The tokenizer's training words: whole tokens of its vocabulary (benches size prompts with them).
+WORDS = (
     "the a one every some engine batch request token model machine cloud queue answer "
     "small large fast slow red blue green quiet busy ready sends reads writes keeps waits "
     "runs stops starts counts returns over under with from into after before while because"
@@ -39,7 +40,7 @@ def _corpus(seed: int, lines: int = 3000) -> list[str]:
     rng = random.Random(seed)
     out = []
     for _ in range(lines):
-        words = [rng.choice(_WORDS) for _ in range(rng.randint(4, 14))]
+        words = [rng.choice(WORDS) for _ in range(rng.randint(4, 14))]
         out.append(" ".join(words).capitalize() + rng.choice(".?!") + f" {rng.randint(0, 999)}")
     return out
 

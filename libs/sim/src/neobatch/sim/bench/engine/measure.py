@@ -155,7 +155,8 @@ class Served:
                 lines.sort(key=lambda x: x["body"]["messages"][0]["content"])
             run = asyncio.run(workload.direct_run(self.url, lines, PREFIX_CONCURRENCY))
             name = f"direct aiohttp {PREFIX_CONCURRENCY} in flight, {order}"
-            rows.append(Row(name, run.rps, "", run.prompt_tokens, run.cached_tokens))
+            note = f"{run.ok}/{run.requests} ok"
+            rows.append(Row(name, run.rps, note, run.prompt_tokens, run.cached_tokens))
         for env in variants:
             figures = self._agent(fresh(), {}, env)
             out = self.workdir / f"prefix-out-{self.runs}.jsonl"
@@ -164,7 +165,7 @@ class Served:
             ended = figures["dispatch_ended"]
             rps = ended.get("requests_per_second") or 0.0
             label = "neobatch, as it dispatches" + (f" with {env}" if env else "")
-            rows.append(Row(label, float(rps), f"{ok} ok", prompt, cached))
+            rows.append(Row(label, float(rps), f"{ok}/{requests} ok", prompt, cached))
         return rows
 
 

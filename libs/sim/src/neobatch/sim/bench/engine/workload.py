@@ -10,13 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neobatch.sim.real_engine.tiny_model import WORDS
+
 CHAT = "/v1/chat/completions"
 # The served name the engine answers as and the lines ask for (the local stack's model too).
 MODEL = "sim-chat-1b"
-_WORDS = (
-    "queue engine token batch cache prefix request answer model machine cloud ready busy fast "
-    "small large every some one keeps sends waits counts returns over under with"
-).split()
 
 
 def chat_line(index: int, max_tokens: int, system: str | None = None) -> dict[str, Any]:
@@ -31,12 +29,13 @@ def chat_lines(requests: int, max_tokens: int) -> list[dict[str, Any]]:
     return [chat_line(i, max_tokens) for i in range(requests)]
 
 
-def system_prompts(count: int, words: int = 300, seed: int = 7) -> list[str]:
-    """`count` distinct system prompts of about `words` tokens each (the tiny tokenizer's BPE
-    keeps most of these words whole), distinct from their first word on."""
+def system_prompts(count: int, words: int = 190, seed: int = 7) -> list[str]:
+    """`count` distinct system prompts of about 300 tokens each (190 of the tiny tokenizer's
+    training words: 1.5 tokens a word), distinct from their first words on; with a request and
+    32 output tokens they fit the 512-token context."""
     rng = random.Random(seed)
     return [
-        f"System prompt {n}: " + " ".join(rng.choice(_WORDS) for _ in range(words))
+        f"System prompt {n}: " + " ".join(rng.choice(WORDS) for _ in range(words))
         for n in range(count)
     ]
 
