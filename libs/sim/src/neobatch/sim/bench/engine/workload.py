@@ -106,7 +106,8 @@ async def direct_run(base_url: str, lines: list[dict[str, Any]], concurrency: in
 def output_usage(path: Path) -> tuple[int, int, int]:
     """(lines with a 200, prompt tokens, cached tokens) of an OpenAI-format output file."""
     ok = prompt = cached = 0
-    for raw in path.read_text().splitlines():
+    # "\n" only: generated text may hold U+2028 or \x85, which splitlines() also breaks at.
+    for raw in path.read_text().split("\n"):
         if not raw.strip():
             continue
         response = json.loads(raw).get("response") or {}
