@@ -18,7 +18,10 @@ model of ``neobatch.sim.real_engine``), printing three tables.
     direct client in input order and grouped by prompt (what prefix-aware ordering could reach),
     and for neobatch as it dispatches today; ``--agent-env-variant NAME=VALUE`` adds a neobatch
     run with other settings (e.g. a prefix-ordering switch, to compare against input order).
-    Each run gets its own prompts, so no run reads another's cache.
+    Each run gets its own prompts, so no run reads another's cache. The CPU engine's KV cache
+    (0.15 of the machine's memory, ~1 KB a token for this model) holds every prompt, so order
+    changes nothing there (measured: 148,480 of 220,180 prompt tokens cached, the ideal, in every
+    order); ``--engine-arg=--num-gpu-blocks-override --engine-arg=N`` shrinks it to where it does.
 
 Modules: ``workload`` (inputs, the direct client), ``agent`` (a batch through a real agent),
 ``measure`` (the engine process, the three measurements, their tables).

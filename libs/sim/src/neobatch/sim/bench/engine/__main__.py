@@ -52,6 +52,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="(c): an extra neobatch run with these NAME=VALUE[,NAME=VALUE] settings, to "
         "compare e.g. prefix-aware order against input order",
     )
+    p.add_argument(
+        "--engine-arg",
+        action="append",
+        default=[],
+        help="extra vLLM flag for the engine of (a) and (c), e.g. --engine-arg=--num-gpu-blocks-"
+        "override --engine-arg=40 (a KV cache smaller than the prompts, where order matters)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -86,7 +93,7 @@ def main(argv: list[str]) -> int:
     clients: list[dict[str, Any]] = [{}] + [json.loads(c) for c in args.agent_client]
     try:
         if parts & {"dispatch", "prefix"}:
-            with measure.Served(engine, workdir) as served:
+            with measure.Served(engine, workdir, tuple(args.engine_arg)) as served:
                 if "dispatch" in parts:
                     sweep = [int(x) for x in args.sweep.split(",") if x.strip()]
                     rows = served.dispatch(args.requests, args.max_tokens, sweep, clients, base_env)

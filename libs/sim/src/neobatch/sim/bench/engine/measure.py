@@ -57,8 +57,11 @@ async def _upload(mongo_url: str, db_name: str, lines: list[dict[str, Any]]) -> 
 class Served:
     """One real engine (prefix caching and cached-token usage on) plus the agent's rig."""
 
-    def __init__(self, engine: real_engine.RealEngine, workdir: Path) -> None:
+    def __init__(
+        self, engine: real_engine.RealEngine, workdir: Path, extra: tuple[str, ...] = ()
+    ) -> None:
         self.engine = engine
+        self.extra = extra
         self.workdir = workdir
         self.port = servers.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -66,7 +69,7 @@ class Served:
         self.runs = 0
 
     def __enter__(self) -> Served:
-        argv = self.engine.server_argv(self.port, workload.MODEL, *PREFIX_FLAGS)
+        argv = self.engine.server_argv(self.port, workload.MODEL, *PREFIX_FLAGS, *self.extra)
         self.process = servers.ManagedProcess(argv, self.workdir / "engine.log", name="vllm")
         try:
             took = real_engine.wait_healthy(self.url, real_engine.START_SECONDS, self.process.alive)
