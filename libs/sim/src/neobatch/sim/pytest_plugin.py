@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from pymongo.asynchronous.database import AsyncDatabase
 
     from neobatch.sim.engine import EngineConfig
+    from neobatch.sim.real_engine import RealEngine
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,33 @@ def engine_sim_factory(sim_loop: BackgroundLoop) -> Iterator[Callable[..., Engin
 def engine_sim(engine_sim_factory: Callable[..., EngineSimInfo]) -> EngineSimInfo:
     """An engine simulator with default settings (model ``sim-model``) on a free port."""
     return engine_sim_factory()
+
+
+# --- the real engine ---------------------------------------------------------------------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "real_engine: runs vLLM's CPU build (select with -m real_engine, leave out with "
+        "-m 'not real_engine'); skipped when it is not installed unless "
+        "NEOBATCH_REQUIRE_REAL_ENGINE=1",
+    )
+
+
+@pytest.fixture(scope="session")
+def real_engine() -> RealEngine:
+    """vLLM's CPU build (``python``) and the tiny model the suite builds (``model``), from
+    ``neobatch.sim.real_engine``. Skips with the reason when the engine venv is missing;
+    with ``NEOBATCH_REQUIRE_REAL_ENGINE=1`` (CI) a missing engine fails instead."""
+    from neobatch.sim import real_engine as engine
+
+    found = engine.find()
+    if found is None:
+        if engine.required():
+            pytest.fail(f"{engine.REQUIRE_ENV}=1 but {engine.missing_reason()}")
+        pytest.skip(engine.missing_reason())
+    return found
 
 
 # --- cloud provider simulators ---------------------------------------------------------------

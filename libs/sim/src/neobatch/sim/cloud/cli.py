@@ -23,6 +23,11 @@ def parse(prog: str, argv: Sequence[str] | None, lambda_options: bool) -> argpar
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--time-factor", type=float, default=1.0)
+    parser.add_argument(
+        "--real-engine-python",
+        default=None,
+        help="a vLLM CPU venv's python: machines run the real engine for `vllm serve`",
+    )
     if lambda_options:
         parser.add_argument("--ssh-port", type=int, required=True)
         parser.add_argument(

@@ -10,7 +10,7 @@ Admin API (no auth, under ``/_sim``): see ``admin.py``; ``GET /_sim/commands`` l
 
 GPU machines: each machine's SSH sessions find its ``bin/`` first on ``PATH`` with the tools of
 ``neobatch.sim.machine_tools``: ``vllm`` on every machine (``vllm serve`` runs the engine
-simulator), plus ``sudo`` and ``docker`` where the provider's image has them (Lambda). Engines a
+simulator, or the real engine when the simulator is given ``real_engine_python``), plus ``sudo`` and ``docker`` where the provider's image has them (Lambda). Engines a
 machine started die with it (terminated, stopped or unhealthy).
 
 Fault switches (``POST /_sim/faults``): ``no_capacity``, ``refuse_launch``, ``error_after_create``,
@@ -115,8 +115,12 @@ class CloudSim:
         boot_seconds: float = 30.0,
         terminate_seconds: float = 0.0,
         validate_responses: bool = True,
+        real_engine_python: str | None = None,
     ) -> None:
         self.doc = doc
+        # Machines whose `vllm serve` / `docker run` start the real engine (vLLM's CPU build
+        # in this venv, `neobatch.sim.real_engine`) instead of the engine simulator.
+        self.real_engine_python = real_engine_python
         self.api_keys = api_keys
         self.capacity = dict(capacity)
         self.prices = dict(prices)
@@ -183,6 +187,7 @@ class CloudSim:
             records=self.commands_file,
             docker=has_docker,
             nvidia=has_docker and not self.faults.no_nvidia_runtime,
+            real_engine_python=self.real_engine_python,
         )
         machine.ssh = await start_ssh_host(
             machine.ip,

@@ -7,6 +7,8 @@ key (RunPod: ``RUNPOD_SSH_PUBLIC_KEY``; Lambda: registered in the simulator unde
 ``LAMBDA_CLOUD_SSH_KEYS``), the base URL, and for Lambda ``LAMBDA_CLOUD_SSH_PORT`` (see
 ``neobatch.sim.lambda_cloud.server``). Boot delays and rate limits are scaled by
 ``NEOBATCH_SIM_TIME_FACTOR`` (default 0.05: RunPod boots in 1.5 s, Lambda in 12 s).
+``NEOBATCH_SIM_REAL_ENGINE_PYTHON`` (a vLLM CPU venv's python) makes the machines run the real
+engine for ``vllm serve`` / ``docker run`` (``neobatch.sim.real_engine``).
 
 Ports (``NEOBATCH_RUNPOD_SIM_PORT`` 8180, ``NEOBATCH_LAMBDA_SIM_PORT`` 8181,
 ``NEOBATCH_LAMBDA_SSH_PORT`` 2200) are the stack's ``Ports``, read from the environment like
@@ -29,6 +31,9 @@ SIM_MODULES = {RUNPOD_SIM: "neobatch.sim.runpod", LAMBDA_SIM: "neobatch.sim.lamb
 SUPPORTED_PROVISIONERS = ("ssh", "runpod", "lambdaCloud")
 LAMBDA_KEY_NAME = "neobatch-dev"
 DEFAULT_TIME_FACTOR = "0.05"
+# A vLLM CPU venv's python (``neobatch.sim.real_engine``): the simulated machines' ``vllm serve``
+# and ``docker run`` then start the real engine instead of the simulator.
+REAL_ENGINE_ENV = "NEOBATCH_SIM_REAL_ENGINE_PYTHON"
 
 
 @dataclass(frozen=True)
@@ -55,13 +60,15 @@ def cloud_sims(
 ) -> tuple[list[SimSpec], dict[str, str]]:
     """The simulators to start and the resource-manager settings that point at them."""
     factor = env.get("NEOBATCH_SIM_TIME_FACTOR", "").strip() or DEFAULT_TIME_FACTOR
+    real_engine = env.get(REAL_ENGINE_ENV, "").strip()
+    engine_args = ["--real-engine-python", real_engine] if real_engine else []
     sims: list[SimSpec] = []
     settings: dict[str, str] = {}
     chosen = provisioners(env)
     if "runpod" in chosen:
         port = ports.runpod_sim
         key = _api_key(run_dir, "runpod")
-        args = ["--port", str(port), "--time-factor", factor]
+        args = ["--port", str(port), "--time-factor", factor, *engine_args]
         sims.append(SimSpec(RUNPOD_SIM, SIM_MODULES[RUNPOD_SIM], port, args, {"SIM_API_KEY": key}))
         settings |= {
             "RUNPOD_API_KEY": key,
@@ -73,6 +80,7 @@ def cloud_sims(
         ssh_port = ports.lambda_ssh
         key = _api_key(run_dir, "lambdaCloud")
         args = ["--port", str(port), "--time-factor", factor, "--ssh-port", str(ssh_port)]
+        args += engine_args
         args += ["--ssh-key", f"{LAMBDA_KEY_NAME}={public_key_path}"]
         sims.append(SimSpec(LAMBDA_SIM, SIM_MODULES[LAMBDA_SIM], port, args, {"SIM_API_KEY": key}))
         settings |= {

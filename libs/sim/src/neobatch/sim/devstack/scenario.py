@@ -243,7 +243,9 @@ class ConsoleClient:
         if response.status_code == 404:
             return []
         self._ok_status(response)
-        return [json.loads(line) for line in response.text.splitlines() if line.strip()]
+        # JSONL lines end at "\n" only: a generated text may hold U+2028 or \x85, which
+        # splitlines() would also break at.
+        return [json.loads(line) for line in response.text.split("\n") if line.strip()]
 
     def _ok_status(self, response: httpx.Response) -> None:
         if response.status_code >= 400:

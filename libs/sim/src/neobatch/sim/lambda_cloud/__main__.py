@@ -15,6 +15,7 @@ def main() -> None:
         name, _, path = item.partition("=")
         keys[name] = Path(path).read_text().strip()
     options = {"time_factor": args.time_factor, "ssh_port": args.ssh_port, "ssh_keys": keys}
+    options["real_engine_python"] = args.real_engine_python
     run(start_lambda_sim, options, args.host, args.port)
 
 

@@ -6,7 +6,10 @@ the ``PATH`` of its SSH sessions. ``install`` writes small Python scripts there 
 
 - ``vllm serve MODEL [--host H] [--port P] [--served-model-name N] [any other vLLM flag]``
   execs the engine simulator ``python -m neobatch.sim.engine --host 127.0.0.1 --port P
-  --model N`` (unknown vLLM flags are accepted and ignored);
+  --model N`` (unknown vLLM flags are accepted and ignored); on a machine installed with
+  ``real_engine_python`` (a vLLM CPU venv's python, ``neobatch.sim.real_engine``) it execs the
+  real server instead, ``PY -m vllm.entrypoints.openai.api_server --model MODEL [flags]``, and
+  ``docker run`` does the same with the container's arguments;
 - ``sudo [-n] [-E] [-H] [-u USER] CMD ...`` runs CMD (our own tools in-process);
 - ``docker`` understands what the runtime-agent uses: ``info [--format F]`` (``Runtimes``
   lists ``nvidia`` unless the machine lacks it), ``run -d --name N [--gpus all] [--ipc=host]

@@ -17,6 +17,8 @@ from neobatch.sim.procs import cmdline, is_running
 TOOLS = ("vllm", "sudo", "docker")
 CONFIG = "machine.json"
 ENGINE_MODULE = "neobatch.sim.engine"
+# What a machine with ``real_engine_python`` runs for ``vllm serve`` (see ``vllm.py``).
+REAL_ENGINE_MODULE = "vllm.entrypoints.openai.api_server"
 
 
 def state_dir(workdir: str | os.PathLike[str]) -> Path:
@@ -32,11 +34,14 @@ def install(
     docker: bool = True,
     nvidia: bool = True,
     engine_args: Sequence[str] = (),
+    real_engine_python: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write the shims into ``<workdir>/bin`` and the machine's config; returns the bin dir.
 
     ``engine_args`` are extra engine-simulator flags for every engine this machine starts
-    (e.g. ``["--latency-ms", "20"]``).
+    (e.g. ``["--latency-ms", "20"]``). ``real_engine_python``: the python of a vLLM CPU venv
+    (``neobatch.sim.real_engine``); then ``vllm serve`` and ``docker run`` start the real
+    server with the arguments they were given instead of the simulator.
     """
     bin_dir = Path(workdir) / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
@@ -57,6 +62,7 @@ def install(
                 "docker": docker,
                 "nvidia": nvidia,
                 "engine_args": list(engine_args),
+                "real_engine_python": str(real_engine_python) if real_engine_python else "",
             }
         )
     )
@@ -115,6 +121,8 @@ def record(cfg: dict[str, Any], tool: str, argv: list[str]) -> None:
 
 
 def is_engine(pid: int) -> bool:
-    """Whether pid runs the engine simulator (so a recycled pid is never killed)."""
+    """Whether pid runs an engine, simulated or real (so a recycled pid is never killed)."""
     argv = cmdline(pid)
-    return argv is not None and any(ENGINE_MODULE in part for part in argv) and is_running(pid)
+    if argv is None or not is_running(pid):
+        return False
+    return any(ENGINE_MODULE in part or REAL_ENGINE_MODULE in part for part in argv)

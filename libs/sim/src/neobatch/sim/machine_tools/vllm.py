@@ -1,4 +1,7 @@
-"""``vllm``: ``vllm serve`` execs the engine simulator with the model and port it was given."""
+"""``vllm``: ``vllm serve`` execs the engine simulator with the model and port it was given, or on
+a machine installed with ``real_engine_python`` the real engine (vLLM's CPU build) with the same
+arguments: ``<python> -m vllm.entrypoints.openai.api_server --model <model> [args]``, the wrapper
+that build needs (its ``vllm`` console script fails: it asks for the distribution ``vllm``)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from neobatch.sim.machine_tools.machine import ENGINE_MODULE, record
+from neobatch.sim.machine_tools.machine import ENGINE_MODULE, REAL_ENGINE_MODULE, record
 
 # vLLM flags that take no value (everything else starting with -- is taken to take one).
 _VLLM_SWITCHES = frozenset(
@@ -52,7 +55,9 @@ def vllm_options(args: list[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def engine_argv(cfg: dict[str, Any], port: int, vllm_args: list[str]) -> list[str] | str:
-    """The engine simulator's command line for these vLLM arguments, or an error message."""
+    """The engine's command line for these vLLM arguments, or an error message."""
+    if cfg.get("real_engine_python"):
+        return real_engine_argv(cfg["real_engine_python"], port, vllm_args)
     options, positional = vllm_options(vllm_args)
     model = options.get("--model") or (positional[0] if positional else "")
     served = options.get("--served-model-name") or model
@@ -66,6 +71,18 @@ def engine_argv(cfg: dict[str, Any], port: int, vllm_args: list[str]) -> list[st
         cfg["python"], "-m", ENGINE_MODULE, "--host", "127.0.0.1", "--port", str(port),
         "--model", served, *passed, *cfg.get("engine_args", []),
     ]  # fmt: skip
+
+
+def real_engine_argv(python: str, port: int, vllm_args: list[str]) -> list[str] | str:
+    """The real server with every vLLM argument as given: a leading model becomes ``--model``,
+    and it listens on loopback ``port`` (appended: vLLM's parser keeps the last value, which is
+    how a container's ``--host 0.0.0.0 --port 8000`` becomes the published loopback port)."""
+    args = list(vllm_args)
+    if args and not args[0].startswith("-"):
+        args = ["--model", *args]
+    if "--model" not in args and not any(a.startswith("--model=") for a in args):
+        return "error: the model is required (vllm serve MODEL or --model MODEL)"
+    return [python, "-m", REAL_ENGINE_MODULE, *args, "--host", "127.0.0.1", "--port", str(port)]
 
 
 def vllm(cfg: dict[str, Any], args: list[str]) -> int:

@@ -22,7 +22,8 @@ def find_sshd() -> str | None:
 class BenchRig:
     """SecantusDB, an SSH host on loopback and the nginx engine's config, in a temp dir."""
 
-    def __init__(self, workdir: Path, nginx: Nginx, ssh: str = "sim") -> None:
+    def __init__(self, workdir: Path, nginx: Nginx | None, ssh: str = "sim") -> None:
+        # nginx None: no engine config (the engine bench brings its own engine).
         self.workdir = workdir
         self.nginx = nginx
         self.ssh = ssh
@@ -64,7 +65,8 @@ class BenchRig:
             self.processes.append(proc)
             servers.wait_port("127.0.0.1", self.ssh_port, 20, process=proc)
         self.engine_port = servers.free_port()
-        self.engine_command = write_nginx(self.nginx, w / "nginx", self.engine_port)
+        if self.nginx is not None:
+            self.engine_command = write_nginx(self.nginx, w / "nginx", self.engine_port)
 
     def _start_sshd(self, authorized: Path) -> Any:
         sshd = find_sshd()
