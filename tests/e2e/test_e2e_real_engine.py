@@ -127,6 +127,8 @@ def test_a_batch_runs_on_the_real_vllm_server(
             "vllm", "serve", str(real_engine.model), "--host", "127.0.0.1", "--port", str(port),
             "--served-model-name", MODEL, "--max-model-len", str(MAX_MODEL_LEN),
             "--dtype", "bfloat16", *EAGER, "--gpu-memory-utilization", "0.15",
+            # Added by every launch (prefix-aware order): the cache and its usage report.
+            "--enable-prefix-caching", "--enable-prompt-tokens-details",
         ]
     ]  # fmt: skip
     # The machine is released and the real server is gone with it (its engine core, titled

@@ -95,16 +95,41 @@ def _agent_settings(job: AgentJob) -> Any:
 
 
 def _batch_requested(job: AgentJob, batch_id: str) -> Any:
-    import uuid
+    from neobatch.common.contracts import ClientSpec
 
-    from neobatch.common.contracts import BatchRequested, ClientSpec, EngineSpec, SshEndpoint
-
-    engine = EngineSpec(
+    return bench_batch_requested(
+        job,
+        batch_id,
         serving_name=MODEL,
         model_uri="bench://nginx-echo",
         command=job.engine_command,
-        port=job.engine_port,
         ready_timeout_seconds=30.0,
+        client=ClientSpec(max_concurrency=job.concurrency, adaptive_concurrency=False),
+    )
+
+
+def bench_batch_requested(
+    job: Any,
+    batch_id: str,
+    *,
+    serving_name: str,
+    model_uri: str,
+    command: list[str],
+    ready_timeout_seconds: float,
+    client: Any,
+) -> Any:
+    """The `batch.requested` event a bench sends its agent: the chat batch of `job` (input file,
+    engine port, SSH target) on an engine already running behind `command`."""
+    import uuid
+
+    from neobatch.common.contracts import BatchRequested, EngineSpec, SshEndpoint
+
+    engine = EngineSpec(
+        serving_name=serving_name,
+        model_uri=model_uri,
+        command=command,
+        port=job.engine_port,
+        ready_timeout_seconds=ready_timeout_seconds,
     )
     return BatchRequested(
         batch_id=batch_id,
@@ -115,7 +140,7 @@ def _batch_requested(job: AgentJob, batch_id: str) -> Any:
         owner="bench",
         target=SshEndpoint(host=job.ssh_host, port=job.ssh_port, username=job.ssh_user),
         engine=engine,
-        client=ClientSpec(max_concurrency=job.concurrency, adaptive_concurrency=False),
+        client=client,
     )
 
 

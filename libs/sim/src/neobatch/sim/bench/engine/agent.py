@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neobatch.sim.bench.engine.workload import CHAT, MODEL
+from neobatch.sim.bench.dispatch.agent import bench_batch_requested
+from neobatch.sim.bench.engine.workload import MODEL
 
 
 @dataclass
@@ -52,7 +53,7 @@ async def _run(job: EngineJob) -> dict[str, Any]:
     import msgspec
 
     from neobatch.common import filestore
-    from neobatch.common.contracts import BatchRequested, ClientSpec, EngineSpec, SshEndpoint
+    from neobatch.common.contracts import ClientSpec
     from neobatch.runtime_agent.app import build_agent
     from neobatch.runtime_agent.settings import read_settings
 
@@ -68,22 +69,13 @@ async def _run(job: EngineJob) -> dict[str, Any]:
     await agent.store.ensure_indexes()
     runner = asyncio.create_task(agent.runner.run())
     batch_id = f"batch_{uuid.uuid4().hex}"
-    engine = EngineSpec(
+    event = bench_batch_requested(
+        job,
+        batch_id,
         serving_name=MODEL,
         model_uri="bench://real-engine",
         command=PLACEHOLDER,
-        port=job.engine_port,
         ready_timeout_seconds=60.0,
-    )
-    event = BatchRequested(
-        batch_id=batch_id,
-        job_id=f"job_{uuid.uuid4().hex}",
-        provision_id=f"prov_{uuid.uuid4().hex}",
-        input_file_id=job.input_file_id,
-        endpoint=CHAT,
-        owner="bench",
-        target=SshEndpoint(host=job.ssh_host, port=job.ssh_port, username=job.ssh_user),
-        engine=engine,
         client=msgspec.convert(job.client, ClientSpec),
     )
     started = time.perf_counter()
