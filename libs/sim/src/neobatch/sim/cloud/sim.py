@@ -17,6 +17,11 @@ Fault switches (``POST /_sim/faults``): ``no_capacity``, ``refuse_launch``, ``er
 ``stuck_boot``, ``burst_5xx``, ``storm_429``, ``hold_create`` (see ``Faults``), and for machines
 that boot from then on ``no_docker`` (``sudo docker`` is "command not found") and
 ``no_nvidia_runtime`` (Docker without the NVIDIA runtime: ``--gpus`` fails).
+
+Billing: every machine is billed from its create call to its terminate call (a stop does not end
+it), at its price, in the provider's increment (``billing_increment_seconds``: RunPod 1 s, Lambda
+60 s, partial increments rounded up). ``GET /_sim/billing`` (sim-only) reads the records, and each
+record is also appended as a JSON line to ``billing_file`` when the machine is terminated.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from aiohttp import web
 
 from neobatch.sim import machine_tools
 from neobatch.sim.cloud.admin import admin_routes
+from neobatch.sim.cloud.billing import BillingRecord
 from neobatch.sim.cloud.specs import OpenApiDoc
 from neobatch.sim.ssh_host import SSHHost, start_ssh_host
 
@@ -103,6 +109,8 @@ class CloudSim:
     api_prefix = "/"
     # The command-line tools on this provider's machines (``machine_tools``).
     machine_tools: tuple[str, ...] = ("vllm",)
+    # The provider's billing increment (RunPod bills per second, Lambda per minute).
+    billing_increment_seconds: int = 1
 
     def __init__(
         self,
@@ -133,6 +141,8 @@ class CloudSim:
         # Survives the machines (whose workdirs go with them): what their tools were asked to do.
         self._records_dir = tempfile.mkdtemp(prefix="sim-commands-")
         self.commands_file = f"{self._records_dir}/commands.jsonl"
+        self.billing_records: dict[str, BillingRecord] = {}
+        self.billing_file = f"{self._records_dir}/billing.jsonl"
 
     # --- state ---------------------------------------------------------------------------
 
@@ -153,6 +163,15 @@ class CloudSim:
             machine.ready_at = None
         self.machines[machine.id] = machine
         self.creates += 1
+        self.billing_records[machine.id] = BillingRecord(
+            machine=machine.id,
+            name=machine.name,
+            gpu=machine.gpu,
+            gpu_count=machine.gpu_count,
+            region=machine.region,
+            price_per_hour=machine.price_per_hour,
+            created_at=machine.created_at,
+        )
 
     async def hold_if_asked(self) -> None:
         """The "create reached the provider but the answer never came back" window."""
@@ -211,6 +230,7 @@ class CloudSim:
         """Free the machine's capacity and stop its SSH host; it leaves after terminate_seconds."""
         if machine.state in ("terminating", "terminated"):
             return
+        self._end_billing(machine.id)
         await self.stop_ssh(machine)
         key = (machine.gpu, machine.region)
         self.capacity[key] = self.capacity.get(key, 0) + 1
@@ -219,6 +239,23 @@ class CloudSim:
         if self.terminate_seconds <= 0:
             machine.state = "terminated"
             self.machines.pop(machine.id, None)
+
+    def _end_billing(self, machine_id: str) -> None:
+        record = self.billing_records.get(machine_id)
+        if record is None or record.terminated_at is not None:
+            return
+        record.terminated_at = time.time()
+        line = record.billed(self.billing_increment_seconds, record.terminated_at)
+        with open(self.billing_file, "a") as file:
+            file.write(json.dumps(line) + "\n")
+
+    def billing(self) -> list[dict[str, Any]]:
+        """Every machine's bill so far (a live machine's up to now), oldest first."""
+        now = time.time()
+        return [
+            record.billed(self.billing_increment_seconds, now)
+            for record in sorted(self.billing_records.values(), key=lambda r: r.created_at)
+        ]
 
     async def close(self) -> None:
         for machine in list(self.machines.values()):

@@ -61,6 +61,7 @@ class LambdaSim(CloudSim):
     api_prefix = "/api/v1"
     # Lambda Stack images: the user has sudo, Docker and the NVIDIA container runtime.
     machine_tools = ("vllm", "sudo", "docker")
+    billing_increment_seconds = 60  # Lambda bills per minute, a started minute in full
 
     def __init__(
         self,
