@@ -171,3 +171,52 @@ def test_catalog_serves_the_providers_live_offers(cloud: CloudStack) -> None:
     assert all(o["family"] == "H100" for o in offers)
     prices = [o["price_per_hour"] for o in offers]
     assert prices == sorted(prices) and prices[0] > 0
+
+
+def test_the_jobs_bill_equals_the_simulators_billing_record(
+    cloud: CloudStack, tmp_path: Path
+) -> None:
+    """RunPod bills per second, Lambda per started minute, from create to terminate: the job's
+    bill (lease → confirmed release at the offer's price) says the same, to the second."""
+    job_id = cloud.submit(tmp_path)
+    job = cloud.wait_settled(job_id)
+    assert job["status"] == "completed", job.get("error_message")
+    doc = cloud.provision_doc(job_id)
+    records = httpx.get(f"{cloud.admin}/billing", timeout=10).json()["machines"]
+    record = next(r for r in records if r["machine"] == doc["provider_resource_id"])
+    assert record["terminated_at"] is not None
+
+    bill = job["bill"]
+    assert bill["final"] and len(bill["machines"]) == 1, bill
+    machine = bill["machines"][0]
+    assert (machine["provider"], machine["gpu_type"], machine["region"]) == (
+        cloud.provider,
+        record["gpu"],
+        record["region"],
+    )
+    assert machine["price_per_hour"] == record["price_per_hour"] > 0
+    assert machine["increment_seconds"] == record["increment_seconds"]
+    # To the second: our lease starts when the create answered and ends when the release was
+    # confirmed, each a moment after the provider's own clock; a started increment is billed.
+    if cloud.provider == "lambdaCloud":
+        assert record["increment_seconds"] == 60
+        assert machine["billed_seconds"] == record["billed_seconds"]
+    else:
+        assert record["increment_seconds"] == 1
+        assert abs(machine["billed_seconds"] - record["billed_seconds"]) <= 1, (machine, record)
+    one_second = record["price_per_hour"] / 3600
+    assert abs(bill["total_usd"] - record["usd"]) <= one_second + 1e-6, (bill, record)
+    assert bill["machine_seconds"] == machine["billed_seconds"]
+    # Where the time went adds up, and the tokens and unit price are those of the job.
+    parts = [
+        machine[k]
+        for k in ("startup_seconds", "idle_before_seconds", "busy_seconds", "idle_after_seconds")
+    ]
+    assert None not in parts and abs(sum(parts) - machine["elapsed_seconds"]) < 0.01, machine
+    assert bill["tokens"]["completion_tokens"] == job["usage"]["output_tokens"] > 0
+    assert bill["usd_per_million_output_tokens"] == pytest.approx(
+        bill["total_usd"] / job["usage"]["output_tokens"] * 1e6, rel=1e-3
+    )
+    # The OpenAI view carries the same bill beside OpenAI's fields.
+    batch = cloud.http.get(f"/v1/batches/{job['batch_id']}").json()
+    assert batch["neobatch_bill"] == bill
