@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from neobatch.common.billing import billed_seconds
 from neobatch.console.jobs.batch_view import batch_view
-from neobatch.console.jobs.bill import bill_of, billed_seconds
+from neobatch.console.jobs.bill import bill_of
 
 T0 = datetime(2026, 12, 3, 12, 0, 0, tzinfo=UTC)
 

@@ -1,7 +1,7 @@
 """A job's bill: what its machines cost, from the provisions the resource-manager recorded. Pure.
 
 Each machine is billed from its lease (the provider accepted the create call) to its confirmed
-release (the provider said it is gone), in the provider's billing increment (`INCREMENTS`: RunPod
+release (the provider said it is gone), in the provider's billing increment (`common/billing.py`: RunPod
 per second, Lambda Cloud per minute, a started increment in full; the SSH pool per second), at the
 price per hour it was leased at (the offer's; the SSH pool's operator-set price). A machine not yet
 released is billed up to `now` and the bill is not `final`.
@@ -19,18 +19,15 @@ on the others the three are null (their billed time is still counted in full).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
+from neobatch.common.billing import machine_cost
 from neobatch.console.wire import unix_seconds_or_none
 
-# How each provider bills: the increment in seconds, a started increment billed in full.
-INCREMENTS = {"runpod": 1, "lambdaCloud": 60, "ssh": 1}
-DEFAULT_INCREMENT = 1
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -74,17 +71,6 @@ class Bill(msgspec.Struct, kw_only=True):
     usd_per_million_output_tokens: float | None  # null without output tokens
 
 
-def billed_seconds(elapsed: float, increment: int) -> int:
-    """Elapsed time in whole billing increments, a started one in full (as the providers bill)."""
-    if elapsed <= 0:
-        return 0
-    return math.ceil(elapsed / increment - 1e-9) * increment
-
-
-def cost_usd(seconds: int, price_per_hour: float) -> float:
-    return round(seconds * price_per_hour / 3600, 6)
-
-
 def _span(start: datetime | None, end: datetime | None) -> float | None:
     if start is None or end is None:
         return None
@@ -105,38 +91,33 @@ def machine_bill(
 
     `dispatch` is (first request sent, last answer received) when this machine ran the batch.
     """
+    cost = machine_cost(provision, now)
     leased = _at(provision, "leased_at")
-    if leased is None:
+    if cost is None or leased is None:
         return None
     lease = provision.get("lease") or {}
-    provider = lease.get("provider") or provision.get("provider") or ""
-    increment = INCREMENTS.get(provider, DEFAULT_INCREMENT)
     ready = _at(provision, "running_at")
     released = _at(provision, "released_at")
-    end = released or now or _at(provision, "updated_at") or leased
-    elapsed = max(0.0, (end - leased).total_seconds())
-    seconds = billed_seconds(elapsed, increment)
-    price = float(lease.get("price_per_hour") or 0.0)
     first, last = dispatch or (None, None)
     return MachineBill(
         provision_id=provision["_id"],
-        provider=provider,
-        gpu_type=lease.get("gpu_type") or "",
+        provider=cost.provider,
+        gpu_type=cost.gpu_type,
         gpu_count=int(lease.get("gpu_count") or 0),
         region=lease.get("region") or provision.get("region") or "",
-        price_per_hour=price,
-        increment_seconds=increment,
+        price_per_hour=cost.price_per_hour,
+        increment_seconds=cost.increment_seconds,
         leased_at=unix_seconds_or_none(leased),
         ready_at=unix_seconds_or_none(ready),
         release_requested_at=unix_seconds_or_none(provision.get("releasing_at")),
         released_at=unix_seconds_or_none(released),
-        elapsed_seconds=round(elapsed, 3),
-        billed_seconds=seconds,
+        elapsed_seconds=round(cost.elapsed_seconds, 3),
+        billed_seconds=cost.billed_seconds,
         startup_seconds=_span(leased, ready),
         idle_before_seconds=_span(ready, first),
         busy_seconds=_span(first, last),
         idle_after_seconds=_span(last, released) if released else None,
-        usd=cost_usd(seconds, price),
+        usd=cost.usd,
     )
 
 
