@@ -457,3 +457,25 @@ def test_a_completed_job_keeps_no_error_from_an_earlier_attempt() -> None:
     assert decision is not None and decision.status is S.COMPLETED
     assert decision.fields["error_code"] is None
     assert decision.fields["error_message"] is None
+
+
+def test_the_batchs_dispatch_times_go_on_the_job_for_its_bill():
+    sent = datetime(2026, 11, 28, 11, 58, tzinfo=UTC)
+    answered = datetime(2026, 11, 28, 11, 59, tzinfo=UTC)
+    ended = BatchTerminal(
+        batch_id="batch_1",
+        job_id="job_1",
+        status=BatchStatus.COMPLETED,
+        request_counts=counts,
+        dispatch_started_at=sent,
+        dispatch_ended_at=answered,
+    )
+    decision = decide(job(S.IN_PROGRESS), ended, NOW)
+    assert decision is not None and decision.status is S.COMPLETED
+    assert (decision.fields["dispatch_started_at"], decision.fields["dispatch_ended_at"]) == (
+        sent,
+        answered,
+    )
+    # A batch that dispatched nothing (failed before its engine was up) says nothing.
+    decision = decide(job(S.IN_PROGRESS), terminal(BatchStatus.FAILED, "engine_not_ready"), NOW)
+    assert decision is not None and "dispatch_started_at" not in decision.fields

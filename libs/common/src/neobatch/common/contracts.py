@@ -284,6 +284,10 @@ class BatchTerminal(Event, frozen=True, kw_only=True):
     error_file_id: str | None = None
     error_code: str = ""
     error_message: str = ""
+    # The run's first dispatch pass began / its last one ended (the bill's idle time); None: no
+    # request was dispatched by the run that ended the batch.
+    dispatch_started_at: datetime | None = None
+    dispatch_ended_at: datetime | None = None
 
 
 ALL_EVENTS: tuple[type[Event], ...] = (
