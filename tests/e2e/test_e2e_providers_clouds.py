@@ -176,8 +176,9 @@ def test_catalog_serves_the_providers_live_offers(cloud: CloudStack) -> None:
 def test_the_jobs_bill_equals_the_simulators_billing_record(
     cloud: CloudStack, tmp_path: Path
 ) -> None:
-    """RunPod bills per second, Lambda per started minute, from create to terminate: the job's
-    bill (lease → confirmed release at the offer's price) says the same, to the second."""
+    """RunPod bills per second from the create call, Lambda per started minute from the instance
+    up, both to the terminate call: the job's bill (lease or ready → confirmed release, at the
+    offer's price) says the same, to the second."""
     job_id = cloud.submit(tmp_path)
     job = cloud.wait_settled(job_id)
     assert job["status"] == "completed", job.get("error_message")
@@ -212,7 +213,7 @@ def test_the_jobs_bill_equals_the_simulators_billing_record(
         machine[k]
         for k in ("startup_seconds", "idle_before_seconds", "busy_seconds", "idle_after_seconds")
     ]
-    assert None not in parts and abs(sum(parts) - machine["elapsed_seconds"]) < 0.01, machine
+    assert None not in parts and abs(sum(parts) - machine["held_seconds"]) < 0.01, machine
     assert bill["tokens"]["completion_tokens"] == job["usage"]["output_tokens"] > 0
     assert bill["usd_per_million_output_tokens"] == pytest.approx(
         bill["total_usd"] / job["usage"]["output_tokens"] * 1e6, rel=1e-3

@@ -70,6 +70,7 @@ async def test_probes_and_metrics_of_a_running_runtime(
                 "status": "released",
                 "created_at": now,
                 "leased_at": now - timedelta(seconds=100),
+                "running_at": now - timedelta(seconds=100),
                 "released_at": now - timedelta(seconds=100 - elapsed),
                 "lease": {"provider": provider, "gpu_type": "H100", "price_per_hour": price},
             }

@@ -98,7 +98,7 @@ def test_time_is_split_into_startup_idle_busy_idle():
         10.4,
     )
     parts = m.startup_seconds + m.idle_before_seconds + m.busy_seconds + m.idle_after_seconds
-    assert parts == pytest.approx(m.elapsed_seconds)
+    assert parts == pytest.approx(m.held_seconds)
     assert billed.idle_seconds == 70.4
     # The agent's own dispatch times win over the job's steps when reported.
     reported = job(dispatch_started_at=at(105), dispatch_ended_at=at(150))
@@ -123,9 +123,25 @@ def test_several_machines_sum_and_usd_per_million_output_tokens():
 
 def test_a_held_machine_is_billed_up_to_now_and_the_bill_is_not_final():
     held = provision("prov_b", "lambdaCloud", 6.0, 0, 30, None, None)
-    billed = bill_of(job(status="in_progress"), [held], at(61))
-    assert billed.machines[0].billed_seconds == 120 and not billed.final
+    billed = bill_of(job(status="in_progress"), [held], at(91))
+    assert billed.machines[0].billed_seconds == 120 and not billed.final  # 61 s from ready
     assert billed.machines[0].released_at is None and billed.machines[0].idle_after_seconds is None
+
+
+def test_lambda_bills_from_the_machine_ready_and_not_at_all_if_it_never_was():
+    booted = provision("prov_b", "lambdaCloud", 6.0, 0, 240, 250, 250.5)
+    m = bill_of(job(), [booted], at(999)).machines[0]
+    assert (m.billed_from, m.billed_seconds, m.usd, m.held_seconds) == (
+        int(at(240).timestamp()),
+        60,
+        0.1,
+        250.5,
+    )
+    never = provision("prov_b", "lambdaCloud", 6.0, 0, None, 30, 31)
+    m = bill_of(job(), [never], at(999)).machines[0]
+    assert (m.billed_from, m.billed_seconds, m.usd) == (None, 0, 0)
+    runpod = bill_of(job(), [provision("prov_b", "runpod", 3.6, 0, 240, 250, 250.5)], at(999))
+    assert runpod.machines[0].billed_seconds == 251  # RunPod bills from the create call
 
 
 def test_no_lease_no_bill_and_no_output_no_unit_price():

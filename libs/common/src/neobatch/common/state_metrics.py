@@ -141,7 +141,8 @@ class StateCollector(Collector):
 
     async def _read_billed(self) -> dict[tuple[str, str, str], tuple[int, float]]:
         """Billed machine-seconds and USD of every leased machine, by the job's project."""
-        fields = {"job_id": 1, "provider": 1, "lease": 1, "leased_at": 1, "released_at": 1}
+        fields = {"job_id": 1, "provider": 1, "lease": 1, "leased_at": 1, "running_at": 1}
+        fields |= {"released_at": 1, "updated_at": 1}
         costs = []
         async for doc in self._db["provisions"].find({"leased_at": {"$ne": None}}, fields):
             cost = machine_cost(doc, self._clock.now())

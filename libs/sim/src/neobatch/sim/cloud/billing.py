@@ -1,5 +1,8 @@
-"""What a simulated provider bills: one record per machine, created → terminated, in the
-provider's billing increment (RunPod 1 s, Lambda 60 s; a started increment is billed in full)."""
+"""What a simulated provider bills: one record per machine, from `billed_from` to the terminate
+call, in the provider's billing increment (a started increment is billed in full). RunPod bills
+per second from the create call; Lambda per minute from the moment the instance is up (its docs:
+"billing begins the moment you launch an instance and the instance passes health checks"), so a
+Lambda machine that never booted costs nothing."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from typing import Any
 
 @dataclass
 class BillingRecord:
-    """What the provider bills for one machine: created → terminated (None while it lives)."""
+    """What the provider bills for one machine: billed_from → terminated (None while it lives)."""
 
     machine: str
     name: str
@@ -19,11 +22,13 @@ class BillingRecord:
     region: str
     price_per_hour: float
     created_at: float  # Unix seconds
+    billed_from: float | None  # Unix seconds; None: billing has not begun (Lambda: not booted)
     terminated_at: float | None = None
 
     def billed(self, increment_seconds: int, now: float) -> dict[str, Any]:
         end = self.terminated_at if self.terminated_at is not None else now
-        seconds = billed_seconds(end - self.created_at, increment_seconds)
+        elapsed = 0.0 if self.billed_from is None else end - self.billed_from
+        seconds = billed_seconds(elapsed, increment_seconds)
         return asdict(self) | {
             "increment_seconds": increment_seconds,
             "billed_seconds": seconds,

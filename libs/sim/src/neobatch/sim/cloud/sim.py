@@ -18,9 +18,10 @@ Fault switches (``POST /_sim/faults``): ``no_capacity``, ``refuse_launch``, ``er
 that boot from then on ``no_docker`` (``sudo docker`` is "command not found") and
 ``no_nvidia_runtime`` (Docker without the NVIDIA runtime: ``--gpus`` fails).
 
-Billing: every machine is billed from its create call to its terminate call (a stop does not end
-it), at its price, in the provider's increment (``billing_increment_seconds``: RunPod 1 s, Lambda
-60 s, partial increments rounded up). ``GET /_sim/billing`` (sim-only) reads the records, and each
+Billing: every machine is billed to its terminate call (a stop does not end it) from its create
+call (RunPod) or from the end of its boot (Lambda, ``bills_from_boot``), at its price, in the
+provider's increment (``billing_increment_seconds``: RunPod 1 s, Lambda 60 s, a started one in
+full). ``GET /_sim/billing`` (sim-only) reads the records, and each
 record is also appended as a JSON line to ``billing_file`` when the machine is terminated.
 """
 
@@ -111,6 +112,8 @@ class CloudSim:
     machine_tools: tuple[str, ...] = ("vllm",)
     # The provider's billing increment (RunPod bills per second, Lambda per minute).
     billing_increment_seconds: int = 1
+    # True: billing begins when the machine has booted (Lambda), not at the create call (RunPod).
+    bills_from_boot: bool = False
 
     def __init__(
         self,
@@ -171,6 +174,7 @@ class CloudSim:
             region=machine.region,
             price_per_hour=machine.price_per_hour,
             created_at=machine.created_at,
+            billed_from=None if self.bills_from_boot else machine.created_at,
         )
 
     async def hold_if_asked(self) -> None:
@@ -188,6 +192,7 @@ class CloudSim:
                 if machine.state == "booting" and due:
                     await self._start_ssh(machine)
                     machine.state = "running"
+                    self._boot_billing(machine.id, now - (machine.ready_at or now))
                 if machine.state == "terminating" and now >= (machine.terminate_done_at or 0):
                     machine.state = "terminated"
                     del self.machines[machine.id]
@@ -239,6 +244,11 @@ class CloudSim:
         if self.terminate_seconds <= 0:
             machine.state = "terminated"
             self.machines.pop(machine.id, None)
+
+    def _boot_billing(self, machine_id: str, seconds_since_boot: float) -> None:
+        record = self.billing_records.get(machine_id)
+        if self.bills_from_boot and record is not None and record.billed_from is None:
+            record.billed_from = time.time() - seconds_since_boot
 
     def _end_billing(self, machine_id: str) -> None:
         record = self.billing_records.get(machine_id)

@@ -1,12 +1,13 @@
 """A job's bill: what its machines cost, from the provisions the resource-manager recorded. Pure.
 
-Each machine is billed from its lease (the provider accepted the create call) to its confirmed
-release (the provider said it is gone), in the provider's billing increment (`common/billing.py`: RunPod
+Each machine is billed from its lease (the provider accepted the create call; Lambda: from the
+machine being ready, as Lambda bills from when the instance is up) to its confirmed release (the
+provider said it is gone), in the provider's billing increment (`common/billing.py`: RunPod
 per second, Lambda Cloud per minute, a started increment in full; the SSH pool per second), at the
 price per hour it was leased at (the offer's; the SSH pool's operator-set price). A machine not yet
 released is billed up to `now` and the bill is not `final`.
 
-Where the time went, per machine (the parts add up to `elapsed_seconds`):
+Where the time went, per machine (the parts add up to `held_seconds`):
 - `startup_seconds`: lease → the machine is running (provider boot);
 - `idle_before_seconds`: running → the first request was sent (engine start-up and hand-off);
 - `busy_seconds`: first request sent → last answer received;
@@ -43,8 +44,9 @@ class MachineBill(msgspec.Struct, kw_only=True):
     ready_at: int | None
     release_requested_at: int | None
     released_at: int | None  # release confirmed; null while the machine is still held
-    elapsed_seconds: float  # lease → confirmed release (or now)
-    billed_seconds: int  # elapsed in whole billing increments
+    held_seconds: float  # lease → confirmed release (or now): the four parts below add up to it
+    billed_from: int | None  # the lease, or (Lambda) the machine ready; null: never billed
+    billed_seconds: int  # billed_from → release, in whole billing increments
     startup_seconds: float | None
     idle_before_seconds: float | None
     busy_seconds: float | None
@@ -111,7 +113,8 @@ def machine_bill(
         ready_at=unix_seconds_or_none(ready),
         release_requested_at=unix_seconds_or_none(provision.get("releasing_at")),
         released_at=unix_seconds_or_none(released),
-        elapsed_seconds=round(cost.elapsed_seconds, 3),
+        held_seconds=_span(leased, cost.until) or 0.0,
+        billed_from=unix_seconds_or_none(cost.billed_from),
         billed_seconds=cost.billed_seconds,
         startup_seconds=_span(leased, ready),
         idle_before_seconds=_span(ready, first),
