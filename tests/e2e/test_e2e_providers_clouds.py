@@ -190,6 +190,10 @@ def test_the_jobs_bill_equals_the_simulators_billing_record(
     bill = job["bill"]
     assert bill["final"] and len(bill["machines"]) == 1, bill
     machine = bill["machines"][0]
+    print(
+        f"\n{cloud.provider}: bill {machine['billed_seconds']} s ${bill['total_usd']}, "
+        f"simulator {record['billed_seconds']} s ${record['usd']}"
+    )
     assert (machine["provider"], machine["gpu_type"], machine["region"]) == (
         cloud.provider,
         record["gpu"],
