@@ -41,7 +41,7 @@ from aiohttp import web
 
 from neobatch.sim import machine_tools
 from neobatch.sim.cloud.admin import admin_routes
-from neobatch.sim.cloud.billing import BillingRecord
+from neobatch.sim.cloud.billing import Ledger
 from neobatch.sim.cloud.specs import OpenApiDoc
 from neobatch.sim.ssh_host import SSHHost, start_ssh_host
 
@@ -144,8 +144,8 @@ class CloudSim:
         # Survives the machines (whose workdirs go with them): what their tools were asked to do.
         self._records_dir = tempfile.mkdtemp(prefix="sim-commands-")
         self.commands_file = f"{self._records_dir}/commands.jsonl"
-        self.billing_records: dict[str, BillingRecord] = {}
         self.billing_file = f"{self._records_dir}/billing.jsonl"
+        self.ledger = Ledger(self.billing_increment_seconds, self.billing_file)
 
     # --- state ---------------------------------------------------------------------------
 
@@ -166,16 +166,7 @@ class CloudSim:
             machine.ready_at = None
         self.machines[machine.id] = machine
         self.creates += 1
-        self.billing_records[machine.id] = BillingRecord(
-            machine=machine.id,
-            name=machine.name,
-            gpu=machine.gpu,
-            gpu_count=machine.gpu_count,
-            region=machine.region,
-            price_per_hour=machine.price_per_hour,
-            created_at=machine.created_at,
-            billed_from=None if self.bills_from_boot else machine.created_at,
-        )
+        self.ledger.opened(machine, bills_from_boot=self.bills_from_boot)
 
     async def hold_if_asked(self) -> None:
         """The "create reached the provider but the answer never came back" window."""
@@ -192,7 +183,8 @@ class CloudSim:
                 if machine.state == "booting" and due:
                     await self._start_ssh(machine)
                     machine.state = "running"
-                    self._boot_billing(machine.id, now - (machine.ready_at or now))
+                    if self.bills_from_boot:
+                        self.ledger.booted(machine.id, now - (machine.ready_at or now))
                 if machine.state == "terminating" and now >= (machine.terminate_done_at or 0):
                     machine.state = "terminated"
                     del self.machines[machine.id]
@@ -235,7 +227,7 @@ class CloudSim:
         """Free the machine's capacity and stop its SSH host; it leaves after terminate_seconds."""
         if machine.state in ("terminating", "terminated"):
             return
-        self._end_billing(machine.id)
+        self.ledger.terminated(machine.id)
         await self.stop_ssh(machine)
         key = (machine.gpu, machine.region)
         self.capacity[key] = self.capacity.get(key, 0) + 1
@@ -245,27 +237,8 @@ class CloudSim:
             machine.state = "terminated"
             self.machines.pop(machine.id, None)
 
-    def _boot_billing(self, machine_id: str, seconds_since_boot: float) -> None:
-        record = self.billing_records.get(machine_id)
-        if self.bills_from_boot and record is not None and record.billed_from is None:
-            record.billed_from = time.time() - seconds_since_boot
-
-    def _end_billing(self, machine_id: str) -> None:
-        record = self.billing_records.get(machine_id)
-        if record is None or record.terminated_at is not None:
-            return
-        record.terminated_at = time.time()
-        line = record.billed(self.billing_increment_seconds, record.terminated_at)
-        with open(self.billing_file, "a") as file:
-            file.write(json.dumps(line) + "\n")
-
     def billing(self) -> list[dict[str, Any]]:
-        """Every machine's bill so far (a live machine's up to now), oldest first."""
-        now = time.time()
-        return [
-            record.billed(self.billing_increment_seconds, now)
-            for record in sorted(self.billing_records.values(), key=lambda r: r.created_at)
-        ]
+        return self.ledger.report()
 
     async def close(self) -> None:
         for machine in list(self.machines.values()):
