@@ -17,6 +17,7 @@ PURE_MODULES = [
     "services/console/src/neobatch/console/jobs/window.py",
     "services/console/src/neobatch/console/jobs/job_view.py",
     "services/console/src/neobatch/console/jobs/batch_view.py",
+    "services/console/src/neobatch/console/jobs/bill.py",
     "services/console/src/neobatch/console/catalog/rules.py",
     "services/console/src/neobatch/console/catalog/access.py",
     "services/console/src/neobatch/console/files/uploads.py",
@@ -39,6 +40,7 @@ PURE_MODULES = [
     "services/runtime-agent/src/neobatch/runtime_agent/machine/errors.py",
     "services/runtime-agent/src/neobatch/runtime_agent/machine/launch.py",
     "libs/common/src/neobatch/common/batch_input.py",
+    "libs/common/src/neobatch/common/billing.py",
 ]
 IO_PACKAGES = {
     "pymongo",

@@ -231,3 +231,57 @@ def test_the_per_hour_cheaper_gpu_loses_on_cost_per_job(cloud: CloudStack, tmp_p
     assert sample["family"] == "H100"
     assert sample["output_tokens"] == ranked["usage"]["output_tokens"] > 0
     assert sample["dispatch_seconds"] >= 1.0
+
+
+def test_the_jobs_bill_equals_the_simulators_billing_record(
+    cloud: CloudStack, tmp_path: Path
+) -> None:
+    """RunPod bills per second from the create call, Lambda per started minute from the instance
+    up, both to the terminate call: the job's bill (lease or ready → confirmed release, at the
+    offer's price) says the same, to the second."""
+    job_id = cloud.submit(tmp_path)
+    job = cloud.wait_settled(job_id)
+    assert job["status"] == "completed", job.get("error_message")
+    doc = cloud.provision_doc(job_id)
+    records = httpx.get(f"{cloud.admin}/billing", timeout=10).json()["machines"]
+    record = next(r for r in records if r["machine"] == doc["provider_resource_id"])
+    assert record["terminated_at"] is not None
+
+    bill = job["bill"]
+    assert bill["final"] and len(bill["machines"]) == 1, bill
+    machine = bill["machines"][0]
+    print(
+        f"\n{cloud.provider}: bill {machine['billed_seconds']} s ${bill['total_usd']}, "
+        f"simulator {record['billed_seconds']} s ${record['usd']}"
+    )
+    assert (machine["provider"], machine["gpu_type"], machine["region"]) == (
+        cloud.provider,
+        record["gpu"],
+        record["region"],
+    )
+    assert machine["price_per_hour"] == record["price_per_hour"] > 0
+    assert machine["increment_seconds"] == record["increment_seconds"]
+    # To the second: our lease starts when the create answered and ends when the release was
+    # confirmed, each a moment after the provider's own clock; a started increment is billed.
+    if cloud.provider == "lambdaCloud":
+        assert record["increment_seconds"] == 60
+        assert machine["billed_seconds"] == record["billed_seconds"]
+    else:
+        assert record["increment_seconds"] == 1
+        assert abs(machine["billed_seconds"] - record["billed_seconds"]) <= 1, (machine, record)
+    one_second = record["price_per_hour"] / 3600
+    assert abs(bill["total_usd"] - record["usd"]) <= one_second + 1e-6, (bill, record)
+    assert bill["machine_seconds"] == machine["billed_seconds"]
+    # Where the time went adds up, and the tokens and unit price are those of the job.
+    parts = [
+        machine[k]
+        for k in ("startup_seconds", "idle_before_seconds", "busy_seconds", "idle_after_seconds")
+    ]
+    assert None not in parts and abs(sum(parts) - machine["held_seconds"]) < 0.01, machine
+    assert bill["tokens"]["completion_tokens"] == job["usage"]["output_tokens"] > 0
+    assert bill["usd_per_million_output_tokens"] == pytest.approx(
+        bill["total_usd"] / job["usage"]["output_tokens"] * 1e6, rel=1e-3
+    )
+    # The OpenAI view carries the same bill beside OpenAI's fields.
+    batch = cloud.http.get(f"/v1/batches/{job['batch_id']}").json()
+    assert batch["neobatch_bill"] == bill

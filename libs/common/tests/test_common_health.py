@@ -49,6 +49,7 @@ async def test_probes_and_metrics_of_a_running_runtime(
     await mongo_db["jobs"].insert_many(
         [{"_id": f"job_{i}", "status": "completed"} for i in range(3)]
         + [{"_id": "job_q", "status": "queued"}]
+        + [{"_id": "job_b", "status": "completed", "project": "acme"}]
     )
     await mongo_db["provisions"].insert_many(
         [
@@ -60,6 +61,22 @@ async def test_probes_and_metrics_of_a_running_runtime(
                 "running_at": now,
             },
             {"_id": "prov_2", "provider": "ssh", "status": "released", "created_at": now},
+        ]
+        + [  # billed: Lambda per started minute, RunPod per started second
+            {
+                "_id": f"prov_b{i}",
+                "job_id": "job_b",
+                "provider": provider,
+                "status": "released",
+                "created_at": now,
+                "leased_at": now - timedelta(seconds=100),
+                "running_at": now - timedelta(seconds=100),
+                "released_at": now - timedelta(seconds=100 - elapsed),
+                "lease": {"provider": provider, "gpu_type": "H100", "price_per_hour": price},
+            }
+            for i, (provider, elapsed, price) in enumerate(
+                [("lambdaCloud", 61, 2.4), ("runpod", 10.2, 3.6), ("runpod", 5, 3.6)]
+            )
         ]
     )
     # An entry nobody publishes (its subject is outside any stream) shows as outbox lag.
@@ -118,7 +135,7 @@ async def test_probes_and_metrics_of_a_running_runtime(
         await runtime.stop()
 
     assert got[retried] == 1.0
-    assert got[("neobatch_jobs", (("status", "completed"),))] == 3
+    assert got[("neobatch_jobs", (("status", "completed"),))] == 4
     assert got[("neobatch_jobs", (("status", "queued"),))] == 1
     assert got[("neobatch_provisions", (("provider", "ssh"), ("status", "running")))] == 1
     assert got[("neobatch_leased_machines", (("provider", "ssh"),))] == 1
@@ -126,6 +143,13 @@ async def test_probes_and_metrics_of_a_running_runtime(
     assert got[("neobatch_provisioning_seconds_sum", (("provider", "ssh"),))] == 4
     assert got[("neobatch_provisioning_seconds_bucket", (("le", "1.0"), ("provider", "ssh")))] == 0
     assert got[("neobatch_provisioning_seconds_bucket", (("le", "5.0"), ("provider", "ssh")))] == 1
+    acme = (("gpu_type", "H100"), ("project", "acme"))
+    lambda_billed = (*acme[:1], ("project", "acme"), ("provider", "lambdaCloud"))
+    runpod_billed = (*acme[:1], ("project", "acme"), ("provider", "runpod"))
+    assert got[("neobatch_billed_machine_seconds_total", lambda_billed)] == 120
+    assert got[("neobatch_billed_usd_total", lambda_billed)] == 0.08
+    assert got[("neobatch_billed_machine_seconds_total", runpod_billed)] == 16
+    assert got[("neobatch_billed_usd_total", runpod_billed)] == pytest.approx(0.016)
     assert got[("neobatch_outbox_pending", ())] == 1
     assert got[("neobatch_outbox_lag_seconds", ())] >= 30
     assert got[("neobatch_state_up", (("source", "mongo"),))] == 1

@@ -485,3 +485,25 @@ def test_provisioning_request_carries_what_offer_ranking_needs() -> None:
     resource = plain.events[0].resource  # type: ignore[attr-defined]
     assert resource.expected_output_tokens == 10 * 256
     assert (resource.throughput, resource.startup_seconds) == ({}, None)
+
+
+def test_the_batchs_dispatch_times_go_on_the_job_for_its_bill():
+    sent = datetime(2026, 11, 28, 11, 58, tzinfo=UTC)
+    answered = datetime(2026, 11, 28, 11, 59, tzinfo=UTC)
+    ended = BatchTerminal(
+        batch_id="batch_1",
+        job_id="job_1",
+        status=BatchStatus.COMPLETED,
+        request_counts=counts,
+        dispatch_started_at=sent,
+        dispatch_ended_at=answered,
+    )
+    decision = decide(job(S.IN_PROGRESS), ended, NOW)
+    assert decision is not None and decision.status is S.COMPLETED
+    assert (decision.fields["dispatch_started_at"], decision.fields["dispatch_ended_at"]) == (
+        sent,
+        answered,
+    )
+    # A batch that dispatched nothing (failed before its engine was up) says nothing.
+    decision = decide(job(S.IN_PROGRESS), terminal(BatchStatus.FAILED, "engine_not_ready"), NOW)
+    assert decision is not None and "dispatch_started_at" not in decision.fields

@@ -13,13 +13,18 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from neobatch.common.clock import FixedClock, utcnow
 from neobatch.common.contracts import ProvisionReleaseRequested, ProvisionRequested, ResourceRequest
+from neobatch.common.errors import ConfigError
 from neobatch.common.mongo import create_mongo_client
 from neobatch.common.outbox import OUTBOX
 from neobatch.common.subjects import Namespace
 from neobatch.resource_manager.driver import ProvisionDriver
 from neobatch.resource_manager.handlers import ProvisionEventHandler
 from neobatch.resource_manager.providers.base import Attempt
-from neobatch.resource_manager.providers.ssh_pool import SshPoolProvider, parse_pool
+from neobatch.resource_manager.providers.ssh_pool import (
+    SshPoolProvider,
+    parse_pool,
+    parse_prices,
+)
 from neobatch.resource_manager.store import ProvisionStore
 
 
@@ -72,7 +77,11 @@ async def rig(mongo_url: str, mongo_db: AsyncDatabase, listening_port: int) -> A
     clock = FixedClock(utcnow())
     store = ProvisionStore(client, db, Namespace(f"t{uuid.uuid4().hex[:8]}"))
     await store.ensure_indexes()
-    pool = SshPoolProvider(db, parse_pool(f"me@127.0.0.1:{listening_port}=H100x8"))
+    pool = SshPoolProvider(
+        db,
+        parse_pool(f"me@127.0.0.1:{listening_port}=H100x8"),
+        prices=parse_prices("h100=1.25, A100=0.5"),
+    )
     await pool.sync_pool()
     driver = ProvisionDriver(store, {"ssh": pool}, clock, lambda: None)
     handler = ProvisionEventHandler(store, clock, ("ssh",), driver.wake, lambda: None)
@@ -102,6 +111,17 @@ async def test_lease_runs_and_release_frees_the_host(rig: Rig) -> None:
     await rig.drain()
     assert await rig.status("p1") == "released"
     assert await rig.subjects() == ["provision.running", "provision.released"]
+    # What the bill needs: when it was leased, ready, released, and at the operator's price
+    # (per GPU: the host has 8).
+    doc = await rig.db.provisions.find_one({"_id": "p1"})
+    assert doc["leased_at"] <= doc["running_at"] <= doc["releasing_at"] <= doc["released_at"]
+    assert doc["lease"] == {
+        "provider": "ssh",
+        "gpu_type": "H100",
+        "gpu_count": 1,
+        "region": "local",
+        "price_per_hour": 10.0,
+    }
     assert await rig.db.ssh_hosts.count_documents({"leased_by": None}) == 1
 
 
@@ -246,3 +266,22 @@ async def test_a_host_leased_before_a_crash_is_the_one_the_provision_keeps(
     doc = await rig.db.provisions.find_one({"_id": "p7"})
     assert doc["status"] == "running" and doc["provider_resource_id"] == first.provider_resource_id
     assert await rig.db.ssh_hosts.count_documents({"leased_by": "p7"}) == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("", {}),
+        ("H100=2.5", {"H100": 2.5}),
+        ("nvidia h100 80gb=2.5, a100=1", {"H100": 2.5, "A100": 1.0}),
+        ("L4=0", {"L4": 0.0}),
+    ],
+)
+def test_pool_prices_parse_per_gpu_family(value: str, expected: dict[str, float]) -> None:
+    assert parse_prices(value) == expected
+
+
+@pytest.mark.parametrize("value", ["H100", "H100=", "=2", "H100=-1", "H100=abc", "H100=inf"])
+def test_a_bad_pool_price_stops_start_up_with_the_entry(value: str) -> None:
+    with pytest.raises(ConfigError, match="NEOBATCH_SSH_POOL_PRICES"):
+        parse_prices(value)

@@ -214,8 +214,16 @@ def test_decide_move_reports_the_status_with_its_counts() -> None:
 def test_decide_end_records_files_counts_and_failure_with_its_event(
     outcome: S, failure: Failure | None, error_fields: dict
 ) -> None:
+    sent, answered = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, 0, 1, tzinfo=UTC)
     end = decide_end(
-        make_batch(S.IN_PROGRESS), outcome, COUNTS, files=FILES, failure=failure, dispatch_seconds=2
+        make_batch(S.IN_PROGRESS),
+        outcome,
+        COUNTS,
+        files=FILES,
+        failure=failure,
+        dispatch_seconds=2,
+        dispatch_started_at=sent,
+        dispatch_ended_at=answered,
     )
     assert end.status is outcome
     expected = {
@@ -224,6 +232,8 @@ def test_decide_end_records_files_counts_and_failure_with_its_event(
         "error_file_id": "file_1_error",
         "usage": Usage(5, 7, 12),
         "dispatch_seconds": 2,
+        "dispatch_started_at": sent,
+        "dispatch_ended_at": answered,
     }
     if failure is not None:
         expected["error_message"] = failure.message
@@ -235,6 +245,7 @@ def test_decide_end_records_files_counts_and_failure_with_its_event(
     assert (event.request_counts, event.usage) == (COUNTS, Usage(5, 7, 12))
     assert event.error_code == error_fields.get("error_code", "")
     assert event.error_message == (failure.message if failure else "")
+    assert (event.dispatch_started_at, event.dispatch_ended_at) == (sent, answered)
 
 
 def test_decide_end_without_files_and_only_for_terminal_statuses() -> None:

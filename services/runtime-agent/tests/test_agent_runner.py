@@ -50,6 +50,10 @@ async def test_batch_runs_to_completed(make_harness, agent, ssh_host):
     prompt = sum(line["response"]["body"]["usage"]["prompt_tokens"] for line in output)
     completion = sum(line["response"]["body"]["usage"]["completion_tokens"] for line in output)
     assert terminal.usage == Usage(prompt, completion, prompt + completion) and prompt > 0
+    # When dispatch began and ended (the bill's idle time) go with the end, in order.
+    started, ended = terminal.dispatch_started_at, terminal.dispatch_ended_at
+    assert started is not None and ended is not None and started < ended
+    assert (ended - started).total_seconds() <= batch.dispatch_seconds + 1
 
     assert agent.engine_pids(spec.port) == []
     # The run records how long it dispatched (engine start-up excluded) with the batch's end.

@@ -297,6 +297,10 @@ class BatchTerminal(Event, frozen=True, kw_only=True):
     # Seconds this run spent sending requests (the resource-manager learns throughput from
     # usage.output_tokens / dispatch_seconds); 0 when nothing was sent.
     dispatch_seconds: float = 0.0
+    # The run's first dispatch pass began / its last one ended (the bill's idle time); None: no
+    # request was dispatched by the run that ended the batch.
+    dispatch_started_at: datetime | None = None
+    dispatch_ended_at: datetime | None = None
 
 
 ALL_EVENTS: tuple[type[Event], ...] = (

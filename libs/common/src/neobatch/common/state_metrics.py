@@ -1,7 +1,9 @@
 """Cluster-state metrics read from MongoDB and JetStream when /metrics is scraped.
 
 Jobs by status, provisions by provider and status, live leased machines, provisioning time,
-outbox lag and consumer redeliveries are facts of the shared database and stream, not of one
+billed machine-seconds and USD by project, provider and GPU type (`common/billing.py`: every
+machine ever leased, a held one up to now; counters, as the bills only grow), outbox lag and
+consumer redeliveries are facts of the shared database and stream, not of one
 process; every service exposes them (Prometheus queries take `max by (...)` across instances).
 A scrape refreshes the snapshot at most every `cache_seconds`, so a fleet of scrapers costs the
 database a few small aggregations per interval. A part that fails (Mongo or NATS away) is left
@@ -20,6 +22,7 @@ from typing import Any
 
 import nats
 from prometheus_client.core import (
+    CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
@@ -27,6 +30,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from pymongo.asynchronous.database import AsyncDatabase
 
+from neobatch.common.billing import machine_cost
 from neobatch.common.clock import Clock
 from neobatch.common.contracts import ProvisionStatus
 from neobatch.common.subjects import Namespace
@@ -55,6 +59,8 @@ class Snapshot:
         self.provisions: dict[tuple[str, str], int] = {}
         # provider -> durations in seconds from created_at to running_at
         self.provisioning: dict[str, list[float]] = {}
+        # (project, provider, gpu_type) -> (billed machine-seconds, USD)
+        self.billed: dict[tuple[str, str, str], tuple[int, float]] = {}
         self.outbox_pending = 0
         self.outbox_lag_seconds = 0.0
         # consumer name -> (redelivered, pending, ack_pending)
@@ -124,6 +130,7 @@ class StateCollector(Collector):
                 seconds = (_aware(doc["running_at"]) - _aware(doc["created_at"])).total_seconds()
                 durations[str(doc.get("provider"))].append(max(0.0, seconds))
         snap.provisioning = dict(durations)
+        snap.billed = await self._read_billed()
         snap.outbox_pending = await self._db["outbox"].count_documents({"published_at": None})
         oldest = await self._db["outbox"].find_one(
             {"published_at": None}, {"created_at": 1}, sort=[("created_at", 1)]
@@ -131,6 +138,27 @@ class StateCollector(Collector):
         if oldest is not None and isinstance(oldest.get("created_at"), datetime):
             lag = (self._clock.now() - _aware(oldest["created_at"])).total_seconds()
             snap.outbox_lag_seconds = max(0.0, lag)
+
+    async def _read_billed(self) -> dict[tuple[str, str, str], tuple[int, float]]:
+        """Billed machine-seconds and USD of every leased machine, by the job's project."""
+        fields = {"job_id": 1, "provider": 1, "lease": 1, "leased_at": 1, "running_at": 1}
+        fields |= {"released_at": 1, "updated_at": 1}
+        costs = []
+        async for doc in self._db["provisions"].find({"leased_at": {"$ne": None}}, fields):
+            cost = machine_cost(doc, self._clock.now())
+            if cost is not None:
+                costs.append((str(doc.get("job_id")), cost))
+        job_ids = sorted({job_id for job_id, _ in costs})
+        projects: dict[str, str] = {}
+        if job_ids:
+            async for job in self._db["jobs"].find({"_id": {"$in": job_ids}}, {"project": 1}):
+                projects[job["_id"]] = str(job.get("project") or "")
+        billed: dict[tuple[str, str, str], tuple[int, float]] = {}
+        for job_id, cost in costs:
+            key = (projects.get(job_id, ""), cost.provider, cost.gpu_type)
+            seconds, usd = billed.get(key, (0, 0.0))
+            billed[key] = (seconds + cost.billed_seconds, usd + cost.usd)
+        return billed
 
     async def _read_nats(self, snap: Snapshot) -> None:
         nc = self._nats_client()
@@ -196,6 +224,7 @@ class StateCollector(Collector):
             buckets.append(("+Inf", float(len(values))))
             histogram.add_metric([provider], buckets, sum_value=sum(values))
         yield histogram
+        yield from _billed_families(snap)
         yield GaugeMetricFamily(
             "neobatch_outbox_pending",
             "Outbox entries not yet published.",
@@ -231,3 +260,22 @@ class StateCollector(Collector):
         yield redelivered
         yield pending
         yield ack_pending
+
+
+def _billed_families(snap: Snapshot) -> Iterator[Metric]:
+    labels = ["project", "provider", "gpu_type"]
+    seconds = CounterMetricFamily(
+        "neobatch_billed_machine_seconds",
+        "Machine-seconds billed (lease to confirmed release, in the provider's increment).",
+        labels=labels,
+    )
+    usd = CounterMetricFamily(
+        "neobatch_billed_usd",
+        "USD billed for leased machines, at their lease price.",
+        labels=labels,
+    )
+    for key, (n_seconds, n_usd) in sorted(snap.billed.items()):
+        seconds.add_metric(list(key), n_seconds)
+        usd.add_metric(list(key), round(n_usd, 6))
+    yield seconds
+    yield usd

@@ -334,6 +334,9 @@ def _on_batch_terminal(job: Job, event: BatchTerminal, now: datetime) -> Decisio
         "output_dataset": event.output_file_id,
         "error_dataset": event.error_file_id,
     }
+    if event.dispatch_started_at is not None:  # the bill's idle time (console jobs/bill.py)
+        fields["dispatch_started_at"] = event.dispatch_started_at
+        fields["dispatch_ended_at"] = event.dispatch_ended_at
     # An error from an earlier attempt never outlives a batch that ended without one.
     fields["error_code"] = event.error_code if event.error_message else None
     fields["error_message"] = event.error_message or None

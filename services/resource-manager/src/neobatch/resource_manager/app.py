@@ -13,7 +13,11 @@ from neobatch.resource_manager.handlers import (
 from neobatch.resource_manager.providers.base import Provider
 from neobatch.resource_manager.providers.lambda_cloud import LambdaCloudProvider
 from neobatch.resource_manager.providers.runpod import RunPodProvider
-from neobatch.resource_manager.providers.ssh_pool import SshPoolProvider, parse_pool
+from neobatch.resource_manager.providers.ssh_pool import (
+    SshPoolProvider,
+    parse_pool,
+    parse_prices,
+)
 from neobatch.resource_manager.reconciler import Reconciler
 from neobatch.resource_manager.settings import ResourceManagerSettings
 from neobatch.resource_manager.store import ProvisionStore
@@ -38,7 +42,9 @@ def build(settings: ResourceManagerSettings) -> ServiceRuntime:
     providers: dict[str, Provider] = {}
     pool: SshPoolProvider | None = None
     if "ssh" in settings.provisioners:
-        pool = SshPoolProvider(runtime.db, parse_pool(settings.ssh_pool))
+        pool = SshPoolProvider(
+            runtime.db, parse_pool(settings.ssh_pool), prices=parse_prices(settings.ssh_pool_prices)
+        )
         providers[pool.name] = pool
     providers.update(cloud_providers(settings))
     driver = ProvisionDriver(

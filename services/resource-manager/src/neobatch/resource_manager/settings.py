@@ -85,6 +85,15 @@ class ResourceManagerSettings(Settings, frozen=True, kw_only=True):
             required_when=When("provisioners", "ssh"),
         ),
     ] = ""
+    ssh_pool_prices: Annotated[
+        str,
+        Env(
+            "NEOBATCH_SSH_POOL_PRICES",
+            "Operator-set price of the SSH pool's machines for the bill, comma-separated "
+            "`GPU_TYPE=USD` per GPU per hour (e.g. `H100=2.5,A100=1.2`); a GPU type not listed "
+            "costs 0",
+        ),
+    ] = ""
     runpod: Annotated[RunPodSettings | None, When("provisioners", "runpod")] = None
     lambda_cloud: Annotated[LambdaCloudSettings | None, When("provisioners", "lambdaCloud")] = None
     reconcile_seconds: Annotated[

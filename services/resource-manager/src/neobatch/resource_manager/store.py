@@ -19,6 +19,7 @@ from neobatch.common.outbox import append_events
 from neobatch.common.subjects import Namespace
 from neobatch.common.transitions import compare_and_set, compare_and_set_with_events
 from neobatch.resource_manager.offers import Offer
+from neobatch.resource_manager.providers.base import Machine
 from neobatch.resource_manager.provisions import ACTIVE, RELEASABLE, Decision, Provision
 
 PROVISIONS = "provisions"
@@ -70,12 +71,33 @@ def _decision_fields(provision: Provision, decision: Decision, now: datetime) ->
         fields["region"] = decision.machine.region
         if decision.machine.endpoint is not None:
             fields["endpoint"] = msgspec.to_builtins(decision.machine.endpoint)
+    if decision.machine is not None and provision.provider_resource_id is None:
+        fields.update(lease_fields(provision, decision.machine, now))
     if decision.error_code:
         fields["error_code"] = decision.error_code
         fields["error_message"] = decision.error_message
     if decision.status is not provision.status:
         fields[f"{decision.status.value}_at"] = now
     return fields
+
+
+def lease_fields(provision: Provision, machine: Machine, now: datetime) -> dict[str, Any]:
+    """What the bill needs, recorded when the provider first answers with the machine (the
+    create call accepted): when, where and at what price it was leased."""
+    offer = provision.offer
+    price = offer.price_per_hour if offer is not None else (machine.price_per_hour or 0.0)
+    return {
+        "leased_at": now,
+        "lease": {
+            "provider": offer.provider if offer is not None else provision.provider,
+            "gpu_type": offer.gpu_type if offer is not None else provision.request.accelerator_type,
+            "gpu_count": offer.gpu_count
+            if offer is not None
+            else provision.request.accelerator_count,
+            "region": offer.region if offer is not None else machine.region,
+            "price_per_hour": price,
+        },
+    }
 
 
 def _due(now: datetime) -> dict[str, Any]:

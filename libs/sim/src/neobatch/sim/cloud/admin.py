@@ -4,7 +4,8 @@
 ``{"gpu", "region", "free"}``; ``POST /_sim/prices`` ``{"<gpu>": price}``;
 ``POST /_sim/machines/{id}/delete`` (deleted behind the client's back);
 ``POST /_sim/machines/{id}/state`` ``{"state": "stopped"|"unhealthy"}``; ``POST /_sim/release-hold``;
-``GET /_sim/commands`` (every ``vllm``/``docker`` command the machines' tools ran).
+``GET /_sim/commands`` (every ``vllm``/``docker`` command the machines' tools ran);
+``GET /_sim/billing`` (``{"machines": [...]}``: what the provider bills each machine, see ``sim.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def admin_routes(sim: CloudSim) -> list[web.RouteDef]:
         web.post("/_sim/machines/{id}/state", admin.set_state),
         web.post("/_sim/release-hold", admin.release_hold),
         web.get("/_sim/commands", admin.commands),
+        web.get("/_sim/billing", admin.billing),
     ]
 
 
@@ -79,6 +81,9 @@ class _Admin:
 
     async def commands(self, request: web.Request) -> web.Response:
         return web.json_response({"commands": self.sim.commands()})
+
+    async def billing(self, request: web.Request) -> web.Response:
+        return web.json_response({"machines": self.sim.billing()})
 
     async def release_hold(self, request: web.Request) -> web.Response:
         self.sim.release_hold()

@@ -17,6 +17,12 @@ Fault switches (``POST /_sim/faults``): ``no_capacity``, ``refuse_launch``, ``er
 ``stuck_boot``, ``burst_5xx``, ``storm_429``, ``hold_create`` (see ``Faults``), and for machines
 that boot from then on ``no_docker`` (``sudo docker`` is "command not found") and
 ``no_nvidia_runtime`` (Docker without the NVIDIA runtime: ``--gpus`` fails).
+
+Billing: every machine is billed to its terminate call (a stop does not end it) from its create
+call (RunPod) or from the end of its boot (Lambda, ``bills_from_boot``), at its price, in the
+provider's increment (``billing_increment_seconds``: RunPod 1 s, Lambda 60 s, a started one in
+full). ``GET /_sim/billing`` (sim-only) reads the records, and each
+record is also appended as a JSON line to ``billing_file`` when the machine is terminated.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from aiohttp import web
 
 from neobatch.sim import machine_tools
 from neobatch.sim.cloud.admin import admin_routes
+from neobatch.sim.cloud.billing import Ledger
 from neobatch.sim.cloud.specs import OpenApiDoc
 from neobatch.sim.ssh_host import SSHHost, start_ssh_host
 
@@ -103,6 +110,10 @@ class CloudSim:
     api_prefix = "/"
     # The command-line tools on this provider's machines (``machine_tools``).
     machine_tools: tuple[str, ...] = ("vllm",)
+    # The provider's billing increment (RunPod bills per second, Lambda per minute).
+    billing_increment_seconds: int = 1
+    # True: billing begins when the machine has booted (Lambda), not at the create call (RunPod).
+    bills_from_boot: bool = False
 
     def __init__(
         self,
@@ -137,6 +148,8 @@ class CloudSim:
         # Survives the machines (whose workdirs go with them): what their tools were asked to do.
         self._records_dir = tempfile.mkdtemp(prefix="sim-commands-")
         self.commands_file = f"{self._records_dir}/commands.jsonl"
+        self.billing_file = f"{self._records_dir}/billing.jsonl"
+        self.ledger = Ledger(self.billing_increment_seconds, self.billing_file)
 
     # --- state ---------------------------------------------------------------------------
 
@@ -157,6 +170,7 @@ class CloudSim:
             machine.ready_at = None
         self.machines[machine.id] = machine
         self.creates += 1
+        self.ledger.opened(machine, bills_from_boot=self.bills_from_boot)
 
     async def hold_if_asked(self) -> None:
         """The "create reached the provider but the answer never came back" window."""
@@ -173,6 +187,8 @@ class CloudSim:
                 if machine.state == "booting" and due:
                     await self._start_ssh(machine)
                     machine.state = "running"
+                    if self.bills_from_boot:
+                        self.ledger.booted(machine.id, now - (machine.ready_at or now))
                 if machine.state == "terminating" and now >= (machine.terminate_done_at or 0):
                     machine.state = "terminated"
                     del self.machines[machine.id]
@@ -216,6 +232,7 @@ class CloudSim:
         """Free the machine's capacity and stop its SSH host; it leaves after terminate_seconds."""
         if machine.state in ("terminating", "terminated"):
             return
+        self.ledger.terminated(machine.id)
         await self.stop_ssh(machine)
         key = (machine.gpu, machine.region)
         self.capacity[key] = self.capacity.get(key, 0) + 1
@@ -224,6 +241,9 @@ class CloudSim:
         if self.terminate_seconds <= 0:
             machine.state = "terminated"
             self.machines.pop(machine.id, None)
+
+    def billing(self) -> list[dict[str, Any]]:
+        return self.ledger.report()
 
     async def close(self) -> None:
         for machine in list(self.machines.values()):

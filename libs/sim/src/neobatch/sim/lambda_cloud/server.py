@@ -61,6 +61,8 @@ class LambdaSim(CloudSim):
     api_prefix = "/api/v1"
     # Lambda Stack images: the user has sudo, Docker and the NVIDIA container runtime.
     machine_tools = ("vllm", "sudo", "docker")
+    billing_increment_seconds = 60  # Lambda bills per minute, a started minute in full,
+    bills_from_boot = True  # from when the instance is up
 
     def __init__(
         self,

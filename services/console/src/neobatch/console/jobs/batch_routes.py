@@ -10,6 +10,7 @@ leased from `metadata["neobatch.provider"]` when given; `aibrix.client` (AIBrix'
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
@@ -18,6 +19,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from neobatch.common.contracts import JobStatus
 from neobatch.common.errors import Conflict
 from neobatch.console.jobs.batch_view import batch_view
+from neobatch.console.jobs.routes import bills
 from neobatch.console.jobs.schemas import BatchList, BatchOut, CreateBatch, CreateJob
 from neobatch.console.jobs.service import JobService
 from neobatch.console.jobs.store import JobStore
@@ -44,6 +46,10 @@ def job_request(data: CreateBatch) -> CreateJob:
     )
 
 
+async def _billed_view(store: JobStore, job: dict[str, Any], now: datetime) -> BatchOut:
+    return batch_view(job, (await bills(store, [job], now))[0])
+
+
 class BatchController(Controller):
     path = "/batches"
 
@@ -62,11 +68,13 @@ class BatchController(Controller):
         self,
         job_store: NamedDependency[JobStore],
         caller: NamedDependency[Caller],
+        now: NamedDependency[datetime],
         limit: PageLimit = 20,
         after: FromQuery[str | None] = None,
     ) -> BatchList:
         jobs, has_more = await job_store.list_batches(caller.scope, limit, after)
-        data = [batch_view(job) for job in jobs]
+        billed = await bills(job_store, jobs, now)
+        data = [batch_view(job, bill) for job, bill in zip(jobs, billed, strict=True)]
         return BatchList(data=data, has_more=has_more, **page_ends(data))
 
     @get("/{batch_id:str}")
@@ -75,8 +83,9 @@ class BatchController(Controller):
         batch_id: FromPath[str],
         job_store: NamedDependency[JobStore],
         caller: NamedDependency[Caller],
+        now: NamedDependency[datetime],
     ) -> BatchOut:
-        return batch_view(await job_store.get_batch(batch_id, caller.scope))
+        return await _billed_view(job_store, await job_store.get_batch(batch_id, caller.scope), now)
 
     @post("/{batch_id:str}/cancel", status_code=200)
     async def cancel_batch(
@@ -93,4 +102,6 @@ class BatchController(Controller):
                 f"cannot cancel batch {batch_id!r}: it is already {batch_view(job).status}",
                 code="batch_not_cancellable",
             )
-        return batch_view(await job_service.request_cancel(job, caller, now))
+        return await _billed_view(
+            job_store, await job_service.request_cancel(job, caller, now), now
+        )

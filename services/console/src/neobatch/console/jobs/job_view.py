@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from neobatch.common.logs import redact_text
+from neobatch.console.jobs.bill import Bill, bill_of
 from neobatch.console.jobs.rules import JOB_TIMESTAMPS
 from neobatch.console.jobs.schemas import (
     InputTokensDetails,
@@ -205,8 +206,14 @@ def placement_view(provision: dict[str, Any] | None) -> PlacementOut | None:
         return None  # written by another version: not worth failing the job view for
 
 
-def job_view(job: dict[str, Any], provision: dict[str, Any] | None, *, caller: str) -> JobOut:
-    """The response body of every /api/v1/jobs route."""
+def job_view(
+    job: dict[str, Any],
+    provision: dict[str, Any] | None,
+    *,
+    caller: str,
+    bill: Bill | None = None,
+) -> JobOut:
+    """The response body of every /api/v1/jobs route (`bill`: none yet when not given)."""
     # Error text may quote a provider's or engine's reply; mask anything key-like in it.
     error_message = redact_text(job.get("error_message") or "")
     if not error_message and provision and job.get("status") in _WAITING_FOR_A_MACHINE:
@@ -248,6 +255,7 @@ def job_view(job: dict[str, Any], provision: dict[str, Any] | None, *, caller: s
             replicas=(job.get("resource_request") or {}).get("replicas", 1)
         ),
         created_by=job.get("created_by") or "",
+        bill=bill if bill is not None else bill_of(job, [], None),
         **times,
         placement=placement_view(provision),
     )

@@ -13,6 +13,7 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
+from neobatch.console.jobs.bill import Bill, bill_of
 from neobatch.console.jobs.job_view import job_view
 from neobatch.console.jobs.schemas import (
     MAX_REPLICAS,
@@ -29,8 +30,28 @@ from neobatch.console.paging import PageLimit, page_ends
 from neobatch.console.settings import ConsoleSettings
 
 
-async def _view(jobs: JobStore, job: dict[str, Any], caller: Caller) -> JobOut:
-    return job_view(job, await jobs.find_provision(job.get("provision_id")), caller=caller.owner)
+async def job_views(
+    store: JobStore, jobs: list[dict[str, Any]], caller: Caller, now: datetime
+) -> list[JobOut]:
+    """The views of a page of jobs, each with its provision and its bill (one read for all)."""
+    provisions = await store.list_job_provisions([job["_id"] for job in jobs])
+    views = []
+    for job in jobs:
+        own = provisions.get(job["_id"], [])
+        current = next((p for p in own if p["_id"] == job.get("provision_id")), None)
+        billed = bill_of(job, own, now)
+        views.append(job_view(job, current, caller=caller.owner, bill=billed))
+    return views
+
+
+async def bills(store: JobStore, jobs: list[dict[str, Any]], now: datetime) -> list[Bill]:
+    """The bills of a page of jobs, in order."""
+    provisions = await store.list_job_provisions([job["_id"] for job in jobs])
+    return [bill_of(job, provisions.get(job["_id"], []), now) for job in jobs]
+
+
+async def _view(jobs: JobStore, job: dict[str, Any], caller: Caller, now: datetime) -> JobOut:
+    return (await job_views(jobs, [job], caller, now))[0]
 
 
 class JobController(Controller):
@@ -52,15 +73,12 @@ class JobController(Controller):
         self,
         job_store: NamedDependency[JobStore],
         caller: NamedDependency[Caller],
+        now: NamedDependency[datetime],
         limit: PageLimit = 20,
         after: FromQuery[str | None] = None,
     ) -> JobList:
         jobs, has_more = await job_store.list_jobs(caller.scope, limit, after)
-        provisions = await job_store.list_provisions([job.get("provision_id") for job in jobs])
-        views = [
-            job_view(job, provisions.get(job.get("provision_id") or ""), caller=caller.owner)
-            for job in jobs
-        ]
+        views = await job_views(job_store, jobs, caller, now)
         return JobList(jobs=views, has_more=has_more, **page_ends(views))
 
     @get("/{job_id:str}")
@@ -69,8 +87,9 @@ class JobController(Controller):
         job_id: FromPath[str],
         job_store: NamedDependency[JobStore],
         caller: NamedDependency[Caller],
+        now: NamedDependency[datetime],
     ) -> JobOut:
-        return await _view(job_store, await job_store.get_job(job_id, caller.scope), caller)
+        return await _view(job_store, await job_store.get_job(job_id, caller.scope), caller, now)
 
     @post("/{job_id:str}/cancel", status_code=200)
     async def cancel_job(
@@ -83,7 +102,7 @@ class JobController(Controller):
     ) -> JobOut:
         job = await job_store.get_job(job_id, caller.scope)
         job = await job_service.request_cancel(job, caller, now)
-        return await _view(job_store, job, caller)
+        return await _view(job_store, job, caller, now)
 
 
 @get("/config/job-capabilities")

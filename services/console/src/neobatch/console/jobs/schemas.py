@@ -15,6 +15,7 @@ from msgspec import Meta
 
 from neobatch.common.contracts import ClientSpec
 from neobatch.common.jsonbounds import check_stored_value
+from neobatch.console.jobs.bill import Bill
 from neobatch.console.jobs.window import parse_completion_window
 from neobatch.console.paging import PageEnds
 from neobatch.console.wire import MAX_FREE_FORM_BYTES, Endpoint, Label, Text
@@ -213,6 +214,8 @@ class JobOut(msgspec.Struct, kw_only=True):
     updated_at: int | None
     # How the machine's offer was chosen (clouds that rent by offer); None before that.
     placement: PlacementOut | None = None
+    # What the job's machines cost so far (jobs/bill.py).
+    bill: Bill
 
 
 class JobList(PageEnds, kw_only=True):
@@ -287,6 +290,8 @@ class BatchOut(msgspec.Struct, kw_only=True):
     expired_at: int | None
     cancelling_at: int | None
     cancelled_at: int | None
+    # Ours, beside OpenAI's fields (the SDK keeps unknown fields as extras): the job's bill.
+    neobatch_bill: Bill
 
 
 class BatchList(PageEnds, kw_only=True):

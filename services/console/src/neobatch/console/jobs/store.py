@@ -159,15 +159,12 @@ class JobStore:
             self._notify_outbox()
         return won
 
-    async def find_provision(self, provision_id: str | None) -> Document | None:
-        if not provision_id:
-            return None
-        return await self._db[PROVISIONS].find_one({"_id": provision_id})
-
-    async def list_provisions(self, provision_ids: Sequence[str | None]) -> dict[str, Document]:
-        """The provisions of a page of jobs, by id (jobs without one are skipped)."""
-        wanted = sorted({pid for pid in provision_ids if pid})
+    async def list_job_provisions(self, job_ids: Sequence[str]) -> dict[str, list[Document]]:
+        """Every provision of a page of jobs (what their bills are made of), by job id."""
+        wanted = sorted(set(job_ids))
+        found: dict[str, list[Document]] = {job_id: [] for job_id in wanted}
         if not wanted:
-            return {}
-        docs = await self._db[PROVISIONS].find({"_id": {"$in": wanted}}).to_list(None)
-        return {doc["_id"]: doc for doc in docs}
+            return found
+        async for doc in self._db[PROVISIONS].find({"job_id": {"$in": wanted}}):
+            found.setdefault(doc["job_id"], []).append(doc)
+        return found

@@ -80,6 +80,9 @@ class Machine(msgspec.Struct, frozen=True, kw_only=True):
     # Exists but will not serve (RunPod EXITED/ERROR, Lambda unhealthy/preempted): lost if running.
     broken: bool = False
     status: str = ""  # the provider's own word for the machine's state
+    # USD per hour for the whole machine when the provider prices it itself (the ssh pool's
+    # operator-set prices); None: the price is the recorded offer's.
+    price_per_hour: float | None = None
 
 
 def machine_gone(provider_resource_id: str) -> Machine:

@@ -74,6 +74,28 @@ def parse_pool(value: str) -> list[PoolHost]:
     return hosts
 
 
+def parse_prices(value: str) -> dict[str, float]:
+    """`GPU_TYPE=USD` per GPU per hour, comma-separated → {gpu family: price}."""
+    prices: dict[str, float] = {}
+    for raw in filter(None, (part.strip() for part in value.split(","))):
+        gpu, _, price = raw.partition("=")
+        try:
+            usd = float(price)
+        except ValueError:
+            usd = -1.0
+        if not gpu.strip() or not usd >= 0 or usd == float("inf"):
+            raise ConfigError(f"NEOBATCH_SSH_POOL_PRICES entry {raw!r} is not GPU_TYPE=USD")
+        prices[gpu_family(gpu.strip())] = usd
+    return prices
+
+
+def host_price(host: PoolHost, prices: dict[str, float]) -> float:
+    """A host's price per hour: its GPU type's price per GPU times its GPUs (undescribed: 0)."""
+    if host.gpu_type is None:
+        return 0.0
+    return prices.get(gpu_family(host.gpu_type), 0.0) * max(1, host.gpu_count)
+
+
 class SshPoolProvider:
     """Leases pool hosts, one `ssh_hosts` document per host (`_id` = `user@host:port`).
 
@@ -96,8 +118,10 @@ class SshPoolProvider:
         hosts: list[PoolHost],
         *,
         connect_timeout_seconds: float = 3.0,
+        prices: dict[str, float] | None = None,
     ) -> None:
         self._hosts = db[SSH_HOSTS]
+        self._prices = prices or {}
         self._pool = {h.key: h for h in hosts}
         self._timeout = connect_timeout_seconds
         # Hosts believed free (None = not read yet); a lease in progress has taken its key out.
@@ -207,4 +231,10 @@ class SshPoolProvider:
             return machine_gone(key)
         ready = await port_open(host.host, host.port, self._timeout)
         endpoint = SshEndpoint(host=host.host, port=host.port, username=host.username)
-        return Machine(provider_resource_id=key, ready=ready, endpoint=endpoint, region="local")
+        return Machine(
+            provider_resource_id=key,
+            ready=ready,
+            endpoint=endpoint,
+            region="local",
+            price_per_hour=host_price(host, self._prices),
+        )

@@ -291,6 +291,8 @@ def decide_end(
     files: ResultFiles = NO_FILES,
     failure: Failure | None = None,
     dispatch_seconds: float = 0.0,
+    dispatch_started_at: datetime | None = None,
+    dispatch_ended_at: datetime | None = None,
 ) -> Transition:
     """The terminal record of a batch and its `batch.terminal` event.
 
@@ -305,6 +307,8 @@ def decide_end(
         "error_file_id": files.error_file_id,
         "usage": files.usage,
         "dispatch_seconds": dispatch_seconds,
+        "dispatch_started_at": dispatch_started_at,
+        "dispatch_ended_at": dispatch_ended_at,
     }
     code = message = ""
     if failure is not None:
@@ -323,5 +327,7 @@ def decide_end(
         error_code=code,
         error_message=message,
         usage=files.usage,
+        dispatch_started_at=dispatch_started_at,
+        dispatch_ended_at=dispatch_ended_at,
     )
     return Transition(status=outcome, fields=fields, event=event)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 
 import asyncssh
 
@@ -98,6 +99,9 @@ class BatchRun:
         self.resumed = batch.status is S.IN_PROGRESS
         self._ids = {"batch_id": batch.id, "job_id": batch.job_id}
         self.dispatch_seconds = 0.0
+        # This run's first dispatch pass began / its last one ended (wall clock).
+        self.dispatch_started_at: datetime | None = None
+        self.dispatch_ended_at: datetime | None = None
 
     # --- the whole run -----------------------------------------------------------------------
 
@@ -181,6 +185,8 @@ class BatchRun:
             if client is None:
                 break
             before = self.tally.finished
+            # The bill's idle time: the engine is up from here until the last answer is stored.
+            self.dispatch_started_at = self.dispatch_started_at or self._clock.now()
             try:
                 self.dispatch_seconds += await dispatch_pass(
                     self._store,
@@ -191,6 +197,7 @@ class BatchRun:
                     tunnel_down=lambda: session.is_closed,
                     prefix_order=self._prefix_order,
                 )
+                self.dispatch_ended_at = self._clock.now()
             finally:
                 await client.close()
             if self.watch.lost or not session.is_closed:
@@ -322,6 +329,8 @@ class BatchRun:
             files=files,
             failure=failure,
             dispatch_seconds=self.dispatch_seconds,
+            dispatch_started_at=self.dispatch_started_at,
+            dispatch_ended_at=self.dispatch_ended_at,
         )
         if await self._save(ending):
             code = failure.code if failure is not None else ""
