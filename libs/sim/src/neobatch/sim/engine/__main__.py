@@ -61,6 +61,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "...') to stderr and exit 1",
     )
     parser.add_argument(
+        "--exit-after",
+        type=int,
+        default=None,
+        metavar="N",
+        help="crash mid-batch: once N requests were answered, the next one makes the engine "
+        "print a vLLM-like traceback ending in --exit-error to stderr and exit 1",
+    )
+    parser.add_argument(
+        "--exit-error",
+        default="RuntimeError: CUDA error: an illegal memory access was encountered",
+    )
+    parser.add_argument(
+        "--exit-once-file",
+        default=None,
+        metavar="PATH",
+        help="with --exit-after: crash only when PATH does not exist (it is created), so a "
+        "relaunched engine serves on",
+    )
+    parser.add_argument(
         "--max-num-seqs",
         type=int,
         default=None,
@@ -101,6 +120,9 @@ async def _serve(args: argparse.Namespace) -> None:
         block_size=args.block_size,
         cache_blocks=args.cache_blocks,
         max_num_seqs=args.max_num_seqs,
+        exit_after=args.exit_after,
+        exit_error=args.exit_error,
+        exit_once_file=args.exit_once_file,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -34,6 +34,7 @@ from neobatch.sim.engine.replies import (
     compute_response,
     error_body,
 )
+from neobatch.sim.engine.startup import exit_now
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,12 @@ class EngineConfig:
     # (running, waiting, KV-cache use, preemptions), as a real vLLM does. None: no limit and
     # no vLLM gauges (an OpenAI server that does not report its load).
     max_num_seqs: int | None = None
+    # Crash like a dying vLLM once this many requests were answered: the next request makes
+    # the process print `exit_error`'s traceback and exit 1 (`startup.exit_now`); with
+    # `exit_once_file`, only the first engine started with that file does.
+    exit_after: int | None = None
+    exit_error: str = "RuntimeError: CUDA error: an illegal memory access was encountered"
+    exit_once_file: str | None = None
 
 
 FAILURE_MODES = ("request", "attempt")
@@ -143,6 +150,8 @@ async def _api(request: web.Request) -> web.StreamResponse:
         return await _answer(request, state, _loading(), request_id, 0)
     raw = await request.read()
     config = state.config
+    if config.exit_after is not None and sum(state.responses.values()) >= config.exit_after:
+        exit_now(config.exit_error, config.exit_once_file)
     key = request_id or hashlib.sha256(raw).hexdigest()
     state.attempts[key] += 1
     attempt = state.attempts[key]

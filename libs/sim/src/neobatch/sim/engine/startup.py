@@ -1,4 +1,5 @@
-"""What vLLM prints when it dies at start-up, for `--fail-at-start ERROR`.
+"""What vLLM prints when it dies at start-up (`--fail-at-start ERROR`) or mid-batch
+(`--exit-after N`).
 
 Shaped like vLLM 0.32's own output (process prefixes, its log format, the engine core's
 traceback logged as ERROR lines, then the API server's wrapper `RuntimeError` pointing at the
@@ -8,6 +9,7 @@ root cause above), so the agent's picker is tested against what a real engine wr
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 
@@ -38,3 +40,38 @@ def start_failure_log(error: str) -> str:
         "Failed core proc(s): {}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def crash_log(error: str) -> str:
+    """What vLLM prints when its engine core dies mid-serving (`--exit-after N`): the core's
+    traceback ending in `error` (e.g. `RuntimeError: CUDA error: an illegal memory access was
+    encountered`), then the API server noticing the dead engine."""
+    stamp = time.strftime("%m-%d %H:%M:%S")
+    core = f"(EngineCore pid={os.getpid()}) "
+    api = f"(APIServer pid={os.getppid()}) "
+    lines = [
+        f"{core}ERROR {stamp} [core.py:842] EngineCore encountered a fatal error.",
+        f"{core}ERROR {stamp} [core.py:842] Traceback (most recent call last):",
+        f'{core}ERROR {stamp} [core.py:842]   File "/opt/vllm/v1/engine/core.py", line 833, '
+        "in run_engine_core",
+        f"{core}ERROR {stamp} [core.py:842]     engine_core.run_busy_loop()",
+        f"{core}ERROR {stamp} [core.py:842] {error}",
+        f"{api}ERROR {stamp} [async_llm.py:480] AsyncLLM output_handler failed.",
+        f"{api}INFO {stamp} [launcher.py:99] Shutting down FastAPI HTTP server.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def exit_now(error: str, once_file: str | None) -> bool:
+    """Die as a crashed engine: print `crash_log` to stderr and exit 1 at once (no cleanup,
+    in-flight connections reset). With `once_file`: only when it does not exist yet (it is
+    created first), so a relaunched engine serves on. Returns False when it did not die."""
+    if once_file is not None:
+        try:
+            with open(once_file, "x"):
+                pass
+        except FileExistsError:
+            return False
+    sys.stderr.write(crash_log(error))
+    sys.stderr.flush()
+    os._exit(1)

@@ -1,0 +1,80 @@
+"""An engine that exits mid-batch (crash, OOM) is relaunched, and says why when it keeps dying
+(issue 14).
+
+Requests in flight when it died are not failed lines: they wait for the relaunched engine.
+An engine that keeps exiting ends the batch `failed` with `engine_exited: <the engine's own
+last error line>`, the finished lines kept in the output file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from neobatch.common.contracts import BatchStatus
+
+CRASH = "RuntimeError: CUDA error: an illegal memory access was encountered"
+
+
+def _dies_after(agent, answers: int, *extra: str):
+    args = ["--latency-ms", "20", "--exit-after", str(answers), *extra]
+    return agent.sim_engine_spec(extra_args=args, ready_timeout=30)
+
+
+def _exits(caplog) -> list[dict]:
+    return [r.fields for r in caplog.records if r.getMessage() == "engine exited mid-batch"]
+
+
+async def test_an_engine_that_exits_once_is_relaunched_and_no_line_is_lost(
+    make_harness, agent, caplog, tmp_path
+):
+    caplog.set_level(logging.INFO, logger="neobatch.runtime_agent")
+    harness = await make_harness()
+    lines = agent.chat_lines(60)
+    spec = _dies_after(agent, 15, "--exit-once-file", str(tmp_path / "crashed"))
+    event = await harness.submit(lines, spec)
+    batch = await harness.wait_terminal(event.batch_id, within_seconds=90)
+
+    assert batch.status is BatchStatus.COMPLETED, batch.error_message
+    output = await harness.read_file(batch.output_file_id)
+    errors = await harness.read_file(batch.error_file_id)
+    # Every request exactly once, none failed because the engine died under it.
+    assert errors == []
+    assert Counter(r["custom_id"] for r in output) == Counter(r["custom_id"] for r in lines)
+    assert batch.request_counts.completed == 60 and batch.request_counts.failed == 0
+    # It died once (with its reason logged) and was started twice.
+    [exited] = _exits(caplog)
+    assert exited["engine_error"] == CRASH
+    started = [
+        r
+        for r in caplog.records
+        if r.getMessage() == "engine launched" and r.fields["how"] == "started"
+    ]
+    assert len(started) == 2
+
+
+async def test_an_engine_that_keeps_exiting_fails_the_batch_with_its_reason(
+    make_harness, agent, caplog
+):
+    caplog.set_level(logging.INFO, logger="neobatch.runtime_agent")
+    harness = await make_harness()
+    lines = agent.chat_lines(200)
+    event = await harness.submit(lines, _dies_after(agent, 4))
+    batch = await harness.wait_terminal(event.batch_id, within_seconds=90)
+
+    assert batch.status is BatchStatus.FAILED
+    assert batch.error_code == "engine_exited"
+    assert batch.error_message.startswith(f"{CRASH} (")
+    [(_subject, terminal)] = [
+        e for e in await harness.events(event.batch_id) if e[0].endswith("terminal")
+    ]
+    assert terminal.error_code == "engine_exited"
+    assert terminal.error_message == batch.error_message
+    # What finished before it died is kept; every other line is in the error file, once.
+    output = await harness.read_file(batch.output_file_id)
+    errors = await harness.read_file(batch.error_file_id)
+    assert output and all(r["response"]["status_code"] == 200 for r in output)
+    assert {r["error"]["code"] for r in errors} == {"engine_exited"}
+    every = Counter(r["custom_id"] for r in output + errors)
+    assert every == Counter(r["custom_id"] for r in lines)
+    assert len(_exits(caplog)) >= 2
