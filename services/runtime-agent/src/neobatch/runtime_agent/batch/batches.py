@@ -235,6 +235,13 @@ EXPIRED_UNFINISHED = Failure(
 )
 
 
+def engine_exited_failure(reason: str, exits: int) -> Failure:
+    """The engine kept exiting mid-batch: `engine_exited`, led by its own last error line (the
+    batch's error, and each unsent request's in the error file)."""
+    what = f"engine process exited mid-batch {exits} time{'s' if exits != 1 else ''}"
+    return Failure("engine_exited", f"{reason} ({what})" if reason else what)
+
+
 def input_failure(report: ValidationReport) -> Failure | None:
     """Why the input file fails validation, with OpenAI's `errors` list; None when it passes."""
     if report.ok:

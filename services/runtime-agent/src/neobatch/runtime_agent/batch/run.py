@@ -34,6 +34,7 @@ from neobatch.runtime_agent.batch.batches import (
     Transition,
     decide_end,
     decide_move,
+    engine_exited_failure,
     input_failure,
     path_to,
     plan_outcome,
@@ -55,6 +56,10 @@ S = BatchStatus
 PROGRESS_INTERVAL_SECONDS = 1.5
 # Reconnects in a row that let no request finish before the connection dropped again.
 RECONNECTS_WITHOUT_PROGRESS = 3
+# An engine that exited mid-batch is relaunched; the batch fails `engine_exited` once it exited
+# this many times in a row with no request finished in between, or this many times in all.
+ENGINE_EXITS_WITHOUT_PROGRESS = 2
+ENGINE_EXITS = 3
 
 
 class RemoteLost(Exception):
@@ -179,7 +184,8 @@ class BatchRun:
 
     async def _start_and_dispatch(self, progress: asyncio.Task[None]) -> None:
         session = self._session
-        stalled = 0
+        stalled = exits = exits_stalled = 0
+        engine_failure: Failure | None = None
         while not self.watch.interrupted.is_set() and self.tally.finished < self.tally.total:
             client = await self._start_engine(progress)
             if client is None:
@@ -194,16 +200,27 @@ class BatchRun:
                     client,
                     self.tally,
                     interrupted=self.watch.interrupted.is_set,
-                    tunnel_down=lambda: session.is_closed,
+                    # A dead tunnel or engine: stop sending, leave what failed with it unrecorded.
+                    tunnel_down=lambda: session.is_closed or session.engine_exited,
                     prefix_order=self._prefix_order,
                 )
                 self.dispatch_ended_at = self._clock.now()
             finally:
                 await client.close()
-            if self.watch.lost or not session.is_closed:
+            if self.watch.lost or not (session.is_closed or session.engine_exited):
                 break
             await self._load_counts()
-            stalled = 0 if self.tally.finished > before else stalled + 1
+            progressed = self.tally.finished > before
+            if session.engine_exited:
+                # Read its reason before the relaunch overwrites its log.
+                reason = await session.exit_reason()
+                exits += 1
+                exits_stalled = 0 if progressed else exits_stalled + 1
+                if exits >= ENGINE_EXITS or exits_stalled >= ENGINE_EXITS_WITHOUT_PROGRESS:
+                    engine_failure = engine_exited_failure(reason, exits)
+                    break
+                continue
+            stalled = 0 if progressed else stalled + 1
             if stalled >= RECONNECTS_WITHOUT_PROGRESS:
                 break  # RemoteLost below: the connection keeps dying before anything finishes
             # The machine was reached before: failing to reach it again means it was lost.
@@ -219,6 +236,11 @@ class BatchRun:
             return
         await self._load_counts()
         ending_anyway = self.watch.cancel_requested or self.watch.expired
+        if engine_failure is not None and not ending_anyway:
+            await _cancelled(progress)
+            await self._fail_unfinished(engine_failure)
+            await self._end(S.FAILED, engine_failure, stop_engine=True)
+            return
         if session.is_closed and self.tally.finished < self.tally.total and not ending_anyway:
             raise RemoteLost(f"ssh connection to {self.batch.target.host} dropped")
         outcome = plan_outcome(
@@ -286,7 +308,7 @@ class BatchRun:
                 return
         failure = None
         if outcome is S.EXPIRED:
-            await self._expire_unfinished()
+            await self._fail_unfinished(Failure("batch_expired", EXPIRED_MESSAGE))
             failure = EXPIRED_UNFINISHED
         await self._end(outcome, failure, stop_engine=True)
 
@@ -296,8 +318,10 @@ class BatchRun:
         # ended or moved to a replacement machine has none here, so they go now.
         await self._session.stop_if_left_behind()
 
-    async def _expire_unfinished(self) -> None:
-        """OpenAI writes every request the window cut off to the error file as `batch_expired`."""
+    async def _fail_unfinished(self, failure: Failure) -> None:
+        """Every request without a result into the error file as `failure`: OpenAI writes the
+        ones an expired window cut off as `batch_expired`; an engine that kept exiting leaves
+        its unsent ones as `engine_exited`."""
         done = await self._store.finished_lines(self.batch.id)
         async with self._store.checkpoint_writer(self.batch.id) as writer:
             async for request in pending_requests(self._store, self.batch.input_file_id, done):
@@ -305,8 +329,8 @@ class BatchRun:
                     RequestResult(
                         line_index=request.line_index,
                         custom_id=request.custom_id,
-                        error_code="batch_expired",
-                        error_message=EXPIRED_MESSAGE,
+                        error_code=failure.code,
+                        error_message=failure.message,
                     )
                 )
         await self._load_counts()

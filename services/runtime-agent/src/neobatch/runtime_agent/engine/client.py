@@ -131,6 +131,10 @@ class EngineClient:
         # Set by the engine session: True once the SSH tunnel behind `base_url` closed, so a
         # transport error is not retried against a forward that no longer exists.
         self.tunnel_down: Callable[[], bool] = lambda: False
+        # Set by the engine session: asked after a transport error, True once the engine
+        # process is known to have exited (`EngineExitWatch`): the request is not the one that
+        # failed, and waits for the relaunched engine instead of being retried.
+        self.engine_exited: Callable[[], Awaitable[bool]] = _not_exited
         # One connection per concurrent request, kept alive: no connect per request.
         # Each response is cut off past `max_response_bytes`: memory per request stays bounded.
         self._http = EngineHTTP(
@@ -278,8 +282,8 @@ class EngineClient:
             except EngineConnectionError as exc:
                 error = str(exc)
             self.controller.record(Outcome(status, time.monotonic() - started, timed_out))
-            if status is None and self.tunnel_down():
-                break  # The tunnel died, not the request: the resumed run sends it again.
+            if status is None and (self.tunnel_down() or await self.engine_exited()):
+                break  # The tunnel or engine died, not the request: the next pass sends it.
             if not self._retry.should_retry(attempts, status):
                 break
             delay = self._retry.delay_seconds(attempts, random.uniform(0.5, 1.0), retry_after)
@@ -326,3 +330,7 @@ def _result(
     envelope = {"error": {"message": text, "type": "engine_error", "code": status}}
     raw = msgspec.json.encode(envelope)
     return RequestResult(**base, status_code=status, body=raw)
+
+
+async def _not_exited() -> bool:
+    return False

@@ -23,6 +23,7 @@ from neobatch.runtime_agent.batch.lease_watch import BatchWatch
 from neobatch.runtime_agent.batch.store import BatchStore
 from neobatch.runtime_agent.engine.client import EngineClient, EngineNotReady
 from neobatch.runtime_agent.machine import remote
+from neobatch.runtime_agent.machine.engine_exit import EngineExitWatch
 from neobatch.runtime_agent.machine.engine_log import last_error_line
 from neobatch.runtime_agent.machine.errors import HostKeyMismatch, HostUnreachable, RemoteError
 from neobatch.runtime_agent.machine.launch import EngineLaunch, plan_launch
@@ -62,6 +63,9 @@ class EngineSession:
         # Set once the machine stopped answering SSH for good (the run raised RemoteLost or a
         # stop could not connect): there is no engine left to stop that we could reach.
         self.machine_gone = False
+        # The engine of the last `start`: asked whether it exited when a request's connection
+        # fails (`EngineExitWatch`).
+        self._exit_watch: EngineExitWatch | None = None
 
     def _launch(self) -> EngineLaunch:
         # Read the batch each time: a replacement machine may come with another runtime.
@@ -125,6 +129,7 @@ class EngineSession:
         """
         engine = self._batch.engine
         launch = self._launch()
+        self._exit_watch = None
         host = await self._connect(self._settings.ssh_ready_timeout_seconds, interruptible=True)
         _, reused = await host.launch(launch)
         if not reused:
@@ -134,6 +139,8 @@ class EngineSession:
         # The asyncssh connection closed or the ssh subprocess exited: a transport error is then
         # the tunnel's, and the request waits for the resumed run instead of being retried.
         client.tunnel_down = lambda: host.tunnel_down
+        self._exit_watch = EngineExitWatch(lambda: host.is_running(launch))
+        client.engine_exited = self._exit_watch.confirm
         try:
             await self._watch.race(
                 client.wait_ready(
@@ -160,29 +167,46 @@ class EngineSession:
         )
         return client
 
+    @property
+    def engine_exited(self) -> bool:
+        """The engine of the last `start` is known to have exited (a request found it gone)."""
+        return self._exit_watch is not None and self._exit_watch.exited
+
+    async def exit_reason(self) -> str:
+        """After `engine_exited`: the engine's own last error line, read from its log before
+        a relaunch overwrites it (and logged with the log's tail); "" when none or unreadable."""
+        if self._exit_watch is not None:
+            await self._exit_watch.close()
+        if self._host is None:
+            return ""
+        return await self._engine_error(self._host, self._launch(), "engine exited mid-batch")
+
     async def _explained(
         self, host: remote.RemoteHost, launch: EngineLaunch, exc: EngineNotReady
     ) -> EngineNotReady:
         """`exc` led by the engine's own last error line, read from its log before the batch
-        ends (ending removes the work directory and the log with it).
+        ends (ending removes the work directory and the log with it)."""
+        line = await self._engine_error(host, launch, "engine not ready")
+        return EngineNotReady(f"{line} ({exc.message})") if line else exc
 
-        The line (scrubbed, bounded) goes into the batch's error; the log's last
-        `LOG_TAIL_BYTES` (redacted) into the agent's log; reading it is bounded and never
-        replaces the failure with another."""
+    async def _engine_error(self, host: remote.RemoteHost, launch: EngineLaunch, event: str) -> str:
+        """The engine's last error line: scrubbed and bounded, for the batch's error; the log's
+        last `LOG_TAIL_BYTES` (redacted) go into the agent's log under `event`. Reading it is
+        bounded and never raises ("" when it cannot be read)."""
         try:
             tail = await host.log_tail(launch, ENGINE_LOG_SCAN_BYTES)
         except (RemoteError, OSError, asyncssh.Error) as read_error:
             log.warning(
-                "engine not ready; its log could not be read",
+                f"{event}; its log could not be read",
                 extra=log_fields(**self._ids, error=str(read_error)),
             )
-            return exc
+            return ""
         line = last_error_line(tail)
         log.warning(
-            "engine not ready",
+            event,
             extra=log_fields(**self._ids, engine_error=line, log_tail=tail[-LOG_TAIL_BYTES:]),
         )
-        return EngineNotReady(f"{line} ({exc.message})") if line else exc
+        return line
 
     async def stop(self) -> None:
         """Stop the engine and remove the batch's work directory, a few tries, reconnecting
