@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import aiohttp
 import pytest
 
 from neobatch.sim.engine import compute_response, expected_body, running_engine
+from neobatch.sim.testing.servers import free_port
 from neobatch.sim.testing.waiting import wait_until
 
 CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "say hello to the sim"}]}
@@ -198,3 +200,39 @@ def test_fail_at_start_prints_a_vllm_start_up_failure_and_exits_1() -> None:
     assert any(line.endswith(f"] {reason}") for line in lines)  # logged as vLLM ERROR lines
     assert any(line.endswith(f") {reason}") for line in lines)  # and the engine core's traceback
     assert "See root cause above" in lines[-1]  # the API server's wrapper comes last, as in vLLM
+
+
+async def test_exit_after_answers_n_requests_then_dies_like_a_crashed_vllm(tmp_path) -> None:
+    port, once = free_port(), tmp_path / "crashed"
+    argv = [sys.executable, "-m", "neobatch.sim.engine", "--port", str(port)]
+    argv += ["--exit-after", "2", "--exit-once-file", str(once)]
+    engine = await asyncio.create_subprocess_exec(
+        *argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    body = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}]}
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def up() -> bool:
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/health") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_until(up, 30, message="the engine to serve")
+            for _ in range(2):
+                async with session.post(url, json=body) as resp:
+                    assert resp.status == 200
+            with pytest.raises(aiohttp.ClientError):  # the third finds it dying: no answer
+                async with session.post(url, json=body) as resp:
+                    await resp.read()
+        _, stderr = await asyncio.wait_for(engine.communicate(), 30)
+    finally:
+        if engine.returncode is None:
+            engine.kill()
+            await engine.wait()
+    assert engine.returncode == 1 and once.exists()
+    crash = "RuntimeError: CUDA error: an illegal memory access was encountered"
+    assert any(line.endswith(f"] {crash}") for line in stderr.decode().splitlines())
