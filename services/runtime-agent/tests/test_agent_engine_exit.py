@@ -8,10 +8,12 @@ last error line>`, the finished lines kept in the output file.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 
 from neobatch.common.contracts import BatchStatus
+from neobatch.runtime_agent.machine.engine_exit import EngineExitWatch
 
 CRASH = "RuntimeError: CUDA error: an illegal memory access was encountered"
 
@@ -78,3 +80,29 @@ async def test_an_engine_that_keeps_exiting_fails_the_batch_with_its_reason(
     every = Counter(r["custom_id"] for r in output + errors)
     assert every == Counter(r["custom_id"] for r in lines)
     assert len(_exits(caplog)) >= 2
+
+
+async def test_a_check_begun_before_a_failure_does_not_clear_the_engine():
+    """A request that failed while a check begun earlier (the engine still running then) was
+    under way gets a fresh answer, not that stale one; checks in flight stay one at a time."""
+    answers = iter([True, False])
+    calls = 0
+    gate = asyncio.Event()
+
+    async def is_running() -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await gate.wait()  # the first check is slow: the engine dies meanwhile
+        return next(answers)
+
+    watch = EngineExitWatch(is_running)
+    early = asyncio.create_task(watch.confirm())
+    await asyncio.sleep(0.01)
+    late = [asyncio.create_task(watch.confirm()) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    gate.set()
+    assert await early is False  # its check began after it failed: the engine ran then
+    assert await asyncio.gather(*late) == [True] * 5
+    assert calls == 2 and watch.exited
+    assert await watch.confirm() is True and calls == 2

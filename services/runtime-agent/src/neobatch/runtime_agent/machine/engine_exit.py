@@ -3,8 +3,8 @@ connection failed.
 
 A transport error (no HTTP status) is either the request's, the tunnel's or the engine's. The
 tunnel's is known locally (`RemoteHost.tunnel_down`); the engine's takes one `is_running` call
-on the machine, bounded by `CHECK_TIMEOUT_SECONDS` and shared by every request that failed
-meanwhile (at most one check in flight, none repeated within `RECHECK_SECONDS`). Once the engine
+on the machine, bounded by `CHECK_TIMEOUT_SECONDS` and shared by the requests that failed
+before it began (at most one check in flight). Once the engine
 is known to have exited, `exited` stays True: dispatch stops sending and leaves the requests
 that failed with it for the relaunched engine (`batch.run`).
 """
@@ -21,7 +21,6 @@ import asyncssh
 from neobatch.runtime_agent.machine.errors import RemoteError
 
 CHECK_TIMEOUT_SECONDS = 10.0
-RECHECK_SECONDS = 0.5
 
 
 class EngineExitWatch:
@@ -34,26 +33,30 @@ class EngineExitWatch:
         self._is_running = is_running
         self._timeout = timeout_seconds
         self._check: asyncio.Task[bool] | None = None
-        self._checked_at = -float("inf")
+        self._check_started = -float("inf")
         self.exited = False
 
     async def confirm(self) -> bool:
-        """True when the engine process has exited; asks the machine unless a check is under
-        way or was made less than `RECHECK_SECONDS` ago (then its answer stands)."""
-        if self.exited:
-            return True
-        stale = time.monotonic() - self._checked_at >= RECHECK_SECONDS
-        if self._check is None or (self._check.done() and stale):
-            self._check = asyncio.ensure_future(self._ask())
-        # Shielded: a request cancelled while waiting must not cancel the others' check.
-        return await asyncio.shield(self._check)
+        """True when the engine process has exited, by a check begun after this call: a
+        request that failed while an earlier check was under way (begun while the engine
+        still ran) waits for it, then joins or starts the next one."""
+        failed_at = time.monotonic()
+        while not self.exited:
+            if self._check is None or (self._check.done() and self._check_started < failed_at):
+                self._check_started = time.monotonic()
+                self._check = asyncio.ensure_future(self._ask())
+            started = self._check_started
+            # Shielded: a request cancelled while waiting must not cancel the others' check.
+            exited = await asyncio.shield(self._check)
+            if exited or started >= failed_at:
+                return exited
+        return True
 
     async def _ask(self) -> bool:
         try:
             running = await asyncio.wait_for(self._is_running(), self._timeout)
         except (TimeoutError, RemoteError, OSError, asyncssh.Error):
             running = True  # unknown: the tunnel and connection checks cover a lost machine
-        self._checked_at = time.monotonic()
         self.exited = self.exited or not running
         return self.exited
 
