@@ -33,8 +33,8 @@ def test_bench_dispatch_smoke(tmp_path) -> None:
 
     args = ["--requests", "200", "--rounds", "1"]
     args += ["--memory-requests", "300", "--memory-small", "100"]
-    # The oversize rows in miniature: 5 of 50 lines answered with 50 MB (Content-Length, chunked).
-    args += ["--oversize-requests", "50"]
+    # The oversize rows in miniature: 2 of 20 lines answered with 50 MB (Content-Length, chunked).
+    args += ["--oversize-requests", "20"]
     args += ["--line-bytes", "1000"]
     done = subprocess.run(
         [sys.executable, "-m", "neobatch.sim.bench.dispatch", *args],

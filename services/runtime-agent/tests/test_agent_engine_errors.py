@@ -51,7 +51,7 @@ async def test_a_secret_in_the_engines_error_never_reaches_the_batch(make_harnes
     event = await harness.submit(agent.chat_lines(2), _dies_at_start(agent, leaky))
     batch = await harness.wait_terminal(event.batch_id, within_seconds=60)
 
-    assert batch.error_code == "engine_not_ready"
+    assert (batch.status, batch.error_code) == (BatchStatus.FAILED, "engine_not_ready"), batch
     assert batch.error_message.startswith("OSError: cannot read s3://models?token=[redacted] xxx")
     assert "sk_live" not in batch.error_message
     assert len(batch.error_message) < 400  # bounded, whatever the engine printed

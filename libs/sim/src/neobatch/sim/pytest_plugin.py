@@ -194,6 +194,13 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Real-engine tests first: the engine's start-up is the longest single wait in the suite
+    and it loads both cores, so starting it while the other worker runs short tests keeps it
+    from being the run's tail (xdist hands out files in this order)."""
+    items.sort(key=lambda item: item.get_closest_marker("real_engine") is None)
+
+
 @pytest.fixture(scope="session")
 def real_engine() -> RealEngine:
     """vLLM's CPU build (``python``) and the tiny model the suite builds (``model``), from
