@@ -19,6 +19,8 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from neobatch.common.errors import InvalidInput, NotFound
 from neobatch.common.ids import new_id
 from neobatch.console.admin.schemas import (
+    PROJECT_MAX_LENGTH,
+    PROJECT_PATTERN,
     CreateKey,
     KeyCreated,
     KeyList,
@@ -39,11 +41,11 @@ from neobatch.console.paging import PageLimit, page_ends
 from neobatch.console.quotas import QuotaStore
 from neobatch.console.wire import unix_seconds, unix_seconds_or_none
 
-_PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_PROJECT = re.compile(PROJECT_PATTERN)
 
 
 def _project(project: str) -> str:
-    if not _PROJECT.fullmatch(project):
+    if len(project) > PROJECT_MAX_LENGTH or not _PROJECT.fullmatch(project):
         raise InvalidInput(
             f"project {project[:64]!r} is not a project name", code="invalid_project"
         )

@@ -12,8 +12,11 @@ from neobatch.console.paging import PageEnds
 
 # A quota: a bound, not a wish (past 1,000,000 queued jobs or machines is a typo).
 Quota = Annotated[int, Meta(ge=0, le=1_000_000)]
+# A project name, in bodies (`Project`) and in paths (`admin.routes`): one rule for both.
+PROJECT_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+PROJECT_MAX_LENGTH = 128
 Project = Annotated[
-    str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    str, Meta(min_length=1, max_length=PROJECT_MAX_LENGTH, pattern=f"^{PROJECT_PATTERN}$")
 ]
 
 

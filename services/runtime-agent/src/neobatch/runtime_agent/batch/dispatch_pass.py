@@ -115,7 +115,7 @@ async def dispatch_pass(
         if result.status_code is None and tunnel_down():
             return  # The tunnel died, not the request: leave it for the resumed run.
         # The slot frees on the answer; `add` pauses this slot (no new send) while more
-        # than `pending_limit` answers (or MAX_PENDING_BYTES) wait to be stored, so a crash
+        # than `pending_limit` answers (or the byte bound) wait to be stored, so a crash
         # re-sends at most concurrency + that many requests, none recorded (CheckpointWriter).
         await writer.add(result)
 

@@ -17,7 +17,10 @@ from neobatch.sim.bench.dispatch.nginx import CHAT, MODEL
 
 
 @dataclass
-class AgentJob:
+class BenchBatch:
+    """Where a bench's agent finds its batch: the database, the uploaded input, the machine
+    (loopback SSH) and the engine's port on it. Shared by the dispatch and engine benches."""
+
     mongo_url: str
     db_name: str
     key_file: str
@@ -25,10 +28,14 @@ class AgentJob:
     ssh_port: int
     ssh_user: str
     input_file_id: str
-    engine_command: list[str]
     engine_port: int
-    concurrency: int
     timeout_seconds: float
+
+
+@dataclass
+class AgentJob(BenchBatch):
+    engine_command: list[str]
+    concurrency: int
 
 
 async def run_agent_job(job: AgentJob) -> dict[str, Any]:
@@ -109,7 +116,7 @@ def _batch_requested(job: AgentJob, batch_id: str) -> Any:
 
 
 def bench_batch_requested(
-    job: Any,
+    job: BenchBatch,
     batch_id: str,
     *,
     serving_name: str,

@@ -27,21 +27,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neobatch.sim.bench.dispatch.agent import bench_batch_requested
+from neobatch.sim.bench.dispatch.agent import BenchBatch, bench_batch_requested
 from neobatch.sim.bench.engine.workload import MODEL
 
 
 @dataclass
-class EngineJob:
-    mongo_url: str
-    db_name: str
-    key_file: str
-    ssh_host: str
-    ssh_port: int
-    ssh_user: str
-    input_file_id: str
-    engine_port: int
-    timeout_seconds: float
+class EngineJob(BenchBatch):
     client: dict[str, Any] = field(default_factory=dict)  # the job's `client` block, if any
     env: dict[str, str] = field(default_factory=dict)  # extra agent settings (NEOBATCH_*)
 
