@@ -61,8 +61,12 @@ class Deliverer:
     async def run_worker(self) -> None:
         """One worker: deliver what is due, else wait to be woken or for the poll interval."""
         while True:
-            if await self.deliver_one():
-                continue
+            try:
+                if await self.deliver_one():
+                    continue
+            except Exception:
+                # A delivery that broke the worker stays leased; its lease expiring retries it.
+                log.exception("delivery failed unexpectedly")
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self._poll)
