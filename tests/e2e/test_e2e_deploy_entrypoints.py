@@ -33,7 +33,7 @@ from neobatch.sim.testing.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "deploy" / "docker"
-SERVICES = ("console", "planner", "resource-manager", "runtime-agent")
+SERVICES = ("console", "planner", "resource-manager", "runtime-agent", "notifier")
 JOBS = 3
 REQUESTS = 6
 

@@ -34,6 +34,9 @@ class Received(msgspec.Struct, frozen=True):
 class WebhookReceiver:
     def __init__(self) -> None:
         self.received: list[Received] = []
+        # Every request as it arrived, before its answer (answered 0): a sender killed while
+        # the receiver holds its request shows here and not in `received` (until answered).
+        self.arrived: list[Received] = []
         self.script: list[Reply] = []
         self.default = Reply()
         self._lock = threading.Lock()
@@ -66,6 +69,8 @@ class WebhookReceiver:
                 body = self.rfile.read(length)
                 reply = receiver.next_reply()
                 headers = {k.lower(): v for k, v in self.headers.items()}
+                with receiver._lock:
+                    receiver.arrived.append(Received(arrived, headers, body, 0))
                 if reply.hang_seconds:
                     time.sleep(reply.hang_seconds)
                 receiver.record(Received(arrived, headers, body, reply.status))
