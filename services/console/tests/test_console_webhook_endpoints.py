@@ -4,11 +4,13 @@ refused; another project sees none of them."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import msgspec
 import pytest
 
+from neobatch.common.sealing import SealingKey, UnsealError
 from neobatch.common.webhooks import UrlPolicy
 
 BODY = {"url": "https://93.184.215.14/hook", "event_types": ["batch.completed"], "name": "ci"}
@@ -123,3 +125,27 @@ async def test_bad_bodies_get_stable_codes(api: Any) -> None:
         r = await api.post("/v1/webhook_endpoints", body)
         assert r.status_code == 400, (body, r.text)
         assert r.json()["code"] in ("invalid_request", "invalid_url"), r.text
+
+
+async def test_secrets_are_sealed_at_rest_with_an_operator_key(api: Any) -> None:
+    """A reader of the database gets no usable secret: it is sealed with the operator's key,
+    and only the notifier (holding the same key) opens it."""
+    sealing = SealingKey(key=base64.b64encode(b"k" * 32).decode())
+    api.client.app.state.settings = msgspec.structs.replace(api.settings, webhook_sealing=sealing)
+    created = (await api.post("/v1/webhook_endpoints", BODY)).json()
+    rotated = (
+        await api.post(
+            f"/v1/webhook_endpoints/{created['id']}/rotate_secret",
+            {"keep_old_secret_active_for_24_hours": True},
+        )
+    ).json()
+    doc = await api.db["webhook_endpoints"].find_one({"_id": created["id"]})
+    stored = [s["secret"] for s in doc["signing_secrets"]]
+    assert all(s.startswith("sealed:v1:") for s in stored)
+    assert created["signing_secret"] not in str(doc) and rotated["signing_secret"] not in str(doc)
+    assert [sealing.unseal(s) for s in stored] == [
+        rotated["signing_secret"],
+        created["signing_secret"],
+    ]
+    with pytest.raises(UnsealError):
+        SealingKey(key=base64.b64encode(b"x" * 32).decode()).unseal(stored[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated
 
+from neobatch.common.sealing import SealingKey
 from neobatch.common.settings import CommonSettings, Env, Settings, read_env
 from neobatch.common.webhooks import UrlPolicy
 
@@ -115,6 +116,8 @@ class ConsoleSettings(Settings, frozen=True, kw_only=True):
     ] = 1000
     # What webhook URLs may reach; the notifier reads the same variables.
     webhook_urls: UrlPolicy = UrlPolicy()
+    # Seals signing secrets at rest; the notifier holds the same key.
+    webhook_sealing: SealingKey = SealingKey()
     max_webhook_endpoints: Annotated[
         int,
         Env(

@@ -33,6 +33,7 @@ def build(settings: NotifierSettings) -> ServiceRuntime:
         sender,
         runtime.clock,
         urls=settings.urls,
+        sealing=settings.sealing,
         retry=settings.retry,
         lease_seconds=settings.lease_seconds,
         poll_seconds=settings.poll_seconds,

@@ -21,6 +21,7 @@ from typing import Any
 from neobatch.common.clock import Clock
 from neobatch.common.ids import new_id
 from neobatch.common.logs import log_fields
+from neobatch.common.sealing import SealingKey
 from neobatch.common.webhooks import UrlPolicy, UrlRefused, check_url, signature_header
 from neobatch.notifier.metrics import NotifierMetrics
 from neobatch.notifier.policy import RetryPolicy, judge, should_disable
@@ -41,6 +42,7 @@ class Deliverer:
         clock: Clock,
         *,
         urls: UrlPolicy,
+        sealing: SealingKey,
         retry: RetryPolicy,
         lease_seconds: float,
         poll_seconds: float,
@@ -48,7 +50,7 @@ class Deliverer:
         rand: Callable[[], float] = random.random,
     ) -> None:
         self._store, self._sender, self._clock = store, sender, clock
-        self._urls, self._retry = urls, retry
+        self._urls, self._sealing, self._retry = urls, sealing, retry
         self._lease, self._poll = lease_seconds, poll_seconds
         self._metrics = metrics
         self._rand = rand
@@ -145,7 +147,7 @@ class Deliverer:
         body = doc["body"].encode()
         timestamp = int(now.timestamp())
         live = [
-            s["secret"]
+            self._sealing.unseal(s["secret"])
             for s in endpoint.get("signing_secrets") or []
             if s.get("expires_at") is None or s["expires_at"] > now
         ]

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Annotated
 
 from neobatch.common.errors import ConfigError
+from neobatch.common.sealing import SealingKey
 from neobatch.common.settings import CommonSettings, Env, EnvFields, Settings, read_env
 from neobatch.common.webhooks import UrlPolicy
 from neobatch.notifier.policy import RetryPolicy
@@ -15,6 +16,8 @@ class NotifierSettings(Settings, frozen=True, kw_only=True):
     common: CommonSettings
     # What webhook URLs may reach (the console reads the same variables at registration).
     urls: UrlPolicy = UrlPolicy()
+    # Opens the signing secrets the console sealed (the same key as the console's).
+    sealing: SealingKey = SealingKey()
     retry: Annotated[
         RetryPolicy,
         EnvFields(

@@ -113,7 +113,8 @@ class WebhookEndpointController(Controller):
             url,
             data.name,
             list(dict.fromkeys(data.event_types)),
-            secret,
+            settings.webhook_sealing.seal(secret),
+            secret_hint(secret),
             now,
         )
         await webhook_store.insert_endpoint(doc)
@@ -189,6 +190,7 @@ class WebhookEndpointController(Controller):
         endpoint_id: FromPath[str],
         caller: NamedDependency[Caller],
         webhook_store: NamedDependency[WebhookStore],
+        settings: NamedDependency[ConsoleSettings],
         now: NamedDependency[datetime],
         data: JSONBody[RotateSecret | None] = None,
     ) -> EndpointWithSecret:
@@ -196,7 +198,8 @@ class WebhookEndpointController(Controller):
         keep = data.keep_old_secret_active_for_24_hours if data else False
         secret = new_signing_secret()
         kept = live_secrets_after(doc, now, keep_until=now + ROTATION_GRACE if keep else now)
-        secrets = [{"secret": secret, "created_at": now, "expires_at": None}, *kept]
+        sealed = settings.webhook_sealing.seal(secret)
+        secrets = [{"secret": sealed, "created_at": now, "expires_at": None}, *kept]
         fields = {
             "signing_secrets": secrets,
             "signing_secret_hint": secret_hint(secret),

@@ -11,7 +11,6 @@ from pymongo import DESCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
 from neobatch.common.mongo import ensure_indexes
-from neobatch.common.webhooks import secret_hint
 from neobatch.console.page_store import find_page
 
 Document = dict[str, Any]
@@ -93,9 +92,11 @@ def endpoint_doc(
     url: str,
     name: str,
     event_types: list[str],
-    secret: str,
+    sealed_secret: str,
+    hint: str,
     now: datetime,
 ) -> Document:
+    """A new endpoint; `sealed_secret` is the secret as stored (`common.sealing`)."""
     return {
         "_id": endpoint_id,
         "project": project,
@@ -103,8 +104,8 @@ def endpoint_doc(
         "url": url,
         "name": name,
         "event_types": event_types,
-        "signing_secrets": [{"secret": secret, "created_at": now, "expires_at": None}],
-        "signing_secret_hint": secret_hint(secret),
+        "signing_secrets": [{"secret": sealed_secret, "created_at": now, "expires_at": None}],
+        "signing_secret_hint": hint,
         "status": "enabled",
         "disabled_reason": None,
         "disabled_at": None,
