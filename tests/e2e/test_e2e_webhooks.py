@@ -10,17 +10,18 @@ none twice, except the one whose 200 the killed notifier never recorded (same we
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from pymongo import MongoClient
 
 from neobatch.sim.devstack import Ports, Stack, start_stack
 from neobatch.sim.devstack.scenario import ConsoleClient
+from neobatch.sim.testing.waiting import wait_for
 from neobatch.sim.testing.webhook_receiver import Reply, webhook_receiver
 
 BATCH_TYPES = ["batch.completed", "batch.failed", "batch.expired", "batch.cancelled"]
@@ -57,17 +58,6 @@ def sdk(stack: Stack) -> Iterator[openai.OpenAI]:
         max_retries=0,
     ) as client:
         yield client
-
-
-def wait_for(predicate: Any, timeout_seconds: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_seconds
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}: {value!r}")
-        time.sleep(0.1)
 
 
 def test_the_openai_sdk_unwraps_the_four_batch_events(
@@ -114,6 +104,11 @@ def test_the_openai_sdk_unwraps_the_four_batch_events(
         assert {d["status"] for d in log["data"]} == {"delivered"}  # type: ignore[index]
         assert all(d["attempts"][0]["status_code"] == 200 for d in log["data"])  # type: ignore[index]
         sdk.webhooks.delete(endpoint.id)
+
+    metrics = httpx.get(f"{stack.health_url('notifier')}/metrics", trust_env=False).text
+    assert 'neobatch_webhook_deliveries_total{outcome="delivered"}' in metrics
+    assert "neobatch_webhook_backlog" in metrics
+    assert "neobatch_webhook_attempt_latency_seconds_bucket" in metrics
 
 
 def test_nothing_lost_when_the_notifier_dies_mid_delivery_and_nats_restarts(
