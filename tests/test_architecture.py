@@ -41,6 +41,9 @@ PURE_MODULES = [
     "services/runtime-agent/src/neobatch/runtime_agent/machine/launch.py",
     "libs/common/src/neobatch/common/batch_input.py",
     "libs/common/src/neobatch/common/billing.py",
+    "libs/common/src/neobatch/common/webhooks.py",
+    "services/notifier/src/neobatch/notifier/policy.py",
+    "services/console/src/neobatch/console/webhooks/views.py",
 ]
 IO_PACKAGES = {
     "pymongo",

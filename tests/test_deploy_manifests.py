@@ -32,7 +32,7 @@ from neobatch.sim.testing.servers import (
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
 COMPOSE = ROOT / "deploy" / "compose.yaml"
-SERVICES = ("console", "planner", "resource-manager", "runtime-agent")
+SERVICES = ("console", "planner", "resource-manager", "runtime-agent", "notifier")
 NAMESPACE = "neobatch"
 NAMESPACE_LABELS = {"kubernetes.io/metadata.name": NAMESPACE}
 NATS_PORT, MONGO_PORT, API_PORT, METRICS_PORT = 4222, 27017, 8080, 9090

@@ -42,6 +42,8 @@ from neobatch.console.keys.store import KeyStore
 from neobatch.console.openapi import document_errors
 from neobatch.console.quotas import QuotaStore
 from neobatch.console.settings import DEV_PROJECT, ConsoleSettings, configured_providers
+from neobatch.console.webhooks.routes import webhook_routes
+from neobatch.console.webhooks.store import WebhookStore
 
 SERVICE = "console"
 SECURITY = [{"bearer": []}]
@@ -62,6 +64,7 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
             JobController,
             QuotaController,
             KeyController,
+            *webhook_routes(aibrix=True),
             job_capabilities,
             list_offers,
             file_router(
@@ -78,6 +81,7 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
         tags=["openai"],
         route_handlers=[
             BatchController,
+            *webhook_routes(aibrix=False),
             file_router(
                 upload_path="/files",
                 page_limit=openai_page_limit,
@@ -131,7 +135,8 @@ def _lifespan(settings: ConsoleSettings, clock: Clock | None) -> Lifespan:
         files = FileStore(runtime.db, keys)
         catalog = CatalogStore(runtime.db)
         jobs = JobStore(runtime.mongo, runtime.db, runtime.ns, runtime.notify_outbox)
-        for store in (keys, catalog, jobs):
+        webhooks = WebhookStore(runtime.db)
+        for store in (keys, catalog, jobs, webhooks):
             runtime.add_startup(store.ensure_indexes)
         if settings.api_key or settings.operator_api_key:
 
@@ -165,6 +170,7 @@ def _lifespan(settings: ConsoleSettings, clock: Clock | None) -> Lifespan:
             app.state.file_store = files
             app.state.catalog_store = catalog
             app.state.job_store = jobs
+            app.state.webhook_store = webhooks
             app.state.quota_store = QuotaStore(runtime.db)
             app.state.job_service = JobService(
                 jobs,
