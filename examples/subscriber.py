@@ -150,7 +150,7 @@ async def run(args: argparse.Namespace) -> int:
             return 0
         try:
             await js.consumer_info(stream, args.durable)
-        except (nats.js.errors.NotFoundError, nats.errors.TimeoutError):
+        except (nats.js.errors.NotFoundError, nats.errors.TimeoutError, TimeoutError):
             print(
                 f"no durable consumer {args.durable!r} on {stream} that this login may read;"
                 " an operator creates it with --create-consumer (docs/events.md)",
@@ -167,7 +167,7 @@ async def run(args: argparse.Namespace) -> int:
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(batch=64, timeout=1)
-            except nats.errors.TimeoutError:
+            except (TimeoutError, nats.errors.TimeoutError):
                 msgs = []  # nothing new within a second: still release held changes below
             now = time.monotonic()
             for msg in msgs:

@@ -7,57 +7,25 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import nats.errors
 import nats.js.errors
 import pytest
 import pytest_asyncio
-import yaml
 
 from neobatch.common.broker import ensure_stream
 from neobatch.common.contracts import JobQueued, JobStatusChanged, ProvisionFailed
 from neobatch.common.subjects import Namespace
-from neobatch.sim.testing.servers import (
-    LOOPBACK,
-    ManagedProcess,
-    free_port,
-    nats_server_binary,
-    wait_port,
-)
 from neobatch.sim.testing.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "subscriber.py"
 NS = Namespace()
-SERVICES_PASSWORD = "p0services1"
-INTEGRATION_PASSWORD = "p0integration1"
 INBOX = "_INBOX_integration"
-
-
-def authorization_block(conf: str) -> str:
-    """The `authorization { ... }` block of a nats.conf, braces matched."""
-    start = conf.index("authorization {")
-    depth = 0
-    for i in range(start, len(conf)):
-        depth += {"{": 1, "}": -1}.get(conf[i], 0)
-        if conf[i] == "}" and depth == 0:
-            return conf[start : i + 1]
-    raise AssertionError("unbalanced authorization block")
-
-
-def shipped_blocks() -> dict[str, str]:
-    k8s = yaml.safe_load_all((ROOT / "deploy/k8s/10-nats.yaml").read_text())
-    config_map = next(doc for doc in k8s if doc and doc["kind"] == "ConfigMap")
-    compose = yaml.safe_load((ROOT / "deploy/compose.yaml").read_text())
-    # Compose writes `$$` for a literal `$` (its interpolation escape).
-    compose_conf = compose["configs"]["nats_conf"]["content"].replace("$$", "$")
-    return {
-        "k8s": authorization_block(config_map["data"]["nats.conf"]),
-        "compose": authorization_block(compose_conf),
-    }
 
 
 def normalized(block: str) -> str:
@@ -65,46 +33,22 @@ def normalized(block: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def test_k8s_and_compose_ship_the_same_permissions() -> None:
-    blocks = shipped_blocks()
+def test_k8s_and_compose_ship_the_same_permissions(shipped_nats: Any) -> None:
+    blocks = shipped_nats.blocks()
     assert normalized(blocks["k8s"]) == normalized(blocks["compose"])
 
 
 @pytest.fixture(scope="module", params=["k8s", "compose"])
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[int]:
-    """A single JetStream server with the shipped authorization block; yields its port."""
-    tmp = tmp_path_factory.mktemp(f"nats-{request.param}")
-    port = free_port()
-    conf = tmp / "nats.conf"
-    conf.write_text(
-        f"listen: {LOOPBACK}:{port}\njetstream {{ store_dir: {tmp / 'js'} }}\n"
-        + shipped_blocks()[request.param]
-    )
-    env = {
-        "NATS_USER": "neobatch",
-        "NATS_PASSWORD": SERVICES_PASSWORD,
-        "NATS_INTEGRATION_PASSWORD": INTEGRATION_PASSWORD,
-    }
-    with ManagedProcess([str(nats_server_binary()), "-c", str(conf)], tmp / "log", env=env) as proc:
-        wait_port(LOOPBACK, port, 15, process=proc)
-        yield port
-
-
-def services_url(port: int) -> str:
-    return f"nats://neobatch:{SERVICES_PASSWORD}@{LOOPBACK}:{port}"
-
-
-def integration_url(port: int) -> str:
-    return f"nats://integration:{INTEGRATION_PASSWORD}@{LOOPBACK}:{port}"
+def server(request: pytest.FixtureRequest, shipped_nats: Any) -> int:
+    """A single JetStream server with the shipped authorization block; its port."""
+    return shipped_nats(request.param)
 
 
 @pytest_asyncio.fixture
-async def services(server: int) -> AsyncIterator[nats.NATS]:
+async def services(server: int, shipped_nats: Any) -> AsyncIterator[nats.NATS]:
     """The services' login: the stream, one event of each kind, and the integration's durable
     made by the example's --create-consumer (as an operator would)."""
-    nc = await nats.connect(services_url(server))
+    nc = await nats.connect(shipped_nats.services_url(server))
     js = nc.jetstream()
     await ensure_stream(nc, NS)
     await js.purge_stream(NS.stream_name)
@@ -118,7 +62,7 @@ async def services(server: int) -> AsyncIterator[nats.NATS]:
     await js.add_consumer(NS.stream_name, durable_name="planner-job_queued",
                           filter_subject=NS.subject(JobQueued))  # fmt: skip
     created = await asyncio.create_subprocess_exec(
-        sys.executable, str(EXAMPLE), "--url", services_url(server), "--create-consumer",
+        sys.executable, str(EXAMPLE), "--url", shipped_nats.services_url(server), "--create-consumer",
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     _, stderr = await asyncio.wait_for(created.communicate(), 60)
@@ -129,20 +73,18 @@ async def services(server: int) -> AsyncIterator[nats.NATS]:
     await nc.close()
 
 
-async def integration(port: int, errors: list[str]) -> nats.NATS:
+async def integration(url: str, errors: list[str]) -> nats.NATS:
     async def on_error(error: Exception) -> None:
         errors.append(str(error))
 
-    return await nats.connect(
-        integration_url(port), inbox_prefix=INBOX, error_cb=on_error, allow_reconnect=False
-    )
+    return await nats.connect(url, inbox_prefix=INBOX, error_cb=on_error, allow_reconnect=False)
 
 
 async def test_integration_reads_the_public_feed_through_its_durable(
-    server: int, services: nats.NATS
+    server: int, services: nats.NATS, shipped_nats: Any
 ) -> None:
     errors: list[str] = []
-    nc = await integration(server, errors)
+    nc = await integration(shipped_nats.integration_url(server), errors)
     try:
         js = nc.jetstream()
         sub = await js.pull_subscribe_bind("integration", stream=NS.stream_name)
@@ -157,10 +99,10 @@ async def test_integration_reads_the_public_feed_through_its_durable(
 
 
 async def test_integration_can_neither_publish_nor_read_anything_else(
-    server: int, services: nats.NATS
+    server: int, services: nats.NATS, shipped_nats: Any
 ) -> None:
     errors: list[str] = []
-    nc = await integration(server, errors)
+    nc = await integration(shipped_nats.integration_url(server), errors)
     js_admin = services.jetstream()
     try:
         # Publishing, even onto the public subject: refused, nothing reaches the stream.
