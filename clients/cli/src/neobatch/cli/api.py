@@ -42,13 +42,19 @@ class ProgressReader:
 
 
 class Api:
-    def __init__(self, config: Config, timeout_seconds: float = 60) -> None:
+    def __init__(
+        self,
+        config: Config,
+        timeout_seconds: float = 60,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.console_url = config.console_url
         self._http = httpx.Client(
             base_url=config.console_url,
             headers={"Authorization": f"Bearer {config.api_key}", "User-Agent": USER_AGENT},
             timeout=httpx.Timeout(timeout_seconds, connect=10),
             follow_redirects=False,
+            transport=transport,
         )
 
     def close(self) -> None:
