@@ -109,3 +109,31 @@ def test_the_servers_code_and_message_become_the_error() -> None:
         api.jobs(20, None)
     assert (down.value.code, down.value.exit_code) == ("http_503", ExitCode.UNAVAILABLE)
     assert KEY not in str(missing.value) + str(down.value)
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_watch_follows_a_job_to_its_end(monkeypatch: pytest.MonkeyPatch, terminal: bool) -> None:
+    """The live bar (a terminal) and the plain lines (a pipe) both end with the job's exit code."""
+    from rich.console import Console
+
+    from neobatch.cli import render, watch
+
+    views = [("queued", 0), ("in_progress", 10), ("in_progress", 60), ("completed", 100)]
+
+    def console(request: httpx.Request) -> httpx.Response:
+        status, done = views.pop(0) if len(views) > 1 else views[0]
+        return httpx.Response(200, json={
+            "id": "job_1", "status": status, "bill": {"total_usd": 0.25, "final": status == "completed"},
+            "request_counts": {"total": 100, "completed": done, "failed": 0}})  # fmt: skip
+
+    err, out = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(render, "err", Console(file=err, force_terminal=terminal, width=120))
+    monkeypatch.setattr(render, "out", Console(file=out, force_terminal=False, width=120))
+    monkeypatch.setattr(watch.time, "sleep", lambda _s: None)
+    api = Api(Config("http://console", KEY, "test"), transport=httpx.MockTransport(console))
+    assert watch.watch_job(api, "job_1", 0.2, 0, as_json=False) == ExitCode.OK
+    assert "job_1 completed  100/100 (100%)  cost $0.2500" in out.getvalue()
+    shown = err.getvalue()
+    assert "100/100" in shown and ("━" in shown) == terminal
+    if not terminal:
+        assert "job_1 queued" in shown and "job_1 in_progress" in shown
