@@ -12,7 +12,7 @@ import yaml
 from neobatch.cli import render
 from neobatch.cli.api import Api
 from neobatch.cli.errors import CliError, ExitCode
-from neobatch.cli.state import State, json_option
+from neobatch.cli.state import State, emit, json_option
 from neobatch.cli.submit import split_template
 
 MAX_TEMPLATE_FILE_BYTES = 1024 * 1024
@@ -39,10 +39,7 @@ def list_templates(state: State, model_id: str | None) -> None:
     """The templates you may use (published, and your project's own)."""
     with state.api() as api:
         rows = [t for mid in _model_ids(api, model_id) for t in api.templates(mid)]
-    if state.json:
-        render.print_json(rows)
-    else:
-        render.out.print(render.catalog_table(rows, TEMPLATE_COLUMNS))
+    emit(state, rows, lambda: render.out.print(render.catalog_table(rows, TEMPLATE_COLUMNS)))
 
 
 @templates.command("show")
@@ -120,10 +117,7 @@ def list_models(state: State) -> None:
     """Every model of the catalog."""
     with state.api() as api:
         rows = list(api.models())
-    if state.json:
-        render.print_json(rows)
-    else:
-        render.out.print(render.catalog_table(rows, MODEL_COLUMNS))
+    emit(state, rows, lambda: render.out.print(render.catalog_table(rows, MODEL_COLUMNS)))
 
 
 @models.command("show")
@@ -134,10 +128,7 @@ def show_model(state: State, model_id: str) -> None:
     """One model."""
     with state.api() as api:
         model = api.model(model_id)
-    if state.json:
-        render.print_json(model)
-    else:
-        render.out.print(render.catalog_table([model], MODEL_COLUMNS))
+    emit(state, model, lambda: render.out.print(render.catalog_table([model], MODEL_COLUMNS)))
 
 
 @models.command("create")
@@ -151,7 +142,4 @@ def create_model(state: State, name: str, serving_name: str, categories: tuple[s
     body = {"name": name, "serving_name": serving_name, "categories": list(categories)}
     with state.api() as api:
         model = api.create_model(body)
-    if state.json:
-        render.print_json(model)
-    else:
-        render.out.print(f"created {model['id']}", markup=False)
+    emit(state, model, lambda: render.out.print(f"created {model['id']}", markup=False))

@@ -15,7 +15,7 @@ import click
 from neobatch.cli import render
 from neobatch.cli.catalog import models, templates
 from neobatch.cli.errors import CliError, ExitCode
-from neobatch.cli.state import State, json_option
+from neobatch.cli.state import State, emit, json_option
 from neobatch.cli.submit import run_submit
 from neobatch.cli.watch import download_files, watch_job
 
@@ -68,12 +68,13 @@ def list_jobs(state: State, limit: int, after: str | None) -> None:
     """Your jobs, newest first, a page at a time."""
     with state.api() as api:
         page = api.jobs(limit, after)
-    if state.json:
-        render.print_json(page)
-        return
-    render.out.print(render.jobs_table(page.get("jobs") or []))
-    if page.get("has_more"):
-        render.out.print(f"more: neobatch list --after {page.get('last_id')}", markup=False)
+
+    def human() -> None:
+        render.out.print(render.jobs_table(page.get("jobs") or []))
+        if page.get("has_more"):
+            render.out.print(f"more: neobatch list --after {page.get('last_id')}", markup=False)
+
+    emit(state, page, human)
 
 
 @cli.command()
@@ -84,10 +85,7 @@ def get(state: State, job_id: str) -> None:
     """A job: status, counts, tokens, cost and its files."""
     with state.api() as api:
         job = api.job(job_id)
-    if state.json:
-        render.print_json(job)
-    else:
-        render.job_details(job)
+    emit(state, job, lambda: render.job_details(job))
 
 
 @cli.command()
@@ -110,10 +108,7 @@ def cancel(state: State, job_id: str) -> None:
     """Cancel a job (a job that already ended is left as it is)."""
     with state.api() as api:
         job = api.cancel(job_id)
-    if state.json:
-        render.print_json(job)
-    else:
-        render.out.print(f"{job['id']} {job.get('status')}", markup=False)
+    emit(state, job, lambda: render.out.print(f"{job['id']} {job.get('status')}", markup=False))
 
 
 @cli.command()
@@ -143,10 +138,7 @@ def events(state: State, job_id: str) -> None:
     """A job's timeline: each step with its time, source and message."""
     with state.api() as api:
         job = api.job(job_id)
-    if state.json:
-        render.print_json(job.get("events") or [])
-    else:
-        render.out.print(render.timeline(job))
+    emit(state, job.get("events") or [], lambda: render.out.print(render.timeline(job)))
 
 
 cli.add_command(templates)

@@ -42,3 +42,13 @@ def json_option(command: F) -> F:
         "--json", "as_json", is_flag=True, expose_value=False, callback=remember,
         help="Print JSON for scripts (errors as JSON on stderr).",
     )(command)  # fmt: skip
+
+
+def emit(state: State, value: Any, human: Callable[[], None]) -> None:
+    """Print `value` as JSON with --json, else call `human` to show it to a person."""
+    if state.json:
+        from neobatch.cli.render import print_json
+
+        print_json(value)
+    else:
+        human()

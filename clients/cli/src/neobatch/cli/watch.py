@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +36,11 @@ def _poll(api: Api, job_id: str, deadline: float | None) -> dict[str, Any]:
 def watch_job(api: Api, job_id: str, interval: float, timeout: float, *, as_json: bool) -> int:
     """Poll until the job ends (or `timeout` seconds pass, 0 = no limit); its exit code."""
     deadline = time.monotonic() + timeout if timeout else None
-    tracker = Tracker()
-    live = render.err.is_terminal and not as_json
-    job = _poll(api, job_id, deadline)
-    figures = tracker.update(job, time.monotonic())
-    if live:
-        job = _follow_live(api, job_id, job, tracker, figures, interval, deadline)
+    views = _views(api, job_id, interval, deadline)
+    if render.err.is_terminal and not as_json:
+        job = _follow_live(job_id, views)
     else:
-        job = _follow_plain(api, job_id, job, tracker, figures, interval, deadline, as_json)
+        job = _follow_plain(views, quiet=as_json)
     status = job.get("status")
     if as_json:
         render.print_json(job)
@@ -59,24 +57,26 @@ def watch_job(api: Api, job_id: str, interval: float, timeout: float, *, as_json
     return int(ExitCode.TIMEOUT)
 
 
-def _ended(job: dict[str, Any], deadline: float | None) -> bool:
-    return job.get("status") in TERMINAL or (deadline is not None and time.monotonic() > deadline)
+def _views(
+    api: Api, job_id: str, interval: float, deadline: float | None
+) -> Iterator[tuple[dict[str, Any], Figures]]:
+    """Each polled view of the job with its figures, the last one terminal or at the deadline."""
+    tracker = Tracker()
+    while True:
+        job = _poll(api, job_id, deadline)
+        yield job, tracker.update(job, time.monotonic())
+        if job.get("status") in TERMINAL or (deadline is not None and time.monotonic() > deadline):
+            return
+        time.sleep(interval)
 
 
-def _follow_plain(
-    api: Api,
-    job_id: str,
-    job: dict[str, Any],
-    tracker: Tracker,
-    figures: Figures,
-    interval: float,
-    deadline: float | None,
-    quiet: bool,
-) -> dict[str, Any]:
-    """Not a terminal (a pipe, a CI log): one line per status change, and progress now and then."""
+def _follow_plain(views: Iterator[tuple[dict[str, Any], Figures]], quiet: bool) -> dict[str, Any]:
+    """Not a terminal (a pipe, a CI log): a line per status change, and progress now and then."""
     shown: tuple[str, int] | None = None
     shown_at = 0.0
-    while True:
+    latest: dict[str, Any] = {}
+    for job, figures in views:
+        latest = job
         now = time.monotonic()
         key = (figures.status, figures.done)
         if (
@@ -86,38 +86,24 @@ def _follow_plain(
         ):
             render.err.print(render.figures_line(figures), markup=False)
             shown, shown_at = key, now
-        if _ended(job, deadline):
-            return job
-        time.sleep(interval)
-        job = _poll(api, job_id, deadline)
-        figures = tracker.update(job, time.monotonic())
+    return latest
 
 
-def _follow_live(
-    api: Api,
-    job_id: str,
-    job: dict[str, Any],
-    tracker: Tracker,
-    figures: Figures,
-    interval: float,
-    deadline: float | None,
-) -> dict[str, Any]:
+def _follow_live(job_id: str, views: Iterator[tuple[dict[str, Any], Figures]]) -> dict[str, Any]:
     columns = (
         TextColumn(job_id),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.description}"),
     )
-    with Progress(*columns, console=render.err, transient=False) as bar:
-        task = bar.add_task(render.watch_description(figures), total=figures.total or None)
-        while True:
+    latest: dict[str, Any] = {}
+    with Progress(*columns, console=render.err) as bar:
+        task = bar.add_task("", total=None)
+        for job, figures in views:
+            latest = job
             bar.update(task, description=render.watch_description(figures),
                        total=figures.total or None, completed=figures.done)  # fmt: skip
-            if _ended(job, deadline):
-                return job
-            time.sleep(interval)
-            job = _poll(api, job_id, deadline)
-            figures = tracker.update(job, time.monotonic())
+    return latest
 
 
 def download_files(
