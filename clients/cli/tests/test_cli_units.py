@@ -137,3 +137,46 @@ def test_watch_follows_a_job_to_its_end(monkeypatch: pytest.MonkeyPatch, termina
     assert "100/100" in shown and ("━" in shown) == terminal
     if not terminal:
         assert "job_1 queued" in shown and "job_1 in_progress" in shown
+
+
+def test_submit_uploads_with_a_progress_bar_then_creates_the_job(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from rich.console import Console
+
+    from neobatch.cli import render
+    from neobatch.cli.state import State
+    from neobatch.cli.submit import run_submit
+
+    seen: dict[str, bytes | dict] = {}
+
+    def console(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/v1/files/upload":
+            seen["upload"] = request.read()
+            return httpx.Response(200, json={"id": "file-1"})
+        seen["job"] = json.loads(request.read())
+        return httpx.Response(200, json={"id": "job_1", "status": "queued"})
+
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"m": 1}}
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(
+        json.dumps({**line, "custom_id": f"r{i}"}) for i in range(5000)))  # fmt: skip
+    err, out = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(
+        render,
+        "err",
+        Console(file=err, force_terminal=True, width=120, highlight=False, color_system=None),
+    )
+    monkeypatch.setattr(render, "out", Console(file=out, force_terminal=False, width=120))
+    api = Api(Config("http://console", KEY, "test"), transport=httpx.MockTransport(console))
+    monkeypatch.setattr(State, "api", lambda self: api)
+    code = run_submit(State(), path, template="chat@v1", window="24h", watch=False)
+    assert code == ExitCode.OK
+    assert path.read_bytes() in seen["upload"]  # type: ignore[operator]
+    assert seen["job"] == {
+        "input_dataset": "file-1", "endpoint": "/v1/chat/completions", "completion_window": "24h",
+        "name": "", "model_template_name": "chat", "model_template_version": "v1"}  # fmt: skip
+    shown = err.getvalue()
+    size = f"{path.stat().st_size / 1000:.1f}"
+    assert "5000 requests" in shown and "upload ━" in shown and f"{size}/{size} kB" in shown
+    assert "job_1 queued" in out.getvalue()
