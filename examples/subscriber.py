@@ -145,7 +145,11 @@ async def run(args: argparse.Namespace) -> int:
     js = nc.jetstream()
     try:
         if args.create_consumer:
-            await create_consumer(js, stream, args.durable, subject)
+            try:
+                await create_consumer(js, stream, args.durable, subject)
+            except nats.js.errors.NotFoundError:
+                print(f"no stream {stream} yet: start the services first", file=sys.stderr)
+                return 2
             print(f"durable {args.durable!r} on {stream} ({subject}) ready", file=sys.stderr)
             return 0
         try:

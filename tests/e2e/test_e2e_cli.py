@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from neobatch.sim.devstack import Ports, Stack, start_stack
 from neobatch.sim.devstack.scenario import ConsoleClient, batch_lines, sim_engine_template
@@ -46,19 +47,20 @@ class Run:
         return json.loads(self.out)
 
 
-def neobatch(stack: Stack, *args: str, timeout: float = 120, cwd: Path | None = None) -> Run:
+def neobatch(stack: Stack, *args: str, timeout: float = 120, key: str = "") -> Run:
+    key = key or stack.api_key
     env = {
         **os.environ,
         "NEOBATCH_CONSOLE_URL": stack.console_url,
-        "NEOBATCH_API_KEY": stack.api_key,
+        "NEOBATCH_API_KEY": key,
         "NEOBATCH_CONFIG": "/nonexistent/neobatch.toml",
     }
     done = subprocess.run(
-        [str(NEOBATCH), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
+        [str(NEOBATCH), *args], capture_output=True, text=True, timeout=timeout, env=env
     )
     run = Run(done)
     # Whatever happened, the key is never shown.
-    assert stack.api_key not in run.out + run.err
+    assert key not in run.out + run.err
     return run
 
 
@@ -142,7 +144,9 @@ def test_cancel_a_running_job_and_watch_it_end(
     assert f"{job_id} cancelled" in watched.out
 
 
-def test_the_servers_error_code_and_message_are_shown(stack: Stack) -> None:
+def test_the_servers_error_code_and_message_are_shown(
+    stack: Stack, templates: dict[str, str]
+) -> None:
     missing = neobatch(stack, "get", "job_doesnotexist")
     assert missing.code == 4
     assert "job_not_found" in missing.err and "HTTP 404" in missing.err
@@ -153,3 +157,20 @@ def test_the_servers_error_code_and_message_are_shown(stack: Stack) -> None:
     assert refused.code == 4 and "operator_only" in refused.err
     shown = neobatch(stack, "templates", "show", "cli-fast", "--json")
     assert shown.code == 0 and shown.json()["name"] == "cli-fast"
+
+
+def test_an_operator_creates_a_template_from_yaml(
+    stack: Stack, model_id: str, tmp_path: Path
+) -> None:
+    body = sim_engine_template("cli-from-yaml", model_id)
+    path = tmp_path / "template.yaml"
+    path.write_text(yaml.safe_dump({**body, "model_id": model_id}, sort_keys=False))
+    created = neobatch(stack, "templates", "create", "-f", str(path), "--json",
+                       key=stack.operator_key)  # fmt: skip
+    assert created.code == 0, created.err
+    assert (created.json()["name"], created.json()["version"]) == ("cli-from-yaml", "v1.0.0")
+    listed = neobatch(stack, "templates", "list", "--model", model_id, "--json").json()
+    assert "cli-from-yaml" in {t["name"] for t in listed}
+    # The same file again: the console's conflict, its code.
+    again = neobatch(stack, "templates", "create", "-f", str(path), key=stack.operator_key)
+    assert again.code == 4 and "template_exists" in again.err
