@@ -139,8 +139,8 @@ def test_cancel_a_running_job_and_watch_it_end(
     cancelled = neobatch(stack, "cancel", job_id, "--json")
     assert cancelled.code == 0, cancelled.err
     assert cancelled.json()["status"] not in {"completed", "failed"}
-    watched = neobatch(stack, "watch", job_id, "--interval", "0.3", "--timeout", "90")
-    assert watched.code == 6, watched.err  # ended, but not completed
+    watched = neobatch(stack, "watch", job_id, "--interval", "0.3", "--timeout", "150", timeout=200)
+    assert watched.code == 6, (watched.out, watched.err)  # ended, but not completed
     assert f"{job_id} cancelled" in watched.out
 
 
