@@ -137,6 +137,7 @@ def _move(
         new_status=status.value,
         reason=reason,
         occurred_at=now,
+        job_version=job.version + 1,  # what save_decision's `$inc` makes it
     )
     fields = {f"{status.value}_at": now, **(fields or {})}
     preparing = JobStatus.RESOURCE_PREPARING

@@ -146,6 +146,7 @@ def creation_events(job: dict[str, Any], now: datetime) -> list[Event]:
             new_status=job["status"],
             reason="created" if queued else "invalid_input_file",
             occurred_at=now,
+            job_version=int(job.get("version") or 1),
         )
     )
     return events
