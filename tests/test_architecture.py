@@ -41,6 +41,7 @@ PURE_MODULES = [
     "services/runtime-agent/src/neobatch/runtime_agent/machine/launch.py",
     "libs/common/src/neobatch/common/batch_input.py",
     "libs/common/src/neobatch/common/billing.py",
+    "libs/common/src/neobatch/common/costing.py",
 ]
 IO_PACKAGES = {
     "pymongo",
