@@ -156,21 +156,23 @@ def _text_bytes(value: Any, depth: int = 0) -> int:
     return 0
 
 
-class TokenTally:
-    """Fed each valid request body of an input file in turn; bounded memory.
+# Distinct `max_tokens` values a tally keeps exactly; past that, new values are rounded up to a
+# power of two (a file has a handful in practice; the bound keeps hostile files cheap).
+MAX_DISTINCT_LIMITS = 1024
 
-    `per_request`: output tokens of a line that sets no limit; `learned`: that figure is this
-    template's history, which then also caps a line's limit (a `max_tokens` is a ceiling that
-    replies rarely reach; what this template's replies really averaged is the better guess).
+
+class TokenTally:
+    """Fed each valid request body of an input file in turn, while it streams; bounded memory.
+
+    The output estimate is made after the file was read (`output_tokens`), when the template,
+    and so its history, is known.
     """
 
-    def __init__(self, per_request: float, *, learned: bool = False) -> None:
-        self.per_request = per_request
-        self.learned = learned
+    def __init__(self) -> None:
         self.requests = 0
         self.prompt_tokens = 0
-        self.output_tokens = 0
-        self.limited_requests = 0  # lines that set max_(completion_)tokens
+        self.unlimited_requests = 0  # lines that set no max_(completion_)tokens
+        self.limits: dict[int, int] = {}  # max_(completion_)tokens → lines that set it
 
     def feed(self, body: dict[str, Any] | msgspec.Raw | bytes) -> None:
         try:
@@ -184,8 +186,19 @@ class TokenTally:
         text = _text_bytes(line.messages) + _text_bytes(line.prompt) + _text_bytes(line.input)
         self.prompt_tokens += -(-text // PROMPT_BYTES_PER_TOKEN)
         limit = line.max_completion_tokens or line.max_tokens
-        if limit is not None and limit > 0:
-            self.limited_requests += 1
-            self.output_tokens += min(limit, round(self.per_request)) if self.learned else limit
-        else:
-            self.output_tokens += round(self.per_request)
+        if limit is None or limit <= 0:
+            self.unlimited_requests += 1
+            return
+        if limit not in self.limits and len(self.limits) >= MAX_DISTINCT_LIMITS:
+            limit = 1 << (limit - 1).bit_length()
+        self.limits[limit] = self.limits.get(limit, 0) + 1
+
+    def output_tokens(self, per_request: float, *, learned: bool = False) -> int:
+        """Expected output tokens: a line's limit, else `per_request`. With `learned` (the
+        template's history), `per_request` also caps each limit: a `max_tokens` is a ceiling
+        replies rarely reach, what this template's replies averaged is the better guess."""
+        limited = sum(
+            (min(limit, per_request) if learned else limit) * count
+            for limit, count in self.limits.items()
+        )
+        return round(limited + self.unlimited_requests * per_request)

@@ -16,8 +16,11 @@ from litestar.openapi.spec import Components, SecurityScheme
 from neobatch.common.clock import Clock
 from neobatch.common.errors import ConfigError
 from neobatch.common.runtime import ServiceRuntime
+from neobatch.common.throughput_store import ThroughputStore
+from neobatch.console.admin.budget_routes import BudgetController
 from neobatch.console.admin.routes import KeyController, QuotaController
 from neobatch.console.bodies import check_json_body
+from neobatch.console.budgets import BudgetStore
 from neobatch.console.catalog.routes import ModelController, list_offers
 from neobatch.console.catalog.store import CatalogStore
 from neobatch.console.deps import DEPENDENCIES
@@ -61,6 +64,7 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
             ModelController,
             JobController,
             QuotaController,
+            BudgetController,
             KeyController,
             job_capabilities,
             list_offers,
@@ -166,6 +170,7 @@ def _lifespan(settings: ConsoleSettings, clock: Clock | None) -> Lifespan:
             app.state.catalog_store = catalog
             app.state.job_store = jobs
             app.state.quota_store = QuotaStore(runtime.db)
+            app.state.budget_store = BudgetStore(runtime.db)
             app.state.job_service = JobService(
                 jobs,
                 files,
@@ -176,6 +181,8 @@ def _lifespan(settings: ConsoleSettings, clock: Clock | None) -> Lifespan:
                 quotas=app.state.quota_store,
                 max_queued_jobs=settings.max_queued_jobs_per_project,
                 max_line_bytes=settings.common.max_input_line_bytes,
+                throughput=ThroughputStore(runtime.db),
+                budgets=app.state.budget_store,
             )
             yield
         finally:

@@ -14,6 +14,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 
 from neobatch.common.clock import Clock
+from neobatch.console.budgets import BudgetStore
 from neobatch.console.catalog.store import CatalogStore
 from neobatch.console.files.store import FileStore
 from neobatch.console.jobs.service import JobService
@@ -44,6 +45,10 @@ def provide_quota_store(state: State) -> QuotaStore:
     return state.quota_store
 
 
+def provide_budget_store(state: State) -> BudgetStore:
+    return state.budget_store
+
+
 def provide_job_service(state: State) -> JobService:
     return state.job_service
 
@@ -69,6 +74,7 @@ DEPENDENCIES = {
     "catalog_store": Provide(provide_catalog_store, sync_to_thread=False),
     "key_store": Provide(provide_key_store, sync_to_thread=False),
     "quota_store": Provide(provide_quota_store, sync_to_thread=False),
+    "budget_store": Provide(provide_budget_store, sync_to_thread=False),
     "job_service": Provide(provide_job_service, sync_to_thread=False),
     "settings": Provide(provide_settings, sync_to_thread=False),
     "now": Provide(provide_now, sync_to_thread=False),
