@@ -26,6 +26,7 @@ PURE_MODULES = [
     "services/console/src/neobatch/console/wire.py",
     "services/planner/src/neobatch/planner/jobs.py",
     "services/planner/src/neobatch/planner/policy.py",
+    "services/planner/src/neobatch/planner/budget.py",
     "services/resource-manager/src/neobatch/resource_manager/provisions.py",
     "services/resource-manager/src/neobatch/resource_manager/offers.py",
     "services/resource-manager/src/neobatch/resource_manager/ranking.py",

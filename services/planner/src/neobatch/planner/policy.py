@@ -134,6 +134,8 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_provision_attempts: int = 3
     # Machines one project may hold at once (0: no limit); its further jobs wait queued.
     max_machines_per_project: int = 0
+    # A capped job begins stopping this long before its bill reaches the cap (planner/budget.py).
+    budget_stop_seconds: float = 30.0
 
 
 # --- the fair queue ------------------------------------------------------------------------

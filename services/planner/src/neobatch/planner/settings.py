@@ -43,6 +43,12 @@ class PlannerSettings(Settings, frozen=True, kw_only=True):
                 "(0 = no limit; `project_quotas` overrides per project)",
                 minimum=0,
             ),
+            budget_stop_seconds=Env(
+                "NEOBATCH_BUDGET_STOP_SECONDS",
+                "A job with max_cost_usd begins stopping this long before its bill reaches the "
+                "cap (the stop itself is billed: files, engine stop, release)",
+                minimum=0,
+            ),
         ),
     ] = Limits()
     # AIBrix provisions one job at a time; we default to four in parallel.

@@ -111,6 +111,12 @@ def job_from_doc(doc: dict[str, Any]) -> Job:
         created_at=doc.get("created_at"),
         template_id=str(doc.get("model_template_id") or ""),
         request_count=int((doc.get("request_counts") or {}).get("total") or 0),
+        max_cost_usd=doc.get("max_cost_usd"),
+        lease_price_per_hour=float(doc.get("lease_price_per_hour") or 0.0),
+        leased_at=doc.get("leased_at"),
+        budget_spent_usd=float(doc.get("budget_spent_usd") or 0.0),
+        budget_deadline_at=doc.get("budget_deadline_at"),
+        budget_stop_requested=doc.get("budget_stop_requested_at") is not None,
     )
 
 
@@ -119,14 +125,20 @@ def _of_project(project: str) -> dict[str, Any]:
     return {"project": project} if project else {"project": {"$in": [None, ""]}}
 
 
+# The cost cap's fields (planner/budget.py), stored on the job under the same names.
+BUDGET_FIELDS = ("lease_price_per_hour", "leased_at", "budget_spent_usd", "budget_deadline_at")
+
+
 def written_job(job: Job, decision: Decision) -> Job:
     """`job` as `save_decision` leaves it: what `job_from_doc` would read back."""
     changes: dict[str, Any] = {"version": job.version + 1}
     if decision.status is not None:
         changes["status"] = decision.status
-    for field in ("provision_id", "batch_handed_over", "expires_at"):
+    for field in ("provision_id", "batch_handed_over", "expires_at", *BUDGET_FIELDS):
         if field in decision.fields:
             changes[field] = decision.fields[field]
+    if "budget_stop_requested_at" in decision.fields:
+        changes["budget_stop_requested"] = True
     return msgspec.structs.replace(job, **changes)
 
 
