@@ -25,7 +25,8 @@ MODEL_ITEM = "/api/v1/models/model-qwen2-5-7b-instruct"
 TEMPLATE_ITEM = TEMPLATES_PATH + "/tmpl_0"
 QUOTAS_PATH = "/api/v1/projects/default/quotas"
 KEYS_PATH = "/api/v1/keys"
-OPERATOR_PATHS = (MODEL_PATH, QUOTAS_PATH, KEYS_PATH)
+BUDGET_PATH = "/api/v1/projects/default/budget"
+OPERATOR_PATHS = (MODEL_PATH, QUOTAS_PATH, BUDGET_PATH, KEYS_PATH)
 
 # Every operation that takes a JSON body; `test_every_json_route_is_covered` keeps this whole.
 JSON_ROUTES = [
@@ -36,6 +37,7 @@ JSON_ROUTES = [
     ("PUT", MODEL_ITEM),
     ("PUT", TEMPLATE_ITEM),
     ("PUT", QUOTAS_PATH),
+    ("PUT", BUDGET_PATH),
     ("POST", KEYS_PATH),
 ]
 
@@ -95,7 +97,15 @@ async def _post(api: Any, path: str, body: Any) -> Any:
 
 
 async def _stored(api: Any) -> int:
-    collections = ("models", "templates", "jobs", "outbox", "project_quotas", "api_keys")
+    collections = (
+        "models",
+        "templates",
+        "jobs",
+        "outbox",
+        "project_quotas",
+        "project_budgets",
+        "api_keys",
+    )
     return sum([await api.count(c) for c in collections])
 
 
