@@ -61,6 +61,8 @@ FREE_SLOT = {"job_id": None, "active": True}
 
 
 # Only what `job_from_doc` reads: a job document also carries metadata, counts, errors...
+# The cost cap's fields (planner/budget.py), stored on the job under the same names.
+BUDGET_FIELDS = ("lease_price_per_hour", "leased_at", "budget_spent_usd", "budget_deadline_at")
 JOB_FIELDS = {
     field: 1
     for field in (
@@ -84,6 +86,9 @@ JOB_FIELDS = {
         "created_at",
         "model_template_id",
         "request_counts",
+        "max_cost_usd",
+        "budget_stop_requested_at",
+        *BUDGET_FIELDS,
     )
 }
 
@@ -123,10 +128,6 @@ def job_from_doc(doc: dict[str, Any]) -> Job:
 def _of_project(project: str) -> dict[str, Any]:
     """Jobs of `project`; "" also stands for documents written before jobs had one."""
     return {"project": project} if project else {"project": {"$in": [None, ""]}}
-
-
-# The cost cap's fields (planner/budget.py), stored on the job under the same names.
-BUDGET_FIELDS = ("lease_price_per_hour", "leased_at", "budget_spent_usd", "budget_deadline_at")
 
 
 def written_job(job: Job, decision: Decision) -> Job:
