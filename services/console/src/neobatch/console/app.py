@@ -13,6 +13,7 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from neobatch.common.budget_store import BudgetStore
 from neobatch.common.clock import Clock
 from neobatch.common.errors import ConfigError
 from neobatch.common.runtime import ServiceRuntime
@@ -20,7 +21,6 @@ from neobatch.common.throughput_store import ThroughputStore
 from neobatch.console.admin.budget_routes import BudgetController
 from neobatch.console.admin.routes import KeyController, QuotaController
 from neobatch.console.bodies import check_json_body
-from neobatch.console.budgets import BudgetStore
 from neobatch.console.catalog.routes import ModelController, list_offers
 from neobatch.console.catalog.store import CatalogStore
 from neobatch.console.deps import DEPENDENCIES

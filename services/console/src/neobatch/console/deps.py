@@ -13,8 +13,8 @@ from litestar import Request
 from litestar.datastructures import State
 from litestar.di import Provide
 
+from neobatch.common.budget_store import BudgetStore
 from neobatch.common.clock import Clock
-from neobatch.console.budgets import BudgetStore
 from neobatch.console.catalog.store import CatalogStore
 from neobatch.console.files.store import FileStore
 from neobatch.console.jobs.service import JobService

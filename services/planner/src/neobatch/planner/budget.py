@@ -13,6 +13,10 @@ which the machine is still billed). The job's `deadline_at` is the earlier of th
 completion-window deadline, so the existing deadline loop notices it: no new loop, no polling
 of provisions. A machine priced 0 (the SSH pool by default) never reaches a cap.
 
+A project's monthly budget (`project_budgets`, console) stops its running jobs the same way,
+but only when its operator set `stop_running_jobs`: the planner looks every
+`NEOBATCH_BUDGET_CHECK_SECONDS` at those projects' spend this month.
+
 At the cost deadline the planner asks the agent to stop the batch with the reason
 `budget_exceeded` (`batch.cancel_requested`): the agent keeps every finished line in the
 output file, writes each unsent line to the error file with code `budget_exceeded`, stops the
@@ -92,8 +96,11 @@ def earliest(*moments: datetime | None) -> datetime | None:
     return min(known) if known else None
 
 
-def exceeded_message(max_cost_usd: float) -> str:
-    return (
-        f"{BUDGET_EXCEEDED}: the job's machines reached its max_cost_usd of ${max_cost_usd:.4f}; "
-        "finished lines are in the output file, the rest in the error file"
+def exceeded_message(max_cost_usd: float | None) -> str:
+    """The job's error: its own cap, or (no cap) its project's monthly budget."""
+    what = (
+        f"the job's machines reached its max_cost_usd of ${max_cost_usd:.4f}"
+        if max_cost_usd is not None
+        else "the project spent its monthly budget and its operator stops running jobs"
     )
+    return f"{BUDGET_EXCEEDED}: {what}; finished lines are in the output file, the rest in the error file"

@@ -111,6 +111,14 @@ class DeadlinePassed(msgspec.Struct, frozen=True):
     subject = "deadline"
 
 
+class ProjectOverBudget(msgspec.Struct, frozen=True):
+    """Not an event on the wire: the job's project spent its monthly budget and its operator
+    asked for running jobs to stop (`project_budgets.stop_running_jobs`)."""
+
+    job_id: str
+    subject = "project_over_budget"
+
+
 class DeadLettered(msgspec.Struct, frozen=True):
     """Not an event on the wire: one of the job's events exhausted its retries (DESIGN rule 2)."""
 
@@ -183,7 +191,7 @@ def _release(job: Job, now: datetime, reason: str) -> list[Event]:
 
 def decide(
     job: Job,
-    event: Event | DeadlinePassed | DeadLettered,
+    event: Event | DeadlinePassed | DeadLettered | ProjectOverBudget,
     now: datetime,
     limits: Limits = DEFAULT_LIMITS,
 ) -> Decision | None:
@@ -201,9 +209,14 @@ def decide(
 
 
 def _decide(
-    job: Job, event: Event | DeadlinePassed | DeadLettered, now: datetime, limits: Limits
+    job: Job,
+    event: Event | DeadlinePassed | DeadLettered | ProjectOverBudget,
+    now: datetime,
+    limits: Limits,
 ) -> Decision | None:
     match event:
+        case ProjectOverBudget():
+            return _stop_for_budget(job, now, limits, "project monthly budget spent")
         case DeadlinePassed():
             return _on_budget_deadline(job, now, limits) or _on_deadline(job, now)
         case DeadLettered():
@@ -370,7 +383,7 @@ def _on_batch_terminal(job: Job, event: BatchTerminal, now: datetime) -> Decisio
     fields["error_message"] = event.error_message or None
     if budget_stop:
         fields["error_code"] = budget.BUDGET_EXCEEDED
-        fields["error_message"] = budget.exceeded_message(job.max_cost_usd or 0.0)
+        fields["error_message"] = budget.exceeded_message(job.max_cost_usd)
     reason = event.error_message or f"batch {event.status.value}"
     return _move(
         job, status, now, reason, fields=fields, events=_release(job, now, f"job {status.value}")
@@ -505,15 +518,23 @@ def _on_dead_lettered(job: Job, event: DeadLettered, now: datetime) -> Decision 
 def _on_budget_deadline(job: Job, now: datetime, limits: Limits) -> Decision | None:
     """A capped job reached its cost deadline (budget.py): ask the agent to stop the batch with
     `budget_exceeded`, and wait for it at most `cancel_seconds`; past that, end the job here."""
-    due = job.budget_deadline_at
-    if job.status not in _BATCH_HANDED_OVER or due is None or now < due:
+    if job.status not in _BATCH_HANDED_OVER:
         return None
-    cap = job.max_cost_usd or 0.0
     if job.budget_stop_requested:
-        message = budget.exceeded_message(cap)
+        message = budget.exceeded_message(job.max_cost_usd)
         return _end_with_error(
-            job, JobStatus.FAILED, now, budget.BUDGET_EXCEEDED, message, "job over its cost cap"
+            job, JobStatus.FAILED, now, budget.BUDGET_EXCEEDED, message, "job over its budget"
         )
+    due = job.budget_deadline_at
+    if due is None or now < due:
+        return None
+    return _stop_for_budget(job, now, limits, "cost cap reached")
+
+
+def _stop_for_budget(job: Job, now: datetime, limits: Limits, why: str) -> Decision | None:
+    """Ask the agent to stop a handed-over batch with `budget_exceeded` (once)."""
+    if job.status not in _BATCH_HANDED_OVER or job.budget_stop_requested:
+        return None
     stop = BatchCancelRequested(
         batch_id=job.batch_id, job_id=job.id, reason=budget.BUDGET_EXCEEDED, occurred_at=now
     )
@@ -526,5 +547,5 @@ def _on_budget_deadline(job: Job, now: datetime, limits: Limits) -> Decision | N
             ),
         },
         events=[stop],
-        reason="cost cap reached: stopping the batch",
+        reason=f"{why}: stopping the batch",
     )

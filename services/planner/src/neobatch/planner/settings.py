@@ -60,6 +60,15 @@ class PlannerSettings(Settings, frozen=True, kw_only=True):
             minimum=1,
         ),
     ] = 4
+    budget_check_seconds: Annotated[
+        float,
+        Env(
+            "NEOBATCH_BUDGET_CHECK_SECONDS",
+            "How often the planner looks for projects over their monthly budget whose operator "
+            "stops running jobs (`stop_running_jobs`)",
+            minimum=1,
+        ),
+    ] = 30.0
     # AIBrix's PLANNER_WORKER_COUNT, default 10.
     worker_count: Annotated[
         int,

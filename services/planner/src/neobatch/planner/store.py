@@ -318,6 +318,14 @@ class JobStore:
         if taken.modified_count != 1:
             raise NoSlotFree
 
+    async def list_running_job_ids(self, project: str, limit: int = 1000) -> list[str]:
+        """The project's jobs holding a batch (a project budget may stop them)."""
+        handed = ["submitting", "batch_created", "in_progress", "finalizing"]
+        cursor = self._jobs.find(
+            {**_of_project(project), "status": {"$in": handed}}, {"_id": 1}, limit=limit
+        )
+        return [doc["_id"] async for doc in cursor]
+
     async def get_job(self, job_id: str) -> Job:
         doc = await self._jobs.find_one({"_id": job_id}, JOB_FIELDS)
         if doc is None:

@@ -16,8 +16,8 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from msgspec import Meta
 
+from neobatch.common.budget_store import BudgetStore, month_start
 from neobatch.console.admin.routes import _project
-from neobatch.console.budgets import BudgetStore, month_start
 from neobatch.console.keys.auth import require_operator
 from neobatch.console.wire import unix_seconds
 

@@ -20,11 +20,11 @@ from typing import Any
 import msgspec
 
 from neobatch.common.batch_input import MAX_LINE_BYTES, InputValidator, ValidationReport
+from neobatch.common.budget_store import BudgetStore, month_start
 from neobatch.common.costing import TokenTally
 from neobatch.common.errors import InvalidInput
 from neobatch.common.ids import new_id
 from neobatch.common.throughput_store import ThroughputStore
-from neobatch.console.budgets import BudgetStore, month_start
 from neobatch.console.catalog import access
 from neobatch.console.catalog.store import CatalogStore
 from neobatch.console.errors import OverBudget, QuotaExceeded, QuoteExceedsCap, Unprocessable

@@ -1,5 +1,6 @@
 """BudgetStore: `project_budgets`, a project's monthly budget set by an operator (issue 16), and
 what the project spent this month (read from `jobs` and the resource-manager's `provisions`).
+The console writes budgets and reads them at job creation; the planner reads them.
 
 A document `{_id: project, monthly_usd, stop_running_jobs}`. The console refuses a new job of a
 project whose spend this month reached `monthly_usd` (403 `project_over_budget`); the planner
@@ -42,6 +43,12 @@ def spend_of(provisions: list[Document], now: datetime) -> float:
 class BudgetStore:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self._db = db
+
+    async def list_stopping_budgets(self) -> list[Document]:
+        """The budgets whose project's running jobs are stopped when it is over (few: one per
+        project with such a budget)."""
+        cursor = self._db[PROJECT_BUDGETS].find({"stop_running_jobs": True})
+        return await cursor.to_list(None)
 
     async def find_budget(self, project: str) -> Document:
         """`{monthly_usd, stop_running_jobs}` of the project; {} when it has no budget."""
