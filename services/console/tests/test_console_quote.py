@@ -143,6 +143,7 @@ async def test_a_quote_over_the_cap_is_refused_with_the_quote(api: Any) -> None:
     r = await api.post("/api/v1/jobs", await api.job_request(max_cost_usd=5))
     assert r.status_code == 200, r.text
     assert (await api.db["jobs"].find_one({"_id": r.json()["id"]}))["max_cost_usd"] == 5
+    assert (await api.get(f"/api/v1/jobs/{r.json()['id']}")).json()["max_cost_usd"] == 5
     # The OpenAI route takes the cap in metadata; a cap that is not an amount is a 400.
     file_id = await api.uploaded_file()
     batch = {"input_file_id": file_id, "endpoint": "/v1/chat/completions"}

@@ -240,6 +240,8 @@ class JobOut(msgspec.Struct, kw_only=True):
     placement: PlacementOut | None = None
     # What the job's machines cost so far (jobs/bill.py).
     bill: Bill
+    # The job's cost cap (USD), if it has one: its bill stops there (`budget_exceeded`).
+    max_cost_usd: float | None = None
 
 
 class JobList(PageEnds, kw_only=True):
