@@ -72,6 +72,7 @@ def _int64_cases(api: Any, file_id: str) -> list[tuple[str, dict[str, Any], str]
         ),
         ("/api/v1/jobs", {**job, "request_count_total": BIG}, "request_count_total"),
         ("/api/v1/jobs", {**job, "client": {"max_concurrency": BIG}}, "max_concurrency"),
+        ("/api/v1/jobs", {**job, "max_cost_usd": BIG}, "max_cost_usd"),
         ("/v1/batches", {**batch, "output_expires_after": {"seconds": BIG}}, "seconds"),
     ]
     cases += [

@@ -328,3 +328,22 @@ async def test_a_project_over_budget_stops_running_jobs_only_when_its_operator_s
     # Asked once: a second pass changes nothing; the agent's answer ends the job failed.
     await rig.planner.stop_over_budget(budgets)
     assert await rig.db[OUTBOX].count_documents({"subject": {"$regex": "cancel_requested"}}) == 1
+
+
+async def test_the_cost_caps_fields_are_read_with_the_job(rig: Rig) -> None:
+    """The planner reads jobs through a projection: a cap it cannot see would never stop."""
+    job_id = await rig.add_job(1)
+    now = rig.clock.now()
+    fields = {
+        "max_cost_usd": 2.5,
+        "lease_price_per_hour": 3.0,
+        "leased_at": now,
+        "budget_spent_usd": 0.5,
+        "budget_deadline_at": now + timedelta(seconds=60),
+        "budget_stop_requested_at": now,
+    }
+    await rig.db.jobs.update_one({"_id": job_id}, {"$set": fields})
+    job = await rig.store.get_job(job_id)
+    assert (job.max_cost_usd, job.lease_price_per_hour, job.budget_spent_usd) == (2.5, 3.0, 0.5)
+    assert job.leased_at is not None and job.budget_deadline_at is not None
+    assert job.budget_stop_requested
