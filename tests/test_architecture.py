@@ -18,6 +18,7 @@ PURE_MODULES = [
     "services/console/src/neobatch/console/jobs/job_view.py",
     "services/console/src/neobatch/console/jobs/batch_view.py",
     "services/console/src/neobatch/console/jobs/bill.py",
+    "services/console/src/neobatch/console/jobs/quote.py",
     "services/console/src/neobatch/console/catalog/rules.py",
     "services/console/src/neobatch/console/catalog/access.py",
     "services/console/src/neobatch/console/files/uploads.py",

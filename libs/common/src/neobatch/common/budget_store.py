@@ -14,30 +14,20 @@ first). Reading it walks the month's jobs in pages; it runs only for projects wi
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from neobatch.common.billing import machine_cost
+from neobatch.common.billing import month_start, spend_of
+
+__all__ = ["PROJECT_BUDGETS", "BudgetStore", "month_start"]
 
 Document = dict[str, Any]
 
 PROJECT_BUDGETS = "project_budgets"
 # Job ids per provisions read while summing a month.
 _PAGE = 500
-
-
-def month_start(now: datetime) -> datetime:
-    """The first instant of `now`'s UTC month."""
-    now = now.astimezone(UTC)
-    return datetime(now.year, now.month, 1, tzinfo=UTC)
-
-
-def spend_of(provisions: list[Document], now: datetime) -> float:
-    """What these machines cost (held ones up to `now`)."""
-    costs = (machine_cost(p, now) for p in provisions)
-    return sum(cost.usd for cost in costs if cost is not None)
 
 
 class BudgetStore:
