@@ -18,6 +18,7 @@ PURE_MODULES = [
     "services/console/src/neobatch/console/jobs/job_view.py",
     "services/console/src/neobatch/console/jobs/batch_view.py",
     "services/console/src/neobatch/console/jobs/bill.py",
+    "services/console/src/neobatch/console/jobs/quote.py",
     "services/console/src/neobatch/console/catalog/rules.py",
     "services/console/src/neobatch/console/catalog/access.py",
     "services/console/src/neobatch/console/files/uploads.py",
@@ -26,6 +27,7 @@ PURE_MODULES = [
     "services/console/src/neobatch/console/wire.py",
     "services/planner/src/neobatch/planner/jobs.py",
     "services/planner/src/neobatch/planner/policy.py",
+    "services/planner/src/neobatch/planner/budget.py",
     "services/resource-manager/src/neobatch/resource_manager/provisions.py",
     "services/resource-manager/src/neobatch/resource_manager/offers.py",
     "services/resource-manager/src/neobatch/resource_manager/ranking.py",
@@ -44,6 +46,7 @@ PURE_MODULES = [
     "libs/common/src/neobatch/common/webhooks.py",
     "services/notifier/src/neobatch/notifier/policy.py",
     "services/console/src/neobatch/console/webhooks/views.py",
+    "libs/common/src/neobatch/common/costing.py",
 ]
 IO_PACKAGES = {
     "pymongo",

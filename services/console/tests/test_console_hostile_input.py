@@ -25,7 +25,8 @@ MODEL_ITEM = "/api/v1/models/model-qwen2-5-7b-instruct"
 TEMPLATE_ITEM = TEMPLATES_PATH + "/tmpl_0"
 QUOTAS_PATH = "/api/v1/projects/default/quotas"
 KEYS_PATH = "/api/v1/keys"
-OPERATOR_PATHS = (MODEL_PATH, QUOTAS_PATH, KEYS_PATH)
+BUDGET_PATH = "/api/v1/projects/default/budget"
+OPERATOR_PATHS = (MODEL_PATH, QUOTAS_PATH, BUDGET_PATH, KEYS_PATH)
 
 # Every operation that takes a JSON body; `test_every_json_route_is_covered` keeps this whole.
 JSON_ROUTES = [
@@ -36,6 +37,7 @@ JSON_ROUTES = [
     ("PUT", MODEL_ITEM),
     ("PUT", TEMPLATE_ITEM),
     ("PUT", QUOTAS_PATH),
+    ("PUT", BUDGET_PATH),
     ("POST", KEYS_PATH),
 ]
 
@@ -70,6 +72,7 @@ def _int64_cases(api: Any, file_id: str) -> list[tuple[str, dict[str, Any], str]
         ),
         ("/api/v1/jobs", {**job, "request_count_total": BIG}, "request_count_total"),
         ("/api/v1/jobs", {**job, "client": {"max_concurrency": BIG}}, "max_concurrency"),
+        ("/api/v1/jobs", {**job, "max_cost_usd": BIG}, "max_cost_usd"),
         ("/v1/batches", {**batch, "output_expires_after": {"seconds": BIG}}, "seconds"),
     ]
     cases += [
@@ -95,7 +98,15 @@ async def _post(api: Any, path: str, body: Any) -> Any:
 
 
 async def _stored(api: Any) -> int:
-    collections = ("models", "templates", "jobs", "outbox", "project_quotas", "api_keys")
+    collections = (
+        "models",
+        "templates",
+        "jobs",
+        "outbox",
+        "project_quotas",
+        "project_budgets",
+        "api_keys",
+    )
     return sum([await api.count(c) for c in collections])
 
 

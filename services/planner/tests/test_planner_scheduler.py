@@ -11,13 +11,16 @@ import pytest
 import pytest_asyncio
 from pymongo.asynchronous.database import AsyncDatabase
 
+from neobatch.common.budget_store import BudgetStore
 from neobatch.common.clock import FixedClock, utcnow
 from neobatch.common.contracts import (
+    BatchCancelRequested,
     JobCancelRequested,
     JobQueued,
     ProvisionFailed,
     ProvisionRunning,
     SshEndpoint,
+    decode_event,
 )
 from neobatch.common.mongo import create_mongo_client
 from neobatch.common.outbox import OUTBOX
@@ -287,3 +290,60 @@ async def test_two_planners_never_pass_a_projects_machine_quota(mongo_url: str, 
     finally:
         for client in clients:
             await client.close()
+
+
+async def test_a_project_over_budget_stops_running_jobs_only_when_its_operator_says_so(
+    rig: Rig,
+) -> None:
+    """Issue 16: a project's monthly budget stops its running jobs (`budget_exceeded`) only with
+    `stop_running_jobs`; another project's jobs run on."""
+    budgets = BudgetStore(rig.db)
+    now = rig.clock.now()
+    for n, project in ((1, "spender"), (2, "other")):
+        job_id = await rig.add_job(n, project)
+        await rig.db.jobs.update_one(
+            {"_id": job_id},
+            {"$set": {"status": "in_progress", "batch_handed_over": True, "created_at": now}},
+        )
+        await rig.db.provisions.insert_one(
+            {
+                "_id": f"prov_{n}",
+                "job_id": job_id,
+                "provider": "runpod",
+                "leased_at": now - timedelta(hours=1),
+                "lease": {"provider": "runpod", "price_per_hour": 2.0},
+            }
+        )
+    await budgets.save_budget("spender", 1.0, stop=False)
+    await budgets.save_budget("other", 100.0, stop=True)
+    assert await rig.planner.stop_over_budget(budgets) == 0  # spender: over, but not stopping
+
+    await budgets.save_budget("spender", 1.0, stop=True)
+    assert await rig.planner.stop_over_budget(budgets) == 1
+    job = await rig.db.jobs.find_one({"_id": "job_001"})
+    assert job["budget_stop_requested_at"] is not None and job["status"] == "in_progress"
+    [stop] = [e async for e in rig.db[OUTBOX].find({"subject": {"$regex": "cancel_requested"}})]
+    assert decode_event(stop["payload"], BatchCancelRequested).reason == "budget_exceeded"
+    assert (await rig.db.jobs.find_one({"_id": "job_002"})).get("budget_stop_requested_at") is None
+    # Asked once: a second pass changes nothing; the agent's answer ends the job failed.
+    await rig.planner.stop_over_budget(budgets)
+    assert await rig.db[OUTBOX].count_documents({"subject": {"$regex": "cancel_requested"}}) == 1
+
+
+async def test_the_cost_caps_fields_are_read_with_the_job(rig: Rig) -> None:
+    """The planner reads jobs through a projection: a cap it cannot see would never stop."""
+    job_id = await rig.add_job(1)
+    now = rig.clock.now()
+    fields = {
+        "max_cost_usd": 2.5,
+        "lease_price_per_hour": 3.0,
+        "leased_at": now,
+        "budget_spent_usd": 0.5,
+        "budget_deadline_at": now + timedelta(seconds=60),
+        "budget_stop_requested_at": now,
+    }
+    await rig.db.jobs.update_one({"_id": job_id}, {"$set": fields})
+    job = await rig.store.get_job(job_id)
+    assert (job.max_cost_usd, job.lease_price_per_hour, job.budget_spent_usd) == (2.5, 3.0, 0.5)
+    assert job.leased_at is not None and job.budget_deadline_at is not None
+    assert job.budget_stop_requested

@@ -230,6 +230,9 @@ class ProvisionRunning(Event, frozen=True, kw_only=True):
     job_id: str
     provider: str
     endpoint: SshEndpoint
+    # The lease (the bill's start and price: `common.billing`), for a job's cost cap.
+    leased_at: datetime | None = None
+    price_per_hour: float = 0.0
 
 
 class ProvisionFailed(Event, frozen=True, kw_only=True):
@@ -281,6 +284,9 @@ class BatchCancelRequested(Event, frozen=True, kw_only=True):
     subject: ClassVar[str] = "batch.cancel_requested"
     batch_id: str
     job_id: str
+    # "" (the user cancelled) or "budget_exceeded" (the job's cost cap: the batch ends `failed`
+    # and its unsent lines are `budget_exceeded` in the error file).
+    reason: str = ""
 
 
 class BatchStatusReported(Event, frozen=True, kw_only=True):

@@ -13,9 +13,12 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from neobatch.common.budget_store import BudgetStore
 from neobatch.common.clock import Clock
 from neobatch.common.errors import ConfigError
 from neobatch.common.runtime import ServiceRuntime
+from neobatch.common.throughput_store import ThroughputStore
+from neobatch.console.admin.budget_routes import BudgetController
 from neobatch.console.admin.routes import KeyController, QuotaController
 from neobatch.console.bodies import check_json_body
 from neobatch.console.catalog.routes import ModelController, list_offers
@@ -63,6 +66,7 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
             ModelController,
             JobController,
             QuotaController,
+            BudgetController,
             KeyController,
             *webhook_routes(aibrix=True),
             job_capabilities,
@@ -172,6 +176,7 @@ def _lifespan(settings: ConsoleSettings, clock: Clock | None) -> Lifespan:
             app.state.job_store = jobs
             app.state.webhook_store = webhooks
             app.state.quota_store = QuotaStore(runtime.db)
+            app.state.budget_store = BudgetStore(runtime.db)
             app.state.job_service = JobService(
                 jobs,
                 files,
@@ -182,6 +187,8 @@ def _lifespan(settings: ConsoleSettings, clock: Clock | None) -> Lifespan:
                 quotas=app.state.quota_store,
                 max_queued_jobs=settings.max_queued_jobs_per_project,
                 max_line_bytes=settings.common.max_input_line_bytes,
+                throughput=ThroughputStore(runtime.db),
+                budgets=app.state.budget_store,
             )
             yield
         finally:

@@ -33,7 +33,7 @@ from neobatch.common.contracts import (
     ProvisionRequested,
     ProvisionRunning,
 )
-from neobatch.planner import policy
+from neobatch.planner import budget, policy
 from neobatch.planner.policy import Limits
 
 DEFAULT_LIMITS = Limits()
@@ -94,6 +94,14 @@ class Job(msgspec.Struct, kw_only=True):
     # For ranking offers by cost per job: whose throughput applies, how many requests.
     template_id: str = ""
     request_count: int = 0
+    # The job's cost cap (planner/budget.py): the current machine's lease, what earlier
+    # machines cost, when the cap is reached, and whether the agent was asked to stop.
+    max_cost_usd: float | None = None
+    lease_price_per_hour: float = 0.0
+    leased_at: datetime | None = None
+    budget_spent_usd: float = 0.0
+    budget_deadline_at: datetime | None = None
+    budget_stop_requested: bool = False
 
 
 class DeadlinePassed(msgspec.Struct, frozen=True):
@@ -101,6 +109,14 @@ class DeadlinePassed(msgspec.Struct, frozen=True):
 
     job_id: str
     subject = "deadline"
+
+
+class ProjectOverBudget(msgspec.Struct, frozen=True):
+    """Not an event on the wire: the job's project spent its monthly budget and its operator
+    asked for running jobs to stop (`project_budgets.stop_running_jobs`)."""
+
+    job_id: str
+    subject = "project_over_budget"
 
 
 class DeadLettered(msgspec.Struct, frozen=True):
@@ -176,7 +192,7 @@ def _release(job: Job, now: datetime, reason: str) -> list[Event]:
 
 def decide(
     job: Job,
-    event: Event | DeadlinePassed | DeadLettered,
+    event: Event | DeadlinePassed | DeadLettered | ProjectOverBudget,
     now: datetime,
     limits: Limits = DEFAULT_LIMITS,
 ) -> Decision | None:
@@ -184,16 +200,26 @@ def decide(
     decision = _decide(job, event, now, limits)
     if decision is not None and decision.status is not None:
         expires_at = decision.fields.get("expires_at") or job.expires_at
-        decision.fields["deadline_at"] = _deadline(decision.status, now, expires_at, limits)
+        deadline = _deadline(decision.status, now, expires_at, limits)
+        if decision.status in _BATCH_HANDED_OVER and not job.budget_stop_requested:
+            # A capped job's cost deadline, when earlier (budget.py).
+            cost = decision.fields.get("budget_deadline_at", job.budget_deadline_at)
+            deadline = budget.earliest(deadline, cost)
+        decision.fields["deadline_at"] = deadline
     return decision
 
 
 def _decide(
-    job: Job, event: Event | DeadlinePassed | DeadLettered, now: datetime, limits: Limits
+    job: Job,
+    event: Event | DeadlinePassed | DeadLettered | ProjectOverBudget,
+    now: datetime,
+    limits: Limits,
 ) -> Decision | None:
     match event:
+        case ProjectOverBudget():
+            return _stop_for_budget(job, now, limits, "project monthly budget spent")
         case DeadlinePassed():
-            return _on_deadline(job, now)
+            return _on_budget_deadline(job, now, limits) or _on_deadline(job, now)
         case DeadLettered():
             return _on_dead_lettered(job, event, now)
         case JobQueued():
@@ -201,7 +227,7 @@ def _decide(
         case JobCancelRequested():
             return _on_cancel_requested(job, now)
         case ProvisionRunning():
-            return _on_provision_running(job, event, now)
+            return _on_provision_running(job, event, now, limits)
         case ProvisionFailed():
             return _on_provision_failed(job, event, now)
         case ProvisionLost():
@@ -247,7 +273,9 @@ def _on_cancel_requested(job: Job, now: datetime) -> Decision | None:
     return _move(job, JobStatus.CANCELLING, now, "cancel requested", events=events)
 
 
-def _on_provision_running(job: Job, event: ProvisionRunning, now: datetime) -> Decision | None:
+def _on_provision_running(
+    job: Job, event: ProvisionRunning, now: datetime, limits: Limits
+) -> Decision | None:
     if event.provision_id != job.provision_id or job.status is not JobStatus.RESOURCE_PREPARING:
         return None
     batch = BatchRequested(
@@ -271,7 +299,13 @@ def _on_provision_running(job: Job, event: ProvisionRunning, now: datetime) -> D
         JobStatus.SUBMITTING,
         now,
         f"machine ready ({event.provider})",
-        fields={"batch_handed_over": True, "expires_at": batch.expires_at},
+        fields={
+            "batch_handed_over": True,
+            "expires_at": batch.expires_at,
+            **budget.lease_fields(
+                job.max_cost_usd, job.budget_spent_usd, event, now, limits.budget_stop_seconds
+            ),
+        },
         events=[batch],
     )
 
@@ -324,7 +358,14 @@ def _on_batch_terminal(job: Job, event: BatchTerminal, now: datetime) -> Decisio
     if job.status.is_terminal:
         return _late_batch_files(job, event)
     status = _BATCH_TERMINAL[event.status]
-    if job.status is JobStatus.CANCELLING:
+    budget_stop = job.budget_stop_requested and event.status in (
+        BatchStatus.CANCELLED,
+        BatchStatus.FAILED,
+    )
+    if budget_stop:
+        # The agent stopped the batch at the job's cost cap (a cancel from an older agent too).
+        status = JobStatus.FAILED
+    elif job.status is JobStatus.CANCELLING:
         # The user asked to cancel; a batch that finished anyway keeps all its output.
         status = JobStatus.CANCELLED
     if status is JobStatus.FAILED and event.error_code in policy.SUBMIT_FAILURE_CODES:
@@ -341,6 +382,9 @@ def _on_batch_terminal(job: Job, event: BatchTerminal, now: datetime) -> Decisio
     # An error from an earlier attempt never outlives a batch that ended without one.
     fields["error_code"] = event.error_code if event.error_message else None
     fields["error_message"] = event.error_message or None
+    if budget_stop:
+        fields["error_code"] = budget.BUDGET_EXCEEDED
+        fields["error_message"] = budget.exceeded_message(job.max_cost_usd)
     reason = event.error_message or f"batch {event.status.value}"
     return _move(
         job, status, now, reason, fields=fields, events=_release(job, now, f"job {status.value}")
@@ -435,6 +479,7 @@ def _on_provision_lost(
     release = _release(job, now, "machine lost")
     if job.status is JobStatus.CANCELLING:
         return _move(job, JobStatus.CANCELLED, now, "cancelled; machine lost", events=release)
+    spent = job.budget_spent_usd + budget.spent_on(job.lease_price_per_hour, job.leased_at, now)
     lost_attempt = policy.provision_attempt(event.provision_id)
     attempt = lost_attempt + 1
     if attempt > limits.max_provision_attempts:
@@ -451,7 +496,7 @@ def _on_provision_lost(
         JobStatus.RESOURCE_PREPARING,
         now,
         f"machine lost ({event.reason}); provisioning attempt {attempt}",
-        fields={"provision_id": provision_id},
+        fields={"provision_id": provision_id, "budget_spent_usd": spent},
         events=[*release, request],
     )
     # A replacement does not queue for a provisioning slot: the job was admitted long ago, and
@@ -469,3 +514,39 @@ def _on_dead_lettered(job: Job, event: DeadLettered, now: datetime) -> Decision 
         f"event_dead_lettered: {event.failed_subject} could not be handled after repeated attempts"
     )
     return _end_with_error(job, JobStatus.FAILED, now, "event_dead_lettered", message, "job failed")
+
+
+def _on_budget_deadline(job: Job, now: datetime, limits: Limits) -> Decision | None:
+    """A capped job reached its cost deadline (budget.py): ask the agent to stop the batch with
+    `budget_exceeded`, and wait for it at most `cancel_seconds`; past that, end the job here."""
+    if job.status not in _BATCH_HANDED_OVER:
+        return None
+    if job.budget_stop_requested:
+        message = budget.exceeded_message(job.max_cost_usd)
+        return _end_with_error(
+            job, JobStatus.FAILED, now, budget.BUDGET_EXCEEDED, message, "job over its budget"
+        )
+    due = job.budget_deadline_at
+    if due is None or now < due:
+        return None
+    return _stop_for_budget(job, now, limits, "cost cap reached")
+
+
+def _stop_for_budget(job: Job, now: datetime, limits: Limits, why: str) -> Decision | None:
+    """Ask the agent to stop a handed-over batch with `budget_exceeded` (once)."""
+    if job.status not in _BATCH_HANDED_OVER or job.budget_stop_requested:
+        return None
+    stop = BatchCancelRequested(
+        batch_id=job.batch_id, job_id=job.id, reason=budget.BUDGET_EXCEEDED, occurred_at=now
+    )
+    return Decision(
+        fields={
+            "budget_stop_requested_at": now,
+            "deadline_at": budget.earliest(
+                now + timedelta(seconds=limits.cancel_seconds),
+                job.expires_at and job.expires_at + timedelta(seconds=limits.expiry_grace_seconds),
+            ),
+        },
+        events=[stop],
+        reason=f"{why}: stopping the batch",
+    )

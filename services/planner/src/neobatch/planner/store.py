@@ -61,6 +61,8 @@ FREE_SLOT = {"job_id": None, "active": True}
 
 
 # Only what `job_from_doc` reads: a job document also carries metadata, counts, errors...
+# The cost cap's fields (planner/budget.py), stored on the job under the same names.
+BUDGET_FIELDS = ("lease_price_per_hour", "leased_at", "budget_spent_usd", "budget_deadline_at")
 JOB_FIELDS = {
     field: 1
     for field in (
@@ -84,6 +86,9 @@ JOB_FIELDS = {
         "created_at",
         "model_template_id",
         "request_counts",
+        "max_cost_usd",
+        "budget_stop_requested_at",
+        *BUDGET_FIELDS,
     )
 }
 
@@ -111,6 +116,12 @@ def job_from_doc(doc: dict[str, Any]) -> Job:
         created_at=doc.get("created_at"),
         template_id=str(doc.get("model_template_id") or ""),
         request_count=int((doc.get("request_counts") or {}).get("total") or 0),
+        max_cost_usd=doc.get("max_cost_usd"),
+        lease_price_per_hour=float(doc.get("lease_price_per_hour") or 0.0),
+        leased_at=doc.get("leased_at"),
+        budget_spent_usd=float(doc.get("budget_spent_usd") or 0.0),
+        budget_deadline_at=doc.get("budget_deadline_at"),
+        budget_stop_requested=doc.get("budget_stop_requested_at") is not None,
     )
 
 
@@ -124,9 +135,11 @@ def written_job(job: Job, decision: Decision) -> Job:
     changes: dict[str, Any] = {"version": job.version + 1}
     if decision.status is not None:
         changes["status"] = decision.status
-    for field in ("provision_id", "batch_handed_over", "expires_at"):
+    for field in ("provision_id", "batch_handed_over", "expires_at", *BUDGET_FIELDS):
         if field in decision.fields:
             changes[field] = decision.fields[field]
+    if "budget_stop_requested_at" in decision.fields:
+        changes["budget_stop_requested"] = True
     return msgspec.structs.replace(job, **changes)
 
 
@@ -304,6 +317,14 @@ class JobStore:
         )
         if taken.modified_count != 1:
             raise NoSlotFree
+
+    async def list_running_job_ids(self, project: str, limit: int = 1000) -> list[str]:
+        """The project's jobs holding a batch (a project budget may stop them)."""
+        handed = ["submitting", "batch_created", "in_progress", "finalizing"]
+        cursor = self._jobs.find(
+            {**_of_project(project), "status": {"$in": handed}}, {"_id": 1}, limit=limit
+        )
+        return [doc["_id"] async for doc in cursor]
 
     async def get_job(self, job_id: str) -> Job:
         doc = await self._jobs.find_one({"_id": job_id}, JOB_FIELDS)

@@ -20,7 +20,7 @@ from neobatch.common.contracts import JobStatus
 from neobatch.common.errors import Conflict
 from neobatch.console.jobs.batch_view import batch_view
 from neobatch.console.jobs.routes import bills
-from neobatch.console.jobs.schemas import BatchList, BatchOut, CreateBatch, CreateJob
+from neobatch.console.jobs.schemas import BatchList, BatchOut, CreateBatch, CreateJob, max_cost
 from neobatch.console.jobs.service import JobService
 from neobatch.console.jobs.store import JobStore
 from neobatch.console.keys.auth import Caller
@@ -29,6 +29,7 @@ from neobatch.console.paging import PageLimit, page_ends
 TEMPLATE_NAME_KEY = "neobatch.template_name"
 TEMPLATE_VERSION_KEY = "neobatch.template_version"
 PROVIDER_KEY = "neobatch.provider"
+MAX_COST_KEY = "neobatch.max_cost_usd"  # the job's cost cap (checked by CreateBatch)
 
 
 def job_request(data: CreateBatch) -> CreateJob:
@@ -43,6 +44,7 @@ def job_request(data: CreateBatch) -> CreateJob:
         provider=metadata.get(PROVIDER_KEY),
         client=data.aibrix.client if data.aibrix else None,
         metadata=metadata,
+        max_cost_usd=max_cost(metadata.get(MAX_COST_KEY)),
     )
 
 

@@ -258,4 +258,5 @@ def job_view(
         bill=bill if bill is not None else bill_of(job, [], None),
         **times,
         placement=placement_view(provision),
+        max_cost_usd=job.get("max_cost_usd"),
     )
