@@ -39,6 +39,12 @@ JSON_ROUTES = [
     ("PUT", QUOTAS_PATH),
     ("PUT", BUDGET_PATH),
     ("POST", KEYS_PATH),
+    ("POST", "/v1/webhook_endpoints"),
+    ("POST", "/v1/webhook_endpoints/we_0"),
+    ("POST", "/v1/webhook_endpoints/we_0/rotate_secret"),
+    ("POST", "/api/v1/webhooks"),
+    ("POST", "/api/v1/webhooks/we_0"),
+    ("POST", "/api/v1/webhooks/we_0/rotate_secret"),
 ]
 
 
@@ -106,6 +112,7 @@ async def _stored(api: Any) -> int:
         "project_quotas",
         "project_budgets",
         "api_keys",
+        "webhook_endpoints",
     )
     return sum([await api.count(c) for c in collections])
 
@@ -123,6 +130,7 @@ async def test_every_json_route_is_covered(api: Any) -> None:
         path.replace("model-qwen2-5-7b-instruct", "{model_id}")
         .replace("tmpl_0", "{template_id}")
         .replace("/projects/default/", "/projects/{project}/")
+        .replace("/we_0", "/{endpoint_id}")
         for _, path in JSON_ROUTES
     }
     assert with_json == routes
