@@ -13,7 +13,7 @@ from typing import Any
 
 from neobatch.sim import real_engine
 from neobatch.sim.bench.dispatch.rig import BenchRig
-from neobatch.sim.bench.engine import workload
+from neobatch.sim.bench.engine import breakdown, workload
 from neobatch.sim.bench.engine.agent import EngineJob, run_agent
 from neobatch.sim.testing import servers
 
@@ -211,7 +211,7 @@ def run_batch_vs_job(
         model_id = console.ensure_model()
         template = real_engine.template("bench-engine", engine.model, servers.free_port())
         console.create_template(model_id, template)
-        started = time.perf_counter()
+        started, upload_started = time.perf_counter(), time.time()
         file_id = console.upload(lines)
         job = console.create_job(file_id, model_id, "bench-engine", provider="runpod")
         job = console.wait_job(
@@ -225,6 +225,7 @@ def run_batch_vs_job(
         console.close()
     finally:
         stack.stop()
+    figures["job_steps"] = breakdown.job_steps(workdir / "stack" / "logs", upload_started)
     return figures
 
 
@@ -254,3 +255,4 @@ def print_run_batch(f: dict[str, Any], requests: int) -> None:
         ratio = f["job_seconds"] / f["run_batch_seconds"] if f["run_batch_seconds"] else 0.0
         print(f"neobatch whole job:     {f['job_seconds']:8.1f} s  ({f['job_status']}, "
               f"{f['job_completed']} completed)  = {ratio:.2f}x run_batch")  # fmt: skip
+        breakdown.print_steps(f.get("job_steps", []), f["job_seconds"])
