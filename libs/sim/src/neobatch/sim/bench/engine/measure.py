@@ -11,13 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neobatch.runtime_agent.machine.launch import DEFAULT_VLLM_SWITCHES
 from neobatch.sim import real_engine
 from neobatch.sim.bench.dispatch.rig import BenchRig
 from neobatch.sim.bench.engine import breakdown, workload
 from neobatch.sim.bench.engine.agent import EngineJob, run_agent
 from neobatch.sim.testing import servers
 
-PREFIX_FLAGS = ("--enable-prefix-caching", "--enable-prompt-tokens-details")
+# The switches every neobatch launch adds (prefix cache, cached-token usage, no access log): the
+# engine of (a) and (c) runs as neobatch would start it, for the direct client and the agent.
+ENGINE_FLAGS = DEFAULT_VLLM_SWITCHES
 PREFIX_CONCURRENCY = 256
 _LOG_BASICS = frozenset(
     {"at", "level", "logger", "message", "batch_id", "job_id", "requests_per_second", "sent"}
@@ -69,7 +72,7 @@ class Served:
         self.runs = 0
 
     def __enter__(self) -> Served:
-        argv = self.engine.server_argv(self.port, workload.MODEL, *PREFIX_FLAGS, *self.extra)
+        argv = self.engine.server_argv(self.port, workload.MODEL, *ENGINE_FLAGS, *self.extra)
         self.process = servers.ManagedProcess(argv, self.workdir / "engine.log", name="vllm")
         try:
             took = real_engine.wait_healthy(self.url, real_engine.START_SECONDS, self.process.alive)
