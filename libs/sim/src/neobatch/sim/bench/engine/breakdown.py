@@ -47,8 +47,8 @@ def _records(path: Path) -> list[dict[str, Any]]:
 
 
 def job_steps(log_dir: Path, upload_started: float) -> list[tuple[str, float]]:
-    """(step, seconds since `upload_started` (a time.time())) for each step found, in order;
-    the first request is placed at the dispatch's end minus its `seconds`."""
+    """(step, seconds since `upload_started` (a time.time())) for each step found, in time
+    order; the dispatch's start is its end minus its `seconds`."""
     logs = {name: _records(log_dir / f"{name}.log") for name in ("planner", "runtime-agent")}
     steps: list[tuple[str, float]] = []
     for step, service, message, match in _STEPS:
@@ -59,10 +59,11 @@ def job_steps(log_dir: Path, upload_started: float) -> list[tuple[str, float]]:
                 continue
             at = datetime.fromisoformat(record["at"]).timestamp() - upload_started
             if message == "dispatch ended" and isinstance(record.get("seconds"), int | float):
-                steps.append(("first request sent", at - float(record["seconds"])))
+                began = at - float(record["seconds"])
+                steps.append(("dispatch began (order planned, then the first request)", began))
             steps.append((step, at))
             break
-    return steps
+    return sorted(steps, key=lambda step: step[1])
 
 
 def print_steps(steps: list[tuple[str, float]], job_seconds: float) -> None:
