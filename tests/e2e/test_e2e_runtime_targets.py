@@ -109,7 +109,7 @@ def test_runpod_runs_vllm_serve_in_the_pod(clouds: Clouds) -> None:
             "vllm", "serve", "org/sim-chat-1b", "--host", "127.0.0.1", "--port", str(port),
             "--served-model-name", MODEL, "--max-model-len", "4096",
             "--gpu-memory-utilization", "0.85", "--tensor-parallel-size", "2",
-            "--enable-prefix-caching", "--enable-prompt-tokens-details",
+            "--enable-prefix-caching", "--enable-prompt-tokens-details", "--disable-uvicorn-access-log",
         ]
     ]  # fmt: skip
 
@@ -128,7 +128,7 @@ def test_lambda_runs_the_image_with_docker_on_the_vm(clouds: Clouds) -> None:
         "--gpus", "all", "--ipc=host", "-p", f"127.0.0.1:{port}:8000", "vllm/vllm-openai:v0.9.1",
         "--model", "org/sim-chat-1b", "--served-model-name", MODEL,
         "--host", "0.0.0.0", "--port", "8000",
-        "--enable-prefix-caching", "--enable-prompt-tokens-details",
+        "--enable-prefix-caching", "--enable-prompt-tokens-details", "--disable-uvicorn-access-log",
     ]  # fmt: skip
     # Checked first (Docker and its NVIDIA runtime), removed at the end.
     assert docker.index(["docker", "info", "--format", "{{json .Runtimes}}"]) < docker.index(

@@ -13,6 +13,7 @@ import logging
 from collections import Counter
 
 from neobatch.common.contracts import BatchStatus
+from neobatch.runtime_agent.engine.client import engine_dead_reply
 from neobatch.runtime_agent.machine.engine_exit import EngineExitWatch
 
 CRASH = "RuntimeError: CUDA error: an illegal memory access was encountered"
@@ -106,3 +107,52 @@ async def test_a_check_begun_before_a_failure_does_not_clear_the_engine():
     assert await asyncio.gather(*late) == [True] * 5
     assert calls == 2 and watch.exited
     assert await watch.confirm() is True and calls == 2
+
+
+async def test_an_engine_dead_500_is_an_engine_exit_not_failed_lines(
+    make_harness, agent, caplog, tmp_path
+):
+    """vLLM whose engine core died under a live API server answers every request with a 500
+    (`EngineDeadError`: "EngineCore encountered an issue...") and its /health with 503; with
+    VLLM_KEEP_ALIVE_ON_ENGINE_DEATH=1 it never exits. That is the engine's death, not each
+    line's failure: the dead server is stopped, a new one started, and no line is lost."""
+    caplog.set_level(logging.INFO, logger="neobatch.runtime_agent")
+    harness = await make_harness()
+    lines = agent.chat_lines(60)
+    once = str(tmp_path / "died")
+    spec = _dies_after(agent, 15, "--exit-mode", "dead", "--exit-once-file", once)
+    event = await harness.submit(lines, spec)
+    batch = await harness.wait_terminal(event.batch_id, within_seconds=90)
+
+    assert batch.status is BatchStatus.COMPLETED, batch.error_message
+    output = await harness.read_file(batch.output_file_id)
+    errors = await harness.read_file(batch.error_file_id)
+    assert errors == []
+    assert Counter(r["custom_id"] for r in output) == Counter(r["custom_id"] for r in lines)
+    assert all(r["response"]["status_code"] == 200 for r in output)
+    [exited] = _exits(caplog)
+    assert exited["engine_error"] == CRASH
+    started = [
+        r
+        for r in caplog.records
+        if r.getMessage() == "engine launched" and r.fields["how"] == "started"
+    ]
+    assert len(started) == 2
+
+
+# vLLM 0.32's answer once its engine core died (vllm_error.engine_error_handler).
+VLLM_ENGINE_DEAD = (
+    b'{"error":{"message":"EngineCore encountered an issue. See stack trace (above) for the '
+    b'root cause.","type":"InternalServerError","param":null,"code":500}}'
+)
+
+
+def test_only_an_engine_dead_reply_counts_as_the_engine_dying():
+    assert engine_dead_reply(500, VLLM_ENGINE_DEAD)
+    # An ordinary 500 is the request's (retried, then its line fails); a 200 or a 400 that
+    # quotes the words (a prompt, an echo) is an answer; so is a long body.
+    other = b'{"error":{"message":"simulated engine failure","type":"InternalServerError"}}'
+    assert not engine_dead_reply(500, other)
+    assert not engine_dead_reply(200, VLLM_ENGINE_DEAD)
+    assert not engine_dead_reply(400, VLLM_ENGINE_DEAD)
+    assert not engine_dead_reply(500, VLLM_ENGINE_DEAD + b" " * 5000)

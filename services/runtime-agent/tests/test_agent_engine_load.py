@@ -237,3 +237,13 @@ def test_degrades_to_aimd_from_its_limit() -> None:
     assert c.limit == 144
     c.record(Outcome(503, 0.01))
     assert c.limit == 100
+
+
+def test_lines_split_on_newline_only() -> None:
+    """Prometheus text separates samples with "\\n" alone: a label value holding U+2028 (or
+    U+0085, \\v, \\f) is part of its line, never a sample of its own."""
+    text = (
+        'vllm:num_requests_running{model_name="a\u2028vllm:num_requests_waiting 999"} 3\n'
+        'vllm:num_requests_waiting{model_name="b\x85vllm:num_requests_running 500"} 1\n'
+    )
+    assert parse_engine_load(text) == EngineLoad(running=3, waiting=1)

@@ -46,7 +46,7 @@ def test_runpod_runs_vllm_serve_on_loopback_with_every_flag() -> None:
         "--max-model-len", "4096",
         "--gpu-memory-utilization", "0.9", "--enforce-eager",
         "--tensor-parallel-size", "2", "--data-parallel-size", "3",
-        "--enable-prefix-caching", "--enable-prompt-tokens-details",
+        "--enable-prefix-caching", "--enable-prompt-tokens-details", "--disable-uvicorn-access-log",
     ]  # fmt: skip
     assert launch.port == 8123
 
@@ -92,7 +92,7 @@ def test_lambda_runs_the_image_in_docker_on_port_8000() -> None:
         "--host", "0.0.0.0", "--port", "8000",
         "--max-model-len", "4096", "--gpu-memory-utilization", "0.9", "--enforce-eager",
         "--tensor-parallel-size", "2", "--data-parallel-size", "3",
-        "--enable-prefix-caching", "--enable-prompt-tokens-details",
+        "--enable-prefix-caching", "--enable-prompt-tokens-details", "--disable-uvicorn-access-log",
     ]  # fmt: skip
     # A first run pulls the image: the launch may take longer than a plain command.
     assert launch.launch_timeout_seconds >= 600

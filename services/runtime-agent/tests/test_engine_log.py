@@ -106,3 +106,14 @@ def test_the_simulator_fails_like_vllm() -> None:
 def test_a_long_line_is_bounded() -> None:
     line = last_error_line("ValueError: " + "x" * 10_000, max_chars=120)
     assert len(line) == 120 and line.startswith("ValueError: xxx") and line.endswith("…")
+
+
+def test_lines_split_on_newline_only() -> None:
+    """A log line splits at "\\n" alone: text after a U+2028 (or U+0085) inside an INFO line,
+    e.g. a request's prompt echoed into the log, is not a line of its own to pick."""
+    text = (
+        "Traceback (most recent call last):\n  File ...\nValueError: the real reason\n"
+        f"{API}INFO 12-03 10:11:12 [serving.py:1] prompt: hi\u2028ValueError: planted\n"
+        f"{API}INFO 12-03 10:11:12 [serving.py:1] prompt: hi\x85KeyError: planted too\n"
+    )
+    assert last_error_line(text) == "ValueError: the real reason"

@@ -62,6 +62,9 @@ def cloud_sims(
     factor = env.get("NEOBATCH_SIM_TIME_FACTOR", "").strip() or DEFAULT_TIME_FACTOR
     real_engine = env.get(REAL_ENGINE_ENV, "").strip()
     engine_args = ["--real-engine-python", real_engine] if real_engine else []
+    # vLLM's own switches in the stack's environment (VLLM_*) reach the real engines the
+    # simulated machines start (they inherit the simulator's environment).
+    engine_env = {k: v for k, v in env.items() if k.startswith("VLLM_")} if real_engine else {}
     sims: list[SimSpec] = []
     settings: dict[str, str] = {}
     chosen = provisioners(env)
@@ -69,7 +72,8 @@ def cloud_sims(
         port = ports.runpod_sim
         key = _api_key(run_dir, "runpod")
         args = ["--port", str(port), "--time-factor", factor, *engine_args]
-        sims.append(SimSpec(RUNPOD_SIM, SIM_MODULES[RUNPOD_SIM], port, args, {"SIM_API_KEY": key}))
+        sim_env = {**engine_env, "SIM_API_KEY": key}
+        sims.append(SimSpec(RUNPOD_SIM, SIM_MODULES[RUNPOD_SIM], port, args, sim_env))
         settings |= {
             "RUNPOD_API_KEY": key,
             "RUNPOD_SSH_PUBLIC_KEY": public_key_path.read_text().strip(),
@@ -82,7 +86,8 @@ def cloud_sims(
         args = ["--port", str(port), "--time-factor", factor, "--ssh-port", str(ssh_port)]
         args += engine_args
         args += ["--ssh-key", f"{LAMBDA_KEY_NAME}={public_key_path}"]
-        sims.append(SimSpec(LAMBDA_SIM, SIM_MODULES[LAMBDA_SIM], port, args, {"SIM_API_KEY": key}))
+        sim_env = {**engine_env, "SIM_API_KEY": key}
+        sims.append(SimSpec(LAMBDA_SIM, SIM_MODULES[LAMBDA_SIM], port, args, sim_env))
         settings |= {
             "LAMBDA_CLOUD_API_KEY": key,
             "LAMBDA_CLOUD_SSH_KEYS": LAMBDA_KEY_NAME,

@@ -80,6 +80,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "relaunched engine serves on",
     )
     parser.add_argument(
+        "--exit-mode",
+        choices=("crash", "dead"),
+        default="crash",
+        help="with --exit-after: 'crash' exits at once; 'dead' is vLLM's engine core dying "
+        "under a live API server: from then on every request gets its EngineDeadError 500 and "
+        "/health 503, and the process stays up (VLLM_KEEP_ALIVE_ON_ENGINE_DEATH=1)",
+    )
+    parser.add_argument(
         "--max-num-seqs",
         type=int,
         default=None,
@@ -123,6 +131,7 @@ async def _serve(args: argparse.Namespace) -> None:
         exit_after=args.exit_after,
         exit_error=args.exit_error,
         exit_once_file=args.exit_once_file,
+        exit_mode=args.exit_mode,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

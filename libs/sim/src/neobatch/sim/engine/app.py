@@ -34,7 +34,7 @@ from neobatch.sim.engine.replies import (
     compute_response,
     error_body,
 )
-from neobatch.sim.engine.startup import exit_now
+from neobatch.sim.engine.startup import ENGINE_DEAD_MESSAGE, die_serving, exit_now
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +80,10 @@ class EngineConfig:
     exit_after: int | None = None
     exit_error: str = "RuntimeError: CUDA error: an illegal memory access was encountered"
     exit_once_file: str | None = None
+    # "crash": exit at once; "dead": vLLM's engine core dying under a live API server (kept
+    # alive as with VLLM_KEEP_ALIVE_ON_ENGINE_DEATH=1): every request from then on gets its
+    # EngineDeadError 500 and /health 503, and the process stays up.
+    exit_mode: str = "crash"
 
 
 FAILURE_MODES = ("request", "attempt")
@@ -103,6 +107,7 @@ class _EngineState:
     attempts: Counter[str] = field(default_factory=Counter)
     log_file: IO[str] | None = None
     cache: PrefixCache | None = None
+    dead: bool = False  # `exit_mode` "dead" happened: the engine core is gone
 
     def ready(self) -> bool:
         return time.monotonic() - self.started_at >= self.config.startup_delay_seconds
@@ -130,7 +135,8 @@ async def _health(request: web.Request) -> web.Response:
     state = request.app[_STATE]
     if not state.ready():
         return _loading()
-    return web.Response(status=200, body=b"")
+    # vLLM: 503 with no body once its engine core is dead.
+    return web.Response(status=503 if state.dead else 200, body=b"")
 
 
 async def _models(request: web.Request) -> web.Response:
@@ -150,8 +156,18 @@ async def _api(request: web.Request) -> web.StreamResponse:
         return await _answer(request, state, _loading(), request_id, 0)
     raw = await request.read()
     config = state.config
-    if config.exit_after is not None and sum(state.responses.values()) >= config.exit_after:
-        exit_now(config.exit_error, config.exit_once_file)
+    if (
+        config.exit_after is not None
+        and not state.dead
+        and sum(state.responses.values()) >= config.exit_after
+    ):
+        if config.exit_mode == "dead":
+            state.dead = die_serving(config.exit_error, config.exit_once_file)
+        else:
+            exit_now(config.exit_error, config.exit_once_file)
+    if state.dead:
+        dead = error_body(ENGINE_DEAD_MESSAGE, "InternalServerError", 500)
+        return await _answer(request, state, _json_response(500, dead), request_id, 0)
     key = request_id or hashlib.sha256(raw).hexdigest()
     state.attempts[key] += 1
     attempt = state.attempts[key]

@@ -62,16 +62,41 @@ def crash_log(error: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# What vLLM 0.32 answers every request with once its engine core died while the API server
+# still runs (`EngineDeadError`, HTTP 500), until the server exits (at once, unless started with
+# VLLM_KEEP_ALIVE_ON_ENGINE_DEATH=1); its /health says 503 meanwhile.
+ENGINE_DEAD_MESSAGE = "EngineCore encountered an issue. See stack trace (above) for the root cause."
+
+
+def first_time(once_file: str | None) -> bool:
+    """False when `once_file` exists already (it is created otherwise): a relaunched engine
+    started with the same file serves on."""
+    if once_file is None:
+        return True
+    try:
+        with open(once_file, "x"):
+            return True
+    except FileExistsError:
+        return False
+
+
+def die_serving(error: str, once_file: str | None) -> bool:
+    """The engine core dies but the API server lives on (`--exit-mode dead`): print
+    `crash_log` to stderr and return True (from now on every request gets vLLM's
+    EngineDeadError 500); False when `once_file` says it died before."""
+    if not first_time(once_file):
+        return False
+    sys.stderr.write(crash_log(error))
+    sys.stderr.flush()
+    return True
+
+
 def exit_now(error: str, once_file: str | None) -> bool:
     """Die as a crashed engine: print `crash_log` to stderr and exit 1 at once (no cleanup,
     in-flight connections reset). With `once_file`: only when it does not exist yet (it is
     created first), so a relaunched engine serves on. Returns False when it did not die."""
-    if once_file is not None:
-        try:
-            with open(once_file, "x"):
-                pass
-        except FileExistsError:
-            return False
+    if not first_time(once_file):
+        return False
     sys.stderr.write(crash_log(error))
     sys.stderr.flush()
     os._exit(1)

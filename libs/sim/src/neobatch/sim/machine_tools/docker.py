@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from neobatch.sim.machine_tools.machine import record
-from neobatch.sim.machine_tools.vllm import engine_argv, vllm_options
+from neobatch.sim.machine_tools.vllm import engine_argv, engine_env, vllm_options
 from neobatch.sim.procs import is_running, stop_pid
 
 
@@ -173,7 +173,7 @@ def _run(d: Docker, args: list[str]) -> int:
     if isinstance(argv, str):
         print(f"docker: container exited: {argv}", file=sys.stderr)
         return 125
-    pid = _start_detached(argv, d.dir / f"{name}.log")
+    pid = _start_detached(argv, d.dir / f"{name}.log", engine_env(d.cfg))
     container_id = secrets.token_hex(32)
     d.save(
         {
@@ -231,11 +231,11 @@ def _published(opts: dict[str, list[str]], inner_port: str) -> tuple[dict[str, s
     return ports, host_port
 
 
-def _start_detached(argv: list[str], log_path: Path) -> int:
+def _start_detached(argv: list[str], log_path: Path, env: dict[str, str]) -> int:
     """Start the container's process in its own session, output to its log; return its pid."""
     with open(log_path, "ab") as log, open(os.devnull, "rb") as null:
         proc = subprocess.Popen(
-            argv, stdin=null, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            argv, stdin=null, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
     return proc.pid
 

@@ -19,6 +19,8 @@ _VLLM_SWITCHES = frozenset(
         "--trust-remote-code",
         "--disable-log-requests",
         "--disable-log-stats",
+        "--disable-uvicorn-access-log",
+        "--no-disable-uvicorn-access-log",
         "--enable-prefix-caching",
         "--no-enable-prefix-caching",
         "--enable-prompt-tokens-details",
@@ -85,6 +87,15 @@ def real_engine_argv(python: str, port: int, vllm_args: list[str]) -> list[str] 
     return [python, "-m", REAL_ENGINE_MODULE, *args, "--host", "127.0.0.1", "--port", str(port)]
 
 
+def engine_env(cfg: dict[str, Any]) -> dict[str, str]:
+    """The engine's environment: the session's, and for the real engine vLLM's cache where
+    the machine was installed to keep it (``machine.real_engine_cache``)."""
+    env = dict(os.environ)
+    if cfg.get("real_engine_cache"):
+        env.setdefault("VLLM_CACHE_ROOT", cfg["real_engine_cache"])
+    return env
+
+
 def vllm(cfg: dict[str, Any], args: list[str]) -> int:
     record(cfg, "vllm", ["vllm", *args])
     if args[:1] in (["--version"], ["-v"]):
@@ -106,5 +117,5 @@ def vllm(cfg: dict[str, Any], args: list[str]) -> int:
     # Remembered so deleting the machine ends it; pid = the engine's after exec.
     (Path(cfg["state"]) / "procs" / str(os.getpid())).touch()
     sys.stdout.flush()
-    os.execv(argv[0], argv)
+    os.execve(argv[0], argv, engine_env(cfg))
     return 0  # not reached

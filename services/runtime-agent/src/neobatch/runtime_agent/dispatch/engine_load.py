@@ -97,9 +97,9 @@ def parse_engine_load(text: str, max_lines: int = 100_000) -> EngineLoad | None:
     """
     sums: dict[str, float] = {}
     kv: float | None = None
-    for n, line in enumerate(text.splitlines()):
-        if n >= max_lines:
-            break
+    # "\n" alone ends a line: str.splitlines() would also split inside a label value at
+    # U+2028, U+0085, \v or \f, and could make a fake sample of what follows.
+    for line in text.split("\n", max_lines)[:max_lines]:
         if not line.startswith(_WANTED) or len(line) > _MAX_LINE:
             continue
         name, value = _sample(line)

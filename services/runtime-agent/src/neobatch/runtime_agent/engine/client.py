@@ -135,6 +135,10 @@ class EngineClient:
         # process is known to have exited (`EngineExitWatch`): the request is not the one that
         # failed, and waits for the relaunched engine instead of being retried.
         self.engine_exited: Callable[[], Awaitable[bool]] = _not_exited
+        # Set by the engine session: called when a reply says the engine itself is dead
+        # (`engine_dead_reply`): it is then known to have exited, whether or not its server
+        # process still runs.
+        self.engine_dead: Callable[[], None] = _nothing
         # One connection per concurrent request, kept alive: no connect per request.
         # Each response is cut off past `max_response_bytes`: memory per request stays bounded.
         self._http = EngineHTTP(
@@ -211,10 +215,12 @@ class EngineClient:
         timeout_seconds: float,
         *,
         still_starting: Callable[[], Awaitable[bool]] | None = None,
-        poll_seconds: float = 0.5,
+        poll_seconds: float = 0.2,
     ) -> None:
         """Poll `health_endpoint` until it answers 200, or raise EngineNotReady at the deadline.
 
+        Polled every `poll_seconds` (0.2: a machine billed by the second should not idle half
+        a second after its engine is up; a refused connect through the tunnel costs little).
         `still_starting` is asked between polls (every few seconds) so an engine that crashed
         at start fails the batch now rather than after the whole ready timeout.
         """
@@ -281,6 +287,11 @@ class EngineClient:
                 )
             except EngineConnectionError as exc:
                 error = str(exc)
+            if status is not None and engine_dead_reply(status, raw):
+                # Not this request's failure: the engine died under it. It waits for the
+                # relaunched engine like a request whose connection the dead engine dropped.
+                self.engine_dead()
+                status, error = None, "the engine's core died (EngineDeadError)"
             self.controller.record(Outcome(status, time.monotonic() - started, timed_out))
             if status is None and (self.tunnel_down() or await self.engine_exited()):
                 break  # The tunnel or engine died, not the request: the next pass sends it.
@@ -332,5 +343,30 @@ def _result(
     return RequestResult(**base, status_code=status, body=raw)
 
 
+# What vLLM answers every request with once its engine core died (`EngineDeadError`, V1, 0.6 to
+# 0.32 at least: a 500 whose message is this) or, before V1, its background loop
+# (`AsyncEngineDeadError`). Its server exits right after, unless VLLM_KEEP_ALIVE_ON_ENGINE_DEATH.
+_ENGINE_DEAD_MARKS = (
+    b"EngineCore encountered an issue",
+    b"EngineDeadError",
+    b"Background loop has errored already",
+)
+# An engine-dead reply is a short error envelope; a longer body is some request's own answer.
+_ENGINE_DEAD_MAX_BYTES = 4096
+
+
+def engine_dead_reply(status: int, raw: bytes) -> bool:
+    """Whether an answer says the engine itself died (not that this request failed)."""
+    return (
+        status >= 500
+        and len(raw) <= _ENGINE_DEAD_MAX_BYTES
+        and any(mark in raw for mark in _ENGINE_DEAD_MARKS)
+    )
+
+
 async def _not_exited() -> bool:
     return False
+
+
+def _nothing() -> None:
+    return None

@@ -52,6 +52,11 @@ class EngineExitWatch:
                 return exited
         return True
 
+    def mark_dead(self) -> None:
+        """The engine said so itself (vLLM's EngineDeadError 500): it has exited, even if its
+        server process still runs (the session stops that before relaunching)."""
+        self.exited = True
+
     async def _ask(self) -> bool:
         try:
             running = await asyncio.wait_for(self._is_running(), self._timeout)

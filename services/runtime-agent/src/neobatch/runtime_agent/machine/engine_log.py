@@ -99,7 +99,9 @@ def last_error_line(text: str, max_chars: int = MAX_CHARS) -> str:
     wrapper.
     """
     message = wrapper = ""
-    for raw in reversed(text.splitlines()):
+    # "\n" alone ends a line (str.splitlines() also splits at U+2028, U+0085, \v, \f: text
+    # after one inside a logged prompt would pass for a line of its own); "\r" is `_clean`'s.
+    for raw in reversed(text.split("\n")):
         found = _error_text(_clean(raw))
         if found is None:
             continue

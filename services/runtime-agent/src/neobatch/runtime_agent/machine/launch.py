@@ -55,8 +55,15 @@ def _flag(key: str) -> str:
 
 # Added to every vLLM launch unless the template says either way itself (the flag, `=value`,
 # its `--no-` form, or the `engine_args` key, false included): prefix caching, and each
-# response's `usage.prompt_tokens_details.cached_tokens`, which the batch's usage sums.
-DEFAULT_VLLM_SWITCHES = ("--enable-prefix-caching", "--enable-prompt-tokens-details")
+# response's `usage.prompt_tokens_details.cached_tokens`, which the batch's usage sums; no
+# uvicorn access log, whose line per request cost the engine's API server CPU at every
+# request and buried the engine's own error lines in its log (request logging itself is off
+# by default since vLLM 0.10: `--enable-log-requests`; 0.32 has no `--disable-log-requests`).
+DEFAULT_VLLM_SWITCHES = (
+    "--enable-prefix-caching",
+    "--enable-prompt-tokens-details",
+    "--disable-uvicorn-access-log",
+)
 
 
 def _says(argv: list[str], engine: EngineSpec, flag: str) -> bool:

@@ -141,6 +141,7 @@ class EngineSession:
         client.tunnel_down = lambda: host.tunnel_down
         self._exit_watch = EngineExitWatch(lambda: host.is_running(launch))
         client.engine_exited = self._exit_watch.confirm
+        client.engine_dead = self._exit_watch.mark_dead
         try:
             await self._watch.race(
                 client.wait_ready(
@@ -179,7 +180,18 @@ class EngineSession:
             await self._exit_watch.close()
         if self._host is None:
             return ""
-        return await self._engine_error(self._host, self._launch(), "engine exited mid-batch")
+        launch = self._launch()
+        reason = await self._engine_error(self._host, launch, "engine exited mid-batch")
+        # Whatever of it is left goes before the relaunch: a vLLM whose engine core died may
+        # keep its API server up (answering 500, /health 503), which the relaunch would
+        # otherwise find running and reuse. Stopping what already exited is a no-op.
+        try:
+            await self._host.stop(launch, self._settings.engine_stop_grace_seconds)
+        except (RemoteError, OSError, asyncssh.Error) as exc:
+            log.warning(
+                "could not stop the exited engine", extra=log_fields(**self._ids, error=str(exc))
+            )
+        return reason
 
     async def _explained(
         self, host: remote.RemoteHost, launch: EngineLaunch, exc: EngineNotReady

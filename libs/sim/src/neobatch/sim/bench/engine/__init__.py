@@ -14,7 +14,8 @@ model of ``neobatch.sim.real_engine``), printing three tables.
     reaching the real engine; the ratio is printed.
 (c) prefix — ``--prefix-requests`` requests over ``--prompts`` (20) distinct ~300-token system
     prompts, shuffled: cached prompt tokens (vLLM's ``usage.prompt_tokens_details``, the engine
-    runs with ``--enable-prefix-caching --enable-prompt-tokens-details``) and req/s, for the
+    runs with the switches every neobatch launch adds: ``--enable-prefix-caching
+    --enable-prompt-tokens-details --disable-uvicorn-access-log``) and req/s, for the
     direct client in input order and grouped by prompt (what prefix-aware ordering could reach),
     and for neobatch as it dispatches today; ``--agent-env-variant NAME=VALUE`` adds a neobatch
     run with other settings (e.g. a prefix-ordering switch, to compare against input order).

@@ -11,13 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neobatch.runtime_agent.machine.launch import DEFAULT_VLLM_SWITCHES
 from neobatch.sim import real_engine
 from neobatch.sim.bench.dispatch.rig import BenchRig
-from neobatch.sim.bench.engine import workload
+from neobatch.sim.bench.engine import breakdown, workload
 from neobatch.sim.bench.engine.agent import EngineJob, run_agent
 from neobatch.sim.testing import servers
 
-PREFIX_FLAGS = ("--enable-prefix-caching", "--enable-prompt-tokens-details")
+# The switches every neobatch launch adds (prefix cache, cached-token usage, no access log): the
+# engine of (a) and (c) runs as neobatch would start it, for the direct client and the agent.
+ENGINE_FLAGS = DEFAULT_VLLM_SWITCHES
 PREFIX_CONCURRENCY = 256
 _LOG_BASICS = frozenset(
     {"at", "level", "logger", "message", "batch_id", "job_id", "requests_per_second", "sent"}
@@ -69,7 +72,7 @@ class Served:
         self.runs = 0
 
     def __enter__(self) -> Served:
-        argv = self.engine.server_argv(self.port, workload.MODEL, *PREFIX_FLAGS, *self.extra)
+        argv = self.engine.server_argv(self.port, workload.MODEL, *ENGINE_FLAGS, *self.extra)
         self.process = servers.ManagedProcess(argv, self.workdir / "engine.log", name="vllm")
         try:
             took = real_engine.wait_healthy(self.url, real_engine.START_SECONDS, self.process.alive)
@@ -211,7 +214,7 @@ def run_batch_vs_job(
         model_id = console.ensure_model()
         template = real_engine.template("bench-engine", engine.model, servers.free_port())
         console.create_template(model_id, template)
-        started = time.perf_counter()
+        started, upload_started = time.perf_counter(), time.time()
         file_id = console.upload(lines)
         job = console.create_job(file_id, model_id, "bench-engine", provider="runpod")
         job = console.wait_job(
@@ -225,6 +228,7 @@ def run_batch_vs_job(
         console.close()
     finally:
         stack.stop()
+    figures["job_steps"] = breakdown.job_steps(workdir / "stack" / "logs", upload_started)
     return figures
 
 
@@ -254,3 +258,4 @@ def print_run_batch(f: dict[str, Any], requests: int) -> None:
         ratio = f["job_seconds"] / f["run_batch_seconds"] if f["run_batch_seconds"] else 0.0
         print(f"neobatch whole job:     {f['job_seconds']:8.1f} s  ({f['job_status']}, "
               f"{f['job_completed']} completed)  = {ratio:.2f}x run_batch")  # fmt: skip
+        breakdown.print_steps(f.get("job_steps", []), f["job_seconds"])
