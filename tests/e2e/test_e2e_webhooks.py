@@ -137,7 +137,12 @@ def test_nothing_lost_when_the_notifier_dies_mid_delivery_and_nats_restarts(
 
             def all_delivered() -> list[dict[str, Any]]:
                 docs = list(db.webhook_deliveries.find({"endpoint_id": endpoint_id}))
-                return docs if docs and all(d["status"] == "delivered" for d in docs) else []
+                # The change the killed notifier had not acknowledged comes back only once
+                # JetStream redelivers it: wait for it to be stored too, not just delivered.
+                stored = {d.get("new_status") for d in docs}
+                if not {"queued", "resource_preparing", "completed"} <= stored:
+                    return []
+                return docs if all(d["status"] == "delivered" for d in docs) else []
 
             docs = wait_for(all_delivered, 60, "every delivery delivered")
         finally:

@@ -35,11 +35,14 @@ from neobatch.sim.testing.webhook_receiver import Reply, WebhookReceiver, webhoo
 
 SEALING = SealingKey(key=base64.b64encode(bytes(range(32))).decode())
 LOCAL = UrlPolicy(allow_http=True, allowed_networks=("127.0.0.0/8", "::1/128"))
+GAP_WAIT = 1.5
 BATCH_TYPES = ["batch.completed", "batch.failed", "batch.expired", "batch.cancelled"]
 
 
 class Rig:
-    def __init__(self, db: AsyncDatabase[Any], urls: UrlPolicy, retry: RetryPolicy) -> None:
+    def __init__(
+        self, db: AsyncDatabase[Any], urls: UrlPolicy, retry: RetryPolicy, order_wait: float
+    ) -> None:
         self.db = db
         self.store = DeliveryStore(db)
         self.metrics = NotifierMetrics(CollectorRegistry())
@@ -54,6 +57,7 @@ class Rig:
             lease_seconds=5,
             poll_seconds=0.05,
             metrics=self.metrics,
+            order_wait_seconds=order_wait,
         )
         self.fanout = Fanout(self.store, SystemClock(), self.deliverer.wake)
 
@@ -97,10 +101,14 @@ def receiver() -> Iterator[WebhookReceiver]:
 
 
 async def _rig(
-    mongo_url: str, test_db: AsyncDatabase[Any], urls: UrlPolicy, retry: RetryPolicy
+    mongo_url: str,
+    test_db: AsyncDatabase[Any],
+    urls: UrlPolicy,
+    retry: RetryPolicy,
+    order_wait: float = 30.0,
 ) -> AsyncIterator[Rig]:
     client = create_mongo_client(mongo_url)  # tz-aware, as the service's
-    rig = Rig(client[test_db.name], urls, retry)
+    rig = Rig(client[test_db.name], urls, retry, order_wait)
     await rig.store.ensure_indexes()
     workers = [asyncio.create_task(rig.deliverer.run_worker()) for _ in range(2)]
     try:
@@ -117,6 +125,15 @@ async def _rig(
 async def rig(mongo_url: str, mongo_db: AsyncDatabase[Any]) -> AsyncIterator[Rig]:
     async for r in _rig(
         mongo_url, mongo_db, LOCAL, RetryPolicy(base_seconds=0.2, window_seconds=60)
+    ):
+        yield r
+
+
+@pytest_asyncio.fixture
+async def gap_rig(mongo_url: str, mongo_db: AsyncDatabase[Any]) -> AsyncIterator[Rig]:
+    """A short wait for a missing predecessor (NEOBATCH_WEBHOOK_ORDER_WAIT_SECONDS)."""
+    async for r in _rig(
+        mongo_url, mongo_db, LOCAL, RetryPolicy(base_seconds=0.2), order_wait=GAP_WAIT
     ):
         yield r
 
@@ -251,6 +268,73 @@ async def test_per_batch_order_holds_behind_a_retried_delivery(
     ok = [r.body for r in receiver.snapshot() if r.answered == 200]
     order = [next(s for s in statuses if f'"new_status":"{s}"'.encode() in b) for b in ok]
     assert order == statuses
+
+
+def _versions(receiver: WebhookReceiver) -> list[int]:
+    return [
+        int(r.body.split(b'"job_version":')[1].split(b"}")[0].split(b",")[0])
+        for r in receiver.snapshot()
+        if r.answered == 200
+    ]
+
+
+async def test_a_late_redelivered_version_is_sent_before_its_successor(
+    rig: Rig, receiver: WebhookReceiver
+) -> None:
+    """Version 3 is taken in first (version 2's first intake failed; JetStream redelivers it
+    later): the receiver still sees 1, 2, 3."""
+    await rig.endpoint(receiver.url, ["job.status_changed"])
+    job_id, _ = await rig.job()
+    base = utcnow()
+    await rig.emit(job_id, "queued", old=None, job_version=1, occurred_at=base)
+    await wait_until(lambda: len(_versions(receiver)) == 1, 10)
+    await rig.emit(
+        job_id,
+        "submitting",
+        old="resource_preparing",
+        job_version=3,
+        occurred_at=base + timedelta(milliseconds=2),
+    )
+    await asyncio.sleep(0.5)  # the redelivery comes later; v3 must not go out meanwhile
+    await rig.emit(
+        job_id,
+        "resource_preparing",
+        old="queued",
+        job_version=2,
+        occurred_at=base + timedelta(milliseconds=1),
+    )
+    await wait_until(lambda: len(_versions(receiver)) == 3, 20)
+    assert _versions(receiver) == [1, 2, 3]
+
+
+async def test_a_missing_version_is_waited_for_at_most_the_bound(
+    gap_rig: Rig, receiver: WebhookReceiver
+) -> None:
+    """Version 2 never arrives: version 3 waits for it about NEOBATCH_WEBHOOK_ORDER_WAIT_SECONDS,
+    then goes out anyway (a gap never blocks delivery)."""
+    await gap_rig.endpoint(receiver.url, ["job.status_changed"])
+    job_id, _ = await gap_rig.job()
+    await gap_rig.emit(job_id, "queued", old=None, job_version=1)
+    await wait_until(lambda: len(_versions(receiver)) == 1, 10)
+    started = time.monotonic()
+    await gap_rig.emit(job_id, "submitting", old="resource_preparing", job_version=3)
+    await wait_until(lambda: len(_versions(receiver)) == 2, GAP_WAIT + 10)
+    waited = time.monotonic() - started
+    assert _versions(receiver) == [1, 3]
+    assert waited >= GAP_WAIT - 0.1
+
+
+async def test_a_version_gap_of_progress_updates_is_not_waited_for(
+    rig: Rig, receiver: WebhookReceiver
+) -> None:
+    """Versions grow with progress updates too: version 5 whose `old_status` is version 1's
+    `new_status` follows it directly (no 30 s wait)."""
+    await rig.endpoint(receiver.url, ["job.status_changed"])
+    job_id, _ = await rig.job()
+    await rig.emit(job_id, "queued", old=None, job_version=1)
+    await rig.emit(job_id, "resource_preparing", old="queued", job_version=5)
+    await wait_until(lambda: len(_versions(receiver)) == 2, 10)
+    assert _versions(receiver) == [1, 5]
 
 
 async def test_a_redirect_is_not_followed(rig: Rig, receiver: WebhookReceiver) -> None:

@@ -10,7 +10,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from neobatch.common.contracts import JobStatusChanged
-from neobatch.notifier.policy import RetryPolicy, judge, retry_after_seconds, webhooks_for
+from neobatch.notifier.policy import (
+    RetryPolicy,
+    judge,
+    order_hold,
+    retry_after_seconds,
+    webhooks_for,
+)
 
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 POLICY = RetryPolicy()  # production's: 5 s doubling to 1 h, for 24 h
@@ -104,3 +110,30 @@ def test_bodies_are_openais_for_batch_events() -> None:
         "data": {"id": "batch_1"},
     }
     assert webhooks_for(event, "batch_1", {"batch.completed"}) == []
+
+
+def test_order_hold_waits_for_the_predecessor_change_at_most_the_bound() -> None:
+    t0 = T0
+    base = dict(
+        now=t0,
+        stored_at=t0,
+        ordered=True,
+        job_version=3,
+        old_status="resource_preparing",
+        earlier_pending_at=None,
+        wait_seconds=10.0,
+    )
+    # The stored change below is not its predecessor: look again soon, never past the bound.
+    hold = order_hold(**base, previous=(1, "queued"))
+    assert hold is not None and t0 < hold <= t0 + timedelta(seconds=10)
+    assert order_hold(**{**base, "now": t0 + timedelta(seconds=10)}, previous=(1, "queued")) is None
+    # Its predecessor (whatever its version: versions have gaps) is stored: go.
+    assert order_hold(**base, previous=(2, "resource_preparing")) is None
+    # A job's first change, an unordered endpoint, or no version: nothing to wait for.
+    assert order_hold(**{**base, "old_status": None}, previous=None) is None
+    assert order_hold(**{**base, "ordered": False}, previous=None) is None
+    assert order_hold(**{**base, "job_version": 0}, previous=None) is None
+    # An earlier delivery still pending: wait just past its next try.
+    later = t0 + timedelta(seconds=3)
+    hold = order_hold(**{**base, "earlier_pending_at": later}, previous=None)
+    assert hold is not None and hold > later

@@ -38,6 +38,7 @@ def build(settings: NotifierSettings) -> ServiceRuntime:
         lease_seconds=settings.lease_seconds,
         poll_seconds=settings.poll_seconds,
         metrics=metrics,
+        order_wait_seconds=settings.order_wait_seconds,
     )
     register(runtime.broker, runtime.ns, Fanout(store, runtime.clock, deliverer.wake))
     runtime.add_startup(store.ensure_indexes)

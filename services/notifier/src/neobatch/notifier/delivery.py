@@ -5,8 +5,10 @@ At least once: a delivery is `pending` until an attempt's answer is recorded; a 
 mid-attempt leaves its lease to expire (`NEOBATCH_WEBHOOK_LEASE_SECONDS`) and any notifier then
 sends it again, with the same `webhook-id` (fixed on the document) and a fresh timestamp and
 signature. A 2xx whose recording was lost is the one case a receiver sees a webhook twice.
-Per-batch order: a delivery waits while an earlier event's delivery of the same job to the same
-endpoint is pending.
+Per-batch order (`policy.order_hold`): a delivery waits while the same endpoint's delivery of
+the same job's lower `job_version` (or, without versions, earlier event) is pending, and waits a
+bounded time (`NEOBATCH_WEBHOOK_ORDER_WAIT_SECONDS`) for a predecessor not yet stored (an event
+JetStream redelivers late).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from neobatch.common.clock import Clock
@@ -24,14 +26,11 @@ from neobatch.common.logs import log_fields
 from neobatch.common.sealing import SealingKey
 from neobatch.common.webhooks import UrlPolicy, UrlRefused, check_url, signature_header
 from neobatch.notifier.metrics import NotifierMetrics
-from neobatch.notifier.policy import RetryPolicy, judge, should_disable
+from neobatch.notifier.policy import RetryPolicy, judge, order_hold, should_disable
 from neobatch.notifier.sender import Answer, Sender
 from neobatch.notifier.store import DeliveryStore
 
 log = logging.getLogger("neobatch.notifier")
-
-# A delivery waiting behind an earlier one looks again this long after that one's next try.
-ORDER_STEP = timedelta(milliseconds=50)
 
 
 class Deliverer:
@@ -47,12 +46,14 @@ class Deliverer:
         lease_seconds: float,
         poll_seconds: float,
         metrics: NotifierMetrics,
+        order_wait_seconds: float = 10.0,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self._store, self._sender, self._clock = store, sender, clock
         self._urls, self._sealing, self._retry = urls, sealing, retry
         self._lease, self._poll = lease_seconds, poll_seconds
         self._metrics = metrics
+        self._order_wait = order_wait_seconds
         self._rand = rand
         self._owner = new_id("notifier")
         self._wake = asyncio.Event()
@@ -81,10 +82,9 @@ class Deliverer:
         doc = await self._store.claim_due(self._owner, now, self._lease)
         if doc is None:
             return False
-        earlier = await self._store.find_earlier_pending(doc)
-        if earlier is not None:
-            wait_until = max(earlier["next_attempt_at"], now) + ORDER_STEP
-            await self._store.save_postponed(doc["_id"], self._owner, wait_until)
+        hold = await self._order_hold(doc, now)
+        if hold is not None:
+            await self._store.save_postponed(doc["_id"], self._owner, hold)
             return True
         endpoint = await self._store.find_endpoint(doc["endpoint_id"])
         if endpoint is None or endpoint.get("status") != "enabled":
@@ -94,6 +94,24 @@ class Deliverer:
             return True
         await self._attempt(doc, endpoint)
         return True
+
+    async def _order_hold(self, doc: dict[str, Any], now: datetime) -> datetime | None:
+        earlier = await self._store.find_earlier_pending(doc)
+        version = int(doc.get("job_version") or 0)
+        previous = None
+        if earlier is None and doc.get("ordered") and version > 0 and doc.get("old_status"):
+            found = await self._store.find_previous_version(doc)
+            previous = (found["job_version"], found.get("new_status")) if found else None
+        return order_hold(
+            now=now,
+            stored_at=doc["created_at"],
+            ordered=bool(doc.get("ordered")),
+            job_version=version,
+            old_status=doc.get("old_status"),
+            earlier_pending_at=earlier["next_attempt_at"] if earlier else None,
+            previous=previous,
+            wait_seconds=self._order_wait,
+        )
 
     async def _attempt(self, doc: dict[str, Any], endpoint: dict[str, Any]) -> None:
         started = self._clock.now()

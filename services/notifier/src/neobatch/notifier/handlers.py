@@ -14,7 +14,7 @@ from neobatch.common.clock import Clock
 from neobatch.common.contracts import JobStatusChanged
 from neobatch.common.errors import NotFound
 from neobatch.common.subjects import Namespace
-from neobatch.common.webhooks import webhook_id
+from neobatch.common.webhooks import JOB_STATUS_CHANGED, webhook_id
 from neobatch.notifier.policy import webhooks_for
 from neobatch.notifier.store import PENDING, DeliveryStore
 
@@ -53,6 +53,12 @@ class Fanout:
                         "job_id": event.job_id,
                         "batch_id": job.get("batch_id"),
                         "event_at": event.occurred_at,
+                        # Per-job order (policy.order_hold): the endpoint's job.status_changed
+                        # choice, the job's version and the change it makes.
+                        "ordered": JOB_STATUS_CHANGED in (endpoint.get("event_types") or []),
+                        "job_version": event.job_version,
+                        "old_status": event.old_status,
+                        "new_status": event.new_status,
                         "body": hook.body,
                         "status": PENDING,
                         "attempts": [],

@@ -89,6 +89,7 @@ def webhooks_for(event: JobStatusChanged, batch_id: str | None, wanted: set[str]
             "old_status": event.old_status,
             "new_status": event.new_status,
             "reason": event.reason,
+            "job_version": event.job_version,
         }
         made.append(
             Webhook(
@@ -163,6 +164,45 @@ def judge(
     return Outcome(
         status="retry", error=what, next_attempt_at=min(now + timedelta(seconds=delay), window_end)
     )
+
+
+# A delivery behind an earlier pending one looks again this long after that one's next try;
+# one waiting for a missing predecessor looks again at most this often.
+ORDER_STEP = timedelta(milliseconds=50)
+GAP_STEP = timedelta(milliseconds=250)
+
+
+def order_hold(
+    *,
+    now: datetime,
+    stored_at: datetime,
+    ordered: bool,
+    job_version: int,
+    old_status: str | None,
+    earlier_pending_at: datetime | None,
+    previous: tuple[int, str | None] | None,
+    wait_seconds: float,
+) -> datetime | None:
+    """When a delivery may be looked at again for the job's order, or None to send it now.
+
+    It waits while an earlier delivery of the same job to the same endpoint is pending
+    (`earlier_pending_at`: that one's next try; by `job_version`, or by event time on events
+    without one). An `ordered` delivery (its endpoint chose `job.status_changed`) with a
+    `job_version` also waits for a predecessor not yet stored: versions have gaps (progress
+    updates bump them), so the predecessor is the change whose `new_status` is this one's
+    `old_status`, and the endpoint's stored delivery of the job with the highest lower version
+    (`previous`: its version and new status) must be it. That wait ends `wait_seconds` after the
+    delivery was stored: a predecessor that never comes costs one bounded delay, no more."""
+    if earlier_pending_at is not None:
+        return max(earlier_pending_at, now) + ORDER_STEP
+    if not ordered or job_version <= 0 or old_status is None:
+        return None  # no version to order by, or the job's first change
+    if previous is not None and previous[1] == old_status:
+        return None
+    deadline = stored_at + timedelta(seconds=wait_seconds)
+    if now >= deadline:
+        return None
+    return min(deadline, now + GAP_STEP)
 
 
 def should_disable(consecutive_failures: int, policy: RetryPolicy) -> bool:

@@ -81,6 +81,15 @@ class NotifierSettings(Settings, frozen=True, kw_only=True):
             positive=True,
         ),
     ] = 1.0
+    order_wait_seconds: Annotated[
+        float,
+        Env(
+            "NEOBATCH_WEBHOOK_ORDER_WAIT_SECONDS",
+            "How long a job's webhook waits for its predecessor change (a lower `job_version` "
+            "not yet received, e.g. redelivered late) before it is sent anyway",
+            positive=True,
+        ),
+    ] = 10.0
 
 
 def read_settings(env: Mapping[str, str] | None = None) -> NotifierSettings:

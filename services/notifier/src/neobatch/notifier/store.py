@@ -34,6 +34,11 @@ INDEXES = [
         ],
         name="endpoint_job_order",
     ),
+    # Per-job order by `job_version`: an endpoint's deliveries of a job, by version.
+    IndexModel(
+        [("endpoint_id", ASCENDING), ("job_id", ASCENDING), ("job_version", DESCENDING)],
+        name="endpoint_job_version",
+    ),
     # The console's delivery log of an endpoint, newest first.
     IndexModel(
         [("endpoint_id", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
@@ -82,16 +87,36 @@ class DeliveryStore:
         )
 
     async def find_earlier_pending(self, doc: Document) -> Document | None:
-        """A pending delivery of the same job to the same endpoint from an earlier event."""
+        """A pending delivery of the same job to the same endpoint from an earlier event: a
+        lower `job_version` when `doc` has one, else an earlier event time."""
+        version = int(doc.get("job_version") or 0)
+        earlier = (
+            {"job_version": {"$gt": 0, "$lt": version}}
+            if version > 0
+            else {"event_at": {"$lt": doc["event_at"]}}
+        )
         return await self._deliveries.find_one(
             {
                 "endpoint_id": doc["endpoint_id"],
                 "job_id": doc["job_id"],
                 "status": PENDING,
-                "event_at": {"$lt": doc["event_at"]},
+                **earlier,
             },
             {"next_attempt_at": 1},
             sort=[("event_at", ASCENDING)],
+        )
+
+    async def find_previous_version(self, doc: Document) -> Document | None:
+        """The endpoint's stored delivery (any status) of the same job with the highest
+        `job_version` below `doc`'s: its version and new status."""
+        return await self._deliveries.find_one(
+            {
+                "endpoint_id": doc["endpoint_id"],
+                "job_id": doc["job_id"],
+                "job_version": {"$gt": 0, "$lt": int(doc.get("job_version") or 0)},
+            },
+            {"job_version": 1, "new_status": 1},
+            sort=[("job_version", DESCENDING)],
         )
 
     async def save_postponed(self, delivery_id: str, owner: str, until: datetime) -> None:
