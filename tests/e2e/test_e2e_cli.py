@@ -1,6 +1,7 @@
 """The `neobatch` CLI end to end (issue 18), run as a subprocess against the local stack, the
 way a person types it: submit --watch to completion, download, a file with bad lines named
-locally (nothing uploaded), cancel, the server's error code, and never a key on screen."""
+locally (nothing uploaded), cancel, the server's error code, a quote (nothing created) and a
+`--max-cost` under it refused, and never a key on screen."""
 
 from __future__ import annotations
 
@@ -19,11 +20,19 @@ from neobatch.sim.devstack import Ports, Stack, start_stack
 from neobatch.sim.devstack.scenario import ConsoleClient, batch_lines, sim_engine_template
 
 NEOBATCH = Path(sys.executable).parent / "neobatch"
+H100_PER_HOUR = 2.5
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    started = start_stack(tmp_path_factory.mktemp("stack"), Ports.free(), {"NEOBATCH_DB": "cli"})
+    ports = Ports.free()
+    env = {
+        "NEOBATCH_DB": "cli",
+        # The one pool host described and priced, so a quote has an offer with a cost.
+        "NEOBATCH_SSH_POOL": f"u0@127.0.0.1:{ports.ssh}=H100x1",
+        "NEOBATCH_SSH_POOL_PRICES": f"H100={H100_PER_HOUR}",
+    }
+    started = start_stack(tmp_path_factory.mktemp("stack"), ports, env)
     try:
         yield started
     finally:
@@ -174,3 +183,55 @@ def test_an_operator_creates_a_template_from_yaml(
     # The same file again: the console's conflict, its code.
     again = neobatch(stack, "templates", "create", "-f", str(path), key=stack.operator_key)
     assert again.code == 4 and "template_exists" in again.err
+
+
+def job_ids(console: ConsoleClient) -> set[str]:
+    page = console.http.get("/api/v1/jobs", params={"limit": 100}).json()
+    return {job["id"] for job in page["jobs"]}
+
+
+def file_ids(console: ConsoleClient) -> set[str]:
+    page = console.http.get("/api/v1/files", params={"limit": 100}).json()
+    return {f["id"] for f in page["data"]}
+
+
+def test_a_quote_lists_the_offer_and_creates_nothing(
+    stack: Stack, console: ConsoleClient, templates: dict[str, str], tmp_path: Path
+) -> None:
+    requests = write_lines(tmp_path / "requests.jsonl", batch_lines(5))
+    jobs_before, files_before = job_ids(console), file_ids(console)
+    run = neobatch(stack, "quote", str(requests), "--template", templates["fast"], "--json")
+    assert run.code == 0, run.err
+    quote = run.json()
+    assert quote["object"] == "job.quote" and quote["requests"] == 5
+    assert quote["model_template_name"] == "cli-fast" and quote["prompt_tokens"] > 0
+    [offer] = quote["offers"]  # the pool's one H100, at the operator's price
+    assert (offer["provider"], offer["gpu_type"], offer["price_per_hour"]) == (
+        "ssh", "H100", H100_PER_HOUR,
+    )  # fmt: skip
+    assert offer["expected_cost_usd"] == pytest.approx(
+        H100_PER_HOUR * offer["expected_seconds"] / 3600, rel=1e-3
+    )
+    shown = neobatch(stack, "quote", str(requests), "--template", templates["fast"])
+    assert shown.code == 0, shown.err
+    assert "5 requests on cli-fast@v1.0.0" in shown.out and "cheapest: ssh H100 x1" in shown.out
+    # Nothing queued or leased, and the uploads were deleted again.
+    assert job_ids(console) == jobs_before and file_ids(console) == files_before
+
+
+def test_submit_with_a_cap_far_below_the_quote_is_refused(
+    stack: Stack, console: ConsoleClient, templates: dict[str, str], tmp_path: Path
+) -> None:
+    requests = write_lines(tmp_path / "requests.jsonl", batch_lines(5))
+    jobs_before = job_ids(console)
+    run = neobatch(stack, "submit", str(requests), "--template", templates["fast"],
+                   "--max-cost", "0.000001")  # fmt: skip
+    assert run.code == 4, (run.out, run.err)
+    assert "quote_exceeds_max_cost (HTTP 422)" in run.err and "over its cap" in run.err
+    assert "cheapest offer: ssh H100 x1" in run.err
+    as_json = neobatch(stack, "submit", str(requests), "--template", templates["fast"],
+                       "--max-cost", "0.000001", "--json")  # fmt: skip
+    error = json.loads(as_json.err)["error"]
+    assert as_json.code == 4 and error["code"] == "quote_exceeds_max_cost"
+    assert error["quote"]["max_cost_usd"] == 0.000001 and error["quote"]["offers"]
+    assert job_ids(console) == jobs_before  # refused at creation: no job

@@ -140,6 +140,13 @@ class Api:
     def create_job(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._json("POST", "/api/v1/jobs", json=body)
 
+    def quote_job(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The job's quote (`dry_run`): nothing is stored, queued or leased."""
+        return self._json("POST", "/api/v1/jobs", json={**body, "dry_run": True})
+
+    def delete_file(self, file_id: str) -> dict[str, Any]:
+        return self._json("DELETE", f"/api/v1/files/{quote(file_id)}")
+
     def job(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", f"/api/v1/jobs/{quote(job_id)}")
 
@@ -193,6 +200,7 @@ class Api:
 def _api_error(response: httpx.Response) -> CliError:
     """The server's `{code, message}` (or what it sent instead) as a CliError."""
     code, message = f"http_{response.status_code}", response.reason_phrase or "error"
+    quoted = None
     try:
         body = response.json()
     except ValueError:
@@ -201,10 +209,12 @@ def _api_error(response: httpx.Response) -> CliError:
         error = body.get("error") if isinstance(body.get("error"), dict) else body
         code = str(error.get("code") or code)
         message = str(error.get("message") or error.get("detail") or message)
+        quoted = error.get("quote") if isinstance(error.get("quote"), dict) else None
     server_side = response.status_code >= 500
     return CliError(
         message[:2000],
         code=code,
         status=response.status_code,
         exit_code=ExitCode.UNAVAILABLE if server_side else ExitCode.REFUSED,
+        quote=quoted,
     )

@@ -42,6 +42,7 @@ class CliError(Exception):
         exit_code: ExitCode = ExitCode.USAGE,
         status: int | None = None,
         details: list[dict[str, Any]] | None = None,
+        quote: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -49,6 +50,7 @@ class CliError(Exception):
         self.exit_code = exit_code
         self.status = status
         self.details = details or []
+        self.quote = quote  # the server's quote, on `quote_exceeds_max_cost`
 
     def as_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -56,4 +58,6 @@ class CliError(Exception):
             body["status"] = self.status
         if self.details:
             body["errors"] = self.details
+        if self.quote is not None:
+            body["quote"] = self.quote
         return {"error": body}

@@ -15,6 +15,7 @@ import click
 from neobatch.cli import render
 from neobatch.cli.catalog import models, templates
 from neobatch.cli.errors import CliError, ExitCode
+from neobatch.cli.quote import run_quote
 from neobatch.cli.state import State, emit, json_option
 from neobatch.cli.submit import run_submit
 from neobatch.cli.watch import download_files, watch_job
@@ -22,8 +23,12 @@ from neobatch.cli.watch import download_files, watch_job
 EXIT_CODES = """\b
 Exit codes: 0 done (watch: the job completed); 1 unexpected error; 2 usage (bad option, no API
 key); 3 the input file failed local validation; 4 the console refused (4xx: its code and
-message are shown); 5 the console is unreachable or failed (5xx); 6 the job ended but not
-completed; 7 --timeout passed while the job still ran; 130 interrupted."""
+message are shown; submit --max-cost under the quote: also its cheapest offer); 5 the console
+is unreachable or failed (5xx); 6 the job ended but not completed; 7 --timeout passed while
+the job still ran; 130 interrupted."""
+
+# The console's bounds on `max_cost_usd` (above 0, at most a billion).
+MAX_COST = click.FloatRange(0, 1_000_000_000, min_open=True)
 
 
 @click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
@@ -46,6 +51,9 @@ def cli(ctx: click.Context, console_url: str | None, profile: str | None) -> Non
 @click.option("--model", "model_id", help="Model id (when a template name is on several models).")
 @click.option("--provider", help="Provider to lease from (ssh, runpod, lambdaCloud, ...).")
 @click.option("--replicas", type=click.IntRange(1, 1024), help="Machines to run on.")
+@click.option("--max-cost", type=MAX_COST, metavar="USD",
+              help="Cap in USD: refused (exit 4, with the quote) when quoted above it; "
+                   "stopped (budget_exceeded) when its bill reaches it.")  # fmt: skip
 @click.option("--window", default="24h", show_default=True, help="Completion window (24h, 90m).")
 @click.option("--name", default="", help="A name for the job.")
 @click.option("--endpoint", help="Batch endpoint (default: the first line's url).")
@@ -57,6 +65,27 @@ def cli(ctx: click.Context, console_url: str | None, profile: str | None) -> Non
 def submit(state: State, requests: Path, **options: Any) -> None:
     """Validate REQUESTS locally, upload it, create the job (and --watch it)."""
     sys.exit(run_submit(state, requests, **options))
+
+
+@cli.command()
+@click.argument("requests", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--template", "template", help="Deployment template: NAME or NAME@VERSION.")
+@click.option("--model", "model_id", help="Model id (when a template name is on several models).")
+@click.option("--provider", help="Only this provider's offers (ssh, runpod, lambdaCloud, ...).")
+@click.option("--replicas", type=click.IntRange(1, 1024),
+              help="Machines the job would run on (checked as submit would).")  # fmt: skip
+@click.option("--window", default="24h", show_default=True, help="Completion window (24h, 90m).")
+@click.option("--endpoint", help="Batch endpoint (default: the first line's url).")
+@json_option
+@click.pass_obj
+def quote(state: State, requests: Path, **options: Any) -> None:
+    """What REQUESTS would take and cost on each candidate offer, cheapest first.
+
+    Validates REQUESTS locally like submit, uploads it, asks the console for a quote
+    (POST /api/v1/jobs with dry_run) and deletes the upload again: nothing is queued or
+    leased. Costs are estimates from a token count of the input and the throughput expected
+    on each GPU type (learned, declared by the template, or a default: the TOKENS/S column)."""
+    sys.exit(run_quote(state, requests, **options))
 
 
 @cli.command("list")

@@ -34,6 +34,9 @@ def print_error(error: CliError, as_json: bool) -> None:
         err.print(f"  {where}{detail.get('code')}: {detail.get('message')}", markup=False)
     if len(error.details) > 20:
         err.print(f"  ... and {len(error.details) - 20} more", markup=False)
+    offers = cheapest_first((error.quote or {}).get("offers") or [])
+    if offers:
+        err.print(f"  cheapest offer: {offer_line(offers[0])}", markup=False)
 
 
 def when(unix: int | None) -> str:
@@ -144,3 +147,26 @@ def _cell(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(str(v) for v in value)
     return str(value)
+
+
+def cheapest_first(offers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Available offers before unavailable ones, each by expected cost of the whole job (the
+    console's own order; sorted again so the table never depends on it)."""
+    return sorted(offers, key=lambda o: (not o.get("available", True),
+                                         float(o.get("expected_cost_usd") or 0),
+                                         float(o.get("price_per_hour") or 0)))  # fmt: skip
+
+
+def usd(value: Any) -> str:
+    return "-" if value is None else f"${float(value):.4f}"
+
+
+def offer_line(offer: dict[str, Any]) -> str:
+    """One offer in a sentence: `runpod H100 x1 (us-east) $2.50/h: ~5m10s, $0.2153`."""
+    where = f" ({offer['region']})" if offer.get("region") else ""
+    return (
+        f"{offer.get('provider')} {offer.get('gpu_type')} x{offer.get('gpu_count', 1)}{where} "
+        f"${float(offer.get('price_per_hour') or 0):.2f}/h: "
+        f"~{format_seconds(float(offer.get('expected_seconds') or 0))}, "
+        f"{usd(offer.get('expected_cost_usd'))}"
+    )

@@ -15,10 +15,11 @@ from rich.progress import (
 
 from neobatch.cli import render
 from neobatch.cli.errors import CliError, ExitCode
-from neobatch.cli.validate import check_file
+from neobatch.cli.validate import Checked, check_file
 from neobatch.cli.watch import watch_job
 
 if TYPE_CHECKING:
+    from neobatch.cli.api import Api
     from neobatch.cli.state import State
 
 
@@ -50,10 +51,14 @@ def job_body(file_id: str, endpoint: str, options: dict[str, Any]) -> dict[str, 
         body["provider"] = options["provider"]
     if options.get("replicas"):
         body["resource_request"] = {"replicas": options["replicas"]}
+    if options.get("max_cost") is not None:
+        body["max_cost_usd"] = options["max_cost"]
     return body
 
 
-def run_submit(state: State, requests: Path, **options: Any) -> int:
+def check(state: State, requests: Path, options: dict[str, Any]) -> Checked:
+    """Validate `requests` locally with the server's rules; a bad line fails before any
+    upload (exit 3, every bad line named)."""
     split_template(options.get("template"))  # a bad --template fails before any work
     checked = check_file(requests, options.get("endpoint"))
     report = checked.report
@@ -72,13 +77,24 @@ def run_submit(state: State, requests: Path, **options: Any) -> int:
         render.err.print(
             f"{requests}: {report.total} requests for {checked.endpoint}, valid", markup=False
         )
+    return checked
+
+
+def upload(state: State, api: Api, requests: Path, checked: Checked) -> str:
+    """Upload the checked file with a progress bar (on a terminal); its file id."""
+    show = not state.json and render.err.is_terminal
+    columns = (TextColumn("upload"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, console=render.err, disable=not show) as bar:
+        task = bar.add_task("upload", total=checked.size)
+        uploaded = api.upload(requests, lambda n: bar.advance(task, n))
+    return str(uploaded["id"])
+
+
+def run_submit(state: State, requests: Path, **options: Any) -> int:
+    checked = check(state, requests, options)
     with state.api() as api:
-        show = not state.json and render.err.is_terminal
-        columns = (TextColumn("upload"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-        with Progress(*columns, console=render.err, disable=not show) as bar:
-            task = bar.add_task("upload", total=checked.size)
-            uploaded = api.upload(requests, lambda n: bar.advance(task, n))
-        job = api.create_job(job_body(str(uploaded["id"]), checked.endpoint, options))
+        file_id = upload(state, api, requests, checked)
+        job = api.create_job(job_body(file_id, checked.endpoint, options))
         if not options.get("watch"):
             if state.json:
                 render.print_json(job)

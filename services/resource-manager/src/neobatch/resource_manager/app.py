@@ -85,5 +85,15 @@ def build(settings: ResourceManagerSettings) -> ServiceRuntime:
             catalog_interval_seconds=settings.catalog_refresh_seconds,
         )
         runtime.add_loop("reconciler", reconciler.run)
-        runtime.add_loop("offers-catalog", reconciler.run_catalog)
+    # Every provider's catalog reaches the offers cache, the SSH pool's described hosts at the
+    # operator's prices too (a quote prices them; only the console reads the cache).
+    catalog = Reconciler(
+        store,
+        providers,
+        runtime.clock,
+        runtime.notify_outbox,
+        interval_seconds=settings.reconcile_seconds,
+        catalog_interval_seconds=settings.catalog_refresh_seconds,
+    )
+    runtime.add_loop("offers-catalog", catalog.run_catalog)
     return runtime
