@@ -19,6 +19,7 @@ from neobatch.common.subjects import Namespace
 from neobatch.common.transitions import compare_and_set
 from neobatch.planner import policy
 from neobatch.planner.jobs import Decision, Job
+from neobatch.planner.machines import Machine
 
 # The oldest a deadline can be: a lower bound makes the overdue query a bounded range, which
 # our test database (secantus) answers from the `deadline` index; `$lte` alone scans every
@@ -84,6 +85,8 @@ JOB_FIELDS = {
         "created_at",
         "model_template_id",
         "request_counts",
+        "machines",
+        "work_exhausted",
     )
 }
 
@@ -111,6 +114,8 @@ def job_from_doc(doc: dict[str, Any]) -> Job:
         created_at=doc.get("created_at"),
         template_id=str(doc.get("model_template_id") or ""),
         request_count=int((doc.get("request_counts") or {}).get("total") or 0),
+        machines=msgspec.convert(doc.get("machines") or [], list[Machine]),
+        work_exhausted=bool(doc.get("work_exhausted")),
     )
 
 
@@ -124,7 +129,7 @@ def written_job(job: Job, decision: Decision) -> Job:
     changes: dict[str, Any] = {"version": job.version + 1}
     if decision.status is not None:
         changes["status"] = decision.status
-    for field in ("provision_id", "batch_handed_over", "expires_at"):
+    for field in ("provision_id", "batch_handed_over", "expires_at", "machines", "work_exhausted"):
         if field in decision.fields:
             changes[field] = decision.fields[field]
     return msgspec.structs.replace(job, **changes)

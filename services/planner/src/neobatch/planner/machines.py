@@ -1,0 +1,85 @@
+"""The machines of one job (issue 15: one batch, many machines). Pure: no I/O.
+
+A job asks for `replicas` provisions when it is placed (`prov_<job>_1` .. `prov_<job>_<replicas>`);
+a replacement for a lost machine takes the next number. The planner keeps each one's state on
+the job (`machines`), so every decision sees which machines are still held:
+
+- `requested`: asked of the resource-manager, not running yet;
+- `running`: running and handed to the runtime-agent (its own `batch.requested`);
+- `releasing`: release asked (its work ran out, it was lost, the batch ended, or it came up
+  when it was no longer needed);
+- `released`: the resource-manager confirmed the release;
+- `failed`: it never came up (the resource-manager tried every offer it could).
+
+A job stored before this field existed has one machine, `provision_id`, whose state follows
+from the job's status (`of_job`): so a replicas=1 job decides exactly as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from neobatch.common.contracts import JobStatus
+from neobatch.planner import policy
+
+if TYPE_CHECKING:
+    from neobatch.planner.decisions import Job
+
+REQUESTED = "requested"
+RUNNING = "running"
+RELEASING = "releasing"
+RELEASED = "released"
+FAILED = "failed"
+# States in which the job holds (or is being given) the machine.
+HELD = frozenset({REQUESTED, RUNNING})
+
+
+class Machine(msgspec.Struct, frozen=True):
+    provision_id: str
+    state: str
+
+
+def of_job(job: Job) -> list[Machine]:
+    """The job's machines; a job stored before `machines` existed has its one provision."""
+    if job.machines:
+        return list(job.machines)
+    if job.provision_id is None:
+        return []
+    if job.status.is_terminal:
+        state = RELEASING  # released when it ended
+    elif job.status is JobStatus.RESOURCE_PREPARING:
+        state = REQUESTED
+    elif job.status is JobStatus.CANCELLING:
+        state = RUNNING if job.batch_handed_over else REQUESTED
+    else:
+        state = RUNNING
+    return [Machine(job.provision_id, state)]
+
+
+def find(machines: Iterable[Machine], provision_id: str) -> Machine | None:
+    return next((m for m in machines if m.provision_id == provision_id), None)
+
+
+def with_state(machines: Iterable[Machine], ids: Iterable[str], state: str) -> list[Machine]:
+    """`machines` with those of `ids` in `state`."""
+    chosen = set(ids)
+    return [Machine(m.provision_id, state) if m.provision_id in chosen else m for m in machines]
+
+
+def ids_in(machines: Iterable[Machine], states: Iterable[str]) -> list[str]:
+    wanted = frozenset(states)
+    return [m.provision_id for m in machines if m.state in wanted]
+
+
+def tried(machines: Iterable[Machine]) -> int:
+    """How many provisions the job has asked for so far (ids are numbered from 1)."""
+    return max((policy.provision_attempt(m.provision_id) for m in machines), default=0)
+
+
+def replacements_allowed(replicas: int, max_provision_attempts: int) -> int:
+    """Replacements for lost machines one job may ask for: at most `replicas` and at most
+    `max_provision_attempts - 1` (so a one-machine job tries as many machines as before)."""
+    return max(0, min(max(1, replicas), max_provision_attempts - 1))
