@@ -43,11 +43,12 @@ class Machine(msgspec.Struct, frozen=True):
 
 
 def of_job(job: Job) -> list[Machine]:
-    """The job's machines; a job stored before `machines` existed has its one provision."""
-    if job.machines:
-        return list(job.machines)
-    if job.provision_id is None:
-        return []
+    """The job's machines. The provision the job names is always one of them: a job stored
+    before `machines` existed (or moved to a new machine by a planner that predates it, during
+    a rolling upgrade) has it alone, in the state its status implies."""
+    machines = list(job.machines)
+    if job.provision_id is None or find(machines, job.provision_id) is not None:
+        return machines
     if job.status.is_terminal:
         state = RELEASING  # released when it ended
     elif job.status is JobStatus.RESOURCE_PREPARING:
@@ -56,7 +57,7 @@ def of_job(job: Job) -> list[Machine]:
         state = RUNNING if job.batch_handed_over else REQUESTED
     else:
         state = RUNNING
-    return [Machine(job.provision_id, state)]
+    return [*machines, Machine(job.provision_id, state)]
 
 
 def find(machines: Iterable[Machine], provision_id: str) -> Machine | None:
