@@ -144,8 +144,9 @@ def on_provision_released(job: Job, event: ProvisionReleased, now: datetime) -> 
         return None
     machines = m.with_state(machines, [event.provision_id], m.RELEASED)
     fields = {"provision_released_at": now, "machines": machines}
-    held = m.ids_in(machines, m.HELD)
-    if job.status is JobStatus.CANCELLING and not job.batch_handed_over and not held:
+    # A cancel before the batch started ends when every release asked for is confirmed.
+    pending = m.ids_in(machines, [*m.HELD, m.RELEASING])
+    if job.status is JobStatus.CANCELLING and not job.batch_handed_over and not pending:
         return move(job, JobStatus.CANCELLED, now, "cancelled; machine released", fields=fields)
     return Decision(fields=fields, reason="machine released")
 
