@@ -15,11 +15,17 @@ default template.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
-from neobatch.common.batch_input import MAX_LINE_BYTES, InputValidator, ValidationReport
+from neobatch.common.batch_input import (
+    MAX_INPUT_BYTES,
+    MAX_LINE_BYTES,
+    MAX_REQUESTS,
+    InputValidator,
+    ValidationReport,
+)
 from neobatch.common.errors import InvalidInput
 from neobatch.common.ids import new_id
 from neobatch.console.catalog import access
@@ -27,7 +33,7 @@ from neobatch.console.catalog.store import CatalogStore
 from neobatch.console.errors import QuotaExceeded, Unprocessable
 from neobatch.console.files.store import FileStore
 from neobatch.console.jobs import rules
-from neobatch.console.jobs.schemas import CreateJob
+from neobatch.console.jobs.schemas import DEFAULT_MAX_REPLICAS, CreateJob
 from neobatch.console.jobs.store import JobStore
 from neobatch.console.jobs.window import check_minimum_window, parse_completion_window
 from neobatch.console.keys.auth import Caller
@@ -60,6 +66,9 @@ class JobService:
         quotas: QuotaStore | None = None,
         max_queued_jobs: int = 0,
         max_line_bytes: int = MAX_LINE_BYTES,
+        max_requests: int = MAX_REQUESTS,
+        max_input_bytes: int = MAX_INPUT_BYTES,
+        max_replicas: int = DEFAULT_MAX_REPLICAS,
     ) -> None:
         self._jobs = jobs
         self._files = files
@@ -71,7 +80,9 @@ class JobService:
         # Template used when a request names none (DEFAULT_BATCH_MODEL_DEPLOYMENT_TEMPLATE).
         self._default_template = default_template
         self._min_window_seconds = min_window_seconds
-        self._max_line_bytes = max_line_bytes
+        self._limits = InputLimits(max_line_bytes, max_requests, max_input_bytes)
+        # NEOBATCH_MAX_REPLICAS: the most machines one job may ask for.
+        self._max_replicas = max_replicas
 
     async def create_job(self, request: CreateJob, caller: Caller, now: datetime) -> Document:
         """Validate `request`, store the job with its events, return the stored document."""
@@ -86,6 +97,7 @@ class JobService:
                 f"choose one of {', '.join(self._providers)}",
                 code="unknown_provider",
             )
+        rules.check_replicas(request, self._max_replicas)
         queued_limit = await self._queued_limit(caller.project)
         if queued_limit and await self._jobs.count_queued(caller.project, queued_limit) >= (
             queued_limit
@@ -100,7 +112,7 @@ class JobService:
         else:
             # The lines say which model they are for: read them first.
             report, served = await _validate_lines(
-                self._files, request.input_dataset, endpoint, self._max_line_bytes
+                self._files, request.input_dataset, endpoint, self._limits
             )
             template = await _template_for_lines(
                 self._catalog, request, caller.project, served, self._default_template, report
@@ -120,12 +132,11 @@ class JobService:
             request=request,
             template=template,
             model=await self._catalog.find_model(template["model_id"]),
+            replicas=rules.replicas_for(request, template["spec"], self._max_replicas),
             report=report
-            or (
-                await _validate_lines(
-                    self._files, request.input_dataset, endpoint, self._max_line_bytes
-                )
-            )[0],
+            or (await _validate_lines(self._files, request.input_dataset, endpoint, self._limits))[
+                0
+            ],
             now=now,
         )
         events = rules.creation_events(job, now)
@@ -254,16 +265,30 @@ def served_model(body: dict[str, Any] | msgspec.Raw) -> str | None:
         return None  # not a string: the engine answers that line with its own 400
 
 
+class InputLimits(NamedTuple):
+    """The operator's bounds on a batch input (NEOBATCH_MAX_INPUT_LINE_BYTES,
+    NEOBATCH_MAX_BATCH_REQUESTS, NEOBATCH_MAX_BATCH_INPUT_BYTES)."""
+
+    line_bytes: int
+    requests: int
+    total_bytes: int
+
+
 async def _validate_lines(
-    files: FileStore, file_id: str, endpoint: str, max_line_bytes: int
+    files: FileStore, file_id: str, endpoint: str, limits: InputLimits
 ) -> tuple[ValidationReport, list[str]]:
     """Stream the file once, the work per line bounded (`batch_input`): the validation report
     and the models the valid lines name (`body.model`, first seen first, at most
     MAX_MODELS_SHOWN + 1)."""
-    validator = InputValidator(endpoint, max_line_bytes=max_line_bytes)
+    validator = InputValidator(
+        endpoint,
+        max_line_bytes=limits.line_bytes,
+        max_requests=limits.requests,
+        max_bytes=limits.total_bytes,
+    )
     served: list[str] = []
     index = 0
-    async for raw in files.iter_lines(file_id, max_line_bytes):
+    async for raw in files.iter_lines(file_id, limits.line_bytes):
         request = validator.feed(index, raw)
         index += 1
         if request is not None and len(served) <= MAX_MODELS_SHOWN:
