@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 
@@ -129,7 +130,11 @@ async def _serve(args: argparse.Namespace) -> None:
     # Graceful exit on SIGTERM (ManagedProcess.stop) as well as Ctrl-C.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running_engine(args.host, args.port, config) as engine:
+    # On a simulated cloud machine, "loopback" is the machine's own loopback address.
+    host = args.host
+    if host in ("127.0.0.1", "localhost") and os.environ.get("NEOBATCH_SIM_MACHINE_ADDRESS"):
+        host = os.environ["NEOBATCH_SIM_MACHINE_ADDRESS"]
+    async with running_engine(host, args.port, config) as engine:
         print(f"engine sim listening on {engine.url} model={config.model}", flush=True)
         await stop.wait()
 
