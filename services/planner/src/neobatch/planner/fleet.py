@@ -100,16 +100,7 @@ def on_provision_failed(job: Job, event: ProvisionFailed, now: datetime) -> Deci
     release = release_ids(job, [event.provision_id], now, "provisioning failed")
     held = m.ids_in(machines, m.HELD)
     if job.status is JobStatus.CANCELLING:
-        if held:
-            return Decision(fields={"machines": machines}, events=release, reason="machine failed")
-        return move(
-            job,
-            JobStatus.CANCELLED,
-            now,
-            "cancelled",
-            fields={"machines": machines},
-            events=release,
-        )
+        return _while_cancelling(job, machines, release, now, "machine failed")
     needs_machine = job.status is JobStatus.RESOURCE_PREPARING or (
         job.status in BATCH_HANDED_OVER
         and job.status is not JobStatus.FINALIZING
@@ -199,16 +190,7 @@ def on_provision_lost(
     events.extend(release_ids(job, [pid], now, "machine lost"))
     others = m.ids_in(machines, m.HELD)
     if job.status is JobStatus.CANCELLING:
-        if others:
-            return Decision(fields={"machines": machines}, events=events, reason="machine lost")
-        return move(
-            job,
-            JobStatus.CANCELLED,
-            now,
-            "cancelled; machine lost",
-            fields={"machines": machines},
-            events=events,
-        )
+        return _while_cancelling(job, machines, events, now, "machine lost")
     tried = m.tried(machines)
     may_replace = tried < max(1, job.replicas) + m.replacements_allowed(
         job.replicas, limits.max_provision_attempts
@@ -258,3 +240,20 @@ def on_provision_lost(
     # ran out. MAX_CONCURRENT_PROVISIONING bounds how many *new* jobs provision at once.
     decision.acquire_slot = False
     return decision
+
+
+def _while_cancelling(
+    job: Job, machines: list[Machine], events: list[Event], now: datetime, what: str
+) -> Decision:
+    """A machine ended while the job is cancelling: the cancel ends with the last one held
+    (the batch's cancel, if it was handed over, is already on its way to the agent)."""
+    if m.ids_in(machines, m.HELD):
+        return Decision(fields={"machines": machines}, events=events, reason=what)
+    return move(
+        job,
+        JobStatus.CANCELLED,
+        now,
+        f"cancelled; {what}",
+        fields={"machines": machines},
+        events=events,
+    )
