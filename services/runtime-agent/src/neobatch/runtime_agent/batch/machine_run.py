@@ -299,9 +299,11 @@ class MachineRun:
     async def _interrupted(self) -> None:
         """Stopped from outside: leave a taken-over machine to its new run, nothing to do for
         a removed one; a batch that ended or stops ends this machine too."""
-        if self.watch.lost:
-            return
-        if self.watch.machine_status == DONE or self.watch.cancel_requested or self.watch.expired:
+        machine = await self._machines.find_machine(self.machine.id)
+        status = machine.status if machine is not None else DONE
+        if status == READY and self.watch.lost:
+            return  # another run holds the machine now: the engine is its
+        if status == DONE or self.watch.cancel_requested or self.watch.expired:
             await self._machines.end_machine(self.machine.id, BATCH_ENDED, owner=self._owner)
             if self._session.connected:
                 await self._session.stop()

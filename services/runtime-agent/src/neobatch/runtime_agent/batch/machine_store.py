@@ -189,7 +189,9 @@ class MachineStore:
             doc = await self._machines.find_one(expected, session=session)
             if doc is None:
                 return False
-            values = {"status": status, "reason": reason, "lease_owner": None, "lease_until": None}
+            # The lease stays: the run holding it sees the machine ended (not a lost lease)
+            # and stops its engine; an ended machine is never claimed again.
+            values = {"status": status, "reason": reason}
             result = await self._machines.update_one(
                 {**expected, "version": doc.get("version", 0)},
                 {"$set": {**values, **(fields or {})}, "$inc": {"version": 1}},
@@ -261,17 +263,38 @@ class MachineStore:
             sort=[("first", ASCENDING)],
             limit=8,
         )
-        async for doc in cursor:
-            result = await self._chunks.update_one(
-                {"_id": doc["_id"], "machine": None, "version": doc["version"]},
-                {
-                    "$set": {"machine": mid, "token": token, "cursor": doc["first"]},
-                    "$inc": {"version": 1},
-                },
-            )
-            if result.modified_count == 1:
-                return {**doc, "machine": mid, "token": token, "cursor": doc["first"]}
+        for doc in await cursor.to_list():
+
+            async def work(session: AsyncClientSession, d: Document = doc) -> bool:
+                if not await self._still_running(mid, token, session):
+                    raise Fenced(None)
+                result = await self._chunks.update_one(
+                    {"_id": d["_id"], "machine": None, "version": d["version"]},
+                    {
+                        "$set": {"machine": mid, "token": token, "cursor": d["first"]},
+                        "$inc": {"version": 1},
+                    },
+                    session=session,
+                )
+                return result.modified_count == 1
+
+            try:
+                if await self._tx(work, events=False):
+                    return {**doc, "machine": mid, "token": token, "cursor": doc["first"]}
+            except Fenced:
+                return None
         return None
+
+    async def _still_running(self, mid: str, token: str, session: AsyncClientSession) -> bool:
+        """Inside a claim's transaction: is the machine still ready and run by `token`? Written,
+        not only read, so a concurrent end of the machine (which frees its chunks) conflicts
+        with the claim instead of missing the chunk it takes."""
+        result = await self._machines.update_one(
+            {"_id": mid, "status": READY, "lease_owner": token},
+            {"$inc": {"claims": 1}},
+            session=session,
+        )
+        return result.matched_count == 1
 
     async def steal(self, batch_id: str, mid: str, token: str) -> Document | None:
         """The unstarted tail of the open chunk (held by another machine) with the most work
@@ -304,6 +327,8 @@ class MachineStore:
             async def work(
                 session: AsyncClientSession, v: Document = victim, s: Document = stolen
             ) -> bool:
+                if not await self._still_running(mid, token, session):
+                    raise Fenced(None)
                 result = await self._chunks.update_one(
                     {"_id": v["_id"], "version": v["version"], "cursor": {"$lte": s["first"]}},
                     {"$set": {"end": s["first"]}, "$inc": {"version": 1}},
@@ -319,6 +344,8 @@ class MachineStore:
                     return stolen
             except DuplicateKeyError:
                 pass
+            except Fenced:
+                return None
         return None
 
     async def reserve(self, chunk_id: str, token: str, want: int) -> tuple[int, int] | None:
