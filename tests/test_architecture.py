@@ -34,6 +34,8 @@ PURE_MODULES = [
     "services/resource-manager/src/neobatch/resource_manager/ranking.py",
     "services/resource-manager/src/neobatch/resource_manager/providers/base.py",
     "services/runtime-agent/src/neobatch/runtime_agent/batch/batches.py",
+    "services/runtime-agent/src/neobatch/runtime_agent/batch/chunks.py",
+    "services/runtime-agent/src/neobatch/runtime_agent/batch/machines.py",
     "services/runtime-agent/src/neobatch/runtime_agent/dispatch/concurrency.py",
     "services/runtime-agent/src/neobatch/runtime_agent/dispatch/engine_load.py",
     "services/runtime-agent/src/neobatch/runtime_agent/dispatch/policy.py",
