@@ -162,8 +162,12 @@ async def test_four_machines_from_two_providers_one_lost(clouds: Clouds) -> None
     running = await clouds.wait_machines_running(job_id, 4)
     providers = [m["provider"] for m in running["machines"]["items"] if m["status"] == "running"]
     assert sorted(providers) == ["lambdaCloud", "lambdaCloud", "runpod", "runpod"], (
-        [(p["_id"], p.get("offer"), p.get("attempts")) for p in clouds.provisions(job_id)],
-        clouds.state("runpod")["capacity"],
+        [
+            (p["provider"], p["status"], (p.get("offer") or {}).get("region"), p.get("attempts"))
+            for p in clouds.provisions(job_id)
+        ],
+        [c for c in clouds.state("runpod")["capacity"] if "H100" in c["gpu"]],
+        len(clouds.state("runpod")["machines"]),
     )
 
     # The RunPod simulator deletes one of its machines mid-run.
