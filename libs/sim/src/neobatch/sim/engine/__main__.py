@@ -100,6 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+MACHINE_WATCH_SECONDS = 0.2
+
+
 async def _serve(args: argparse.Namespace) -> None:
     config = EngineConfig(
         model=args.model,
@@ -134,9 +137,23 @@ async def _serve(args: argparse.Namespace) -> None:
     host = args.host
     if host in ("127.0.0.1", "localhost") and os.environ.get("NEOBATCH_SIM_MACHINE_ADDRESS"):
         host = os.environ["NEOBATCH_SIM_MACHINE_ADDRESS"]
+    home = os.environ.get("NEOBATCH_SIM_MACHINE_HOME")
     async with running_engine(host, args.port, config) as engine:
         print(f"engine sim listening on {engine.url} model={config.model}", flush=True)
+        if home:
+            # A simulated machine's engine dies with its machine (deleted, stopped, released),
+            # however it was started, as a real machine's processes do.
+            watch = asyncio.create_task(_stop_when_gone(home, stop))
         await stop.wait()
+        if home:
+            watch.cancel()
+
+
+async def _stop_when_gone(home: str, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        if not os.path.isdir(home):
+            stop.set()
+        await asyncio.sleep(MACHINE_WATCH_SECONDS)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -92,7 +92,9 @@ def machine_env(workdir: str | os.PathLike[str], address: str = "") -> dict[str,
     path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
     env = {"HOME": str(workdir), "PATH": f"{Path(workdir) / 'bin'}:{path}"}
     if address:
+        # A cloud machine: its engine simulators listen on its address and die with it.
         env[ADDRESS_ENV] = address
+        env["NEOBATCH_SIM_MACHINE_HOME"] = str(workdir)
     return env
 
 
