@@ -243,6 +243,7 @@ async def test_cancel_with_three_machines_running(make_harness, agent, engine_si
     assert_each_line_once(await spread.output_ids(batch), lines)
     done = await wait_until(lambda: _all_done(spread, 3), 10)
     assert {d.provision_id for d in done} == {e.provision_id for e in events}
+    assert {d.reason for d in done} == {"batch_ended"}
     # Each machine's run sees its machine ended and stops its engine (after machine_done).
     for engine in engines:
         await wait_until(lambda e=engine: agent.engine_pids(e.port) == [], 15)

@@ -28,8 +28,9 @@ MIN_CHUNK_LINES = 8
 MAX_CHUNK_LINES = 5000
 # How far (a fraction of the chunk size) a cut may move to fall between two prefix groups.
 CUT_SLACK = 0.25
-# A slice: at most this many lines reserved at once (and at least one).
+# A slice: at most this many lines reserved at once, and at least this many.
 MAX_SLICE_LINES = 256
+MIN_SLICE_LINES = 8
 # The smallest unstarted remainder worth stealing half of.
 MIN_STEAL_LINES = 2
 
@@ -52,7 +53,7 @@ def plan_chunks(keys: Sequence[int], replicas: int) -> list[tuple[int, int]]:
     first = 0
     while first < lines:
         cut = first + size
-        if cut >= lines:
+        if cut + slack >= lines:  # the rest is within the slack: it stays with this chunk
             ranges.append((first, lines))
             break
         # The first line of a new prefix group at or after the target, within the slack.
@@ -68,8 +69,9 @@ def plan_chunks(keys: Sequence[int], replicas: int) -> list[tuple[int, int]]:
 
 
 def slice_lines(concurrency: int) -> int:
-    """Lines a run reserves at once: what it can have in flight, bounded."""
-    return max(1, min(MAX_SLICE_LINES, concurrency))
+    """Lines a run reserves at once: twice what it can have in flight (one reservation, one
+    database write, per two waves of requests), at least `MIN_SLICE_LINES`, bounded."""
+    return max(MIN_SLICE_LINES, min(MAX_SLICE_LINES, 2 * concurrency))
 
 
 def steal_split(cursor: int, end: int) -> int | None:

@@ -98,7 +98,7 @@ class ChunkFeed:
                         return
                     skip = await self._finished_in(chunk) if chunk.get("dirty") else set()
                 chunk_id = chunk["_id"]
-                span = await self._machines.reserve(chunk_id, self._token, self._slice())
+                span = await self._machines.reserve(chunk, self._token, self._slice())
                 if span is None or span[0] == span[1]:
                     if span is not None:
                         self._drained.add(chunk_id)

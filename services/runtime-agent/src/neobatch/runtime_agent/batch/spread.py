@@ -65,6 +65,8 @@ class SpreadRun(BatchRun):
             if self.watch.cancel_requested or self.watch.expired:
                 break
             found = await machines.list_machines(batch_id)
+            # A chunk claimed by a machine just as it ended goes back to the others.
+            await machines.free_orphans(batch_id, [m.id for m in found if m.status in ACTIVE])
             failed = failed_machine(found)
             if failed is not None:
                 message = failed.error_message or "no machine could run the engine"
