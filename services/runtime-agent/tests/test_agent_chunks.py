@@ -84,6 +84,6 @@ def test_the_victim_is_the_chunk_with_the_most_left() -> None:
     assert pick_victim([("c4", 5, 6), ("c5", 9, 9)]) is None
 
 
-@pytest.mark.parametrize(("concurrency", "lines"), [(1, 8), (8, 16), (64, 128), (1024, 256)])
-def test_slice_is_two_waves_bounded(concurrency: int, lines: int) -> None:
+@pytest.mark.parametrize(("concurrency", "lines"), [(1, 8), (8, 64), (64, 512), (1024, 1024)])
+def test_slice_is_eight_waves_bounded(concurrency: int, lines: int) -> None:
     assert slice_lines(concurrency) == lines

@@ -127,12 +127,13 @@ class MachineStore:
         cursor = self._machines.find({"batch_id": batch_id}, sort=[("created_at", ASCENDING)])
         return [machine_from_doc(doc) async for doc in cursor]
 
-    async def promote(self, batch_id: str) -> None:
-        """The batch runs: its waiting machines may be claimed."""
-        await self._machines.update_many(
+    async def promote(self, batch_id: str) -> bool:
+        """The batch runs: its waiting machines may be claimed; whether there were any."""
+        result = await self._machines.update_many(
             {"batch_id": batch_id, "status": WAITING},
             {"$set": {"status": READY}, "$inc": {"version": 1}},
         )
+        return result.modified_count > 0
 
     async def claim_machine(self, owner: str, ttl_seconds: float) -> Machine | None:
         doc = await leases.claim_one(

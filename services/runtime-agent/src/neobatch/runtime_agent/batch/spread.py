@@ -55,7 +55,8 @@ class SpreadRun(BatchRun):
         last_report = 0.0
         loop = asyncio.get_running_loop()
         while True:
-            await machines.promote(batch_id)
+            if await machines.promote(batch_id):
+                self.machines_ready()  # claim them now, not at the next poll
             if self.watch.lost:
                 log.warning("lease lost; leaving the batch", extra=log_fields(**self._ids))
                 return
@@ -85,6 +86,9 @@ class SpreadRun(BatchRun):
             expired=self.watch.expired,
         )
         await self._wind_down(outcome)
+
+    def machines_ready(self) -> None:
+        """Set by the runner: machines may be claimed (wakes it)."""
 
     async def _report(self, found: list) -> bool:
         counts = self.tally.counts()
