@@ -153,6 +153,8 @@ class SpreadRun(BatchRun):
     ) -> None:
         await self._stop_machines()
         await super()._end(outcome, failure, stop_engine=False)
+        # A machine added while the batch ended is released too.
+        await self._stop_machines()
 
 
 def _seconds(start: datetime, end: datetime) -> float:
