@@ -11,11 +11,13 @@ import asyncio
 import sys
 import uuid
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from neobatch.common.clock import utcnow
 from neobatch.common.contracts import (
     BatchCancelRequested,
     BatchMachineDone,
@@ -243,6 +245,7 @@ async def test_cancel_with_three_machines_running(make_harness, agent, engine_si
     assert_each_line_once(await spread.output_ids(batch), lines)
     done = await wait_until(lambda: _all_done(spread, 3), 10)
     assert {d.provision_id for d in done} == {e.provision_id for e in events}
+    assert {d.reason for d in done} == {"batch_ended"}
     # Each machine's run sees its machine ended and stops its engine (after machine_done).
     for engine in engines:
         await wait_until(lambda e=engine: agent.engine_pids(e.port) == [], 15)
@@ -250,6 +253,26 @@ async def test_cancel_with_three_machines_running(make_harness, agent, engine_si
     late = await spread.add(engine_sim_factory())
     done = await spread.machine_done()
     assert [d.reason for d in done if d.provision_id == late.provision_id] == ["batch_ended"]
+
+
+async def test_expiry_with_three_machines_running(make_harness, agent, engine_sim_factory):
+    harness = await make_harness(dispatch={"concurrency": 2})
+    engines = [engine_sim_factory(latency_ms=30) for _ in range(3)]
+    lines = agent.chat_lines(1500)
+    expires_at = utcnow() + timedelta(seconds=6)
+    spread, events = await start_spread(harness, agent, lines, engines, expires_at=expires_at)
+    batch = await harness.wait_terminal(spread.batch_id, within_seconds=30)
+
+    assert batch.status is BatchStatus.EXPIRED
+    counts = batch.request_counts
+    assert 0 < counts.completed < 1500 and counts.completed + counts.failed == 1500
+    errors = await harness.read_file(batch.error_file_id)
+    assert {line["error"]["code"] for line in errors} == {"batch_expired"}
+    assert_each_line_once(await spread.output_ids(batch), lines)
+    done = await wait_until(lambda: _all_done(spread, 3), 10)
+    assert {d.provision_id for d in done} == {e.provision_id for e in events}
+    for engine in engines:
+        await wait_until(lambda e=engine: agent.engine_pids(e.port) == [], 15)
 
 
 async def _noop(*_args: Any, **_kwargs: Any) -> None:

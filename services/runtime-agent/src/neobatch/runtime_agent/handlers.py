@@ -40,6 +40,7 @@ from neobatch.runtime_agent.batch.machines import (
 from neobatch.runtime_agent.batch.store import BatchStore
 
 log = logging.getLogger("neobatch.runtime_agent.handlers")
+ENDING = (BatchStatus.FINALIZING, BatchStatus.CANCELLING)
 
 # A cancel can overtake its batch.requested (separate consumers); retry it shortly after.
 CANCEL_BEFORE_BATCH_RETRY_SECONDS = 2.0
@@ -83,7 +84,8 @@ class BatchHandlers:
         that has ended is answered at once with `batch.machine_done` (`batch_ended`)."""
         machines = self._store.machines
         fields = log_fields(batch_id=event.batch_id, provision_id=event.provision_id)
-        ended = batch.status.is_terminal
+        # Finalizing or cancelling: no chunk will be handed out any more either.
+        ended = batch.status.is_terminal or batch.status in ENDING
         status = DONE if ended else status_for_new_machine(batch.status)
         doc = machine_doc_from_event(event, self._clock.now(), status)
         if ended:

@@ -11,6 +11,7 @@ sent from it has its result stored (`stored`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -89,6 +90,9 @@ class ChunkFeed:
         held = await self._machines.held_chunks(self._mid, self._token)
         chunk: Document | None = None
         skip: set[int] = set()
+        # The next slice of the current chunk, reserved while this one is sent: a reservation
+        # is a database round trip that dispatch would otherwise wait for.
+        ahead: asyncio.Task[tuple[int, int] | None] | None = None
         try:
             while True:
                 if chunk is None:
@@ -98,13 +102,19 @@ class ChunkFeed:
                         return
                     skip = await self._finished_in(chunk) if chunk.get("dirty") else set()
                 chunk_id = chunk["_id"]
-                span = await self._machines.reserve(chunk_id, self._token, self._slice())
+                if ahead is not None:
+                    span, ahead = await ahead, None
+                else:
+                    span = await self._machines.reserve(chunk, self._token, self._slice())
                 if span is None or span[0] == span[1]:
                     if span is not None:
                         self._drained.add(chunk_id)
                         await self._finish_if_stored(chunk_id)
                     chunk = None
                     continue
+                ahead = asyncio.create_task(
+                    self._machines.reserve(chunk, self._token, self._slice())
+                )
                 async for index, raw in self._reader.lines(*span):
                     raw = strip_bom(raw, index)
                     if index in skip or is_blank(raw):
@@ -113,6 +123,11 @@ class ChunkFeed:
                     self._outstanding[chunk_id] = self._outstanding.get(chunk_id, 0) + 1
                     yield parse_request(raw, index)
         finally:
+            if ahead is not None:
+                # Lines reserved and not sent stay in our chunk: a run that stops early has
+                # its chunks taken back (or freed) and re-run from their first line.
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
             await self._reader.close()
 
     async def _finished_in(self, chunk: Document) -> set[int]:

@@ -181,7 +181,8 @@ class MachineRun:
                 self.machine.id, self._owner, {"dispatch_ended_at": self._clock.now()}
             )
             if feed.exhausted and not dropped and not self.watch.interrupted.is_set():
-                await self._finish(NO_WORK_LEFT)
+                # No chunk left: the work is done, or the batch is ending (its chunks closed).
+                await self._finish(BATCH_ENDED if await self._batch_ending() else NO_WORK_LEFT)
                 return
             if not dropped:
                 break
@@ -193,6 +194,10 @@ class MachineRun:
                 return
             await self._machines.take_back(self.machine.id, token)
         await self._interrupted()
+
+    async def _batch_ending(self) -> bool:
+        batch = await self._store.find_batch(self.view.id)
+        return batch is None or batch.status.is_terminal or batch.cancel_requested_at is not None
 
     async def _start_engine(self) -> EngineClient | None:
         try:

@@ -127,12 +127,13 @@ class MachineStore:
         cursor = self._machines.find({"batch_id": batch_id}, sort=[("created_at", ASCENDING)])
         return [machine_from_doc(doc) async for doc in cursor]
 
-    async def promote(self, batch_id: str) -> None:
-        """The batch runs: its waiting machines may be claimed."""
-        await self._machines.update_many(
+    async def promote(self, batch_id: str) -> bool:
+        """The batch runs: its waiting machines may be claimed; whether there were any."""
+        result = await self._machines.update_many(
             {"batch_id": batch_id, "status": WAITING},
             {"$set": {"status": READY}, "$inc": {"version": 1}},
         )
+        return result.modified_count > 0
 
     async def claim_machine(self, owner: str, ttl_seconds: float) -> Machine | None:
         doc = await leases.claim_one(
@@ -257,33 +258,39 @@ class MachineStore:
         return await cursor.sort("first", ASCENDING).to_list()
 
     async def claim_chunk(self, batch_id: str, mid: str, token: str) -> Document | None:
-        """The first open chunk nobody holds, now ours."""
+        """The first open chunk nobody holds, now ours (a compare-and-set on its version).
+
+        Not in a transaction with the machine (a transaction costs several times more on a
+        busy database): a claim that raced with the end of its machine is given back here when
+        the machine is seen ended, and otherwise by the batch run's sweep (`free_orphans`)."""
         cursor = self._chunks.find(
             {"batch_id": batch_id, "status": "open", "machine": None},
             sort=[("first", ASCENDING)],
             limit=8,
         )
         for doc in await cursor.to_list():
-
-            async def work(session: AsyncClientSession, d: Document = doc) -> bool:
-                if not await self._still_running(mid, token, session):
-                    raise Fenced(None)
-                result = await self._chunks.update_one(
-                    {"_id": d["_id"], "machine": None, "version": d["version"]},
-                    {
-                        "$set": {"machine": mid, "token": token, "cursor": d["first"]},
-                        "$inc": {"version": 1},
-                    },
-                    session=session,
-                )
-                return result.modified_count == 1
-
-            try:
-                if await self._tx(work, events=False):
-                    return {**doc, "machine": mid, "token": token, "cursor": doc["first"]}
-            except Fenced:
+            result = await self._chunks.update_one(
+                {"_id": doc["_id"], "machine": None, "version": doc["version"]},
+                {
+                    "$set": {"machine": mid, "token": token, "cursor": doc["first"]},
+                    "$inc": {"version": 1},
+                },
+            )
+            if result.modified_count != 1:
+                continue
+            machine = await self._machines.find_one({"_id": mid}, {"status": 1, "lease_owner": 1})
+            if machine is None or machine["status"] != READY or machine["lease_owner"] != token:
+                await self._chunks.update_one({"_id": doc["_id"], "token": token}, FREE)
                 return None
+            return {**doc, "machine": mid, "token": token, "cursor": doc["first"]}
         return None
+
+    async def free_orphans(self, batch_id: str, active: Sequence[str]) -> int:
+        """Free the open chunks held by machines that are no longer active."""
+        result = await self._chunks.update_many(
+            {"batch_id": batch_id, "status": "open", "machine": {"$nin": [None, *active]}}, FREE
+        )
+        return result.modified_count
 
     async def _still_running(self, mid: str, token: str, session: AsyncClientSession) -> bool:
         """Inside a claim's transaction: is the machine still ready and run by `token`? Written,
@@ -348,23 +355,37 @@ class MachineStore:
                 return None
         return None
 
-    async def reserve(self, chunk_id: str, token: str, want: int) -> tuple[int, int] | None:
+    async def reserve(self, chunk: Document, token: str, want: int) -> tuple[int, int] | None:
         """Move the chunk's cursor over up to `want` lines; `(start, stop)` reserved (empty when
-        the chunk has no unstarted line), None when the chunk is no longer ours."""
+        the chunk has no unstarted line), None when the chunk is no longer ours.
+
+        `chunk` is our last view of it (its `cursor` and `end` are updated here): the first
+        try is one write on that view; only when a thief moved `end` meanwhile is it read again.
+        """
         for _ in range(10):
-            doc = await self._chunks.find_one({"_id": chunk_id, "token": token, "status": "open"})
-            if doc is None:
-                return None
-            start, end = doc["cursor"], doc["end"]
+            start, end = chunk["cursor"], chunk["end"]
             stop = min(end, start + want)
             if stop <= start:
                 return start, start
             result = await self._chunks.update_one(
-                {"_id": chunk_id, "token": token, "cursor": start, "end": end},
+                {
+                    "_id": chunk["_id"],
+                    "token": token,
+                    "status": "open",
+                    "cursor": start,
+                    "end": end,
+                },
                 {"$set": {"cursor": stop}},
             )
             if result.modified_count == 1:
+                chunk["cursor"] = stop
                 return start, stop
+            doc = await self._chunks.find_one(
+                {"_id": chunk["_id"], "token": token, "status": "open"}
+            )
+            if doc is None:
+                return None
+            chunk.update(cursor=doc["cursor"], end=doc["end"])
         return None
 
     async def finish_chunk(self, chunk_id: str, token: str) -> bool:

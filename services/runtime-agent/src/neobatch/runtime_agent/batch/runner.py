@@ -167,6 +167,8 @@ class Runner:
             owner=owner,
             watch=watch,
         )
+        if isinstance(run, SpreadRun):
+            run.machines_ready = self.wake  # type: ignore[method-assign]
         self._watches[batch.id] = watch
         watch_task = asyncio.create_task(watch.run(), name=f"lease-{batch.id}")
         fields = {"batch_id": batch.id, "job_id": batch.job_id}

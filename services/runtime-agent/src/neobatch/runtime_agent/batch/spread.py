@@ -55,7 +55,8 @@ class SpreadRun(BatchRun):
         last_report = 0.0
         loop = asyncio.get_running_loop()
         while True:
-            await machines.promote(batch_id)
+            if await machines.promote(batch_id):
+                self.machines_ready()  # claim them now, not at the next poll
             if self.watch.lost:
                 log.warning("lease lost; leaving the batch", extra=log_fields(**self._ids))
                 return
@@ -65,6 +66,8 @@ class SpreadRun(BatchRun):
             if self.watch.cancel_requested or self.watch.expired:
                 break
             found = await machines.list_machines(batch_id)
+            # A chunk claimed by a machine just as it ended goes back to the others.
+            await machines.free_orphans(batch_id, [m.id for m in found if m.status in ACTIVE])
             failed = failed_machine(found)
             if failed is not None:
                 message = failed.error_message or "no machine could run the engine"
@@ -83,6 +86,9 @@ class SpreadRun(BatchRun):
             expired=self.watch.expired,
         )
         await self._wind_down(outcome)
+
+    def machines_ready(self) -> None:
+        """Set by the runner: machines may be claimed (wakes it)."""
 
     async def _report(self, found: list) -> bool:
         counts = self.tally.counts()
@@ -147,6 +153,8 @@ class SpreadRun(BatchRun):
     ) -> None:
         await self._stop_machines()
         await super()._end(outcome, failure, stop_engine=False)
+        # A machine added while the batch ended is released too.
+        await self._stop_machines()
 
 
 def _seconds(start: datetime, end: datetime) -> float:
