@@ -3,9 +3,10 @@
 The whole stack (four service processes) with PROVISIONER=runpod,lambdaCloud and both cloud
 simulators. RunPod is left with room for two H100s, so a job asking for four machines gets two
 from RunPod and the rest from Lambda (each provision the cheapest fitting offer at that moment,
-providers in their configured order). The RunPod simulator deletes one machine mid-run; the
-batch completes on the others (and a replacement), each custom_id once, and every machine is
-released, none kept after the batch's work ran out (the simulators' own billing records).
+providers in their configured order). The RunPod simulator deletes one machine mid-run and the
+runtime-agent is SIGKILLed (and started again); the batch completes on the others (and a
+replacement), each custom_id once, and every machine is released, none kept after the batch's
+work ran out (the simulators' own billing records).
 """
 
 from __future__ import annotations
@@ -127,7 +128,9 @@ def clouds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clouds]:
         "NEOBATCH_SSH_READY_TIMEOUT_SECONDS": "5",
         "NEOBATCH_SSH_CONNECT_TIMEOUT_SECONDS": "2",
         "NEOBATCH_DISPATCH_CONCURRENCY": str(CONCURRENCY),
-        "NEOBATCH_RUNNER_POLL_SECONDS": "1",
+        "NEOBATCH_RUNNER_POLL_SECONDS": "0.5",
+        # A killed agent's leases expire quickly, and the restarted one looks for them often.
+        "NEOBATCH_BATCH_LEASE_SECONDS": "3",
     }
     stack = start_stack(tmp_path_factory.mktemp("stack-many"), Ports.free(), env)
     try:
@@ -155,7 +158,9 @@ def test_replicas_above_the_operator_maximum_is_a_400(clouds: Clouds) -> None:
     assert r.json()["code"] == "replicas_above_maximum"
 
 
-async def test_four_machines_from_two_providers_one_lost(clouds: Clouds) -> None:
+async def test_four_machines_from_two_providers_one_lost_and_the_agent_killed(
+    clouds: Clouds,
+) -> None:
     clouds.leave_runpod_room_for(2)
     job = clouds.submit("many-machines", replicas=4)
     job_id = job["id"]
@@ -172,6 +177,9 @@ async def test_four_machines_from_two_providers_one_lost(clouds: Clouds) -> None
 
     # The RunPod simulator deletes one of its machines mid-run.
     victim = clouds.delete_a_machine("runpod")
+    # And the agent is SIGKILLed: a new instance takes the machines' runs over.
+    clouds.stack.kill("runtime-agent")
+    clouds.stack.restart("runtime-agent")
 
     job = await clouds.wait_settled(job_id)
     assert job["status"] == "completed", job.get("error_message")
