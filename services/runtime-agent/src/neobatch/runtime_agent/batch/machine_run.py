@@ -27,10 +27,10 @@ from neobatch.common.clock import Clock
 from neobatch.common.logs import log_fields
 from neobatch.common.metrics import DispatchObserver, timed_dispatch
 from neobatch.runtime_agent.batch.batches import Batch
+from neobatch.runtime_agent.batch.chunk_store import Fenced
 from neobatch.runtime_agent.batch.chunks import slice_lines
 from neobatch.runtime_agent.batch.feed import ChunkFeed
 from neobatch.runtime_agent.batch.lease_watch import BatchWatch, Interrupted
-from neobatch.runtime_agent.batch.machine_store import Fenced
 from neobatch.runtime_agent.batch.machines import (
     BATCH_ENDED,
     DONE,
