@@ -18,6 +18,7 @@ PURE_MODULES = [
     "services/console/src/neobatch/console/jobs/job_view.py",
     "services/console/src/neobatch/console/jobs/batch_view.py",
     "services/console/src/neobatch/console/jobs/bill.py",
+    "services/console/src/neobatch/console/jobs/quote.py",
     "services/console/src/neobatch/console/catalog/rules.py",
     "services/console/src/neobatch/console/catalog/access.py",
     "services/console/src/neobatch/console/files/uploads.py",
@@ -29,6 +30,8 @@ PURE_MODULES = [
     "services/planner/src/neobatch/planner/decisions.py",
     "services/planner/src/neobatch/planner/fleet.py",
     "services/planner/src/neobatch/planner/machines.py",
+    "services/planner/src/neobatch/planner/budget.py",
+    "services/planner/src/neobatch/planner/job_doc.py",
     "services/resource-manager/src/neobatch/resource_manager/provisions.py",
     "services/resource-manager/src/neobatch/resource_manager/offers.py",
     "services/resource-manager/src/neobatch/resource_manager/ranking.py",
@@ -46,6 +49,10 @@ PURE_MODULES = [
     "services/runtime-agent/src/neobatch/runtime_agent/machine/launch.py",
     "libs/common/src/neobatch/common/batch_input.py",
     "libs/common/src/neobatch/common/billing.py",
+    "libs/common/src/neobatch/common/webhooks.py",
+    "services/notifier/src/neobatch/notifier/policy.py",
+    "services/console/src/neobatch/console/webhooks/views.py",
+    "libs/common/src/neobatch/common/costing.py",
 ]
 IO_PACKAGES = {
     "pymongo",

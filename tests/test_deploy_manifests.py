@@ -32,7 +32,7 @@ from neobatch.sim.testing.servers import (
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
 COMPOSE = ROOT / "deploy" / "compose.yaml"
-SERVICES = ("console", "planner", "resource-manager", "runtime-agent")
+SERVICES = ("console", "planner", "resource-manager", "runtime-agent", "notifier")
 NAMESPACE = "neobatch"
 NAMESPACE_LABELS = {"kubernetes.io/metadata.name": NAMESPACE}
 NATS_PORT, MONGO_PORT, API_PORT, METRICS_PORT = 4222, 27017, 8080, 9090
@@ -225,6 +225,25 @@ def test_only_the_four_services_reach_nats_and_mongo() -> None:
     assert "mongo-rs-init" in dict(workloads())
 
 
+def test_event_feed_namespaces_reach_the_nats_client_port_only() -> None:
+    """A subscriber's namespace, labelled for the feed, reaches NATS's client port (where its
+    login may only read the public events: tests/test_event_feed_permissions.py) and
+    nothing else; the same pod without the label reaches nothing."""
+    feed = ({"kubernetes.io/metadata.name": "crm", "neobatch.io/event-feed": "true"}, {"app": "x"})
+    assert admitted("nats", NATS_PORT, feed)
+    for port in (6222, 8222):
+        assert not admitted("nats", port, feed)
+    assert not admitted("mongo", MONGO_PORT, feed)
+    for app in SERVICES:
+        assert not admitted(app, METRICS_PORT, feed), app
+    assert not admitted("nats", NATS_PORT, ({"kubernetes.io/metadata.name": "crm"}, {"app": "x"}))
+    env = container_env("nats")
+    assert env["NATS_INTEGRATION_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "neobatch-nats",
+        "key": "integration-password",
+    }
+
+
 def test_only_the_console_api_is_reachable_from_outside() -> None:
     outside: list[Source] = [None, (OTHER_NAMESPACE, {"app": "x"}), in_namespace("debug")]
     for source in outside:
@@ -306,7 +325,12 @@ def test_compose_logins_come_from_the_environment_and_are_required() -> None:
         assert "MONGO_APP_PASSWORD" in interpolations(mongo_url), name
         assert nats_url.count("@") == 3  # every seed carries the login
     text = COMPOSE.read_text()
-    for variable in ("NATS_PASSWORD", "MONGO_ROOT_PASSWORD", "MONGO_APP_PASSWORD"):
+    for variable in (
+        "NATS_PASSWORD",
+        "NATS_INTEGRATION_PASSWORD",
+        "MONGO_ROOT_PASSWORD",
+        "MONGO_APP_PASSWORD",
+    ):
         # Required (`:?`), never defaulted to a password written here.
         assert f"${{{variable}:?" in text, variable
         assert not re.search(rf"\${{{variable}:-", text), variable
@@ -368,7 +392,12 @@ async def test_nats_config_refuses_a_client_without_the_login(where: str, tmp_pa
     # The peers' routes point at a loopback port nobody listens on (the server keeps trying).
     args = [re.sub(r"nats-\d:6222", f"{LOOPBACK}:{free_port()}", arg) for arg in args]
     password = "p0a1b2c3d4e5f6"
-    env = {"POD_NAME": "nats-0", "NATS_USER": "neobatch", "NATS_PASSWORD": password}
+    env = {
+        "POD_NAME": "nats-0",
+        "NATS_USER": "neobatch",
+        "NATS_PASSWORD": password,
+        "NATS_INTEGRATION_PASSWORD": "p9integration",
+    }
     server = ManagedProcess([str(nats_server_binary()), *args], tmp_path / "nats.log", env=env)
     with server:
         wait_port(LOOPBACK, client, 15, process=server)

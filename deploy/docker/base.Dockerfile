@@ -25,6 +25,8 @@ COPY services/console/pyproject.toml services/console/
 COPY services/planner/pyproject.toml services/planner/
 COPY services/resource-manager/pyproject.toml services/resource-manager/
 COPY services/runtime-agent/pyproject.toml services/runtime-agent/
+COPY services/notifier/pyproject.toml services/notifier/
+COPY clients/cli/pyproject.toml clients/cli/
 RUN uv sync --frozen --no-dev --no-install-workspace --all-packages
 
 # runtime: what every final image starts from; no compiler, no uv, no sources, non-root.

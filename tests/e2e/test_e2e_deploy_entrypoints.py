@@ -33,7 +33,7 @@ from neobatch.sim.testing.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "deploy" / "docker"
-SERVICES = ("console", "planner", "resource-manager", "runtime-agent")
+SERVICES = ("console", "planner", "resource-manager", "runtime-agent", "notifier")
 JOBS = 3
 REQUESTS = 6
 
@@ -172,7 +172,7 @@ def wait_all(services: dict[str, Service], path: str, code: int, timeout: float)
 def test_every_dockerfile_command_starts_a_service_that_turns_ready(
     services: dict[str, Service],
 ) -> None:
-    assert [s.process.args[:2] for s in services.values()] == [["python", "-m"]] * 4
+    assert [s.process.args[:2] for s in services.values()] == [["python", "-m"]] * len(SERVICES)
     wait_all(services, "/readyz", 200, 60)
     for service in services.values():
         assert status(service.url + "/healthz") == 200

@@ -140,6 +140,11 @@ def test_completed_job(tmp_path: Path) -> None:
     assert (
         f'curl -sS -H "Authorization: Bearer {KEY}" {CONSOLE}/api/v1/files/file-out/content' in text
     )
+    # The CLI command that would have done the same (issue 18), without the key in it.
+    submit = next(line for line in lines if "neobatch submit" in line)
+    assert "--template sim-chat-demo@v1.0.0 --watch" in submit
+    assert str(tmp_path) in submit and KEY not in submit
+    assert any("neobatch download" in line for line in lines)
 
 
 def test_conflicts_reuse_model_and_template(tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ MODEL_ITEM = "/api/v1/models/model-qwen2-5-7b-instruct"
 TEMPLATE_ITEM = TEMPLATES_PATH + "/tmpl_0"
 QUOTAS_PATH = "/api/v1/projects/default/quotas"
 KEYS_PATH = "/api/v1/keys"
-OPERATOR_PATHS = (MODEL_PATH, QUOTAS_PATH, KEYS_PATH)
+BUDGET_PATH = "/api/v1/projects/default/budget"
+OPERATOR_PATHS = (MODEL_PATH, QUOTAS_PATH, BUDGET_PATH, KEYS_PATH)
 
 # Every operation that takes a JSON body; `test_every_json_route_is_covered` keeps this whole.
 JSON_ROUTES = [
@@ -36,7 +37,14 @@ JSON_ROUTES = [
     ("PUT", MODEL_ITEM),
     ("PUT", TEMPLATE_ITEM),
     ("PUT", QUOTAS_PATH),
+    ("PUT", BUDGET_PATH),
     ("POST", KEYS_PATH),
+    ("POST", "/v1/webhook_endpoints"),
+    ("POST", "/v1/webhook_endpoints/we_0"),
+    ("POST", "/v1/webhook_endpoints/we_0/rotate_secret"),
+    ("POST", "/api/v1/webhooks"),
+    ("POST", "/api/v1/webhooks/we_0"),
+    ("POST", "/api/v1/webhooks/we_0/rotate_secret"),
 ]
 
 
@@ -70,6 +78,7 @@ def _int64_cases(api: Any, file_id: str) -> list[tuple[str, dict[str, Any], str]
         ),
         ("/api/v1/jobs", {**job, "request_count_total": BIG}, "request_count_total"),
         ("/api/v1/jobs", {**job, "client": {"max_concurrency": BIG}}, "max_concurrency"),
+        ("/api/v1/jobs", {**job, "max_cost_usd": BIG}, "max_cost_usd"),
         ("/v1/batches", {**batch, "output_expires_after": {"seconds": BIG}}, "seconds"),
     ]
     cases += [
@@ -95,7 +104,16 @@ async def _post(api: Any, path: str, body: Any) -> Any:
 
 
 async def _stored(api: Any) -> int:
-    collections = ("models", "templates", "jobs", "outbox", "project_quotas", "api_keys")
+    collections = (
+        "models",
+        "templates",
+        "jobs",
+        "outbox",
+        "project_quotas",
+        "project_budgets",
+        "api_keys",
+        "webhook_endpoints",
+    )
     return sum([await api.count(c) for c in collections])
 
 
@@ -112,6 +130,7 @@ async def test_every_json_route_is_covered(api: Any) -> None:
         path.replace("model-qwen2-5-7b-instruct", "{model_id}")
         .replace("tmpl_0", "{template_id}")
         .replace("/projects/default/", "/projects/{project}/")
+        .replace("/we_0", "/{endpoint_id}")
         for _, path in JSON_ROUTES
     }
     assert with_json == routes

@@ -41,6 +41,7 @@ async def test_create_job_stores_a_queued_job_and_publishes_job_queued(api: Any)
     assert queued.job_id == job_id
     changed = await api.next_event(JobStatusChanged)
     assert (changed.job_id, changed.old_status, changed.new_status) == (job_id, None, "queued")
+    assert changed.job_version == doc["version"] == 1
 
 
 async def test_default_template_and_latest_active_version_are_used(api: Any) -> None:

@@ -374,6 +374,15 @@ def test_status_change_event_names_both_states() -> None:
     assert decision.fields["request_counts"] == {"total": 3, "completed": 2, "failed": 1}
 
 
+def test_status_change_event_carries_the_version_the_job_is_written_at() -> None:
+    """Integrations order a job's events by `job_version` (docs/events.md): it is the version
+    `save_decision` writes, so it grows with every change of the job."""
+    decision = decide(job(S.IN_PROGRESS, version=7), terminal(BatchStatus.COMPLETED), NOW)
+    assert decision is not None
+    changed = decision.events[-1]
+    assert changed.job_version == 8  # type: ignore[attr-defined]
+
+
 def test_every_waiting_state_gets_a_deadline_and_terminal_states_none() -> None:
     limits = Limits(
         provisioning_seconds=100, grace_seconds=10, cancel_seconds=30, expiry_grace_seconds=5

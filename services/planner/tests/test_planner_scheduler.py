@@ -11,8 +11,10 @@ import pytest
 import pytest_asyncio
 from pymongo.asynchronous.database import AsyncDatabase
 
+from neobatch.common.budget_store import BudgetStore
 from neobatch.common.clock import FixedClock, utcnow
 from neobatch.common.contracts import (
+    BatchCancelRequested,
     BatchMachineDone,
     BatchStatus,
     BatchTerminal,
@@ -21,6 +23,7 @@ from neobatch.common.contracts import (
     ProvisionFailed,
     ProvisionRunning,
     SshEndpoint,
+    decode_event,
 )
 from neobatch.common.mongo import create_mongo_client
 from neobatch.common.outbox import OUTBOX
@@ -350,3 +353,69 @@ async def test_a_job_of_three_machines_from_placement_to_the_end(rig: Rig) -> No
     # Each machine released once: the done one at once, the other at the end, the failed one
     # when it failed (the resource-manager cleans up whatever it had begun).
     assert [sum(i.encode() in p for p in released) for i in ids] == [1, 1, 1]
+
+
+async def test_a_project_over_budget_stops_running_jobs_only_when_its_operator_says_so(
+    rig: Rig,
+) -> None:
+    """Issue 16: a project's monthly budget stops its running jobs (`budget_exceeded`) only with
+    `stop_running_jobs`; another project's jobs run on."""
+    budgets = BudgetStore(rig.db)
+    now = rig.clock.now()
+    for n, project in ((1, "spender"), (2, "other")):
+        job_id = await rig.add_job(n, project)
+        await rig.db.jobs.update_one(
+            {"_id": job_id},
+            {"$set": {"status": "in_progress", "batch_handed_over": True, "created_at": now}},
+        )
+        await rig.db.provisions.insert_one(
+            {
+                "_id": f"prov_{n}",
+                "job_id": job_id,
+                "provider": "runpod",
+                "leased_at": now - timedelta(hours=1),
+                "lease": {"provider": "runpod", "price_per_hour": 2.0},
+            }
+        )
+    await budgets.save_budget("spender", 1.0, stop=False)
+    await budgets.save_budget("other", 100.0, stop=True)
+    assert await rig.planner.stop_over_budget(budgets) == 0  # spender: over, but not stopping
+
+    await budgets.save_budget("spender", 1.0, stop=True)
+    assert await rig.planner.stop_over_budget(budgets) == 1
+    job = await rig.db.jobs.find_one({"_id": "job_001"})
+    assert job["budget_stop_requested_at"] is not None and job["status"] == "in_progress"
+    [stop] = [e async for e in rig.db[OUTBOX].find({"subject": {"$regex": "cancel_requested"}})]
+    assert decode_event(stop["payload"], BatchCancelRequested).reason == "budget_exceeded"
+    assert (await rig.db.jobs.find_one({"_id": "job_002"})).get("budget_stop_requested_at") is None
+    # Asked once: a second pass changes nothing; the agent's answer ends the job failed.
+    await rig.planner.stop_over_budget(budgets)
+    assert await rig.db[OUTBOX].count_documents({"subject": {"$regex": "cancel_requested"}}) == 1
+
+
+async def test_the_cost_caps_fields_are_read_with_the_job(rig: Rig) -> None:
+    """The planner reads jobs through a projection: a cap it cannot see would never stop."""
+    job_id = await rig.add_job(1)
+    now = rig.clock.now()
+    machine = {
+        "provision_id": "prov_001_1",
+        "state": "running",
+        "provider": "runpod",
+        "price_per_hour": 3.0,
+        "leased_at": now,
+        "running_at": now,
+        "ended_at": None,
+    }
+    fields = {
+        "max_cost_usd": 2.5,
+        "machines": [machine],
+        "budget_deadline_at": now + timedelta(seconds=60),
+        "budget_stop_requested_at": now,
+    }
+    await rig.db.jobs.update_one({"_id": job_id}, {"$set": fields})
+    job = await rig.store.get_job(job_id)
+    assert job.max_cost_usd == 2.5 and job.budget_deadline_at is not None
+    [read] = job.machines
+    assert (read.provider, read.price_per_hour) == ("runpod", 3.0)
+    assert read.leased_at is not None and read.running_at is not None and read.ended_at is None
+    assert job.budget_stop_requested

@@ -20,13 +20,13 @@ from neobatch.common.contracts import ProvisionReleaseRequested, ProvisionReques
 from neobatch.common.mongo import create_mongo_client
 from neobatch.common.outbox import OUTBOX
 from neobatch.common.subjects import Namespace
+from neobatch.common.throughput_store import ThroughputStore
 from neobatch.resource_manager.app import cloud_providers
 from neobatch.resource_manager.driver import ProvisionDriver
 from neobatch.resource_manager.handlers import ProvisionEventHandler
 from neobatch.resource_manager.reconciler import Reconciler
 from neobatch.resource_manager.settings import read_settings
 from neobatch.resource_manager.store import ProvisionStore
-from neobatch.resource_manager.throughput_store import ThroughputStore
 from neobatch.sim.pytest_plugin import ProviderSimInfo, SSHKeyPair
 from neobatch.sim.testing.waiting import wait_until
 

@@ -129,6 +129,12 @@ def test_plan_outcome(
     assert got is outcome
 
 
+def test_plan_outcome_budget_stop_is_failed_unless_all_finished() -> None:
+    common = {"status": S.IN_PROGRESS, "cancel_requested": True, "expired": False}
+    assert plan_outcome(all_finished=False, budget_stop=True, **common) is S.FAILED
+    assert plan_outcome(all_finished=True, budget_stop=True, **common) is S.COMPLETED
+
+
 @pytest.mark.parametrize(
     ("current", "outcome", "path"),
     [

@@ -181,3 +181,32 @@ async def test_cancel_for_an_unknown_batch_is_retried_later(make_harness):
     cancel = BatchCancelRequested(batch_id="batch_unknown", job_id="job_unknown")
     with pytest.raises(NackMessage):
         await harness.agent.handlers.on_batch_cancel_requested(cancel)
+
+
+async def test_a_stop_at_the_cost_cap_fails_the_batch_with_budget_exceeded_lines(
+    make_harness, agent, engine_sim_factory
+):
+    """Issue 16: the planner's stop at a job's max_cost_usd (a cancel with reason
+    `budget_exceeded`): finished lines kept, every unsent one `budget_exceeded` in the error
+    file (each custom_id once across both), the engine stopped, the batch `failed`."""
+    engine = engine_sim_factory(latency_ms=20)
+    harness = await make_harness(dispatch={"concurrency": 4})
+    lines = agent.chat_lines(1000)
+    event = await harness.submit(lines, placeholder_engine(agent, engine.port))
+    await harness.wait_results(event.batch_id, 20)
+    stop = BatchCancelRequested(
+        batch_id=event.batch_id, job_id=event.job_id, reason="budget_exceeded"
+    )
+    await harness.agent.handlers.on_batch_cancel_requested(stop)
+    batch = await harness.wait_terminal(event.batch_id)
+
+    assert batch.status is BatchStatus.FAILED and batch.error_code == "budget_exceeded"
+    counts = batch.request_counts
+    assert 20 <= counts.completed < 1000 and counts.completed + counts.failed == 1000
+    output = await harness.read_file(batch.output_file_id)
+    errors = await harness.read_file(batch.error_file_id)
+    assert len(output) == counts.completed and len(errors) == counts.failed
+    assert all(line["error"]["code"] == "budget_exceeded" for line in errors)
+    ids = [line["custom_id"] for line in output + errors]
+    assert sorted(ids) == sorted(x["custom_id"] for x in lines)
+    assert agent.engine_pids(engine.port) == []

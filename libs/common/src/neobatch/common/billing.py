@@ -10,7 +10,7 @@ the provision's `lease` (the offer's; the SSH pool's operator-set price).
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 # How each provider bills: the increment in seconds, a started increment billed in full.
@@ -78,3 +78,15 @@ def machine_cost(provision: dict[str, Any], now: datetime | None) -> MachineCost
         price_per_hour=price,
         usd=cost_usd(seconds, price),
     )
+
+
+def month_start(now: datetime) -> datetime:
+    """The first instant of `now`'s UTC month."""
+    now = now.astimezone(UTC)
+    return datetime(now.year, now.month, 1, tzinfo=UTC)
+
+
+def spend_of(provisions: list[dict[str, Any]], now: datetime) -> float:
+    """What these machines cost (held ones up to `now`)."""
+    costs = (machine_cost(p, now) for p in provisions)
+    return sum(cost.usd for cost in costs if cost is not None)

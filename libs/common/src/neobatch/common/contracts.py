@@ -196,13 +196,24 @@ class JobCancelRequested(Event, frozen=True, kw_only=True):
 
 
 class JobStatusChanged(Event, frozen=True, kw_only=True):
-    """The public integration feed: one event per job transition."""
+    """The public integration feed: one event per job transition (docs/events.md)."""
 
     subject: ClassVar[str] = "job.status_changed"
     job_id: str
     old_status: str | None
     new_status: str
     reason: str = ""
+    # The job document's `version` once this change is written: strictly increasing per job
+    # (with gaps: progress updates bump it too), so a subscriber restores a job's order by it.
+    # 0 on events written before the field existed.
+    job_version: Annotated[
+        int,
+        msgspec.Meta(
+            ge=0,
+            description="The job's version after this change: increases with every change "
+            "of the job, so sorting a job's events by it restores their order (0: unknown).",
+        ),
+    ] = 0
 
 
 class ProvisionRequested(Event, frozen=True, kw_only=True):
@@ -219,6 +230,9 @@ class ProvisionRunning(Event, frozen=True, kw_only=True):
     job_id: str
     provider: str
     endpoint: SshEndpoint
+    # The lease (the bill's start and price: `common.billing`), for a job's cost cap.
+    leased_at: datetime | None = None
+    price_per_hour: float = 0.0
 
 
 class ProvisionFailed(Event, frozen=True, kw_only=True):
@@ -275,6 +289,9 @@ class BatchCancelRequested(Event, frozen=True, kw_only=True):
     subject: ClassVar[str] = "batch.cancel_requested"
     batch_id: str
     job_id: str
+    # "" (the user cancelled) or "budget_exceeded" (the job's cost cap: the batch ends `failed`
+    # and its unsent lines are `budget_exceeded` in the error file).
+    reason: str = ""
 
 
 class BatchStatusReported(Event, frozen=True, kw_only=True):

@@ -31,6 +31,7 @@ SERVICES = {
     "planner": "neobatch.planner.settings:PlannerSettings",
     "resource-manager": "neobatch.resource_manager.settings:ResourceManagerSettings",
     "runtime-agent": "neobatch.runtime_agent.settings:AgentSettings",
+    "notifier": "neobatch.notifier.settings:NotifierSettings",
 }
 COMMON_TITLE = "Connections and process (all services)"
 HEADER = "| Variable | Read by | Default | Meaning |\n| --- | --- | --- | --- |"

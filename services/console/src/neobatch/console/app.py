@@ -13,9 +13,12 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from neobatch.common.budget_store import BudgetStore
 from neobatch.common.clock import Clock
 from neobatch.common.errors import ConfigError
 from neobatch.common.runtime import ServiceRuntime
+from neobatch.common.throughput_store import ThroughputStore
+from neobatch.console.admin.budget_routes import BudgetController
 from neobatch.console.admin.routes import KeyController, QuotaController
 from neobatch.console.bodies import check_json_body
 from neobatch.console.catalog.routes import ModelController, list_offers
@@ -42,6 +45,8 @@ from neobatch.console.keys.store import KeyStore
 from neobatch.console.openapi import document_errors
 from neobatch.console.quotas import QuotaStore
 from neobatch.console.settings import DEV_PROJECT, ConsoleSettings, configured_providers
+from neobatch.console.webhooks.routes import webhook_routes
+from neobatch.console.webhooks.store import WebhookStore
 
 SERVICE = "console"
 SECURITY = [{"bearer": []}]
@@ -61,7 +66,9 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
             ModelController,
             JobController,
             QuotaController,
+            BudgetController,
             KeyController,
+            *webhook_routes(aibrix=True),
             job_capabilities,
             list_offers,
             file_router(
@@ -78,6 +85,7 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
         tags=["openai"],
         route_handlers=[
             BatchController,
+            *webhook_routes(aibrix=False),
             file_router(
                 upload_path="/files",
                 page_limit=openai_page_limit,
@@ -131,7 +139,8 @@ def _lifespan(settings: ConsoleSettings, clock: Clock | None) -> Lifespan:
         files = FileStore(runtime.db, keys)
         catalog = CatalogStore(runtime.db)
         jobs = JobStore(runtime.mongo, runtime.db, runtime.ns, runtime.notify_outbox)
-        for store in (keys, catalog, jobs):
+        webhooks = WebhookStore(runtime.db)
+        for store in (keys, catalog, jobs, webhooks):
             runtime.add_startup(store.ensure_indexes)
         if settings.api_key or settings.operator_api_key:
 
@@ -165,7 +174,9 @@ def _lifespan(settings: ConsoleSettings, clock: Clock | None) -> Lifespan:
             app.state.file_store = files
             app.state.catalog_store = catalog
             app.state.job_store = jobs
+            app.state.webhook_store = webhooks
             app.state.quota_store = QuotaStore(runtime.db)
+            app.state.budget_store = BudgetStore(runtime.db)
             app.state.job_service = JobService(
                 jobs,
                 files,
@@ -179,6 +190,8 @@ def _lifespan(settings: ConsoleSettings, clock: Clock | None) -> Lifespan:
                 max_requests=settings.common.max_batch_requests,
                 max_input_bytes=settings.common.max_batch_input_bytes,
                 max_replicas=settings.max_replicas,
+                throughput=ThroughputStore(runtime.db),
+                budgets=app.state.budget_store,
             )
             yield
         finally:

@@ -13,6 +13,7 @@ from litestar import Request
 from litestar.datastructures import State
 from litestar.di import Provide
 
+from neobatch.common.budget_store import BudgetStore
 from neobatch.common.clock import Clock
 from neobatch.console.catalog.store import CatalogStore
 from neobatch.console.files.store import FileStore
@@ -22,6 +23,7 @@ from neobatch.console.keys.auth import Caller
 from neobatch.console.keys.store import KeyStore
 from neobatch.console.quotas import QuotaStore
 from neobatch.console.settings import ConsoleSettings
+from neobatch.console.webhooks.store import WebhookStore
 
 
 def provide_job_store(state: State) -> JobStore:
@@ -42,6 +44,14 @@ def provide_key_store(state: State) -> KeyStore:
 
 def provide_quota_store(state: State) -> QuotaStore:
     return state.quota_store
+
+
+def provide_webhook_store(state: State) -> WebhookStore:
+    return state.webhook_store
+
+
+def provide_budget_store(state: State) -> BudgetStore:
+    return state.budget_store
 
 
 def provide_job_service(state: State) -> JobService:
@@ -69,6 +79,8 @@ DEPENDENCIES = {
     "catalog_store": Provide(provide_catalog_store, sync_to_thread=False),
     "key_store": Provide(provide_key_store, sync_to_thread=False),
     "quota_store": Provide(provide_quota_store, sync_to_thread=False),
+    "webhook_store": Provide(provide_webhook_store, sync_to_thread=False),
+    "budget_store": Provide(provide_budget_store, sync_to_thread=False),
     "job_service": Provide(provide_job_service, sync_to_thread=False),
     "settings": Provide(provide_settings, sync_to_thread=False),
     "now": Provide(provide_now, sync_to_thread=False),

@@ -25,6 +25,8 @@ log = logging.getLogger("neobatch.console")
 class ErrorBody(msgspec.Struct):
     code: str
     message: str
+    # Only on `quote_exceeds_max_cost`: the quote that is over the job's cap (jobs/quote.py).
+    quote: Any = msgspec.UNSET
 
 
 class Forbidden(NeobatchError):
@@ -43,6 +45,22 @@ class Unprocessable(InvalidInput):
     """Well-formed, but names something that cannot be used that way (HTTP 422)."""
 
     code = "unprocessable"
+
+
+class QuoteExceedsCap(Unprocessable):
+    """The job's quote is above its `max_cost_usd` (422); the error carries the quote."""
+
+    code = "quote_exceeds_max_cost"
+
+    def __init__(self, message: str, *, quote: Any) -> None:
+        super().__init__(message)
+        self.quote = quote
+
+
+class OverBudget(Forbidden):
+    """The project spent its monthly budget (403): no new job until an operator raises it."""
+
+    code = "project_over_budget"
 
 
 class RateLimited(NeobatchError):
@@ -145,6 +163,8 @@ def on_neobatch_error(request: Request[Any, Any, Any], exc: NeobatchError) -> Re
         log.error("request failed", exc_info=exc, extra=log_fields(path=request.url.path))
         return error_response(status, exc.code, "internal error; see the console log")
     response = error_response(status, exc.code, exc.message)
+    if isinstance(exc, QuoteExceedsCap):
+        response.content.quote = exc.quote
     if isinstance(exc, RateLimited):
         response.headers["retry-after"] = str(exc.retry_after)
     return response

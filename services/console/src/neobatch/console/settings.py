@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated
 
+from neobatch.common.sealing import SealingKey
 from neobatch.common.settings import CommonSettings, Env, Settings, read_env
+from neobatch.common.webhooks import UrlPolicy
 
 # The project the dev key (NEOBATCH_API_KEY) belongs to.
 DEV_PROJECT = "default"
@@ -121,6 +123,18 @@ class ConsoleSettings(Settings, frozen=True, kw_only=True):
             "`replicas_above_maximum` (AIBrix's schema allows up to 1,024)",
             minimum=1,
             maximum=1024,
+        ),
+    ] = 16
+    # What webhook URLs may reach; the notifier reads the same variables.
+    webhook_urls: UrlPolicy = UrlPolicy()
+    # Seals signing secrets at rest; the notifier holds the same key.
+    webhook_sealing: SealingKey = SealingKey()
+    max_webhook_endpoints: Annotated[
+        int,
+        Env(
+            "NEOBATCH_WEBHOOK_MAX_ENDPOINTS",
+            "Webhook endpoints one project may register (409 `webhook_endpoint_limit` past it)",
+            minimum=1,
         ),
     ] = 16
     # Shown by /api/v1/config/job-capabilities.

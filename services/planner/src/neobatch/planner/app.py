@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from neobatch.common.budget_store import BudgetStore
 from neobatch.common.runtime import ServiceRuntime
 from neobatch.planner.handlers import SERVICE, register
 from neobatch.planner.scheduler import Planner
@@ -21,4 +22,6 @@ def build(settings: PlannerSettings) -> ServiceRuntime:
     runtime.add_startup(prepare)
     runtime.add_loop("job-queue", planner.run_queue)
     runtime.add_loop("deadlines", planner.run_deadlines)
+    budgets = BudgetStore(runtime.db)
+    runtime.add_loop("budgets", lambda: planner.run_budgets(budgets, settings.budget_check_seconds))
     return runtime

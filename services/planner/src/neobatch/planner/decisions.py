@@ -69,6 +69,11 @@ class Job(msgspec.Struct, kw_only=True):
     # An agent reported a machine with no work left to run or steal (or the batch ended):
     # machines still coming up are released, and no more join.
     work_exhausted: bool = False
+    # The job's cost cap (budget.py): when the bill of all its machines reaches it, and
+    # whether the agent was asked to stop the batch.
+    max_cost_usd: float | None = None
+    budget_deadline_at: datetime | None = None
+    budget_stop_requested: bool = False
 
 
 class DeadlinePassed(msgspec.Struct, frozen=True):
@@ -76,6 +81,14 @@ class DeadlinePassed(msgspec.Struct, frozen=True):
 
     job_id: str
     subject = "deadline"
+
+
+class ProjectOverBudget(msgspec.Struct, frozen=True):
+    """Not an event on the wire: the job's project spent its monthly budget and its operator
+    asked for running jobs to stop (`project_budgets.stop_running_jobs`)."""
+
+    job_id: str
+    subject = "project_over_budget"
 
 
 class DeadLettered(msgspec.Struct, frozen=True):
@@ -112,6 +125,7 @@ def move(
         new_status=status.value,
         reason=reason,
         occurred_at=now,
+        job_version=job.version + 1,  # what save_decision's `$inc` makes it
     )
     fields = {f"{status.value}_at": now, **(fields or {})}
     preparing = JobStatus.RESOURCE_PREPARING

@@ -18,8 +18,8 @@ from neobatch.common.contracts import (
     ProvisionReleased,
     ProvisionRunning,
 )
+from neobatch.planner import budget, policy
 from neobatch.planner import machines as m
-from neobatch.planner import policy
 from neobatch.planner.decisions import (
     BATCH_HANDED_OVER,
     Decision,
@@ -72,20 +72,20 @@ def on_provision_running(job: Job, event: ProvisionRunning, now: datetime) -> De
             fields={
                 "batch_handed_over": True,
                 "expires_at": batch.expires_at,
-                "machines": m.with_state(machines, [pid], m.RUNNING),
+                "machines": m.came_up(machines, event, now, m.RUNNING),
             },
             events=[batch],
         )
     joining = job.status in BATCH_HANDED_OVER and job.status is not JobStatus.FINALIZING
     if joining and not job.work_exhausted:
         return Decision(
-            fields={"machines": m.with_state(machines, [pid], m.RUNNING)},
+            fields={"machines": m.came_up(machines, event, now, m.RUNNING)},
             events=[batch_request(job, event, now)],
             reason=f"machine {pid} joins the batch ({event.provider})",
         )
     # Up after its work ran out (or while the job is cancelling): nothing to run, free it.
     return Decision(
-        fields={"machines": m.with_state(machines, [pid], m.RELEASING)},
+        fields={"machines": m.came_up(machines, event, now, m.RELEASING)},
         events=release_ids(job, [pid], now, "no work left for the machine"),
         reason=f"machine {pid} came up with no work left for it",
     )
@@ -133,7 +133,8 @@ def on_provision_released(job: Job, event: ProvisionReleased, now: datetime) -> 
     machines = m.of_job(job)
     if m.find(machines, event.provision_id) is None:
         return None
-    machines = m.with_state(machines, [event.provision_id], m.RELEASED)
+    ids = [event.provision_id]
+    machines = m.ended(m.with_state(machines, ids, m.RELEASED), ids, now)
     fields = {"provision_released_at": now, "machines": machines}
     # A cancel before the batch started ends when every release asked for is confirmed.
     pending = m.ids_in(machines, [*m.HELD, m.RELEASING])
@@ -175,7 +176,8 @@ def on_provision_lost(
     if lost is None or lost.state not in m.HELD or job.status.is_terminal:
         return None
     pid = event.provision_id
-    machines = m.with_state(machines, [pid], m.RELEASING)
+    # A vanished machine's bill stops now (budget.py counts it up to here).
+    machines = m.ended(m.with_state(machines, [pid], m.RELEASING), [pid], now)
     events: list[Event] = []
     if job.replicas > 1 and lost.state == m.RUNNING and job.batch_handed_over:
         events.append(
@@ -191,6 +193,9 @@ def on_provision_lost(
     others = m.ids_in(machines, m.HELD)
     if job.status is JobStatus.CANCELLING:
         return _while_cancelling(job, machines, events, now, "machine lost")
+    if job.budget_stop_requested and not others:
+        # Stopping at the job's cost cap: no replacement; its files are attached when it ends.
+        return budget.ended_over_budget(job, now, machines=machines, also_release=events)
     tried = m.tried(machines)
     may_replace = tried < max(1, job.replicas) + m.replacements_allowed(
         job.replicas, limits.max_provision_attempts

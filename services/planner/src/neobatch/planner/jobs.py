@@ -31,7 +31,7 @@ from neobatch.common.contracts import (
     ProvisionReleased,
     ProvisionRunning,
 )
-from neobatch.planner import fleet, policy
+from neobatch.planner import budget, fleet, policy
 from neobatch.planner import machines as m
 from neobatch.planner.decisions import (
     BATCH_HANDED_OVER,
@@ -40,6 +40,7 @@ from neobatch.planner.decisions import (
     DeadlinePassed,
     Decision,
     Job,
+    ProjectOverBudget,
     deadline_for,
     end_with_error,
     move,
@@ -50,7 +51,7 @@ from neobatch.planner.decisions import (
 from neobatch.planner.machines import Machine
 from neobatch.planner.policy import Limits
 
-__all__ = ["DeadLettered", "DeadlinePassed", "Decision", "Job", "decide"]
+__all__ = ["DeadLettered", "DeadlinePassed", "Decision", "Job", "ProjectOverBudget", "decide"]
 
 
 _RANK = {
@@ -76,29 +77,33 @@ _BATCH_TERMINAL = {
     BatchStatus.EXPIRED: JobStatus.EXPIRED,
     BatchStatus.CANCELLED: JobStatus.CANCELLED,
 }
-# Statuses in which a batch has been handed to the runtime-agent.
+_STOPPED = (BatchStatus.CANCELLED, BatchStatus.FAILED)
+
+
+Happening = Event | DeadlinePassed | DeadLettered | ProjectOverBudget
 
 
 def decide(
-    job: Job,
-    event: Event | DeadlinePassed | DeadLettered,
-    now: datetime,
-    limits: Limits = DEFAULT_LIMITS,
+    job: Job, event: Happening, now: datetime, limits: Limits = DEFAULT_LIMITS
 ) -> Decision | None:
     """The decision `event` causes for `job` at `now`, or None when it changes nothing."""
     decision = _decide(job, event, now, limits)
-    if decision is not None and decision.status is not None:
+    if decision is None:
+        return None
+    if decision.status is not None:
         expires_at = decision.fields.get("expires_at") or job.expires_at
         decision.fields["deadline_at"] = deadline_for(decision.status, now, expires_at, limits)
+    # A capped job's cost deadline, over all its machines, when earlier (budget.py).
+    budget.with_cost_deadline(job, decision, now, limits)
     return decision
 
 
-def _decide(
-    job: Job, event: Event | DeadlinePassed | DeadLettered, now: datetime, limits: Limits
-) -> Decision | None:
+def _decide(job: Job, event: Happening, now: datetime, limits: Limits) -> Decision | None:
     match event:
+        case ProjectOverBudget():
+            return budget.stop(job, now, limits, "project monthly budget spent")
         case DeadlinePassed():
-            return _on_deadline(job, now)
+            return budget.on_deadline(job, now, limits) or _on_deadline(job, now)
         case DeadLettered():
             return _on_dead_lettered(job, event, now)
         case JobQueued():
@@ -207,7 +212,11 @@ def _on_batch_terminal(job: Job, event: BatchTerminal, now: datetime) -> Decisio
     if job.status.is_terminal:
         return _late_batch_files(job, event)
     status = _BATCH_TERMINAL[event.status]
-    if job.status is JobStatus.CANCELLING:
+    # The agent stopped the batch at the job's cost cap (a cancel from an older agent too).
+    budget_stop = job.budget_stop_requested and event.status in _STOPPED
+    if budget_stop:
+        status = JobStatus.FAILED
+    elif job.status is JobStatus.CANCELLING:
         # The user asked to cancel; a batch that finished anyway keeps all its output.
         status = JobStatus.CANCELLED
     if status is JobStatus.FAILED and event.error_code in policy.SUBMIT_FAILURE_CODES:
@@ -227,6 +236,8 @@ def _on_batch_terminal(job: Job, event: BatchTerminal, now: datetime) -> Decisio
     # An error from an earlier attempt never outlives a batch that ended without one.
     fields["error_code"] = event.error_code if event.error_message else None
     fields["error_message"] = event.error_message or None
+    if budget_stop:
+        fields.update(budget.exceeded_fields(job))
     reason = event.error_message or f"batch {event.status.value}"
     return move(job, status, now, reason, fields=fields, events=release)
 

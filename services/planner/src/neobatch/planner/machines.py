@@ -11,6 +11,10 @@ the job (`machines`), so every decision sees which machines are still held:
 - `released`: the resource-manager confirmed the release;
 - `failed`: it never came up (the resource-manager tried every offer it could).
 
+Each machine also keeps what `provision.running` said of its lease (provider, price, when
+leased and when ready) and when its bill stopped (`ended_at`: lost, or its release confirmed),
+so a job's cost cap counts every machine it ever had (budget.py).
+
 A job stored before this field existed has one machine, `provision_id`, whose state follows
 from the job's status (`of_job`): so a replicas=1 job decides exactly as before.
 """
@@ -18,11 +22,12 @@ from the job's status (`of_job`): so a replicas=1 job decides exactly as before.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import msgspec
 
-from neobatch.common.contracts import JobStatus
+from neobatch.common.contracts import JobStatus, ProvisionRunning
 from neobatch.planner import policy
 
 if TYPE_CHECKING:
@@ -40,6 +45,13 @@ HELD = frozenset({REQUESTED, RUNNING})
 class Machine(msgspec.Struct, frozen=True):
     provision_id: str
     state: str
+    # From its `provision.running` (the bill's start and price, `common.billing`).
+    provider: str = ""
+    price_per_hour: float = 0.0
+    leased_at: datetime | None = None
+    running_at: datetime | None = None
+    # When its bill stopped: lost, or its release confirmed (None: still billed).
+    ended_at: datetime | None = None
 
 
 def of_job(job: Job) -> list[Machine]:
@@ -67,7 +79,39 @@ def find(machines: Iterable[Machine], provision_id: str) -> Machine | None:
 def with_state(machines: Iterable[Machine], ids: Iterable[str], state: str) -> list[Machine]:
     """`machines` with those of `ids` in `state`."""
     chosen = set(ids)
-    return [Machine(m.provision_id, state) if m.provision_id in chosen else m for m in machines]
+    return [
+        msgspec.structs.replace(m, state=state) if m.provision_id in chosen else m for m in machines
+    ]
+
+
+def came_up(
+    machines: Iterable[Machine], event: ProvisionRunning, now: datetime, state: str
+) -> list[Machine]:
+    """`machines` with the one `event` names up, in `state`, its lease recorded."""
+    return [
+        msgspec.structs.replace(
+            m,
+            state=state,
+            provider=event.provider,
+            price_per_hour=event.price_per_hour,
+            leased_at=event.leased_at,
+            running_at=now,
+        )
+        if m.provision_id == event.provision_id
+        else m
+        for m in machines
+    ]
+
+
+def ended(machines: Iterable[Machine], ids: Iterable[str], now: datetime) -> list[Machine]:
+    """`machines` with the bill of those of `ids` that ran stopped at `now` (once)."""
+    chosen = set(ids)
+    return [
+        msgspec.structs.replace(m, ended_at=now)
+        if m.provision_id in chosen and m.running_at is not None and m.ended_at is None
+        else m
+        for m in machines
+    ]
 
 
 def ids_in(machines: Iterable[Machine], states: Iterable[str]) -> list[str]:

@@ -9,6 +9,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 
 from neobatch.common.contracts import ClientSpec, EngineSpec, ResourceRequest
+from neobatch.common.costing import DEFAULT_OUTPUT_TOKENS_PER_REQUEST
 
 DEFAULT_ENGINE_PORT = 8000
 DEFAULT_READY_TIMEOUT_SECONDS = 1800.0
@@ -30,9 +31,9 @@ SUBMIT_FAILURE_CODES = frozenset(
 
 
 # Output tokens a request is expected to produce when the template declares none
-# (`placement.output_tokens_per_request`). A documented approximation for ranking offers: what
-# reaches the planner is the validated request count, not each line's `max_tokens`.
-DEFAULT_OUTPUT_TOKENS_PER_REQUEST = 256
+# (`placement.output_tokens_per_request`; default `costing.DEFAULT_OUTPUT_TOKENS_PER_REQUEST`).
+# A documented approximation for ranking offers: what reaches the planner is the validated
+# request count, not each line's `max_tokens` (a quote reads those: console jobs/quote.py).
 
 
 def expected_output_tokens(template_spec: dict[str, Any], request_count: int) -> int:
@@ -137,6 +138,8 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_provision_attempts: int = 3
     # Machines one project may hold at once (0: no limit); its further jobs wait queued.
     max_machines_per_project: int = 0
+    # A capped job begins stopping this long before its bill reaches the cap (planner/budget.py).
+    budget_stop_seconds: float = 30.0
 
 
 # --- the fair queue ------------------------------------------------------------------------

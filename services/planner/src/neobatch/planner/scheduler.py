@@ -12,20 +12,16 @@ import logging
 from collections.abc import Callable
 
 from neobatch.common.aio import wait_for_event
+from neobatch.common.budget_store import BudgetStore, month_start
 from neobatch.common.clock import Clock
 from neobatch.common.contracts import Event, JobQueued, JobStatus
 from neobatch.common.errors import NotFound
 from neobatch.common.logs import log_fields
 from neobatch.planner import jobs, policy
-from neobatch.planner.jobs import DeadLettered, DeadlinePassed, Decision, Job
+from neobatch.planner.job_doc import written_job
+from neobatch.planner.jobs import DeadLettered, DeadlinePassed, Decision, Job, ProjectOverBudget
 from neobatch.planner.policy import Limits
-from neobatch.planner.store import (
-    AtMachineQuota,
-    BatchConflict,
-    JobStore,
-    NoSlotFree,
-    written_job,
-)
+from neobatch.planner.store import AtMachineQuota, BatchConflict, JobStore, NoSlotFree
 
 log = logging.getLogger("neobatch.planner")
 
@@ -61,7 +57,9 @@ class Planner:
         # copy only saves the read after our own write.
         self._written: dict[str, Job] = {}
 
-    async def apply(self, job_id: str, event: Event | DeadlinePassed | DeadLettered) -> bool:
+    async def apply(
+        self, job_id: str, event: Event | DeadlinePassed | DeadLettered | ProjectOverBudget
+    ) -> bool:
         """Apply `event` to the job; False only when it needed a provisioning slot and none was
         free, or machines its project's quota has no room for."""
         for _ in range(MAX_CAS_ATTEMPTS):
@@ -197,6 +195,27 @@ class Planner:
             await self.plan_waiting()
             with contextlib.suppress(TimeoutError):
                 await wait_for_event(self._slot_freed, QUEUE_POLL_SECONDS)
+
+    async def stop_over_budget(self, budgets: BudgetStore) -> int:
+        """Stop the running jobs of every project over its monthly budget whose operator asked
+        for it (`stop_running_jobs`); how many were asked to stop."""
+        now = self._clock.now()
+        stopped = 0
+        for doc in await budgets.list_stopping_budgets():
+            project, limit = doc["_id"], doc.get("monthly_usd")
+            if limit is None or await budgets.find_month_spend(
+                project, month_start(now), now
+            ) < float(limit):
+                continue
+            for job_id in await self._store.list_running_job_ids(project):
+                await self.apply(job_id, ProjectOverBudget(job_id))
+                stopped += 1
+        return stopped
+
+    async def run_budgets(self, budgets: BudgetStore, interval_seconds: float) -> None:
+        while True:
+            await self.stop_over_budget(budgets)
+            await asyncio.sleep(interval_seconds)
 
     async def run_deadlines(self) -> None:
         while True:

@@ -43,6 +43,12 @@ class PlannerSettings(Settings, frozen=True, kw_only=True):
                 "(0 = no limit; `project_quotas` overrides per project)",
                 minimum=0,
             ),
+            budget_stop_seconds=Env(
+                "NEOBATCH_BUDGET_STOP_SECONDS",
+                "A job with max_cost_usd begins stopping this long before its bill reaches the "
+                "cap (the stop itself is billed: files, engine stop, release)",
+                minimum=0,
+            ),
         ),
     ] = Limits()
     # AIBrix provisions one job at a time; we default to four in parallel.
@@ -54,6 +60,15 @@ class PlannerSettings(Settings, frozen=True, kw_only=True):
             minimum=1,
         ),
     ] = 4
+    budget_check_seconds: Annotated[
+        float,
+        Env(
+            "NEOBATCH_BUDGET_CHECK_SECONDS",
+            "How often the planner looks for projects over their monthly budget whose operator "
+            "stops running jobs (`stop_running_jobs`)",
+            minimum=1,
+        ),
+    ] = 30.0
     # AIBrix's PLANNER_WORKER_COUNT, default 10.
     worker_count: Annotated[
         int,

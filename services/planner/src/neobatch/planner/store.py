@@ -18,8 +18,8 @@ from neobatch.common.outbox import append_events
 from neobatch.common.subjects import Namespace
 from neobatch.common.transitions import compare_and_set
 from neobatch.planner import policy
+from neobatch.planner.job_doc import JOB_FIELDS, job_from_doc
 from neobatch.planner.jobs import Decision, Job
-from neobatch.planner.machines import Machine
 
 # The oldest a deadline can be: a lower bound makes the overdue query a bounded range, which
 # our test database (secantus) answers from the `deadline` index; `$lte` alone scans every
@@ -61,78 +61,9 @@ SLOT_INDEXES = [IndexModel([("job_id", ASCENDING)], name="job")]
 FREE_SLOT = {"job_id": None, "active": True}
 
 
-# Only what `job_from_doc` reads: a job document also carries metadata, counts, errors...
-JOB_FIELDS = {
-    field: 1
-    for field in (
-        "status",
-        "version",
-        "batch_id",
-        "provision_id",
-        "batch_handed_over",
-        "cancel_requested_at",
-        "template_spec",
-        "serving_name",
-        "endpoint",
-        "input_dataset",
-        "created_by",
-        "resource_request",
-        "provider",
-        "client",
-        "completion_window_seconds",
-        "expires_at",
-        "project",
-        "created_at",
-        "model_template_id",
-        "request_counts",
-        "machines",
-        "work_exhausted",
-    )
-}
-
-
-def job_from_doc(doc: dict[str, Any]) -> Job:
-    return Job(
-        id=doc["_id"],
-        status=JobStatus(doc["status"]),
-        version=doc.get("version", 0),
-        batch_id=doc["batch_id"],
-        provision_id=doc.get("provision_id"),
-        batch_handed_over=bool(doc.get("batch_handed_over")),
-        cancel_requested=doc.get("cancel_requested_at") is not None,
-        template_spec=doc.get("template_spec") or {},
-        serving_name=doc.get("serving_name") or "",
-        endpoint=doc.get("endpoint") or "",
-        input_dataset=doc.get("input_dataset") or "",
-        created_by=doc.get("created_by") or "",
-        replicas=int((doc.get("resource_request") or {}).get("replicas") or 1),
-        provider=doc.get("provider") or None,
-        client=doc.get("client") or None,
-        completion_window_seconds=float(doc.get("completion_window_seconds") or 24 * 3600),
-        expires_at=doc.get("expires_at"),
-        project=doc.get("project") or "",
-        created_at=doc.get("created_at"),
-        template_id=str(doc.get("model_template_id") or ""),
-        request_count=int((doc.get("request_counts") or {}).get("total") or 0),
-        machines=msgspec.convert(doc.get("machines") or [], list[Machine]),
-        work_exhausted=bool(doc.get("work_exhausted")),
-    )
-
-
 def _of_project(project: str) -> dict[str, Any]:
     """Jobs of `project`; "" also stands for documents written before jobs had one."""
     return {"project": project} if project else {"project": {"$in": [None, ""]}}
-
-
-def written_job(job: Job, decision: Decision) -> Job:
-    """`job` as `save_decision` leaves it: what `job_from_doc` would read back."""
-    changes: dict[str, Any] = {"version": job.version + 1}
-    if decision.status is not None:
-        changes["status"] = decision.status
-    for field in ("provision_id", "batch_handed_over", "expires_at", "machines", "work_exhausted"):
-        if field in decision.fields:
-            changes[field] = decision.fields[field]
-    return msgspec.structs.replace(job, **changes)
 
 
 class NoSlotFree(Exception):
@@ -309,6 +240,14 @@ class JobStore:
         )
         if taken.modified_count != 1:
             raise NoSlotFree
+
+    async def list_running_job_ids(self, project: str, limit: int = 1000) -> list[str]:
+        """The project's jobs holding a batch (a project budget may stop them)."""
+        handed = ["submitting", "batch_created", "in_progress", "finalizing"]
+        cursor = self._jobs.find(
+            {**_of_project(project), "status": {"$in": handed}}, {"_id": 1}, limit=limit
+        )
+        return [doc["_id"] async for doc in cursor]
 
     async def get_job(self, job_id: str) -> Job:
         doc = await self._jobs.find_one({"_id": job_id}, JOB_FIELDS)

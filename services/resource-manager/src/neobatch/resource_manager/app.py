@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from neobatch.common.runtime import ServiceRuntime
+from neobatch.common.throughput_store import ThroughputStore
 from neobatch.resource_manager.driver import ProvisionDriver
 from neobatch.resource_manager.handlers import (
     SERVICE,
@@ -21,7 +22,6 @@ from neobatch.resource_manager.providers.ssh_pool import (
 from neobatch.resource_manager.reconciler import Reconciler
 from neobatch.resource_manager.settings import ResourceManagerSettings
 from neobatch.resource_manager.store import ProvisionStore
-from neobatch.resource_manager.throughput_store import ThroughputStore
 
 
 def cloud_providers(settings: ResourceManagerSettings) -> dict[str, Provider]:

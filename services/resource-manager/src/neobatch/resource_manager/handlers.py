@@ -22,11 +22,11 @@ from neobatch.common.contracts import (
 from neobatch.common.ids import resource_name
 from neobatch.common.logs import log_fields
 from neobatch.common.subjects import Namespace
+from neobatch.common.throughput_store import ThroughputStore
 from neobatch.resource_manager import provisions
 from neobatch.resource_manager.driver import ProvisionDriver
 from neobatch.resource_manager.ranking import sample_of
 from neobatch.resource_manager.store import ProvisionStore
-from neobatch.resource_manager.throughput_store import ThroughputStore
 
 log = logging.getLogger("neobatch.resource_manager")
 
@@ -128,6 +128,7 @@ class ThroughputLearner:
             provision.offer,
             event.usage.output_tokens,
             event.dispatch_seconds,
+            requests=event.request_counts.completed,
         )
         if sample is not None and await self._samples.save_sample(sample, self._clock.now()):
             log.info(

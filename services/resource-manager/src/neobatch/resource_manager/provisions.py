@@ -78,6 +78,8 @@ class Provision(msgspec.Struct, kw_only=True):
     # was ever made for it (a provider then creates without looking for an earlier machine).
     fresh: bool = False
     lease_until: datetime | None = None
+    # When the provider accepted the create (the bill's start), once recorded.
+    leased_at: datetime | None = None
 
 
 class Decision(msgspec.Struct, kw_only=True):
@@ -328,9 +330,16 @@ def _events(provision: Provision, decision: Decision, now: datetime) -> list[Eve
         case status if status is provision.status:
             return []
         case ProvisionStatus.RUNNING if decision.machine and decision.machine.endpoint:
+            offer = provision.offer
+            price = offer.price_per_hour if offer else decision.machine.price_per_hour
             return [
                 ProvisionRunning(
-                    **ids, provider=provision.provider, endpoint=decision.machine.endpoint
+                    **ids,
+                    provider=provision.provider,
+                    endpoint=decision.machine.endpoint,
+                    # Recorded with the first answer (store.lease_fields): then, or this step.
+                    leased_at=provision.leased_at or now,
+                    price_per_hour=price or 0.0,
                 )
             ]
         case ProvisionStatus.FAILED:

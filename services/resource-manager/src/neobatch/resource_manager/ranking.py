@@ -19,27 +19,24 @@ per type teach it). Ties: price per hour, GPU type, region, provider.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import msgspec
 
-from neobatch.resource_manager.offers import Offer, gpu_family
+from neobatch.common.costing import (
+    DEFAULT_STARTUP_SECONDS,
+    MIN_SAMPLE_SECONDS,
+    Estimate,
+    Sample,
+    throughput_of,
+)
+from neobatch.common.costing import expected_cost as _cost
+from neobatch.resource_manager.offers import Offer
 
-# Lease → running engine when the template declares nothing: a cloud machine boots and pulls
-# the image, then vLLM loads the weights (minutes on a real GPU machine).
-DEFAULT_STARTUP_SECONDS = 300.0
+__all__ = ["DEFAULT_STARTUP_SECONDS", "Estimate", "Placement", "choose", "rank", "sample_of"]
 
 COST_PER_JOB = "cost_per_job"
 PRICE_PER_HOUR = "price_per_hour"
-
-
-class Estimate(msgspec.Struct, frozen=True, kw_only=True):
-    """What is known about the job at placement time."""
-
-    expected_output_tokens: int = 0
-    startup_seconds: float = DEFAULT_STARTUP_SECONDS
-    declared: Mapping[str, float] = {}  # GPU family → tokens/s per machine, from the template
-    learned: Mapping[str, float] = {}  # GPU family → tokens/s per machine, from finished jobs
 
 
 class Placement(msgspec.Struct, frozen=True, kw_only=True):
@@ -57,28 +54,9 @@ class Placement(msgspec.Struct, frozen=True, kw_only=True):
     candidates: int = 0
 
 
-def throughput_of(family: str, estimate: Estimate) -> tuple[float, str] | None:
-    """The figure for `family`: learned first (what this template really did), else declared."""
-    for source, figures in (("learned", estimate.learned), ("declared", estimate.declared)):
-        value = _lookup(figures, family)
-        if value:
-            return value, source
-    return None
-
-
-def _lookup(figures: Mapping[str, float], family: str) -> float | None:
-    for name, value in figures.items():
-        if gpu_family(name) == family and value > 0:
-            return float(value)
-    return None
-
-
 def expected_cost(offer: Offer, estimate: Estimate) -> float | None:
-    known = throughput_of(offer.family, estimate)
-    if known is None or estimate.expected_output_tokens <= 0:
-        return None
-    hours = estimate.expected_output_tokens / known[0] / 3600 + estimate.startup_seconds / 3600
-    return offer.price_per_hour * hours
+    """`neobatch.common.costing.expected_cost` of the job on `offer`."""
+    return _cost(offer.price_per_hour, offer.family, estimate)
 
 
 def _per_hour_key(offer: Offer) -> tuple[float, str, str, str]:
@@ -128,24 +106,14 @@ def choose(
 
 # --- learning: what finished batches teach -------------------------------------------------
 
-# A batch shorter than this measures start-up noise, not throughput.
-MIN_SAMPLE_SECONDS = 1.0
-# Recent batches per (template, family) that make the learned figure.
-LEARNED_WINDOW = 20
-
-
-class Sample(msgspec.Struct, frozen=True, kw_only=True):
-    """One finished batch: output tokens over the seconds spent sending requests."""
-
-    batch_id: str
-    template_key: str
-    family: str
-    output_tokens: int
-    dispatch_seconds: float
-
 
 def sample_of(
-    batch_id: str, template_key: str, offer: Offer | None, output_tokens: int, seconds: float
+    batch_id: str,
+    template_key: str,
+    offer: Offer | None,
+    output_tokens: int,
+    seconds: float,
+    requests: int = 0,
 ) -> Sample | None:
     """What a terminal batch teaches, if anything: only a batch run on a recorded offer of a
     known template that produced output over a measurable time."""
@@ -157,15 +125,5 @@ def sample_of(
         family=offer.family,
         output_tokens=output_tokens,
         dispatch_seconds=seconds,
+        requests=max(0, requests),
     )
-
-
-def learned_throughput(samples: Sequence[Sample]) -> dict[str, float]:
-    """GPU family → tokens/s over its samples (total tokens ÷ total seconds, so a long batch
-    weighs more than a short one)."""
-    tokens: dict[str, int] = {}
-    seconds: dict[str, float] = {}
-    for sample in samples:
-        tokens[sample.family] = tokens.get(sample.family, 0) + sample.output_tokens
-        seconds[sample.family] = seconds.get(sample.family, 0.0) + sample.dispatch_seconds
-    return {family: tokens[family] / seconds[family] for family in tokens if seconds[family] > 0}

@@ -117,6 +117,7 @@ def provision_from_doc(doc: dict[str, Any]) -> Provision:
         deadline_at=doc.get("deadline_at"),
         offer=msgspec.convert(doc["offer"], Offer) if doc.get("offer") else None,
         attempts=list(doc.get("attempts") or []),
+        leased_at=doc.get("leased_at"),
     )
 
 

@@ -115,7 +115,7 @@ class BatchHandlers:
 
     async def on_batch_cancel_requested(self, event: BatchCancelRequested) -> None:
         fields = log_fields(batch_id=event.batch_id, job_id=event.job_id)
-        if await self._store.request_cancel(event.batch_id, self._clock.now()):
+        if await self._store.request_cancel(event.batch_id, self._clock.now(), event.reason):
             log.info("batch cancel requested", extra=fields)
             self._wake(event.batch_id)
             return

@@ -13,6 +13,14 @@ watches the event stream and reports, per job, the time between:
 plus jobs planned per second. Times are when each event reached this observer, so they
 include the outbox relay and JetStream, as an integration would see them.
 
+It also prints the control plane's own idle GPU time per job (issue 16), from the same
+records the bill reads: machine ready (the provision's `running_at`) → first request sent
+(the batch's `dispatch_started_at`), and last request answered (`dispatch_ended_at`) → release
+call (the provision's `releasing_at`, when the resource-manager began releasing). The stand-in
+agent sends its "first request" the moment the batch reaches it and answers it at once, so
+these are the planner's and resource-manager's share of the idle time the bill shows (a real
+agent adds its SSH, engine start-up and output files to them).
+
 By default every job may provision at once (MAX_CONCURRENT_PROVISIONING = --jobs), so the
 first hop is the planner's own latency. With a lower `--max-provisioning`, jobs wait for a
 free slot by policy, and the first hop also counts that wait: how long the resource-manager
@@ -32,7 +40,9 @@ from pathlib import Path
 import msgspec
 import nats
 from nats.js.api import DeliverPolicy
+from pymongo import MongoClient
 
+from neobatch.common.clock import utcnow
 from neobatch.common.contracts import (
     BatchRequested,
     BatchStatus,
@@ -74,11 +84,14 @@ async def observe_and_finish(
         seen[job_id].setdefault(subject, now)
         if subject == "batch.requested":
             request = msgspec.json.decode(msg.data, type=BatchRequested)
+            sent = utcnow()  # the first request sent, and answered, at once
             terminal = BatchTerminal(
                 batch_id=request.batch_id,
                 job_id=request.job_id,
                 status=BatchStatus.COMPLETED,
                 request_counts=RequestCounts(total=1, completed=1),
+                dispatch_started_at=sent,
+                dispatch_ended_at=sent,
             )
             await js.publish(
                 ns.subject(terminal),
@@ -130,6 +143,45 @@ def report(seen: dict[str, dict[str, float]]) -> None:
     )
     if len(planned) > 1:
         print(f"{'jobs planned per second':40s} {len(planned) / (planned[-1] - planned[0]):.1f}")
+
+
+IDLE = {
+    "machine ready → first request sent": ("running_at", "dispatch_started_at"),
+    "last request answered → release call": ("dispatch_ended_at", "releasing_at"),
+}
+
+
+def idle_times(mongo_url: str, db_name: str, jobs: int, timeout_seconds: float) -> dict:
+    """Per job, the control plane's idle GPU seconds (IDLE), once every machine is releasing."""
+    deadline = time.monotonic() + timeout_seconds
+    with MongoClient(mongo_url) as client:
+        db = client[db_name]
+        while True:
+            provisions = list(db.provisions.find({"releasing_at": {"$ne": None}}))
+            if len(provisions) >= jobs or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        found = db.jobs.find({"_id": {"$in": [p["job_id"] for p in provisions]}})
+        runs = {job["_id"]: job for job in found}
+    gaps: dict[str, list[float]] = {label: [] for label in IDLE}
+    for provision in provisions:
+        times = {**runs.get(provision["job_id"], {}), **provision}
+        for label, (start, end) in IDLE.items():
+            if times.get(start) is not None and times.get(end) is not None:
+                gaps[label].append((times[end] - times[start]).total_seconds() * 1000)
+    return gaps
+
+
+def report_idle(gaps: dict[str, list[float]]) -> None:
+    print("control plane's own idle GPU time per job (target: p99 < 1000 ms each)")
+    for label, values in gaps.items():
+        if not values:
+            print(f"{label:40s} no samples")
+            continue
+        print(
+            f"{label:40s} n={len(values):4d}  p50={statistics.median(values):7.1f} ms  "
+            f"p99={percentile(values, 0.99):7.1f} ms  max={max(values):7.1f} ms"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,10 +250,12 @@ def main(argv: list[str] | None = None) -> int:
 
             seen = asyncio.run(run())
             console.close()
+            idle = idle_times(stack.mongo_url, env["NEOBATCH_DB"], args.jobs, 30)
         finally:
             stack.stop()
     print(f"MAX_CONCURRENT_PROVISIONING={args.max_provisioning or args.jobs}")
     report(seen)
+    report_idle(idle)
     if args.dump is not None:
         args.dump.write_bytes(msgspec.json.encode(seen))
     return 0

@@ -45,12 +45,13 @@ SERVICE_MODULES: dict[str, str] = {
     "planner": "neobatch.planner",
     "resource-manager": "neobatch.resource_manager",
     "runtime-agent": "neobatch.runtime_agent",
+    "notifier": "neobatch.notifier",
 }
 SERVICES: tuple[str, ...] = tuple(SERVICE_MODULES)
 # Start order; stopping goes the other way so services never outlive their dependencies.
 ALL_COMPONENTS: tuple[str, ...] = (NATS, MONGO, SSH_HOST, *SIM_MODULES, *SERVICES)
 # The services without an HTTP API serve /healthz, /readyz and /metrics on a port of their own.
-HEALTH_SERVICES = ("planner", "resource-manager", "runtime-agent")
+HEALTH_SERVICES = ("planner", "resource-manager", "runtime-agent", "notifier")
 
 
 def health_port_var(name: str) -> str:
@@ -79,6 +80,9 @@ def service_env(
         "NEOBATCH_RATE_LIMIT_PER_MINUTE": "60000",
         "NEOBATCH_SSH_POOL": f"{current_user()}@{LOOPBACK}:{ports.ssh}",
         "NEOBATCH_SSH_KEY_FILE": str(layout.client_key),
+        # Webhooks to receivers on this machine (tests, demos): plain http to loopback only.
+        "NEOBATCH_WEBHOOK_ALLOW_HTTP": "true",
+        "NEOBATCH_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
         # Log lines reach .run/logs as they happen, not when a buffer fills or the process exits.
         "PYTHONUNBUFFERED": "1",
         STACK_MARKER_ENV: str(layout.root),

@@ -272,7 +272,17 @@ class Demo:
         file_id = self.upload(input_path)
         job = self.create_job(model_id, file_id)
         final = self.follow(str(job["id"]), timeout_seconds)
+        self.cli_equivalent(input_path, str(job["id"]))
         return self.report(final, timeout_seconds)
+
+    def cli_equivalent(self, input_path: Path, job_id: str) -> None:
+        """The `neobatch` commands (clients/cli) that do what the demo just did."""
+        self.out("the same with the CLI (its console and key: `set -a; . .run/stack.env`):")
+        self.out(
+            f"  .venv/bin/neobatch submit {input_path} "
+            f"--template {TEMPLATE_NAME}@{TEMPLATE_VERSION} --watch"
+        )
+        self.out(f"  .venv/bin/neobatch download {job_id} -o demo-output")
 
 
 def _counts(job: Mapping[str, Any]) -> str:

@@ -33,3 +33,18 @@ async def wait_until(
                 f"timed out after {timeout_seconds}s waiting for {detail} (last value: {value!r})"
             )
         await asyncio.sleep(interval)
+
+
+def wait_for(predicate: Callable[[], Any], timeout_seconds: float, what: str = "") -> Any:
+    """`wait_until` for synchronous tests: poll until truthy; AssertionError at the deadline."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            detail = what or getattr(predicate, "__name__", "condition")
+            raise AssertionError(
+                f"timed out after {timeout_seconds}s waiting for {detail}: {value!r}"
+            )
+        time.sleep(0.05)

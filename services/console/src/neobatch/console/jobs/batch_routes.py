@@ -27,6 +27,7 @@ from neobatch.console.jobs.schemas import (
     CreateBatch,
     CreateJob,
     ResourceRequestIn,
+    max_cost,
 )
 from neobatch.console.jobs.service import JobService
 from neobatch.console.jobs.store import JobStore
@@ -36,6 +37,7 @@ from neobatch.console.paging import PageLimit, page_ends
 TEMPLATE_NAME_KEY = "neobatch.template_name"
 TEMPLATE_VERSION_KEY = "neobatch.template_version"
 PROVIDER_KEY = "neobatch.provider"
+MAX_COST_KEY = "neobatch.max_cost_usd"  # the job's cost cap (checked by CreateBatch)
 
 
 def job_request(data: CreateBatch) -> CreateJob:
@@ -55,6 +57,7 @@ def job_request(data: CreateBatch) -> CreateJob:
             else None
         ),
         metadata=metadata,
+        max_cost_usd=max_cost(metadata.get(MAX_COST_KEY)),
     )
 
 

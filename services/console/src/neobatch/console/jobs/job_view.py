@@ -296,4 +296,5 @@ def job_view(
         machines=machines if machines is not None else machines_view(job, []),
         **times,
         placement=placement_view(provision),
+        max_cost_usd=job.get("max_cost_usd"),
     )

@@ -15,6 +15,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 
 from neobatch.console.jobs.bill import Bill, bill_of
 from neobatch.console.jobs.job_view import job_view, machines_view
+from neobatch.console.jobs.quote import Quote
 from neobatch.console.jobs.schemas import (
     CreateJob,
     JobCapabilities,
@@ -73,7 +74,10 @@ class JobController(Controller):
         job_service: NamedDependency[JobService],
         now: NamedDependency[datetime],
         caller: NamedDependency[Caller],
-    ) -> JobOut:
+    ) -> JobOut | Quote:
+        """Create a job; with `dry_run`, answer its quote instead (nothing stored or leased)."""
+        if data.dry_run:
+            return await job_service.quote_job(data, caller)
         job = await job_service.create_job(data, caller, now)
         return job_view(job, None, caller=caller.owner)
 

@@ -134,6 +134,8 @@ def build_job_doc(
         # Only the fields the client set: the agent's defaults apply to the rest.
         "client": msgspec.to_builtins(request.client) if request.client is not None else None,
         "metadata": dict(request.metadata),
+        # The job's cost cap (USD); the planner stops the job when its bill reaches it.
+        "max_cost_usd": request.max_cost_usd,
         "provision_id": None,
         # What the client counted, shown until the validated count below is known.
         "request_count_total": request.request_count_total,
@@ -177,6 +179,7 @@ def creation_events(job: dict[str, Any], now: datetime) -> list[Event]:
             new_status=job["status"],
             reason="created" if queued else "invalid_input_file",
             occurred_at=now,
+            job_version=int(job.get("version") or 1),
         )
     )
     return events

@@ -26,6 +26,8 @@ MAX_REPLICAS = 1024
 DEFAULT_MAX_REPLICAS = 16
 PROVIDER_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
 Provider = Annotated[str, Meta(pattern=PROVIDER_PATTERN)]
+# A job's cost cap in USD: positive, and under a billion (past that it is a typo).
+MaxCost = Annotated[float, Meta(gt=0, le=1_000_000_000)]
 MetadataKey = Annotated[str, Meta(max_length=64)]
 MetadataValue = Annotated[str, Meta(max_length=512)]
 Metadata = Annotated[dict[MetadataKey, MetadataValue], Meta(max_length=16)]
@@ -67,6 +69,11 @@ class CreateJob(msgspec.Struct, kw_only=True):
     provider: Provider | None = None
     # The client's own count of input lines (AIBrix), shown until validation counts them.
     request_count_total: Annotated[int, Meta(ge=0, le=10_000_000)] | None = None
+    # Ours (issue 16): answer a quote (jobs/quote.py) instead of creating the job; and a cap
+    # on what the job's machines may cost (refused at create when the quote is above it,
+    # stopped with `budget_exceeded` when the bill reaches it).
+    dry_run: bool = False
+    max_cost_usd: MaxCost | None = None
 
     def __post_init__(self) -> None:
         # Raised as ValueError so msgspec reports it as a validation error (400).
@@ -86,6 +93,22 @@ class AibrixExtension(msgspec.Struct, kw_only=True):
     replicas: Annotated[int, Meta(ge=0, le=MAX_REPLICAS)] = 0
 
 
+def max_cost(text: str | None) -> float | None:
+    """`metadata["neobatch.max_cost_usd"]` as a cap (ValueError: not one)."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1_000_000_000:
+        raise ValueError(
+            f"metadata['neobatch.max_cost_usd'] {text[:32]!r} is not a USD amount "
+            "in (0, 1000000000]"
+        )
+    return value
+
+
 class CreateBatch(msgspec.Struct, kw_only=True):
     input_file_id: Annotated[str, Meta(min_length=1, max_length=128)]
     endpoint: Endpoint
@@ -103,6 +126,7 @@ class CreateBatch(msgspec.Struct, kw_only=True):
         provider = (self.metadata or {}).get("neobatch.provider")
         if provider is not None and not re.match(PROVIDER_PATTERN, provider):
             raise ValueError(f"metadata['neobatch.provider'] {provider!r} is not a provider name")
+        max_cost((self.metadata or {}).get("neobatch.max_cost_usd"))
 
 
 # --- both views ------------------------------------------------------------------------------
@@ -243,6 +267,8 @@ class JobOut(msgspec.Struct, kw_only=True):
     bill: Bill
     # The machines it runs on (issue 15); none before placement.
     machines: MachinesOut
+    # The job's cost cap (USD), if it has one: its bill stops there (`budget_exceeded`).
+    max_cost_usd: float | None = None
 
 
 class JobList(PageEnds, kw_only=True):

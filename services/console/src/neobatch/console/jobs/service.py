@@ -26,12 +26,16 @@ from neobatch.common.batch_input import (
     InputValidator,
     ValidationReport,
 )
+from neobatch.common.budget_store import BudgetStore, month_start
+from neobatch.common.costing import TokenTally
 from neobatch.common.errors import InvalidInput
 from neobatch.common.ids import new_id
+from neobatch.common.throughput_store import ThroughputStore
 from neobatch.console.catalog import access
 from neobatch.console.catalog.store import CatalogStore
-from neobatch.console.errors import QuotaExceeded, Unprocessable
+from neobatch.console.errors import OverBudget, QuotaExceeded, QuoteExceedsCap, Unprocessable
 from neobatch.console.files.store import FileStore
+from neobatch.console.jobs import quote as quoting
 from neobatch.console.jobs import rules
 from neobatch.console.jobs.schemas import DEFAULT_MAX_REPLICAS, CreateJob
 from neobatch.console.jobs.store import JobStore
@@ -69,6 +73,8 @@ class JobService:
         max_requests: int = MAX_REQUESTS,
         max_input_bytes: int = MAX_INPUT_BYTES,
         max_replicas: int = DEFAULT_MAX_REPLICAS,
+        throughput: ThroughputStore | None = None,
+        budgets: BudgetStore | None = None,
     ) -> None:
         self._jobs = jobs
         self._files = files
@@ -83,9 +89,56 @@ class JobService:
         self._limits = InputLimits(max_line_bytes, max_requests, max_input_bytes)
         # NEOBATCH_MAX_REPLICAS: the most machines one job may ask for.
         self._max_replicas = max_replicas
+        self._throughput = throughput
+        self._budgets = budgets
 
     async def create_job(self, request: CreateJob, caller: Caller, now: datetime) -> Document:
         """Validate `request`, store the job with its events, return the stored document."""
+        self._check_request(request)
+        queued_limit = await self._queued_limit(caller.project)
+        if queued_limit and await self._jobs.count_queued(caller.project, queued_limit) >= (
+            queued_limit
+        ):
+            # Before reading the file: a project at its quota costs one count.
+            raise _quota_exceeded(caller.project, queued_limit)
+        await self._check_budget(caller.project, now)
+        template, report, tally = await self._read_input(request, caller)
+        if request.max_cost_usd is not None and report.ok:
+            quote = await self._quote(request, template, tally)
+            if quoting.over_cap(quote):
+                raise QuoteExceedsCap(
+                    f"max_cost_usd: the job is expected to cost ${quote.expected_cost_usd:.4f} "
+                    f"at best, over its cap of ${request.max_cost_usd:.4f}",
+                    quote=quote,
+                )
+        job = rules.build_job_doc(
+            job_id=new_id("job"),
+            batch_id=new_id("batch"),
+            owner=caller.owner,
+            project=caller.project,
+            request=request,
+            template=template,
+            model=await self._catalog.find_model(template["model_id"]),
+            replicas=rules.replicas_for(request, template["spec"], self._max_replicas),
+            report=report,
+            now=now,
+        )
+        events = rules.creation_events(job, now)
+        # The quota is checked again where it is exact: in the insert's transaction.
+        if not await self._jobs.insert_job(job, events, now, queued_limit=queued_limit):
+            raise _quota_exceeded(caller.project, queued_limit)
+        return job
+
+    async def quote_job(self, request: CreateJob, caller: Caller) -> quoting.Quote:
+        """What the job would cost on each candidate offer (`dry_run`): the same checks as a
+        create, the file streamed once; nothing is stored, queued or leased."""
+        self._check_request(request)
+        template, report, tally = await self._read_input(request, caller)
+        if not report.ok:
+            raise Unprocessable(f"input_dataset: {report.summary()}", code=_failed_code(report))
+        return await self._quote(request, template, tally)
+
+    def _check_request(self, request: CreateJob) -> None:
         window = request.completion_window
         try:
             check_minimum_window(parse_completion_window(window), self._min_window_seconds, window)
@@ -98,21 +151,23 @@ class JobService:
                 code="unknown_provider",
             )
         rules.check_replicas(request, self._max_replicas)
-        queued_limit = await self._queued_limit(caller.project)
-        if queued_limit and await self._jobs.count_queued(caller.project, queued_limit) >= (
-            queued_limit
-        ):
-            # Before reading the file: a project at its quota costs one count.
-            raise _quota_exceeded(caller.project, queued_limit)
+
+    async def _read_input(
+        self, request: CreateJob, caller: Caller
+    ) -> tuple[Document, ValidationReport, TokenTally]:
+        """The job's template, its input's validation report and token tally (one pass)."""
         await _check_input_file(self._files, request.input_dataset, caller)
         endpoint = request.endpoint
-        report: ValidationReport | None = None
+        tally = TokenTally()
         if request.model_template_name:
             template = await _named_template(self._catalog, request, caller.project)
+            report, _ = await _validate_lines(
+                self._files, request.input_dataset, endpoint, self._limits, tally
+            )
         else:
             # The lines say which model they are for: read them first.
             report, served = await _validate_lines(
-                self._files, request.input_dataset, endpoint, self._limits
+                self._files, request.input_dataset, endpoint, self._limits, tally
             )
             template = await _template_for_lines(
                 self._catalog, request, caller.project, served, self._default_template, report
@@ -124,26 +179,45 @@ class JobService:
                 f"{template['name']!r} {template['version']!r}",
                 code="unsupported_endpoint",
             )
-        job = rules.build_job_doc(
-            job_id=new_id("job"),
-            batch_id=new_id("batch"),
-            owner=caller.owner,
-            project=caller.project,
-            request=request,
+        return template, report, tally
+
+    async def _quote(
+        self, request: CreateJob, template: Document, tally: TokenTally
+    ) -> quoting.Quote:
+        spec = template["spec"]
+        families, _ = quoting.accepted(spec)
+        key = str(template.get("_id") or "")
+        learned: dict[str, float] = {}
+        per_request = None
+        if self._throughput is not None and key:
+            learned = await self._throughput.list_learned(key, families)
+            per_request = await self._throughput.find_tokens_per_request(key)
+        providers = [request.provider] if request.provider else list(self._providers)
+        return quoting.build_quote(
             template=template,
-            model=await self._catalog.find_model(template["model_id"]),
-            replicas=rules.replicas_for(request, template["spec"], self._max_replicas),
-            report=report
-            or (await _validate_lines(self._files, request.input_dataset, endpoint, self._limits))[
-                0
-            ],
-            now=now,
+            providers=providers,
+            tally=tally,
+            offers=await self._catalog.list_offers(None, None),
+            learned_throughput=learned,
+            learned_tokens_per_request=per_request,
+            max_cost_usd=request.max_cost_usd,
         )
-        events = rules.creation_events(job, now)
-        # The quota is checked again where it is exact: in the insert's transaction.
-        if not await self._jobs.insert_job(job, events, now, queued_limit=queued_limit):
-            raise _quota_exceeded(caller.project, queued_limit)
-        return job
+
+    async def _check_budget(self, project: str, now: datetime) -> None:
+        """403 `project_over_budget` when the project spent its monthly budget."""
+        if self._budgets is None:
+            return
+        budget = await self._budgets.find_budget(project)
+        limit = budget.get("monthly_usd")
+        if limit is None:
+            return
+        spent = await self._budgets.find_month_spend(project, month_start(now), now)
+        if spent >= limit:
+            raise OverBudget(
+                f"project {project!r} spent ${spent:.4f} this month, its monthly budget is "
+                f"${float(limit):.4f}; an operator may raise it "
+                f"(PUT /api/v1/projects/{project}/budget)"
+            )
 
     async def _queued_limit(self, project: str) -> int:
         """The project's queued-jobs quota (its override, else the setting); 0: none."""
@@ -265,6 +339,10 @@ def served_model(body: dict[str, Any] | msgspec.Raw) -> str | None:
         return None  # not a string: the engine answers that line with its own 400
 
 
+def _failed_code(report: ValidationReport) -> str:
+    return "empty_file" if report.invalid_lines == 0 else "invalid_input_file"
+
+
 class InputLimits(NamedTuple):
     """The operator's bounds on a batch input (NEOBATCH_MAX_INPUT_LINE_BYTES,
     NEOBATCH_MAX_BATCH_REQUESTS, NEOBATCH_MAX_BATCH_INPUT_BYTES)."""
@@ -275,11 +353,15 @@ class InputLimits(NamedTuple):
 
 
 async def _validate_lines(
-    files: FileStore, file_id: str, endpoint: str, limits: InputLimits
+    files: FileStore,
+    file_id: str,
+    endpoint: str,
+    limits: InputLimits,
+    tally: TokenTally | None = None,
 ) -> tuple[ValidationReport, list[str]]:
     """Stream the file once, the work per line bounded (`batch_input`): the validation report
     and the models the valid lines name (`body.model`, first seen first, at most
-    MAX_MODELS_SHOWN + 1)."""
+    MAX_MODELS_SHOWN + 1); each valid body is fed to `tally` (the quote's token estimate)."""
     validator = InputValidator(
         endpoint,
         max_line_bytes=limits.line_bytes,
@@ -291,6 +373,8 @@ async def _validate_lines(
     async for raw in files.iter_lines(file_id, limits.line_bytes):
         request = validator.feed(index, raw)
         index += 1
+        if request is not None and tally is not None:
+            tally.feed(request.body)
         if request is not None and len(served) <= MAX_MODELS_SHOWN:
             model = served_model(request.body)
             if model and model not in served:

@@ -151,7 +151,22 @@ class SshPoolProvider:
         return []  # not rented by offer: `create` leases a host directly
 
     async def catalog(self) -> list[Offer]:
-        return []  # nothing for sale: the hosts are ours
+        """The pool's described hosts as offers at the operator's prices (for the catalog and
+        quotes; `create` still leases a host directly). Undescribed hosts are not listed."""
+        offers: dict[str, Offer] = {}
+        for host in self._pool.values():
+            if host.gpu_type is None:
+                continue
+            offer = Offer(
+                provider=self.name,
+                gpu_type=host.gpu_type,
+                gpu_description=host.gpu_type,
+                gpu_count=max(1, host.gpu_count),
+                region="pool",
+                price_per_hour=host_price(host, self._prices),
+            )
+            offers.setdefault(offer.key, offer)  # one per GPU type (the cache key)
+        return list(offers.values())
 
     async def list_owned(self, prefix: str) -> list[OwnedMachine]:
         return []  # every host is ours by configuration: none is an orphan

@@ -165,12 +165,18 @@ def plan_start(batch: Batch, now: datetime) -> Step:
 
 
 def plan_outcome(
-    *, status: BatchStatus, all_finished: bool, cancel_requested: bool, expired: bool
+    *,
+    status: BatchStatus,
+    all_finished: bool,
+    cancel_requested: bool,
+    expired: bool,
+    budget_stop: bool = False,
 ) -> BatchStatus:
     """The terminal status of a batch whose dispatch has stopped.
 
     Every request finished wins over a late cancel or expiry (the work is done and paid for);
-    then expiry, then cancel, as AIBrix orders its conditions.
+    then expiry, then cancel, as AIBrix orders its conditions. A cancel asked because the job
+    reached its cost cap (`budget_stop`) ends the batch `failed` (`BUDGET_EXCEEDED`).
     """
     if status is S.FINALIZING:
         return S.COMPLETED
@@ -181,7 +187,7 @@ def plan_outcome(
     if expired:
         return S.EXPIRED
     if cancel_requested:
-        return S.CANCELLED
+        return S.FAILED if budget_stop else S.CANCELLED
     return S.COMPLETED
 
 
@@ -236,6 +242,14 @@ EXPIRED_BEFORE_START = Failure(
 EXPIRED_UNFINISHED = Failure(
     "batch_expired", "the completion window passed before every request finished"
 )
+
+
+# The planner's stop at a job's cost cap (`batch.cancel_requested` reason `budget_exceeded`).
+BUDGET_REASON = "budget_exceeded"
+BUDGET_EXCEEDED = Failure(
+    BUDGET_REASON, "the job reached its max_cost_usd before every request finished"
+)
+BUDGET_LINE_MESSAGE = "This request was not sent: the job reached its max_cost_usd."
 
 
 def engine_exited_failure(reason: str, exits: int) -> Failure:

@@ -24,6 +24,9 @@ from neobatch.common.contracts import BatchStatus
 from neobatch.common.errors import NotFound
 from neobatch.common.logs import log_fields
 from neobatch.runtime_agent.batch.batches import (
+    BUDGET_EXCEEDED,
+    BUDGET_LINE_MESSAGE,
+    BUDGET_REASON,
     EXPIRED_BEFORE_START,
     EXPIRED_MESSAGE,
     EXPIRED_UNFINISHED,
@@ -250,11 +253,15 @@ class BatchRun:
             return
         if session.is_closed and self.tally.finished < self.tally.total and not ending_anyway:
             raise RemoteLost(f"ssh connection to {self.batch.target.host} dropped")
+        budget_stop = self.watch.cancel_requested and (
+            await self._store.find_cancel_reason(self.batch.id) == BUDGET_REASON
+        )
         outcome = plan_outcome(
             status=self.status,
             all_finished=self.tally.finished >= self.tally.total,
             cancel_requested=self.watch.cancel_requested,
             expired=self.watch.expired,
+            budget_stop=budget_stop,
         )
         await _cancelled(progress)
         await self._wind_down(outcome)
@@ -317,6 +324,9 @@ class BatchRun:
         if outcome is S.EXPIRED:
             await self._fail_unfinished(Failure("batch_expired", EXPIRED_MESSAGE))
             failure = EXPIRED_UNFINISHED
+        elif outcome is S.FAILED:  # only a stop at the job's cost cap ends a wind-down failed
+            await self._fail_unfinished(Failure(BUDGET_REASON, BUDGET_LINE_MESSAGE))
+            failure = BUDGET_EXCEEDED
         await self._end(outcome, failure, stop_engine=True)
 
     async def _lease_lost(self) -> None:

@@ -118,13 +118,18 @@ class BatchStore:
         self._notify()
         return True
 
-    async def request_cancel(self, batch_id: str, now: datetime) -> bool:
-        """Record a cancel request on a live batch; False if unknown, terminal or already asked."""
+    async def request_cancel(self, batch_id: str, now: datetime, reason: str = "") -> bool:
+        """Record a cancel request (and why: "" or `budget_exceeded`) on a live batch; False if
+        unknown, terminal or already asked."""
         result = await self._batches.update_one(
             {"_id": batch_id, "status": {"$nin": _TERMINAL}, "cancel_requested_at": None},
-            {"$set": {"cancel_requested_at": now}, "$inc": {"version": 1}},
+            {"$set": {"cancel_requested_at": now, "cancel_reason": reason}, "$inc": {"version": 1}},
         )
         return result.matched_count == 1
+
+    async def find_cancel_reason(self, batch_id: str) -> str:
+        doc = await self._batches.find_one({"_id": batch_id}, {"cancel_reason": 1})
+        return str((doc or {}).get("cancel_reason") or "")
 
     async def find_batch(self, batch_id: str) -> Batch | None:
         doc = await self._batches.find_one({"_id": batch_id})

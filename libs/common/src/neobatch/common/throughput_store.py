@@ -1,5 +1,6 @@
-"""ThroughputStore: the `throughput_samples` collection (resource-manager's), one document per
-finished batch, from which offers are ranked by cost per job (ranking.py)."""
+"""ThroughputStore: the `throughput_samples` collection, one document per finished batch. The
+resource-manager writes it (from `batch.terminal`) and ranks offers by it; the console reads it
+for quotes. Figures from the documents: `neobatch.common.costing`."""
 
 from __future__ import annotations
 
@@ -11,15 +12,21 @@ import msgspec
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
+from neobatch.common.costing import (
+    LEARNED_WINDOW,
+    Sample,
+    learned_throughput,
+    learned_tokens_per_request,
+)
 from neobatch.common.mongo import ensure_indexes
-from neobatch.resource_manager.ranking import LEARNED_WINDOW, Sample, learned_throughput
 
 THROUGHPUT_SAMPLES = "throughput_samples"
 INDEXES = [
     IndexModel(
         [("template_key", ASCENDING), ("family", ASCENDING), ("at", DESCENDING)],
         name="template_family_recent",
-    )
+    ),
+    IndexModel([("template_key", ASCENDING), ("at", DESCENDING)], name="template_recent"),
 ]
 
 
@@ -41,6 +48,17 @@ class ThroughputStore:
 
     async def list_learned(self, template_key: str, families: Sequence[str]) -> dict[str, float]:
         """GPU family → tokens/s over the template's last LEARNED_WINDOW batches per family."""
+        return learned_throughput(await self.list_samples(template_key, families))
+
+    async def find_tokens_per_request(self, template_key: str) -> float | None:
+        """Output tokens per request over the template's last LEARNED_WINDOW batches (any GPU)."""
+        cursor = self._samples.find(
+            {"template_key": template_key}, sort=[("at", DESCENDING)], limit=LEARNED_WINDOW
+        )
+        return learned_tokens_per_request([_sample(doc) async for doc in cursor])
+
+    async def list_samples(self, template_key: str, families: Sequence[str]) -> list[Sample]:
+        """The template's last LEARNED_WINDOW samples per GPU family."""
         samples: list[Sample] = []
         for family in families:
             cursor = self._samples.find(
@@ -48,8 +66,11 @@ class ThroughputStore:
                 sort=[("at", DESCENDING)],
                 limit=LEARNED_WINDOW,
             )
-            async for doc in cursor:
-                doc["batch_id"] = doc.pop("_id")
-                doc.pop("at", None)
-                samples.append(msgspec.convert(doc, Sample))
-        return learned_throughput(samples)
+            samples.extend([_sample(doc) async for doc in cursor])
+        return samples
+
+
+def _sample(doc: dict[str, Any]) -> Sample:
+    doc["batch_id"] = doc.pop("_id")
+    doc.pop("at", None)
+    return msgspec.convert(doc, Sample)
