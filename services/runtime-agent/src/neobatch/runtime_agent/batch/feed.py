@@ -19,6 +19,8 @@ from neobatch.common.batch_input import BatchRequest, is_blank, parse_request, s
 from neobatch.runtime_agent.batch.store import BatchStore
 
 Document = dict[str, Any]
+# Claim-or-steal rounds before a run with chunks still unclaimed around it gives up.
+CLAIM_ROUNDS = 5
 
 
 class _LineReader:
@@ -77,14 +79,20 @@ class ChunkFeed:
     async def _next_chunk(self, held: list[Document]) -> Document | None:
         if held:
             return held.pop(0)
-        chunk = await self._machines.claim_chunk(self._batch_id, self._mid, self._token)
-        if chunk is not None:
-            self.chunks_claimed += 1
-            return chunk
-        chunk = await self._machines.steal(self._batch_id, self._mid, self._token)
-        if chunk is not None:
-            self.chunks_stolen += 1
-        return chunk
+        for _ in range(CLAIM_ROUNDS):
+            chunk = await self._machines.claim_chunk(self._batch_id, self._mid, self._token)
+            if chunk is not None:
+                self.chunks_claimed += 1
+                return chunk
+            chunk = await self._machines.steal(self._batch_id, self._mid, self._token)
+            if chunk is not None:
+                self.chunks_stolen += 1
+                return chunk
+            # Nothing claimed or stolen: done, unless a chunk nobody holds is there (lost
+            # to another claimer's race, or freed just now): then look again.
+            if not await self._machines.has_unclaimed(self._batch_id):
+                return None
+        return None
 
     async def requests(self) -> AsyncIterator[BatchRequest]:
         held = await self._machines.held_chunks(self._mid, self._token)
