@@ -98,6 +98,11 @@ def test_each_type_is_parsed_and_normalised() -> None:
         ({"NB_KINDS": "b"}, "NB_POOL is required: Pool"),
         ({"NB_KINDS": "c"}, "missing credential NB_TOKEN"),
         ({"NEOBATCH_STREAM_REPLICAS": "0"}, "NEOBATCH_STREAM_REPLICAS must be >= 1, got 0"),
+        # Issue 15: the batch limits an operator may raise stop at the tested ceiling.
+        (
+            {"NEOBATCH_MAX_BATCH_REQUESTS": "1000001"},
+            "NEOBATCH_MAX_BATCH_REQUESTS must be <= 1000000, got 1000001",
+        ),
     ],
 )
 def test_errors_name_the_variable(env: dict[str, str], message: str) -> None:

@@ -178,3 +178,50 @@ async def test_cli_creates_host_key_and_rereads_authorized_keys(ssh_keypair, tmp
         assert Path(result.stdout.strip()) == tmp_path
     finally:
         process.stop()
+
+
+async def test_two_machines_on_one_port_each_reach_their_own_engine(ssh_keypair, tmp_path) -> None:
+    """Issue 15: simulated cloud machines of one batch all run the template's engine port; each
+    has a loopback address of its own, and a forward to its 127.0.0.1 reaches that address."""
+
+    def answering(name: bytes) -> Any:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readline()
+            writer.write(name + b"\n")
+            await writer.drain()
+            writer.close()
+
+        return answer
+
+    first = await asyncio.start_server(answering(b"first"), "127.42.0.1", 0)
+    port = first.sockets[0].getsockname()[1]
+    second = await asyncio.start_server(answering(b"second"), "127.42.0.2", port)
+    hosts = [
+        await start_ssh_host(
+            authorized_keys=[ssh_keypair.public_key],
+            workdir=tmp_path,
+            loopback_address=address,
+        )
+        for address in ("127.42.0.1", "127.42.0.2")
+    ]
+    try:
+        answers = []
+        for host in hosts:
+            async with asyncssh.connect(
+                host.host,
+                host.port,
+                username="u",
+                client_keys=[str(ssh_keypair.private_key_path)],
+                known_hosts=host.known_hosts,
+                agent_path=None,
+            ) as conn:
+                reader, writer = await conn.open_connection("127.0.0.1", port)
+                writer.write(b"who\n")
+                answers.append(await asyncio.wait_for(reader.readline(), 10))
+        assert answers == [b"first\n", b"second\n"]
+    finally:
+        for host in hosts:
+            await host.close()
+        for server in (first, second):
+            server.close()
+            await server.wait_closed()

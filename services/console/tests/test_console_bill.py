@@ -156,3 +156,16 @@ def test_the_openai_view_carries_the_bill_as_an_extra_field():
     view = batch_view(job(), billed)
     assert view.neobatch_bill.total_usd == 0.171
     assert batch_view(job()).neobatch_bill.machines == []
+
+
+def test_a_batch_on_several_machines_sums_them_and_splits_no_one_machines_time_by_it():
+    """Issue 15: the batch's dispatch times are the whole batch's, not any one machine's: on a
+    job of several machines each machine's time is billed in full, its split left null."""
+    wide = job(resource_request={"replicas": 2}, provision_id="prov_a")
+    first = provision("prov_a", "runpod", 3.6, 0, 40, 120, 120.4)  # done early, released
+    second = provision("prov_b", "lambdaCloud", 2.4, 0, 60, 170, 170.4)
+    billed = bill_of(wide, [first, second], at(1000))
+    assert [m.billed_seconds for m in billed.machines] == [121, 120]  # Lambda: from ready
+    assert billed.total_usd == pytest.approx(0.121 + 0.08)
+    assert all(m.busy_seconds is None and m.idle_after_seconds is None for m in billed.machines)
+    assert [m.startup_seconds for m in billed.machines] == [40.0, 60.0]

@@ -15,6 +15,9 @@ from neobatch.common.budget_store import BudgetStore
 from neobatch.common.clock import FixedClock, utcnow
 from neobatch.common.contracts import (
     BatchCancelRequested,
+    BatchMachineDone,
+    BatchStatus,
+    BatchTerminal,
     JobCancelRequested,
     JobQueued,
     ProvisionFailed,
@@ -292,6 +295,66 @@ async def test_two_planners_never_pass_a_projects_machine_quota(mongo_url: str, 
             await client.close()
 
 
+async def _subjects(rig: Rig, job_id: str) -> list[str]:
+    """The job's events in the outbox, in the order they were written."""
+    found = []
+    async for entry in rig.db[OUTBOX].find({}).sort("created_at", 1):
+        if job_id.encode() in entry["payload"]:
+            found.append(entry["subject"].split(".", 1)[1])
+    return found
+
+
+async def test_a_job_of_three_machines_from_placement_to_the_end(rig: Rig) -> None:
+    """Issue 15 on the real database: three provisions, two join (concurrently), one never
+    comes up, one runs out of work and is released at once, the batch ends: all released."""
+    job_id = await rig.add_job(1)
+    await rig.db.jobs.update_one({"_id": job_id}, {"$set": {"resource_request.replicas": 3}})
+    await rig.planner.plan_waiting()
+    doc = await rig.db.jobs.find_one({"_id": job_id})
+    ids = [m["provision_id"] for m in doc["machines"]]
+    assert ids == ["prov_001_1", "prov_001_2", "prov_001_3"]
+    assert (await _subjects(rig, job_id)).count("provision.requested") == 3
+
+    endpoint = SshEndpoint(host="127.0.0.1", port=22, username="u")
+    up = [
+        ProvisionRunning(provision_id=p, job_id=job_id, provider="runpod", endpoint=endpoint)
+        for p in ids[:2]
+    ]
+    # Two machines up at the same moment: both join, whichever wins the first write.
+    await asyncio.gather(*(rig.planner.apply(job_id, event) for event in up))
+    await rig.planner.apply(
+        job_id, ProvisionFailed(provision_id=ids[2], job_id=job_id, code="NoCapacity", reason="-")
+    )
+    doc = await rig.db.jobs.find_one({"_id": job_id})
+    assert doc["status"] == "submitting"
+    assert [m["state"] for m in doc["machines"]] == ["running", "running", "failed"]
+    assert (await _subjects(rig, job_id)).count("batch.requested") == 2
+
+    done = BatchMachineDone(
+        batch_id="batch_001", job_id=job_id, provision_id=ids[0], reason="no_work_left"
+    )
+    await rig.planner.apply(job_id, done)
+    await rig.planner.apply(job_id, done)  # a replay changes nothing
+    released = [
+        e.get("payload")
+        async for e in rig.db[OUTBOX].find({"subject": {"$regex": "release_requested$"}})
+    ]
+    assert sum(ids[0].encode() in p for p in released) == 1
+
+    ended = BatchTerminal(batch_id="batch_001", job_id=job_id, status=BatchStatus.COMPLETED)
+    await rig.planner.apply(job_id, ended)
+    doc = await rig.db.jobs.find_one({"_id": job_id})
+    assert doc["status"] == "completed"
+    assert [m["state"] for m in doc["machines"]] == ["releasing", "releasing", "failed"]
+    released = [
+        e.get("payload")
+        async for e in rig.db[OUTBOX].find({"subject": {"$regex": "release_requested$"}})
+    ]
+    # Each machine released once: the done one at once, the other at the end, the failed one
+    # when it failed (the resource-manager cleans up whatever it had begun).
+    assert [sum(i.encode() in p for p in released) for i in ids] == [1, 1, 1]
+
+
 async def test_a_project_over_budget_stops_running_jobs_only_when_its_operator_says_so(
     rig: Rig,
 ) -> None:
@@ -334,16 +397,25 @@ async def test_the_cost_caps_fields_are_read_with_the_job(rig: Rig) -> None:
     """The planner reads jobs through a projection: a cap it cannot see would never stop."""
     job_id = await rig.add_job(1)
     now = rig.clock.now()
+    machine = {
+        "provision_id": "prov_001_1",
+        "state": "running",
+        "provider": "runpod",
+        "price_per_hour": 3.0,
+        "leased_at": now,
+        "running_at": now,
+        "ended_at": None,
+    }
     fields = {
         "max_cost_usd": 2.5,
-        "lease_price_per_hour": 3.0,
-        "leased_at": now,
-        "budget_spent_usd": 0.5,
+        "machines": [machine],
         "budget_deadline_at": now + timedelta(seconds=60),
         "budget_stop_requested_at": now,
     }
     await rig.db.jobs.update_one({"_id": job_id}, {"$set": fields})
     job = await rig.store.get_job(job_id)
-    assert (job.max_cost_usd, job.lease_price_per_hour, job.budget_spent_usd) == (2.5, 3.0, 0.5)
-    assert job.leased_at is not None and job.budget_deadline_at is not None
+    assert job.max_cost_usd == 2.5 and job.budget_deadline_at is not None
+    [read] = job.machines
+    assert (read.provider, read.price_per_hour) == ("runpod", 3.0)
+    assert read.leased_at is not None and read.running_at is not None and read.ended_at is None
     assert job.budget_stop_requested

@@ -80,6 +80,7 @@ class CloudRig:
         *,
         provider: str | None = None,
         deadline_seconds: float = 600,
+        job_id: str | None = None,
         **ranking: Any,
     ) -> str:
         """`ranking`: the ResourceRequest's offer-ranking fields (alternatives, throughput...)."""
@@ -87,7 +88,7 @@ class CloudRig:
         await self.handler.on_provision_requested(
             ProvisionRequested(
                 provision_id=provision_id,
-                job_id=f"job_{uuid.uuid4().hex}",
+                job_id=job_id or f"job_{uuid.uuid4().hex}",
                 resource=ResourceRequest(
                     accelerator_type=accelerator,
                     accelerator_count=count,

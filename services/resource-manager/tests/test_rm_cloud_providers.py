@@ -162,3 +162,26 @@ def test_provider_list_is_ordered() -> None:
     assert settings.cloud_order == ("lambdaCloud", "runpod")
     assert settings.lambda_cloud is not None
     assert settings.lambda_cloud.ssh_key_names == ("a", "b")
+
+
+async def test_each_machine_of_a_job_takes_the_cheapest_offer_left_at_that_moment(
+    rig: Any, provider_sim: ProviderSimInfo, provider_name: str
+) -> None:
+    """Issue 15: a job's provisions are leased one by one, each on its own: the second machine
+    of a job whose cheapest offer had room for one takes the cheapest offer left."""
+    cheapest = CHEAPEST_H100[provider_name]
+    first_region = sorted(_regions(provider_name))[0]
+    provider_sim.admin("POST", "/capacity", {"gpu": cheapest, "region": first_region, "free": 1})
+    docs = []
+    for _ in range(2):
+        provision_id = await rig.request("H100", job_id="job_wide")
+        doc = await rig.drive_until(provision_id, {"running", "failed"})
+        assert doc["status"] == "running", doc.get("error_message")
+        docs.append(doc)
+    first, second = docs
+    assert (first["offer"]["gpu_type"], first["offer"]["region"]) == (cheapest, first_region)
+    assert (second["offer"]["gpu_type"], second["offer"]["region"]) != (cheapest, first_region)
+    assert second["offer"]["price_per_hour"] >= first["offer"]["price_per_hour"]
+    assert len(provider_sim.live_machines()) == 2
+    for doc in docs:
+        await release_and_confirm(rig, provider_sim, doc["_id"])

@@ -280,3 +280,15 @@ def test_orphans_are_the_machines_no_live_provision_owns() -> None:
     assert [
         m.provider_resource_id for m in provisions.orphans(machines, [creating], "lambdaCloud")
     ] == ["m1", "m2", "m3"]
+
+
+def test_every_provision_of_a_job_has_its_own_machine_name() -> None:
+    """Issue 15: a job's provisions (prov_<job>_1, _2, ... and replacements) were all named
+    after the first 24 characters of the id, so the second adopted the first one's machine."""
+    from neobatch.common.ids import resource_name
+
+    job = "8b6bcd78f83a46188c2bba5c03536fa1"
+    names = {resource_name(f"prov_{job}_{n}") for n in range(1, 12)}
+    assert len(names) == 11
+    assert all(name.startswith("neobatch-") and len(name) <= 48 for name in names)
+    assert resource_name(f"prov_{job}_1") == resource_name(f"prov_{job}_1")  # deterministic

@@ -76,8 +76,10 @@ def _leave_no_work_directory() -> Iterator[None]:
     Only this test's own batch ids: other test runs share the directory."""
     _ISSUED.clear()
     yield
-    for batch_id in _ISSUED:
-        path = Path(workdir(batch_id))
+    # A spread batch's machines each have their own (`<batch>.<provision>`).
+    paths = [Path(workdir(b)) for b in _ISSUED]
+    paths += [p for b in _ISSUED for p in Path(workdir(b)).parent.glob(f"{b}.*")]
+    for path in paths:
         with contextlib.suppress(OSError, ValueError):
             pgid = int((path / "pid").read_text().strip())
             # Only the engine started there (it runs in its directory), never a reused pid.
@@ -145,6 +147,8 @@ class Harness:
     agent: Agent
     settings: AgentSettings
     ssh_host: Any
+    # The runner loop's task (a test may cancel it to play a dead agent).
+    runner_task: asyncio.Task[None] | None = None
 
     @property
     def store(self) -> BatchStore:
@@ -279,7 +283,8 @@ async def make_harness(mongo_url, mongo_db, ssh_keypair, ssh_host):
         built = build_agent(settings)
         await built.store.ensure_indexes()
         harness = Harness(built, settings, ssh_host)
-        started.append((harness, asyncio.create_task(built.runner.run())))
+        harness.runner_task = asyncio.create_task(built.runner.run())
+        started.append((harness, harness.runner_task))
         return harness
 
     yield make

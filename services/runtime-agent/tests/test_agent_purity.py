@@ -14,6 +14,8 @@ ROOT = Path(package.__path__[0])
 PACKAGE = "neobatch.runtime_agent"
 PURE = [
     "batch/batches.py",
+    "batch/chunks.py",
+    "batch/machines.py",
     "dispatch/concurrency.py",
     "dispatch/engine_load.py",
     "dispatch/policy.py",

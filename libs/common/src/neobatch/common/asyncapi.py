@@ -32,6 +32,8 @@ FLOWS: dict[type[Event], tuple[str, tuple[str, ...]]] = {
     contracts.BatchRequested: ("planner", ("runtime-agent",)),
     contracts.BatchCancelRequested: ("planner", ("runtime-agent",)),
     contracts.BatchStatusReported: ("runtime-agent", ("planner",)),
+    contracts.BatchMachineDone: ("runtime-agent", ("planner",)),
+    contracts.BatchMachineRemoved: ("planner", ("runtime-agent",)),
     contracts.BatchTerminal: ("runtime-agent", ("planner",)),
 }
 

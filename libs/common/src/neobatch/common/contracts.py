@@ -278,6 +278,11 @@ class BatchRequested(Event, frozen=True, kw_only=True):
     # the engine is launched (template command, `vllm serve`, `docker run`).
     runtime: str = "ssh"
     client: ClientSpec = ClientSpec()
+    # Machines the job asked for (issue 15): the planner publishes one `batch.requested` per
+    # machine as each comes up (same batch_id, that machine's provision_id; event id
+    # deterministic per (batch_id, provision_id)). The first creates the batch, each later one
+    # adds its machine; the agent sizes the batch's chunks with it.
+    replicas: int = 1
 
 
 class BatchCancelRequested(Event, frozen=True, kw_only=True):
@@ -298,6 +303,33 @@ class BatchStatusReported(Event, frozen=True, kw_only=True):
     status: BatchStatus
     request_counts: RequestCounts = RequestCounts()
     usage: Usage = Usage()
+    # provision_id -> lines finished on that machine (completed + failed); request_counts stay
+    # the whole batch's.
+    lines_by_machine: dict[str, int] = {}
+
+
+class BatchMachineDone(Event, frozen=True, kw_only=True):
+    """Nothing more will run on this machine for this batch: release it now."""
+
+    subject: ClassVar[str] = "batch.machine_done"
+    batch_id: str
+    job_id: str
+    provision_id: str
+    # no_work_left | batch_ended | engine_failed | machine_unreachable
+    reason: str
+    # What this machine recorded.
+    lines_completed: int = 0
+    lines_failed: int = 0
+
+
+class BatchMachineRemoved(Event, frozen=True, kw_only=True):
+    """The planner saw this machine lost, failed or released: stop its run, free its chunks."""
+
+    subject: ClassVar[str] = "batch.machine_removed"
+    batch_id: str
+    job_id: str
+    provision_id: str
+    reason: str = ""
 
 
 class BatchTerminal(Event, frozen=True, kw_only=True):
@@ -333,6 +365,8 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     BatchRequested,
     BatchCancelRequested,
     BatchStatusReported,
+    BatchMachineDone,
+    BatchMachineRemoved,
     BatchTerminal,
 )
 

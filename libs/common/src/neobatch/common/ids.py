@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 
@@ -15,5 +16,9 @@ def resource_name(provision_id: str) -> str:
 
     Derived from our provision id so that after a timeout we can find the machine by name
     instead of creating a second one.
+
+    Unique per provision: a job's provisions (`prov_<job>_1`, `_2`, ...: several machines, or
+    a replacement) share their first characters, so a digest of the whole id follows them.
     """
-    return f"neobatch-{provision_id.removeprefix('prov_')[:24]}"
+    body = provision_id.removeprefix("prov_")
+    return f"neobatch-{body[:24]}-{hashlib.sha256(provision_id.encode()).hexdigest()[:8]}"

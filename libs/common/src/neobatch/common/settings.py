@@ -53,6 +53,8 @@ class Env(msgspec.Struct, frozen=True):
     # One line for docs/configuration.md; also ends the "is required" message.
     doc: str
     minimum: float | None = None
+    # The largest value accepted (an operator ceiling the system is tested at).
+    maximum: float | None = None
     positive: bool = False
     # Allowed values (of each item, for a comma-separated tuple), after `case` is applied.
     choices: tuple[str, ...] = ()
@@ -90,6 +92,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             else:
                 parts.append(f"{field.name}={value!r}")
         return f"{type(self).__name__}({', '.join(parts)})"
+
+
+# The highest batch limits an operator may set: what the system is tested at (issue 15).
+MAX_BATCH_REQUESTS_CEILING = 1_000_000
+MAX_BATCH_INPUT_BYTES_CEILING = 2 * 1024 * 1024 * 1024
 
 
 class CommonSettings(Settings, frozen=True, kw_only=True):
@@ -178,6 +185,29 @@ class CommonSettings(Settings, frozen=True, kw_only=True):
             minimum=1024,
         ),
     ] = 16 * 1024 * 1024
+    # OpenAI's limits per batch by default; an operator may raise them up to the ceiling the
+    # system is tested at (issue 15: 1,000,000 requests, 2 GiB; `task bench:scale`). Read by
+    # the console (at batch creation) and the runtime-agent (before dispatch) alike.
+    max_batch_requests: Annotated[
+        int,
+        Env(
+            "NEOBATCH_MAX_BATCH_REQUESTS",
+            "Most requests in one batch; more is the batch's `too_many_requests` error "
+            "(OpenAI's 50,000 by default)",
+            minimum=1,
+            maximum=MAX_BATCH_REQUESTS_CEILING,
+        ),
+    ] = 50_000
+    max_batch_input_bytes: Annotated[
+        int,
+        Env(
+            "NEOBATCH_MAX_BATCH_INPUT_BYTES",
+            "Largest batch input file; larger is the batch's `file_too_large` error (OpenAI's "
+            "200 MiB by default; raise `NEOBATCH_MAX_UPLOAD_BYTES` with it)",
+            minimum=1024,
+            maximum=MAX_BATCH_INPUT_BYTES_CEILING,
+        ),
+    ] = 200 * 1024 * 1024
 
 
 def nats_servers(url: str) -> list[str]:
@@ -244,6 +274,8 @@ def _read_variable(
         value = default
     elif declared.minimum is not None and value < declared.minimum:
         raise ConfigError(f"{declared.name} must be >= {declared.minimum}, got {value}")
+    elif declared.maximum is not None and value > declared.maximum:
+        raise ConfigError(f"{declared.name} must be <= {declared.maximum:.15g}, got {value}")
     elif declared.positive and value <= 0:
         raise ConfigError(f"{declared.name} must be positive, got {value}")
     if declared.check is not None:

@@ -132,6 +132,8 @@ def _meaning(declared: Env) -> str:
     notes = []
     if declared.minimum is not None:
         notes.append(f"at least {declared.minimum}")
+    if declared.maximum is not None:
+        notes.append(f"at most {declared.maximum:,.0f}")
     if declared.positive:
         notes.append("above 0")
     if declared.choices:

@@ -187,6 +187,9 @@ def _lifespan(settings: ConsoleSettings, clock: Clock | None) -> Lifespan:
                 quotas=app.state.quota_store,
                 max_queued_jobs=settings.max_queued_jobs_per_project,
                 max_line_bytes=settings.common.max_input_line_bytes,
+                max_requests=settings.common.max_batch_requests,
+                max_input_bytes=settings.common.max_batch_input_bytes,
+                max_replicas=settings.max_replicas,
                 throughput=ThroughputStore(runtime.db),
                 budgets=app.state.budget_store,
             )

@@ -114,6 +114,17 @@ class ConsoleSettings(Settings, frozen=True, kw_only=True):
             minimum=0,
         ),
     ] = 1000
+    # Every machine is paid for: the operator bounds how many one job may ask for.
+    max_replicas: Annotated[
+        int,
+        Env(
+            "NEOBATCH_MAX_REPLICAS",
+            "Most machines one job may run on (`replicas`); above it a create is 400 "
+            "`replicas_above_maximum` (AIBrix's schema allows up to 1,024)",
+            minimum=1,
+            maximum=1024,
+        ),
+    ] = 16
     # What webhook URLs may reach; the notifier reads the same variables.
     webhook_urls: UrlPolicy = UrlPolicy()
     # Seals signing secrets at rest; the notifier holds the same key.

@@ -12,6 +12,7 @@ from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 
 from neobatch.common.broker import subscribe
 from neobatch.common.contracts import (
+    BatchMachineDone,
     BatchStatusReported,
     BatchTerminal,
     Event,
@@ -34,6 +35,7 @@ JOB_EVENTS = (
     ProvisionLost,
     ProvisionReleased,
     BatchStatusReported,
+    BatchMachineDone,
     BatchTerminal,
 )
 

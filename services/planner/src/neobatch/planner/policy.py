@@ -54,16 +54,20 @@ def resource_request(
     accelerator = template_spec.get("accelerator") or {}
     hints = template_spec.get("placement") or {}
     startup = hints.get("startup_seconds")
+    machines = max(1, replicas)
+    # Each machine of a job runs about its share of the requests: offers are ranked by the
+    # cost of that share (issue 15), so start-up weighs more when the work is split wider.
+    share = -(-max(0, request_count) // machines)
     return ResourceRequest(
         accelerator_type=str(accelerator.get("type", "")),
         accelerator_count=int(accelerator.get("count", 1) or 1),
-        replicas=max(1, replicas),
+        replicas=machines,
         provider=provider or None,
         accelerator_alternatives=[str(a) for a in accelerator.get("alternatives") or []],
         template_key=template_key,
         throughput={str(k): float(v) for k, v in (hints.get("throughput") or {}).items()},
         startup_seconds=None if startup is None else float(startup),
-        expected_output_tokens=expected_output_tokens(template_spec, request_count),
+        expected_output_tokens=expected_output_tokens(template_spec, share),
     )
 
 

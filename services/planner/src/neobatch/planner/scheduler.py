@@ -18,15 +18,10 @@ from neobatch.common.contracts import Event, JobQueued, JobStatus
 from neobatch.common.errors import NotFound
 from neobatch.common.logs import log_fields
 from neobatch.planner import jobs, policy
+from neobatch.planner.job_doc import written_job
 from neobatch.planner.jobs import DeadLettered, DeadlinePassed, Decision, Job, ProjectOverBudget
 from neobatch.planner.policy import Limits
-from neobatch.planner.store import (
-    AtMachineQuota,
-    BatchConflict,
-    JobStore,
-    NoSlotFree,
-    written_job,
-)
+from neobatch.planner.store import AtMachineQuota, BatchConflict, JobStore, NoSlotFree
 
 log = logging.getLogger("neobatch.planner")
 

@@ -18,6 +18,7 @@ from neobatch.common.outbox import append_events
 from neobatch.common.subjects import Namespace
 from neobatch.common.transitions import compare_and_set
 from neobatch.planner import policy
+from neobatch.planner.job_doc import JOB_FIELDS, job_from_doc
 from neobatch.planner.jobs import Decision, Job
 
 # The oldest a deadline can be: a lower bound makes the overdue query a bounded range, which
@@ -60,87 +61,9 @@ SLOT_INDEXES = [IndexModel([("job_id", ASCENDING)], name="job")]
 FREE_SLOT = {"job_id": None, "active": True}
 
 
-# Only what `job_from_doc` reads: a job document also carries metadata, counts, errors...
-# The cost cap's fields (planner/budget.py), stored on the job under the same names.
-BUDGET_FIELDS = ("lease_price_per_hour", "leased_at", "budget_spent_usd", "budget_deadline_at")
-JOB_FIELDS = {
-    field: 1
-    for field in (
-        "status",
-        "version",
-        "batch_id",
-        "provision_id",
-        "batch_handed_over",
-        "cancel_requested_at",
-        "template_spec",
-        "serving_name",
-        "endpoint",
-        "input_dataset",
-        "created_by",
-        "resource_request",
-        "provider",
-        "client",
-        "completion_window_seconds",
-        "expires_at",
-        "project",
-        "created_at",
-        "model_template_id",
-        "request_counts",
-        "max_cost_usd",
-        "budget_stop_requested_at",
-        *BUDGET_FIELDS,
-    )
-}
-
-
-def job_from_doc(doc: dict[str, Any]) -> Job:
-    return Job(
-        id=doc["_id"],
-        status=JobStatus(doc["status"]),
-        version=doc.get("version", 0),
-        batch_id=doc["batch_id"],
-        provision_id=doc.get("provision_id"),
-        batch_handed_over=bool(doc.get("batch_handed_over")),
-        cancel_requested=doc.get("cancel_requested_at") is not None,
-        template_spec=doc.get("template_spec") or {},
-        serving_name=doc.get("serving_name") or "",
-        endpoint=doc.get("endpoint") or "",
-        input_dataset=doc.get("input_dataset") or "",
-        created_by=doc.get("created_by") or "",
-        replicas=int((doc.get("resource_request") or {}).get("replicas") or 1),
-        provider=doc.get("provider") or None,
-        client=doc.get("client") or None,
-        completion_window_seconds=float(doc.get("completion_window_seconds") or 24 * 3600),
-        expires_at=doc.get("expires_at"),
-        project=doc.get("project") or "",
-        created_at=doc.get("created_at"),
-        template_id=str(doc.get("model_template_id") or ""),
-        request_count=int((doc.get("request_counts") or {}).get("total") or 0),
-        max_cost_usd=doc.get("max_cost_usd"),
-        lease_price_per_hour=float(doc.get("lease_price_per_hour") or 0.0),
-        leased_at=doc.get("leased_at"),
-        budget_spent_usd=float(doc.get("budget_spent_usd") or 0.0),
-        budget_deadline_at=doc.get("budget_deadline_at"),
-        budget_stop_requested=doc.get("budget_stop_requested_at") is not None,
-    )
-
-
 def _of_project(project: str) -> dict[str, Any]:
     """Jobs of `project`; "" also stands for documents written before jobs had one."""
     return {"project": project} if project else {"project": {"$in": [None, ""]}}
-
-
-def written_job(job: Job, decision: Decision) -> Job:
-    """`job` as `save_decision` leaves it: what `job_from_doc` would read back."""
-    changes: dict[str, Any] = {"version": job.version + 1}
-    if decision.status is not None:
-        changes["status"] = decision.status
-    for field in ("provision_id", "batch_handed_over", "expires_at", *BUDGET_FIELDS):
-        if field in decision.fields:
-            changes[field] = decision.fields[field]
-    if "budget_stop_requested_at" in decision.fields:
-        changes["budget_stop_requested"] = True
-    return msgspec.structs.replace(job, **changes)
 
 
 class NoSlotFree(Exception):

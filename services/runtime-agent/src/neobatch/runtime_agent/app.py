@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from neobatch.common.broker import subscribe
 from neobatch.common.clock import Clock
-from neobatch.common.contracts import BatchCancelRequested, BatchRequested
+from neobatch.common.contracts import BatchCancelRequested, BatchMachineRemoved, BatchRequested
 from neobatch.common.runtime import ServiceRuntime
 from neobatch.runtime_agent.batch.runner import Runner
 from neobatch.runtime_agent.batch.store import BatchStore
@@ -45,6 +45,13 @@ def build_agent(
         SERVICE,
         BatchCancelRequested,
         handlers.on_batch_cancel_requested,
+    )
+    subscribe(
+        runtime.broker,
+        runtime.ns,
+        SERVICE,
+        BatchMachineRemoved,
+        handlers.on_batch_machine_removed,
     )
     runtime.add_startup(store.ensure_indexes)
     runtime.add_loop("batch-runner", runner.run)

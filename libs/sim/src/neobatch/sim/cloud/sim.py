@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import shutil
 import tempfile
 import time
@@ -84,6 +85,9 @@ class SimMachine:
     terminate_done_at: float | None = None
     ssh: SSHHost | None = None
     workdir: str = ""
+    # The machine's own loopback address: its engines listen there and forwards to its
+    # 127.0.0.1 reach them, so machines of one batch may all use the template's port.
+    address: str = ""
 
     @property
     def live(self) -> bool:
@@ -143,6 +147,8 @@ class CloudSim:
         self.machines: dict[str, SimMachine] = {}
         self.exchanges: list[Exchange] = []
         self.creates = 0  # create calls that made a machine
+        self._address_octet = secrets.randbelow(200) + 20
+        self._addresses = 0
         self._hold = asyncio.Event()
         self._lock = asyncio.Lock()
         # Survives the machines (whose workdirs go with them): what their tools were asked to do.
@@ -195,6 +201,9 @@ class CloudSim:
 
     async def _start_ssh(self, machine: SimMachine) -> None:
         machine.workdir = tempfile.mkdtemp(prefix=f"sim-{machine.id[:8]}-")
+        machine.address = machine.address or (
+            machine.ip if machine.ip != "127.0.0.1" else self._own_address()
+        )
         has_docker = "docker" in self.machine_tools and not self.faults.no_docker
         machine_tools.install(
             machine.workdir,
@@ -204,6 +213,7 @@ class CloudSim:
             docker=has_docker,
             nvidia=has_docker and not self.faults.no_nvidia_runtime,
             real_engine_python=self.real_engine_python,
+            address=machine.address,
         )
         machine.ssh = await start_ssh_host(
             machine.ip,
@@ -211,9 +221,16 @@ class CloudSim:
             machine.public_keys,
             None,
             machine.workdir,
-            env=machine_tools.machine_env(machine.workdir),
+            env=machine_tools.machine_env(machine.workdir, machine.address),
+            loopback_address=machine.address,
         )
         machine.port = machine.ssh.port
+
+    def _own_address(self) -> str:
+        """A loopback address of its own for a machine reached at 127.0.0.1 (RunPod's)."""
+        self._addresses += 1
+        n = self._addresses
+        return f"127.{self._address_octet}.{n // 250}.{n % 250 + 1}"
 
     def ssh_port_for(self, machine: SimMachine) -> int:
         return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 
@@ -107,6 +108,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+MACHINE_WATCH_SECONDS = 0.2
+
+
 async def _serve(args: argparse.Namespace) -> None:
     config = EngineConfig(
         model=args.model,
@@ -138,9 +142,27 @@ async def _serve(args: argparse.Namespace) -> None:
     # Graceful exit on SIGTERM (ManagedProcess.stop) as well as Ctrl-C.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running_engine(args.host, args.port, config) as engine:
+    # On a simulated cloud machine, "loopback" is the machine's own loopback address.
+    host = args.host
+    if host in ("127.0.0.1", "localhost") and os.environ.get("NEOBATCH_SIM_MACHINE_ADDRESS"):
+        host = os.environ["NEOBATCH_SIM_MACHINE_ADDRESS"]
+    home = os.environ.get("NEOBATCH_SIM_MACHINE_HOME")
+    async with running_engine(host, args.port, config) as engine:
         print(f"engine sim listening on {engine.url} model={config.model}", flush=True)
+        if home:
+            # A simulated machine's engine dies with its machine (deleted, stopped, released),
+            # however it was started, as a real machine's processes do.
+            watch = asyncio.create_task(_stop_when_gone(home, stop))
         await stop.wait()
+        if home:
+            watch.cancel()
+
+
+async def _stop_when_gone(home: str, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        if not os.path.isdir(home):
+            stop.set()
+        await asyncio.sleep(MACHINE_WATCH_SECONDS)
 
 
 def main(argv: list[str] | None = None) -> None:

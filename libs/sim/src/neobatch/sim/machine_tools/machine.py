@@ -35,6 +35,7 @@ def install(
     nvidia: bool = True,
     engine_args: Sequence[str] = (),
     real_engine_python: str | os.PathLike[str] | None = None,
+    address: str = "127.0.0.1",
 ) -> Path:
     """Write the shims into ``<workdir>/bin`` and the machine's config; returns the bin dir.
 
@@ -64,6 +65,8 @@ def install(
                 "engine_args": list(engine_args),
                 "real_engine_python": str(real_engine_python) if real_engine_python else "",
                 "real_engine_cache": real_engine_cache() if real_engine_python else "",
+                # Where this machine's engines listen (its own loopback address).
+                "address": address,
             }
         )
     )
@@ -89,10 +92,21 @@ def real_engine_cache() -> str:
     return os.environ.get("VLLM_CACHE_ROOT") or str(Path.home() / ".cache" / "vllm")
 
 
-def machine_env(workdir: str | os.PathLike[str]) -> dict[str, str]:
-    """Environment for the machine's SSH sessions: its home, and its ``bin/`` first on PATH."""
+# An engine simulator started on a simulated machine listens on this address when told to
+# listen on loopback (a template's own launch command says 127.0.0.1).
+ADDRESS_ENV = "NEOBATCH_SIM_MACHINE_ADDRESS"
+
+
+def machine_env(workdir: str | os.PathLike[str], address: str = "") -> dict[str, str]:
+    """Environment for the machine's SSH sessions: its home, its ``bin/`` first on PATH, and
+    its own loopback address (if it has one)."""
     path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
-    return {"HOME": str(workdir), "PATH": f"{Path(workdir) / 'bin'}:{path}"}
+    env = {"HOME": str(workdir), "PATH": f"{Path(workdir) / 'bin'}:{path}"}
+    if address:
+        # A cloud machine: its engine simulators listen on its address and die with it.
+        env[ADDRESS_ENV] = address
+        env["NEOBATCH_SIM_MACHINE_HOME"] = str(workdir)
+    return env
 
 
 def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -59,7 +59,9 @@ def vllm_options(args: list[str]) -> tuple[dict[str, str], list[str]]:
 def engine_argv(cfg: dict[str, Any], port: int, vllm_args: list[str]) -> list[str] | str:
     """The engine's command line for these vLLM arguments, or an error message."""
     if cfg.get("real_engine_python"):
-        return real_engine_argv(cfg["real_engine_python"], port, vllm_args)
+        return real_engine_argv(
+            cfg["real_engine_python"], port, vllm_args, cfg.get("address") or "127.0.0.1"
+        )
     options, positional = vllm_options(vllm_args)
     model = options.get("--model") or (positional[0] if positional else "")
     served = options.get("--served-model-name") or model
@@ -70,12 +72,15 @@ def engine_argv(cfg: dict[str, Any], port: int, vllm_args: list[str]) -> list[st
     if "--block-size" in options:
         passed += ["--block-size", options["--block-size"]]
     return [
-        cfg["python"], "-m", ENGINE_MODULE, "--host", "127.0.0.1", "--port", str(port),
+        cfg["python"], "-m", ENGINE_MODULE, "--host", cfg.get("address") or "127.0.0.1",
+        "--port", str(port),
         "--model", served, *passed, *cfg.get("engine_args", []),
     ]  # fmt: skip
 
 
-def real_engine_argv(python: str, port: int, vllm_args: list[str]) -> list[str] | str:
+def real_engine_argv(
+    python: str, port: int, vllm_args: list[str], address: str = "127.0.0.1"
+) -> list[str] | str:
     """The real server with every vLLM argument as given: a leading model becomes ``--model``,
     and it listens on loopback ``port`` (appended: vLLM's parser keeps the last value, which is
     how a container's ``--host 0.0.0.0 --port 8000`` becomes the published loopback port)."""
@@ -84,7 +89,7 @@ def real_engine_argv(python: str, port: int, vllm_args: list[str]) -> list[str] 
         args = ["--model", *args]
     if "--model" not in args and not any(a.startswith("--model=") for a in args):
         return "error: the model is required (vllm serve MODEL or --model MODEL)"
-    return [python, "-m", REAL_ENGINE_MODULE, *args, "--host", "127.0.0.1", "--port", str(port)]
+    return [python, "-m", REAL_ENGINE_MODULE, *args, "--host", address, "--port", str(port)]
 
 
 def engine_env(cfg: dict[str, Any]) -> dict[str, str]:

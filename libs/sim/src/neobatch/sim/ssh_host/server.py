@@ -95,6 +95,8 @@ class _HostServer(asyncssh.SSHServer):
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
     ) -> bool:
         if is_loopback(dest_host):
+            if self._host.loopback_address and self._conn is not None:
+                return self._conn.forward_connection(self._host.loopback_address, dest_port)
             return True
         log.info("refused direct-tcpip to %s:%s", dest_host, dest_port)
         raise asyncssh.ChannelOpenError(
@@ -115,6 +117,10 @@ class SSHHost:
     host_key: asyncssh.SSHKey
     workdir: str | None
     _authorized_keys: _AuthorizedKeys
+    # The machine's own loopback address (a simulated cloud machine): a forward to any loopback
+    # destination reaches it there, as a forward to a real machine's 127.0.0.1 reaches that
+    # machine, so several machines' engines on one port do not meet. None: as asked.
+    loopback_address: str | None = None
     _acceptor: asyncssh.SSHAcceptor | None = None
     _connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
 
@@ -158,6 +164,7 @@ async def start_ssh_host(
     host_key: HostKeySource = None,
     workdir: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
+    loopback_address: str | None = None,
 ) -> SSHHost:
     """Serve on ``host:port`` (0 = free port) in the running loop.
 
@@ -174,7 +181,7 @@ async def start_ssh_host(
     else:
         key = load_or_create_host_key(host_key)
     cwd = os.fspath(workdir) if workdir is not None else str(Path.home())
-    ssh_host = SSHHost(host, port, key, cwd, _AuthorizedKeys(authorized_keys))
+    ssh_host = SSHHost(host, port, key, cwd, _AuthorizedKeys(authorized_keys), loopback_address)
     acceptor = await asyncssh.create_server(
         functools.partial(_HostServer, ssh_host),
         host,

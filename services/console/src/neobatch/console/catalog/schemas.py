@@ -164,6 +164,9 @@ class TemplateSpec(msgspec.Struct, kw_only=True):
     supported_endpoints: Annotated[list[Endpoint], Meta(max_length=32)] = []
     deployment_mode: Label = "dedicated"
     placement: PlacementHints | None = None
+    # Our extension (issue 15): machines a job on this template runs on when it names none
+    # (held to the operator's NEOBATCH_MAX_REPLICAS); absent: 1.
+    replicas: Count | None = None
 
 
 TemplateStatus = Literal["active", "deprecated", "draft"]

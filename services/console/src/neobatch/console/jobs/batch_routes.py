@@ -4,7 +4,8 @@ A batch is a job seen through the OpenAI view (batch_view.py); its id is the job
 `batch_id`. A batch created here is a job on the default deployment template, or on the
 template named by `metadata["neobatch.template_name"]` (and `neobatch.template_version`),
 leased from `metadata["neobatch.provider"]` when given; `aibrix.client` (AIBrix's extension,
-`extra_body` in the SDK) tunes dispatch as the job API's `client` block does.
+`extra_body` in the SDK) tunes dispatch as the job API's `client` block does, and
+`aibrix.replicas` asks for several machines as `resource_request.replicas` does.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from neobatch.common.contracts import JobStatus
 from neobatch.common.errors import Conflict
 from neobatch.console.jobs.batch_view import batch_view
 from neobatch.console.jobs.routes import bills
-from neobatch.console.jobs.schemas import BatchList, BatchOut, CreateBatch, CreateJob, max_cost
+from neobatch.console.jobs.schemas import (
+    BatchList,
+    BatchOut,
+    CreateBatch,
+    CreateJob,
+    ResourceRequestIn,
+    max_cost,
+)
 from neobatch.console.jobs.service import JobService
 from neobatch.console.jobs.store import JobStore
 from neobatch.console.keys.auth import Caller
@@ -43,13 +51,18 @@ def job_request(data: CreateBatch) -> CreateJob:
         model_template_version=metadata.get(TEMPLATE_VERSION_KEY, ""),
         provider=metadata.get(PROVIDER_KEY),
         client=data.aibrix.client if data.aibrix else None,
+        resource_request=(
+            ResourceRequestIn(replicas=data.aibrix.replicas)
+            if data.aibrix and data.aibrix.replicas
+            else None
+        ),
         metadata=metadata,
         max_cost_usd=max_cost(metadata.get(MAX_COST_KEY)),
     )
 
 
 async def _billed_view(store: JobStore, job: dict[str, Any], now: datetime) -> BatchOut:
-    return batch_view(job, (await bills(store, [job], now))[0])
+    return batch_view(job, *(await bills(store, [job], now))[0])
 
 
 class BatchController(Controller):
@@ -76,7 +89,7 @@ class BatchController(Controller):
     ) -> BatchList:
         jobs, has_more = await job_store.list_batches(caller.scope, limit, after)
         billed = await bills(job_store, jobs, now)
-        data = [batch_view(job, bill) for job, bill in zip(jobs, billed, strict=True)]
+        data = [batch_view(job, *costs) for job, costs in zip(jobs, billed, strict=True)]
         return BatchList(data=data, has_more=has_more, **page_ends(data))
 
     @get("/{batch_id:str}")

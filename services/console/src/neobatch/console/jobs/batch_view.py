@@ -13,8 +13,8 @@ from typing import Any
 from neobatch.common.contracts import JobStatus
 from neobatch.common.logs import redact_text
 from neobatch.console.jobs.bill import Bill, bill_of
-from neobatch.console.jobs.job_view import request_counts, usage_view
-from neobatch.console.jobs.schemas import BatchError, BatchErrors, BatchOut
+from neobatch.console.jobs.job_view import machines_view, request_counts, usage_view
+from neobatch.console.jobs.schemas import BatchError, BatchErrors, BatchOut, MachinesOut
 from neobatch.console.wire import unix_seconds_or_none
 
 J = JobStatus
@@ -82,8 +82,11 @@ def _failed_at(job: dict[str, Any]) -> int | None:
     )
 
 
-def batch_view(job: dict[str, Any], bill: Bill | None = None) -> BatchOut:
-    """The OpenAI `Batch` object for a job document, its bill as the extra `neobatch_bill`."""
+def batch_view(
+    job: dict[str, Any], bill: Bill | None = None, machines: MachinesOut | None = None
+) -> BatchOut:
+    """The OpenAI `Batch` object for a job document, its bill and machines as the extras
+    `neobatch_bill` and `neobatch_machines`."""
     status = _shown_status(job)
     cancelling_at = unix_seconds_or_none(job.get("cancelling_at"))
     if status == "cancelling" and cancelling_at is None:
@@ -111,4 +114,5 @@ def batch_view(job: dict[str, Any], bill: Bill | None = None) -> BatchOut:
         cancelling_at=cancelling_at,
         cancelled_at=unix_seconds_or_none(job.get("cancelled_at")),
         neobatch_bill=bill if bill is not None else bill_of(job, [], None),
+        neobatch_machines=machines if machines is not None else machines_view(job, []),
     )

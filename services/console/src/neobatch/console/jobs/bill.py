@@ -15,7 +15,8 @@ Where the time went, per machine (the parts add up to `held_seconds`):
 The first request and last answer are the batch's dispatch times when the runtime-agent reported
 them, else the job's `in_progress_at` and `finalizing_at`. A job that went through several
 machines (one lost, then a replacement) knows them only for the machine that ran the batch last;
-on the others the three are null (their billed time is still counted in full).
+on the others the three are null (their billed time is still counted in full). A job on several
+machines at once (issue 15) has them null on every machine: the batch's times are not any one's.
 """
 
 from __future__ import annotations
@@ -139,7 +140,9 @@ def bill_of(
     ordered = sorted(provisions, key=lambda p: (_at(p, "leased_at") or EPOCH, p["_id"]))
     machines = []
     for provision in ordered:
-        ran_batch = provision["_id"] == job.get("provision_id")
+        # The batch's dispatch times are one machine's only when the job had one at a time.
+        alone = int((job.get("resource_request") or {}).get("replicas") or 1) == 1
+        ran_batch = alone and provision["_id"] == job.get("provision_id")
         machine = machine_bill(provision, dispatch_times(job) if ran_batch else None, now)
         if machine is not None:
             machines.append(machine)

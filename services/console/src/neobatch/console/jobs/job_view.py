@@ -7,6 +7,7 @@ case, which we follow). Times are Unix seconds. `status` is the precise job stat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import msgspec
@@ -18,6 +19,8 @@ from neobatch.console.jobs.schemas import (
     InputTokensDetails,
     JobEvent,
     JobOut,
+    MachineOut,
+    MachinesOut,
     PlacementOut,
     ProvisionOut,
     ReplicasOut,
@@ -206,12 +209,46 @@ def placement_view(provision: dict[str, Any] | None) -> PlacementOut | None:
         return None  # written by another version: not worth failing the job view for
 
 
+def machines_view(job: dict[str, Any], provisions: Sequence[dict[str, Any]]) -> MachinesOut:
+    """The job's machines from its provisions, with each one's share of the lines the agent
+    reported (`machine_lines`, provision id → lines finished on it)."""
+    lines = job.get("machine_lines") or {}
+    ordered = sorted(provisions, key=lambda p: (_provision_number(p["_id"]), p["_id"]))
+    items = []
+    for provision in ordered:
+        lease = provision.get("lease") or provision.get("offer") or {}
+        price = lease.get("price_per_hour")
+        items.append(
+            MachineOut(
+                provision_id=provision["_id"],
+                provider=provision.get("provider") or "",
+                gpu_type=lease.get("gpu_type") or None,
+                price_per_hour=float(price) if isinstance(price, int | float) else None,
+                status=provision.get("status") or "",
+                lines=int(lines.get(provision["_id"]) or 0),
+            )
+        )
+    return MachinesOut(
+        requested=int((job.get("resource_request") or {}).get("replicas") or 1),
+        running=sum(item.status == "running" for item in items),
+        released=sum(item.status == "released" for item in items),
+        items=items,
+    )
+
+
+def _provision_number(provision_id: str) -> int:
+    """The planner numbers a job's provisions from 1 (`prov_<job>_<n>`)."""
+    tail = provision_id.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
 def job_view(
     job: dict[str, Any],
     provision: dict[str, Any] | None,
     *,
     caller: str,
     bill: Bill | None = None,
+    machines: MachinesOut | None = None,
 ) -> JobOut:
     """The response body of every /api/v1/jobs route (`bill`: none yet when not given)."""
     # Error text may quote a provider's or engine's reply; mask anything key-like in it.
@@ -256,6 +293,7 @@ def job_view(
         ),
         created_by=job.get("created_by") or "",
         bill=bill if bill is not None else bill_of(job, [], None),
+        machines=machines if machines is not None else machines_view(job, []),
         **times,
         placement=placement_view(provision),
         max_cost_usd=job.get("max_cost_usd"),

@@ -14,14 +14,14 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from neobatch.console.jobs.bill import Bill, bill_of
-from neobatch.console.jobs.job_view import job_view
+from neobatch.console.jobs.job_view import job_view, machines_view
 from neobatch.console.jobs.quote import Quote
 from neobatch.console.jobs.schemas import (
-    MAX_REPLICAS,
     CreateJob,
     JobCapabilities,
     JobList,
     JobOut,
+    MachinesOut,
     ReplicaRange,
 )
 from neobatch.console.jobs.service import JobService
@@ -41,14 +41,23 @@ async def job_views(
         own = provisions.get(job["_id"], [])
         current = next((p for p in own if p["_id"] == job.get("provision_id")), None)
         billed = bill_of(job, own, now)
-        views.append(job_view(job, current, caller=caller.owner, bill=billed))
+        machines = machines_view(job, own)
+        views.append(job_view(job, current, caller=caller.owner, bill=billed, machines=machines))
     return views
 
 
-async def bills(store: JobStore, jobs: list[dict[str, Any]], now: datetime) -> list[Bill]:
-    """The bills of a page of jobs, in order."""
+async def bills(
+    store: JobStore, jobs: list[dict[str, Any]], now: datetime
+) -> list[tuple[Bill, MachinesOut]]:
+    """The bills and machines of a page of jobs, in order (one read of their provisions)."""
     provisions = await store.list_job_provisions([job["_id"] for job in jobs])
-    return [bill_of(job, provisions.get(job["_id"], []), now) for job in jobs]
+    return [
+        (
+            bill_of(job, provisions.get(job["_id"], []), now),
+            machines_view(job, provisions[job["_id"]]),
+        )
+        for job in jobs
+    ]
 
 
 async def _view(jobs: JobStore, job: dict[str, Any], caller: Caller, now: datetime) -> JobOut:
@@ -113,6 +122,6 @@ class JobController(Controller):
 async def job_capabilities(settings: NamedDependency[ConsoleSettings]) -> JobCapabilities:
     """What the UI needs to build a job form (aibrix-reference §1.2)."""
     return JobCapabilities(
-        resource_request=ReplicaRange(min_replicas=1, max_replicas=MAX_REPLICAS),
+        resource_request=ReplicaRange(min_replicas=1, max_replicas=settings.max_replicas),
         provider=settings.provisioner,
     )

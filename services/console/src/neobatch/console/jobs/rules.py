@@ -18,6 +18,7 @@ from neobatch.common.contracts import (
     JobStatus,
     JobStatusChanged,
 )
+from neobatch.common.errors import InvalidInput
 from neobatch.console.errors import Forbidden
 from neobatch.console.jobs.schemas import CreateJob
 from neobatch.console.jobs.window import parse_completion_window
@@ -57,6 +58,35 @@ def serving_name(model: dict[str, Any] | None, spec: dict[str, Any]) -> str:
     return str((spec.get("model_source") or {}).get("uri") or "")
 
 
+def asked_replicas(request: CreateJob) -> int:
+    """The machines the request asks for; 0: none said (the template's default applies)."""
+    return request.resource_request.replicas if request.resource_request else 0
+
+
+def check_replicas(request: CreateJob, maximum: int) -> None:
+    """400 `replicas_above_maximum` past the operator's NEOBATCH_MAX_REPLICAS (AIBrix's
+    schema allows up to 1,024; each machine is paid for, so the operator bounds it)."""
+    asked = asked_replicas(request)
+    if asked > maximum:
+        raise InvalidInput(
+            f"resource_request.replicas: {asked} is above the maximum of {maximum} machines "
+            "per job on this installation",
+            code="replicas_above_maximum",
+        )
+
+
+def replicas_for(request: CreateJob, spec: dict[str, Any], maximum: int) -> int:
+    """The machines the job asks for: the request's, else its template's default (`spec.replicas`,
+    held to the operator's maximum: the job did not ask for more), else 1."""
+    asked = asked_replicas(request)
+    if asked:
+        return asked
+    default = spec.get("replicas")
+    if isinstance(default, int) and not isinstance(default, bool) and default > 0:
+        return max(1, min(default, maximum))
+    return 1
+
+
 def build_job_doc(
     *,
     job_id: str,
@@ -68,6 +98,7 @@ def build_job_doc(
     model: dict[str, Any] | None,
     report: ValidationReport,
     now: datetime,
+    replicas: int = 1,
 ) -> dict[str, Any]:
     """The `jobs` document (CONTRACTS.md) for a request and its resolved template.
 
@@ -94,9 +125,9 @@ def build_job_doc(
         # Inline, so later template edits never change a job already accepted (AIBrix §1.2).
         "template_spec": template["spec"],
         "serving_name": serving_name(model, template["spec"]),
-        # 0 or absent means one replica (AIBrix).
+        # Machines the job asks for (`replicas_for`: the request's, else the template's, else 1).
         "resource_request": {
-            "replicas": (resource.replicas if resource else 0) or 1,
+            "replicas": replicas,
             "provider_config": resource.provider_config if resource else None,
         },
         "provider": request.provider,

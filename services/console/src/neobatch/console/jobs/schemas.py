@@ -20,8 +20,10 @@ from neobatch.console.jobs.window import parse_completion_window
 from neobatch.console.paging import PageEnds
 from neobatch.console.wire import MAX_FREE_FORM_BYTES, Endpoint, Label, Text
 
-# AIBrix caps a job at this many replicas (shown by /api/v1/config/job-capabilities).
+# AIBrix caps a job at this many replicas; the operator's NEOBATCH_MAX_REPLICAS (default
+# DEFAULT_MAX_REPLICAS, shown by /api/v1/config/job-capabilities) bounds it further.
 MAX_REPLICAS = 1024
+DEFAULT_MAX_REPLICAS = 16
 PROVIDER_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
 Provider = Annotated[str, Meta(pattern=PROVIDER_PATTERN)]
 # A job's cost cap in USD: positive, and under a billion (past that it is a typo).
@@ -34,7 +36,8 @@ Metadata = Annotated[dict[MetadataKey, MetadataValue], Meta(max_length=16)]
 
 
 class ResourceRequestIn(msgspec.Struct, kw_only=True):
-    # 0 or absent means one replica (AIBrix).
+    # Machines to run the batch on; 0 or absent: the template's default (`spec.replicas`), else
+    # one (AIBrix). Above NEOBATCH_MAX_REPLICAS: 400 `replicas_above_maximum`.
     replicas: Annotated[int, Meta(ge=0, le=MAX_REPLICAS)] = 0
     # Opaque, stored for provider extensions (AIBrix provider_config): bounded in size, and
     # every integer in it must fit int64 (it is stored in MongoDB).
@@ -86,6 +89,8 @@ class AibrixExtension(msgspec.Struct, kw_only=True):
     """The part of AIBrix's `aibrix` batch extension we honour (`extra_body` in the SDK)."""
 
     client: ClientSpec | None = None
+    # Machines to run the batch on, as the job API's `resource_request.replicas`.
+    replicas: Annotated[int, Meta(ge=0, le=MAX_REPLICAS)] = 0
 
 
 def max_cost(text: str | None) -> float | None:
@@ -189,6 +194,26 @@ class ReplicasOut(msgspec.Struct, kw_only=True):
     replicas: int
 
 
+class MachineOut(msgspec.Struct, kw_only=True):
+    """One machine of the job (issue 15): where it ran, at what price, how far it got."""
+
+    provision_id: str
+    provider: str
+    gpu_type: str | None
+    price_per_hour: float | None  # USD for the machine, as leased; null before an offer
+    status: str  # the provision's: requested, provisioning, running, releasing, released, ...
+    lines: int  # input lines finished on it (completed + failed), as the agent last reported
+
+
+class MachinesOut(msgspec.Struct, kw_only=True):
+    """The job's machines: asked for, running now, released; one item per provision."""
+
+    requested: int
+    running: int
+    released: int
+    items: list[MachineOut]
+
+
 class JobOut(msgspec.Struct, kw_only=True):
     """The response body of every /api/v1/jobs route. Times are Unix seconds."""
 
@@ -240,6 +265,8 @@ class JobOut(msgspec.Struct, kw_only=True):
     placement: PlacementOut | None = None
     # What the job's machines cost so far (jobs/bill.py).
     bill: Bill
+    # The machines it runs on (issue 15); none before placement.
+    machines: MachinesOut
     # The job's cost cap (USD), if it has one: its bill stops there (`budget_exceeded`).
     max_cost_usd: float | None = None
 
@@ -316,8 +343,10 @@ class BatchOut(msgspec.Struct, kw_only=True):
     expired_at: int | None
     cancelling_at: int | None
     cancelled_at: int | None
-    # Ours, beside OpenAI's fields (the SDK keeps unknown fields as extras): the job's bill.
+    # Ours, beside OpenAI's fields (the SDK keeps unknown fields as extras): the job's bill
+    # and the machines it runs on.
     neobatch_bill: Bill
+    neobatch_machines: MachinesOut
 
 
 class BatchList(PageEnds, kw_only=True):

@@ -15,11 +15,17 @@ default template.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
-from neobatch.common.batch_input import MAX_LINE_BYTES, InputValidator, ValidationReport
+from neobatch.common.batch_input import (
+    MAX_INPUT_BYTES,
+    MAX_LINE_BYTES,
+    MAX_REQUESTS,
+    InputValidator,
+    ValidationReport,
+)
 from neobatch.common.budget_store import BudgetStore, month_start
 from neobatch.common.costing import TokenTally
 from neobatch.common.errors import InvalidInput
@@ -31,7 +37,7 @@ from neobatch.console.errors import OverBudget, QuotaExceeded, QuoteExceedsCap, 
 from neobatch.console.files.store import FileStore
 from neobatch.console.jobs import quote as quoting
 from neobatch.console.jobs import rules
-from neobatch.console.jobs.schemas import CreateJob
+from neobatch.console.jobs.schemas import DEFAULT_MAX_REPLICAS, CreateJob
 from neobatch.console.jobs.store import JobStore
 from neobatch.console.jobs.window import check_minimum_window, parse_completion_window
 from neobatch.console.keys.auth import Caller
@@ -64,6 +70,9 @@ class JobService:
         quotas: QuotaStore | None = None,
         max_queued_jobs: int = 0,
         max_line_bytes: int = MAX_LINE_BYTES,
+        max_requests: int = MAX_REQUESTS,
+        max_input_bytes: int = MAX_INPUT_BYTES,
+        max_replicas: int = DEFAULT_MAX_REPLICAS,
         throughput: ThroughputStore | None = None,
         budgets: BudgetStore | None = None,
     ) -> None:
@@ -77,7 +86,9 @@ class JobService:
         # Template used when a request names none (DEFAULT_BATCH_MODEL_DEPLOYMENT_TEMPLATE).
         self._default_template = default_template
         self._min_window_seconds = min_window_seconds
-        self._max_line_bytes = max_line_bytes
+        self._limits = InputLimits(max_line_bytes, max_requests, max_input_bytes)
+        # NEOBATCH_MAX_REPLICAS: the most machines one job may ask for.
+        self._max_replicas = max_replicas
         self._throughput = throughput
         self._budgets = budgets
 
@@ -108,6 +119,7 @@ class JobService:
             request=request,
             template=template,
             model=await self._catalog.find_model(template["model_id"]),
+            replicas=rules.replicas_for(request, template["spec"], self._max_replicas),
             report=report,
             now=now,
         )
@@ -138,6 +150,7 @@ class JobService:
                 f"choose one of {', '.join(self._providers)}",
                 code="unknown_provider",
             )
+        rules.check_replicas(request, self._max_replicas)
 
     async def _read_input(
         self, request: CreateJob, caller: Caller
@@ -149,12 +162,12 @@ class JobService:
         if request.model_template_name:
             template = await _named_template(self._catalog, request, caller.project)
             report, _ = await _validate_lines(
-                self._files, request.input_dataset, endpoint, self._max_line_bytes, tally
+                self._files, request.input_dataset, endpoint, self._limits, tally
             )
         else:
             # The lines say which model they are for: read them first.
             report, served = await _validate_lines(
-                self._files, request.input_dataset, endpoint, self._max_line_bytes, tally
+                self._files, request.input_dataset, endpoint, self._limits, tally
             )
             template = await _template_for_lines(
                 self._catalog, request, caller.project, served, self._default_template, report
@@ -330,20 +343,34 @@ def _failed_code(report: ValidationReport) -> str:
     return "empty_file" if report.invalid_lines == 0 else "invalid_input_file"
 
 
+class InputLimits(NamedTuple):
+    """The operator's bounds on a batch input (NEOBATCH_MAX_INPUT_LINE_BYTES,
+    NEOBATCH_MAX_BATCH_REQUESTS, NEOBATCH_MAX_BATCH_INPUT_BYTES)."""
+
+    line_bytes: int
+    requests: int
+    total_bytes: int
+
+
 async def _validate_lines(
     files: FileStore,
     file_id: str,
     endpoint: str,
-    max_line_bytes: int,
+    limits: InputLimits,
     tally: TokenTally | None = None,
 ) -> tuple[ValidationReport, list[str]]:
     """Stream the file once, the work per line bounded (`batch_input`): the validation report
     and the models the valid lines name (`body.model`, first seen first, at most
     MAX_MODELS_SHOWN + 1); each valid body is fed to `tally` (the quote's token estimate)."""
-    validator = InputValidator(endpoint, max_line_bytes=max_line_bytes)
+    validator = InputValidator(
+        endpoint,
+        max_line_bytes=limits.line_bytes,
+        max_requests=limits.requests,
+        max_bytes=limits.total_bytes,
+    )
     served: list[str] = []
     index = 0
-    async for raw in files.iter_lines(file_id, max_line_bytes):
+    async for raw in files.iter_lines(file_id, limits.line_bytes):
         request = validator.feed(index, raw)
         index += 1
         if request is not None and tally is not None:

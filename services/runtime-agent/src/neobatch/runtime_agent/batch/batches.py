@@ -62,6 +62,8 @@ class Batch(msgspec.Struct, kw_only=True):
     runtime: str = "ssh"
     # The job's AIBrix `client` block: concurrency, per-request timeout, retries.
     client: ClientSpec = ClientSpec()
+    # Machines the job asked for: above 1 the batch is spread (`machines`, `chunks`).
+    replicas: int = 1
     status: BatchStatus
     created_at: datetime
     expires_at: datetime | None = None
@@ -101,6 +103,7 @@ def batch_doc_from_event(event: BatchRequested, now: datetime) -> dict[str, Any]
         "engine": msgspec.to_builtins(event.engine),
         "runtime": event.runtime,
         "client": msgspec.to_builtins(event.client),
+        "replicas": max(1, event.replicas),
         "status": BatchStatus.VALIDATING.value,
         "created_at": now,
         "expires_at": event.expires_at,

@@ -80,13 +80,12 @@ class BatchWatch:
             self._poke.clear()
             try:
                 if time.monotonic() - last_renew >= renew_every:
-                    if not await self._store.renew_lease(self._batch_id, self._owner, self._ttl):
+                    if not await self._renew():
                         log.warning("lease lost", extra=log_fields(batch_id=self._batch_id))
                         self.mark_lost()
                         return
                     last_renew = time.monotonic()
-                if not self.cancel_requested:
-                    self.cancel_requested = await self._store.cancel_requested(self._batch_id)
+                await self._check()
             except Exception:
                 # The database being away for a moment is not a lost lease, unless it outlasts
                 # the lease itself: then another agent may already have taken over.
@@ -95,6 +94,14 @@ class BatchWatch:
                     self.mark_lost()
                     return
             self._update_expired()
+
+    async def _renew(self) -> bool:
+        return await self._store.renew_lease(self._batch_id, self._owner, self._ttl)
+
+    async def _check(self) -> None:
+        """Each tick: has a cancel been asked for?"""
+        if not self.cancel_requested:
+            self.cancel_requested = await self._store.cancel_requested(self._batch_id)
 
     async def race(self, work: Awaitable[T]) -> T:
         """Await `work` unless interrupted first: then cancel it and raise `Interrupted`."""

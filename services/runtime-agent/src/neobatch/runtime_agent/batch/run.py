@@ -91,6 +91,8 @@ class BatchRun:
         self._clock = clock
         self._owner = owner
         self._max_line_bytes = settings.common.max_input_line_bytes
+        self._max_requests = settings.common.max_batch_requests
+        self._max_input_bytes = settings.common.max_batch_input_bytes
         self._prefix_order = settings.prefix_order
         self.watch = watch
         self._session = EngineSession(
@@ -148,7 +150,12 @@ class BatchRun:
             await self._session.close()
 
     async def _validate(self) -> bool:
-        validator = InputValidator(self.batch.endpoint, max_line_bytes=self._max_line_bytes)
+        validator = InputValidator(
+            self.batch.endpoint,
+            max_line_bytes=self._max_line_bytes,
+            max_requests=self._max_requests,
+            max_bytes=self._max_input_bytes,
+        )
         index = 0
         try:
             lines = self._store.input_lines(self.batch.input_file_id, self._max_line_bytes)

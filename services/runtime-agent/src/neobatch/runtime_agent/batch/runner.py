@@ -1,4 +1,5 @@
-"""The runner loop: claim batches nobody holds and run each under its lease.
+"""The runner loop: claim batches (and machines of spread batches) nobody holds and run each
+under its lease.
 
 Several agents may share one database: `claim_batch` hands each batch to one of them, the
 lease watch renews it, and a batch whose agent died is claimed again once its lease expires
@@ -21,7 +22,9 @@ from neobatch.common.ids import new_id
 from neobatch.common.logs import log_fields
 from neobatch.runtime_agent.batch.batches import Batch
 from neobatch.runtime_agent.batch.lease_watch import BatchWatch
+from neobatch.runtime_agent.batch.machine_run import run_machine
 from neobatch.runtime_agent.batch.run import BatchRun, RemoteLost
+from neobatch.runtime_agent.batch.spread import SpreadRun
 from neobatch.runtime_agent.batch.store import BatchStore
 from neobatch.runtime_agent.settings import AgentSettings
 
@@ -56,6 +59,8 @@ class Runner:
         self._wake = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._watches: dict[str, BatchWatch] = {}
+        # Machine runs of spread batches, by machine id (as many slots as for batches).
+        self._machine_tasks: dict[str, asyncio.Task[None]] = {}
 
     def wake(self, batch_id: str | None = None) -> None:
         """A batch arrived, moved or was cancelled: look now instead of at the next poll."""
@@ -83,6 +88,38 @@ class Runner:
             await self._stop_all()
 
     async def _claim_free_slots(self) -> None:
+        await self._claim_batches()
+        await self._claim_machines()
+
+    async def _claim_machines(self) -> None:
+        while len(self._machine_tasks) < self._settings.max_batches:
+            owner = f"{self.owner}/{new_id('run')}"
+            machine = await self._store.machines.claim_machine(owner, self._settings.lease_seconds)
+            if machine is None:
+                return
+            if machine.id in self._machine_tasks:
+                # Our own earlier run of it lost the lease: claim it again once that one ended.
+                await self._store.machines.release_machine(machine.id, owner)
+                return
+            task = asyncio.create_task(
+                run_machine(
+                    machine,
+                    store=self._store,
+                    clock=self._clock,
+                    settings=self._settings,
+                    client_key=self._key,
+                    owner=owner,
+                ),
+                name=f"machine-{machine.id}",
+            )
+            self._machine_tasks[machine.id] = task
+            task.add_done_callback(lambda _t, mid=machine.id: self._machine_done(mid))
+
+    def _machine_done(self, machine_id: str) -> None:
+        self._machine_tasks.pop(machine_id, None)
+        self._wake.set()
+
+    async def _claim_batches(self) -> None:
         while len(self._tasks) < self._settings.max_batches:
             # One lease owner per run: a run whose lease was revoked (its batch moved to a
             # replacement machine) or expired can never renew it once it is claimed again.
@@ -106,7 +143,7 @@ class Runner:
         self._wake.set()
 
     async def _stop_all(self) -> None:
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._machine_tasks.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -121,7 +158,7 @@ class Runner:
             expires_at=batch.expires_at,
             cancel_requested=batch.cancel_requested_at is not None,
         )
-        run = BatchRun(
+        run = (SpreadRun if batch.replicas > 1 else BatchRun)(
             batch,
             store=self._store,
             clock=self._clock,
@@ -130,6 +167,8 @@ class Runner:
             owner=owner,
             watch=watch,
         )
+        if isinstance(run, SpreadRun):
+            run.machines_ready = self.wake  # type: ignore[method-assign]
         self._watches[batch.id] = watch
         watch_task = asyncio.create_task(watch.run(), name=f"lease-{batch.id}")
         fields = {"batch_id": batch.id, "job_id": batch.job_id}

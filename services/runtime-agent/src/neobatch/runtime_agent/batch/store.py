@@ -37,13 +37,14 @@ from neobatch.runtime_agent.batch.batches import (
     batch_from_doc,
     can_transition,
 )
+from neobatch.runtime_agent.batch.machine_store import MachineStore
 from neobatch.runtime_agent.results import output_files, reading
 from neobatch.runtime_agent.results.pages import (
     RESULT_INDEXES,
     RESULTS,
     upgrade_legacy_results,
 )
-from neobatch.runtime_agent.results.writer import MAX_PENDING_BYTES, CheckpointWriter
+from neobatch.runtime_agent.results.writer import MAX_PENDING_BYTES, CheckpointWriter, Insert
 
 BATCHES = "batches"
 BATCH_INDEXES = [
@@ -74,6 +75,8 @@ class BatchStore:
         self._notify = notify_outbox
         self._batches: AsyncCollection[Document] = db[BATCHES]
         self._results: AsyncCollection[Document] = db[RESULTS]
+        # The machines and chunks of batches spread over several machines.
+        self.machines = MachineStore(db, mongo, ns, clock, notify_outbox)
 
     @classmethod
     def from_runtime(
@@ -91,15 +94,21 @@ class BatchStore:
     async def ensure_indexes(self) -> None:
         await ensure_indexes(self._batches, BATCH_INDEXES)
         await ensure_indexes(self._results, RESULT_INDEXES)
+        await self.machines.ensure_indexes()
         await upgrade_legacy_results(self._results, self._clock.now())
 
     # --- accepting -----------------------------------------------------------------------
 
-    async def insert_batch(self, doc: Document, accepted: Event) -> bool:
-        """Insert a new batch with its `accepted` event; False when it already exists."""
+    async def insert_batch(
+        self, doc: Document, accepted: Event, machine: Document | None = None
+    ) -> bool:
+        """Insert a new batch with its `accepted` event (and its first machine, when spread);
+        False when it already exists."""
 
         async def work(session: AsyncClientSession) -> None:
             await self._batches.insert_one(doc, session=session)
+            if machine is not None:
+                await self.machines.insert_machine(machine, session)
             await append_events(self._db, self._ns, [accepted], session, self._clock.now())
 
         try:
@@ -233,6 +242,7 @@ class BatchStore:
         max_pending: int = 10_000,
         flush_interval_seconds: float = 0.005,
         on_stored: Callable[[int, int], None] | None = None,
+        insert: Insert | None = None,
     ) -> CheckpointWriter:
         """A writer storing the batch's results in groups (use it as `async with`)."""
         return CheckpointWriter(
@@ -243,6 +253,21 @@ class BatchStore:
             max_pending_bytes=self._checkpoint_max_pending_bytes,
             flush_interval_seconds=flush_interval_seconds,
             on_stored=on_stored,
+            insert=insert,
+        )
+
+    async def store_fenced(
+        self,
+        mid: str,
+        owner: str,
+        chunks: dict[str, tuple[str, int]],
+        pages: list[Document],
+        completed: int,
+        failed: int,
+    ) -> None:
+        """A machine run's checkpoint write, fenced by its chunk claims (`MachineStore`)."""
+        await self.machines.store_fenced(
+            mid, owner, chunks, pages, completed, failed, self._results
         )
 
     async def write_result_files(self, batch: Batch, *, completed: int, failed: int) -> ResultFiles:

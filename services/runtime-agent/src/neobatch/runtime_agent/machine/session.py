@@ -14,6 +14,7 @@ asyncssh connection's own forward, per the `ssh_tunnel` setting. Either dying co
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import asyncssh
 
@@ -49,8 +50,16 @@ class EngineSession:
         client_key: asyncssh.SSHKey,
         owner: str,
         watch: BatchWatch,
+        launch_key: str | None = None,
+        pin_key: Callable[[str], Awaitable[str | None]] | None = None,
+        still_wanted: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._batch = batch
+        # A machine of a spread batch: its own work directory name, where its host key is
+        # pinned, and whether it is still wanted (None: the batch's own, as for one machine).
+        self._launch_key = launch_key or batch.id
+        self._pin_key = pin_key
+        self._still_wanted = still_wanted
         self._store = store
         self._settings = settings
         self._key = client_key
@@ -69,10 +78,12 @@ class EngineSession:
 
     def _launch(self) -> EngineLaunch:
         # Read the batch each time: a replacement machine may come with another runtime.
-        return plan_launch(self._batch.runtime, self._batch.id, self._batch.engine)
+        return plan_launch(self._batch.runtime, self._launch_key, self._batch.engine)
 
     async def _still_this_machine(self) -> bool:
         """False once the planner moved the batch to a replacement machine (retarget)."""
+        if self._still_wanted is not None:
+            return await self._still_wanted()
         try:
             current = await self._store.find_batch(self._batch.id)
         except Exception:
@@ -113,8 +124,10 @@ class EngineSession:
         self._host = host
         if pinned is None:
             # First use: remember this key so every reconnect must present the same one.
-            stored = await self._store.pin_host_key(
-                self._batch.id, self._owner, host.host_public_key
+            stored = await (
+                self._pin_key(host.host_public_key)
+                if self._pin_key is not None
+                else self._store.pin_host_key(self._batch.id, self._owner, host.host_public_key)
             )
             if stored != host.host_public_key:
                 raise HostKeyMismatch("host key changed while it was being pinned")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
@@ -41,6 +41,7 @@ def pending_limit(concurrency: int) -> int:
 
 
 Document = dict[str, Any]
+Insert = Callable[[list[RequestResult], list[Document]], Awaitable[list[Document]]]
 
 
 class CheckpointWriter:
@@ -81,8 +82,12 @@ class CheckpointWriter:
         max_pending: int = 10_000,
         max_pending_bytes: int = MAX_PENDING_BYTES,
         on_stored: Callable[[int, int], None] | None = None,
+        insert: Insert | None = None,
     ) -> None:
         self._collection = collection
+        # Stores one write's pages, returning those it stored (a spread batch's machine run
+        # stores only the results its chunk claims still cover: `machine_store.store_fenced`).
+        self._insert = insert
         self._batch_id = batch_id
         self._clock = clock
         self._interval = flush_interval_seconds
@@ -221,8 +226,12 @@ class CheckpointWriter:
             self._drained.set()
 
     async def _write(self, results: list[RequestResult], pages: list[Document], size: int) -> None:
+        stored = pages
         try:
-            await insert_results(self._collection, pages)
+            if self._insert is None:
+                await insert_results(self._collection, pages)
+            else:
+                stored = await self._insert(results, pages)
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
                 self._failed = exc  # the next add() raises it, before the loop has stopped
@@ -235,9 +244,14 @@ class CheckpointWriter:
         self.pages += len(pages)
         if self._on_stored is not None:
             # Counted from the pages: a result too large to store went in as a failure.
-            failed = sum(len(page["failed"]) for page in pages) // LINE_BYTES
-            self._on_stored(len(results) - failed, failed)
+            failed = sum(len(page["failed"]) for page in stored) // LINE_BYTES
+            kept = len(results) if stored is pages else _lines(stored)
+            self._on_stored(kept - failed, failed)
         self._drained.set()
+
+
+def _lines(pages: list[Document]) -> int:
+    return sum(len(page["lines"]) for page in pages) // LINE_BYTES
 
 
 def _reap(writing: set[asyncio.Task[None]]) -> None:
