@@ -74,7 +74,7 @@ class ChunkOps:
     async def take_back(self, mid: str, token: str) -> None:
         """A new run of a machine: the chunks its earlier run held are ours, re-run from their
         first line (lines with results are skipped)."""
-        await self._chunks.update_many(
+        await self._many(
             {"machine": mid, "status": "open"},
             {"$set": {"token": token, "dirty": True}, "$inc": {"version": 1}},
         )
@@ -117,10 +117,9 @@ class ChunkOps:
 
     async def free_orphans(self, batch_id: str, active: Sequence[str]) -> int:
         """Free the open chunks held by machines that are no longer active."""
-        result = await self._chunks.update_many(
+        return await self._many(
             {"batch_id": batch_id, "status": "open", "machine": {"$nin": [None, *active]}}, FREE
         )
-        return result.modified_count
 
     async def _still_running(self, mid: str, token: str, session: AsyncClientSession) -> bool:
         """Inside a claim's transaction: is the machine still ready and run by `token`? Written,
@@ -227,7 +226,21 @@ class ChunkOps:
 
     async def revoke_all(self, batch_id: str) -> None:
         """The batch ends: no chunk is held any more, so no late result can be stored."""
-        await self._chunks.update_many(
+        await self._many(
             {"batch_id": batch_id, "status": "open"},
             {"$set": {"token": None, "machine": None, "status": "ended"}, "$inc": {"version": 1}},
         )
+
+    async def _many(self, query: Document, update: Document) -> int:
+        """`update_many` on chunks, in a transaction: chunks are also written by the
+        `store_fenced` transactions of running machines, and a multi-document write outside a
+        transaction that meets one of them waits on the server (the test server, secantus,
+        retries it while holding the collection's lock, which the open transaction's next
+        statement needs: every write then hangs). In a transaction the conflict comes back
+        at once as a transient error and `with_transaction` retries it here, holding nothing."""
+
+        async def work(session: AsyncClientSession) -> int:
+            result = await self._chunks.update_many(query, update, session=session)
+            return result.modified_count
+
+        return int(await self._tx(work, events=False))
