@@ -322,8 +322,11 @@ async def run_machine(
     settings: AgentSettings,
     client_key: asyncssh.SSHKey,
     owner: str,
+    watches: dict[str, MachineWatch] | None = None,
 ) -> None:
-    """Run one claimed machine under its lease (the runner's task for it)."""
+    """Run one claimed machine under its lease (the runner's task for it). `watches` is the
+    runner's registry: a removal or cancel that reaches this agent pokes the watch at once
+    instead of waiting for its next tick."""
     fields = {"batch_id": machine.batch_id, "provision_id": machine.provision_id}
     batch = await store.find_batch(machine.batch_id)
     if batch is None or batch.status.is_terminal:
@@ -341,6 +344,8 @@ async def run_machine(
         watch=watch,
     )
     watch_task = asyncio.create_task(watch.run(), name=f"lease-{machine.id}")
+    if watches is not None:
+        watches[machine.id] = watch
     try:
         await run.execute()
     except asyncio.CancelledError:
@@ -357,5 +362,7 @@ async def run_machine(
         with contextlib.suppress(Exception):
             await store.machines.hold_back(machine.id, owner, MAX_CRASH_PAUSE_SECONDS / 6)
     finally:
+        if watches is not None and watches.get(machine.id) is watch:
+            del watches[machine.id]
         watch_task.cancel()
         await asyncio.gather(watch_task, return_exceptions=True)

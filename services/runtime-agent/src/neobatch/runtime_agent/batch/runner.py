@@ -22,7 +22,7 @@ from neobatch.common.ids import new_id
 from neobatch.common.logs import log_fields
 from neobatch.runtime_agent.batch.batches import Batch
 from neobatch.runtime_agent.batch.lease_watch import BatchWatch
-from neobatch.runtime_agent.batch.machine_run import run_machine
+from neobatch.runtime_agent.batch.machine_run import MachineWatch, run_machine
 from neobatch.runtime_agent.batch.run import BatchRun, RemoteLost
 from neobatch.runtime_agent.batch.spread import SpreadRun
 from neobatch.runtime_agent.batch.store import BatchStore
@@ -61,12 +61,19 @@ class Runner:
         self._watches: dict[str, BatchWatch] = {}
         # Machine runs of spread batches, by machine id (as many slots as for batches).
         self._machine_tasks: dict[str, asyncio.Task[None]] = {}
+        self._machine_watches: dict[str, MachineWatch] = {}
 
     def wake(self, batch_id: str | None = None) -> None:
         """A batch arrived, moved or was cancelled: look now instead of at the next poll."""
         self._wake.set()
         if batch_id is not None and (watch := self._watches.get(batch_id)) is not None:
             watch.poke()
+        if batch_id is not None:
+            # A machine removed or a batch cancelled: its machine runs here look now, so a
+            # removed machine stops sending within what it has in flight.
+            for machine, machine_watch in list(self._machine_watches.items()):
+                if machine.startswith(f"{batch_id}:"):
+                    machine_watch.poke()
 
     @property
     def running(self) -> frozenset[str]:
@@ -109,6 +116,7 @@ class Runner:
                     settings=self._settings,
                     client_key=self._key,
                     owner=owner,
+                    watches=self._machine_watches,
                 ),
                 name=f"machine-{machine.id}",
             )
