@@ -113,8 +113,6 @@ class BatchRun:
         self.dispatch_started_at: datetime | None = None
         self.dispatch_ended_at: datetime | None = None
 
-    # --- the whole run -----------------------------------------------------------------------
-
     async def execute(self) -> None:
         step = plan_start(self.batch, self._clock.now())
         log.info("batch claimed", extra=log_fields(**self._ids, step=step.value))
@@ -311,8 +309,6 @@ class BatchRun:
             if not won:
                 self.watch.mark_lost()
                 return
-
-    # --- ending --------------------------------------------------------------------------------
 
     async def _wind_down(self, outcome: BatchStatus) -> None:
         """Pass through finalizing/cancelling, write the files, stop the engine, end."""
