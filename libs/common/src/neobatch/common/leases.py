@@ -111,8 +111,16 @@ async def renew(
     return result.matched_count == 1
 
 
-async def release(collection: AsyncCollection[Document], doc_id: str, owner: str) -> None:
+async def release(
+    collection: AsyncCollection[Document],
+    doc_id: str,
+    owner: str,
+    *,
+    until: datetime | None = None,
+) -> None:
+    """Let our lease go. With `until`, the document stays unclaimable until then (a run that
+    crashed is held back rather than retried at once in a tight loop)."""
     await collection.update_one(
         {"_id": doc_id, "lease_owner": owner},
-        {"$set": {"lease_owner": None, "lease_until": None}},
+        {"$set": {"lease_owner": None, "lease_until": until}},
     )

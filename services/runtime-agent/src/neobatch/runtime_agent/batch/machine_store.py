@@ -142,10 +142,7 @@ class MachineStore(ChunkOps):
     async def hold_back(self, mid: str, owner: str, seconds: float) -> None:
         """Let the lease go, dated `seconds` ahead (a crashed run is not retried at once)."""
         until = self._clock.now() + timedelta(seconds=seconds)
-        await self._machines.update_one(
-            {"_id": mid, "lease_owner": owner},
-            {"$set": {"lease_owner": None, "lease_until": until}},
-        )
+        await leases.release(self._machines, mid, owner, until=until)
 
     async def note_machine(self, mid: str, owner: str, fields: Document) -> None:
         """Record `fields` (dispatch times, an engine error) on a machine we hold."""

@@ -170,10 +170,7 @@ class BatchStore:
     async def hold_back(self, batch_id: str, owner: str, seconds: float) -> None:
         """Let the lease go, dated `seconds` ahead, without counting a crash."""
         until = self._clock.now() + timedelta(seconds=seconds)
-        await self._batches.update_one(
-            {"_id": batch_id, "lease_owner": owner},
-            {"$set": {"lease_owner": None, "lease_until": until}},
-        )
+        await leases.release(self._batches, batch_id, owner, until=until)
 
     async def retarget(self, event_doc: Document) -> bool:
         """Point a live batch at the machine that replaced a lost one; False if nothing changed.
