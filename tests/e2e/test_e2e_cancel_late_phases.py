@@ -1,4 +1,5 @@
-"""Cancel in the two short phases, batch_created and finalizing, on the local stack.
+"""Cancel in the two short phases, batch_created and finalizing, on the local stack, and
+while every request hangs (the in-flight requests are cut after NEOBATCH_CANCEL_GRACE_SECONDS).
 
 Both phases are held open by ordinary behaviour rather than by hooks in the services:
 - batch_created: the runtime-agent has accepted the batch (it reported `validating`) but runs at
@@ -14,13 +15,16 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from neobatch.sim.devstack import Ports, Stack, start_stack
 from neobatch.sim.devstack.scenario import ConsoleClient
+from neobatch.sim.testing.servers import free_port
 from neobatch.sim.testing.waiting import wait_until
 
 STOP_GRACE_SECONDS = 8
+CANCEL_GRACE_SECONDS = 2
 # Starts the engine simulator with SIGTERM blocked; the mask survives exec, so the engine's own
 # handler never runs and only the SIGKILL after the grace period ends it.
 TERM_BLOCKED = (
@@ -40,6 +44,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "NEOBATCH_MAX_BATCHES": "1",
         "NEOBATCH_ENGINE_STOP_GRACE_SECONDS": str(STOP_GRACE_SECONDS),
         "NEOBATCH_RUNNER_POLL_SECONDS": "1",
+        "NEOBATCH_CANCEL_GRACE_SECONDS": str(CANCEL_GRACE_SECONDS),
     }
     started = start_stack(tmp_path_factory.mktemp("stack"), ports, env)
     try:
@@ -111,3 +116,33 @@ async def test_cancel_while_finalizing_keeps_every_line(
     ids = sorted(line["custom_id"] for line in output)
     assert ids == sorted(f"request-{i}" for i in range(1, requests + 1))
     assert console.cancel(job["id"])["status"] == "cancelled"
+
+
+async def test_cancel_cuts_requests_that_hang_after_the_grace(
+    console: ConsoleClient, model_id: str
+) -> None:
+    """Every request hangs for 120 s (its request timeout is 600 s): a cancel must not keep the
+    machine for that long. The hung requests are cut after the grace, no answer is invented
+    for them, and the machine is released."""
+    requests = 6
+    port = free_port()
+    job = console.sim_job(
+        model_id, "hangs", requests, hang_rate=1.0, hang_seconds=120, engine_port=port
+    )
+
+    def all_hanging() -> bool:
+        try:
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        except httpx.TransportError:
+            return False  # the engine is not up yet
+        return f"neobatch_sim_requests_in_flight {requests}" in metrics.splitlines()
+
+    await wait_until(all_hanging, 30, interval=0.1, message="every request sent and hanging")
+    console.cancel(job["id"])
+    ended = await settled(console, job["id"], CANCEL_GRACE_SECONDS + 30)
+    assert ended["status"] == "cancelled"
+    assert ended["request_counts"]["completed"] == 0
+    # Nothing answered: no output line, and no cut request recorded as anything but cancelled.
+    assert console.file_lines(ended.get("output_dataset")) == []
+    errors = console.file_lines(ended.get("error_dataset"))
+    assert all(line["error"]["code"] == "batch_cancelled" for line in errors), errors

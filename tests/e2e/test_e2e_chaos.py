@@ -17,6 +17,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -32,6 +33,9 @@ CHAOS_SECONDS = 45.0
 RETRY_LINE = "start-up step failed; retrying"
 # The database's first failure surfaces after pymongo's 10 s server selection timeout.
 WAIT_SECONDS = 60.0
+# Every job settles within this after the chaos ends (one deadline for all, inside pytest's).
+SETTLE_SECONDS = 180.0
+LOG_LINES_PER_SERVICE = 12
 
 
 @pytest.fixture(scope="module")
@@ -94,12 +98,12 @@ def test_jobs_survive_random_crashes_and_restarts(stack: Stack) -> None:
     model_id = console.ensure_model()
     jobs = []
     for i in range(JOBS):
-        # A template (so an engine port) per pool host: two jobs never share a port on a host.
-        name = f"chaos-{i % POOL_HOSTS}"
-        if i < POOL_HOSTS:
-            console.create_template(
-                model_id, sim_engine_template(name, model_id, latency_ms=rng.choice([20, 50, 100]))
-            )
+        # A template (so an engine port) per job: the pool's hosts are all this machine, and two
+        # jobs on one template running at once on two hosts would share one port.
+        name = f"chaos-{i}"
+        console.create_template(
+            model_id, sim_engine_template(name, model_id, latency_ms=rng.choice([20, 50, 100]))
+        )
         file_id = console.upload(batch_lines(REQUESTS))
         jobs.append(console.create_job(file_id, model_id, name)["id"])
 
@@ -114,7 +118,7 @@ def test_jobs_survive_random_crashes_and_restarts(stack: Stack) -> None:
     assert driver.error is None, f"chaos driver failed: {driver.error!r}"
     assert not stack.dead_components(), stack.dead_components()
 
-    ended = {job_id: console.wait_settled(job_id, 300) for job_id in jobs}
+    ended = wait_all_settled(stack, console, jobs, SETTLE_SECONDS)
     expected_ids = sorted(f"request-{i}" for i in range(1, REQUESTS + 1))
     for job_id, job in ended.items():
         assert job["status"] == "completed", (job_id, job["status"], job.get("error_message"))
@@ -125,6 +129,34 @@ def test_jobs_survive_random_crashes_and_restarts(stack: Stack) -> None:
     # No machine left leased, and nothing but the stack's own components still running.
     components = {handle.pid for handle in stack.processes.values()}
     assert set(marked_pids(stack.run_dir)) - components == set()
+
+
+def wait_all_settled(
+    stack: Stack, console: ConsoleClient, jobs: list[str], seconds: float
+) -> dict[str, dict[str, Any]]:
+    """Every job terminal with its machine released, or fail naming what each stuck job was
+    doing: its view, its timeline and the last log lines that mention it in each service."""
+    deadline = time.monotonic() + seconds
+    ended: dict[str, dict[str, Any]] = {}
+    for job_id in jobs:
+        try:
+            ended[job_id] = console.wait_settled(job_id, max(1.0, deadline - time.monotonic()))
+        except AssertionError as stuck:
+            pytest.fail(f"{stuck}\n{stuck_job_report(stack, console, job_id)}")
+    return ended
+
+
+def stuck_job_report(stack: Stack, console: ConsoleClient, job_id: str) -> str:
+    events = console.http.get(f"/api/v1/jobs/{job_id}/events").text
+    report = [f"timeline: {events[:4000]}"]
+    for name in (*SERVICES, "notifier"):
+        path = stack.log_path(name)
+        if not path.exists():
+            continue
+        lines = [line for line in path.read_text(errors="replace").splitlines() if job_id in line]
+        report.append(f"--- {name} ({len(lines)} lines mention {job_id}):")
+        report.extend(line[:600] for line in lines[-LOG_LINES_PER_SERVICE:])
+    return "\n".join(report)
 
 
 def wait_for(condition: Callable[[], object], what: str) -> None:

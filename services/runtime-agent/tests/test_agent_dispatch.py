@@ -9,7 +9,7 @@ import pytest
 
 from neobatch.common.batch_input import BatchRequest
 from neobatch.runtime_agent.dispatch.policy import RetryPolicy
-from neobatch.runtime_agent.dispatch.pool import dispatch_all
+from neobatch.runtime_agent.dispatch.pool import DispatchSummary, after_grace, dispatch_all
 from neobatch.runtime_agent.dispatch.tally import RequestResult, Tally
 
 
@@ -110,6 +110,86 @@ async def test_dispatch_all_stops_between_requests_and_lets_in_flight_finish() -
     assert summary.stopped
     # Every request that was started was recorded; at most one per worker after the stop.
     assert summary.sent == len(results) and 10 <= len(results) < 10 + 4
+
+
+async def test_requests_still_hanging_after_the_grace_are_abandoned_unrecorded() -> None:
+    """A cancel: answered requests are kept, the hung ones are cut once the grace is over (a
+    hung request must not hold a rented machine for its whole request timeout), and a result
+    being recorded at that moment is never cut."""
+    interrupted = asyncio.Event()
+    recorded: list[int] = []
+    recording = asyncio.Event()
+    release_recorder = asyncio.Event()
+
+    async def send(request: BatchRequest) -> RequestResult:
+        if request.line_index >= 2:
+            await asyncio.Event().wait()  # hangs until cut
+        return RequestResult(
+            line_index=request.line_index, custom_id=request.custom_id, status_code=200
+        )
+
+    async def record(result: RequestResult) -> None:
+        if result.line_index == 1:
+            recording.set()
+            await release_recorder.wait()  # the abandon comes while this one is stored
+        recorded.append(result.line_index)
+
+    async def interrupt_while_one_is_recorded() -> None:
+        await recording.wait()
+        interrupted.set()
+
+    async def abandon() -> None:
+        await after_grace(interrupted, 0.05)
+
+    async def recorder_released_after_abandon() -> None:
+        await interrupted.wait()
+        await asyncio.sleep(0.2)  # past the grace: the abandon has happened
+        release_recorder.set()
+
+    helpers = [
+        asyncio.create_task(interrupt_while_one_is_recorded()),
+        asyncio.create_task(recorder_released_after_abandon()),
+    ]
+    summary = await asyncio.wait_for(
+        dispatch_all(
+            _requests(100),
+            send,
+            record,
+            concurrency=6,
+            should_stop=interrupted.is_set,
+            abandon_in_flight=abandon,
+        ),
+        timeout=10,
+    )
+    await asyncio.gather(*helpers)
+    assert sorted(recorded) == [0, 1]
+    # Every request sent is either recorded or abandoned: the 4+ hung ones are cut.
+    assert summary.stopped and summary.abandoned >= 4
+    assert summary.sent == len(recorded) + summary.abandoned
+
+
+async def test_without_an_interrupt_nothing_is_abandoned() -> None:
+    async def send(request: BatchRequest) -> RequestResult:
+        await asyncio.sleep(0.001)
+        return RequestResult(
+            line_index=request.line_index, custom_id=request.custom_id, status_code=200
+        )
+
+    recorded: list[int] = []
+
+    async def record(result: RequestResult) -> None:
+        recorded.append(result.line_index)
+
+    summary = await dispatch_all(
+        _requests(50),
+        send,
+        record,
+        concurrency=4,
+        should_stop=lambda: False,
+        abandon_in_flight=lambda: after_grace(asyncio.Event(), 0),
+    )
+    assert summary == DispatchSummary(sent=50, stopped=False, abandoned=0)
+    assert sorted(recorded) == list(range(50))
 
 
 async def test_dispatch_all_propagates_a_failing_recorder() -> None:

@@ -130,6 +130,14 @@ class AgentSettings(Settings, frozen=True, kw_only=True):
                 minimum=1024,
                 check=check_response_cap,
             ),
+            cancel_grace_seconds=Env(
+                "NEOBATCH_CANCEL_GRACE_SECONDS",
+                "After a batch is cancelled or expires, how long requests already sent may "
+                "still answer (their results are kept); then they are abandoned, the engine "
+                "stops generating them, and their lines end `batch_cancelled`/`batch_expired`",
+                minimum=0,
+                maximum=600,
+            ),
         ),
     ] = DispatchDefaults()
     checkpoint_max_pending_bytes: Annotated[

@@ -8,6 +8,7 @@ that a crash could still lose.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,7 +19,7 @@ from neobatch.common.metrics import DispatchObserver, timed_dispatch
 from neobatch.runtime_agent.batch.batches import Batch
 from neobatch.runtime_agent.batch.store import BatchStore
 from neobatch.runtime_agent.dispatch.order import NO_LEAF, OrderPlanner, prefix_key
-from neobatch.runtime_agent.dispatch.pool import dispatch_all
+from neobatch.runtime_agent.dispatch.pool import after_grace, dispatch_all
 from neobatch.runtime_agent.dispatch.tally import RequestResult, Tally
 from neobatch.runtime_agent.engine.client import EngineClient
 from neobatch.runtime_agent.results.writer import pending_limit
@@ -100,7 +101,7 @@ async def dispatch_pass(
     client: EngineClient,
     tally: Tally,
     *,
-    interrupted: Callable[[], bool],
+    interrupted: asyncio.Event,
     tunnel_down: Callable[[], bool],
     prefix_order: bool = True,
 ) -> float:
@@ -147,7 +148,8 @@ async def dispatch_pass(
                     timed_dispatch(client.send, observer),
                     record,
                     controller=client.controller,
-                    should_stop=lambda: interrupted() or tunnel_down(),
+                    should_stop=lambda: interrupted.is_set() or tunnel_down(),
+                    abandon_in_flight=lambda: after_grace(interrupted, client.cancel_grace_seconds),
                 )
             except BaseException:
                 await writer.abort()
@@ -162,6 +164,7 @@ async def dispatch_pass(
             **ids,
             sent=summary.sent,
             stopped=summary.stopped,
+            abandoned=summary.abandoned,
             seconds=round(elapsed, 3),
             requests_per_second=round(finished / elapsed, 1) if elapsed > 0 else None,
             # Which concurrency controller ran (engine_load, aimd, fixed), where it ended, and

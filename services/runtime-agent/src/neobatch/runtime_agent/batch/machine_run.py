@@ -41,7 +41,7 @@ from neobatch.runtime_agent.batch.machines import (
     Machine,
 )
 from neobatch.runtime_agent.batch.store import BatchStore
-from neobatch.runtime_agent.dispatch.pool import dispatch_all
+from neobatch.runtime_agent.dispatch.pool import after_grace, dispatch_all
 from neobatch.runtime_agent.dispatch.tally import RequestResult
 from neobatch.runtime_agent.engine.client import EngineClient, EngineNotReady
 from neobatch.runtime_agent.machine.errors import HostKeyMismatch, HostUnreachable, RemoteError
@@ -268,6 +268,9 @@ class MachineRun:
                         record,
                         controller=client.controller,
                         should_stop=lambda: self.watch.interrupted.is_set() or tunnel_down(),
+                        abandon_in_flight=lambda: after_grace(
+                            self.watch.interrupted, client.cancel_grace_seconds
+                        ),
                     )
                 except BaseException:
                     await writer.abort()
@@ -279,6 +282,7 @@ class MachineRun:
             extra=log_fields(
                 **ids,
                 sent=summary.sent,
+                abandoned=summary.abandoned,
                 exhausted=feed.exhausted,
                 chunks_claimed=feed.chunks_claimed,
                 chunks_stolen=feed.chunks_stolen,

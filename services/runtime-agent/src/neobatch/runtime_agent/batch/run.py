@@ -207,7 +207,7 @@ class BatchRun:
                     self.batch,
                     client,
                     self.tally,
-                    interrupted=self.watch.interrupted.is_set,
+                    interrupted=self.watch.interrupted,
                     # A dead tunnel or engine: stop sending, leave what failed with it unrecorded.
                     tunnel_down=lambda: session.is_closed or session.engine_exited,
                     prefix_order=self._prefix_order,

@@ -98,6 +98,9 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 # --- concurrency ---------------------------------------------------------------------------------
 
 
+# After a cancel, expiry or lost lease, the seconds requests in flight may still answer.
+DEFAULT_CANCEL_GRACE_SECONDS = 30.0
+
 # The limit an adaptive run starts at (AIBrix: the source capacity, 8 for SSH runtimes).
 ADAPTIVE_INITIAL = 8
 
@@ -122,6 +125,10 @@ class DispatchDefaults(msgspec.Struct, frozen=True, kw_only=True):
     # The operator's cap on one response body; a job's `client.max_response_bytes` may only
     # lower it.
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    # After a cancel, expiry or lost lease, how long requests already sent may still answer
+    # before they are abandoned: a hung request must not keep a rented machine for its whole
+    # request timeout.
+    cancel_grace_seconds: float = DEFAULT_CANCEL_GRACE_SECONDS
 
 
 class DispatchConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -135,6 +142,8 @@ class DispatchConfig(msgspec.Struct, frozen=True, kw_only=True):
     request_timeout_seconds: float
     retry: RetryPolicy
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    # Requests in flight when the batch is interrupted get this long, then are abandoned.
+    cancel_grace_seconds: float = DEFAULT_CANCEL_GRACE_SECONDS
     # Adaptive and allowed to read the engine's load: EngineLoadController if it reports it.
     engine_aware: bool = False
     # The most in flight under EngineLoadController (the job's max, else from the engine).
@@ -174,6 +183,7 @@ class DispatchConfig(msgspec.Struct, frozen=True, kw_only=True):
             ),
             retry=retry,
             max_response_bytes=_lower(client.max_response_bytes, defaults.max_response_bytes),
+            cancel_grace_seconds=defaults.cancel_grace_seconds,
             engine_aware=adaptive and defaults.engine_metrics,
             engine_maximum=engine_maximum(max_num_seqs) if job_maximum is None else job_maximum,
             engine_capacity=max_num_seqs or VLLM_DEFAULT_MAX_NUM_SEQS,

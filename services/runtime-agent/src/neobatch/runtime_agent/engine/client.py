@@ -27,6 +27,7 @@ from neobatch.runtime_agent.dispatch.engine_load import (
     max_num_seqs_from_args,
 )
 from neobatch.runtime_agent.dispatch.policy import (
+    DEFAULT_CANCEL_GRACE_SECONDS,
     DEFAULT_MAX_RESPONSE_BYTES,
     RETRY_AFTER_STATUSES,
     DispatchConfig,
@@ -164,6 +165,12 @@ class EngineClient:
             max_response_bytes=config.max_response_bytes,
             config=config,
         )
+
+    @property
+    def cancel_grace_seconds(self) -> float:
+        """How long requests in flight may still answer once the batch is interrupted."""
+        config = self._config
+        return DEFAULT_CANCEL_GRACE_SECONDS if config is None else config.cancel_grace_seconds
 
     async def close(self) -> None:
         await self._http.close()
