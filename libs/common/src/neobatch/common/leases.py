@@ -13,6 +13,8 @@ from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 
+from neobatch.common.mongo import update_many_in_transaction
+
 Document = dict[str, Any]
 
 
@@ -72,7 +74,8 @@ async def claim_many(
                 return []  # every matching document is leased to someone alive
             continue
         ids = [doc["_id"] for doc in claimable]
-        result = await collection.update_many(
+        result = await update_many_in_transaction(
+            collection,
             # Unleased (null or absent) or expired: anything not leased until now or later.
             {"_id": {"$in": ids}, **match, "lease_until": {"$not": {"$gte": now}}},
             {"$set": {"lease_owner": claim_token, "lease_until": until}},

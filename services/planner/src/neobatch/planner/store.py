@@ -13,7 +13,12 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from neobatch.common.contracts import TERMINAL_JOB_STATUSES, JobStatus
 from neobatch.common.errors import NotFound
-from neobatch.common.mongo import ensure_indexes, transact
+from neobatch.common.mongo import (
+    delete_many_in_transaction,
+    ensure_indexes,
+    transact,
+    update_many_in_transaction,
+)
 from neobatch.common.outbox import append_events
 from neobatch.common.subjects import Namespace
 from neobatch.common.transitions import compare_and_set
@@ -119,8 +124,10 @@ class JobStore:
             )
         # Slots beyond the limit: free ones go, taken ones stay until released but are
         # never handed out again (only `active` slots are).
-        await self._slots.update_many({"_id": {"$nin": wanted}}, {"$set": {"active": False}})
-        await self._slots.delete_many({"_id": {"$nin": wanted}, "job_id": None})
+        await update_many_in_transaction(
+            self._slots, {"_id": {"$nin": wanted}}, {"$set": {"active": False}}
+        )
+        await delete_many_in_transaction(self._slots, {"_id": {"$nin": wanted}, "job_id": None})
 
     async def list_queued_heads(self) -> dict[str, datetime | None]:
         """Each project with queued jobs, with the time of its oldest one: one round trip that

@@ -16,7 +16,11 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from neobatch.common.contracts import ResourceRequest, SshEndpoint
 from neobatch.common.errors import ConfigError
-from neobatch.common.mongo import ensure_indexes
+from neobatch.common.mongo import (
+    delete_many_in_transaction,
+    ensure_indexes,
+    update_many_in_transaction,
+)
 from neobatch.resource_manager.offers import Offer, accepted_families, gpu_family
 from neobatch.resource_manager.providers.base import (
     Attempt,
@@ -144,7 +148,9 @@ class SshPoolProvider:
                 ],
                 ordered=False,
             )
-        await self._hosts.delete_many({"_id": {"$nin": list(self._pool)}, "leased_by": None})
+        await delete_many_in_transaction(
+            self._hosts, {"_id": {"$nin": list(self._pool)}, "leased_by": None}
+        )
         self._free = None
 
     async def offers(self, request: ResourceRequest) -> list[Offer]:
@@ -198,8 +204,8 @@ class SshPoolProvider:
         # Every host the provision holds, recorded or not (a lease before a crash), and only
         # those: a repeated release never frees a host another provision leased since. Once
         # this returns no host is leased by the provision, so the release is confirmed.
-        await self._hosts.update_many(
-            {"leased_by": attempt.provision_id}, {"$set": {"leased_by": None}}
+        await update_many_in_transaction(
+            self._hosts, {"leased_by": attempt.provision_id}, {"$set": {"leased_by": None}}
         )
         if self._free is not None and provider_resource_id in self._pool:
             self._free.add(provider_resource_id)

@@ -26,7 +26,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from neobatch.common import leases
 from neobatch.common.clock import Clock
 from neobatch.common.contracts import Event
-from neobatch.common.mongo import ensure_indexes, transact
+from neobatch.common.mongo import ensure_indexes, transact, update_many_in_transaction
 from neobatch.common.outbox import append_events
 from neobatch.common.subjects import Namespace
 from neobatch.runtime_agent.batch.chunk_store import FREE, ChunkOps, Fenced
@@ -116,7 +116,8 @@ class MachineStore(ChunkOps):
 
     async def promote(self, batch_id: str) -> bool:
         """The batch runs: its waiting machines may be claimed; whether there were any."""
-        result = await self._machines.update_many(
+        result = await update_many_in_transaction(
+            self._machines,
             {"batch_id": batch_id, "status": WAITING},
             {"$set": {"status": READY}, "$inc": {"version": 1}},
         )
