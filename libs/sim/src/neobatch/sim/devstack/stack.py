@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from neobatch.sim.devstack.components import (
     health_port_var,
     local_nats_url,
     service_env,
+    spawn_component,
     start_component,
 )
 from neobatch.sim.devstack.layout import (
@@ -46,7 +48,7 @@ from neobatch.sim.devstack.processes import (
     sweep_marked,
 )
 from neobatch.sim.devstack.readiness import indent, log_tail, wait_console_healthy
-from neobatch.sim.testing.servers import LOOPBACK, port_in_use
+from neobatch.sim.testing.servers import LOOPBACK, ManagedProcess, port_in_use, wait_listening
 
 DEFAULT_START_TIMEOUT = 60.0
 # How long every process must survive after the console is healthy. Services that cannot reach
@@ -107,14 +109,18 @@ class Stack:
         return [name for name, handle in self.processes.items() if not handle.alive()]
 
     def stop(self, timeout_seconds: float = DEFAULT_STOP_TIMEOUT, report: Report = _silent) -> None:
-        for name in reversed(list(self.processes)):
-            handle = self.processes[name]
-            was_alive = handle.alive()
-            handle.stop(timeout_seconds)
-            if was_alive:
-                report(f"stopped {name} (pid {handle.pid})")
-            with contextlib.suppress(FileNotFoundError):
-                self.layout.pid_file(name).unlink()
+        """Services first, then the SSH host and simulators (the runtime-agent stops its engines
+        through them), then nats-server and the database; each tier's members stop together."""
+        for tier in stop_tiers(list(self.processes)):
+            handles = {name: self.processes[name] for name in tier}
+            alive = {name: handle.alive() for name, handle in handles.items()}
+            with ThreadPoolExecutor(max_workers=len(handles)) as pool:
+                list(pool.map(lambda handle: handle.stop(timeout_seconds), handles.values()))
+            for name, handle in handles.items():
+                if alive[name]:
+                    report(f"stopped {name} (pid {handle.pid})")
+                with contextlib.suppress(FileNotFoundError):
+                    self.layout.pid_file(name).unlink()
         self.processes.clear()
         for pid in sweep_marked(self.run_dir):
             report(f"stopped leftover process {pid} started by this stack")
@@ -155,6 +161,18 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def stop_tiers(names: Sequence[str]) -> list[list[str]]:
+    """``names`` (in start order) in the tiers they stop in, each tier in reverse start order:
+    services, then the SSH host and simulators, then nats-server and the database."""
+    backing = (NATS, MONGO)
+    tiers = [
+        [name for name in names if name in SERVICE_MODULES],
+        [name for name in names if name not in SERVICE_MODULES and name not in backing],
+        [name for name in names if name in backing],
+    ]
+    return [list(reversed(tier)) for tier in tiers if tier]
 
 
 def start_stack(
@@ -300,20 +318,37 @@ class _Startup:
     def start_in_order(
         self, components: Sequence[str], adopted: Mapping[str, ProcessHandle]
     ) -> None:
-        stack, layout = self.stack, self.stack.layout
-        for name in components:
-            if name in adopted:
-                stack.processes[name] = adopted[name]
-                self.report(f"{name}: already running (pid {adopted[name].pid})")
-                continue
-            self.current = name
-            handle = start_component(
-                name, layout, stack.ports, stack.env, self.timeout_seconds, self.sims
-            )
-            stack.processes[name] = handle
-            self.started.append(name)
-            atomic_write(layout.pid_file(name), f"{handle.pid}\n")
-            self.report(f"{name}: started (pid {handle.pid}, log {layout.log_file(name)})")
+        """Servers (nats-server, the database, the SSH host, simulators) start together and are
+        waited for together; the services start once those listen (they retry their start-up
+        steps anyway, but would log every refused first attempt)."""
+        servers = [name for name in components if name not in SERVICE_MODULES]
+        services = [name for name in components if name in SERVICE_MODULES]
+        for group in (servers, services):
+            waits: list[tuple[str, ManagedProcess, int]] = []
+            for name in group:
+                if name in adopted:
+                    self.stack.processes[name] = adopted[name]
+                    self.report(f"{name}: already running (pid {adopted[name].pid})")
+                    continue
+                self.current = name
+                process, port = spawn_component(
+                    name, self.stack.layout, self.stack.ports, self.stack.env, self.sims
+                )
+                self._started_one(name, process)
+                if port is not None:
+                    waits.append((name, process, port))
+            deadline = time.monotonic() + self.timeout_seconds
+            for name, process, port in waits:
+                self.current = name
+                wait_listening(process, port, max(0.0, deadline - time.monotonic()))
+                self.report(f"{name}: listening on port {port}")
+
+    def _started_one(self, name: str, handle: ProcessHandle) -> None:
+        layout = self.stack.layout
+        self.stack.processes[name] = handle
+        self.started.append(name)
+        atomic_write(layout.pid_file(name), f"{handle.pid}\n")
+        self.report(f"{name}: started (pid {handle.pid}, log {layout.log_file(name)})")
 
     def wait_until_up(self) -> None:
         """The console answers /healthz, then every process survives SETTLE_SECONDS."""
