@@ -45,14 +45,16 @@ from neobatch.sim.devstack.processes import (
     AdoptedProcess,
     ProcessHandle,
     running_pid,
+    stop_tiers,
     sweep_marked,
 )
-from neobatch.sim.devstack.readiness import indent, log_tail, wait_console_healthy
+from neobatch.sim.devstack.readiness import indent, log_tail, settle, wait_console_healthy
 from neobatch.sim.testing.servers import LOOPBACK, ManagedProcess, port_in_use, wait_listening
 
 DEFAULT_START_TIMEOUT = 60.0
-# How long every process must survive after the console is healthy. Services that cannot reach
-# NATS or MongoDB, or fail on bad settings, usually die within this window.
+# How long every process must survive after the console is healthy, unless every service it
+# started is ready sooner. Services that cannot reach NATS or MongoDB, or fail on bad settings,
+# usually die within this window.
 SETTLE_SECONDS = 1.5
 
 Report = Callable[[str], None]
@@ -109,8 +111,9 @@ class Stack:
         return [name for name, handle in self.processes.items() if not handle.alive()]
 
     def stop(self, timeout_seconds: float = DEFAULT_STOP_TIMEOUT, report: Report = _silent) -> None:
-        """Services first, then the SSH host and simulators (the runtime-agent stops its engines
-        through them), then nats-server and the database; each tier's members stop together."""
+        """The services together first (the runtime-agent stops its engines through the SSH host
+        or a simulator, and every service needs nats-server and the database until it ends),
+        then the servers together: secantus alone takes 2 s to stop."""
         for tier in stop_tiers(list(self.processes)):
             handles = {name: self.processes[name] for name in tier}
             alive = {name: handle.alive() for name, handle in handles.items()}
@@ -161,18 +164,6 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def stop_tiers(names: Sequence[str]) -> list[list[str]]:
-    """``names`` (in start order) in the tiers they stop in, each tier in reverse start order:
-    services, then the SSH host and simulators, then nats-server and the database."""
-    backing = (NATS, MONGO)
-    tiers = [
-        [name for name in names if name in SERVICE_MODULES],
-        [name for name in names if name not in SERVICE_MODULES and name not in backing],
-        [name for name in names if name in backing],
-    ]
-    return [list(reversed(tier)) for tier in tiers if tier]
 
 
 def start_stack(
@@ -351,7 +342,8 @@ class _Startup:
         self.report(f"{name}: started (pid {handle.pid}, log {layout.log_file(name)})")
 
     def wait_until_up(self) -> None:
-        """The console answers /healthz, then every process survives SETTLE_SECONDS."""
+        """The console answers /healthz, then every process survives until the services it
+        started answer /readyz, SETTLE_SECONDS at most."""
         if "console" in self.stack.processes:
             self.current = "console"
             wait_console_healthy(
@@ -361,7 +353,11 @@ class _Startup:
                 self.timeout_seconds,
             )
         if self.started:
-            time.sleep(SETTLE_SECONDS)
+            started = [name for name in self.started if name in SERVICE_MODULES]
+            probes = {
+                name: (self.stack.processes[name], self.stack.health_url(name)) for name in started
+            }
+            settle(probes, SETTLE_SECONDS)
         dead = self.stack.dead_components()
         if dead:
             self.current = None  # the message below names every dead component already
