@@ -26,8 +26,8 @@ from neobatch.sim.testing.servers import (
     LOOPBACK,
     ManagedProcess,
     free_port,
-    start_mongo,
-    start_nats,
+    spawn_mongo,
+    spawn_nats,
     start_python_module,
     wait_listening,
 )
@@ -141,20 +141,33 @@ def start_component(
     sims: Mapping[str, SimSpec] | None = None,
 ) -> ManagedProcess:
     """Start one component with its log under the run dir; servers are listening on return."""
+    process, port = spawn_component(name, layout, ports, env, sims)
+    return process if port is None else wait_listening(process, port, timeout_seconds)
+
+
+def spawn_component(
+    name: str,
+    layout: RunLayout,
+    ports: Ports,
+    env: Mapping[str, str],
+    sims: Mapping[str, SimSpec] | None = None,
+) -> tuple[ManagedProcess, int | None]:
+    """Start one component without waiting; returns it and the port it will listen on (None for
+    a service: the console's /healthz says when it is up). Wait with ``wait_listening``."""
     log_path = layout.log_file(name)
     if sims and name in sims:
-        return _start_sim(sims[name], env, log_path, timeout_seconds)
+        spec = sims[name]
+        env = {**_marker_env(env), **spec.env}
+        return start_python_module(spec.module, spec.args, env=env, log_path=log_path), spec.port
     if name == NATS:
         ensure_nats_login(layout)
-        return start_nats(
-            ports.nats, layout.nats_store, log_path, timeout_seconds, config=layout.nats_config
-        )
+        return spawn_nats(ports.nats, layout.nats_store, log_path, layout.nats_config), ports.nats
     if name == MONGO:
         # A directory, not :memory:, so models, templates and jobs survive `down`/`up`.
-        return start_mongo(ports.mongo, layout.mongo_storage, log_path, timeout_seconds)
+        return spawn_mongo(ports.mongo, layout.mongo_storage, log_path), ports.mongo
     if name == SSH_HOST:
-        return _start_ssh_host(layout, ports, env, timeout_seconds)
-    return _start_service(name, env, log_path)
+        return _spawn_ssh_host(layout, ports, env), ports.ssh
+    return _start_service(name, env, log_path), None
 
 
 def _marker_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -162,18 +175,7 @@ def _marker_env(env: Mapping[str, str]) -> dict[str, str]:
     return {STACK_MARKER_ENV: env[STACK_MARKER_ENV], "PYTHONUNBUFFERED": "1"}
 
 
-def _start_sim(
-    spec: SimSpec, env: Mapping[str, str], log_path: os.PathLike[str], timeout_seconds: float
-) -> ManagedProcess:
-    process = start_python_module(
-        spec.module, spec.args, env={**_marker_env(env), **spec.env}, log_path=log_path
-    )
-    return wait_listening(process, spec.port, timeout_seconds)
-
-
-def _start_ssh_host(
-    layout: RunLayout, ports: Ports, env: Mapping[str, str], timeout_seconds: float
-) -> ManagedProcess:
+def _spawn_ssh_host(layout: RunLayout, ports: Ports, env: Mapping[str, str]) -> ManagedProcess:
     args = [
         "--host",
         LOOPBACK,
@@ -184,10 +186,9 @@ def _start_ssh_host(
         "--host-key",
         str(layout.host_key),
     ]
-    process = start_python_module(
+    return start_python_module(
         SSH_HOST_MODULE, args, env=_marker_env(env), log_path=layout.log_file(SSH_HOST)
     )
-    return wait_listening(process, ports.ssh, timeout_seconds)
 
 
 def _start_service(name: str, env: Mapping[str, str], log_path: os.PathLike[str]) -> ManagedProcess:

@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -109,3 +110,14 @@ def sweep_marked(run_dir: Path, timeout_seconds: float = 3.0) -> list[int]:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
     return pids
+
+
+def stop_tiers(names: Sequence[str]) -> list[list[str]]:
+    """``names`` (in start order) in the tiers they stop in, each tier in reverse start order:
+    the services, then the servers (nats-server, the database, the SSH host, simulators),
+    which none of the others use once the services are gone."""
+    tiers = [
+        [name for name in names if name in SERVICE_MODULES],
+        [name for name in names if name not in SERVICE_MODULES],
+    ]
+    return [list(reversed(tier)) for tier in tiers if tier]

@@ -6,6 +6,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 from neobatch.sim.devstack.layout import StackError
@@ -36,6 +37,24 @@ def wait_console_healthy(
                 f"({answer}); last lines of {log_path}:\n{indent(log_tail(log_path))}"
             )
         time.sleep(0.2)
+
+
+def settle(services: Mapping[str, tuple[ProcessHandle, str]], seconds: float) -> None:
+    """Wait up to ``seconds`` for each service (handle, base URL of its probes) to answer
+    /readyz, so a start-up that fails (bad settings, a refused login) shows as an exit; returns
+    early once every one is ready, or as soon as one has exited (the caller reports which)."""
+    deadline = time.monotonic() + seconds
+    pending = dict(services)
+    while pending and time.monotonic() < deadline:
+        if any(not handle.alive() for handle, _ in services.values()):
+            return
+        pending = {
+            name: (handle, url)
+            for name, (handle, url) in pending.items()
+            if http_status(f"{url}/readyz", timeout_seconds=0.5) != 200
+        }
+        if pending:
+            time.sleep(0.1)
 
 
 # Loopback requests must never go through an HTTP proxy configured in the user's environment.

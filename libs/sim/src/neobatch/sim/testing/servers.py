@@ -168,6 +168,16 @@ def start_nats(
 
     ``config``: a nats.conf read first (the dev stack's login); the flags below override it.
     """
+    return wait_listening(spawn_nats(port, store_dir, log_path, config), port, timeout_seconds)
+
+
+def spawn_nats(
+    port: int,
+    store_dir: str | os.PathLike[str],
+    log_path: str | os.PathLike[str],
+    config: str | os.PathLike[str] | None = None,
+) -> ManagedProcess:
+    """``start_nats`` without the wait: the caller waits for the port (``wait_listening``)."""
     Path(store_dir).mkdir(parents=True, exist_ok=True)
     args = [
         str(nats_server_binary()),
@@ -180,8 +190,7 @@ def start_nats(
         "--store_dir",
         str(store_dir),
     ]
-    process = ManagedProcess(args, log_path, name="nats-server")
-    return wait_listening(process, port, timeout_seconds)
+    return ManagedProcess(args, log_path, name="nats-server")
 
 
 def start_mongo(
@@ -191,6 +200,13 @@ def start_mongo(
     timeout_seconds: float = 30,
 ) -> ManagedProcess:
     """Start SecantusDB (MongoDB wire protocol) on 127.0.0.1:``port``; ``:memory:`` is allowed."""
+    return wait_listening(spawn_mongo(port, storage_path, log_path), port, timeout_seconds)
+
+
+def spawn_mongo(
+    port: int, storage_path: str | os.PathLike[str], log_path: str | os.PathLike[str]
+) -> ManagedProcess:
+    """``start_mongo`` without the wait: the caller waits for the port (``wait_listening``)."""
     storage = str(storage_path)
     if storage != ":memory:":
         Path(storage).parent.mkdir(parents=True, exist_ok=True)
@@ -205,8 +221,7 @@ def start_mongo(
         "--storage-path",
         storage,
     ]
-    process = ManagedProcess(args, log_path, name="secantus")
-    return wait_listening(process, port, timeout_seconds)
+    return ManagedProcess(args, log_path, name="secantus")
 
 
 def start_python_module(
