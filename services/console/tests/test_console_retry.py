@@ -272,3 +272,15 @@ async def test_a_job_is_retried_at_most_a_bounded_number_of_times(api: Any) -> N
     r = await api.post(f"/api/v1/jobs/{original}/retry")
     assert r.status_code == 409 and r.json()["code"] == "too_many_retries", r.text
     assert (await api.get(f"/api/v1/jobs/{original}")).json()["retried_by"] == made
+
+
+async def test_concurrent_posts_make_one_retry_and_leave_no_stray_file(api: Any) -> None:
+    import asyncio
+
+    await api.ready_template()
+    original = await ended_job(api, "failed")
+    answers = await asyncio.gather(*(api.post(f"/api/v1/jobs/{original}/retry") for _ in range(4)))
+    assert {r.status_code for r in answers} == {200}, [r.text for r in answers]
+    assert len({r.json()["id"] for r in answers}) == 1
+    assert await api.count("jobs", {"retry_of": original}) == 1
+    assert await api.count("files.files", {"filename": f"retry-of-{original}.jsonl"}) == 1
