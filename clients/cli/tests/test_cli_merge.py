@@ -5,13 +5,18 @@ and `retry`'s body."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from neobatch.cli.api import Api
+from neobatch.cli.config import Config
 from neobatch.cli.errors import CliError
 from neobatch.cli.merge import ResultIndex, Where, chain_order, merged_lines, result_of
-from neobatch.cli.retry import retry_body
+from neobatch.cli.retry import retry_body, run_merge, run_retry
+from neobatch.cli.state import State
 
 
 def request(custom_id: str) -> bytes:
@@ -107,12 +112,74 @@ def test_the_retry_body_holds_only_what_was_asked() -> None:
         retry_body("tpl@", None, None)
 
 
-def test_run_merge_refuses_to_overwrite(tmp_path: Any) -> None:
-    from neobatch.cli.retry import run_merge
-    from neobatch.cli.state import State
-
+def test_run_merge_refuses_to_overwrite(tmp_path: Path) -> None:
     target = tmp_path / "merged.jsonl"
     target.write_text("keep")
     with pytest.raises(CliError) as refused:
         run_merge(State(), "job_x", target, force=False)
     assert refused.value.code == "file_exists" and target.read_text() == "keep"
+
+
+def fake_console(
+    monkeypatch: pytest.MonkeyPatch, jobs: dict[str, dict[str, Any]], files: dict[str, bytes]
+) -> list[httpx.Request]:
+    seen: list[httpx.Request] = []
+
+    def answer(req: httpx.Request) -> httpx.Response:
+        seen.append(req)
+        parts = req.url.path.strip("/").split("/")
+        if parts[:3] == ["api", "v1", "files"] and parts[-1] == "content":
+            return httpx.Response(200, content=files[parts[3]])
+        if req.method == "POST" and parts[-1] == "retry":
+            return httpx.Response(200, json={**jobs["R1"], "status": "queued"})
+        if parts[:3] == ["api", "v1", "jobs"] and parts[3] in jobs:
+            return httpx.Response(200, json=jobs[parts[3]])
+        return httpx.Response(404, json={"code": "job_not_found", "message": "no"})
+
+    api = Api(Config("http://console", "nb-k", "test"), transport=httpx.MockTransport(answer))
+    monkeypatch.setattr(State, "api", lambda self: api)
+    return seen
+
+
+JOBS = {
+    "X": {"id": "X", "status": "completed", "created_at": 1, "input_dataset": "in",
+          "output_dataset": "xo", "error_dataset": "xe", "retried_by": ["R1"]},
+    "R1": {"id": "R1", "status": "completed", "created_at": 2, "input_dataset": "in-r1",
+           "output_dataset": "r1o", "error_dataset": None, "retried_by": [], "retry_of": "X",
+           "request_counts": {"total": 2}},
+}  # fmt: skip
+FILES = {
+    "in": b"\n".join(request(c) for c in "abcd") + b"\n",
+    "xo": ok("d", "X") + b"\n" + ok("a", "X") + b"\n",
+    "xe": failed("b", "X") + b"\n" + failed("c", "X") + b"\n",
+    "r1o": ok("c", "R1") + b"\n" + ok("b", "R1") + b"\n",
+}
+
+
+def test_merge_reads_the_chain_and_writes_the_input_order(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_console(monkeypatch, JOBS, FILES)
+    target = tmp_path / "all.jsonl"
+    state = State(json=True)
+    assert run_merge(state, "X", target, force=False) == 0
+    lines = [json.loads(x) for x in target.read_text().splitlines()]
+    assert [(x["custom_id"], x["id"]) for x in lines] == [
+        ("a", "X"), ("b", "R1"), ("c", "R1"), ("d", "X"),
+    ]  # fmt: skip
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["jobs"] == ["X", "R1"] and summary["succeeded"] == 4
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_retry_sends_the_overrides_and_an_idempotency_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen = fake_console(monkeypatch, JOBS, FILES)
+    state = State(json=True)
+    assert run_retry(state, "X", template="other@v2", replicas=2, max_cost=None) == 0
+    [sent] = seen
+    assert sent.url.path == "/api/v1/jobs/X/retry"
+    assert json.loads(sent.content) == {"model_template": "other@v2", "replicas": 2}
+    assert sent.headers["Idempotency-Key"].startswith("cli-")
+    assert json.loads(capsys.readouterr().out)["retry_of"] == "X"

@@ -42,10 +42,10 @@ def run_retry(state: State, job_id: str, **options: Any) -> int:
     with state.api() as api:
         # One key per command: a request the console got twice still makes one job.
         job = api.retry(job_id, body, idempotency_key=f"cli-{uuid.uuid4().hex}")
-        if not state.json or not options.get("watch"):
+        if not state.json:
             total = (job.get("request_counts") or {}).get("total")
             line = f"{job['id']} retries {total} lines of {job_id} ({job.get('status')})"
-            (render.err if state.json else render.out).print(line, markup=False)
+            render.out.print(line, markup=False)
         if options.get("watch"):
             return watch_job(
                 api, job["id"], options["interval"], options["timeout"], as_json=state.json
