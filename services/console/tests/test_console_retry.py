@@ -162,6 +162,8 @@ async def test_overrides_go_through_the_creation_checks(api: Any) -> None:
     jobs, files = await api.count("jobs"), await api.count("files.files")
     for body, status, code in (
         ({"model_template": "nope"}, 400, "template_not_found"),
+        ({"model_template": "@v1"}, 400, None),
+        ({"model_template": "a@b@c"}, 400, None),
         ({"replicas": 17}, 400, "replicas_above_maximum"),
         ({"replicas": 0}, 400, None),
         ({"max_cost": 1}, 400, None),

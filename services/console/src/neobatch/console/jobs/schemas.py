@@ -85,7 +85,10 @@ class RetryJob(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     original's. Unknown keys are refused: a misspelt override must not be silently dropped."""
 
     # NAME or NAME@VERSION; absent: the original's template (its name and version).
-    model_template: Annotated[str, Meta(min_length=1, max_length=257)] | None = None
+    model_template: (
+        Annotated[str, Meta(min_length=1, max_length=193, pattern=r"^[^@]{1,128}(@[^@]{1,64})?$")]
+        | None
+    ) = None
     replicas: Annotated[int, Meta(ge=1, le=MAX_REPLICAS)] | None = None
     max_cost_usd: MaxCost | None = None
 
