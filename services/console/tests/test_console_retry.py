@@ -221,6 +221,8 @@ async def test_a_repeated_post_makes_no_second_job(api: Any) -> None:
     again = await api.post(f"/api/v1/jobs/{original}/retry", {})
     assert first.status_code == again.status_code == 200, again.text
     assert again.json()["id"] == first.json()["id"]
+    same = ("input_dataset", "model_template_name", "request_counts", "retry_of", "events")
+    assert {k: again.json()[k] for k in same} == {k: first.json()[k] for k in same}
     # Asked otherwise while it runs: refused, naming it.
     other = await api.post(f"/api/v1/jobs/{original}/retry", {"replicas": 2})
     assert other.status_code == 409 and other.json()["code"] == "retry_in_progress"
@@ -284,5 +286,6 @@ async def test_concurrent_posts_make_one_retry_and_leave_no_stray_file(api: Any)
     answers = await asyncio.gather(*(api.post(f"/api/v1/jobs/{original}/retry") for _ in range(4)))
     assert {r.status_code for r in answers} == {200}, [r.text for r in answers]
     assert len({r.json()["id"] for r in answers}) == 1
+    assert len({r.json()["input_dataset"] for r in answers}) == 1
     assert await api.count("jobs", {"retry_of": original}) == 1
     assert await api.count("files.files", {"filename": f"retry-of-{original}.jsonl"}) == 1

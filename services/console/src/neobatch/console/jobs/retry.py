@@ -82,7 +82,8 @@ class RetryService:
                 original, request, link, caller, now
             )
         except rules.RetryExists as exists:
-            return exists.job
+            # The rules saw a few fields of it: answer the whole job.
+            return await self._jobs.get_job(exists.job["_id"], caller.project)
 
     async def _replayed(self, link: rules.RetryLink, caller: Caller) -> Document | None:
         """What this request already made (its key's job), or a running equal retry."""
