@@ -1,7 +1,8 @@
 """The `neobatch` CLI end to end (issue 18), run as a subprocess against the local stack, the
 way a person types it: submit --watch to completion, download, a file with bad lines named
 locally (nothing uploaded), cancel, the server's error code, a quote (nothing created) and a
-`--max-cost` under it refused, and never a key on screen."""
+`--max-cost` under it refused, a retry of the lines an engine failed and the merge of both
+outputs in input order, and never a key on screen."""
 
 from __future__ import annotations
 
@@ -235,3 +236,51 @@ def test_submit_with_a_cap_far_below_the_quote_is_refused(
     assert as_json.code == 4 and error["code"] == "quote_exceeds_max_cost"
     assert error["quote"]["max_cost_usd"] == 0.000001 and error["quote"]["offers"]
     assert job_ids(console) == jobs_before  # refused at creation: no job
+
+
+def test_retry_the_failed_lines_then_merge_them_back_in_order(
+    stack: Stack, console: ConsoleClient, model_id: str, templates: dict[str, str],
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    # An engine that answers 500 to about a third of the requests, chosen by their body (so the
+    # same request fails every time), and a job that does not retry them: they end in the
+    # error file.
+    flaky = sim_engine_template("cli-flaky", model_id, failure_rate=0.35, seed=5)
+    console.create_template(model_id, flaky)
+    lines = batch_lines(20)
+    original = console.create_job(
+        console.upload(lines), model_id, "cli-flaky", metadata={"run": "nightly"},
+        client={"retry_policy": {"max_retries": 0}},
+    )  # fmt: skip
+    ended = console.wait_job(original["id"], lambda j: j["status"] in {"completed", "failed"}, 90)
+    failed = {line["custom_id"] for line in console.file_lines(ended["error_dataset"])}
+    assert 0 < len(failed) < 20, ended["request_counts"]
+    assert ended["request_counts"]["failed"] == len(failed)
+
+    # Retried on the template whose engine never fails, followed to its end.
+    run = neobatch(stack, "retry", original["id"], "--template", templates["fast"], "--watch",
+                   "--interval", "0.3", "--json")  # fmt: skip
+    assert run.code == 0, (run.out, run.err)
+    retry = run.json()
+    assert retry["status"] == "completed" and retry["retry_of"] == original["id"]
+    assert retry["request_counts"] == {"total": len(failed), "completed": len(failed), "failed": 0}
+    assert retry["model_template_name"] == "cli-fast" and retry["metadata"] == {"run": "nightly"}
+    # Its input holds exactly the failed lines, as uploaded, in their order.
+    content = console.http.get(f"/api/v1/files/{retry['input_dataset']}/content").text
+    assert content == "".join(json.dumps(x) + "\n" for x in lines if x["custom_id"] in failed)
+    assert console.job(original["id"])["retried_by"] == [retry["id"]]
+    timeline = retry["events"]
+    assert timeline[0]["id"] == "retry_of" and original["id"] in timeline[0]["message"]
+
+    merged_path = tmp_path / "merged.jsonl"
+    merged = neobatch(stack, "merge", original["id"], "-o", str(merged_path), "--json")
+    assert merged.code == 0, merged.err
+    summary = merged.json()
+    assert summary["jobs"] == [original["id"], retry["id"]]
+    assert (summary["lines"], summary["succeeded"], summary["missing"]) == (20, 20, 0)
+    result = [json.loads(x) for x in merged_path.read_text().split("\n") if x]
+    assert [x["custom_id"] for x in result] == [x["custom_id"] for x in lines]
+    assert all(x["response"]["status_code"] == 200 for x in result)
+    # The failed lines' answers are the retry's.
+    retried = {x["custom_id"]: x["id"] for x in console.file_lines(retry["output_dataset"])}
+    assert {x["custom_id"]: x["id"] for x in result if x["custom_id"] in failed} == retried

@@ -33,6 +33,7 @@ JSON_ROUTES = [
     ("POST", MODEL_PATH),
     ("POST", TEMPLATES_PATH),
     ("POST", "/api/v1/jobs"),
+    ("POST", "/api/v1/jobs/job_0/retry"),
     ("POST", "/v1/batches"),
     ("PUT", MODEL_ITEM),
     ("PUT", TEMPLATE_ITEM),
@@ -131,6 +132,7 @@ async def test_every_json_route_is_covered(api: Any) -> None:
         .replace("tmpl_0", "{template_id}")
         .replace("/projects/default/", "/projects/{project}/")
         .replace("/we_0", "/{endpoint_id}")
+        .replace("/jobs/job_0/", "/jobs/{job_id}/")
         for _, path in JSON_ROUTES
     }
     assert with_json == routes

@@ -156,6 +156,16 @@ class Api:
             params["after"] = after
         return self._json("GET", "/api/v1/jobs", params=params)
 
+    def retry(self, job_id: str, body: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
+        """A new job re-running `job_id`'s failed and unfinished lines (the same key again
+        answers the job it made)."""
+        return self._json(
+            "POST",
+            f"/api/v1/jobs/{quote(job_id)}/retry",
+            json=body,
+            headers={"Idempotency-Key": idempotency_key},
+        )
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._json("POST", f"/api/v1/jobs/{quote(job_id)}/cancel", json={})
 

@@ -16,6 +16,7 @@ from neobatch.cli import render
 from neobatch.cli.catalog import models, templates
 from neobatch.cli.errors import CliError, ExitCode
 from neobatch.cli.quote import run_quote
+from neobatch.cli.retry import run_merge, run_retry
 from neobatch.cli.state import State, emit, json_option
 from neobatch.cli.submit import run_submit
 from neobatch.cli.watch import download_files, watch_job
@@ -168,6 +169,50 @@ def events(state: State, job_id: str) -> None:
     with state.api() as api:
         job = api.job(job_id)
     emit(state, job.get("events") or [], lambda: render.out.print(render.timeline(job)))
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--template", "template",
+              help="Another deployment template: NAME or NAME@VERSION (else the job's).")  # fmt: skip
+@click.option("--replicas", type=click.IntRange(1, 1024), help="Machines (else the job's).")
+@click.option("--max-cost", type=MAX_COST, metavar="USD",
+              help="Cost cap in USD (else the job's); refused (exit 4) when quoted above it.")  # fmt: skip
+@click.option("--watch", is_flag=True, help="Follow the new job until it ends.")
+@click.option("--interval", type=click.FloatRange(0.2, 60), default=1.0, show_default=True)
+@click.option("--timeout", type=click.FloatRange(0), default=0, help="Stop watching after N s.")
+@json_option
+@click.pass_obj
+def retry(state: State, job_id: str, **options: Any) -> None:
+    """Re-run the failed and unfinished lines of a job that ended, as a new job.
+
+    The new job's input holds exactly the lines of JOB_ID's input whose request failed (its
+    error file) or never finished (a cancelled, expired or failed job), as they were and in
+    their order; it keeps the job's template, provider, replicas, window, metadata, client
+    options and cap unless told otherwise. The job then lists it as `retried_by`; `neobatch
+    merge JOB_ID` puts the results back together. Asking again while that retry runs
+    answers the same retry. Exit 4 with `job_not_terminal` (JOB_ID still runs) or
+    `nothing_to_retry` (every line succeeded); with --watch, the watch's exit codes."""
+    sys.exit(run_retry(state, job_id, **options))
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="The merged file (default: JOB_ID_merged.jsonl here).")  # fmt: skip
+@click.option("--force", is_flag=True, help="Overwrite the file if it exists.")
+@json_option
+@click.pass_obj
+def merge(state: State, job_id: str, output: Path | None, force: bool) -> None:
+    """One JSONL of results for JOB_ID and its retries, in JOB_ID's input order.
+
+    Follows `retried_by` from JOB_ID (retries of retries too) and writes one line per
+    custom_id of JOB_ID's input, once, in the input's order: its newest successful result in
+    the chain, else its newest error (a line that failed every time comes from the newest
+    error file), else an error line `no_result` (no job of the chain finished it). Exit 0
+    once written, whatever the lines say; --json prints the counts (succeeded, failed,
+    missing) and any retry still running."""
+    sys.exit(run_merge(state, job_id, output, force))
 
 
 cli.add_command(templates)

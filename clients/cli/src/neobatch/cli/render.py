@@ -104,6 +104,10 @@ def job_details(job: dict[str, Any]) -> None:
         ("output", job.get("output_dataset") or "-"),
         ("errors", job.get("error_dataset") or "-"),
     ]
+    if job.get("retry_of"):
+        rows.append(("retry of", job["retry_of"]))
+    if job.get("retried_by"):
+        rows.append(("retried by", ", ".join(job["retried_by"])))
     if job.get("error_code") or job.get("error_message"):
         rows.append(("error", f"{job.get('error_code') or ''}: {job.get('error_message') or ''}"))
     for key, value in rows:

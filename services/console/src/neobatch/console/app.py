@@ -29,6 +29,7 @@ from neobatch.console.files.routes import aibrix_page_limit, file_router, openai
 from neobatch.console.files.store import FileStore
 from neobatch.console.health import healthz, metrics, readyz
 from neobatch.console.jobs.batch_routes import BatchController
+from neobatch.console.jobs.retry import RetryService
 from neobatch.console.jobs.routes import JobController, job_capabilities
 from neobatch.console.jobs.service import JobService
 from neobatch.console.jobs.store import JobStore
@@ -192,6 +193,13 @@ def _lifespan(settings: ConsoleSettings, clock: Clock | None) -> Lifespan:
                 max_replicas=settings.max_replicas,
                 throughput=ThroughputStore(runtime.db),
                 budgets=app.state.budget_store,
+            )
+            app.state.retry_service = RetryService(
+                jobs,
+                files,
+                app.state.job_service,
+                max_upload_bytes=settings.max_upload_bytes,
+                max_line_bytes=settings.common.max_input_line_bytes,
             )
             yield
         finally:

@@ -17,6 +17,7 @@ from neobatch.common.budget_store import BudgetStore
 from neobatch.common.clock import Clock
 from neobatch.console.catalog.store import CatalogStore
 from neobatch.console.files.store import FileStore
+from neobatch.console.jobs.retry import RetryService
 from neobatch.console.jobs.service import JobService
 from neobatch.console.jobs.store import JobStore
 from neobatch.console.keys.auth import Caller
@@ -58,6 +59,10 @@ def provide_job_service(state: State) -> JobService:
     return state.job_service
 
 
+def provide_retry_service(state: State) -> RetryService:
+    return state.retry_service
+
+
 def provide_settings(state: State) -> ConsoleSettings:
     return state.settings
 
@@ -75,6 +80,7 @@ def provide_caller(request: Request[Any, Any, Any]) -> Caller:
 
 DEPENDENCIES = {
     "job_store": Provide(provide_job_store, sync_to_thread=False),
+    "retry_service": Provide(provide_retry_service, sync_to_thread=False),
     "file_store": Provide(provide_file_store, sync_to_thread=False),
     "catalog_store": Provide(provide_catalog_store, sync_to_thread=False),
     "key_store": Provide(provide_key_store, sync_to_thread=False),

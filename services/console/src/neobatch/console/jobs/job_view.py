@@ -149,6 +149,18 @@ def build_events(job: dict[str, Any], error_message: str) -> list[JobEvent]:
             message=message,
         )
         ranked.append((at, rank, event))
+    created = unix_seconds_or_none(job.get("created_at"))
+    if job.get("retry_of") and created is not None:
+        # Issue 18: first in the timeline, what this job is a retry of.
+        event = JobEvent(
+            id="retry_of",
+            label="Retry",
+            status="queued",
+            source="console",
+            at=created,
+            message=f"A retry of job {job['retry_of']}: its failed and unfinished lines.",
+        )
+        ranked.append((created, -1, event))
     ranked.sort(key=lambda item: (item[0], item[1]))
     return [event for _, _, event in ranked]
 
@@ -297,4 +309,5 @@ def job_view(
         **times,
         placement=placement_view(provision),
         max_cost_usd=job.get("max_cost_usd"),
+        retry_of=job.get("retry_of"),
     )

@@ -7,15 +7,17 @@ transition. Jobs are scoped to the caller's project: another project's job answe
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody
 
 from neobatch.console.jobs.bill import Bill, bill_of
 from neobatch.console.jobs.job_view import job_view, machines_view
 from neobatch.console.jobs.quote import Quote
+from neobatch.console.jobs.retry import RetryService
 from neobatch.console.jobs.schemas import (
     CreateJob,
     JobCapabilities,
@@ -23,6 +25,7 @@ from neobatch.console.jobs.schemas import (
     JobOut,
     MachinesOut,
     ReplicaRange,
+    RetryJob,
 )
 from neobatch.console.jobs.service import JobService
 from neobatch.console.jobs.store import JobStore
@@ -30,19 +33,27 @@ from neobatch.console.keys.auth import Caller
 from neobatch.console.paging import PageLimit, page_ends
 from neobatch.console.settings import ConsoleSettings
 
+# An Idempotency-Key: printable ASCII (a UUID, a client's request id).
+IDEMPOTENCY_KEY_LENGTH = 128
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
+
 
 async def job_views(
     store: JobStore, jobs: list[dict[str, Any]], caller: Caller, now: datetime
 ) -> list[JobOut]:
-    """The views of a page of jobs, each with its provision and its bill (one read for all)."""
-    provisions = await store.list_job_provisions([job["_id"] for job in jobs])
+    """The views of a page of jobs, each with its provision, its bill and its retries (one
+    read for each, for all)."""
+    ids = [job["_id"] for job in jobs]
+    provisions = await store.list_job_provisions(ids)
+    retries = await store.list_retry_ids(ids)
     views = []
     for job in jobs:
         own = provisions.get(job["_id"], [])
         current = next((p for p in own if p["_id"] == job.get("provision_id")), None)
         billed = bill_of(job, own, now)
         machines = machines_view(job, own)
-        views.append(job_view(job, current, caller=caller.owner, bill=billed, machines=machines))
+        view = job_view(job, current, caller=caller.owner, bill=billed, machines=machines)
+        views.append(msgspec.structs.replace(view, retried_by=retries.get(job["_id"], [])))
     return views
 
 
@@ -115,6 +126,34 @@ class JobController(Controller):
     ) -> JobOut:
         job = await job_store.get_job(job_id, caller.scope)
         job = await job_service.request_cancel(job, caller, now)
+        return await _view(job_store, job, caller, now)
+
+    @post("/{job_id:str}/retry", status_code=200)
+    async def retry_job(
+        self,
+        job_id: FromPath[str],
+        job_store: NamedDependency[JobStore],
+        retry_service: NamedDependency[RetryService],
+        now: NamedDependency[datetime],
+        caller: NamedDependency[Caller],
+        idempotency_key: Annotated[
+            str | None,
+            HeaderParameter(
+                name="Idempotency-Key",
+                min_length=1,
+                max_length=IDEMPOTENCY_KEY_LENGTH,
+                pattern=IDEMPOTENCY_KEY_PATTERN,
+                description="The same key again answers the job it made (nothing new)",
+            ),
+        ] = None,
+        data: JSONBody[RetryJob | None] = None,
+    ) -> JobOut:
+        """A new job re-running the job's failed and unfinished lines (issue 18): its input
+        holds exactly those lines of the original input, in their order; it keeps the
+        original's template, provider, replicas, window, metadata, client and cap unless the
+        body overrides `model_template`, `replicas` or `max_cost_usd`. While a retry of the
+        job runs, asking again (the same way) answers that one."""
+        job = await retry_service.retry(job_id, data, caller, now, idempotency_key)
         return await _view(job_store, job, caller, now)
 
 

@@ -172,12 +172,15 @@ def creation_events(job: dict[str, Any], now: datetime) -> list[Event]:
     """What a new job emits: `job.queued` when it can run, and its first status change."""
     queued = job["status"] == JobStatus.QUEUED
     events: list[Event] = [JobQueued(job_id=job["_id"], occurred_at=now)] if queued else []
+    reason = "created" if queued else "invalid_input_file"
+    if job.get("retry_of"):
+        reason = f"{reason}: a retry of job {job['retry_of']}"
     events.append(
         JobStatusChanged(
             job_id=job["_id"],
             old_status=None,
             new_status=job["status"],
-            reason="created" if queued else "invalid_input_file",
+            reason=reason,
             occurred_at=now,
             job_version=int(job.get("version") or 1),
         )

@@ -80,6 +80,19 @@ class CreateJob(msgspec.Struct, kw_only=True):
         parse_completion_window(self.completion_window)
 
 
+class RetryJob(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`POST /api/v1/jobs/{id}/retry` (issue 18): what the retry changes; the rest is the
+    original's. Unknown keys are refused: a misspelt override must not be silently dropped."""
+
+    # NAME or NAME@VERSION; absent: the original's template (its name and version).
+    model_template: (
+        Annotated[str, Meta(min_length=1, max_length=193, pattern=r"^[^@]{1,128}(@[^@]{1,64})?$")]
+        | None
+    ) = None
+    replicas: Annotated[int, Meta(ge=1, le=MAX_REPLICAS)] | None = None
+    max_cost_usd: MaxCost | None = None
+
+
 class ExpiresAfter(msgspec.Struct, kw_only=True):
     anchor: Literal["created_at"] = "created_at"
     seconds: Annotated[int, Meta(ge=3600, le=2_592_000)]
@@ -269,6 +282,10 @@ class JobOut(msgspec.Struct, kw_only=True):
     machines: MachinesOut
     # The job's cost cap (USD), if it has one: its bill stops there (`budget_exceeded`).
     max_cost_usd: float | None = None
+    # Issue 18: the job whose failed and unfinished lines this one re-runs, and the retries
+    # of this job, oldest first (at most MAX_RETRIES_PER_JOB).
+    retry_of: str | None = None
+    retried_by: list[str] = msgspec.field(default_factory=list)
 
 
 class JobList(PageEnds, kw_only=True):

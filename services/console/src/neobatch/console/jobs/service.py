@@ -37,6 +37,7 @@ from neobatch.console.errors import OverBudget, QuotaExceeded, QuoteExceedsCap, 
 from neobatch.console.files.store import FileStore
 from neobatch.console.jobs import quote as quoting
 from neobatch.console.jobs import rules
+from neobatch.console.jobs.retry_rules import RetryLink
 from neobatch.console.jobs.schemas import DEFAULT_MAX_REPLICAS, CreateJob
 from neobatch.console.jobs.store import JobStore
 from neobatch.console.jobs.window import check_minimum_window, parse_completion_window
@@ -92,8 +93,17 @@ class JobService:
         self._throughput = throughput
         self._budgets = budgets
 
-    async def create_job(self, request: CreateJob, caller: Caller, now: datetime) -> Document:
-        """Validate `request`, store the job with its events, return the stored document."""
+    async def create_job(
+        self,
+        request: CreateJob,
+        caller: Caller,
+        now: datetime,
+        *,
+        retry: RetryLink | None = None,
+    ) -> Document:
+        """Validate `request`, store the job with its events, return the stored document.
+        With `retry` the job is a retry of another (`retry_rules`): linked to it, stored only
+        while the original's retries allow it."""
         self._check_request(request)
         queued_limit = await self._queued_limit(caller.project)
         if queued_limit and await self._jobs.count_queued(caller.project, queued_limit) >= (
@@ -112,7 +122,7 @@ class JobService:
                     quote=quote,
                 )
         job = rules.build_job_doc(
-            job_id=new_id("job"),
+            job_id=(retry.job_id if retry else None) or new_id("job"),
             batch_id=new_id("batch"),
             owner=caller.owner,
             project=caller.project,
@@ -123,9 +133,14 @@ class JobService:
             report=report,
             now=now,
         )
+        if retry is not None:
+            job.update(retry.fields())
         events = rules.creation_events(job, now)
         # The quota is checked again where it is exact: in the insert's transaction.
-        if not await self._jobs.insert_job(job, events, now, queued_limit=queued_limit):
+        check = retry.check if retry is not None else None
+        if not await self._jobs.insert_job(
+            job, events, now, queued_limit=queued_limit, check_retries=check
+        ):
             raise _quota_exceeded(caller.project, queued_limit)
         return job
 

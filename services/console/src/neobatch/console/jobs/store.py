@@ -17,6 +17,7 @@ from neobatch.common.mongo import ensure_indexes, transact
 from neobatch.common.outbox import append_events
 from neobatch.common.subjects import Namespace
 from neobatch.common.transitions import compare_and_set
+from neobatch.console.jobs.retry_rules import MAX_RETRIES_PER_JOB
 from neobatch.console.page_store import find_page
 
 Document = dict[str, Any]
@@ -26,6 +27,9 @@ PROVISIONS = "provisions"
 # One document per project that every job create under a queued-jobs quota writes (`insert_job`):
 # two creates counting the same project's queue conflict on it, so one of them counts again.
 QUEUE_GATES = "project_queue_gates"
+# One document per retried job that every retry of it writes in its insert's transaction
+# (`insert_job` with `check_retries`): two retries of one job conflict, so one checks again.
+RETRY_GATES = "job_retry_gates"
 INDEXES = [
     IndexModel(
         [("project", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
@@ -38,7 +42,11 @@ INDEXES = [
         [("status", ASCENDING), ("project", ASCENDING), ("created_at", ASCENDING), ("_id", 1)],
         name="status_project_created",
     ),
+    # A job's retries (issue 18): its `retried_by` and the one-running-retry rule.
+    IndexModel([("retry_of", ASCENDING), ("created_at", ASCENDING)], name="retry_of", sparse=True),
 ]
+# Fields of a retry the rules compare (`retry_rules.check_siblings`).
+_RETRY_FIELDS = {"_id": 1, "status": 1, "retry_overrides": 1, "created_at": 1, "retry_of": 1}
 _TERMINAL = sorted(status.value for status in TERMINAL_JOB_STATUSES)
 
 
@@ -63,7 +71,13 @@ class JobStore:
         await ensure_indexes(self._db[JOBS], INDEXES)
 
     async def insert_job(
-        self, job: Document, events: Sequence[Event], now: datetime, *, queued_limit: int = 0
+        self,
+        job: Document,
+        events: Sequence[Event],
+        now: datetime,
+        *,
+        queued_limit: int = 0,
+        check_retries: Callable[[list[Document]], None] | None = None,
     ) -> bool:
         """Insert the job and its events in one transaction (DESIGN rule 1), then wake the
         relay. An insert, not a compare-and-set: the job's ids are new, so it cannot lose.
@@ -72,6 +86,10 @@ class JobStore:
         queued jobs (False: nothing written). Exact under concurrency: the count and the insert
         share the transaction, which also writes the project's gate document, so of two creates
         that counted the same queue one hits a write conflict and is retried (counting again).
+
+        A retry (`retry_of` set) is inserted only when `check_retries`, given the original's
+        retries read in the transaction, raises nothing; the original's gate document makes
+        the read exact the same way.
         """
         project = job.get("project")
         gated = queued_limit > 0 and job["status"] == JobStatus.QUEUED.value
@@ -86,6 +104,11 @@ class JobStore:
                     return False
                 await self._db[QUEUE_GATES].update_one(
                     {"_id": project}, {"$inc": {"creates": 1}}, upsert=True, session=session
+                )
+            if check_retries is not None and job.get("retry_of"):
+                check_retries(await self._retries_of(job["retry_of"], session))
+                await self._db[RETRY_GATES].update_one(
+                    {"_id": job["retry_of"]}, {"$inc": {"retries": 1}}, upsert=True, session=session
                 )
             await self._db[JOBS].insert_one(job, session=session)
             await append_events(self._db, self._ns, events, session, now)
@@ -103,6 +126,40 @@ class JobStore:
         if doc is None:
             raise NotFound(f"job {job_id!r} not found", code="job_not_found")
         return doc
+
+    async def find_job(self, job_id: str, project: str | None) -> Document | None:
+        """`get_job`, or None."""
+        return await self._db[JOBS].find_one(_scoped({"_id": job_id}, project))
+
+    async def list_retries(self, job_id: str) -> list[Document]:
+        """The job's retries, oldest first (a few fields each)."""
+        return await self._retries_of(job_id, None)
+
+    async def list_retry_ids(self, job_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The ids of the retries of each of a page of jobs, oldest first (one read; each job
+        has at most `MAX_RETRIES_PER_JOB`, so the read is bounded by the page)."""
+        found: dict[str, list[str]] = {}
+        wanted = sorted(set(job_ids))
+        if not wanted:
+            return found
+        cursor = (
+            self._db[JOBS]
+            .find({"retry_of": {"$in": wanted}}, {"_id": 1, "retry_of": 1, "created_at": 1})
+            .sort([("created_at", ASCENDING), ("_id", ASCENDING)])
+            .limit(len(wanted) * MAX_RETRIES_PER_JOB)
+        )
+        async for doc in cursor:
+            found.setdefault(doc["retry_of"], []).append(doc["_id"])
+        return found
+
+    async def _retries_of(self, job_id: str, session: AsyncClientSession | None) -> list[Document]:
+        cursor = (
+            self._db[JOBS]
+            .find({"retry_of": job_id}, _RETRY_FIELDS, session=session)
+            .sort([("created_at", ASCENDING), ("_id", ASCENDING)])
+            .limit(MAX_RETRIES_PER_JOB + 1)
+        )
+        return await cursor.to_list(None)
 
     async def get_batch(self, batch_id: str, project: str | None) -> Document:
         """The job whose OpenAI batch id is `batch_id`, in `project` (None: any project)."""
