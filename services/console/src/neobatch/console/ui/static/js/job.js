@@ -8,6 +8,7 @@ import {
 } from "./dom.js";
 
 const POLL_MS = 1000;
+const SETTLE_MS = 3000;
 
 export function jobPage(main, jobId) {
   const path = `/api/v1/jobs/${encodeURIComponent(jobId)}`;
@@ -59,7 +60,9 @@ export function jobPage(main, jobId) {
       if (stopped) return;
       fill(problem, errorBox(error));
     }
-    if (!stopped && !(job && TERMINAL.has(job.status))) timer = setTimeout(load, POLL_MS);
+    // After the end, slower, until every machine's release is confirmed and the bill is final.
+    const ended = job && TERMINAL.has(job.status);
+    if (!stopped && !(ended && job.bill?.final)) timer = setTimeout(load, ended ? SETTLE_MS : POLL_MS);
   }
 
   function show(job, events) {
