@@ -206,6 +206,7 @@ def test_login_list_a_running_job_and_download_its_output(
         ),
     )
     assert job_id in page.driver.current_url
+    page.shot("04b-job-retry-answer")
 
 
 def test_cancel_a_job_from_its_page_and_filter_the_list(

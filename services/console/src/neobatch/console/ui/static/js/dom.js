@@ -89,6 +89,9 @@ export function progress(counts) {
 /** An error box: the console's stable code and its message, as text. */
 export function errorBox(error) {
   const code = error?.code || "error";
-  return h("div", { class: "error", role: "alert" },
+  const box = h("div", { class: "error", role: "alert" },
     h("strong", { class: "code" }, code), ": ", error?.message || String(error));
+  // Shown where the user is looking, once it is on the page.
+  requestAnimationFrame(() => box.scrollIntoView({ block: "nearest" }));
+  return box;
 }

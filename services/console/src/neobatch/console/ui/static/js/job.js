@@ -99,7 +99,8 @@ export function jobPage(main, jobId) {
     fill(machines, items.length ? items.map((m) => h("tr", {},
       h("td", {}, m.provision_id), h("td", {}, m.provider), h("td", {}, m.gpu_type ?? "—"),
       h("td", { class: "num" }, usd(m.price_per_hour)), h("td", {}, m.status),
-      h("td", { class: "num" }, m.lines)))
+      // Lines per machine are reported for batches on several machines.
+      h("td", { class: "num" }, m.lines || "—")))
       : h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No machine yet.")));
     const problems = [];
     if (job.error_code || job.error_message) {
