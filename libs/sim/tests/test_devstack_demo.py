@@ -148,7 +148,7 @@ def test_completed_job(tmp_path: Path) -> None:
     # And where the web console shows it (issue 18), without the key in the address.
     web = [line for line in lines if f"{CONSOLE}/ui/" in line]
     assert web and all(KEY not in line for line in web)
-    assert any(line.strip().endswith(f"/ui/#/jobs/job-1") for line in web), web
+    assert any(line.strip().endswith("/ui/#/jobs/job-1") for line in web), web
 
 
 def test_conflicts_reuse_model_and_template(tmp_path: Path) -> None:

@@ -78,16 +78,16 @@ function templateForm(reload) {
       body = parseTemplate(text.value);
     } catch (error) {
       if (!(error instanceof YamlError)) throw error;
-      fill(result, errorBox({ code: "bad_template_text", message: error.message }));
+      fill(result, errorBox({ code: "bad_template_text", message: error.message }, { scroll: true }));
       return;
     }
     if (typeof body !== "object" || body === null || Array.isArray(body)) {
-      fill(result, errorBox({ code: "bad_template_text", message: "the text must hold a mapping" }));
+      fill(result, errorBox({ code: "bad_template_text", message: "the text must hold a mapping" }, { scroll: true }));
       return;
     }
     const modelId = model.value.trim() || body.model_id;
     if (!modelId) {
-      fill(result, errorBox({ code: "no_model", message: "which model? fill in the model id" }));
+      fill(result, errorBox({ code: "no_model", message: "which model? fill in the model id" }, { scroll: true }));
       return;
     }
     submit.disabled = true;
@@ -98,7 +98,7 @@ function templateForm(reload) {
         `created ${created.name}@${created.version} (${created.id})`));
       reload();
     } catch (error) {
-      fill(result, errorBox(error));
+      fill(result, errorBox(error, { scroll: true }));
     } finally {
       submit.disabled = false;
     }
@@ -150,7 +150,7 @@ function modelForm(reload) {
       fill(result, h("div", { class: "notice" }, `created ${created.id}`));
       reload();
     } catch (error) {
-      fill(result, errorBox(error));
+      fill(result, errorBox(error, { scroll: true }));
     }
   } },
   h("h2", {}, "New model (operator)"),

@@ -86,12 +86,12 @@ export function progress(counts) {
   return h("span", { class: "progress" }, bar, ` ${done}/${total}`);
 }
 
-/** An error box: the console's stable code and its message, as text. */
-export function errorBox(error) {
+/** An error box: the console's stable code and its message, as text; with `scroll` (an answer
+ * to something the user just did) it is scrolled into view. */
+export function errorBox(error, { scroll = false } = {}) {
   const code = error?.code || "error";
   const box = h("div", { class: "error", role: "alert" },
     h("strong", { class: "code" }, code), ": ", error?.message || String(error));
-  // Shown where the user is looking, once it is on the page.
-  requestAnimationFrame(() => box.scrollIntoView({ block: "nearest" }));
+  if (scroll) requestAnimationFrame(() => box.scrollIntoView({ block: "nearest" }));
   return box;
 }

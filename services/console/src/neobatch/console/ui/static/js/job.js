@@ -9,12 +9,15 @@ import {
 
 const POLL_MS = 1000;
 const SETTLE_MS = 3000;
+const BACKOFF_MS = 10_000; // after a 429 (rate_limited)
 
 export function jobPage(main, jobId) {
   const path = `/api/v1/jobs/${encodeURIComponent(jobId)}`;
   let timer;
   let stopped = false;
   let samples = []; // [ms, finished lines] of recent polls, for the rate
+  let events = [];
+  let shownSteps = null;
 
   const title = h("h1", { id: "job-title" }, jobId);
   const status = h("span", { id: "job-status" });
@@ -50,19 +53,27 @@ export function jobPage(main, jobId) {
   async function load() {
     clearTimeout(timer);
     let job;
+    let wait = POLL_MS;
     try {
-      const [view, events] = await Promise.all([api(path), api(`${path}/events`)]);
-      job = view;
+      job = await api(path);
+      // The timeline changes only with a new step: read it again only then.
+      const steps = (job.events || []).map((e) => e.id).join(",");
+      if (steps !== shownSteps) {
+        events = (await api(`${path}/events`)).data || [];
+        shownSteps = steps;
+      }
       if (stopped) return;
       fill(problem);
-      show(job, events.data || []);
+      show(job, events);
     } catch (error) {
       if (stopped) return;
       fill(problem, errorBox(error));
+      if (error instanceof ApiError && error.status === 429) wait = BACKOFF_MS;
     }
     // After the end, slower, until every machine's release is confirmed and the bill is final.
     const ended = job && TERMINAL.has(job.status);
-    if (!stopped && !(ended && job.bill?.final)) timer = setTimeout(load, ended ? SETTLE_MS : POLL_MS);
+    if (ended) wait = SETTLE_MS;
+    if (!stopped && !(ended && job.bill?.final)) timer = setTimeout(load, wait);
   }
 
   function show(job, events) {
@@ -159,7 +170,7 @@ export function jobPage(main, jobId) {
       load();
     } catch (error) {
       cancel.disabled = false;
-      fill(actionsMsg, errorBox(error));
+      fill(actionsMsg, errorBox(error, { scroll: true }));
     }
   }
 

@@ -1,7 +1,7 @@
 // The jobs list: newest first, a page at a time from the server (limit + after cursor), with a
 // status filter the server applies; refreshed every few seconds.
 
-import { api } from "./api.js";
+import { api, ApiError } from "./api.js";
 import { errorBox, fill, h, link, progress, statusBadge, usd, when } from "./dom.js";
 
 export const STATUSES = [
@@ -61,14 +61,18 @@ export function jobsPage(main, params) {
       body),
     h("div", { class: "toolbar" }, prev, next, pageInfo));
 
+  let loads = 0; // a newer load (a filter or page change) wins over one still in flight
+
   async function load() {
     clearTimeout(timer);
+    const mine = ++loads;
+    let wait;
     const statuses = state.status === "active" ? ACTIVE : state.status ? [state.status] : [];
     try {
       const page = await api("/api/v1/jobs", {
         query: { limit: state.limit, after: state.after, status: statuses },
       });
-      if (stopped) return;
+      if (stopped || mine !== loads) return;
       fill(problem);
       fill(body, page.jobs.length ? page.jobs.map(row)
         : h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No jobs.")));
@@ -76,11 +80,13 @@ export function jobsPage(main, params) {
       next.disabled = !page.has_more;
       next.dataset.after = page.last_id || "";
       fill(pageInfo, `page ${state.cursors.length + 1}`);
+      wait = REFRESH_MS;
     } catch (error) {
-      if (stopped) return;
+      if (stopped || mine !== loads) return;
       fill(problem, errorBox(error));
+      wait = error instanceof ApiError && error.status === 429 ? 10_000 : REFRESH_MS;
     }
-    if (!stopped) timer = setTimeout(load, REFRESH_MS);
+    if (!stopped) timer = setTimeout(load, wait);
   }
 
   function row(job) {
