@@ -283,5 +283,10 @@ def test_operator_templates_page(page: Page, stack: Stack, model_id: str, templa
     page.find("#create-template").click()  # the same again: the console refuses, with its code
     page.wait("the refusal", lambda: "template_exists" in page.text("#template-result"))
     page.shot("08-templates-refused")
+    pasted = 'tr[data-template="web-pasted@v1.0.0"]'
+    page.find(f'{pasted} button[data-set-status="deprecated"]').click()
+    page.wait(
+        "the version deprecated", lambda: "deprecated" in page.text(f"{pasted} td:nth-child(4)")
+    )
     page.open("#/models")
     page.wait("the models", lambda: model_id in page.text("#models-body"))

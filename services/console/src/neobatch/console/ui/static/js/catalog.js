@@ -32,7 +32,9 @@ export function templatesPage(main, role) {
           spec.hidden = false;
           fill(spec, `# ${t.name}@${t.version} (${t.id})\n${JSON.stringify(t.spec, null, 2)}`);
         } }, t.name)),
-        h("td", {}, t.version), h("td", {}, t.status), h("td", {}, t.project ?? "published"),
+        h("td", {}, t.version),
+        h("td", {}, t.status, role === "operator" ? statusButton(t) : null),
+        h("td", {}, t.project ?? "published"),
         h("td", {}, gpu(t.spec)), h("td", {}, when(t.created_at))))
         : h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No templates.")));
       fill(problem);
@@ -40,6 +42,21 @@ export function templatesPage(main, role) {
       if (!stopped) fill(problem, errorBox(error));
     }
   }
+  // An operator deprecates a version (it then runs only when named exactly) or reactivates it.
+  function statusButton(t) {
+    const next = t.status === "active" ? "deprecated" : "active";
+    return h("button", { type: "button", class: "secondary small", dataset: { setStatus: next },
+      onclick: async () => {
+        try {
+          await api(`/api/v1/models/${encodeURIComponent(t.model_id)}/deployment-templates/` +
+            encodeURIComponent(t.id), { method: "PUT", body: { status: next } });
+          load();
+        } catch (error) {
+          fill(problem, errorBox(error, { scroll: true }));
+        }
+      } }, next === "active" ? "Reactivate" : "Deprecate");
+  }
+
   load();
   return () => { stopped = true; };
 }
