@@ -146,6 +146,12 @@ def test_login_list_a_running_job_and_download_its_output(
     )
     assert page.driver.get_cookies() == []
     assert page.driver.execute_script("return localStorage.length") == 0
+    # The page's policy holds in the browser: an inline script put into it does not run.
+    ran = page.driver.execute_script(
+        "const s = document.createElement('script'); s.textContent = 'window.__inline = 1';"
+        "document.body.appendChild(s); return window.__inline === 1"
+    )
+    assert ran is False
 
     job_id = _job(
         console, model_id, templates["steady"], RUNNING_LINES,
@@ -290,3 +296,40 @@ def test_operator_templates_page(page: Page, stack: Stack, model_id: str, templa
     )
     page.open("#/models")
     page.wait("the models", lambda: model_id in page.text("#models-body"))
+
+
+YAML_CASES = [
+    (
+        "name: a\nspec:\n  n: 1\n  f: 1.5\n  t: true\n  z: ~\n",
+        {"name": "a", "spec": {"n": 1, "f": 1.5, "t": True, "z": None}},
+    ),
+    ("l:\n  - a\n  - 'b c'\n  - k: v\n    j: 2\n", {"l": ["a", "b c", {"k": "v", "j": 2}]}),
+    (
+        'c: [python, -m, "x y", "{port}"]  # note\nm: {type: local, uri: u}\n',
+        {"c": ["python", "-m", "x y", "{port}"], "m": {"type": "local", "uri": "u"}},
+    ),
+    ("s: |\n  one\n  two\n", {"s": "one\ntwo\n"}),
+    ('{"name": "json", "n": [1, 2]}', {"name": "json", "n": [1, 2]}),
+    ("__proto__:\n  polluted: 1\n", {"__proto__": {"polluted": 1}}),
+]
+YAML_ERRORS = ["a: 1\n  b: 2", "a: 1\na: 2", "- a\nb: 1", "x: &anchor 1", "{bad", ""]
+
+
+def test_the_template_reader_in_the_browser(page: Page, stack: Stack) -> None:
+    """The YAML reader the templates page uses, run by the browser on a table of cases."""
+    page.open()
+    script = """
+        const [cases, bad, done] = arguments;
+        import("/ui/js/yaml.js").then((m) => {
+          const read = cases.map(([text]) => JSON.stringify(m.parseTemplate(text)));
+          const errors = bad.map((text) => {
+            try { m.parseTemplate(text); return null; } catch (e) { return e.message; }
+          });
+          done({ read, errors, polluted: ({}).polluted === undefined });
+        }, (e) => done({ failed: String(e) }));
+    """
+    result = page.driver.execute_async_script(script, YAML_CASES, YAML_ERRORS)
+    assert "failed" not in result, result
+    assert [json.loads(read) for read in result["read"]] == [want for _, want in YAML_CASES]
+    assert all(result["errors"]), result["errors"]
+    assert "line 2" in result["errors"][0] and result["polluted"] is True
