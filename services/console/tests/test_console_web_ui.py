@@ -23,7 +23,7 @@ async def test_the_page_and_its_scripts_are_served_with_a_strict_policy(api: Any
     ):
         r = await api.client.get(path)  # no key: the files are public, the data is not
         assert r.status_code == 200, (path, r.text)
-        assert r.headers["content-type"].startswith(kind)
+        assert r.headers["content-type"] == f"{kind}; charset=utf-8"
         csp = r.headers["content-security-policy"]
         assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
         assert (

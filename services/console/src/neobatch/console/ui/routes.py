@@ -43,10 +43,11 @@ SECURITY_HEADERS = {
     # A new deployment's files are used at once; they are small.
     "cache-control": "no-cache",
 }
+# Litestar adds `; charset=utf-8` to text types.
 _TYPES = {
-    ".html": "text/html; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
+    ".html": "text/html",
+    ".js": "text/javascript",
+    ".css": "text/css",
     ".svg": "image/svg+xml",
 }
 # No file of the console is near this; a bound on what is held in memory.
