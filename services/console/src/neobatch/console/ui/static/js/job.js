@@ -82,7 +82,9 @@ export function jobPage(main, jobId) {
     const terminal = TERMINAL.has(job.status);
     cancel.hidden = terminal;
     cancel.disabled = Boolean(job.cancel_requested_at);
-    retry.hidden = !terminal;
+    // Retry makes a job of the failed and unfinished lines: none when every line completed.
+    const c = job.request_counts || {};
+    retry.hidden = !terminal || (c.total > 0 && c.completed >= c.total);
     showCounts(job, terminal);
     fill(summary, ...facts([
       ["Job id", job.id],
