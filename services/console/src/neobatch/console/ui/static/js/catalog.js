@@ -5,43 +5,48 @@ import { all, api } from "./api.js";
 import { errorBox, fill, h, when } from "./dom.js";
 import { parseTemplate, YamlError } from "./yaml.js";
 
-export function templatesPage(main, role) {
-  const body = h("tbody", { id: "templates-body" });
+/** A table whose rows `reload()` reads again: `read` fetches the items, `row` draws one. */
+function listing(id, columns, empty, read, row) {
+  const body = h("tbody", { id: `${id}-body` });
   const problem = h("div");
-  const spec = h("pre", { id: "template-spec", class: "spec", hidden: true });
+  const table = h("table", { class: "grid", id },
+    h("thead", {}, h("tr", {}, columns.map((c) => h("th", {}, c)))), body);
   let stopped = false;
-
-  const form = role === "operator" ? templateForm(() => load()) : h("p", { class: "muted" },
-    "Templates are published by operators; an operator key can create one here.");
-  fill(main, h("div", { class: "toolbar" }, h("h1", {}, "Deployment templates")), problem,
-    h("table", { class: "grid", id: "templates" },
-      h("thead", {}, h("tr", {}, ["Model", "Name", "Version", "Status", "Owner", "GPU", "Created"]
-        .map((c) => h("th", {}, c)))), body),
-    spec, form);
-
-  async function load() {
+  async function reload() {
     try {
-      const models = await all("/api/v1/models");
-      const lists = await Promise.all(models.map((m) =>
-        all(`/api/v1/models/${encodeURIComponent(m.id)}/deployment-templates`)));
+      const items = await read();
       if (stopped) return;
-      const rows = lists.flat();
-      fill(body, rows.length ? rows.map((t) => h("tr", { dataset: { template: `${t.name}@${t.version}` } },
-        h("td", {}, t.model_id),
-        h("td", {}, h("button", { type: "button", class: "linklike", onclick: () => {
-          spec.hidden = false;
-          fill(spec, `# ${t.name}@${t.version} (${t.id})\n${JSON.stringify(t.spec, null, 2)}`);
-        } }, t.name)),
-        h("td", {}, t.version),
-        h("td", {}, t.status, role === "operator" ? statusButton(t) : null),
-        h("td", {}, t.project ?? "published"),
-        h("td", {}, gpu(t.spec)), h("td", {}, when(t.created_at))))
-        : h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No templates.")));
+      fill(body, items.length ? items.map(row)
+        : h("tr", {}, h("td", { colspan: columns.length, class: "muted" }, empty)));
       fill(problem);
     } catch (error) {
       if (!stopped) fill(problem, errorBox(error));
     }
   }
+  return { table, problem, reload, stop: () => { stopped = true; } };
+}
+
+export function templatesPage(main, role) {
+  const spec = h("pre", { id: "template-spec", class: "spec", hidden: true });
+  const list = listing("templates",
+    ["Model", "Name", "Version", "Status", "Owner", "GPU", "Created"], "No templates.",
+    async () => {
+      const models = await all("/api/v1/models");
+      const lists = await Promise.all(models.map((m) =>
+        all(`/api/v1/models/${encodeURIComponent(m.id)}/deployment-templates`)));
+      return lists.flat();
+    },
+    (t) => h("tr", { dataset: { template: `${t.name}@${t.version}` } },
+      h("td", {}, t.model_id),
+      h("td", {}, h("button", { type: "button", class: "linklike", onclick: () => {
+        spec.hidden = false;
+        fill(spec, `# ${t.name}@${t.version} (${t.id})\n${JSON.stringify(t.spec, null, 2)}`);
+      } }, t.name)),
+      h("td", {}, t.version),
+      h("td", {}, t.status, role === "operator" ? statusButton(t) : null),
+      h("td", {}, t.project ?? "published"),
+      h("td", {}, gpu(t.spec)), h("td", {}, when(t.created_at))));
+
   // An operator deprecates a version (it then runs only when named exactly) or reactivates it.
   function statusButton(t) {
     const next = t.status === "active" ? "deprecated" : "active";
@@ -50,15 +55,19 @@ export function templatesPage(main, role) {
         try {
           await api(`/api/v1/models/${encodeURIComponent(t.model_id)}/deployment-templates/` +
             encodeURIComponent(t.id), { method: "PUT", body: { status: next } });
-          load();
+          list.reload();
         } catch (error) {
-          fill(problem, errorBox(error, { scroll: true }));
+          fill(list.problem, errorBox(error, { scroll: true }));
         }
       } }, next === "active" ? "Reactivate" : "Deprecate");
   }
 
-  load();
-  return () => { stopped = true; };
+  const form = role === "operator" ? templateForm(list.reload) : h("p", { class: "muted" },
+    "Templates are published by operators; an operator key can create one here.");
+  fill(main, h("div", { class: "toolbar" }, h("h1", {}, "Deployment templates")), list.problem,
+    list.table, spec, form);
+  list.reload();
+  return list.stop;
 }
 
 function gpu(spec) {
@@ -127,31 +136,17 @@ function templateForm(reload) {
 }
 
 export function modelsPage(main, role) {
-  const body = h("tbody", { id: "models-body" });
-  const problem = h("div");
-  let stopped = false;
-  const form = role === "operator" ? modelForm(() => load()) : null;
-  fill(main, h("div", { class: "toolbar" }, h("h1", {}, "Models")), problem,
-    h("table", { class: "grid", id: "models" },
-      h("thead", {}, h("tr", {}, ["Id", "Name", "Serving name", "Categories", "Default template",
-        "Created"].map((c) => h("th", {}, c)))), body), form);
-
-  async function load() {
-    try {
-      const models = await all("/api/v1/models");
-      if (stopped) return;
-      fill(body, models.length ? models.map((m) => h("tr", {},
-        h("td", {}, m.id), h("td", {}, m.name), h("td", {}, m.serving_name),
-        h("td", {}, (m.categories || []).join(", ")), h("td", {}, m.default_template || "—"),
-        h("td", {}, when(m.created_at))))
-        : h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No models.")));
-      fill(problem);
-    } catch (error) {
-      if (!stopped) fill(problem, errorBox(error));
-    }
-  }
-  load();
-  return () => { stopped = true; };
+  const list = listing("models",
+    ["Id", "Name", "Serving name", "Categories", "Default template", "Created"], "No models.",
+    () => all("/api/v1/models"),
+    (m) => h("tr", {},
+      h("td", {}, m.id), h("td", {}, m.name), h("td", {}, m.serving_name),
+      h("td", {}, (m.categories || []).join(", ")), h("td", {}, m.default_template || "—"),
+      h("td", {}, when(m.created_at))));
+  fill(main, h("div", { class: "toolbar" }, h("h1", {}, "Models")), list.problem, list.table,
+    role === "operator" ? modelForm(list.reload) : null);
+  list.reload();
+  return list.stop;
 }
 
 function modelForm(reload) {
