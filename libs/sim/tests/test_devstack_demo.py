@@ -145,6 +145,10 @@ def test_completed_job(tmp_path: Path) -> None:
     assert "--template sim-chat-demo@v1.0.0 --watch" in submit
     assert str(tmp_path) in submit and KEY not in submit
     assert any("neobatch download" in line for line in lines)
+    # And where the web console shows it (issue 18), without the key in the address.
+    web = [line for line in lines if f"{CONSOLE}/ui/" in line]
+    assert web and all(KEY not in line for line in web)
+    assert any(line.strip().endswith("/ui/#/jobs/job-1") for line in web), web
 
 
 def test_conflicts_reuse_model_and_template(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from neobatch.console.files.store import FileStore
 from neobatch.console.health import healthz, metrics, readyz
 from neobatch.console.jobs.batch_routes import BatchController
 from neobatch.console.jobs.retry import RetryService
-from neobatch.console.jobs.routes import JobController, job_capabilities
+from neobatch.console.jobs.routes import JobController, job_capabilities, job_events
 from neobatch.console.jobs.service import JobService
 from neobatch.console.jobs.store import JobStore
 from neobatch.console.keys.auth import (
@@ -46,6 +46,7 @@ from neobatch.console.keys.store import KeyStore
 from neobatch.console.openapi import document_errors
 from neobatch.console.quotas import QuotaStore
 from neobatch.console.settings import DEV_PROJECT, ConsoleSettings, configured_providers
+from neobatch.console.ui.routes import ui_router
 from neobatch.console.webhooks.routes import webhook_routes
 from neobatch.console.webhooks.store import WebhookStore
 
@@ -71,6 +72,7 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
             KeyController,
             *webhook_routes(aibrix=True),
             job_capabilities,
+            job_events,
             list_offers,
             file_router(
                 upload_path="/files/upload",
@@ -97,7 +99,8 @@ def create_app(settings: ConsoleSettings, *, clock: Clock | None = None) -> Lite
     # With a metrics port, /metrics is served there only (by the runtime's HealthServer).
     probes = [healthz, readyz] if settings.metrics_port else [healthz, readyz, metrics]
     app = Litestar(
-        route_handlers=[*probes, aibrix, openai],
+        # The web console (`/ui/`): static pages that call the routes above with a bearer key.
+        route_handlers=[*probes, aibrix, openai, ui_router()],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         before_request=check_json_body,

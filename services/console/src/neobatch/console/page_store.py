@@ -27,12 +27,16 @@ async def find_page(
     field: str = "created_at",
     ascending: bool = False,
     projection: Document | None = None,
+    cursor_scope: Document | None = None,
 ) -> tuple[list[Document], bool]:
     """A page of the rows matching `scope`, after the row `after` selects (e.g. `{"_id": id}`);
-    and whether more follow. An `after` outside `scope` gives an empty page."""
+    and whether more follow. An `after` outside `cursor_scope` (default: `scope`) gives an
+    empty page; a filter that a row may leave between two pages (a job's status) belongs in
+    `scope` only, with the caller's own bounds in `cursor_scope`."""
     query = scope
     if after:
-        cursor_row = await collection.find_one({"$and": [scope, after]}, {field: 1})
+        within = scope if cursor_scope is None else cursor_scope
+        cursor_row = await collection.find_one({"$and": [within, after]}, {field: 1})
         if cursor_row is None:
             return [], False
         start = rows_after(cursor_row.get(field), cursor_row["_id"], field, ascending=ascending)

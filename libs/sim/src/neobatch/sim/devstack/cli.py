@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from neobatch.sim.devstack.clouds import SUPPORTED_PROVISIONERS
 from neobatch.sim.devstack.components import ALL_COMPONENTS
+from neobatch.sim.devstack.demo import web_console_url
 from neobatch.sim.devstack.layout import Ports, RunLayout, StackError, find_run_dir, stack_lock
 from neobatch.sim.devstack.processes import DEFAULT_STOP_TIMEOUT, AdoptedProcess, running_pid
 from neobatch.sim.devstack.stack import DEFAULT_START_TIMEOUT, Stack, start_stack
@@ -46,6 +47,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         f"{stack.operator_key}); "
         f"logs in {layout.logs}; stop it with ./task down"
     )
+    _say(f"web console: {web_console_url(stack.console_url)} (log in with either key)")
     return 0
 
 

@@ -276,13 +276,24 @@ class Demo:
         return self.report(final, timeout_seconds)
 
     def cli_equivalent(self, input_path: Path, job_id: str) -> None:
-        """The `neobatch` commands (clients/cli) that do what the demo just did."""
+        """The web console page of the job, and the `neobatch` commands (clients/cli) that do
+        what the demo just did."""
+        self.out(
+            f"web console: {web_console_url(self.console_url)} (log in with the API key "
+            "NEOBATCH_API_KEY in .run/stack.env)"
+        )
+        self.out(f"  this job:  {web_console_url(self.console_url)}#/jobs/{job_id}")
         self.out("the same with the CLI (its console and key: `set -a; . .run/stack.env`):")
         self.out(
             f"  .venv/bin/neobatch submit {input_path} "
             f"--template {TEMPLATE_NAME}@{TEMPLATE_VERSION} --watch"
         )
         self.out(f"  .venv/bin/neobatch download {job_id} -o demo-output")
+
+
+def web_console_url(console_url: str) -> str:
+    """Where the console serves its web pages."""
+    return f"{console_url.rstrip('/')}/ui/"
 
 
 def _counts(job: Mapping[str, Any]) -> str:

@@ -21,11 +21,13 @@ from neobatch.console.jobs.retry import RetryService
 from neobatch.console.jobs.schemas import (
     CreateJob,
     JobCapabilities,
+    JobEventList,
     JobList,
     JobOut,
     MachinesOut,
     ReplicaRange,
     RetryJob,
+    StatusFilter,
 )
 from neobatch.console.jobs.service import JobService
 from neobatch.console.jobs.store import JobStore
@@ -100,8 +102,12 @@ class JobController(Controller):
         now: NamedDependency[datetime],
         limit: PageLimit = 20,
         after: FromQuery[str | None] = None,
+        status: StatusFilter = None,
     ) -> JobList:
-        jobs, has_more = await job_store.list_jobs(caller.scope, limit, after)
+        """Newest first, a page at a time (`after`: the previous page's `last_id`); `status`
+        (repeatable) keeps the jobs in any of those statuses."""
+        statuses = sorted(set(status or ()))
+        jobs, has_more = await job_store.list_jobs(caller.scope, limit, after, statuses)
         views = await job_views(job_store, jobs, caller, now)
         return JobList(jobs=views, has_more=has_more, **page_ends(views))
 
@@ -164,3 +170,16 @@ async def job_capabilities(settings: NamedDependency[ConsoleSettings]) -> JobCap
         resource_request=ReplicaRange(min_replicas=1, max_replicas=settings.max_replicas),
         provider=settings.provisioner,
     )
+
+
+@get("/jobs/{job_id:str}/events")
+async def job_events(
+    job_id: FromPath[str],
+    job_store: NamedDependency[JobStore],
+    caller: NamedDependency[Caller],
+    now: NamedDependency[datetime],
+) -> JobEventList:
+    """The job's timeline, oldest first: the `events` of its view, on their own (what the
+    web console and `neobatch events` show)."""
+    view = await _view(job_store, await job_store.get_job(job_id, caller.scope), caller, now)
+    return JobEventList(data=view.events)

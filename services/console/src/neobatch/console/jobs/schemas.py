@@ -11,9 +11,10 @@ import re
 from typing import Annotated, Any, Literal
 
 import msgspec
+from litestar.params import QueryParameter
 from msgspec import Meta
 
-from neobatch.common.contracts import ClientSpec
+from neobatch.common.contracts import ClientSpec, JobStatus
 from neobatch.common.jsonbounds import check_stored_value
 from neobatch.console.jobs.bill import Bill
 from neobatch.console.jobs.window import parse_completion_window
@@ -290,6 +291,20 @@ class JobOut(msgspec.Struct, kw_only=True):
 
 class JobList(PageEnds, kw_only=True):
     jobs: list[JobOut]
+
+
+class JobEventList(msgspec.Struct, kw_only=True):
+    """`GET /api/v1/jobs/{id}/events`: the job's timeline, oldest first."""
+
+    object: str = "list"
+    data: list[JobEvent]
+
+
+# `GET /api/v1/jobs?status=in_progress&status=queued`: any of these statuses (each a job
+# status, at most one of each).
+StatusFilter = Annotated[
+    list[JobStatus] | None, QueryParameter(max_items=len(JobStatus), description="job statuses")
+]
 
 
 class ReplicaRange(msgspec.Struct, kw_only=True):

@@ -36,6 +36,23 @@ INDEXES = [
         name="project_newest_first",
     ),
     IndexModel([("batch_id", ASCENDING)], name="batch_id", unique=True),
+    # The job lists: every project's (operators) and filtered by status (`?status=`), newest
+    # first like a project's own list above, so a page is an index range however many jobs
+    # there are.
+    IndexModel([("created_at", DESCENDING), ("_id", DESCENDING)], name="newest_first"),
+    IndexModel(
+        [("status", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+        name="status_newest_first",
+    ),
+    IndexModel(
+        [
+            ("project", ASCENDING),
+            ("status", ASCENDING),
+            ("created_at", DESCENDING),
+            ("_id", DESCENDING),
+        ],
+        name="project_status_newest_first",
+    ),
     # A project's queued jobs (the queued-jobs quota); the planner's fair queue reads the same
     # index, which it declares too.
     IndexModel(
@@ -174,10 +191,16 @@ class JobStore:
         return await self._db[JOBS].count_documents(query, limit=up_to)
 
     async def list_jobs(
-        self, project: str | None, limit: int, after_job_id: str | None
+        self,
+        project: str | None,
+        limit: int,
+        after_job_id: str | None,
+        statuses: Sequence[str] = (),
     ) -> tuple[list[Document], bool]:
-        """Newest first; `after_job_id` is the last job of the previous page."""
-        return await self._page(project, limit, {"_id": after_job_id} if after_job_id else None)
+        """Newest first; `after_job_id` is the last job of the previous page; `statuses`
+        (when given) keeps the jobs in one of them."""
+        after = {"_id": after_job_id} if after_job_id else None
+        return await self._page(project, limit, after, statuses)
 
     async def list_batches(
         self, project: str | None, limit: int, after_batch_id: str | None
@@ -187,12 +210,20 @@ class JobStore:
         return await self._page(project, limit, after)
 
     async def _page(
-        self, project: str | None, limit: int, after: Document | None
+        self,
+        project: str | None,
+        limit: int,
+        after: Document | None,
+        statuses: Sequence[str] = (),
     ) -> tuple[list[Document], bool]:
         """A page of `project`'s jobs (None: every project's, for operators), newest first,
         after the job `after` selects (an unknown one, or one outside the scope, gives an
-        empty page); and whether more follow."""
-        return await find_page(self._db[JOBS], _scoped({}, project), after=after, limit=limit)
+        empty page; one that has left `statuses` since still marks where the page starts);
+        and whether more follow."""
+        scope = _scoped({"status": {"$in": list(statuses)}} if statuses else {}, project)
+        return await find_page(
+            self._db[JOBS], scope, after=after, limit=limit, cursor_scope=_scoped({}, project)
+        )
 
     async def save_cancel_request(
         self, job_id: str, events: Sequence[Event], now: datetime
