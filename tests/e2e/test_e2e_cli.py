@@ -32,6 +32,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # The one pool host described and priced, so a quote has an offer with a cost.
         "NEOBATCH_SSH_POOL": f"u0@127.0.0.1:{ports.ssh}=H100x1",
         "NEOBATCH_SSH_POOL_PRICES": f"H100={H100_PER_HOUR}",
+        # The cancelled job's requests hang: they are cut this long after the cancel.
+        "NEOBATCH_CANCEL_GRACE_SECONDS": "2",
     }
     started = start_stack(tmp_path_factory.mktemp("stack"), ports, env)
     try:
