@@ -88,6 +88,32 @@ def test_quote_prices_each_fitting_offer_by_throughput_and_startup() -> None:
     assert quote.offers[0] is h100 and quote.expected_cost_usd == h100.expected_cost_usd
 
 
+def test_a_quote_for_four_machines_shares_the_work_and_pays_each_start_up() -> None:
+    template = {
+        "spec": {**SPEC, "placement": {"throughput": {"H100": 1000}, "startup_seconds": 60}}
+    }
+    one, four = (
+        build_quote(
+            template=template,
+            providers=["ssh"],
+            tally=tally_of(*[{"messages": [], "max_tokens": 10_000}] * 36),
+            offers=[offer_doc("H100", 3.6)],
+            learned_throughput={},
+            learned_tokens_per_request=None,
+            max_cost_usd=None,
+            machines=machines,
+        )
+        for machines in (1, 4)
+    )
+    assert (one.machines, four.machines) == (1, 4)
+    # 360,000 tokens at 1,000/s: 360 s of work on one machine, 90 s each on four.
+    assert one.offers[0].expected_seconds == pytest.approx(60 + 360)
+    assert four.offers[0].expected_seconds == pytest.approx(60 + 90)
+    # The same work, plus three more start-ups paid for.
+    assert one.expected_cost_usd == pytest.approx(3.6 * 420 / 3600)
+    assert four.expected_cost_usd == pytest.approx(3.6 * 4 * 150 / 3600)
+
+
 def test_unknown_throughput_uses_the_documented_default_and_runpod_scales_by_count() -> None:
     spec = {"accelerator": {"type": "H100", "count": 2}}
     found = candidates([offer_doc("H100", 2.0, provider="runpod")], spec, ["runpod"])
@@ -128,6 +154,12 @@ async def test_dry_run_answers_a_quote_and_stores_nothing(api: Any) -> None:
     assert h100["expected_seconds"] == pytest.approx(300 + 512 / 1000)
     assert quote["expected_cost_usd"] == pytest.approx(3.6 * (300 + 0.512) / 3600, abs=1e-6)
     assert await api.count("jobs") == 0 and await api.count(OUTBOX) == 0
+    # Asking for two machines: each starts up and is paid for, the work is shared.
+    two = await api.job_request(dry_run=True, resource_request={"replicas": 2})
+    quote = (await api.post("/api/v1/jobs", two)).json()
+    assert quote["machines"] == 2
+    assert quote["offers"][0]["expected_seconds"] == pytest.approx(300 + 256 / 1000)
+    assert quote["expected_cost_usd"] == pytest.approx(3.6 * 2 * 300.256 / 3600, abs=1e-6)
 
 
 async def test_a_quote_over_the_cap_is_refused_with_the_quote(api: Any) -> None:

@@ -3,8 +3,10 @@
 Shared by the resource-manager (ranking offers, `resource_manager/ranking.py`) and the console
 (quotes before a job runs, `console/jobs/quote.py`), so both price a job the same way:
 
-    expected seconds = startup_seconds + expected_output_tokens / throughput
-    expected cost    = price_per_hour * expected seconds / 3600
+    expected seconds = startup_seconds + expected_output_tokens / (throughput * machines)
+    expected cost    = price_per_hour * machines * expected seconds / 3600
+
+(`machines`: the job's replicas; each one starts up and is paid for, the work is shared.)
 
 `throughput` is the output tokens per second one machine of that GPU family achieved for the
 job's template: learned from finished batches (`throughput_samples`), else declared in the
@@ -61,6 +63,7 @@ class Estimate(msgspec.Struct, frozen=True, kw_only=True):
     startup_seconds: float = DEFAULT_STARTUP_SECONDS
     declared: Mapping[str, float] = {}  # GPU family → tokens/s per machine, from the template
     learned: Mapping[str, float] = {}  # GPU family → tokens/s per machine, from finished jobs
+    machines: int = 1  # the job's replicas: the work is shared, each machine starts and is paid
 
 
 def throughput_of(family: str, estimate: Estimate) -> tuple[float, str] | None:
@@ -80,16 +83,21 @@ def _lookup(figures: Mapping[str, float], family: str) -> float | None:
 
 
 def expected_seconds(family: str, estimate: Estimate) -> float | None:
-    """Lease → last answer on one machine of `family`; None when its throughput is unknown."""
+    """Lease → last answer on `estimate.machines` machines of `family` sharing the work; None
+    when its throughput is unknown."""
     known = throughput_of(family, estimate)
     if known is None or estimate.expected_output_tokens <= 0:
         return None
-    return estimate.startup_seconds + estimate.expected_output_tokens / known[0]
+    machines = max(1, estimate.machines)
+    return estimate.startup_seconds + estimate.expected_output_tokens / (known[0] * machines)
 
 
 def expected_cost(price_per_hour: float, family: str, estimate: Estimate) -> float | None:
+    """Every machine of the job, from its lease to the last answer, at `price_per_hour`."""
     seconds = expected_seconds(family, estimate)
-    return None if seconds is None else price_per_hour * seconds / 3600
+    if seconds is None:
+        return None
+    return price_per_hour * max(1, estimate.machines) * seconds / 3600
 
 
 # --- learning: what finished batches teach -------------------------------------------------

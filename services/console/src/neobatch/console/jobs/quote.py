@@ -25,6 +25,7 @@ from neobatch.common.costing import (
     DEFAULT_STARTUP_SECONDS,
     Estimate,
     TokenTally,
+    expected_cost,
     expected_seconds,
     gpu_family,
     throughput_of,
@@ -74,6 +75,9 @@ class Quote(msgspec.Struct, kw_only=True):
     output_tokens_per_request: float
     output_tokens_source: str
     max_cost_usd: float | None
+    # The machines the job asks for (its replicas): each offer's time is the wall time with
+    # that many sharing the work, its cost that of all of them.
+    machines: int = 1
     # The cheapest available offer's expected cost (else the cheapest listed); None: no offer.
     expected_cost_usd: float | None
     offers: list[QuotedOffer]
@@ -129,6 +133,7 @@ def build_quote(
     learned_throughput: Mapping[str, float],
     learned_tokens_per_request: float | None,
     max_cost_usd: float | None,
+    machines: int = 1,
 ) -> Quote:
     spec = template.get("spec") or {}
     per_request, source = output_basis(learned_tokens_per_request, spec)
@@ -140,6 +145,7 @@ def build_quote(
         startup_seconds=DEFAULT_STARTUP_SECONDS if startup is None else float(startup),
         declared={str(k): float(v) for k, v in (hints.get("throughput") or {}).items()},
         learned=dict(learned_throughput),
+        machines=max(1, machines),
     )
     quoted = [_priced(doc, estimate) for doc in candidates(offers, spec, providers)]
     quoted.sort(key=lambda q: (not q.available, q.expected_cost_usd, q.price_per_hour, q.offer))
@@ -155,6 +161,7 @@ def build_quote(
         output_tokens_per_request=round(per_request, 3),
         output_tokens_source=source,
         max_cost_usd=max_cost_usd,
+        machines=estimate.machines,
         expected_cost_usd=quoted[0].expected_cost_usd if quoted else None,
         offers=quoted,
     )
@@ -170,6 +177,7 @@ def _priced(doc: Mapping[str, Any], estimate: Estimate) -> QuotedOffer:
         )
     seconds = expected_seconds(family, estimate) or 0.0
     price = float(doc.get("price_per_hour") or 0.0)
+    cost = expected_cost(price, family, estimate) or 0.0
     return QuotedOffer(
         provider=str(doc.get("provider") or ""),
         offer=str(doc.get("_id") or ""),
@@ -183,7 +191,7 @@ def _priced(doc: Mapping[str, Any], estimate: Estimate) -> QuotedOffer:
         throughput_source=source,
         startup_seconds=estimate.startup_seconds,
         expected_seconds=round(seconds, 3),
-        expected_cost_usd=round(price * seconds / 3600, 6),
+        expected_cost_usd=round(cost, 6),
     )
 
 

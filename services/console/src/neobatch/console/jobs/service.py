@@ -216,6 +216,7 @@ class JobService:
             learned_throughput=learned,
             learned_tokens_per_request=per_request,
             max_cost_usd=request.max_cost_usd,
+            machines=rules.replicas_for(request, spec, self._max_replicas),
         )
 
     async def _check_budget(self, project: str, now: datetime) -> None:
