@@ -172,7 +172,10 @@ async def test_a_removed_machine_s_work_is_finished_by_the_others(
 ):
     harness = await make_harness(dispatch={"concurrency": 4})
     engines = [engine_sim_factory(latency_ms=20) for _ in range(3)]
-    lines = agent.chat_lines(900)
+    # Enough work that the machine to remove still has some when it starts sending, even when
+    # its engine comes up seconds after the others' on a loaded machine (with 900 lines it
+    # once found nothing left, ended `no_work_left`, and the removal came too late).
+    lines = agent.chat_lines(2400)
     spread, events = await start_spread(harness, agent, lines, engines)
     lost = events[1]
     await wait_until(lambda: agent.engine_request_count(engines[1].url), 20)
@@ -187,7 +190,7 @@ async def test_a_removed_machine_s_work_is_finished_by_the_others(
 
     assert batch.status is BatchStatus.COMPLETED, (batch.error_code, batch.error_message)
     assert_each_line_once(await spread.output_ids(batch), lines)
-    assert batch.request_counts.completed == 900
+    assert batch.request_counts.completed == 2400
     # The removed machine stopped at once: at most what it had in flight went on after.
     assert await agent.engine_request_count(engines[1].url) <= sent_when_removed + 4
     done = await spread.machine_done()
