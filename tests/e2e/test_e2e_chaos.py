@@ -23,7 +23,12 @@ import pytest
 
 from neobatch.sim.devstack import Ports, Stack, marked_pids, start_stack
 from neobatch.sim.devstack.readiness import http_status
-from neobatch.sim.devstack.scenario import ConsoleClient, batch_lines, sim_engine_template
+from neobatch.sim.devstack.scenario import (
+    ConsoleClient,
+    batch_lines,
+    sim_engine_template,
+    stuck_job_report,
+)
 
 JOBS = 20
 REQUESTS = 40
@@ -35,7 +40,6 @@ RETRY_LINE = "start-up step failed; retrying"
 WAIT_SECONDS = 60.0
 # Every job settles within this after the chaos ends (one deadline for all, inside pytest's).
 SETTLE_SECONDS = 150.0
-LOG_LINES_PER_SERVICE = 12
 
 
 @pytest.fixture(scope="module")
@@ -145,19 +149,6 @@ def wait_all_settled(
         except AssertionError as stuck:
             pytest.fail(f"{stuck}\n{stuck_job_report(stack, console, job_id)}")
     return ended
-
-
-def stuck_job_report(stack: Stack, console: ConsoleClient, job_id: str) -> str:
-    events = console.http.get(f"/api/v1/jobs/{job_id}/events").text
-    report = [f"timeline: {events[:4000]}"]
-    for name in (*SERVICES, "notifier"):
-        path = stack.log_path(name)
-        if not path.exists():
-            continue
-        lines = [line for line in path.read_text(errors="replace").splitlines() if job_id in line]
-        report.append(f"--- {name} ({len(lines)} lines mention {job_id}):")
-        report.extend(line[:600] for line in lines[-LOG_LINES_PER_SERVICE:])
-    return "\n".join(report)
 
 
 def wait_for(condition: Callable[[], object], what: str) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from neobatch.common.contracts import (
     BatchMachineDone,
+    BatchMachineWanted,
     BatchStatus,
     BatchStatusReported,
     BatchTerminal,
@@ -80,6 +81,10 @@ def done(n: int, reason: str = "no_work_left") -> BatchMachineDone:
         lines_completed=40,
         lines_failed=2,
     )
+
+
+def wanted(lines_left: int = 12) -> BatchMachineWanted:
+    return BatchMachineWanted(batch_id="batch_1", job_id="job_1", lines_left=lines_left)
 
 
 def released(n: int) -> ProvisionReleased:
@@ -305,6 +310,38 @@ CASES: list[tuple[str, Job, Event | DeadlinePassed, JobStatus | None, list[str],
         "releasing releasing releasing",
     ),
     (
+        "lines left after every machine ended: one more machine is leased",
+        job(S.IN_PROGRESS, "released released releasing", work_exhausted=True),
+        wanted(),
+        None,
+        [REQUEST],
+        "released released releasing requested",
+    ),
+    (
+        "lines left and a machine already coming up: nothing more is leased",
+        job(S.IN_PROGRESS, "released released requested"),
+        wanted(),
+        None,
+        [],
+        "released released requested",
+    ),
+    (
+        "lines left and no machine may be leased any more: the job fails instead of waiting",
+        job(S.IN_PROGRESS, "released released released released released"),
+        wanted(),
+        S.FAILED,
+        [STOP, CHANGED],
+        "released released released released released",
+    ),
+    (
+        "lines left while cancelling: the cancel ends the batch, no machine is leased",
+        job(S.CANCELLING, "released released released", batch_handed_over=True),
+        wanted(),
+        None,
+        [],
+        "released released released",
+    ),
+    (
         "finalizing: a machine still coming up has nothing to do",
         job(S.IN_PROGRESS, "running releasing requested"),
         report(BatchStatus.FINALIZING),
@@ -394,3 +431,21 @@ def test_one_machine_job_lost_keeps_todays_events() -> None:
     decision = decide(single, lost(1), NOW)
     assert decision is not None and decision.status is S.RESOURCE_PREPARING
     assert [e.subject for e in decision.events] == [RELEASE, REQUEST, CHANGED]
+
+
+def test_a_machine_leased_for_lines_left_joins_the_batch_when_it_comes_up() -> None:
+    before = job(S.IN_PROGRESS, "released released releasing", work_exhausted=True)
+    leased = decide(before, wanted(), NOW, Limits(max_provision_attempts=3))
+    assert leased is not None and leased.fields["work_exhausted"] is False
+    after = job(S.IN_PROGRESS, "", machines=leased.fields["machines"], work_exhausted=False)
+    joined = decide(after, running(4), NOW)
+    assert joined is not None
+    assert [e.subject for e in joined.events] == [JOIN]
+
+
+def test_the_job_that_ran_out_of_machines_says_how_many_lines_were_left() -> None:
+    before = job(S.IN_PROGRESS, "released released released released released")
+    decision = decide(before, wanted(12), NOW, Limits(max_provision_attempts=3))
+    assert decision is not None and decision.fields["error_code"] == "no_machine_left"
+    assert "12 lines were left" in decision.fields["error_message"]
+    assert "5 machines were tried (at most 5)" in decision.fields["error_message"]

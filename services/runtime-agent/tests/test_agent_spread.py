@@ -8,6 +8,7 @@ simulator's request counter says what each machine ran.
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import uuid
 from collections import Counter
@@ -15,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 
 from neobatch.common.clock import utcnow
@@ -22,6 +24,7 @@ from neobatch.common.contracts import (
     BatchCancelRequested,
     BatchMachineDone,
     BatchMachineRemoved,
+    BatchMachineWanted,
     BatchRequested,
     BatchStatus,
     BatchStatusReported,
@@ -82,9 +85,11 @@ class Spread:
         return [line["custom_id"] for line in ok + errors]
 
 
-async def start_spread(harness, agent, lines, engines, *, expires_at=None) -> tuple[Spread, list]:
-    """Submit a batch asking for len(engines) machines; the first machine comes with it, the
-    others join right after (as the planner sends them when their machines come up)."""
+async def start_spread(
+    harness, agent, lines, engines, *, expires_at=None, replicas=None
+) -> tuple[Spread, list]:
+    """Submit a batch asking for `replicas` (default len(engines)) machines; the first machine
+    comes with it, the others join right after (as the planner sends them when theirs are up)."""
     first_engine, *others = engines
     event = agent.batch_requested(
         batch_id=agent.new_batch_id(),
@@ -93,7 +98,7 @@ async def start_spread(harness, agent, lines, engines, *, expires_at=None) -> tu
         engine=placeholder(agent, first_engine.port),
         expires_at=expires_at,
     )
-    event = msgspec.structs.replace(event, replicas=len(engines))
+    event = msgspec.structs.replace(event, replicas=replicas or len(engines))
     await harness.agent.handlers.on_batch_requested(event)
     spread = Spread(harness, agent, event)
     added = [event] + [await spread.add(engine) for engine in others]
@@ -196,6 +201,55 @@ async def test_a_removed_machine_s_work_is_finished_by_the_others(
     done = await spread.machine_done()
     assert lost.provision_id not in {d.provision_id for d in done}  # the planner knows already
     assert {d.provision_id for d in done} == {events[0].provision_id, events[2].provision_id}
+
+
+async def test_lines_left_with_every_machine_ended_ask_for_a_machine(
+    make_harness, agent, engine_sim_factory
+):
+    """A chunk that comes back after every other machine found nothing left (its machine held
+    it, then was lost) is not left waiting forever: the batch asks for a machine, and the
+    machine the planner then sends runs it."""
+    harness = await make_harness(dispatch={"concurrency": 4, "cancel_grace_seconds": 1})
+    hanging = engine_sim_factory(latency_ms=600_000)
+    fast = engine_sim_factory(latency_ms=5)
+    lines = agent.chat_lines(200)
+    # The hanging machine first, alone: it claims a chunk and sends all it can of it.
+    spread, events = await start_spread(harness, agent, lines, [hanging], replicas=2)
+    await wait_until(lambda: _in_flight(hanging.url), 30, message="requests hanging")
+    # The fast machine runs every other chunk and ends: nothing left to claim or steal.
+    second = await spread.add(fast)
+    await wait_until(lambda: _done_with(spread, second.provision_id), 30, message="fast done")
+    assert not await spread.outbox("batch.machine_wanted", BatchMachineWanted)
+
+    # The hanging machine is lost: its chunk is free, and no machine is left to run it.
+    removed = BatchMachineRemoved(
+        batch_id=spread.batch_id,
+        job_id=events[0].job_id,
+        provision_id=events[0].provision_id,
+        reason="lost",
+    )
+    await harness.agent.handlers.on_batch_machine_removed(removed)
+    wanted = await wait_until(
+        lambda: spread.outbox("batch.machine_wanted", BatchMachineWanted), 15, message="wanted"
+    )
+    assert wanted[0].job_id == events[0].job_id and 0 < wanted[0].lines_left < 200
+
+    await spread.add(engine_sim_factory(latency_ms=5))
+    batch = await harness.wait_terminal(spread.batch_id, within_seconds=60)
+    assert batch.status is BatchStatus.COMPLETED, (batch.error_code, batch.error_message)
+    assert_each_line_once(await spread.output_ids(batch), lines)
+    assert batch.request_counts.completed == 200
+
+
+async def _in_flight(url: str) -> int:
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(url + "/metrics")).text
+    found = re.search(r"^neobatch_sim_requests_in_flight (\d+)", text, re.MULTILINE)
+    return int(found.group(1)) if found else 0
+
+
+async def _done_with(spread: Spread, provision_id: str) -> bool:
+    return any(d.provision_id == provision_id for d in await spread.machine_done())
 
 
 async def test_a_killed_agent_s_machines_are_taken_over(make_harness, agent, engine_sim_factory):

@@ -34,6 +34,7 @@ FLOWS: dict[type[Event], tuple[str, tuple[str, ...]]] = {
     contracts.BatchStatusReported: ("runtime-agent", ("planner",)),
     contracts.BatchMachineDone: ("runtime-agent", ("planner",)),
     contracts.BatchMachineRemoved: ("planner", ("runtime-agent",)),
+    contracts.BatchMachineWanted: ("runtime-agent", ("planner",)),
     contracts.BatchTerminal: ("runtime-agent", ("planner",)),
 }
 

@@ -332,6 +332,18 @@ class BatchMachineRemoved(Event, frozen=True, kw_only=True):
     reason: str = ""
 
 
+class BatchMachineWanted(Event, frozen=True, kw_only=True):
+    """Lines are left and no machine of the batch is running: lease one (or end the job).
+
+    Sent by the batch run when every machine has ended while work came back after they
+    looked for it (a chunk freed late: its machine lost while an agent crash held it)."""
+
+    subject: ClassVar[str] = "batch.machine_wanted"
+    batch_id: str
+    job_id: str
+    lines_left: int = 0
+
+
 class BatchTerminal(Event, frozen=True, kw_only=True):
     subject: ClassVar[str] = "batch.terminal"
     batch_id: str
@@ -367,6 +379,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     BatchStatusReported,
     BatchMachineDone,
     BatchMachineRemoved,
+    BatchMachineWanted,
     BatchTerminal,
 )
 

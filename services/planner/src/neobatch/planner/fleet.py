@@ -10,6 +10,7 @@ from typing import Any
 from neobatch.common.contracts import (
     BatchMachineDone,
     BatchMachineRemoved,
+    BatchMachineWanted,
     BatchRequested,
     Event,
     JobStatus,
@@ -245,6 +246,40 @@ def on_provision_lost(
     # ran out. MAX_CONCURRENT_PROVISIONING bounds how many *new* jobs provision at once.
     decision.acquire_slot = False
     return decision
+
+
+def on_machine_wanted(
+    job: Job, event: BatchMachineWanted, now: datetime, limits: Limits
+) -> Decision | None:
+    """The agent has lines left and no machine running them (every machine ended before a
+    chunk came back to be run): lease one more, within the job's replacement bound; past it,
+    the job fails rather than wait for a machine forever. Ignored while one is held or coming
+    up (a repeated request), and once the job stops, finalizes or hit its cost cap."""
+    machines = m.of_job(job)
+    stopping = job.status is JobStatus.CANCELLING or job.budget_stop_requested
+    handed_over = job.status in BATCH_HANDED_OVER and job.status is not JobStatus.FINALIZING
+    if event.batch_id != job.batch_id or stopping or not handed_over:
+        return None
+    if m.ids_in(machines, m.HELD):
+        return None
+    tried = m.tried(machines)
+    at_most = max(1, job.replicas) + m.replacements_allowed(
+        job.replicas, limits.max_provision_attempts
+    )
+    if tried >= at_most:
+        message = (
+            f"no_machine_left: {event.lines_left} lines were left with no machine to run them; "
+            f"{tried} machines were tried (at most {at_most})"
+        )
+        return end_with_error(
+            job, JobStatus.FAILED, now, "no_machine_left", message, "no machine left"
+        )
+    new = policy.provision_id_for(job.id, tried + 1)
+    return Decision(
+        fields={"machines": [*machines, Machine(new, m.REQUESTED)], "work_exhausted": False},
+        events=[provision_request(job, new, now, limits)],
+        reason=f"{event.lines_left} lines left and no machine: leasing {new}",
+    )
 
 
 def _while_cancelling(

@@ -13,6 +13,7 @@ from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from neobatch.common.broker import subscribe
 from neobatch.common.contracts import (
     BatchMachineDone,
+    BatchMachineWanted,
     BatchStatusReported,
     BatchTerminal,
     Event,
@@ -36,6 +37,7 @@ JOB_EVENTS = (
     ProvisionReleased,
     BatchStatusReported,
     BatchMachineDone,
+    BatchMachineWanted,
     BatchTerminal,
 )
 

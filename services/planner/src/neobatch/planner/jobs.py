@@ -19,6 +19,7 @@ import msgspec
 from neobatch.common.contracts import (
     BatchCancelRequested,
     BatchMachineDone,
+    BatchMachineWanted,
     BatchStatus,
     BatchStatusReported,
     BatchTerminal,
@@ -122,6 +123,8 @@ def _decide(job: Job, event: Happening, now: datetime, limits: Limits) -> Decisi
             return _on_batch_status(job, event, now)
         case BatchMachineDone():
             return fleet.on_machine_done(job, event, now)
+        case BatchMachineWanted():
+            return fleet.on_machine_wanted(job, event, now, limits)
         case BatchTerminal():
             return _on_batch_terminal(job, event, now)
     return None

@@ -250,3 +250,33 @@ class ConsoleClient:
     def _ok_status(self, response: httpx.Response) -> None:
         if response.status_code >= 400:
             raise AssertionError(f"{response.request.url}: {response.status_code} {response.text}")
+
+
+REPORT_LINES_PER_SERVICE = 12
+REPORT_SERVICES = ("console", "planner", "resource-manager", "runtime-agent", "notifier")
+
+
+def stuck_job_report(stack: Any, console: ConsoleClient, job_id: str) -> str:
+    """What a job that did not settle in time was doing, for a test's failure message: its
+    view, its timeline, the last log lines that mention it and the last warnings of each
+    service (a machine-level stall names the machine, not the job)."""
+    try:
+        view = console.http.get(f"/api/v1/jobs/{job_id}").text
+        events = console.http.get(f"/api/v1/jobs/{job_id}/events").text
+    except httpx.TransportError as error:
+        view, events = f"(console unreachable: {error})", ""
+    report = [f"job: {view[:3000]}", f"timeline: {events[:4000]}"]
+    for name in REPORT_SERVICES:
+        path = stack.log_path(name)
+        if not path.exists():
+            continue
+        lines = path.read_text(errors="replace").splitlines()
+        mentions = [line for line in lines if job_id in line]
+        warnings = [
+            line for line in lines if '"level": "warning"' in line or '"level": "error"' in line
+        ]
+        report.append(f"--- {name} ({len(mentions)} lines mention {job_id}):")
+        report.extend(line[:600] for line in mentions[-REPORT_LINES_PER_SERVICE:])
+        report.append(f"--- {name}: last warnings and errors ({len(warnings)}):")
+        report.extend(line[:600] for line in warnings[-REPORT_LINES_PER_SERVICE:])
+    return "\n".join(report)

@@ -3,14 +3,7 @@
 Run it with ``python -m neobatch.sim.engine --port P``; predict its replies with ``expected_body``.
 """
 
-from neobatch.sim.engine.app import (
-    EngineConfig,
-    RunningEngine,
-    build_app,
-    run_engine,
-    running_engine,
-    start_engine,
-)
+from neobatch.sim.engine.app import EngineConfig, build_app
 from neobatch.sim.engine.oversize import is_oversize
 from neobatch.sim.engine.replies import (
     DEFAULT_MODEL,
@@ -19,6 +12,7 @@ from neobatch.sim.engine.replies import (
     embedding_vector,
     expected_body,
 )
+from neobatch.sim.engine.serving import RunningEngine, run_engine, running_engine, start_engine
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -8,9 +8,10 @@ import os
 import signal
 import sys
 
-from neobatch.sim.engine.app import FAILURE_MODES, EngineConfig, running_engine
+from neobatch.sim.engine.app import FAILURE_MODES, EngineConfig
 from neobatch.sim.engine.oversize import TRANSFERS
 from neobatch.sim.engine.replies import DEFAULT_MODEL
+from neobatch.sim.engine.serving import running_engine
 from neobatch.sim.engine.startup import start_failure_log
 
 

@@ -10,9 +10,7 @@ import asyncio
 import hashlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 import msgspec
@@ -328,71 +326,3 @@ def build_app(config: EngineConfig | None = None) -> web.Application:
     for path in API_PATHS:
         app.router.add_post(path, _api)
     return app
-
-
-@dataclass(slots=True)
-class RunningEngine:
-    """An engine simulator serving inside the current event loop."""
-
-    host: str
-    port: int
-    config: EngineConfig
-    _runner: web.AppRunner
-
-    @property
-    def model(self) -> str:
-        return self.config.model
-
-    @property
-    def url(self) -> str:
-        """Base URL without ``/v1`` (``url + "/v1/chat/completions"``)."""
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        """OpenAI-client style base URL, ending in ``/v1``."""
-        return self.url + "/v1"
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()
-
-
-def make_config(config: EngineConfig | None = None, **opts: Any) -> EngineConfig:
-    """Apply keyword overrides (any EngineConfig field: model, latency_ms, failure_rate, ...)."""
-    return replace(config or EngineConfig(), **opts)
-
-
-async def start_engine(
-    host: str = "127.0.0.1", port: int = 0, config: EngineConfig | None = None, **opts: Any
-) -> RunningEngine:
-    """Start serving in the running loop; ``port=0`` picks a free port (see ``.port``)."""
-    config = make_config(config, **opts)
-    runner = web.AppRunner(build_app(config), access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=2048, reuse_address=True)
-    try:
-        await site.start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    bound_port = int(runner.addresses[0][1])
-    return RunningEngine(host=host, port=bound_port, config=config, _runner=runner)
-
-
-@asynccontextmanager
-async def running_engine(
-    host: str = "127.0.0.1", port: int = 0, config: EngineConfig | None = None, **opts: Any
-) -> AsyncIterator[RunningEngine]:
-    engine = await start_engine(host, port, config, **opts)
-    try:
-        yield engine
-    finally:
-        await engine.stop()
-
-
-async def run_engine(
-    host: str = "127.0.0.1", port: int = 8000, config: EngineConfig | None = None, **opts: Any
-) -> None:
-    """Serve until cancelled."""
-    async with running_engine(host, port, config, **opts):
-        await asyncio.Event().wait()

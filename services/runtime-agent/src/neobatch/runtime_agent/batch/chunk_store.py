@@ -39,6 +39,11 @@ class ChunkOps:
     async def has_chunks(self, batch_id: str) -> bool:
         return await self._chunks.find_one({"batch_id": batch_id}, {"_id": 1}) is not None
 
+    async def has_open(self, batch_id: str) -> bool:
+        """Some chunk of the batch is not finished (held or not)."""
+        found = await self._chunks.find_one({"batch_id": batch_id, "status": "open"}, {"_id": 1})
+        return found is not None
+
     async def has_unclaimed(self, batch_id: str) -> bool:
         found = await self._chunks.find_one(
             {"batch_id": batch_id, "status": "open", "machine": None}, {"_id": 1}

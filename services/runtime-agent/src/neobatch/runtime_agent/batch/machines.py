@@ -20,6 +20,7 @@ import msgspec
 
 from neobatch.common.contracts import (
     BatchMachineDone,
+    BatchMachineWanted,
     BatchRequested,
     BatchStatus,
     BatchStatusReported,
@@ -148,3 +149,15 @@ def failed_machine(machines: list[Machine]) -> Machine | None:
         return None
     failed = [m for m in machines if m.reason == ENGINE_FAILED]
     return failed[-1] if failed else None
+
+
+def needs_machine(machines: list[Machine], open_chunks: bool) -> bool:
+    """Work is left (an open chunk) and no machine is left to run it: every machine the batch
+    had has ended. Machines end when they find nothing to claim or steal; a chunk still held
+    by a machine that then stopped without finishing it (lost while an agent crash held its
+    documents, or unreachable) comes back after the others looked."""
+    return open_chunks and bool(machines) and not any(m.status in ACTIVE for m in machines)
+
+
+def machine_wanted(batch_id: str, job_id: str, lines_left: int) -> BatchMachineWanted:
+    return BatchMachineWanted(batch_id=batch_id, job_id=job_id, lines_left=lines_left)

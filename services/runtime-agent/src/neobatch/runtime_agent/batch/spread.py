@@ -31,6 +31,8 @@ from neobatch.runtime_agent.batch.machines import (
     dispatch_window,
     failed_machine,
     lines_by_machine,
+    machine_wanted,
+    needs_machine,
     spread_progress,
 )
 from neobatch.runtime_agent.batch.run import PROGRESS_INTERVAL_SECONDS, BatchRun
@@ -41,6 +43,9 @@ log = logging.getLogger("neobatch.runtime_agent.batch.spread")
 S = BatchStatus
 # How often the batch run looks at its machines and counts the results.
 TICK_SECONDS = 0.5
+# How often a batch with lines left and no machine asks for one again (the planner ignores a
+# request while a machine for it is coming up; a lost request is asked again).
+WANTED_INTERVAL_SECONDS = 30.0
 CANCELLED_MESSAGE = "The batch was cancelled before this request was executed."
 
 
@@ -52,7 +57,7 @@ class SpreadRun(BatchRun):
         batch_id = self.batch.id
         await self._ensure_chunks()
         await self._load_counts()
-        last_report = 0.0
+        last_report = last_wanted = float("-inf")
         loop = asyncio.get_running_loop()
         while True:
             if await machines.promote(batch_id):
@@ -73,6 +78,11 @@ class SpreadRun(BatchRun):
                 message = failed.error_message or "no machine could run the engine"
                 await self._end(S.FAILED, Failure(failed.error_code or "engine_not_ready", message))
                 return
+            if needs_machine(found, await machines.has_open(batch_id)):
+                if loop.time() - last_wanted >= WANTED_INTERVAL_SECONDS:
+                    last_wanted = loop.time()
+                    if not await self._want_machine(found):
+                        return
             if loop.time() - last_report >= PROGRESS_INTERVAL_SECONDS:
                 last_report = loop.time()
                 if not await self._report(found):
@@ -89,6 +99,22 @@ class SpreadRun(BatchRun):
 
     def machines_ready(self) -> None:
         """Set by the runner: machines may be claimed (wakes it)."""
+
+    async def _want_machine(self, found: list) -> bool:
+        """Every machine ended with lines left: ask the planner for one (it leases a
+        replacement, or ends the job when it may lease no more). False = lease lost."""
+        left = self.tally.total - self.tally.finished
+        log.warning(
+            "lines left and no machine running; asking for one",
+            extra=log_fields(**self._ids, lines_left=left, machines=len(found)),
+        )
+        event = machine_wanted(self.batch.id, self.batch.job_id, left)
+        won = await self._store.save_progress(
+            self.batch.id, self._owner, S.IN_PROGRESS, {}, [event]
+        )
+        if not won:
+            self.watch.mark_lost()
+        return won
 
     async def _report(self, found: list) -> bool:
         counts = self.tally.counts()
