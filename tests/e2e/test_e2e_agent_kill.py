@@ -46,11 +46,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "NEOBATCH_BATCH_LEASE_SECONDS": "3",
         "NEOBATCH_RUNNER_POLL_SECONDS": "0.5",
     }
-    started = start_stack(tmp_path_factory.mktemp("stack"), ports, env)
-    try:
+    with start_stack(tmp_path_factory.mktemp("stack"), ports, env) as started:
         yield started
-    finally:
-        started.stop()
 
 
 def _wait(predicate: Any, timeout_seconds: float, what: str) -> Any:

@@ -46,11 +46,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "NEOBATCH_RUNNER_POLL_SECONDS": "1",
         "NEOBATCH_CANCEL_GRACE_SECONDS": str(CANCEL_GRACE_SECONDS),
     }
-    started = start_stack(tmp_path_factory.mktemp("stack"), ports, env)
-    try:
+    with start_stack(tmp_path_factory.mktemp("stack"), ports, env) as started:
         yield started
-    finally:
-        started.stop()
 
 
 async def wait_status(

@@ -52,11 +52,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # Short leases so work held by a killed process is taken over quickly.
         "NEOBATCH_BATCH_LEASE_SECONDS": "4",
     }
-    started = start_stack(tmp_path_factory.mktemp("stack"), ports, env)
-    try:
+    with start_stack(tmp_path_factory.mktemp("stack"), ports, env) as started:
         yield started
-    finally:
-        started.stop()
 
 
 class ChaosDriver(threading.Thread):

@@ -35,11 +35,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # The cancelled job's requests hang: they are cut this long after the cancel.
         "NEOBATCH_CANCEL_GRACE_SECONDS": "2",
     }
-    started = start_stack(tmp_path_factory.mktemp("stack"), ports, env)
-    try:
+    with start_stack(tmp_path_factory.mktemp("stack"), ports, env) as started:
         yield started
-    finally:
-        started.stop()
 
 
 @pytest.fixture(scope="module")

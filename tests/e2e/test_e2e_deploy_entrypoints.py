@@ -106,11 +106,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "NEOBATCH_SSH_POOL": pool,
         "NEOBATCH_METRICS_CACHE_SECONDS": "0",
     }
-    started = start_stack(tmp_path_factory.mktemp("stack"), ports, env, services=())
-    try:
+    with start_stack(tmp_path_factory.mktemp("stack"), ports, env, services=()) as started:
         yield started
-    finally:
-        started.stop()
 
 
 @pytest.fixture(scope="module")

@@ -42,11 +42,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     ports = Ports.free()
     pool = ",".join(f"u{i}@127.0.0.1:{ports.ssh}" for i in range(2))
     env = {"NEOBATCH_DB": "dispatch_faults", "NEOBATCH_SSH_POOL": pool}
-    started = start_stack(tmp_path_factory.mktemp("stack"), ports, env)
-    try:
+    with start_stack(tmp_path_factory.mktemp("stack"), ports, env) as started:
         yield started
-    finally:
-        started.stop()
 
 
 def _log(path: Path) -> list[dict[str, Any]]:

@@ -37,16 +37,13 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory, shipped_nats: Any, nats_port: int
 ) -> Iterator[Stack]:
     run_dir = tmp_path_factory.mktemp("stack")
-    started = start_stack(
+    with start_stack(
         run_dir,
         Ports.free(),
         {"NEOBATCH_DB": "feed"},
         nats_url=shipped_nats.services_url(nats_port),
-    )
-    try:
+    ) as started:
         yield started
-    finally:
-        started.stop()
 
 
 def run_example(*args: str, log: Path) -> ManagedProcess:

@@ -35,11 +35,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # The expiry test's window is seconds long: the local stack leases a machine in one.
         "NEOBATCH_MIN_COMPLETION_WINDOW_SECONDS": "1",
     }
-    started = start_stack(tmp_path_factory.mktemp("stack"), ports, env)
-    try:
+    with start_stack(tmp_path_factory.mktemp("stack"), ports, env) as started:
         yield started
-    finally:
-        started.stop()
 
 
 def test_cancel_while_queued_and_while_provisioning(console: ConsoleClient, model_id: str) -> None:

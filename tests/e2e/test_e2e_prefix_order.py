@@ -32,11 +32,8 @@ CONCURRENCY = 16
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     ports = Ports.free()
     env = {"NEOBATCH_DB": "prefix_order", "NEOBATCH_SSH_POOL": f"u0@127.0.0.1:{ports.ssh}"}
-    started = start_stack(tmp_path_factory.mktemp("stack"), ports, env)
-    try:
+    with start_stack(tmp_path_factory.mktemp("stack"), ports, env) as started:
         yield started
-    finally:
-        started.stop()
 
 
 def _lines() -> tuple[list[dict[str, Any]], list[int]]:

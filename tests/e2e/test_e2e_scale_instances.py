@@ -55,11 +55,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "NEOBATCH_METRICS_CACHE_SECONDS": "0",
         "MAX_CONCURRENT_PROVISIONING": str(POOL_HOSTS),
     }
-    started = start_stack(tmp_path_factory.mktemp("stack"), ports, env)
-    try:
+    with start_stack(tmp_path_factory.mktemp("stack"), ports, env) as started:
         yield started
-    finally:
-        started.stop()
 
 
 @pytest.fixture(scope="module")

@@ -27,11 +27,8 @@ REQUESTS = 200
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     run_dir = tmp_path_factory.mktemp("stack")
-    started = start_stack(run_dir, Ports.free(), {"NEOBATCH_DB": "e2e"})
-    try:
+    with start_stack(run_dir, Ports.free(), {"NEOBATCH_DB": "e2e"}) as started:
         yield started
-    finally:
-        started.stop()
 
 
 @pytest.fixture

@@ -35,11 +35,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         if browser.required():
             pytest.fail(f"{browser.REQUIRE_ENV}=1 but {reason}")
         pytest.skip(reason)
-    started = start_stack(tmp_path_factory.mktemp("stack"), Ports.free(), {"NEOBATCH_DB": "web"})
-    try:
+    env = {
+        "NEOBATCH_DB": "web",
+        # The cancelled job's requests hang: abandoned 2 s after the cancel, not the default 30.
+        "NEOBATCH_CANCEL_GRACE_SECONDS": "2",
+    }
+    with start_stack(tmp_path_factory.mktemp("stack"), Ports.free(), env) as started:
         yield started
-    finally:
-        started.stop()
 
 
 @pytest.fixture(scope="module")

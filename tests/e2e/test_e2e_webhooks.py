@@ -42,11 +42,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "NEOBATCH_WEBHOOK_LEASE_SECONDS": "5",
         "NEOBATCH_WEBHOOK_POLL_SECONDS": "0.2",
     }
-    started = start_stack(tmp_path_factory.mktemp("stack"), ports, env)
-    try:
+    with start_stack(tmp_path_factory.mktemp("stack"), ports, env) as started:
         yield started
-    finally:
-        started.stop()
 
 
 @pytest.fixture

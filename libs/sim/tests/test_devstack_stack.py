@@ -30,11 +30,10 @@ INFRA = ("nats", "mongo", "ssh-host")
 @pytest.fixture(scope="module")
 def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # Shared by the tests that only look at a running stack; starting one takes a few seconds.
-    stack = start_stack(tmp_path_factory.mktemp("devstack") / "run", Ports.free(), services=())
-    try:
+    with start_stack(
+        tmp_path_factory.mktemp("devstack") / "run", Ports.free(), services=()
+    ) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def _cli(run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:

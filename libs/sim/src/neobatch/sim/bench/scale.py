@@ -16,6 +16,10 @@ service builds it) runs the batch with `replicas` = machines, every machine's
   `batch.machine_done` (what it is held with no work; the issue's target: < 5 s). The
   planner's release and the provider's terminate come on top of it in a full stack.
 
+After each run the output file is read back, streamed: each custom_id once, in input order.
+At the end the peak resident memory (VmHWM) of every process is printed: this one (the agent
+and the driver), the database, the SSH host, and the largest of the engine simulators.
+
 The resource-manager, planner and RunPod simulator are not in this loop: the agent side is
 what decides when a machine has nothing left, and its figures are these.
 """
@@ -146,7 +150,9 @@ async def _one_run(rig: Any, engines: list[int], file_id: str, args: Any) -> dic
             min(filter(None, starts), default=started),
             max(filter(None, ends), default=ended),
         )
+        verified = await _verify_output(db, batch.output_file_id, args.requests)
         return {
+            "verified": verified,
             "to_dispatch": (first - started).total_seconds(),
             "dispatch": (last - first).total_seconds(),
             "to_end": (ended - last).total_seconds(),
@@ -162,6 +168,41 @@ async def _one_run(rig: Any, engines: list[int], file_id: str, args: Any) -> dic
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
         await agent.runtime.mongo.close()
+
+
+async def _verify_output(db: Any, file_id: str | None, requests: int) -> str:
+    """Line i of the output is request-i's, for every i: "ok", else what is wrong first."""
+    import msgspec
+
+    from neobatch.common import filestore
+
+    if file_id is None:
+        return "no output file"
+    decoder = msgspec.json.Decoder()
+    count = 0
+    async for line in filestore.iter_lines(db, file_id):
+        if not line.strip():
+            continue
+        count += 1
+        custom_id = decoder.decode(line).get("custom_id")
+        if custom_id != f"request-{count}":
+            return f"line {count} is {custom_id!r}, expected 'request-{count}'"
+    return "ok" if count == requests else f"{count} lines, expected {requests}"
+
+
+def _print_memory(rig: Any, engines: list[Any]) -> None:
+    from neobatch.sim.bench.memory import peak_rss_mb
+
+    rows = [("agent (this process)", peak_rss_mb())]
+    rows += [(f"{proc.name}", peak_rss_mb(proc.pid)) for proc in rig.processes]
+    if engines:
+        rows.append(
+            (
+                f"engine simulator (largest of {len(engines)})",
+                max(peak_rss_mb(e.pid) for e in engines),
+            )
+        )
+    print("peak RSS (VmHWM): " + ", ".join(f"{name} {mb:.0f} MB" for name, mb in rows), flush=True)
 
 
 async def _bench(args: Any, workdir: Path) -> list[dict[str, Any]]:
@@ -194,6 +235,7 @@ async def _bench(args: Any, workdir: Path) -> list[dict[str, Any]]:
             row = await _one_run(rig, ports[:count], file_id, args)
             rows.append(row)
             _print_row(row, rows[0])
+        _print_memory(rig, engines)
         return rows
     finally:
         for proc in engines:
@@ -208,7 +250,8 @@ def _print_row(row: dict[str, Any], base: dict[str, Any]) -> None:
         f"{row['machines']:>2} machines  {row['status']:<9} {row['completed']:>8} done  "
         f"wall {row['wall']:8.2f} s  speed-up {speedup:5.2f} ({speedup / row['machines']:.2f}/m)  "
         f"machine-s {row['machine_seconds']:9.1f} ({ratio:4.2f} x 1)  "
-        f"after-last max {row['after_last']:5.2f} s  shares {row['shares']}\n"
+        f"after-last max {row['after_last']:5.2f} s  shares {row['shares']}  "
+        f"output {row['verified']}\n"
         f"            (in_progress -> first dispatch {row['to_dispatch']:.2f} s, dispatch "
         f"{row['dispatch']:.2f} s, last answer -> completed {row['to_end']:.2f} s)",
         flush=True,
