@@ -37,6 +37,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+BENCH_MAX_INPUT_BYTES = 2 * 1024**3
 PLACEHOLDER = [sys.executable, "-c", "import time; time.sleep(86400)"]
 
 
@@ -87,7 +88,14 @@ async def _one_run(rig: Any, engines: list[int], file_id: str, args: Any) -> dic
 
     ns = f"s{uuid.uuid4().hex[:10]}"
     settings = AgentSettings(
-        common=CommonSettings(mongo_url=rig.mongo_url, db_name="bench", namespace=ns),
+        # The operator's higher ceiling for large batches (OpenAI's 50,000 is the default).
+        common=CommonSettings(
+            mongo_url=rig.mongo_url,
+            db_name="bench",
+            namespace=ns,
+            max_batch_requests=max(args.requests, 50_000),
+            max_batch_input_bytes=BENCH_MAX_INPUT_BYTES,
+        ),
         ssh_key_file=str(rig.key_file),
         max_batches=max(8, len(engines)),
     )
@@ -129,6 +137,8 @@ async def _one_run(rig: Any, engines: list[int], file_id: str, args: Any) -> dic
             await asyncio.sleep(0.2)
         db = agent.runtime.db
         doc = await db["batches"].find_one({"_id": batch_id})
+        if "in_progress_at" not in doc:
+            raise RuntimeError(f"batch {batch.status.value}: {doc.get('error_message')}")
         started, ended = doc["in_progress_at"], doc.get("completed_at") or doc["updated_at"]
         done: dict[str, Any] = {}
         async for row in db["outbox"].find({"subject": f"{ns}.batch.machine_done"}):
