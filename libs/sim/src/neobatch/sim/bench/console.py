@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from neobatch.sim.bench.memory import peak_rss_mb
 from neobatch.sim.devstack import Ports, start_stack
 from neobatch.sim.devstack.scenario import MODEL, ConsoleClient, sim_engine_template
 
@@ -63,13 +64,6 @@ def write_large(path: Path, size: int, requests: int) -> None:
             out.write(_request(f"r{i:05d}", content))
 
 
-def _status_mb(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 @contextmanager
 def watch_health(url: str, interval: float = 0.05) -> Iterator[Callable[[], float]]:
     """Ask `url` every `interval` s in a thread; yields a reader of the worst latency (s)."""
@@ -99,7 +93,7 @@ def step(label: str, pid: int, health_url: str, action: Callable[[], Any]) -> An
         result = action()
         elapsed = time.perf_counter() - started
         print(
-            f"{label:34s} {elapsed:7.2f} s   console peak RSS {_status_mb(pid, 'VmHWM:'):7.1f} MB"
+            f"{label:34s} {elapsed:7.2f} s   console peak RSS {peak_rss_mb(pid):7.1f} MB"
             f"   worst /healthz {worst() * 1000:8.1f} ms",
             flush=True,
         )
@@ -155,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             model_id = setup.ensure_model()
             setup.create_template(model_id, sim_engine_template("bench", model_id))
             setup.close()
-            print(f"console started: peak RSS {_status_mb(pid, 'VmHWM:'):.1f} MB", flush=True)
+            print(f"console started: peak RSS {peak_rss_mb(pid):.1f} MB", flush=True)
             http = httpx.Client(
                 base_url=stack.console_url, headers={"Authorization": f"Bearer {stack.api_key}"}
             )
@@ -169,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(f"{'':34s} → {outcome(batch)}", flush=True)
             http.close()
-            print(f"console peak RSS over the run: {_status_mb(pid, 'VmHWM:'):.1f} MB (goal < 300)")
+            print(f"console peak RSS over the run: {peak_rss_mb(pid):.1f} MB (goal < 300)")
         finally:
             stack.stop()
     return 0

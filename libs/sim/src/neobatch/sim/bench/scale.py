@@ -37,6 +37,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from neobatch.sim.bench.memory import peak_rss_mb
+
 BENCH_MAX_INPUT_BYTES = 2 * 1024**3
 PLACEHOLDER = [sys.executable, "-c", "import time; time.sleep(86400)"]
 
@@ -201,10 +203,8 @@ async def _verify_output(db: Any, file_id: str | None, requests: int) -> str:
 
 
 def _print_memory(rig: Any, engines: list[Any]) -> None:
-    from neobatch.sim.bench.memory import peak_rss_mb
-
     rows = [("agent (this process)", peak_rss_mb())]
-    rows += [(f"{proc.name}", peak_rss_mb(proc.pid)) for proc in rig.processes]
+    rows += [(proc.name, peak_rss_mb(proc.pid)) for proc in rig.processes]
     if engines:
         rows.append(
             (

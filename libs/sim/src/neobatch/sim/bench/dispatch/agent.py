@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from neobatch.sim.bench.dispatch.nginx import CHAT, MODEL
+from neobatch.sim.bench.memory import peak_rss_mb, rss_mb
 
 
 @dataclass
@@ -174,23 +175,6 @@ async def _watch_batch(
         if time.monotonic() > deadline:
             raise TimeoutError(f"batch not finished after {timeout_seconds}s")
         await asyncio.sleep(0.1)
-
-
-def _status_kb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def peak_rss_mb() -> float:
-    """VmHWM: the process's peak resident set so far."""
-    return _status_kb("VmHWM:")
-
-
-def rss_mb() -> float:
-    return _status_kb("VmRSS:")
 
 
 def child_main(job_json: str) -> None:
