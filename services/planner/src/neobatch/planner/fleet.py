@@ -198,9 +198,8 @@ def on_provision_lost(
         # Stopping at the job's cost cap: no replacement; its files are attached when it ends.
         return budget.ended_over_budget(job, now, machines=machines, also_release=events)
     tried = m.tried(machines)
-    may_replace = tried < max(1, job.replicas) + m.replacements_allowed(
-        job.replicas, limits.max_provision_attempts
-    )
+    at_most = m.machines_allowed(job.replicas, limits.max_provision_attempts)
+    may_replace = tried < at_most
     if others:
         # The others run the lost machine's work; a replacement while some is left to take.
         if may_replace and not job.work_exhausted and job.status is not JobStatus.FINALIZING:
@@ -214,9 +213,6 @@ def on_provision_lost(
         )
     if not may_replace:
         shown = "1 machine was" if tried == 1 else f"{tried} machines were"
-        at_most = max(1, job.replicas) + m.replacements_allowed(
-            job.replicas, limits.max_provision_attempts
-        )
         message = (
             f"machine_lost: provision {pid} was lost ({event.reason}); "
             f"{shown} tried (at most {at_most})"
@@ -263,9 +259,7 @@ def on_machine_wanted(
     if m.ids_in(machines, m.HELD):
         return None
     tried = m.tried(machines)
-    at_most = max(1, job.replicas) + m.replacements_allowed(
-        job.replicas, limits.max_provision_attempts
-    )
+    at_most = m.machines_allowed(job.replicas, limits.max_provision_attempts)
     if tried >= at_most:
         message = (
             f"no_machine_left: {event.lines_left} lines were left with no machine to run them; "

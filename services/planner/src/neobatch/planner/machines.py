@@ -128,3 +128,8 @@ def replacements_allowed(replicas: int, max_provision_attempts: int) -> int:
     """Replacements for lost machines one job may ask for: at most `replicas` and at most
     `max_provision_attempts - 1` (so a one-machine job tries as many machines as before)."""
     return max(0, min(max(1, replicas), max_provision_attempts - 1))
+
+
+def machines_allowed(replicas: int, max_provision_attempts: int) -> int:
+    """Machines one job may lease in all: those it asked for and their bounded replacements."""
+    return max(1, replicas) + replacements_allowed(replicas, max_provision_attempts)

@@ -20,7 +20,6 @@ import msgspec
 
 from neobatch.common.contracts import (
     BatchMachineDone,
-    BatchMachineWanted,
     BatchRequested,
     BatchStatus,
     BatchStatusReported,
@@ -151,13 +150,9 @@ def failed_machine(machines: list[Machine]) -> Machine | None:
     return failed[-1] if failed else None
 
 
-def needs_machine(machines: list[Machine], open_chunks: bool) -> bool:
-    """Work is left (an open chunk) and no machine is left to run it: every machine the batch
-    had has ended. Machines end when they find nothing to claim or steal; a chunk still held
-    by a machine that then stopped without finishing it (lost while an agent crash held its
-    documents, or unreachable) comes back after the others looked."""
-    return open_chunks and bool(machines) and not any(m.status in ACTIVE for m in machines)
-
-
-def machine_wanted(batch_id: str, job_id: str, lines_left: int) -> BatchMachineWanted:
-    return BatchMachineWanted(batch_id=batch_id, job_id=job_id, lines_left=lines_left)
+def no_machine_left(machines: list[Machine]) -> bool:
+    """The batch had machines and every one has ended. With an open chunk, that is work with
+    nobody to run it: machines end when they find nothing to claim or steal, and a chunk still
+    held by a machine that then stopped without finishing it (lost while an agent crash held
+    its documents, or unreachable) comes back after the others looked."""
+    return bool(machines) and not any(m.status in ACTIVE for m in machines)

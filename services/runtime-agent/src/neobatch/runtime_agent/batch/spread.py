@@ -21,7 +21,7 @@ from datetime import datetime
 
 from neobatch.common.aio import wait_for_event
 from neobatch.common.batch_input import is_blank, parse_request, strip_bom
-from neobatch.common.contracts import BatchStatus
+from neobatch.common.contracts import BatchMachineWanted, BatchStatus
 from neobatch.common.logs import log_fields
 from neobatch.runtime_agent.batch.batches import Failure, plan_outcome
 from neobatch.runtime_agent.batch.chunks import plan_chunks
@@ -31,8 +31,7 @@ from neobatch.runtime_agent.batch.machines import (
     dispatch_window,
     failed_machine,
     lines_by_machine,
-    machine_wanted,
-    needs_machine,
+    no_machine_left,
     spread_progress,
 )
 from neobatch.runtime_agent.batch.run import PROGRESS_INTERVAL_SECONDS, BatchRun
@@ -78,11 +77,12 @@ class SpreadRun(BatchRun):
                 message = failed.error_message or "no machine could run the engine"
                 await self._end(S.FAILED, Failure(failed.error_code or "engine_not_ready", message))
                 return
-            if needs_machine(found, await machines.has_open(batch_id)):
-                if loop.time() - last_wanted >= WANTED_INTERVAL_SECONDS:
-                    last_wanted = loop.time()
-                    if not await self._want_machine(found):
-                        return
+            # The chunks are read only once no machine is left (not on every tick).
+            wanted_due = loop.time() - last_wanted >= WANTED_INTERVAL_SECONDS
+            if wanted_due and no_machine_left(found) and await machines.has_open(batch_id):
+                last_wanted = loop.time()
+                if not await self._want_machine(found):
+                    return
             if loop.time() - last_report >= PROGRESS_INTERVAL_SECONDS:
                 last_report = loop.time()
                 if not await self._report(found):
@@ -108,7 +108,9 @@ class SpreadRun(BatchRun):
             "lines left and no machine running; asking for one",
             extra=log_fields(**self._ids, lines_left=left, machines=len(found)),
         )
-        event = machine_wanted(self.batch.id, self.batch.job_id, left)
+        event = BatchMachineWanted(
+            batch_id=self.batch.id, job_id=self.batch.job_id, lines_left=left
+        )
         won = await self._store.save_progress(
             self.batch.id, self._owner, S.IN_PROGRESS, {}, [event]
         )
