@@ -12,7 +12,8 @@ import sys
 
 
 def test_bench_scale_smoke() -> None:
-    args = ["--requests", "120", "--machines", "1,2", "--latency-ms", "5", "--concurrency", "8"]
+    # The 1-machine run last, as the long benches run it: the comparison is printed once known.
+    args = ["--requests", "120", "--machines", "2,1", "--latency-ms", "5", "--concurrency", "8"]
     args += ["--timeout", "120"]
     done = subprocess.run(
         [sys.executable, "-m", "neobatch.sim.bench.scale", *args],
@@ -22,8 +23,12 @@ def test_bench_scale_smoke() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    rows = [line for line in done.stdout.splitlines() if " machines  " in line]
-    assert len(rows) == 2, done.stdout
+    lines = done.stdout.splitlines()
+    rows = [line for line in lines if " machines  " in line]
     assert all("completed" in row and "output ok" in row for row in rows), rows
+    summary = lines.index("against the 1-machine run (it ran after these):")
+    compared = [line for line in lines[summary:] if " machines  " in line]
+    assert [row.split()[0] for row in compared] == ["2", "1"], done.stdout
+    assert all("speed-up" in row and "engine bound" in row for row in compared), compared
     memory = next(line for line in done.stdout.splitlines() if line.startswith("peak RSS"))
     assert "agent (this process)" in memory and "secantus" in memory, memory

@@ -9,7 +9,10 @@ service builds it) runs the batch with `replicas` = machines, every machine's
 `batch.requested` sent at once (as the planner does when they all come up together). Per run:
 
 - wall: from the batch's `in_progress_at` to its `completed_at` (the agent's own stamps);
-- speed-up against the 1-machine run (the issue's target: >= 0.8 x machines up to 8);
+- the engine bound: requests x latency / (in flight x machines), what no dispatcher can beat;
+- speed-up against the 1-machine run (the issue's target: >= 0.8 x machines up to 8); the runs
+  go in the order given, so `--machines 8,4,2,1` runs the long one last and prints the
+  comparison again once it is known;
 - machine-seconds: for each machine, from `in_progress_at` to its `batch.machine_done`, summed
   (the issue's target: within 10% of the 1-machine total);
 - after-last: the longest time from a machine's last answer (its `dispatch_ended_at`) to its
@@ -244,7 +247,11 @@ async def _bench(args: Any, workdir: Path) -> list[dict[str, Any]]:
         for count in counts:
             row = await _one_run(rig, ports[:count], file_id, args)
             rows.append(row)
-            _print_row(row, rows[0])
+            _print_row(row, _one_machine(rows), args)
+        if len(rows) > 1 and rows[0]["machines"] != 1 and _one_machine(rows) is not None:
+            print("against the 1-machine run (it ran after these):", flush=True)
+            for row in rows:
+                _print_row(row, _one_machine(rows), args)
         _print_memory(rig, engines)
         return rows
     finally:
@@ -253,13 +260,30 @@ async def _bench(args: Any, workdir: Path) -> list[dict[str, Any]]:
         rig.stop()
 
 
-def _print_row(row: dict[str, Any], base: dict[str, Any]) -> None:
-    speedup = base["wall"] / row["wall"] if row["wall"] else 0.0
-    ratio = row["machine_seconds"] / base["machine_seconds"] if base["machine_seconds"] else 0.0
+def _one_machine(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return next((row for row in rows if row["machines"] == 1), None)
+
+
+def engine_bound_seconds(
+    requests: int, machines: int, latency_ms: float, concurrency: int
+) -> float:
+    """The fastest any dispatcher could finish: every engine slot busy, nothing else costing time."""
+    return requests * latency_ms / 1000.0 / (concurrency * machines)
+
+
+def _print_row(row: dict[str, Any], base: dict[str, Any] | None, args: Any) -> None:
+    bound = engine_bound_seconds(args.requests, row["machines"], args.latency_ms, args.concurrency)
+    against = "(no 1-machine run yet)"
+    if base is not None and row["wall"] and base["machine_seconds"]:
+        speedup = base["wall"] / row["wall"]
+        ratio = row["machine_seconds"] / base["machine_seconds"]
+        against = (
+            f"speed-up {speedup:5.2f} ({speedup / row['machines']:.2f}/m)  "
+            f"machine-s {row['machine_seconds']:9.1f} ({ratio:4.2f} x 1)"
+        )
     print(
         f"{row['machines']:>2} machines  {row['status']:<9} {row['completed']:>8} done  "
-        f"wall {row['wall']:8.2f} s  speed-up {speedup:5.2f} ({speedup / row['machines']:.2f}/m)  "
-        f"machine-s {row['machine_seconds']:9.1f} ({ratio:4.2f} x 1)  "
+        f"wall {row['wall']:8.2f} s (engine bound {bound:.1f} s)  {against}  "
         f"after-last max {row['after_last']:5.2f} s  shares {row['shares']}  "
         f"output {row['verified']}\n"
         f"            (in_progress -> first dispatch {row['to_dispatch']:.2f} s, dispatch "
