@@ -11,7 +11,8 @@ checkpoints and output files. Blank lines are skipped but still counted as lines
 OpenAI's per-batch limits hold here, for the console (at job creation) and the agent (before
 dispatch) alike: at most 50,000 requests (`too_many_requests`, reported at the line of the
 50,001st) and 200 MB of input (`file_too_large`, at the line that crosses it). The validator
-keeps only the custom ids it has seen and its counters, never a request body.
+keeps only the custom ids it has seen (a digest of each, 16 to 32 bytes: `seen_ids.SeenIds`) and
+its counters, never a request body.
 
 Work per line is bounded whatever the line holds (issue 13: a line of 30 million `{}` cost the
 console 2.4 GB): a line longer than `max_line_bytes` (`line_too_long`) is refused before it is
@@ -28,6 +29,7 @@ from typing import Any
 import msgspec
 
 from neobatch.common.jsonbounds import MAX_JSON_DEPTH, is_utf8, too_deep
+from neobatch.common.seen_ids import SeenIds
 
 # Errors stored on the batch are capped so a broken 50,000-line file cannot bloat the document;
 # the message still says how many lines were bad.
@@ -190,7 +192,7 @@ class InputValidator:
         self._max_requests = max_requests
         self._max_bytes = max_bytes
         self._max_line_bytes = max_line_bytes
-        self._seen: set[str] = set()
+        self._seen = SeenIds()
         self._errors: list[LineError] = []
         self._invalid_lines = 0
         self._total = 0
@@ -222,7 +224,7 @@ class InputValidator:
             self._reject(line, *problem)
             return None
         custom_id = _STR.decode(fields["custom_id"])
-        if custom_id in self._seen:
+        if not self._seen.add(custom_id):
             self._reject(
                 line,
                 "duplicate_custom_id",
@@ -230,7 +232,6 @@ class InputValidator:
                 "custom_id",
             )
             return None
-        self._seen.add(custom_id)
         self._total += 1
         if self._total == self._max_requests + 1:
             self._reject(
