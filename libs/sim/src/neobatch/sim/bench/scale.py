@@ -224,7 +224,7 @@ async def _bench(args: Any, workdir: Path) -> list[dict[str, Any]]:
     from neobatch.sim.bench.dispatch.rig import BenchRig
     from neobatch.sim.testing import servers
 
-    rig = BenchRig(workdir, None)
+    rig = BenchRig(workdir, None, on_disk=True)
     rig.start()
     counts = [int(x) for x in args.machines.split(",") if x.strip()]
     engines: list[Any] = []
