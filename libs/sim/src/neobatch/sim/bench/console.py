@@ -10,6 +10,10 @@ seen while it ran (a thread asks every 50 ms). The files (issue 13, finding 3):
            without being decoded.
   200mib:  just under the 200 MiB upload limit in 50,000 ordinary requests (OpenAI's limits),
            every line decoded to its top-level keys and checked.
+  many:    1,000,000 short requests (--requests), the ceiling the system is tested at for
+           large batches (issue 15; the operator's limits are raised to it for this run):
+           validation remembers every custom_id, so this is where its memory shows. The file is
+           then read back through /v1/files/{id}/content, the streamed path an output file takes.
 
 The goal is a console under 300 MB on any input up to the upload limit.
 """
@@ -35,6 +39,8 @@ from neobatch.sim.devstack.scenario import MODEL, ConsoleClient, sim_engine_temp
 CHAT = "/v1/chat/completions"
 UPLOAD_LIMIT = 200 * 1024 * 1024
 REQUESTS = 50_000
+MANY = 1_000_000
+CEILING_BYTES = 2 * 1024**3
 
 
 def _request(custom_id: str, content: str) -> bytes:
@@ -62,6 +68,24 @@ def write_large(path: Path, size: int, requests: int) -> None:
     with path.open("wb") as out:
         for i in range(requests):
             out.write(_request(f"r{i:05d}", content))
+
+
+def write_many(path: Path, requests: int) -> None:
+    """`requests` short lines, `request-1` to `request-N`, as a large batch has them."""
+    with path.open("wb") as out:
+        for first in range(1, requests + 1, 10_000):
+            last = min(first + 10_000, requests + 1)
+            out.write(b"".join(_request(f"request-{i}", "hi") for i in range(first, last)))
+
+
+def read_back(http: httpx.Client, file_id: str) -> int:
+    """Stream a file's content from the console; its line count."""
+    lines = 0
+    with http.stream("GET", f"/v1/files/{file_id}/content", timeout=600) as response:
+        response.raise_for_status()
+        for chunk in response.iter_bytes():
+            lines += chunk.count(b"\n")
+    return lines
 
 
 @contextmanager
@@ -132,20 +156,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--empties", type=int, default=30_000_000, help="objects on line 2")
     parser.add_argument("--size", type=int, default=UPLOAD_LIMIT - 64 * 1024)
+    parser.add_argument("--requests", type=int, default=MANY, help="lines of the `many` file")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="nb-bench-console-") as run_dir:
         root = Path(run_dir)
         print("writing the input files ...", flush=True)
-        empties, large = root / "empties.jsonl", root / "large.jsonl"
+        empties, large, many = root / "empties.jsonl", root / "large.jsonl", root / "many.jsonl"
         write_empties(empties, args.empties)
         write_large(large, args.size, REQUESTS)
+        write_many(many, args.requests)
         ports = Ports.free()
-        env = {"NEOBATCH_DB": "bench", "NEOBATCH_SPOOL_DIR": str(root)}
+        env = {
+            "NEOBATCH_DB": "bench",
+            "NEOBATCH_SPOOL_DIR": str(root),
+            # The operator's ceiling for large batches; the other two files are within OpenAI's.
+            "NEOBATCH_MAX_BATCH_REQUESTS": str(max(args.requests, REQUESTS)),
+            "NEOBATCH_MAX_BATCH_INPUT_BYTES": str(CEILING_BYTES),
+            "NEOBATCH_MAX_UPLOAD_BYTES": str(CEILING_BYTES),
+        }
         stack = start_stack(root / "stack", ports, env, services=("console",))
         try:
             pid = stack.processes["console"].pid
             health = f"{stack.console_url}/healthz"
-            setup = ConsoleClient(stack.console_url, stack.api_key)
+            setup = ConsoleClient.for_stack(stack)
             model_id = setup.ensure_model()
             setup.create_template(model_id, sim_engine_template("bench", model_id))
             setup.close()
@@ -153,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             http = httpx.Client(
                 base_url=stack.console_url, headers={"Authorization": f"Bearer {stack.api_key}"}
             )
-            for name, path in (("empties", empties), ("200mib", large)):
+            for name, path in (("empties", empties), ("200mib", large), ("many", many)):
                 mb = path.stat().st_size / 1e6
                 file_id = step(
                     f"upload {name} ({mb:.0f} MB)", pid, health, lambda p=path: upload(http, p)
@@ -162,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"create batch on {name}", pid, health, lambda f=file_id: create_batch(http, f)
                 )
                 print(f"{'':34s} → {outcome(batch)}", flush=True)
+            lines = step(f"read back {name}", pid, health, lambda f=file_id: read_back(http, f))
+            print(f"{'':34s} → {lines} lines", flush=True)
             http.close()
             print(f"console peak RSS over the run: {peak_rss_mb(pid):.1f} MB (goal < 300)")
         finally:
