@@ -42,7 +42,9 @@ class BenchRig:
         w = self.workdir
         (w / "logs").mkdir(parents=True, exist_ok=True)
         mongo_port = servers.free_port()
-        self.processes.append(servers.start_mongo(mongo_port, self.storage, w / "logs/secantus.log"))
+        self.processes.append(
+            servers.start_mongo(mongo_port, self.storage, w / "logs/secantus.log")
+        )
         self.mongo_url = f"mongodb://127.0.0.1:{mongo_port}"
         key_dir = w / "client"
         key_dir.mkdir(mode=0o700)
