@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 
-from neobatch.common.aio import wait_for_event
+import pytest
+
+from neobatch.common.aio import pause, wait_for_event
 
 
 async def _swallow_cancellation(entered: asyncio.Event) -> None:
@@ -23,7 +25,10 @@ async def _swallow_cancellation(entered: asyncio.Event) -> None:
         return
 
 
-async def test_a_loop_whose_step_swallowed_the_cancellation_stops_at_its_idle_wait() -> None:
+@pytest.mark.parametrize("idle_wait", ["wait_for_event", "pause"])
+async def test_a_loop_whose_step_swallowed_the_cancellation_stops_at_its_idle_wait(
+    idle_wait: str,
+) -> None:
     idle, entered = asyncio.Event(), asyncio.Event()
     passes = 0
 
@@ -32,7 +37,10 @@ async def test_a_loop_whose_step_swallowed_the_cancellation_stops_at_its_idle_wa
         while True:
             passes += 1
             await _swallow_cancellation(entered)
-            await wait_for_event(idle, 30)
+            if idle_wait == "pause":
+                await pause(30)
+            else:
+                await wait_for_event(idle, 30)
 
     task = asyncio.create_task(loop())
     await asyncio.wait_for(entered.wait(), 5)

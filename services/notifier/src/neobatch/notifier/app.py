@@ -3,8 +3,7 @@ and the delivery workers that send them."""
 
 from __future__ import annotations
 
-import asyncio
-
+from neobatch.common.aio import pause
 from neobatch.common.runtime import ServiceRuntime
 from neobatch.notifier.delivery import Deliverer
 from neobatch.notifier.handlers import SERVICE, Fanout, register
@@ -49,7 +48,7 @@ def build(settings: NotifierSettings) -> ServiceRuntime:
         while True:
             backlog.pending = await store.count_pending()
             backlog.oldest_due_seconds = await store.oldest_due_age(runtime.clock.now())
-            await asyncio.sleep(BACKLOG_REFRESH_SECONDS)
+            await pause(BACKLOG_REFRESH_SECONDS)
 
     runtime.add_loop("backlog", refresh_backlog)
     return runtime

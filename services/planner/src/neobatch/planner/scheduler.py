@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from neobatch.common.aio import wait_for_event
+from neobatch.common.aio import pause, wait_for_event
 from neobatch.common.budget_store import BudgetStore, month_start
 from neobatch.common.clock import Clock
 from neobatch.common.contracts import Event, JobQueued, JobStatus
@@ -215,9 +215,9 @@ class Planner:
     async def run_budgets(self, budgets: BudgetStore, interval_seconds: float) -> None:
         while True:
             await self.stop_over_budget(budgets)
-            await asyncio.sleep(interval_seconds)
+            await pause(interval_seconds)
 
     async def run_deadlines(self) -> None:
         while True:
             await self.expire_overdue()
-            await asyncio.sleep(DEADLINE_POLL_SECONDS)
+            await pause(DEADLINE_POLL_SECONDS)

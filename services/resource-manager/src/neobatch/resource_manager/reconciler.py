@@ -15,12 +15,12 @@ The same module refreshes the offers catalog cache (`offers` collection) on its 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Mapping
 
 import msgspec
 
+from neobatch.common.aio import pause
 from neobatch.common.clock import Clock
 from neobatch.common.contracts import ProvisionStatus
 from neobatch.common.logs import log_fields
@@ -62,12 +62,12 @@ class Reconciler:
                 await self.reconcile_once()
             except Exception:  # a bad round must not end the loop; the next one retries
                 log.exception("reconcile round failed")
-            await asyncio.sleep(self._interval)
+            await pause(self._interval)
 
     async def run_catalog(self) -> None:
         while True:
             await self.refresh_catalog()
-            await asyncio.sleep(self._catalog_interval)
+            await pause(self._catalog_interval)
 
     async def refresh_catalog(self) -> None:
         for name, provider in self._providers.items():

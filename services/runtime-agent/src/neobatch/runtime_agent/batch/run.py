@@ -18,6 +18,7 @@ from datetime import datetime
 
 import asyncssh
 
+from neobatch.common.aio import pause
 from neobatch.common.batch_input import InputValidator
 from neobatch.common.clock import Clock
 from neobatch.common.contracts import BatchStatus
@@ -295,7 +296,7 @@ class BatchRun:
         keeps moving. One small write per batch per interval.
         """
         while True:
-            await asyncio.sleep(PROGRESS_INTERVAL_SECONDS)
+            await pause(PROGRESS_INTERVAL_SECONDS)
             counts = self.tally.counts()
             event = status_reported(self.batch, S.IN_PROGRESS, counts)
             try:

@@ -11,9 +11,9 @@ to AIMD. Nothing here fails the batch.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
+from neobatch.common.aio import pause
 from neobatch.common.logs import log_fields
 from neobatch.runtime_agent.dispatch.engine_load import (
     EngineLoad,
@@ -70,7 +70,7 @@ class EngineMetrics:
         """Sample every `interval_seconds` into `controller` until cancelled."""
         failures = 0
         while True:
-            await asyncio.sleep(interval_seconds)
+            await pause(interval_seconds)
             load = await self.read()
             if load is not None:
                 failures = 0
