@@ -125,6 +125,34 @@ async def test_lease_runs_and_release_frees_the_host(rig: Rig) -> None:
     assert await rig.db.ssh_hosts.count_documents({"leased_by": None}) == 1
 
 
+async def test_a_release_that_races_the_machine_coming_up_still_releases_it(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel lands while the driver is bringing the machine up: the handler read the
+    provision as `requested`, the driver then wrote `running`, and the handler's compare-and-set
+    on the old version lost. The release must not be dropped (seen in CI: the job stayed
+    `cancelling` and the machine leased)."""
+    await rig.handler.on_provision_requested(request("p1"))
+    stale = await rig.store.find_provision("p1")
+    assert stale is not None and stale.status.value == "requested"
+    await rig.drain()
+    assert await rig.status("p1") == "running"
+    reads = [stale]
+    real_find = rig.store.find_provision
+
+    async def find_stale_once(provision_id: str):  # type: ignore[no-untyped-def]
+        return reads.pop() if reads else await real_find(provision_id)
+
+    monkeypatch.setattr(rig.store, "find_provision", find_stale_once)
+    await rig.handler.on_provision_release_requested(
+        ProvisionReleaseRequested(provision_id="p1", job_id="job_p1")
+    )
+    await rig.drain()
+    assert await rig.status("p1") == "released"
+    assert await rig.subjects() == ["provision.running", "provision.released"]
+    assert await rig.db.ssh_hosts.count_documents({"leased_by": None}) == 1
+
+
 async def test_second_job_waits_for_the_host_then_gets_it(rig: Rig) -> None:
     await rig.handler.on_provision_requested(request("p1"))
     # p1 alone first: a batch steps its provisions at once, so either could take the host.

@@ -19,6 +19,7 @@ from neobatch.common.contracts import (
     ProvisionReleaseRequested,
     ProvisionRequested,
 )
+from neobatch.common.errors import Conflict
 from neobatch.common.ids import resource_name
 from neobatch.common.logs import log_fields
 from neobatch.common.subjects import Namespace
@@ -31,6 +32,8 @@ from neobatch.resource_manager.store import ProvisionStore
 log = logging.getLogger("neobatch.resource_manager")
 
 SERVICE = "resource-manager"
+# Reads and compare-and-sets a release tries before the event is left for redelivery.
+RELEASE_ATTEMPTS = 5
 
 
 class ProvisionEventHandler:
@@ -95,17 +98,30 @@ class ProvisionEventHandler:
                 self._notify()
             return
         lease_owner, lease_until = self._lease(now)
-        releasing = await self._store.request_release(
-            provision, event.reason, now, lease_owner, lease_until
-        )
-        if releasing is not None:
-            log.info(
-                "release requested",
-                extra=log_fields(provision_id=provision.id, reason=event.reason),
+        # The write is a compare-and-set on the version read, and the driver may move the
+        # provision meanwhile (requested -> running as the machine comes up). A lost race is
+        # read again, not dropped: a dropped release leaves a leased machine nobody ends.
+        for _ in range(RELEASE_ATTEMPTS):
+            if provision.status not in provisions.RELEASABLE:
+                return  # already releasing or released: nothing left to ask for
+            releasing = await self._store.request_release(
+                provision, event.reason, now, lease_owner, lease_until
             )
-            if self._driver is not None and releasing.lease_until is not None:
-                self._driver.hand_over(releasing)
-            self._wake()
+            if releasing is not None:
+                log.info(
+                    "release requested",
+                    extra=log_fields(provision_id=provision.id, reason=event.reason),
+                )
+                if self._driver is not None and releasing.lease_until is not None:
+                    self._driver.hand_over(releasing)
+                self._wake()
+                return
+            reread = await self._store.find_provision(event.provision_id)
+            if reread is None:
+                return
+            provision = reread
+        # Still contended: raised, so the event is redelivered and tried again later.
+        raise Conflict(f"provision {event.provision_id} kept changing while being released")
 
 
 class ThroughputLearner:
