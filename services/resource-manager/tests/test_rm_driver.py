@@ -25,6 +25,7 @@ from neobatch.resource_manager.providers.ssh_pool import (
     parse_pool,
     parse_prices,
 )
+from neobatch.resource_manager.provisions import Provision
 from neobatch.resource_manager.store import ProvisionStore
 
 
@@ -140,7 +141,7 @@ async def test_a_release_that_races_the_machine_coming_up_still_releases_it(
     reads = [stale]
     real_find = rig.store.find_provision
 
-    async def find_stale_once(provision_id: str):  # type: ignore[no-untyped-def]
+    async def find_stale_once(provision_id: str) -> Provision | None:
         return reads.pop() if reads else await real_find(provision_id)
 
     monkeypatch.setattr(rig.store, "find_provision", find_stale_once)

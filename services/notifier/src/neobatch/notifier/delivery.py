@@ -20,6 +20,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from neobatch.common.aio import wait_for_event
 from neobatch.common.clock import Clock
 from neobatch.common.ids import new_id
 from neobatch.common.logs import log_fields
@@ -71,10 +72,7 @@ class Deliverer:
                 # A delivery that broke the worker stays leased; its lease expiring retries it.
                 log.exception("delivery failed unexpectedly")
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self._poll)
-            except TimeoutError:
-                pass
+            await wait_for_event(self._wake, self._poll)
 
     async def deliver_one(self) -> bool:
         """Claim and handle one due delivery; False when none is due."""

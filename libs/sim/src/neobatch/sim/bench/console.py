@@ -186,16 +186,19 @@ def main(argv: list[str] | None = None) -> int:
             http = httpx.Client(
                 base_url=stack.console_url, headers={"Authorization": f"Bearer {stack.api_key}"}
             )
+            file_ids: dict[str, str] = {}
             for name, path in (("empties", empties), ("200mib", large), ("many", many)):
                 mb = path.stat().st_size / 1e6
                 file_id = step(
                     f"upload {name} ({mb:.0f} MB)", pid, health, lambda p=path: upload(http, p)
                 )
+                file_ids[name] = file_id
                 batch = step(
                     f"create batch on {name}", pid, health, lambda f=file_id: create_batch(http, f)
                 )
                 print(f"{'':34s} → {outcome(batch)}", flush=True)
-            lines = step(f"read back {name}", pid, health, lambda f=file_id: read_back(http, f))
+            # Only the `many` file is read back: it is the one that takes the output file's path.
+            lines = step("read back many", pid, health, lambda: read_back(http, file_ids["many"]))
             print(f"{'':34s} → {lines} lines", flush=True)
             http.close()
             print(f"console peak RSS over the run: {peak_rss_mb(pid):.1f} MB (goal < 300)")

@@ -13,6 +13,7 @@ from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 
+from neobatch.common.aio import wait_for_event
 from neobatch.common.clock import Clock
 from neobatch.runtime_agent.dispatch.tally import RequestResult
 from neobatch.runtime_agent.results.pages import (
@@ -198,8 +199,7 @@ class CheckpointWriter:
                 ):
                     # Let the results finishing now join, unless enough are here already.
                     self._full.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._full.wait(), self._interval)
+                    await wait_for_event(self._full, self._interval)
                 if self._buffer:
                     # Two writes on the wire at once: the next one does not wait out the
                     # previous round trip while dispatch fills the buffer.
